@@ -1,0 +1,116 @@
+"""Reading stored logs back: JSON Lines files (in chain order) or a PostgreSQL table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .filesink import rotated_files
+from .pgsink import quote_table
+
+
+@dataclass(frozen=True, slots=True)
+class RawLine:
+    source: str
+    line_no: int
+    data: bytes  # includes the trailing newline unless the line is torn
+
+
+class FileSource:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+
+    def first_seq(self) -> int:
+        """Order key: the first record's seq (-1 when unreadable, so verify reports it first)."""
+        try:
+            with open(self.path, "rb") as fh:
+                return int(json.loads(fh.readline())["seq"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+    def lines(self) -> Iterator[RawLine]:
+        with open(self.path, "rb") as fh:
+            for no, data in enumerate(fh, 1):
+                yield RawLine(self.name, no, data)
+
+
+class PostgresSource:
+    """Rows of a PostgreSQL sink table in seq order, fetched in pages over one connection."""
+
+    def __init__(self, dsn: str, table: str = "tenantgate_audit", page: int = 5000) -> None:
+        self._dsn = dsn
+        self._table = table
+        self._page = page
+        self.name = f"postgres table {table}"
+
+    def first_seq(self) -> int:
+        return 0
+
+    def lines(self) -> Iterator[RawLine]:
+        import asyncpg
+
+        loop = asyncio.new_event_loop()
+        try:
+            conn = loop.run_until_complete(asyncpg.connect(self._dsn))
+            try:
+                last, row_no = -1, 0
+                query = (f"SELECT seq, record FROM {quote_table(self._table)} WHERE seq > $1 "
+                         "ORDER BY seq LIMIT $2")
+                while True:
+                    rows = loop.run_until_complete(conn.fetch(query, last, self._page))
+                    if not rows:
+                        return
+                    for row in rows:
+                        row_no += 1
+                        yield RawLine(self.name, row_no, row["record"].encode("utf-8") + b"\n")
+                    last = rows[-1]["seq"]
+            finally:
+                loop.run_until_complete(conn.close())
+        finally:
+            loop.close()
+
+
+LogSource = FileSource | PostgresSource
+
+
+def open_sources(specs: Sequence[str], table: str = "tenantgate_audit") -> list[LogSource]:
+    """PATH arguments -> sources in chain order. A directory means its *.jsonl files; a
+    postgresql:// URI means the sink table."""
+    sources: list[LogSource] = []
+    files: list[FileSource] = []
+    for spec in specs:
+        if spec.startswith(("postgresql://", "postgres://")):
+            sources.append(PostgresSource(spec, table))
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            files.extend(FileSource(p) for p in sorted(path.glob("*.jsonl")))
+        elif path.is_file():
+            files.append(FileSource(path))
+        else:
+            raise FileNotFoundError(f"{spec}: no such audit log file or directory")
+    files.sort(key=lambda f: (f.first_seq(), f.name))
+    return sources + list(files)
+
+
+def configured_files(active: Path) -> list[str]:
+    """The rotated files of a configured log path followed by the active file."""
+    names = [str(p) for p in rotated_files(active)]
+    if active.exists():
+        names.append(str(active))
+    return names
+
+
+def iter_records(sources: Sequence[LogSource]) -> Iterator[tuple[RawLine, dict[str, object] | None]]:
+    """Each line with its parsed record (None when unreadable): for report and tail, not for verify."""
+    for source in sources:
+        for raw in source.lines():
+            try:
+                rec = json.loads(raw.data)
+            except ValueError:
+                rec = None
+            yield raw, rec if isinstance(rec, dict) else None

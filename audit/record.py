@@ -1,0 +1,186 @@
+"""Audit record format: fields, canonical JSON, the hash chain and the HMAC seal.
+
+One record is one line: a JSON object in canonical form (keys sorted, no spaces, UTF-8, no NaN)
+followed by a newline. Body fields (absent when empty):
+
+  v (format, 1), seq (1, 2, 3 ... across files and restarts), ts (UTC, microseconds,
+  "2025-01-31T12:00:00.123456Z"), instance (proxy instance id), kind, tenant, user, client,
+  session, database, sql (original, with encrypted literals masked), rewritten, decision
+  ("allowed"|"refused"), reason, sqlstate, rows, duration_ms, params, encrypted_columns,
+  details (kind-specific object), prev (the previous record's `hash`; 64 zeros for seq 1).
+
+Seal fields: hash = SHA-256 hex of the canonical body; hmac = HMAC-SHA256 hex of the canonical body
+under the audit key; sig = Ed25519 signature (hex) of "tenantgate-audit-v1:" + hash, on marker
+records (chain_start, chain_end, rotate, checkpoint, gap) when a signing key is configured.
+
+>>> sealer = Sealer(b"k" * 32)
+>>> rec = sealer.seal({"v": 1, "seq": 1, "ts": "2025-01-01T00:00:00.000000Z", "instance": "i",
+...                    "kind": "chain_start", "prev": GENESIS})
+>>> rec.line.endswith(b"\\n") and rec.line == canonical(rec.record) + b"\\n"
+True
+>>> redact_params(["a", "4111", None], frozenset({1}), "full", b"p" * 32)
+['a', '***', None]
+>>> redact_sql("SELECT 1 WHERE ssn = '123'", [(21, 26)])
+"SELECT 1 WHERE ssn = '***'"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .keys import Signer
+
+FORMAT_VERSION = 1
+GENESIS = "0" * 64
+EVENT_KINDS = frozenset({"statement", "auth_ok", "auth_fail", "refusal", "admin", "reload", "key_event"})
+MARKER_KINDS = frozenset({"chain_start", "chain_end", "rotate", "checkpoint", "gap"})
+KINDS = EVENT_KINDS | MARKER_KINDS
+SEAL_FIELDS = frozenset({"hash", "hmac", "sig"})
+DECISIONS = frozenset({"allowed", "refused"})
+MASK = "***"
+
+
+def canonical(obj: object) -> bytes:
+    """The one byte encoding that is hashed, MACed and written."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(ts: str) -> datetime:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def param_hash_key(hmac_key: bytes) -> bytes:
+    """Key for `log_parameters = "hash"`: keyed, so low-entropy values cannot be brute-forced from the log."""
+    return hmac.new(hmac_key, b"tenantgate-audit-params", hashlib.sha256).digest()
+
+
+def _param_bytes(value: object) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def redact_params(params: Sequence[object] | None, encrypted: Set[int], mode: str,
+                  hash_key: bytes) -> list[object] | None:
+    """Parameters as logged: none -> omitted; hash -> keyed HMAC; full -> values. Encrypted: always masked."""
+    if params is None or mode == "none":
+        return None
+    out: list[object] = []
+    for i, value in enumerate(params):
+        if i in encrypted:
+            out.append(MASK)
+        elif value is None:
+            out.append(None)
+        elif mode == "hash":
+            out.append("hmac-sha256:" + hmac.new(hash_key, _param_bytes(value), hashlib.sha256).hexdigest())
+        elif isinstance(value, bytes | bytearray | memoryview):
+            out.append("\\x" + bytes(value).hex())
+        elif isinstance(value, bool | int | float | str):
+            out.append(value)
+        else:
+            out.append(str(value))
+    return out
+
+
+def redact_sql(sql: str, spans: Sequence[tuple[int, int]]) -> str:
+    """Replace each [start, end) span (a whole literal token bound to an encrypted column) by '***'."""
+    for start, end in sorted(spans, reverse=True):
+        sql = sql[:start] + f"'{MASK}'" + sql[end:]
+    return sql
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One thing that happened, as the proxy reports it.
+
+    `encrypted_params` are indexes of `params` bound to encrypted columns and
+    `sql_redactions` are [start, end) spans of `sql` holding literals of encrypted columns:
+    both are masked whatever `log_parameters` says.
+    """
+
+    kind: str
+    tenant: str | None = None
+    user: str | None = None
+    client: str | None = None
+    session: str | None = None
+    database: str | None = None
+    sql: str | None = None
+    rewritten: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    sqlstate: str | None = None
+    rows: int | None = None
+    duration_ms: float | None = None
+    params: Sequence[object] | None = None
+    encrypted_params: Set[int] = frozenset()
+    sql_redactions: Sequence[tuple[int, int]] = ()
+    encrypted_columns: Sequence[str] = ()
+    details: Mapping[str, object] | None = None
+    ts: str = field(default_factory=utc_timestamp)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"audit event kind must be one of {sorted(EVENT_KINDS)}, not {self.kind!r}")
+        if self.decision is not None and self.decision not in DECISIONS:
+            raise ValueError(f"audit decision must be 'allowed' or 'refused', not {self.decision!r}")
+
+    def body(self, log_parameters: str, hash_key: bytes) -> dict[str, object]:
+        """The record body without seq/instance/prev (the writer adds those)."""
+        body: dict[str, object] = {"v": FORMAT_VERSION, "ts": self.ts, "kind": self.kind}
+        sql = redact_sql(self.sql, self.sql_redactions) if self.sql is not None else None
+        params = redact_params(self.params, self.encrypted_params, log_parameters, hash_key)
+        for name, value in (("tenant", self.tenant), ("user", self.user), ("client", self.client),
+                            ("session", self.session), ("database", self.database), ("sql", sql),
+                            ("rewritten", self.rewritten), ("decision", self.decision),
+                            ("reason", self.reason), ("sqlstate", self.sqlstate), ("rows", self.rows),
+                            ("duration_ms", self.duration_ms), ("params", params)):
+            if value is not None:
+                body[name] = value
+        if self.encrypted_columns:
+            body["encrypted_columns"] = list(self.encrypted_columns)
+        if self.details:
+            body["details"] = dict(self.details)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    seq: int
+    hash: str
+    kind: str
+    record: dict[str, object]
+    line: bytes
+
+
+class Sealer:
+    """Computes hash, HMAC and (for markers) the Ed25519 signature of a complete body."""
+
+    def __init__(self, hmac_key: bytes, signer: Signer | None = None) -> None:
+        self._key = hmac_key
+        self._signer = signer
+
+    def __repr__(self) -> str:
+        return f"Sealer(signer={self._signer!r})"
+
+    def mac(self, payload: bytes) -> str:
+        return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+
+    def seal(self, body: dict[str, object]) -> SealedRecord:
+        payload = canonical(body)
+        digest = hashlib.sha256(payload).hexdigest()
+        record = dict(body, hash=digest, hmac=self.mac(payload))
+        if self._signer is not None and body["kind"] in MARKER_KINDS:
+            record["sig"] = self._signer.sign(digest)
+        seq = body["seq"]
+        assert isinstance(seq, int)
+        return SealedRecord(seq, digest, str(body["kind"]), record, canonical(record) + b"\n")

@@ -1,0 +1,130 @@
+"""The `[audit]` configuration section, parsed from the raw TOML dict.
+
+>>> s = parse_audit_settings({"audit": {"key": "env:TG_AUDIT_KEY"}}, source="tg.toml")
+>>> (s.sink, s.durability, s.on_failure, s.log_parameters, s.checkpoint_every)
+('file', 'batched', 'refuse', 'none', 1000)
+>>> parse_audit_settings({"audit": {"key": "env:K", "durability": "eventual"}}, source="tg.toml")
+Traceback (most recent call last):
+...
+tenantgate.audit.errors.AuditConfigError: tg.toml: [audit] durability: must be one of 'strict', 'batched'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AuditConfigError
+
+_KNOWN = frozenset({
+    "enabled", "sink", "path", "dsn", "dsn_env", "table", "key", "signing_key", "checkpoint_every",
+    "durability", "flush_interval_ms", "rotate_bytes", "rotate_seconds", "on_failure", "log_parameters",
+    "queue_max",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """Validated `[audit]` settings (paths already resolved against the config file's directory)."""
+
+    key: str
+    enabled: bool = True
+    sink: str = "file"
+    path: Path = Path("audit/tenantgate.jsonl")
+    dsn: str | None = None
+    table: str = "tenantgate_audit"
+    signing_key: str | None = None
+    checkpoint_every: int = 1000
+    durability: str = "batched"
+    flush_interval_ms: int = 50
+    rotate_bytes: int = 104_857_600
+    rotate_seconds: int = 86_400
+    on_failure: str = "refuse"
+    log_parameters: str = "none"
+    queue_max: int = 100_000
+
+    def __repr__(self) -> str:
+        # The DSN may embed a password: never print it.
+        return (f"AuditSettings(sink={self.sink!r}, path={str(self.path)!r}, table={self.table!r}, "
+                f"durability={self.durability!r}, on_failure={self.on_failure!r})")
+
+
+def parse_audit_settings(raw: Mapping[str, object], *, source: str,
+                         base_dir: Path | None = None) -> AuditSettings:
+    """Validate `raw["audit"]` (a `tomllib` result); errors name `source` and the key."""
+    section = raw.get("audit")
+    if not isinstance(section, Mapping):
+        raise AuditConfigError(f"{source}: [audit] section missing or not a table")
+
+    def err(key: str, msg: str) -> AuditConfigError:
+        return AuditConfigError(f"{source}: [audit] {key}: {msg}")
+
+    unknown = sorted(set(section) - _KNOWN)
+    if unknown:
+        raise err(unknown[0], "unknown key")
+
+    def choice(key: str, options: tuple[str, ...], default: str) -> str:
+        value = section.get(key, default)
+        if value not in options:
+            raise err(key, "must be one of " + ", ".join(repr(o) for o in options))
+        return str(value)
+
+    def integer(key: str, default: int, minimum: int) -> int:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise err(key, f"must be an integer >= {minimum}")
+        return value
+
+    def text(key: str) -> str | None:
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise err(key, "must be a non-empty string")
+        return value
+
+    enabled = section.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise err("enabled", "must be true or false")
+    sink = choice("sink", ("file", "postgres"), "file")
+    key = text("key")
+    if key is None:
+        raise err("key", "required (HMAC key provider, e.g. \"file:/etc/tenantgate/audit.key\")")
+    for name in ("key", "signing_key"):
+        uri = text(name)
+        if uri is not None and not uri.startswith(("file:", "env:")):
+            raise err(name, "must be a provider URI \"file:PATH\" or \"env:VAR\"")
+    signing_key = text("signing_key")
+    if signing_key is not None and signing_key.startswith("file:") and base_dir is not None:
+        signing_key = "file:" + str(base_dir / signing_key[5:])
+    if key.startswith("file:") and base_dir is not None:
+        key = "file:" + str(base_dir / key[5:])
+
+    path = Path(text("path") or "audit/tenantgate.jsonl")
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    dsn = text("dsn")
+    dsn_env = text("dsn_env")
+    if dsn is not None and dsn_env is not None:
+        raise err("dsn_env", "give either dsn or dsn_env, not both")
+    if dsn_env is not None:
+        dsn = os.environ.get(dsn_env)
+        if not dsn:
+            raise err("dsn_env", f"environment variable {dsn_env} is not set")
+    if sink == "postgres" and dsn is None:
+        raise err("dsn", "required when sink = \"postgres\" (or dsn_env)")
+    table = text("table") or "tenantgate_audit"
+    if not all(part.isidentifier() for part in table.split(".")) or table.count(".") > 1:
+        raise err("table", "must be an identifier or schema.identifier")
+
+    return AuditSettings(
+        key=key, enabled=enabled, sink=sink, path=path, dsn=dsn, table=table, signing_key=signing_key,
+        checkpoint_every=integer("checkpoint_every", 1000, 0),
+        durability=choice("durability", ("strict", "batched"), "batched"),
+        flush_interval_ms=integer("flush_interval_ms", 50, 1),
+        rotate_bytes=integer("rotate_bytes", 104_857_600, 0),
+        rotate_seconds=integer("rotate_seconds", 86_400, 0),
+        on_failure=choice("on_failure", ("refuse", "drop"), "refuse"),
+        log_parameters=choice("log_parameters", ("none", "hash", "full"), "none"),
+        queue_max=integer("queue_max", 100_000, 1),
+    )

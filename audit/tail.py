@@ -1,0 +1,86 @@
+"""`audit tail`: print records in a readable one-line form, optionally following the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+_SQL_WIDTH = 200
+
+
+def format_record(rec: dict[str, object]) -> str:
+    """One line per record.
+
+    >>> format_record({"ts": "2025-01-01T00:00:00.000001Z", "seq": 7, "kind": "statement",
+    ...   "tenant": "acme", "user": "alice", "decision": "allowed", "rows": 3, "duration_ms": 1.5,
+    ...   "sql": "SELECT *\\n FROM t"})
+    '2025-01-01T00:00:00.000001Z #7 statement acme/alice allowed rows=3 1.500ms SELECT *  FROM t'
+    """
+    parts = [str(rec.get("ts")), f"#{rec.get('seq')}", str(rec.get("kind"))]
+    if rec.get("tenant") is not None or rec.get("user") is not None:
+        parts.append(f"{rec.get('tenant') or '-'}/{rec.get('user') or '-'}")
+    for name in ("client", "decision", "sqlstate"):
+        if rec.get(name) is not None:
+            parts.append(str(rec[name]))
+    if rec.get("rows") is not None:
+        parts.append(f"rows={rec['rows']}")
+    duration = rec.get("duration_ms")
+    if isinstance(duration, int | float):
+        parts.append(f"{duration:.3f}ms")
+    if rec.get("reason") is not None:
+        parts.append(f"reason={rec['reason']!s}")
+    if rec.get("sql") is not None:
+        sql = str(rec["sql"]).replace("\n", " ")
+        parts.append(sql if len(sql) <= _SQL_WIDTH else sql[:_SQL_WIDTH] + "...")
+    elif isinstance(rec.get("details"), dict):
+        parts.append(json.dumps(rec["details"], sort_keys=True))
+    return " ".join(parts)
+
+
+def _format_line(line: bytes) -> str:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return "(unreadable line) " + line.decode("utf-8", "replace").rstrip("\n")
+    return format_record(rec) if isinstance(rec, dict) else "(not a record)"
+
+
+def tail(path: Path, out: TextIO, *, lines: int = 20, follow: bool = False, poll: float = 0.5,
+         stop: Callable[[], bool] = lambda: False) -> None:
+    """Print the last `lines` records; with `follow`, keep printing new ones (across rotations)."""
+    fh = open(path, "rb")  # noqa: SIM115 -- reopened on rotation below
+    try:
+        last = deque(fh, maxlen=lines)
+        # A torn last line may still be being written: keep it until its newline arrives.
+        pending = last.pop() if last and not last[-1].endswith(b"\n") else b""
+        for line in last:
+            out.write(_format_line(line) + "\n")
+        out.flush()
+        if not follow:
+            return
+        while not stop():
+            chunk = fh.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith(b"\n"):
+                    out.write(_format_line(pending) + "\n")
+                    out.flush()
+                    pending = b""
+                continue
+            try:
+                rotated = os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False
+            if rotated:
+                fh.close()
+                fh = open(path, "rb")  # noqa: SIM115
+                pending = b""
+                continue
+            time.sleep(poll)
+    finally:
+        fh.close()

@@ -1,0 +1,298 @@
+"""The asyncio audit writer: bounded queue, group commit, failure handling and recovery.
+
+`await log.record(event)`:
+- durability "strict": returns the record's seq once it is durable (fsynced / committed). While one
+  batch is being written, new records queue up and go out together in the next batch (group commit).
+- durability "batched": returns None at once; the writer flushes every `flush_interval_ms`, so a
+  crash can lose at most the records of the last interval (plus the one being written).
+
+When the sink cannot be written, on_failure "refuse" makes record() raise AuditUnavailable (the
+proxy refuses the statement); "drop" counts the record in `records_dropped` and carries on. Either
+way the writer retries the sink every `retry_interval` seconds; when it works again the chain
+continues from what is on storage and a signed `gap` record states how many records were lost.
+The queue holds at most `queue_max` records: refuse mode waits for room (back-pressure), drop mode
+drops.
+
+Chain markers written by the log itself: chain_start (on start, linked to the stored head;
+`unclean` when the previous run did not end with chain_end), checkpoint (every `checkpoint_every`
+records), rotate (first record of a new file), gap (after a failure), chain_end (on close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+from .errors import AuditUnavailable
+from .keys import Signer, load_hmac_key, load_signing_key
+from .record import GENESIS, AuditEvent, SealedRecord, Sealer, param_hash_key, utc_timestamp
+from .settings import AuditSettings
+from .sink import Head, Sink
+
+
+@dataclass(frozen=True, slots=True)
+class AuditStats:
+    records_written: int
+    records_dropped: int
+    records_refused: int
+    queue_depth: int
+    last_seq: int
+    last_fsync_seconds: float
+    lag: float
+    available: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: AuditEvent
+    future: asyncio.Future[int | None] | None
+    enqueued: float
+
+
+def make_sink(settings: AuditSettings) -> Sink:
+    if settings.sink == "postgres":
+        from .pgsink import PostgresSink
+
+        assert settings.dsn is not None
+        return PostgresSink(settings.dsn, table=settings.table)
+    from .filesink import FileSink
+
+    return FileSink(settings.path, rotate_bytes=settings.rotate_bytes, rotate_seconds=settings.rotate_seconds)
+
+
+class AuditLog:
+    """Tamper-evident, durable audit log (see module docstring). Use `start()` / `close()`."""
+
+    def __init__(self, settings: AuditSettings, *, sink: Sink | None = None, hmac_key: bytes | None = None,
+                 signer: Signer | None = None, instance_id: str | None = None,
+                 retry_interval: float = 1.0, max_batch: int = 4096) -> None:
+        self.settings = settings
+        self.sink = sink if sink is not None else make_sink(settings)
+        key = hmac_key if hmac_key is not None else load_hmac_key(settings.key)
+        if signer is None and settings.signing_key is not None:
+            signer = load_signing_key(settings.signing_key)
+        self._sealer = Sealer(key, signer)
+        self._param_key = param_hash_key(key)
+        self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._strict = settings.durability == "strict"
+        self._drop = settings.on_failure == "drop"
+        self._interval = settings.flush_interval_ms / 1000
+        self._retry_interval = retry_interval
+        self._max_batch = max_batch
+        self._queue: deque[_Pending] = deque()
+        self._slots = asyncio.Semaphore(settings.queue_max)
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        # Chain state; replaced from the sink's head whenever the sink is (re)opened.
+        self._seq = 0
+        self._prev = GENESIS
+        self._since_checkpoint = 0
+        self._open = False
+        self._unavailable_since: float | None = None
+        self._unavailable_since_ts = ""
+        self._retry_at = 0.0
+        self._lost = 0  # records not written since the last successful write (reported in the gap record)
+        self._refused = 0
+        self._inflight_since: float | None = None
+        self._written = 0
+        self._dropped = 0
+        self._last_fsync = 0.0
+
+    def __repr__(self) -> str:
+        return f"AuditLog(sink={self.sink.name!r}, instance={self.instance_id!r})"
+
+    # -- public API --
+
+    async def start(self) -> None:
+        """Open the sink and write a signed chain_start record; raises AuditUnavailable on failure."""
+        opened = await self.sink.open()
+        self._adopt(opened.head)
+        details: dict[str, object] = {"previous_seq": self._seq, "previous_hash": self._prev,
+                                      "unclean": opened.head is not None and opened.head.kind != "chain_end"}
+        if opened.repaired_bytes:
+            details["repaired_bytes"] = opened.repaired_bytes
+        if opened.previous_file:
+            details["previous_file"] = opened.previous_file
+        record = self._seal_marker("chain_start", details)
+        await self._write([record])
+        self._open = True
+        self._task = asyncio.create_task(self._run(), name="tenantgate-audit-writer")
+
+    async def record(self, event: AuditEvent) -> int | None:
+        """Log one event: see the module docstring for what returning means in each mode."""
+        if self._task is None or self._closing:
+            raise AuditUnavailable("audit log is not running")
+        if self._unavailable_since is not None and time.monotonic() < self._retry_at:
+            self._reject("audit log unavailable")
+            return None
+        if self._drop and self._slots.locked():
+            self._reject("audit queue full")
+            return None
+        await self._slots.acquire()
+        future = asyncio.get_running_loop().create_future() if self._strict else None
+        self._queue.append(_Pending(event, future, time.monotonic()))
+        self._idle.clear()
+        self._wakeup.set()
+        return await future if future is not None else None
+
+    async def flush(self) -> None:
+        """Wait until every record queued so far has been written (or failed)."""
+        while self._queue or self._inflight_since is not None:
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        """Write what is queued and a signed chain_end record, then close the sink."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        task, self._task = self._task, None
+        await task
+        try:
+            await self._ensure_open()
+            await self._write([self._seal_marker("chain_end", {"records_dropped": self._dropped})])
+        finally:
+            await self.sink.close()
+
+    def stats(self) -> AuditStats:
+        oldest = self._inflight_since if self._inflight_since is not None else (
+            self._queue[0].enqueued if self._queue else None)
+        return AuditStats(
+            records_written=self._written, records_dropped=self._dropped, records_refused=self._refused,
+            queue_depth=len(self._queue),
+            last_seq=self._seq, last_fsync_seconds=self._last_fsync,
+            lag=time.monotonic() - oldest if oldest is not None else 0.0,
+            available=self._unavailable_since is None)
+
+    # -- internals --
+
+    def _reject(self, why: str) -> None:
+        """Count a record that could not be queued; raise unless on_failure = "drop"."""
+        self._lost += 1
+        if self._drop:
+            self._dropped += 1
+            return
+        self._refused += 1
+        raise AuditUnavailable(f"{why} ({self.sink.name}): statement refused")
+
+    def _adopt(self, head: Head | None) -> None:
+        self._seq, self._prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
+
+    def _seal(self, body: dict[str, object]) -> SealedRecord:
+        body["seq"] = self._seq + 1
+        body["instance"] = self.instance_id
+        body["prev"] = self._prev
+        record = self._sealer.seal(body)
+        self._seq, self._prev = record.seq, record.hash
+        return record
+
+    def _seal_marker(self, kind: str, details: dict[str, object]) -> SealedRecord:
+        return self._seal({"v": 1, "ts": utc_timestamp(), "kind": kind, "details": details})
+
+    async def _write(self, records: list[SealedRecord]) -> None:
+        started = time.perf_counter()
+        await self.sink.write(records)
+        self._last_fsync = time.perf_counter() - started
+        self._written += len(records)
+
+    async def _ensure_open(self) -> None:
+        """Reopen the sink after a failure; the chain continues from what is actually stored."""
+        if self._open:
+            return
+        opened = await self.sink.open()
+        self._adopt(opened.head)
+        first: list[SealedRecord] = []
+        if opened.previous_file is not None:
+            first.append(self._seal_marker("rotate", {"previous_file": opened.previous_file,
+                                                      "previous_seq": self._seq, "previous_hash": self._prev}))
+        details: dict[str, object] = {"lost": self._lost, "since": self._unavailable_since_ts}
+        if opened.repaired_bytes:
+            details["repaired_bytes"] = opened.repaired_bytes
+        first.append(self._seal_marker("gap", details))
+        await self._write(first)
+        self._open = True
+        self._lost = 0
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if not self._strict and not self._closing:
+                await asyncio.sleep(self._interval)
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            for _ in batch:
+                self._slots.release()
+            self._inflight_since = batch[0].enqueued
+            try:
+                await self._commit(batch)
+            finally:
+                self._inflight_since = None
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        if self._unavailable_since is not None and time.monotonic() < self._retry_at:
+            self._fail(batch, AuditUnavailable(f"audit log unavailable ({self.sink.name})"))
+            return
+        saved = (self._seq, self._prev, self._since_checkpoint)
+        try:
+            await self._ensure_open()
+            records: list[SealedRecord] = []
+            if self.sink.rotation_due():
+                previous = await self.sink.rotate()
+                records.append(self._seal_marker("rotate", {"previous_file": previous,
+                                                            "previous_seq": self._seq,
+                                                            "previous_hash": self._prev}))
+            every = self.settings.checkpoint_every
+            seqs: list[int] = []
+            for item in batch:
+                records.append(self._seal(item.event.body(self.settings.log_parameters, self._param_key)))
+                seqs.append(self._seq)
+                self._since_checkpoint += 1
+                if every and self._since_checkpoint >= every:
+                    records.append(self._seal_marker("checkpoint", {"every": every}))
+                    self._since_checkpoint = 0
+            await self._write(records)
+        except Exception as exc:
+            self._seq, self._prev, self._since_checkpoint = saved
+            self._mark_unavailable()
+            error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(
+                f"audit sink {self.sink.name} failed: {type(exc).__name__}: {exc}")
+            self._fail(batch, error)
+            return
+        self._unavailable_since = None
+        for item, seq in zip(batch, seqs, strict=True):
+            if item.future is not None and not item.future.done():
+                item.future.set_result(seq)
+
+    def _mark_unavailable(self) -> None:
+        if self._unavailable_since is None:
+            self._unavailable_since = time.time()
+            self._unavailable_since_ts = utc_timestamp()
+        self._retry_at = time.monotonic() + self._retry_interval
+        # The next attempt reopens the sink, which re-reads the head actually on storage.
+        self._open = False
+
+    def _fail(self, batch: list[_Pending], error: AuditUnavailable) -> None:
+        self._lost += len(batch)
+        for item in batch:
+            if item.future is None or self._drop:
+                # Batched records were already acknowledged: they are lost, not refused.
+                self._dropped += 1
+                if item.future is not None and not item.future.done():
+                    item.future.set_result(None)
+            else:
+                self._refused += 1
+                if not item.future.done():
+                    item.future.set_exception(error)

@@ -1,0 +1,604 @@
+"""Load a tenantgate TOML file into a validated, immutable `Config`.
+
+Every problem in the file is collected and raised together in one `ConfigError`; values of
+secret keys (passwords, verifiers, hashes, secret files) never appear in messages.
+Relative file paths in the config are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import re
+import ssl
+import tomllib
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from tenantgate.proxy.scram import ScramVerifier, make_verifier, md5_hash
+
+from .schema import (
+    AUTH_METHODS,
+    LOG_LEVELS,
+    ROLES,
+    SSLMODES,
+    TIERS,
+    TLS,
+    TLS_MODES,
+    Admin,
+    Backend,
+    Config,
+    ConfigError,
+    Listen,
+    Logging,
+    Problem,
+    ScopedTable,
+    Scoping,
+    Secret,
+    Server,
+    Tenant,
+    User,
+)
+from .values import NAMEDATALEN, parse_address, parse_host, parse_identifier, parse_qualified_name
+
+__all__ = ["EXTERNAL_SECTIONS", "check_config", "load_config"]
+
+# Top-level sections owned by other modules (audit/settings.py, keyring/settings.py), which
+# validate them; here they only have to be tables.
+EXTERNAL_SECTIONS = frozenset({"audit", "encryption"})
+
+SECTIONS = frozenset({"listen", "backend", "tls", "server", "logging", "tenants", "users", "admins", "scoping"})
+
+MAX_STARTUP_PACKET = 10000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
+MAX_MESSAGE_SIZE = 1 << 30  # PostgreSQL's MaxAllocSize: no legal message is larger
+MIN_SERVER_SECRET = 32
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_MD5_RE = re.compile(r"md5[0-9a-f]{32}")
+
+_MISSING: Any = object()
+T = TypeVar("T")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem found."""
+    return _Loader(path).load()
+
+
+def check_config(path: str | os.PathLike[str]) -> list[str]:
+    """Problems in a config file, one '<file>: <key>: <message>' line each; empty when it is valid."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def _join(path: str, key: str) -> str:
+    """Dotted key as TOML would write it: `users."svc.reports".tenant`."""
+    part = key if _BARE_KEY_RE.fullmatch(key) else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{path}.{part}" if path else part
+
+
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _type_name(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), "a date/time")
+
+
+class _Loader:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.file = os.fspath(path)
+        self.path = pathlib.Path(self.file).absolute()
+        self.problems: list[Problem] = []
+
+    # ------------------------------------------------------------------ plumbing
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(Problem(self.file, key, message))
+
+    def table(self, raw: Mapping[str, Any], key: str, path: str, allowed: frozenset[str]) -> dict[str, Any]:
+        """raw[key] as a table (empty if absent), reporting unknown keys."""
+        value = raw.get(key, {})
+        where = _join(path, key)
+        if not isinstance(value, dict):
+            self.problem(where, f"expected a table, got {_type_name(value)}")
+            return {}
+        self.unknown(value, where, allowed)
+        return value
+
+    def unknown(self, tbl: Mapping[str, Any], path: str, allowed: frozenset[str]) -> None:
+        for key in tbl:
+            if key not in allowed:
+                self.problem(_join(path, key), f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def get(
+        self,
+        tbl: Mapping[str, Any],
+        key: str,
+        path: str,
+        kind: type[T] | tuple[type, ...],
+        default: Any,
+        *,
+        required: bool = False,
+    ) -> Any:
+        """tbl[key] checked against kind; the default (after a problem) when absent or wrong."""
+        where = _join(path, key)
+        if key not in tbl:
+            if required:
+                self.problem(where, "is required")
+            return default
+        value = tbl[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python but not in TOML; an int is a fine float.
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok and float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            want = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            self.problem(where, f"expected {want}, got {_type_name(value)}")
+            return default
+        return value
+
+    def string(
+        self, tbl: Mapping[str, Any], key: str, path: str, default: str | None = None, *, required: bool = False
+    ) -> str | None:
+        """A non-empty string without NUL; its value is never put into a message."""
+        value = self.get(tbl, key, path, str, _MISSING, required=required)
+        if value is _MISSING:
+            return default
+        if not value:
+            self.problem(_join(path, key), "must not be empty")
+            return default
+        if "\0" in value:
+            self.problem(_join(path, key), "must not contain NUL characters")
+            return default
+        return value
+
+    def number(
+        self,
+        tbl: Mapping[str, Any],
+        key: str,
+        path: str,
+        kind: type[T],
+        default: T,
+        low: float,
+        high: float,
+        *,
+        low_open: bool = False,
+    ) -> T:
+        value = self.get(tbl, key, path, kind, _MISSING)
+        if value is _MISSING:
+            return default
+        bad = (
+            (isinstance(value, float) and not math.isfinite(value))
+            or value > high
+            or (value <= low if low_open else value < low)
+        )
+        if bad:
+            lower = f"greater than {low}" if low_open else f"at least {low}"
+            self.problem(_join(path, key), f"must be {lower} and at most {high}, got {value!r}")
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def enum(
+        self, tbl: Mapping[str, Any], key: str, path: str, choices: tuple[str, ...], default: str | None
+    ) -> str | None:
+        value = self.get(tbl, key, path, str, _MISSING)
+        if value is _MISSING:
+            return default
+        if value not in choices:
+            self.problem(_join(path, key), f"must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def parsed(
+        self, tbl: Mapping[str, Any], key: str, path: str, parse: Callable[[str], T], default: Any = None
+    ) -> Any:
+        """tbl[key] run through a ValueError-raising parser (address, identifier, verifier)."""
+        value = self.string(tbl, key, path)
+        return default if value is None else self.convert(value, _join(path, key), parse, default)
+
+    def convert(self, value: str, where: str, parse: Callable[[str], T], default: Any = None) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.problem(where, str(exc))
+            return default
+
+    def file_path(self, tbl: Mapping[str, Any], key: str, path: str) -> str | None:
+        """A path relative to the config file, which must be a readable file."""
+        value = self.string(tbl, key, path)
+        if value is None:
+            return None
+        resolved = self.path.parent / pathlib.Path(value).expanduser()
+        try:
+            with open(resolved, "rb"):
+                pass
+        except OSError as exc:
+            self.problem(_join(path, key), f"cannot read {str(resolved)!r}: {exc.strerror or exc}")
+            return None
+        if not resolved.is_file():
+            self.problem(_join(path, key), f"{str(resolved)!r} is not a regular file")
+            return None
+        return str(resolved)
+
+    def read_secret_file(self, where: str, resolved: str) -> str | None:
+        try:
+            text = pathlib.Path(resolved).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            self.problem(where, f"{resolved!r} is not valid UTF-8")
+            return None
+        except OSError as exc:
+            self.problem(where, f"cannot read {resolved!r}: {exc.strerror or exc}")
+            return None
+        text = text.removesuffix("\n").removesuffix("\r")
+        if not text:
+            self.problem(where, f"{resolved!r} is empty")
+            return None
+        if "\0" in text:
+            self.problem(where, f"{resolved!r} contains NUL characters")
+            return None
+        return text
+
+    def plaintext(self, tbl: Mapping[str, Any], source: str, path: str) -> str | None:
+        """The password from a 'password', 'password_env' or 'password_file' key."""
+        where = _join(path, source)
+        if source == "password":
+            return self.string(tbl, "password", path)
+        if source == "password_env":
+            var = self.string(tbl, "password_env", path)
+            if var is None:
+                return None
+            value = os.environ.get(var)
+            if value is None:
+                self.problem(where, f"environment variable {var} is not set")
+            elif not value or "\0" in value:
+                self.problem(where, f"environment variable {var} is empty or contains NUL")
+            else:
+                return value
+            return None
+        resolved = self.file_path(tbl, "password_file", path)
+        return None if resolved is None else self.read_secret_file(where, resolved)
+
+    # ------------------------------------------------------------------ the file
+
+    def load(self) -> Config:
+        raw = self.read()
+        self.unknown(raw, "", SECTIONS | EXTERNAL_SECTIONS)
+        for name in EXTERNAL_SECTIONS:
+            if name in raw and not isinstance(raw[name], dict):
+                self.problem(name, f"expected a table, got {_type_name(raw[name])}")
+        listen = self.listen(raw)
+        backend = self.backend(raw)
+        tls = self.tls(raw)
+        server = self.server(raw)
+        logging = self.logging(raw)
+        tenants = self.tenants(raw)
+        users = self.users(raw, server.auth_method, tenants)
+        admins = self.admins(raw, server.auth_method, users)
+        scoping = self.scoping(raw)
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(
+            listen=listen,
+            backend=backend,
+            tls=tls,
+            server=server,
+            logging=logging,
+            tenants=types.MappingProxyType(tenants),
+            users=types.MappingProxyType(users),
+            admins=types.MappingProxyType(admins),
+            scoping=scoping,
+            source=self.path,
+        )
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([Problem(self.file, "", f"cannot read config file: {exc.strerror or exc}")]) from None
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError([Problem(self.file, "", f"not valid UTF-8 (at byte {exc.start})")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([Problem(self.file, "", f"invalid TOML: {exc}")]) from None
+
+    def listen(self, raw: Mapping[str, Any]) -> Listen:
+        p = "listen"
+        tbl = self.table(raw, p, "", frozenset({"address", "unix_socket", "admin", "metrics", "workers"}))
+        address = self.parsed(tbl, "address", p, parse_address, None) or ("127.0.0.1", 6432)
+        admin = self.parsed(tbl, "admin", p, parse_address)
+        metrics = self.parsed(tbl, "metrics", p, parse_address)
+        seen = {address: "address"}
+        for key, addr in (("admin", admin), ("metrics", metrics)):
+            if addr is not None and addr in seen:
+                self.problem(_join(p, key), f"uses the same host and port as listen.{seen[addr]}")
+            elif addr is not None:
+                seen[addr] = key
+        unix_socket = self.string(tbl, "unix_socket", p)
+        if unix_socket is not None and len(os.fsencode(unix_socket)) > 107:
+            self.problem(_join(p, "unix_socket"), "is longer than 107 bytes (the limit for a socket path)")
+            unix_socket = None
+        workers = self.number(tbl, "workers", p, int, 1, 1, 256)
+        return Listen(address, unix_socket, admin, metrics, workers)
+
+    def backend(self, raw: Mapping[str, Any]) -> Backend:
+        p = "backend"
+        sources = ("password", "password_env", "password_file")
+        tbl = self.table(
+            raw,
+            p,
+            "",
+            frozenset(
+                {
+                    "host",
+                    "port",
+                    "user",
+                    *sources,
+                    "database",
+                    "sslmode",
+                    "sslrootcert",
+                    "connect_timeout",
+                    "allow_superuser",
+                    "region",
+                }
+            ),
+        )
+        host = self.string(tbl, "host", p) or "127.0.0.1"
+        if not host.startswith("/"):  # an absolute path is a unix socket directory, as in libpq
+            host = self.convert(host, _join(p, "host"), parse_host) or "127.0.0.1"
+        port = self.number(tbl, "port", p, int, 5432, 1, 65535)
+        user = self.role_name(tbl, "user", p, required=True) or ""
+        password = None
+        given = [k for k in sources if k in tbl]
+        if len(given) > 1:
+            self.problem(p, f"more than one password source ({', '.join(given)}): set at most one")
+        elif given:
+            text = self.plaintext(tbl, given[0], p)
+            password = None if text is None else Secret(text)
+        database = self.role_name(tbl, "database", p)
+        sslmode = self.enum(tbl, "sslmode", p, SSLMODES, "prefer") or "prefer"
+        sslrootcert = self.file_path(tbl, "sslrootcert", p)
+        if sslmode.startswith("verify-") and "sslrootcert" not in tbl:
+            self.problem(_join(p, "sslrootcert"), f"is required with sslmode = {sslmode}")
+        connect_timeout = self.number(tbl, "connect_timeout", p, float, 5.0, 0, 3600, low_open=True)
+        allow_superuser = self.get(tbl, "allow_superuser", p, bool, False)
+        region = self.string(tbl, "region", p)
+        return Backend(
+            host, port, user, password, database, sslmode, sslrootcert, connect_timeout, allow_superuser, region
+        )
+
+    def role_name(self, tbl: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:
+        """A PostgreSQL role or database name (case kept, as in the startup packet)."""
+        value = self.string(tbl, key, path, required=required)
+        if value is not None and len(value.encode("utf-8")) >= NAMEDATALEN:
+            self.problem(_join(path, key), f"is longer than {NAMEDATALEN - 1} bytes")
+            return None
+        return value
+
+    def tls(self, raw: Mapping[str, Any]) -> TLS:
+        p = "tls"
+        tbl = self.table(raw, p, "", frozenset({"mode", "cert", "key"}))
+        mode = self.enum(tbl, "mode", p, TLS_MODES, "disable") or "disable"
+        cert = self.file_path(tbl, "cert", p)
+        key = self.file_path(tbl, "key", p)
+        if mode != "disable":
+            for name in ("cert", "key"):
+                if name not in tbl:
+                    self.problem(_join(p, name), f"is required with mode = {mode}")
+            if cert is not None and key is not None:
+                try:
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    # A passphrase-protected key would make OpenSSL prompt on the terminal.
+                    ctx.load_cert_chain(cert, key, password=lambda: b"")
+                except (ssl.SSLError, OSError) as exc:
+                    reason = getattr(exc, "reason", None) or "unusable"
+                    self.problem(p, f"cert and key cannot be loaded together ({reason})")
+        return TLS(mode, cert, key)
+
+    def server(self, raw: Mapping[str, Any]) -> Server:
+        p = "server"
+        tbl = self.table(
+            raw,
+            p,
+            "",
+            frozenset(
+                {
+                    "max_message_size",
+                    "max_startup_packet",
+                    "startup_timeout",
+                    "shutdown_timeout",
+                    "auth_method",
+                    "secret_file",
+                }
+            ),
+        )
+        max_message = self.number(tbl, "max_message_size", p, int, MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
+        max_startup = self.number(tbl, "max_startup_packet", p, int, MAX_STARTUP_PACKET, 64, MAX_STARTUP_PACKET)
+        startup_timeout = self.number(tbl, "startup_timeout", p, float, 15.0, 0, 3600, low_open=True)
+        shutdown_timeout = self.number(tbl, "shutdown_timeout", p, float, 30.0, 0, 86400)
+        auth_method = self.enum(tbl, "auth_method", p, AUTH_METHODS, "scram-sha-256") or "scram-sha-256"
+        secret_file = self.file_path(tbl, "secret_file", p)
+        secret = None
+        if secret_file is not None:
+            text = self.read_secret_file(_join(p, "secret_file"), secret_file)
+            if text is not None and len(text) < MIN_SERVER_SECRET:
+                self.problem(_join(p, "secret_file"), f"holds fewer than {MIN_SERVER_SECRET} characters")
+            elif text is not None:
+                secret = Secret(text)
+        return Server(max_message, max_startup, startup_timeout, shutdown_timeout, auth_method, secret_file, secret)
+
+    def logging(self, raw: Mapping[str, Any]) -> Logging:
+        tbl = self.table(raw, "logging", "", frozenset({"level", "json"}))
+        level = self.enum(tbl, "level", "logging", LOG_LEVELS, "info") or "info"
+        return Logging(level, self.get(tbl, "json", "logging", bool, False))
+
+    def entries(self, raw: Mapping[str, Any], section: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(name, dotted path, table) for each [section.name]."""
+        tbl = raw.get(section, {})
+        if not isinstance(tbl, dict):
+            self.problem(section, f"expected a table, got {_type_name(tbl)}")
+            return []
+        out = []
+        for name, value in tbl.items():
+            where = _join(section, name)
+            if not isinstance(value, dict):
+                self.problem(where, f"expected a table, got {_type_name(value)}")
+            else:
+                out.append((name, where, value))
+        return out
+
+    def tenants(self, raw: Mapping[str, Any]) -> dict[str, Tenant]:
+        tenants: dict[str, Tenant] = {}
+        schemas: dict[str, str] = {}
+        for name, p, tbl in self.entries(raw, "tenants"):
+            self.unknown(tbl, p, frozenset({"tier", "schema", "region"}))
+            if not _TENANT_RE.fullmatch(name):
+                self.problem(
+                    p, "tenant names are 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
+                )
+            tier = self.enum(tbl, "tier", p, TIERS, "shared") or "shared"
+            schema = self.parsed(tbl, "schema", p, parse_identifier)
+            if tier == "schema" and "schema" not in tbl:
+                self.problem(_join(p, "schema"), "is required with tier = schema")
+            elif tier != "schema" and "schema" in tbl:
+                self.problem(_join(p, "schema"), f"only applies to tier = schema (this tenant is {tier})")
+            elif schema is not None and schema in schemas:
+                # Two tenants in one schema would see each other's rows.
+                self.problem(_join(p, "schema"), f"schema {schema!r} is already used by tenant {schemas[schema]!r}")
+            elif schema is not None:
+                schemas[schema] = name
+            tenants[name] = Tenant(name, tier, schema, self.string(tbl, "region", p))
+        return tenants
+
+    def credentials(
+        self, name: str, p: str, tbl: Mapping[str, Any], auth: str
+    ) -> tuple[ScramVerifier | None, str | None]:
+        """(SCRAM verifier, md5 hash) from exactly one password source, fitting the auth method."""
+        sources = [k for k in ("password", "scram", "md5", "password_env", "password_file") if k in tbl]
+        if not sources:
+            self.problem(p, "no password: set one of password, scram, md5, password_env, password_file")
+            return None, None
+        if len(sources) > 1:
+            self.problem(p, f"more than one password source ({', '.join(sources)}): set exactly one")
+            return None, None
+        source = sources[0]
+        where = _join(p, source)
+        if source == "scram":
+            if auth == "md5":
+                self.problem(where, "auth = md5 needs a plaintext password or an md5 hash, not a SCRAM verifier")
+                return None, None
+            return self.parsed(tbl, "scram", p, ScramVerifier.parse), None
+        if source == "md5":
+            if auth != "md5":
+                self.problem(where, f"auth = {auth} needs a plaintext password or a SCRAM verifier, not an md5 hash")
+                return None, None
+            value = self.string(tbl, "md5", p)
+            if value is not None and not _MD5_RE.fullmatch(value):
+                self.problem(where, "must be 'md5' followed by 32 lower-case hex digits")
+                return None, None
+            return None, value
+        password = self.plaintext(tbl, source, p)
+        if password is None:
+            return None, None
+        try:
+            verifier = make_verifier(password)
+        except ValueError as exc:  # too long or NUL; the message names neither the value nor its bytes
+            self.problem(where, str(exc))
+            return None, None
+        return verifier, (md5_hash(name, password) if auth == "md5" else None)
+
+    def principal_name(self, name: str, p: str) -> None:
+        if not name or len(name.encode("utf-8")) >= NAMEDATALEN or "\0" in name:
+            self.problem(p, f"user names are 1-{NAMEDATALEN - 1} bytes without NUL")
+
+    def users(self, raw: Mapping[str, Any], default_auth: str, tenants: Mapping[str, Tenant]) -> dict[str, User]:
+        users: dict[str, User] = {}
+        allowed = frozenset(
+            {"tenant", "password", "scram", "md5", "password_env", "password_file", "auth", "trusted", "role"}
+        )
+        for name, p, tbl in self.entries(raw, "users"):
+            self.unknown(tbl, p, allowed)
+            self.principal_name(name, p)
+            auth = self.enum(tbl, "auth", p, AUTH_METHODS, default_auth) or default_auth
+            trusted = self.get(tbl, "trusted", p, bool, False)
+            tenant = self.string(tbl, "tenant", p)
+            if tenant is not None and trusted:
+                self.problem(_join(p, "tenant"), "a trusted user has no tenant: remove tenant or trusted")
+            elif tenant is not None and tenant not in tenants:
+                self.problem(_join(p, "tenant"), f"no tenant {tenant!r} in [tenants]")
+            elif tenant is None and not trusted and "tenant" not in tbl:
+                self.problem(_join(p, "tenant"), "is required unless trusted = true")
+            role = self.enum(tbl, "role", p, ROLES, "readwrite") or "readwrite"
+            scram, md5 = self.credentials(name, p, tbl, auth)
+            users[name] = User(name, tenant, trusted, role, auth, scram, md5)
+        return users
+
+    def admins(self, raw: Mapping[str, Any], default_auth: str, users: Mapping[str, User]) -> dict[str, Admin]:
+        admins: dict[str, Admin] = {}
+        allowed = frozenset({"password", "scram", "md5", "password_env", "password_file", "auth"})
+        for name, p, tbl in self.entries(raw, "admins"):
+            self.unknown(tbl, p, allowed)
+            self.principal_name(name, p)
+            if name in users:
+                self.problem(p, f"{name!r} is also in [users]: admins and tenant users must have different names")
+            auth = self.enum(tbl, "auth", p, AUTH_METHODS, default_auth) or default_auth
+            scram, md5 = self.credentials(name, p, tbl, auth)
+            admins[name] = Admin(name, scram, md5, auth)
+        return admins
+
+    def scoping(self, raw: Mapping[str, Any]) -> Scoping:
+        p = "scoping"
+        tbl = self.table(raw, p, "", frozenset({"column", "tables", "reference"}))
+        column = self.parsed(tbl, "column", p, parse_identifier, "tenant_id")
+        # Keyed as the rewriter sees them: no schema means public.
+        seen: dict[tuple[str, str], str] = {}
+
+        def claim(schema: str | None, name: str, where: str, what: str) -> bool:
+            key = (schema or "public", name)
+            if key in seen:
+                self.problem(where, f"{'.'.join(key)} is already listed as {seen[key]}")
+                return False
+            seen[key] = what
+            return True
+
+        tables: list[ScopedTable] = []
+        for i, entry in enumerate(self.get(tbl, "tables", p, list, [])):
+            where = f"{p}.tables[{i}]"
+            if isinstance(entry, dict):
+                self.unknown(entry, where, frozenset({"name", "column"}))
+                qualified = self.parsed(entry, "name", where, parse_qualified_name)
+                if "name" not in entry:
+                    self.problem(_join(where, "name"), "is required")
+                own = self.parsed(entry, "column", where, parse_identifier, column)
+            elif isinstance(entry, str):
+                qualified = self.convert(entry, where, parse_qualified_name)
+                own = column
+            else:
+                self.problem(where, f"expected a table name or {{name = ..., column = ...}}, got {_type_name(entry)}")
+                continue
+            if qualified is not None and claim(qualified[0], qualified[1], where, "a scoped table"):
+                tables.append(ScopedTable(qualified[0], qualified[1], own))
+        reference: list[tuple[str | None, str]] = []
+        for i, entry in enumerate(self.get(tbl, "reference", p, list, [])):
+            where = f"{p}.reference[{i}]"
+            if not isinstance(entry, str):
+                self.problem(where, f"expected a table name, got {_type_name(entry)}")
+                continue
+            qualified = self.convert(entry, where, parse_qualified_name)
+            if qualified is not None and claim(qualified[0], qualified[1], where, "a reference table"):
+                reference.append(qualified)
+        return Scoping(column, tuple(tables), tuple(reference))

@@ -1,0 +1,289 @@
+"""Typed, immutable configuration objects and the error type that reports every problem at once."""
+
+from __future__ import annotations
+
+import hmac
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenantgate.proxy.scram import ScramVerifier
+
+from .values import render_identifier
+
+__all__ = [
+    "AUTH_METHODS",
+    "LOG_LEVELS",
+    "ROLES",
+    "SSLMODES",
+    "TIERS",
+    "TLS",
+    "TLS_MODES",
+    "Admin",
+    "Backend",
+    "Config",
+    "ConfigError",
+    "Listen",
+    "Logging",
+    "Problem",
+    "ScopedTable",
+    "Scoping",
+    "Secret",
+    "Server",
+    "Tenant",
+    "User",
+    "format_address",
+]
+
+SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+TLS_MODES = ("disable", "allow", "require")
+AUTH_METHODS = ("scram-sha-256", "md5")
+TIERS = ("shared", "schema", "dedicated")
+ROLES = ("readwrite", "readonly")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+MASK = "***"
+
+
+class Secret:
+    """A secret string whose str/repr is '***'; `.reveal()` is the only way to read it.
+
+    >>> s = Secret("hunter2")
+    >>> s, str(s), f"{s}", s.reveal()
+    (***, '***', '***', 'hunter2')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return MASK
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(
+            self._value.encode("utf-8", "surrogatepass"), other._value.encode("utf-8", "surrogatepass")
+        )
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __reduce__(self) -> Any:
+        # Pickling is how config reaches worker processes; keep it working without exposing repr.
+        return (Secret, (self._value,))
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a config file: which file, which dotted key, what is wrong."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; str() lists every problem, one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """'host:port', with brackets around IPv6 hosts.
+
+    >>> format_address(("::1", 6432)), format_address(("127.0.0.1", 6432))
+    ('[::1]:6432', '127.0.0.1:6432')
+    """
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    address: tuple[str, int]
+    unix_socket: str | None
+    admin: tuple[str, int] | None
+    metrics: tuple[str, int] | None
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    host: str
+    port: int
+    user: str
+    password: Secret | None
+    database: str | None
+    sslmode: str
+    sslrootcert: str | None
+    connect_timeout: float
+    allow_superuser: bool
+    region: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TLS:
+    mode: str
+    cert: str | None
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    max_message_size: int
+    max_startup_packet: int
+    startup_timeout: float
+    shutdown_timeout: float
+    auth_method: str
+    secret_file: str | None
+    # Contents of secret_file (one trailing newline stripped); None: the proxy draws a random one.
+    secret: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    level: str
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    tier: str
+    schema: str | None
+    region: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    tenant: str | None
+    trusted: bool
+    role: str
+    auth: str
+    scram: ScramVerifier | None
+    # An md5 hash is password-equivalent for md5 auth, so it stays out of repr.
+    md5: str | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    name: str
+    scram: ScramVerifier | None
+    md5: str | None = field(repr=False)
+    auth: str = "scram-sha-256"
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedTable:
+    schema: str | None
+    name: str
+    column: str
+
+
+@dataclass(frozen=True, slots=True)
+class Scoping:
+    column: str
+    tables: tuple[ScopedTable, ...]
+    reference: tuple[tuple[str | None, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: Listen
+    backend: Backend
+    tls: TLS
+    server: Server
+    logging: Logging
+    tenants: Mapping[str, Tenant]
+    users: Mapping[str, User]
+    admins: Mapping[str, Admin]
+    scoping: Scoping
+    source: pathlib.Path
+
+    def redacted(self) -> dict[str, Any]:
+        """Plain data for SHOW CONFIG and logs, every secret replaced by '***'."""
+
+        def masked(value: object) -> str | None:
+            return None if value is None else MASK
+
+        def addr(value: tuple[str, int] | None) -> str | None:
+            return None if value is None else format_address(value)
+
+        def qualified(schema: str | None, name: str) -> str:
+            table = render_identifier(name)
+            return table if schema is None else f"{render_identifier(schema)}.{table}"
+
+        lt, be, srv = self.listen, self.backend, self.server
+        return {
+            "source": str(self.source),
+            "listen": {
+                "address": format_address(lt.address),
+                "unix_socket": lt.unix_socket,
+                "admin": addr(lt.admin),
+                "metrics": addr(lt.metrics),
+                "workers": lt.workers,
+            },
+            "backend": {
+                "host": be.host,
+                "port": be.port,
+                "user": be.user,
+                "password": masked(be.password),
+                "database": be.database,
+                "sslmode": be.sslmode,
+                "sslrootcert": be.sslrootcert,
+                "connect_timeout": be.connect_timeout,
+                "allow_superuser": be.allow_superuser,
+                "region": be.region,
+            },
+            "tls": {"mode": self.tls.mode, "cert": self.tls.cert, "key": self.tls.key},
+            "server": {
+                "max_message_size": srv.max_message_size,
+                "max_startup_packet": srv.max_startup_packet,
+                "startup_timeout": srv.startup_timeout,
+                "shutdown_timeout": srv.shutdown_timeout,
+                "auth_method": srv.auth_method,
+                "secret_file": srv.secret_file,
+                "secret": masked(srv.secret),
+            },
+            "logging": {"level": self.logging.level, "json": self.logging.json},
+            "tenants": {
+                t.name: {"tier": t.tier, "schema": t.schema, "region": t.region} for t in self.tenants.values()
+            },
+            "users": {
+                u.name: {
+                    "tenant": u.tenant,
+                    "trusted": u.trusted,
+                    "role": u.role,
+                    "auth": u.auth,
+                    "scram": masked(u.scram),
+                    "md5": masked(u.md5),
+                }
+                for u in self.users.values()
+            },
+            "admins": {
+                a.name: {"auth": a.auth, "scram": masked(a.scram), "md5": masked(a.md5)} for a in self.admins.values()
+            },
+            "scoping": {
+                "column": render_identifier(self.scoping.column),
+                "tables": [
+                    {"name": qualified(t.schema, t.name), "column": render_identifier(t.column)}
+                    for t in self.scoping.tables
+                ],
+                "reference": [qualified(s, n) for s, n in self.scoping.reference],
+            },
+        }

@@ -1,0 +1,93 @@
+"""Client authentication at the proxy, as a sans-IO exchange.
+
+``start()`` gives the first Authentication request, ``step()`` consumes each
+PasswordMessage and answers; success ends with AuthenticationOk. Unknown users run
+the same exchange against a fake verifier derived from the user name and a server
+secret, so a wrong password and an unknown user look identical on the wire (same
+salt every time, same error: 28P01).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Protocol
+
+from . import codec
+from .codec import AUTH_MD5, AUTH_OK, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL, Authentication, PasswordMessage
+from .scram import AuthError, ScramServer, ScramVerifier, fake_verifier, md5_check
+
+SCRAM = "scram-sha-256"
+MD5 = "md5"
+
+
+class Credentials(Protocol):
+    scram: ScramVerifier | None
+    md5: str | None
+
+
+class AuthFailed(Exception):
+    """Authentication failed; ``error`` is the ErrorResponse to send before closing."""
+
+    def __init__(self, user: str, sqlstate: str = "28P01", message: str | None = None) -> None:
+        self.error = codec.error(sqlstate, message or f'password authentication failed for user "{user}"')
+        super().__init__(self.error.message)
+
+
+class ClientAuth:
+    def __init__(self, username: str, creds: Credentials | None, method: str, secret: bytes) -> None:
+        self.username = username
+        self._known = creds is not None
+        if method == MD5 and creds is not None and creds.md5:
+            self.method = MD5
+        else:
+            self.method = SCRAM
+        self._creds = creds
+        self._secret = secret
+        self._salt = secrets.token_bytes(4)
+        self._scram: ScramServer | None = None
+        self._stage = 0
+        self.done = False
+
+    def start(self) -> bytes:
+        if self.method == MD5:
+            return Authentication(AUTH_MD5, self._salt).encode()
+        return codec.auth_sasl(["SCRAM-SHA-256"]).encode()
+
+    def _fail(self) -> AuthFailed:
+        return AuthFailed(self.username)
+
+    def step(self, msg: PasswordMessage) -> bytes:
+        """Consume one client message; return what to send back. Raises AuthFailed."""
+        if self.done:
+            raise self._fail()
+        try:
+            if self.method == MD5:
+                return self._md5(msg)
+            return self._scram_step(msg)
+        except AuthError:
+            raise self._fail() from None
+
+    def _md5(self, msg: PasswordMessage) -> bytes:
+        response = msg.password()
+        creds = self._creds
+        if creds is None or creds.md5 is None or not md5_check(creds.md5, self._salt, response):
+            raise self._fail()
+        self.done = True
+        return Authentication(AUTH_OK).encode()
+
+    def _scram_step(self, msg: PasswordMessage) -> bytes:
+        if self._stage == 0:
+            mechanism, data = msg.sasl_initial()
+            if mechanism != "SCRAM-SHA-256":
+                raise AuthFailed(self.username, "28000", f"SASL mechanism {mechanism!r} is not supported")
+            creds = self._creds
+            if creds is not None and creds.scram is not None:
+                self._scram = ScramServer(creds.scram)
+            else:
+                self._scram = ScramServer(fake_verifier(self.username, self._secret), fail=True)
+            self._stage = 1
+            return Authentication(AUTH_SASL_CONTINUE, self._scram.handle_first(data)).encode()
+        assert self._scram is not None
+        final = self._scram.handle_final(msg.data)
+        self.done = True
+        return Authentication(AUTH_SASL_FINAL, final).encode() + Authentication(AUTH_OK).encode()

@@ -1,0 +1,230 @@
+"""Client connections: startup negotiation, TLS, authentication, then the relay.
+
+Everything before the relay runs under ``server.startup_timeout``. Failures are
+answered as PostgreSQL would (a FATAL ErrorResponse with a real SQLSTATE) and close
+only this connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from . import codec
+from .auth import AuthFailed, ClientAuth
+from .backend import Backend, BackendError, connect, send_cancel
+from .codec import (
+    BackendKeyData,
+    CancelRequest,
+    GSSENCRequest,
+    ParameterStatus,
+    PasswordMessage,
+    ProtocolError,
+    SSLRequest,
+    StartupMessage,
+)
+from .conn import ConnectionLost, PgConnection
+from .session import Session
+from .startup import StartupRefused, filter_params
+
+if TYPE_CHECKING:
+    from .listener import Proxy
+
+log = logging.getLogger("tenantgate.client")
+
+
+class Fatal(Exception):
+    """End the connection with this error."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.error = codec.error(sqlstate, message, severity="FATAL")
+
+
+def fatal_bytes(err: codec.ErrorResponse) -> bytes:
+    fields = tuple(("S", "FATAL") if k == "S" else ("V", "FATAL") if k == "V" else (k, v) for k, v in err.fields)
+    return codec.ErrorResponse(fields).encode()
+
+
+class ClientConnection(PgConnection):
+    def __init__(self, proxy: Proxy) -> None:
+        super().__init__("client", proxy.config.server.max_message_size)
+        self.proxy = proxy
+        self.session: Session | None = None
+        self.backend: Backend | None = None
+        self.user = ""
+        self.tenant: str | None = None
+        self.peer = ""
+        self.key: tuple[int, int] | None = None
+        self.params: dict[str, str] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.proxy.spawn(self.run())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self.proxy.config.server.startup_timeout):
+                    startup = await self._negotiate()
+                    if startup is None:
+                        return
+                    await self._login(startup)
+            except TimeoutError:
+                raise Fatal("08006", "timeout expired during connection startup") from None
+            await self.closed_event.wait()
+        except Fatal as exc:
+            self._fatal(exc.error)
+        except (AuthFailed, BackendError) as exc:
+            self._fatal(exc.error)
+        except StartupRefused as exc:
+            self._fatal(codec.error(exc.sqlstate, exc.message))
+        except ProtocolError as exc:
+            self._fatal(codec.error(exc.sqlstate, exc.detail))
+        except ConnectionLost:
+            pass
+        except Exception:
+            log.exception("internal error in client connection %s", self.peer)
+            self._fatal(codec.error("XX000", "internal error in tenantgate"))
+        finally:
+            self._teardown()
+
+    def _fatal(self, err: codec.ErrorResponse) -> None:
+        self.write(fatal_bytes(err))
+        self.close()
+
+    def _teardown(self) -> None:
+        if self.key is not None:
+            self.proxy.cancels.unregister(self.key[0])
+        self.proxy.sessions.discard(self)
+        if self.backend is not None:
+            b = self.backend.conn
+            b.on_lost = None
+            b.write(codec.Terminate().encode())
+            b.close()
+        self.close()
+
+    # ------------------------------------------------------------------ startup
+
+    async def _negotiate(self) -> StartupMessage | None:
+        cfg = self.proxy.config
+        limit = min(cfg.server.max_startup_packet, codec.MAX_STARTUP_PACKET)
+        tls_done = False
+        while True:
+            packet = codec.decode_startup(await self.read_startup_packet(limit))
+            if isinstance(packet, SSLRequest):
+                if tls_done:
+                    raise ProtocolError("client", "SSL request after TLS is already established")
+                ctx = self.proxy.client_tls
+                if ctx is None:
+                    self.write(b"N")
+                else:
+                    self.write(b"S")
+                    await self.start_tls(ctx, server_side=True)
+                    tls_done = True
+            elif isinstance(packet, GSSENCRequest):
+                self.write(b"N")
+            elif isinstance(packet, CancelRequest):
+                await self._cancel(packet)
+                return None
+            else:
+                assert isinstance(packet, StartupMessage)
+                if cfg.tls.mode == "require" and not tls_done:
+                    raise Fatal("28000", "tenantgate requires an SSL connection (tls mode = require)")
+                return packet
+
+    async def _cancel(self, req: CancelRequest) -> None:
+        target = self.proxy.cancels.lookup(req.pid, req.secret)
+        self.close()  # a cancel connection gets no answer either way
+        if target is None:
+            log.info("cancel request with an unknown key ignored")
+            return
+        await target.cancel_backend()
+
+    async def _login(self, startup: StartupMessage) -> None:
+        cfg = self.proxy.config
+        name = startup.params["user"]
+        user = cfg.users.get(name)
+        settings, extensions = filter_params(startup.params)
+        method = user.auth if user is not None else cfg.server.auth_method
+        auth = ClientAuth(name, user, method, self.proxy.secret)
+        self.write(auth.start())
+        while not auth.done:
+            mtype, body = await self.read_message()
+            if mtype != ord("p"):
+                raise ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
+            msg = codec.decode_frontend(mtype, body)
+            assert isinstance(msg, PasswordMessage)
+            reply = auth.step(msg)
+            if not auth.done:
+                self.write(reply)
+        assert user is not None  # unknown users never finish the exchange
+        self.user = name
+        self.tenant = None if user.trusted else user.tenant
+        self.params = settings
+        log.info("authenticated user %s (tenant %s) from %s", name, self.tenant or "-", self.peer)
+
+        database = cfg.backend.database or startup.params.get("database") or name
+        backend_params = dict(settings)
+        if self.tenant is not None:
+            # defence in depth: RLS policies read it; the session's reset value, so RESET ALL keeps it
+            backend_params["tenantgate.tenant"] = self.tenant
+            backend_params["search_path"] = "public"
+        backend = await connect(self.proxy.backend_target, database, backend_params)
+        self.backend = backend
+        await self.proxy.check_backend_role(backend)
+        if self.tenant is not None and backend.params.get("standard_conforming_strings", "on") != "on":
+            raise Fatal("55000", "the backend has standard_conforming_strings off; tenantgate requires it on")
+
+        self.key = self.proxy.cancels.register(self)
+        out = bytearray(reply)
+        if extensions:
+            out += codec.NegotiateProtocolVersion(0, tuple(extensions)).encode()
+        for k, v in backend.params.items():
+            out += ParameterStatus(k, v).encode()
+        out += BackendKeyData(*self.key).encode()
+        out += codec.ready(backend.status)
+        self.write(bytes(out))
+
+        planner = self.proxy.planner if self.tenant is not None else None
+        self.session = session = Session(self, backend, user=name, tenant=self.tenant, planner=planner)
+        self.proxy.sessions.add(self)
+        self.backpressure_peer = backend.conn
+        backend.conn.backpressure_peer = self
+        backend.conn.on_lost = self._backend_lost
+        self.on_lost = self._client_lost
+        backend.conn.enter_relay(session.on_backend)
+        self.enter_relay(session.on_client)
+
+    # ------------------------------------------------------------------ relay mode events
+
+    def _backend_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, ProtocolError):
+            log.warning("backend protocol error: %s", exc)
+        if not self.is_closed:
+            self.write(fatal_bytes(codec.error("08006", "server closed the connection unexpectedly")))
+            self.close()
+
+    def _client_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, ProtocolError) and not self.is_closed:
+            self.write(fatal_bytes(codec.error(exc.sqlstate, exc.detail)))
+        if self.backend is not None:
+            self.backend.conn.close()
+
+    async def cancel_backend(self) -> None:
+        backend = self.backend
+        if backend is None or backend.conn.is_closed:
+            return
+        try:
+            await send_cancel(backend.target, backend.pid, backend.secret)
+        except (BackendError, OSError, TimeoutError) as exc:
+            log.warning("forwarding a cancel request failed: %s", exc)
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """Close this session now with a FATAL error (shutdown, KILL)."""
+        self._fatal(codec.error(sqlstate, message))

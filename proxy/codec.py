@@ -1,0 +1,835 @@
+"""Sans-IO PostgreSQL v3 wire codec: framing plus (de)serialising of every message.
+
+No sockets here: the asyncio layer feeds bytes in and writes bytes out. Every decode
+error is a :class:`ProtocolError` naming the side at fault, so the caller can answer
+with an ErrorResponse (SQLSTATE 08P01) and close only that connection.
+
+Messages are small frozen dataclasses with ``encode()``; :func:`decode_frontend` and
+:func:`decode_backend` turn one framed message back into its dataclass. The hot path
+mostly relays raw frames (see :class:`Framer`) and decodes only what it must.
+
+>>> Query("SELECT 1").encode()
+b'Q\\x00\\x00\\x00\\rSELECT 1\\x00'
+>>> f = Framer("client")
+>>> buf, frames = f.feed(Query("SELECT 1").encode() + Sync().encode())
+>>> [(chr(t), decode_frontend(t, buf[s + 5 : e])) for t, s, e in frames]
+[('Q', Query(sql='SELECT 1')), ('S', Sync())]
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+PROTOCOL_V3 = 196608  # 3.0
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+MAX_STARTUP_PACKET = 10_000
+DEFAULT_MAX_MESSAGE = 1 << 30  # PostgreSQL's own limit (MaxAllocSize)
+
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_I16 = struct.Struct("!h")
+_HDR = struct.Struct("!cI")
+
+
+class ProtocolError(Exception):
+    """A malformed or oversized message; ``side`` is who sent it ("client" or "server")."""
+
+    def __init__(self, side: str, message: str, sqlstate: str = "08P01") -> None:
+        super().__init__(f"protocol violation by {side}: {message}")
+        self.side = side
+        self.detail = message
+        self.sqlstate = sqlstate
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    """Cursor over one message body; every overrun is a ProtocolError of ``side``."""
+
+    __slots__ = ("buf", "pos", "side")
+
+    def __init__(self, buf: bytes | memoryview, side: str) -> None:
+        self.buf = bytes(buf)
+        self.pos = 0
+        self.side = side
+
+    def fail(self, what: str) -> ProtocolError:
+        return ProtocolError(self.side, what)
+
+    def int32(self) -> int:
+        if self.pos + 4 > len(self.buf):
+            raise self.fail("message too short for an Int32")
+        (v,) = _I32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return int(v)
+
+    def int16(self) -> int:
+        if self.pos + 2 > len(self.buf):
+            raise self.fail("message too short for an Int16")
+        (v,) = _I16.unpack_from(self.buf, self.pos)
+        self.pos += 2
+        return int(v)
+
+    def byte(self) -> bytes:
+        if self.pos + 1 > len(self.buf):
+            raise self.fail("message too short for a Byte1")
+        b = self.buf[self.pos : self.pos + 1]
+        self.pos += 1
+        return b
+
+    def bytes_(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise self.fail("length field points past the end of the message")
+        b = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def cstring(self) -> str:
+        end = self.buf.find(b"\x00", self.pos)
+        if end < 0:
+            raise self.fail("unterminated string")
+        raw = self.buf[self.pos : end]
+        self.pos = end + 1
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise self.fail("string is not valid UTF-8") from None
+
+    def count(self) -> int:
+        n = self.int16()
+        if n < 0:
+            raise self.fail("negative count")
+        return n
+
+    def rest(self) -> bytes:
+        b = self.buf[self.pos :]
+        self.pos = len(self.buf)
+        return b
+
+    def end(self) -> None:
+        if self.pos != len(self.buf):
+            raise self.fail("trailing bytes after the message")
+
+
+def _cstr(s: str) -> bytes:
+    b = s.encode()
+    if b"\x00" in b:
+        raise ValueError("strings on the wire cannot contain NUL")
+    return b + b"\x00"
+
+
+def _frame(mtype: bytes, body: bytes) -> bytes:
+    return _HDR.pack(mtype, len(body) + 4) + body
+
+
+def _int16s(values: Iterable[int]) -> bytes:
+    vals = list(values)
+    return struct.pack(f"!h{len(vals)}h", len(vals), *vals)
+
+
+def _values(values: Iterable[bytes | None]) -> bytes:
+    out = bytearray()
+    vals = list(values)
+    out += _I16.pack(len(vals))
+    for v in vals:
+        if v is None:
+            out += _I32.pack(-1)
+        else:
+            out += _I32.pack(len(v)) + v
+    return bytes(out)
+
+
+def _read_values(r: _Reader) -> tuple[bytes | None, ...]:
+    out: list[bytes | None] = []
+    for _ in range(r.count()):
+        n = r.int32()
+        out.append(None if n == -1 else r.bytes_(n))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- framing
+
+
+class Framer:
+    """Splits a byte stream into typed messages ``(type, start, end)``.
+
+    ``feed`` returns the buffer holding the complete messages and their offsets; the
+    caller relays untouched runs by slicing, without re-encoding. A length outside
+    [4, max_size] is a ProtocolError (an attacker must not make us buffer 4 GiB).
+    """
+
+    __slots__ = ("_buf", "max_size", "side")
+
+    def __init__(self, side: str, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.side = side
+        self.max_size = max_size
+        self._buf = b""
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the rest of a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+        buf = self._buf + data if self._buf else bytes(data)
+        n = len(buf)
+        pos = 0
+        frames: list[tuple[int, int, int]] = []
+        unpack = _U32.unpack_from
+        limit = self.max_size
+        while n - pos >= 5:
+            (length,) = unpack(buf, pos + 1)
+            if length < 4 or length > limit:
+                raise ProtocolError(self.side, f"invalid message length {length} (limit {limit})")
+            end = pos + 1 + length
+            if end > n:
+                break
+            frames.append((buf[pos], pos, end))
+            pos = end
+        if pos == n:
+            self._buf = b""
+            return buf, frames
+        self._buf = buf[pos:]
+        return buf[:pos], frames
+
+
+def peek_message(buf: bytes, side: str, limit: int = DEFAULT_MAX_MESSAGE) -> tuple[int, int] | None:
+    """(type, end offset) of the complete typed message at the head of ``buf``, or None."""
+    if len(buf) < 5:
+        return None
+    (length,) = _U32.unpack_from(buf, 1)
+    if length < 4 or length > limit:
+        raise ProtocolError(side, f"invalid message length {length} (limit {limit})")
+    end = 1 + length
+    return (buf[0], end) if len(buf) >= end else None
+
+
+def read_startup(buf: bytes, side: str = "client", limit: int = MAX_STARTUP_PACKET) -> int | None:
+    """Length of the complete untyped startup-phase packet at the head of ``buf``, or None."""
+    if len(buf) < 4:
+        return None
+    (length,) = _U32.unpack_from(buf, 0)
+    if length < 8 or length > limit:
+        raise ProtocolError(side, f"invalid startup packet length {length} (limit {limit})")
+    return length if len(buf) >= length else None
+
+
+# --------------------------------------------------------------------------- startup phase
+
+
+@dataclass(frozen=True, slots=True)
+class StartupMessage:
+    params: dict[str, str] = field(default_factory=dict)
+    protocol: int = PROTOCOL_V3
+
+    def encode(self) -> bytes:
+        body = _I32.pack(self.protocol)
+        for k, v in self.params.items():
+            body += _cstr(k) + _cstr(v)
+        body += b"\x00"
+        return _I32.pack(len(body) + 4) + body
+
+
+@dataclass(frozen=True, slots=True)
+class SSLRequest:
+    def encode(self) -> bytes:
+        return struct.pack("!ii", 8, SSL_REQUEST_CODE)
+
+
+@dataclass(frozen=True, slots=True)
+class GSSENCRequest:
+    def encode(self) -> bytes:
+        return struct.pack("!ii", 8, GSSENC_REQUEST_CODE)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    pid: int
+    secret: int
+
+    def encode(self) -> bytes:
+        return struct.pack("!iiii", 16, CANCEL_REQUEST_CODE, self.pid, self.secret)
+
+
+StartupPacket = StartupMessage | SSLRequest | GSSENCRequest | CancelRequest
+
+
+def decode_startup(packet: bytes) -> StartupPacket:
+    """Decode one complete startup-phase packet (length word included)."""
+    r = _Reader(packet[4:], "client")
+    code = r.int32()
+    if code == SSL_REQUEST_CODE:
+        r.end()
+        return SSLRequest()
+    if code == GSSENC_REQUEST_CODE:
+        r.end()
+        return GSSENCRequest()
+    if code == CANCEL_REQUEST_CODE:
+        pid, secret = r.int32(), r.int32()
+        r.end()
+        return CancelRequest(pid, secret)
+    if code >> 16 != 3:
+        raise ProtocolError("client", f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}", "0A000")
+    params: dict[str, str] = {}
+    while True:
+        key = r.cstring()
+        if not key:
+            break
+        if key in params:
+            raise ProtocolError("client", f"duplicate startup parameter {key!r}")
+        params[key] = r.cstring()
+    r.end()
+    if "user" not in params or not params["user"]:
+        raise ProtocolError("client", "no PostgreSQL user name specified in startup packet", "28000")
+    return StartupMessage(params, code)
+
+
+# --------------------------------------------------------------------------- frontend
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    TYPE: ClassVar[bytes] = b"Q"
+    sql: str
+
+    def encode(self) -> bytes:
+        return _frame(b"Q", _cstr(self.sql))
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    TYPE: ClassVar[bytes] = b"P"
+    name: str
+    sql: str
+    param_types: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        oids = list(self.param_types)
+        return _frame(b"P", _cstr(self.name) + _cstr(self.sql) + struct.pack(f"!h{len(oids)}I", len(oids), *oids))
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    TYPE: ClassVar[bytes] = b"B"
+    portal: str
+    statement: str
+    param_formats: tuple[int, ...] = ()
+    params: tuple[bytes | None, ...] = ()
+    result_formats: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        return _frame(
+            b"B",
+            _cstr(self.portal)
+            + _cstr(self.statement)
+            + _int16s(self.param_formats)
+            + _values(self.params)
+            + _int16s(self.result_formats),
+        )
+
+    def param_format(self, i: int) -> int:
+        """Format code of parameter ``i`` (0-based): one code applies to all, none means text."""
+        if not self.param_formats:
+            return 0
+        return self.param_formats[0] if len(self.param_formats) == 1 else self.param_formats[i]
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    TYPE: ClassVar[bytes] = b"D"
+    kind: str  # 'S' statement or 'P' portal
+    name: str
+
+    def encode(self) -> bytes:
+        return _frame(b"D", self.kind.encode() + _cstr(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    TYPE: ClassVar[bytes] = b"C"
+    kind: str
+    name: str
+
+    def encode(self) -> bytes:
+        return _frame(b"C", self.kind.encode() + _cstr(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    TYPE: ClassVar[bytes] = b"E"
+    portal: str = ""
+    max_rows: int = 0
+
+    def encode(self) -> bytes:
+        return _frame(b"E", _cstr(self.portal) + _I32.pack(self.max_rows))
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    TYPE: ClassVar[bytes] = b"S"
+
+    def encode(self) -> bytes:
+        return b"S\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    TYPE: ClassVar[bytes] = b"H"
+
+    def encode(self) -> bytes:
+        return b"H\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    TYPE: ClassVar[bytes] = b"X"
+
+    def encode(self) -> bytes:
+        return b"X\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyData:
+    TYPE: ClassVar[bytes] = b"d"
+    data: bytes
+
+    def encode(self) -> bytes:
+        return _frame(b"d", self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyDone:
+    TYPE: ClassVar[bytes] = b"c"
+
+    def encode(self) -> bytes:
+        return b"c\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFail:
+    TYPE: ClassVar[bytes] = b"f"
+    message: str
+
+    def encode(self) -> bytes:
+        return _frame(b"f", _cstr(self.message))
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    TYPE: ClassVar[bytes] = b"F"
+    oid: int
+    arg_formats: tuple[int, ...] = ()
+    args: tuple[bytes | None, ...] = ()
+    result_format: int = 0
+
+    def encode(self) -> bytes:
+        return _frame(
+            b"F", _I32.pack(self.oid) + _int16s(self.arg_formats) + _values(self.args) + _I16.pack(self.result_format)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordMessage:
+    """Type 'p': a password, md5 response, or SASL message; the auth state says which."""
+
+    TYPE: ClassVar[bytes] = b"p"
+    data: bytes
+
+    def encode(self) -> bytes:
+        return _frame(b"p", self.data)
+
+    def password(self) -> bytes:
+        if not self.data.endswith(b"\x00") or b"\x00" in self.data[:-1]:
+            raise ProtocolError("client", "malformed password message")
+        return self.data[:-1]
+
+    def sasl_initial(self) -> tuple[str, bytes]:
+        """(mechanism, initial response) of a SASLInitialResponse."""
+        r = _Reader(self.data, "client")
+        mech = r.cstring()
+        n = r.int32()
+        data = b"" if n == -1 else r.bytes_(n)
+        r.end()
+        return mech, data
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> PasswordMessage:
+    return PasswordMessage(_cstr(mechanism) + _I32.pack(len(data)) + data)
+
+
+def _dec_parse(r: _Reader) -> Parse:
+    name, sql = r.cstring(), r.cstring()
+    n = r.count()
+    oids = tuple(r.int32() & 0xFFFFFFFF for _ in range(n))
+    return Parse(name, sql, oids)
+
+
+def _dec_bind(r: _Reader) -> Bind:
+    portal, stmt = r.cstring(), r.cstring()
+    pf = tuple(r.int16() for _ in range(r.count()))
+    params = _read_values(r)
+    rf = tuple(r.int16() for _ in range(r.count()))
+    if len(pf) not in (0, 1, len(params)):
+        raise r.fail(f"bind message has {len(pf)} parameter formats but {len(params)} parameters")
+    return Bind(portal, stmt, pf, params, rf)
+
+
+def _dec_kind_name(r: _Reader, cls: type[Describe] | type[Close]) -> Describe | Close:
+    kind = r.byte().decode("latin-1")
+    if kind not in ("S", "P"):
+        raise r.fail(f"invalid {cls.__name__} target type {kind!r}")
+    return cls(kind, r.cstring())
+
+
+def _dec_function_call(r: _Reader) -> FunctionCall:
+    oid = r.int32()
+    formats = tuple(r.int16() for _ in range(r.count()))
+    args = _read_values(r)
+    return FunctionCall(oid, formats, args, r.int16())
+
+
+_FRONTEND: dict[int, Callable[[_Reader], object]] = {
+    ord("Q"): lambda r: Query(r.cstring()),
+    ord("P"): _dec_parse,
+    ord("B"): _dec_bind,
+    ord("D"): lambda r: _dec_kind_name(r, Describe),
+    ord("C"): lambda r: _dec_kind_name(r, Close),
+    ord("E"): lambda r: Execute(r.cstring(), r.int32()),
+    ord("S"): lambda r: Sync(),
+    ord("H"): lambda r: Flush(),
+    ord("X"): lambda r: Terminate(),
+    ord("d"): lambda r: CopyData(r.rest()),
+    ord("c"): lambda r: CopyDone(),
+    ord("f"): lambda r: CopyFail(r.cstring()),
+    ord("F"): _dec_function_call,
+    ord("p"): lambda r: PasswordMessage(r.rest()),
+}
+
+
+def decode_frontend(mtype: int, body: bytes | memoryview) -> object:
+    """Decode one frontend message body (without its 5-byte header)."""
+    dec = _FRONTEND.get(mtype)
+    if dec is None:
+        raise ProtocolError("client", f"invalid frontend message type {chr(mtype)!r}")
+    r = _Reader(body, "client")
+    msg = dec(r)
+    r.end()
+    return msg
+
+
+# --------------------------------------------------------------------------- backend
+
+AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 3, 5, 10, 11, 12
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    TYPE: ClassVar[bytes] = b"R"
+    code: int
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        return _frame(b"R", _I32.pack(self.code) + self.data)
+
+    def mechanisms(self) -> list[str]:
+        """Mechanisms of an AuthenticationSASL message."""
+        return [m.decode(errors="replace") for m in self.data.split(b"\x00") if m]
+
+
+def auth_sasl(mechanisms: Iterable[str]) -> Authentication:
+    return Authentication(AUTH_SASL, b"".join(_cstr(m) for m in mechanisms) + b"\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterStatus:
+    TYPE: ClassVar[bytes] = b"S"
+    name: str
+    value: str
+
+    def encode(self) -> bytes:
+        return _frame(b"S", _cstr(self.name) + _cstr(self.value))
+
+
+@dataclass(frozen=True, slots=True)
+class BackendKeyData:
+    TYPE: ClassVar[bytes] = b"K"
+    pid: int
+    secret: int
+
+    def encode(self) -> bytes:
+        return _frame(b"K", _I32.pack(self.pid) + _I32.pack(self.secret))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyForQuery:
+    TYPE: ClassVar[bytes] = b"Z"
+    status: str  # 'I' idle, 'T' in transaction, 'E' failed transaction
+
+    def encode(self) -> bytes:
+        return _frame(b"Z", self.status.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDescription:
+    name: str
+    table_oid: int = 0
+    column: int = 0
+    type_oid: int = 25
+    type_size: int = -1
+    type_mod: int = -1
+    format: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowDescription:
+    TYPE: ClassVar[bytes] = b"T"
+    fields: tuple[FieldDescription, ...]
+
+    def encode(self) -> bytes:
+        body = bytearray(_I16.pack(len(self.fields)))
+        for f in self.fields:
+            body += _cstr(f.name) + struct.pack(
+                "!IhIhih", f.table_oid, f.column, f.type_oid, f.type_size, f.type_mod, f.format
+            )
+        return _frame(b"T", bytes(body))
+
+
+@dataclass(frozen=True, slots=True)
+class DataRow:
+    TYPE: ClassVar[bytes] = b"D"
+    values: tuple[bytes | None, ...]
+
+    def encode(self) -> bytes:
+        return _frame(b"D", _values(self.values))
+
+
+@dataclass(frozen=True, slots=True)
+class CommandComplete:
+    TYPE: ClassVar[bytes] = b"C"
+    tag: str
+
+    def encode(self) -> bytes:
+        return _frame(b"C", _cstr(self.tag))
+
+
+# ErrorResponse / NoticeResponse field codes (protocol-error-fields).
+ERROR_FIELDS = {
+    "S": "severity",
+    "V": "severity_nonlocalized",
+    "C": "sqlstate",
+    "M": "message",
+    "D": "detail",
+    "H": "hint",
+    "P": "position",
+    "p": "internal_position",
+    "q": "internal_query",
+    "W": "where",
+    "s": "schema",
+    "t": "table",
+    "c": "column",
+    "d": "data_type",
+    "n": "constraint",
+    "F": "file",
+    "L": "line",
+    "R": "routine",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    TYPE: ClassVar[bytes] = b"E"
+    fields: tuple[tuple[str, str], ...]
+
+    def encode(self) -> bytes:
+        return _frame(self.TYPE, b"".join(k.encode() + _cstr(v) for k, v in self.fields) + b"\x00")
+
+    def get(self, code: str, default: str = "") -> str:
+        for k, v in self.fields:
+            if k == code:
+                return v
+        return default
+
+    @property
+    def sqlstate(self) -> str:
+        return self.get("C")
+
+    @property
+    def message(self) -> str:
+        return self.get("M")
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeResponse(ErrorResponse):
+    TYPE: ClassVar[bytes] = b"N"
+
+
+def error(sqlstate: str, message: str, *, severity: str = "ERROR", detail: str = "", hint: str = "") -> ErrorResponse:
+    """An ErrorResponse as PostgreSQL would build it (both severity fields)."""
+    fields = [("S", severity), ("V", severity), ("C", sqlstate), ("M", message)]
+    if detail:
+        fields.append(("D", detail))
+    if hint:
+        fields.append(("H", hint))
+    return ErrorResponse(tuple(fields))
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationResponse:
+    TYPE: ClassVar[bytes] = b"A"
+    pid: int
+    channel: str
+    payload: str
+
+    def encode(self) -> bytes:
+        return _frame(b"A", _I32.pack(self.pid) + _cstr(self.channel) + _cstr(self.payload))
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterDescription:
+    TYPE: ClassVar[bytes] = b"t"
+    type_oids: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        oids = list(self.type_oids)
+        return _frame(b"t", struct.pack(f"!h{len(oids)}I", len(oids), *oids))
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResponse:
+    """CopyInResponse 'G', CopyOutResponse 'H' or CopyBothResponse 'W'."""
+
+    kind: bytes
+    format: int
+    column_formats: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return _frame(self.kind, struct.pack("!b", self.format) + _int16s(self.column_formats))
+
+
+@dataclass(frozen=True, slots=True)
+class Simple:
+    """A backend message with an empty body: ParseComplete '1', BindComplete '2',
+    CloseComplete '3', NoData 'n', PortalSuspended 's', EmptyQueryResponse 'I', CopyDone 'c'."""
+
+    kind: bytes
+
+    def encode(self) -> bytes:
+        return self.kind + b"\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCopyData:
+    data: bytes
+
+    def encode(self) -> bytes:
+        return _frame(b"d", self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class NegotiateProtocolVersion:
+    TYPE: ClassVar[bytes] = b"v"
+    newest_minor: int
+    unrecognized: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        body = _I32.pack(self.newest_minor) + _I32.pack(len(self.unrecognized))
+        return _frame(b"v", body + b"".join(_cstr(o) for o in self.unrecognized))
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCallResponse:
+    TYPE: ClassVar[bytes] = b"V"
+    value: bytes | None
+
+    def encode(self) -> bytes:
+        v = self.value
+        return _frame(b"V", _I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
+
+
+def _dec_fields(r: _Reader) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    while True:
+        code = r.byte()
+        if code == b"\x00":
+            return tuple(out)
+        out.append((code.decode("latin-1"), r.cstring()))
+
+
+def _dec_row_description(r: _Reader) -> RowDescription:
+    fields = []
+    for _ in range(r.count()):
+        name = r.cstring()
+        table_oid = r.int32() & 0xFFFFFFFF
+        column = r.int16()
+        type_oid = r.int32() & 0xFFFFFFFF
+        fields.append(FieldDescription(name, table_oid, column, type_oid, r.int16(), r.int32(), r.int16()))
+    return RowDescription(tuple(fields))
+
+
+def _dec_copy_response(kind: bytes) -> Callable[[_Reader], CopyResponse]:
+    def dec(r: _Reader) -> CopyResponse:
+        fmt = r.byte()[0]
+        return CopyResponse(kind, fmt, tuple(r.int16() for _ in range(r.count())))
+
+    return dec
+
+
+def _dec_function_result(r: _Reader) -> FunctionCallResponse:
+    n = r.int32()
+    return FunctionCallResponse(None if n == -1 else r.bytes_(n))
+
+
+def _dec_negotiate(r: _Reader) -> NegotiateProtocolVersion:
+    minor = r.int32()
+    return NegotiateProtocolVersion(minor, tuple(r.cstring() for _ in range(max(r.int32(), 0))))
+
+
+_BACKEND: dict[int, Callable[[_Reader], object]] = {
+    ord("R"): lambda r: Authentication(r.int32(), r.rest()),
+    ord("S"): lambda r: ParameterStatus(r.cstring(), r.cstring()),
+    ord("K"): lambda r: BackendKeyData(r.int32(), r.int32()),
+    ord("Z"): lambda r: ReadyForQuery(r.byte().decode("latin-1")),
+    ord("T"): _dec_row_description,
+    ord("D"): lambda r: DataRow(_read_values(r)),
+    ord("C"): lambda r: CommandComplete(r.cstring()),
+    ord("E"): lambda r: ErrorResponse(_dec_fields(r)),
+    ord("N"): lambda r: NoticeResponse(_dec_fields(r)),
+    ord("A"): lambda r: NotificationResponse(r.int32(), r.cstring(), r.cstring()),
+    ord("t"): lambda r: ParameterDescription(tuple(r.int32() & 0xFFFFFFFF for _ in range(r.count()))),
+    ord("G"): _dec_copy_response(b"G"),
+    ord("H"): _dec_copy_response(b"H"),
+    ord("W"): _dec_copy_response(b"W"),
+    ord("d"): lambda r: BackendCopyData(r.rest()),
+    ord("c"): lambda r: Simple(b"c"),
+    ord("1"): lambda r: Simple(b"1"),
+    ord("2"): lambda r: Simple(b"2"),
+    ord("3"): lambda r: Simple(b"3"),
+    ord("n"): lambda r: Simple(b"n"),
+    ord("s"): lambda r: Simple(b"s"),
+    ord("I"): lambda r: Simple(b"I"),
+    ord("v"): _dec_negotiate,
+    ord("V"): _dec_function_result,
+}
+
+
+def decode_backend(mtype: int, body: bytes | memoryview) -> object:
+    """Decode one backend message body (without its 5-byte header)."""
+    dec = _BACKEND.get(mtype)
+    if dec is None:
+        raise ProtocolError("server", f"invalid backend message type {chr(mtype)!r}")
+    r = _Reader(body, "server")
+    msg = dec(r)
+    if mtype == ord("Z") and msg.status not in ("I", "T", "E"):  # type: ignore[attr-defined]
+        raise r.fail("invalid transaction status in ReadyForQuery")
+    r.end()
+    return msg
+
+
+def ready(status: str) -> bytes:
+    return b"Z\x00\x00\x00\x05" + status.encode()

@@ -1,0 +1,150 @@
+"""``tenantgate demo``: a throwaway PostgreSQL, two sample tenants, the proxy in front.
+
+The cluster and the written config live in temporary directories that Ctrl-C removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from tenantgate.config import load_config
+
+from .listener import Proxy
+from .pgcluster import ThrowawayCluster, free_port
+
+SCHEMA = """
+CREATE TABLE customers (
+    tenant_id text NOT NULL,
+    id        int  NOT NULL,
+    name      text NOT NULL,
+    email     text,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE orders (
+    tenant_id   text NOT NULL,
+    id          int  NOT NULL,
+    customer_id int  NOT NULL,
+    total       numeric(12,2) NOT NULL,
+    note        text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, customer_id) REFERENCES customers (tenant_id, id)
+);
+CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
+INSERT INTO countries VALUES ('de', 'Germany'), ('fr', 'France'), ('us', 'United States');
+INSERT INTO customers VALUES
+  ('acme', 1, 'Road Runner Supplies', 'ops@acme.test'),
+  ('acme', 2, 'Anvil Works', 'it@acme.test'),
+  ('globex', 1, 'Hank Scorpio Holdings', 'hank@globex.test'),
+  ('globex', 2, 'Cypress Creek Ventures', 'cc@globex.test');
+INSERT INTO orders (tenant_id, id, customer_id, total, note) VALUES
+  ('acme', 1, 1, 120.00, 'rocket skates'),
+  ('acme', 2, 2, 35.50, 'anvil (small)'),
+  ('acme', 3, 1, 999.99, 'giant magnet'),
+  ('globex', 1, 1, 5000.00, 'doomsday device parts'),
+  ('globex', 2, 2, 75.00, 'hammocks');
+GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders, countries TO app;
+"""
+
+CONFIG = """\
+# tenantgate demo configuration (written by `tenantgate demo`)
+[listen]
+address = "127.0.0.1:{port}"
+
+[backend]
+host = "127.0.0.1"
+port = {pg_port}
+user = "app"
+password_file = "{password_file}"
+database = "app"
+sslmode = "prefer"
+
+[tenants.acme]
+tier = "shared"
+
+[tenants.globex]
+tier = "shared"
+
+[users.alice]
+tenant = "acme"
+password = "alice-secret"
+
+[users.bob]
+tenant = "globex"
+password = "bob-secret"
+
+[users.ops]
+trusted = true
+password = "ops-secret"
+
+[admins.dba]
+password = "dba-secret"
+
+[scoping]
+column = "tenant_id"
+tables = ["customers", "orders"]
+reference = ["countries"]
+"""
+
+
+def prepare(workdir: Path, port: int) -> tuple[ThrowawayCluster, Path]:
+    """Start the cluster, load the sample data, write the config; returns (cluster, config path)."""
+    cluster = ThrowawayCluster()
+    cluster.start()
+    app_password = secrets.token_urlsafe(18)
+    cluster.create_role("app", app_password)
+    cluster.create_database("app")
+    cluster.execute(SCHEMA, dbname="app")
+    password_file = workdir / "backend-password"
+    password_file.write_text(app_password + "\n")
+    password_file.chmod(0o600)
+    config = workdir / "tenantgate.toml"
+    config.write_text(CONFIG.format(port=port, pg_port=cluster.port, password_file=password_file))
+    return cluster, config
+
+
+def banner(port: int, config: Path, pg_port: int) -> str:
+    url = "postgresql://{user}:{pw}@127.0.0.1:%d/app" % port
+    return "\n".join(
+        [
+            "",
+            f"tenantgate demo is running (proxy 127.0.0.1:{port}, PostgreSQL 127.0.0.1:{pg_port})",
+            f"config: {config}",
+            "",
+            "Tenant acme (alice) sees only acme's rows:",
+            f"  psql '{url.format(user='alice', pw='alice-secret')}' -c 'SELECT * FROM orders'",
+            "Tenant globex (bob):",
+            f"  psql '{url.format(user='bob', pw='bob-secret')}' -c 'SELECT * FROM orders'",
+            "A trusted service user (ops) is not scoped:",
+            f"  psql '{url.format(user='ops', pw='ops-secret')}' -c 'SELECT tenant_id, count(*) FROM orders GROUP BY 1'",
+            "",
+            "Press Ctrl-C to stop and remove everything.",
+            "",
+        ]
+    )
+
+
+async def run_demo(port: int = 6432) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="tenantgate-demo-"))
+    port = port or free_port()
+    loop = asyncio.get_running_loop()
+    cluster, config_path = await loop.run_in_executor(None, prepare, workdir, port)
+    try:
+        proxy = Proxy(load_config(config_path))
+        await proxy.preflight()
+        await proxy.start()
+        print(banner(proxy.port, config_path, cluster.port), flush=True)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await proxy.shutdown(timeout=5)
+    finally:
+        await loop.run_in_executor(None, cluster.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

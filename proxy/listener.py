@@ -1,0 +1,192 @@
+"""The proxy process: listening sockets, shared state, startup checks, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import ssl
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tenantgate.config import Config, ConfigError, load_config
+
+from .backend import Backend, BackendError, BackendTarget, simple_query
+from .cancel import CancelRegistry
+from .tls import client_context
+
+if TYPE_CHECKING:
+    from .client import ClientConnection
+
+log = logging.getLogger("tenantgate")
+
+
+def backend_target(config: Config) -> BackendTarget:
+    b = config.backend
+    return BackendTarget(
+        host=b.host,
+        port=b.port,
+        user=b.user,
+        password=b.password.reveal() if b.password is not None else None,
+        sslmode=b.sslmode,
+        sslrootcert=b.sslrootcert,
+        connect_timeout=b.connect_timeout,
+    )
+
+
+def make_planner(config: Config) -> Any:
+    """The rewriter for tenant sessions."""
+    from tenantgate.rewriter import Policy, Rewriter
+
+    return Rewriter(Policy.from_config(config.scoping))
+
+
+class BackendRoleRefused(Exception):
+    pass
+
+
+class Proxy:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.backend_target = backend_target(config)
+        self.client_tls: ssl.SSLContext | None = (
+            client_context(config.tls.cert, config.tls.key) if config.tls.mode != "disable" else None
+        )
+        self.secret = self._load_secret()
+        self.cancels = CancelRegistry()
+        self.sessions: set[ClientConnection] = set()
+        self._planner: Any | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._servers: list[asyncio.Server] = []
+        self._role_checked = False
+        self.stopping = asyncio.Event()
+
+    def _load_secret(self) -> bytes:
+        path = self.config.server.secret_file
+        return Path(path).read_bytes() if path else secrets.token_bytes(32)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def planner(self) -> Any:
+        """The tenant sessions' rewriter, built on first use and after each reload."""
+        if self._planner is None:
+            self._planner = make_planner(self.config)
+        return self._planner
+
+    # ------------------------------------------------------------------ checks
+
+    async def check_backend_role(self, backend: Backend) -> None:
+        """Row scoping's second lock (RLS) means nothing to a superuser or BYPASSRLS role."""
+        if self._role_checked:
+            return
+        rows = await simple_query(
+            backend, "SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"
+        )
+        if rows and "t" in rows[0]:
+            if not self.config.backend.allow_superuser:
+                from .client import Fatal
+
+                log.error(
+                    "backend role %r is superuser or BYPASSRLS: refusing"
+                    " (set backend.allow_superuser = true to override)",
+                    self.config.backend.user,
+                )
+                raise Fatal("42501", "tenantgate refuses a backend role that is superuser or has BYPASSRLS")
+            log.warning("backend role %r is superuser or BYPASSRLS (allowed by config)", self.config.backend.user)
+        self._role_checked = True
+
+    async def preflight(self) -> None:
+        """Connect once at start; a superuser backend role stops the proxy, an unreachable one is a warning."""
+        from .backend import connect
+        from .client import Fatal
+
+        try:
+            backend = await connect(self.backend_target, self.config.backend.database or "postgres", {})
+        except BackendError as exc:
+            log.warning("backend not reachable at start (%s); sessions will retry", exc)
+            return
+        try:
+            await self.check_backend_role(backend)
+        except Fatal as exc:
+            raise BackendRoleRefused(str(exc)) from None
+        finally:
+            backend.conn.close()
+
+    # ------------------------------------------------------------------ serving
+
+    async def start(self) -> None:
+        from .client import ClientConnection
+
+        loop = asyncio.get_running_loop()
+        host, port = self.config.listen.address
+        self._servers.append(await loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True))
+        sock = self.config.listen.unix_socket
+        if sock:
+            if os.path.exists(sock):
+                os.unlink(sock)
+            self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), sock))
+        log.info("listening on %s:%d%s", host, port, f" and {sock}" if sock else "")
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful when the config asks for port 0)."""
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    def reload(self, path: str | os.PathLike[str]) -> None:
+        """Apply a new config to new sessions; an invalid one is refused and the old kept."""
+        try:
+            new = load_config(path)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, keeping the old configuration:\n%s", exc)
+            return
+        self.config = new
+        self.backend_target = backend_target(new)
+        self._planner = None
+        log.info("configuration reloaded from %s", path)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting; idle sessions end now, busy ones when idle or at the timeout (57P01)."""
+        self.stopping.set()
+        for server in self._servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sessions and loop.time() < deadline:
+            for client in list(self.sessions):
+                session = client.session
+                if session is None or (session.status == "I" and session.cycles_done == session.cycles_sent):
+                    client.terminate("57P01", "terminating connection due to administrator command")
+            await asyncio.sleep(0.05)
+        for client in list(self.sessions):
+            client.terminate("57P01", "terminating connection due to administrator command")
+        for server in self._servers:
+            await server.wait_closed()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
+
+
+async def serve(config_path: str) -> int:
+    config = load_config(config_path)
+    proxy = Proxy(config)
+    try:
+        await proxy.preflight()
+    except BackendRoleRefused as exc:
+        log.error("%s", exc)
+        return 1
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload, config_path)
+    await stop.wait()
+    log.info("shutting down: waiting up to %.0fs for sessions", proxy.config.server.shutdown_timeout)
+    await proxy.shutdown(proxy.config.server.shutdown_timeout)
+    return 0

@@ -1,0 +1,206 @@
+"""The statement pipeline of one client session, in relay mode.
+
+Client frames are scanned for the few message types that carry SQL or identity
+(Query, Parse, Bind, FunctionCall); every other message is relayed as the same
+bytes, in the same order, in one write per read. Backend frames are scanned for
+ReadyForQuery (transaction state) and, only when needed, ErrorResponse.
+
+Refusals keep PostgreSQL's semantics exactly by letting the backend produce the
+error: the refused message is replaced by a statement that cannot parse (a random
+marker token), the backend aborts the implicit or explicit transaction and skips to
+Sync as it would for any error, and the proxy swaps the backend's syntax error for
+its own ErrorResponse (SQLSTATE 42501 and the reason). Nothing of the refused
+statement reaches the backend, ordering is preserved in pipelines, and the
+transaction status the client sees is the one PostgreSQL really has.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from . import codec
+from .codec import Bind, ErrorResponse, Parse, Query
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .conn import PgConnection
+
+log = logging.getLogger("tenantgate.session")
+
+_Q, _P, _B, _F, _S = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S")
+_Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
+_CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F))
+
+
+class Refusal(Exception):
+    """A statement the proxy will not run: SQLSTATE, message and a short reason code."""
+
+    def __init__(self, sqlstate: str, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.reason = reason
+
+
+class Session:
+    """Relays one client and its backend; decides what of the client's SQL may pass."""
+
+    def __init__(
+        self,
+        client: PgConnection,
+        backend: Backend,
+        *,
+        user: str,
+        tenant: str | None,
+        planner: Any | None,
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.user = user
+        self.tenant = tenant
+        self.planner = planner  # tenantgate.rewriter.Rewriter, or None: relay SQL unchanged
+        self.status = backend.status
+        self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
+        self.cycles_done = 0
+        self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
+        self._tenant_params: dict[str, tuple[int, ...]] = {}
+        self.statements = 0
+        self.refused = 0
+
+    # ------------------------------------------------------------------ client -> backend
+
+    def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        special = _CLIENT_SPECIAL
+        out: bytearray | None = None
+        mark = 0
+        for mtype, start, end in frames:
+            if mtype == _S:
+                self.cycles_sent += 1
+                continue
+            if mtype not in special:
+                continue
+            replacement = self._client_message(mtype, buf, start, end)
+            if replacement is None:
+                continue
+            if out is None:
+                out = bytearray()
+            out += buf[mark:start]
+            out += replacement
+            mark = end
+        if out is None:
+            self.backend.conn.write(buf)
+        else:
+            out += buf[mark:]
+            self.backend.conn.write(bytes(out))
+
+    def _client_message(self, mtype: int, buf: bytes, start: int, end: int) -> bytes | None:
+        """Bytes that replace this message, or None to relay it unchanged."""
+        body = buf[start + 5 : end]
+        try:
+            if mtype == _Q:
+                self.cycles_sent += 1
+                self.statements += 1
+                msg = codec.decode_frontend(mtype, body)
+                assert isinstance(msg, Query)
+                sql = self._plan(msg.sql, extended=False)[0]
+                return None if sql == msg.sql else Query(sql).encode()
+            if mtype == _P:
+                msg = codec.decode_frontend(mtype, body)
+                assert isinstance(msg, Parse)
+                sql, tenant_params = self._plan(msg.sql, extended=True)
+                if tenant_params:
+                    self._tenant_params[msg.name] = tenant_params
+                else:
+                    self._tenant_params.pop(msg.name, None)
+                return None if sql == msg.sql else Parse(msg.name, sql, msg.param_types).encode()
+            if mtype == _B:
+                if self._tenant_params:
+                    self._check_bind(body)
+                return None
+            # FunctionCall: the fast-path protocol bypasses every SQL check
+            self.cycles_sent += 1
+            raise Refusal("42501", "the function call protocol is not allowed through tenantgate", "function_call")
+        except Refusal as refusal:
+            self.refused += 1
+            return self._inject(refusal, simple=mtype in (_Q, _F))
+
+    def _plan(self, sql: str, *, extended: bool) -> tuple[str, tuple[int, ...]]:
+        planner = self.planner
+        if planner is None:
+            return sql, ()
+        from tenantgate.rewriter import Refused
+
+        try:
+            plan = planner.plan(sql, self.tenant, extended=extended)
+        except Refused as exc:
+            raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+        return plan.sql, plan.tenant_params
+
+    def _check_bind(self, body: bytes) -> None:
+        bind = codec.decode_frontend(_B, body)
+        assert isinstance(bind, Bind)
+        wanted = self._tenant_params.get(bind.statement)
+        if not wanted:
+            return
+        tenant = (self.tenant or "").encode()
+        for n in wanted:
+            value = bind.params[n - 1] if n <= len(bind.params) else None
+            if value != tenant:
+                raise Refusal(
+                    "42501",
+                    f"parameter ${n} sets the tenant column to a value other than the session's tenant",
+                    "tenant_column",
+                )
+
+    def _inject(self, refusal: Refusal, *, simple: bool) -> bytes:
+        """A message that fails to parse on the backend; its error is swapped for ours."""
+        marker = b"tenantgate_refused_" + secrets.token_hex(8).encode()
+        err = codec.error(refusal.sqlstate, refusal.message)
+        # Query-type refusals are their own cycle (already counted); Parse/Bind belong to the next Sync's
+        self._refusals.append((marker, err, self.cycles_sent - (1 if simple else 0)))
+        log.info("refused statement: %s (%s)", refusal.reason, refusal.sqlstate)
+        text = marker.decode()
+        return Query(text).encode() if simple else Parse("", text).encode()
+
+    # ------------------------------------------------------------------ backend -> client
+
+    def on_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        out: bytearray | None = None
+        mark = 0
+        for mtype, start, end in frames:
+            if mtype == _Z:
+                self.status = chr(buf[start + 5])
+                self.cycles_done += 1
+                refusals = self._refusals
+                while refusals and refusals[0][2] < self.cycles_done:
+                    refusals.popleft()
+            elif mtype == _E and self._refusals:
+                replacement = self._swap_error(buf[start + 5 : end])
+                if replacement is not None:
+                    if out is None:
+                        out = bytearray()
+                    out += buf[mark:start]
+                    out += replacement
+                    mark = end
+            elif mtype == _PS:
+                self._parameter_status(buf[start + 5 : end])
+        if out is None:
+            self.client.write(buf)
+        else:
+            out += buf[mark:]
+            self.client.write(bytes(out))
+
+    def _swap_error(self, body: bytes) -> bytes | None:
+        for i, (marker, err, _gen) in enumerate(self._refusals):
+            if marker in body:
+                del self._refusals[i]
+                return err.encode()
+        return None
+
+    def _parameter_status(self, body: bytes) -> None:
+        msg = codec.decode_backend(_PS, body)
+        assert isinstance(msg, codec.ParameterStatus)
+        self.backend.params[msg.name] = msg.value

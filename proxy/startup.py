@@ -1,0 +1,127 @@
+"""Which client startup parameters reach the backend.
+
+The client's ``user`` is a proxy user and ``database`` is routed by config; every
+other setting, given directly or through ``options=-c name=value``, must be on an
+allow-list of harmless session settings. Anything that could change identity,
+visibility or lexing (role, session_authorization, search_path, row_security,
+standard_conforming_strings, ``tenantgate.*``) is refused: the tenant comes from
+authentication only.
+
+>>> filter_params({"user": "a", "database": "d", "application_name": "x", "options": "-c TimeZone=UTC"})
+({'application_name': 'x', 'TimeZone': 'UTC'}, [])
+>>> try:
+...     filter_params({"user": "a", "options": "-c role=postgres"})
+... except StartupRefused as e:
+...     print(e)
+setting "role" may not be set by a client (42501)
+"""
+
+from __future__ import annotations
+
+import shlex
+
+# Session settings a tenant may choose; compared case-insensitively like PostgreSQL does.
+ALLOWED_SETTINGS = frozenset(
+    s.lower()
+    for s in (
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "extra_float_digits",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
+        "client_min_messages",
+        "bytea_output",
+        "default_transaction_isolation",
+        "default_transaction_read_only",
+        "default_transaction_deferrable",
+        "transaction_isolation",
+        "transaction_read_only",
+        "transaction_deferrable",
+        "work_mem",
+        "lc_messages",
+        "lc_monetary",
+        "lc_numeric",
+        "lc_time",
+        "geqo",
+        "jit",
+        "enable_seqscan",
+        "enable_indexscan",
+        "enable_bitmapscan",
+        "enable_hashjoin",
+        "enable_mergejoin",
+        "enable_nestloop",
+        "random_page_cost",
+        "xmloption",
+        "timezone_abbreviations",
+        "vacuum_cost_delay",
+        "gin_fuzzy_search_limit",
+    )
+)
+
+# Startup keys that are protocol, not settings.
+_ROUTING = {"user", "database"}
+
+
+class StartupRefused(Exception):
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(f"{message} ({sqlstate})")
+        self.message = message
+        self.sqlstate = sqlstate
+
+
+def _parse_options(options: str) -> list[tuple[str, str]]:
+    """``-c a=b --c=d -ce=f`` as libpq/PostgreSQL split them (backslash escapes spaces)."""
+    try:
+        words = shlex.split(options.replace("\\ ", "\x00"), posix=True)
+    except ValueError:
+        raise StartupRefused("invalid command-line options in startup packet", "08P01") from None
+    words = [w.replace("\x00", " ") for w in words]
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "-c" and i + 1 < len(words):
+            setting = words[i + 1]
+            i += 2
+        elif w.startswith("-c") and len(w) > 2:
+            setting = w[2:]
+            i += 1
+        elif w.startswith("--") and "=" in w:
+            setting = w[2:]
+            i += 1
+        else:
+            raise StartupRefused(f"invalid command-line option {w!r} in startup packet", "08P01")
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise StartupRefused(f"option {name!r} requires a value", "08P01")
+        out.append((name.replace("-", "_"), value))
+    return out
+
+
+def filter_params(params: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(settings to send to the backend, protocol extensions to report as unrecognised)."""
+    settings: dict[str, str] = {}
+    extensions: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        if key in _ROUTING:
+            continue
+        if key.startswith("_pq_."):
+            extensions.append(key)
+        elif key == "options":
+            pairs.extend(_parse_options(value))
+        elif key == "replication":
+            if value.lower() not in ("false", "off", "no", "0"):
+                raise StartupRefused("replication connections are not allowed through tenantgate", "42501")
+        else:
+            pairs.append((key, value))
+    for name, value in pairs:
+        if name.lower() not in ALLOWED_SETTINGS:
+            raise StartupRefused(f'setting "{name}" may not be set by a client', "42501")
+        settings[name] = value
+    return settings, extensions

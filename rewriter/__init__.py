@@ -1,0 +1,1 @@
+"""tenantgate.rewriter."""

@@ -1,0 +1,103 @@
+"""Statement classification: the kind of each allowed statement, a reason for each refused one.
+
+>>> import pglast
+>>> refusal(pglast.parse_sql("TRUNCATE orders")[0].stmt).reason
+'truncate'
+>>> refusal(pglast.parse_sql("CREATE TABLE t (a int)")[0].stmt).message
+'CREATE TABLE is not allowed for tenants'
+>>> setting_allowed("TimeZone"), setting_allowed("search_path"), setting_allowed("tenantgate.tenant")
+(True, False, False)
+"""
+
+from __future__ import annotations
+
+import re
+
+from pglast import ast, enums
+
+from .errors import Refused
+
+# Session settings a tenant may SET/RESET/set_config: formatting, timeouts and transaction modes.
+# search_path, role, session_authorization, row_security, standard_conforming_strings and every
+# tenantgate.* setting are deliberately absent.
+ALLOWED_SETTINGS = frozenset({
+    "timezone", "statement_timeout", "application_name", "datestyle", "intervalstyle",
+    "extra_float_digits", "client_encoding", "lock_timeout", "idle_in_transaction_session_timeout",
+    "idle_session_timeout", "transaction_isolation", "transaction_read_only", "transaction_deferrable",
+    "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable",
+    "bytea_output", "client_min_messages", "work_mem", "synchronous_commit", "lc_monetary",
+    "lc_numeric", "lc_time", "xmloption", "xmlbinary",
+})
+
+
+def setting_allowed(name: str) -> bool:
+    return name.lower() in ALLOWED_SETTINGS
+
+
+# Statement node -> (reason, what PostgreSQL calls it) for refusals that are not plain DDL.
+_REFUSED = {
+    "TruncateStmt": ("truncate", "TRUNCATE"),
+    "LockStmt": ("lock", "LOCK"),
+    "GrantStmt": ("grant", "GRANT/REVOKE"),
+    "GrantRoleStmt": ("grant", "GRANT/REVOKE of a role"),
+    "DoStmt": ("do", "DO"),
+    "CallStmt": ("call", "CALL"),
+    "VacuumStmt": ("maintenance", "VACUUM/ANALYZE"),
+    "ClusterStmt": ("maintenance", "CLUSTER"),
+    "ReindexStmt": ("maintenance", "REINDEX"),
+    "CheckPointStmt": ("maintenance", "CHECKPOINT"),
+    "LoadStmt": ("load", "LOAD"),
+    "AlterSystemStmt": ("alter_system", "ALTER SYSTEM"),
+    "CreateStmt": ("ddl", "CREATE TABLE"),
+    "CreateTableAsStmt": ("ddl", "CREATE TABLE AS"),
+    "IndexStmt": ("ddl", "CREATE INDEX"),
+    "ViewStmt": ("ddl", "CREATE VIEW"),
+    "RuleStmt": ("ddl", "CREATE RULE"),
+    "DefineStmt": ("ddl", "CREATE"),
+    "DropStmt": ("ddl", "DROP"),
+    "RenameStmt": ("ddl", "ALTER ... RENAME"),
+    "CommentStmt": ("ddl", "COMMENT"),
+}
+
+
+def _label(node_name: str) -> str:
+    """CreateExtensionStmt -> CREATE EXTENSION."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", node_name.removesuffix("Stmt")).upper()
+
+
+def refusal(stmt: ast.Node) -> Refused:
+    """The refusal for a statement type no handler accepts (DDL unless known otherwise)."""
+    name = type(stmt).__name__
+    reason, label = _REFUSED.get(name, ("ddl", _label(name)))
+    return Refused(reason, f"{label} is not allowed for tenants")
+
+
+def transaction_kind(stmt: ast.TransactionStmt) -> str:
+    """begin/commit/rollback/savepoint/release/rollback_to; two-phase commit is refused."""
+    k = enums.TransactionStmtKind
+    kinds = {
+        k.TRANS_STMT_BEGIN: "begin", k.TRANS_STMT_START: "begin", k.TRANS_STMT_COMMIT: "commit",
+        k.TRANS_STMT_ROLLBACK: "rollback", k.TRANS_STMT_SAVEPOINT: "savepoint",
+        k.TRANS_STMT_RELEASE: "release", k.TRANS_STMT_ROLLBACK_TO: "rollback_to",
+    }
+    kind = kinds.get(stmt.kind)
+    if kind is None:  # PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED act on shared state
+        raise Refused("two_phase", "two-phase commit statements are not allowed for tenants")
+    return kind
+
+
+def set_kind(stmt: ast.VariableSetStmt) -> str:
+    """set/reset/reset_all for an allowed SET or RESET; refuses the rest (reason set_forbidden)."""
+    k = enums.VariableSetKind
+    if stmt.kind == k.VAR_RESET_ALL:
+        return "reset_all"
+    if stmt.name in ("TRANSACTION", "SESSION CHARACTERISTICS"):
+        return "set"
+    if not setting_allowed(stmt.name):
+        verb = "RESET" if stmt.kind == k.VAR_RESET else "SET"
+        raise Refused("set_forbidden", f"{verb} {stmt.name} is not allowed for tenants")
+    return "reset" if stmt.kind == k.VAR_RESET else "set"
+
+
+def discard_kind(stmt: ast.DiscardStmt) -> str:
+    return "discard_all" if stmt.target == enums.DiscardMode.DISCARD_ALL else "discard"

@@ -1,0 +1,67 @@
+"""Which tables are scoped (and by which column), which are read-only reference tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .catalog import CATALOG_SCHEMAS, relation_denial, unqualified_catalog_relation
+
+RelationKind = Literal["scoped", "reference", "catalog", "unlisted"]
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A table reference resolved the way the backend resolves it (search_path pinned to public)."""
+
+    kind: RelationKind
+    schema: str
+    name: str
+    column: str | None = None  # the tenant column of a scoped table
+    denial: str | None = None  # reason code when a catalog relation is denied
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Tenant scoping configuration; ``version`` changes on every reload and keys the plan cache.
+
+    >>> p = Policy(scoped={("public", "invoices"): "org_id"}, reference=frozenset({("public", "countries")}))
+    >>> p.resolve(None, "INVOICES".lower())
+    Relation(kind='scoped', schema='public', name='invoices', column='org_id', denial=None)
+    >>> p.resolve("public", "countries").kind, p.resolve(None, "pg_class").kind, p.resolve(None, "x").kind
+    ('reference', 'catalog', 'unlisted')
+    """
+
+    column: str = "tenant_id"
+    scoped: dict[tuple[str, str], str] = field(default_factory=dict)
+    reference: frozenset[tuple[str, str]] = frozenset()
+    version: int = 1
+
+    def __hash__(self) -> int:
+        return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version))
+
+    @classmethod
+    def from_config(cls, scoping: Any, version: int = 1) -> Policy:
+        """Build from tenantgate.config's Scoping (column, tables, reference); schema None = public."""
+        scoped = {(t.schema or "public", t.name): (t.column or scoping.column) for t in scoping.tables}
+        reference = frozenset((schema or "public", name) for schema, name in scoping.reference)
+        overlap = set(scoped) & reference
+        if overlap:
+            schema, name = sorted(overlap)[0]
+            raise ValueError(f"table {schema}.{name} is both scoped and a reference table")
+        return cls(column=scoping.column, scoped=scoped, reference=reference, version=version)
+
+    def resolve(self, schema: str | None, name: str) -> Relation:
+        """Resolve a relation name (already case-folded by the parser)."""
+        if schema is None:
+            if unqualified_catalog_relation(name):
+                return Relation("catalog", "pg_catalog", name, denial=relation_denial("pg_catalog", name))
+            schema = "public"
+        if schema in CATALOG_SCHEMAS:
+            return Relation("catalog", schema, name, denial=relation_denial(schema, name))
+        column = self.scoped.get((schema, name))
+        if column is not None:
+            return Relation("scoped", schema, name, column=column)
+        if (schema, name) in self.reference:
+            return Relation("reference", schema, name)
+        return Relation("unlisted", schema, name)

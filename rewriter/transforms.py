@@ -1,0 +1,208 @@
+"""Small composable AST transforms (pglast nodes in, pglast nodes out) that scope one construct.
+
+The scoper (scoper.py) decides where each applies; here each one is a pure function with an
+example of the SQL before and after.
+"""
+
+from __future__ import annotations
+
+from pglast import ast, enums, parse_sql
+from pglast.stream import RawStream
+
+from .policy import Relation
+
+
+def deparse(node: ast.Node) -> str:
+    """PostgreSQL text for a node (pglast's deparser quotes identifiers and escapes literals)."""
+    return str(RawStream()(node))
+
+
+def _parse_one(sql: str) -> ast.Node:
+    """Parse one statement (doctest helper)."""
+    return parse_sql(sql)[0].stmt
+
+
+def string_literal(value: str) -> ast.A_Const:
+    """A string constant node; the deparser renders it as a properly escaped literal.
+
+    >>> deparse(string_literal("o'neil\\\\co"))
+    "'o''neil\\\\co'"
+    """
+    return ast.A_Const(isnull=False, val=ast.String(sval=value))
+
+
+def tenant_predicate(qualifier: str, column: str, tenant: str) -> ast.A_Expr:
+    """``qualifier.column = 'tenant'``.
+
+    >>> deparse(tenant_predicate("o", "tenant_id", "acme"))
+    "o.tenant_id = 'acme'"
+    >>> deparse(tenant_predicate("Order Lines", "org", "it's"))
+    '"Order Lines".org = \\'it\\'\\'s\\''
+    """
+    return ast.A_Expr(
+        kind=enums.A_Expr_Kind.AEXPR_OP,
+        name=(ast.String(sval="="),),
+        lexpr=ast.ColumnRef(fields=(ast.String(sval=qualifier), ast.String(sval=column))),
+        rexpr=string_literal(tenant),
+    )
+
+
+def and_predicate(where: ast.Node | None, predicate: ast.Node) -> ast.Node:
+    """Put ``predicate`` in front of an existing condition (an OR in it cannot widen the scope).
+
+    >>> where = _parse_one("SELECT 1 FROM t WHERE id = 1 OR 1 = 1").whereClause
+    >>> deparse(and_predicate(where, tenant_predicate("t", "tenant_id", "acme")))
+    "t.tenant_id = 'acme' AND (id = 1 OR 1 = 1)"
+    >>> deparse(and_predicate(None, tenant_predicate("t", "tenant_id", "acme")))
+    "t.tenant_id = 'acme'"
+    """
+    if where is None:
+        return predicate
+    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(predicate, where))
+
+
+def scoped_select(relation: Relation, tenant: str, *, inherit: bool = True,
+                  sample: ast.RangeTableSample | None = None) -> ast.SelectStmt:
+    """``SELECT * FROM schema.table WHERE table.column = 'tenant'``: a scoped table's only form.
+
+    >>> rel = Relation("scoped", "public", "orders", column="tenant_id")
+    >>> deparse(scoped_select(rel, "acme", inherit=False))
+    "SELECT * FROM ONLY public.orders WHERE orders.tenant_id = 'acme'"
+    """
+    assert relation.column is not None  # noqa: S101 - only scoped relations get here
+    table: ast.Node = ast.RangeVar(schemaname=relation.schema, relname=relation.name, inh=inherit,
+                                   relpersistence="p")
+    if sample is not None:
+        table = ast.RangeTableSample(relation=table, method=sample.method, args=sample.args,
+                                     repeatable=sample.repeatable)
+    return ast.SelectStmt(
+        targetList=(ast.ResTarget(val=ast.ColumnRef(fields=(ast.A_Star(),))),),
+        fromClause=(table,),
+        whereClause=tenant_predicate(relation.name, relation.column, tenant),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+
+
+def scope_range_var(rv: ast.RangeVar, relation: Relation, tenant: str,
+                    sample: ast.RangeTableSample | None = None) -> ast.RangeSubselect:
+    """Replace a scoped table in FROM/JOIN by a derived table under the same name.
+
+    Scoping the table itself (not the WHERE of the query) keeps outer joins' semantics.
+
+    >>> stmt = _parse_one("SELECT o.id, c.name FROM customers c LEFT JOIN ONLY orders o ON o.cid = c.id")
+    >>> rel = Relation("scoped", "public", "orders", column="tenant_id")
+    >>> stmt.fromClause[0].rarg = scope_range_var(stmt.fromClause[0].rarg, rel, "acme")
+    >>> deparse(stmt)  # doctest: +NORMALIZE_WHITESPACE
+    "SELECT o.id, c.name FROM customers AS c LEFT JOIN (SELECT * FROM ONLY public.orders
+     WHERE orders.tenant_id = 'acme') AS o ON o.cid = c.id"
+    """
+    alias = rv.alias or ast.Alias(aliasname=rv.relname)
+    return ast.RangeSubselect(lateral=False, subquery=scoped_select(relation, tenant, inherit=rv.inh,
+                                                                    sample=sample), alias=alias)
+
+
+def qualify(rv: ast.RangeVar, schema: str) -> ast.RangeVar:
+    """Schema-qualify a table reference so that it never depends on search_path.
+
+    >>> deparse(qualify(_parse_one("SELECT 1 FROM countries").fromClause[0], "public"))
+    'public.countries'
+    """
+    rv.schemaname = schema
+    return rv
+
+
+def forced_value(tenant: str) -> ast.A_Const:
+    """The tenant literal that fills a tenant column an INSERT left out or set to DEFAULT."""
+    return string_literal(tenant)
+
+
+def add_tenant_column(insert: ast.InsertStmt, column: str, tenant: str) -> ast.InsertStmt:
+    """INSERT without the tenant column: add it, with the tenant literal in every VALUES row.
+
+    >>> ins = _parse_one("INSERT INTO orders (id, note) VALUES (1, 'a'), (2, DEFAULT)")
+    >>> deparse(add_tenant_column(ins, "tenant_id", "acme"))
+    "INSERT INTO orders (id, note, tenant_id) VALUES (1, 'a', 'acme'), (2, DEFAULT, 'acme')"
+    >>> ins = _parse_one("INSERT INTO orders DEFAULT VALUES")
+    >>> deparse(add_tenant_column(ins, "tenant_id", "acme"))
+    "INSERT INTO orders (tenant_id) VALUES ('acme')"
+    >>> ins = _parse_one("INSERT INTO orders (id) SELECT id + 100 FROM orders")
+    >>> deparse(add_tenant_column(ins, "tenant_id", "acme"))
+    "INSERT INTO orders (id, tenant_id) SELECT id + 100, 'acme' FROM orders"
+    """
+    insert.cols = (*(insert.cols or ()), ast.ResTarget(name=column))
+    source = insert.selectStmt
+    if source is None:
+        insert.selectStmt = ast.SelectStmt(valuesLists=((forced_value(tenant),),),
+                                           limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+                                           op=enums.SetOperation.SETOP_NONE)
+    elif is_plain_values(source):
+        source.valuesLists = tuple((*row, forced_value(tenant)) for row in source.valuesLists)
+    else:
+        insert.selectStmt = select_with_tenant(source, None, len(insert.cols) - 1, tenant)
+    return insert
+
+
+def is_plain_values(select: ast.SelectStmt) -> bool:
+    """A bare VALUES list (DEFAULT allowed in it), nothing around it."""
+    return bool(select.valuesLists) and not (select.sortClause or select.limitCount or select.limitOffset
+                                             or select.withClause or select.lockingClause)
+
+
+def _is_simple_select(select: ast.SelectStmt) -> bool:
+    return (select.op == enums.SetOperation.SETOP_NONE and not select.valuesLists
+            and select.targetList is not None and not select.intoClause)
+
+
+def _has_star(select: ast.SelectStmt) -> bool:
+    return any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
+               for t in select.targetList)
+
+
+def select_with_tenant(source: ast.SelectStmt, index: int | None, width: int,
+                       tenant: str) -> ast.SelectStmt:
+    """INSERT ... SELECT: force the tenant value at output position ``index`` (None: append it).
+
+    ``width`` is the number of columns the INSERT names besides an appended tenant column.
+
+    >>> sel = _parse_one("SELECT tenant_id, id FROM orders")
+    >>> deparse(select_with_tenant(sel, 0, 2, "acme"))
+    "SELECT 'acme', id FROM orders"
+    >>> sel = _parse_one("SELECT 1, 'x' UNION SELECT 2, 'y'")
+    >>> deparse(select_with_tenant(sel, 1, 2, "acme"))  # doctest: +NORMALIZE_WHITESPACE
+    "SELECT _tg_src._tg_c1, 'acme' FROM (SELECT 1, 'x' UNION SELECT 2, 'y') AS _tg_src (_tg_c1, _tg_c2)"
+    """
+    if _is_simple_select(source):
+        if index is None:
+            source.targetList = (*source.targetList, ast.ResTarget(val=forced_value(tenant)))
+            return source
+        if not _has_star(source) and index < len(source.targetList):
+            targets = list(source.targetList)
+            targets[index] = ast.ResTarget(val=forced_value(tenant))
+            source.targetList = tuple(targets)
+            return source
+    names = [f"_tg_c{i + 1}" for i in range(width)]
+    outputs: list[ast.Node] = [ast.ColumnRef(fields=(ast.String(sval="_tg_src"), ast.String(sval=n)))
+                               for n in names]
+    if index is None:
+        outputs.append(forced_value(tenant))
+    else:
+        outputs[index] = forced_value(tenant)
+    return ast.SelectStmt(
+        targetList=tuple(ast.ResTarget(val=v) for v in outputs),
+        fromClause=(ast.RangeSubselect(lateral=False, subquery=source, alias=ast.Alias(
+            aliasname="_tg_src", colnames=tuple(ast.String(sval=n) for n in names))),),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+
+
+def prefix_channel(expr: ast.Node, prefix: str) -> ast.A_Expr:
+    """pg_notify's channel argument, whatever expression it is, gets the tenant's prefix.
+
+    >>> call = _parse_one("SELECT pg_notify(lower('Jobs'), 'x')").targetList[0].val
+    >>> deparse(prefix_channel(call.args[0], "acme:"))
+    "'acme:' || lower('Jobs')"
+    """
+    return ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="||"),),
+                      lexpr=string_literal(prefix), rexpr=expr)

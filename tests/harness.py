@@ -1,0 +1,133 @@
+"""Run the real proxy (``tenantgate serve``) as a subprocess in front of the test server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tenantgate.proxy.pgcluster import PgServer, free_port
+
+USERS = {
+    # name: (tenant or None for a trusted service user, password)
+    "alice": ("acme", "alice-pw"),
+    "bob": ("globex", "bob-pw"),
+    "svc": (None, "svc-pw"),
+}
+
+
+@dataclass
+class Backend:
+    """A database with an unprivileged application role, as the proxy's backend."""
+
+    pg: PgServer
+    database: str
+    role: str
+    password: str
+
+    @classmethod
+    def create(cls, pg: PgServer, database: str, setup_sql: str = "", *, owner: bool = True) -> Backend:
+        role = f"app_{database}"
+        password = secrets.token_urlsafe(12)
+        pg.create_role(role, password)
+        pg.create_database(database, owner=role if owner else None)
+        if setup_sql:
+            pg.execute(setup_sql, dbname=database)
+        if not owner:
+            pg.execute(
+                f'GRANT USAGE ON SCHEMA public TO "{role}"; '
+                f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"',
+                dbname=database,
+            )
+        return cls(pg, database, role, password)
+
+    def direct_dsn(self) -> str:
+        return self.pg.dsn(self.role, self.password, self.database)
+
+
+@dataclass
+class ProxyProcess:
+    config_path: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    users: dict[str, tuple[str | None, str]] = field(default_factory=lambda: dict(USERS))
+
+    def dsn(self, user: str = "svc", dbname: str = "", **params: str) -> str:
+        password = self.users[user][1]
+        extra = "".join(f"&{k}={v}" for k, v in params.items())
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{dbname}?sslmode=disable{extra}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def config_text(backend: Backend, port: int, *, extra: str = "", scoping: str = "", tls: str = "") -> str:
+    users = []
+    for name, (tenant, password) in USERS.items():
+        owner = f'tenant = "{tenant}"' if tenant else "trusted = true"
+        users.append(f'[users.{name}]\n{owner}\npassword = "{password}"\n')
+    return "\n".join(
+        [
+            f'[listen]\naddress = "127.0.0.1:{port}"\n',
+            f'[backend]\nhost = "{backend.pg.host}"\nport = {backend.pg.port}\nuser = "{backend.role}"\n'
+            f'password = "{backend.password}"\ndatabase = "{backend.database}"\nsslmode = "prefer"\n',
+            tls,
+            '[server]\nstartup_timeout = 3.0\nshutdown_timeout = 10.0\n',
+            '[tenants.acme]\ntier = "shared"\n\n[tenants.globex]\ntier = "shared"\n',
+            *users,
+            '[admins.dba]\npassword = "dba-pw"\n',
+            scoping or '[scoping]\ncolumn = "tenant_id"\ntables = []\n',
+            extra,
+        ]
+    )
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"proxy did not listen on {port}:\n{log_path.read_text(errors='replace')}")
+
+
+def start_proxy(tmp: Path, text: str, port: int) -> ProxyProcess:
+    config_path = tmp / "tenantgate.toml"
+    config_path.write_text(text)
+    log_path = tmp / "proxy.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tenantgate.proxy.cli", "serve", "--config", str(config_path), "--log-level", "debug"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    wait_port(port, proc, log_path)
+    return ProxyProcess(config_path, port, proc, log_path)
+
+
+def launch(tmp: Path, backend: Backend, **kw: str) -> ProxyProcess:
+    port = free_port()
+    return start_proxy(tmp, config_text(backend, port, **kw), port)
