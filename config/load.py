@@ -223,14 +223,15 @@ class _Loader:
         if value is None:
             return None
         resolved = self.path.parent / pathlib.Path(value).expanduser()
+        # Check the type first: opening a FIFO would block the loader.
+        if resolved.exists() and not resolved.is_file():
+            self.problem(_join(path, key), f"{str(resolved)!r} is not a regular file")
+            return None
         try:
             with open(resolved, "rb"):
                 pass
         except OSError as exc:
             self.problem(_join(path, key), f"cannot read {str(resolved)!r}: {exc.strerror or exc}")
-            return None
-        if not resolved.is_file():
-            self.problem(_join(path, key), f"{str(resolved)!r} is not a regular file")
             return None
         return str(resolved)
 
@@ -243,7 +244,7 @@ class _Loader:
         except OSError as exc:
             self.problem(where, f"cannot read {resolved!r}: {exc.strerror or exc}")
             return None
-        text = text.removesuffix("\n").removesuffix("\r")
+        text = text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
         if not text:
             self.problem(where, f"{resolved!r} is empty")
             return None
@@ -319,10 +320,12 @@ class _Loader:
     def listen(self, raw: Mapping[str, Any]) -> Listen:
         p = "listen"
         tbl = self.table(raw, p, "", frozenset({"address", "unix_socket", "admin", "metrics", "workers"}))
-        address = self.parsed(tbl, "address", p, parse_address, None) or ("127.0.0.1", 6432)
+        given = self.parsed(tbl, "address", p, parse_address)
+        address = given or ("127.0.0.1", 6432)
         admin = self.parsed(tbl, "admin", p, parse_address)
         metrics = self.parsed(tbl, "metrics", p, parse_address)
-        seen = {address: "address"}
+        # A broken address is reported already; comparing with its fallback would only confuse.
+        seen = {address: "address"} if given is not None or "address" not in tbl else {}
         for key, addr in (("admin", admin), ("metrics", metrics)):
             if addr is not None and addr in seen:
                 self.problem(_join(p, key), f"uses the same host and port as listen.{seen[addr]}")

@@ -9,7 +9,6 @@ import secrets
 import signal
 import ssl
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tenantgate.config import Config, ConfigError, load_config
@@ -65,8 +64,8 @@ class Proxy:
         self.stopping = asyncio.Event()
 
     def _load_secret(self) -> bytes:
-        path = self.config.server.secret_file
-        return Path(path).read_bytes() if path else secrets.token_bytes(32)
+        secret = self.config.server.secret
+        return secret.reveal().encode() if secret is not None else secrets.token_bytes(32)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy import codec
+from tenantgate.proxy.pgcluster import AuthMethod, PgServer, free_port
+from tenantgate.proxy.scram import ScramClient
 
 USERS = {
     # name: (tenant or None for a trusted service user, password)
@@ -32,10 +34,12 @@ class Backend:
     password: str
 
     @classmethod
-    def create(cls, pg: PgServer, database: str, setup_sql: str = "", *, owner: bool = True) -> Backend:
+    def create(
+        cls, pg: PgServer, database: str, setup_sql: str = "", *, owner: bool = True, method: AuthMethod = "scram-sha-256"
+    ) -> Backend:
         role = f"app_{database}"
         password = secrets.token_urlsafe(12)
-        pg.create_role(role, password)
+        pg.create_role(role, password, method=method)
         pg.create_database(database, owner=role if owner else None)
         if setup_sql:
             pg.execute(setup_sql, dbname=database)
@@ -78,7 +82,12 @@ class ProxyProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def config_text(backend: Backend, port: int, *, extra: str = "", scoping: str = "", tls: str = "") -> str:
+PREFER = 'sslmode = "prefer"'
+
+
+def config_text(
+    backend: Backend, port: int, *, extra: str = "", scoping: str = "", tls: str = "", server: str = "", backend_extra: str = ""
+) -> str:
     users = []
     for name, (tenant, password) in USERS.items():
         owner = f'tenant = "{tenant}"' if tenant else "trusted = true"
@@ -87,9 +96,9 @@ def config_text(backend: Backend, port: int, *, extra: str = "", scoping: str = 
         [
             f'[listen]\naddress = "127.0.0.1:{port}"\n',
             f'[backend]\nhost = "{backend.pg.host}"\nport = {backend.pg.port}\nuser = "{backend.role}"\n'
-            f'password = "{backend.password}"\ndatabase = "{backend.database}"\nsslmode = "prefer"\n',
+            f'password = "{backend.password}"\ndatabase = "{backend.database}"\n{backend_extra or PREFER}\n',
             tls,
-            '[server]\nstartup_timeout = 3.0\nshutdown_timeout = 10.0\n',
+            server or '[server]\nstartup_timeout = 3.0\nshutdown_timeout = 10.0\nmax_message_size = 8388608\n',
             '[tenants.acme]\ntier = "shared"\n\n[tenants.globex]\ntier = "shared"\n',
             *users,
             '[admins.dba]\npassword = "dba-pw"\n',
@@ -131,3 +140,72 @@ def start_proxy(tmp: Path, text: str, port: int) -> ProxyProcess:
 def launch(tmp: Path, backend: Backend, **kw: str) -> ProxyProcess:
     port = free_port()
     return start_proxy(tmp, config_text(backend, port, **kw), port)
+
+
+class RawClient:
+    """A hand-driven frontend over a plain socket, for bad input the real drivers never send."""
+
+    def __init__(self, port: int, timeout: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.framer = codec.Framer("server")
+        self.pending: list[object] = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_message(self) -> object:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("proxy closed the connection")
+            buf, frames = self.framer.feed(data)
+            self.pending += [codec.decode_backend(t, buf[s + 5 : e]) for t, s, e in frames]
+        return self.pending.pop(0)
+
+    def until_ready(self) -> list[object]:
+        """Messages up to and including the next ReadyForQuery."""
+        out = []
+        while True:
+            msg = self.recv_message()
+            out.append(msg)
+            if isinstance(msg, codec.ReadyForQuery):
+                return out
+
+    def closed(self) -> bool:
+        """True once the proxy has closed the socket (after reading what it sent)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except (ConnectionError, TimeoutError):
+            return False
+        return True
+
+    def login(self, user: str, password: str, database: str = "") -> list[object]:
+        params = {"user": user, **({"database": database} if database else {})}
+        self.send(codec.StartupMessage(params).encode())
+        request = self.recv_message()
+        if isinstance(request, codec.ErrorResponse):
+            return [request]
+        assert isinstance(request, codec.Authentication) and request.code == codec.AUTH_SASL, request
+        scram = ScramClient(password)
+        self.send(codec.sasl_initial_response("SCRAM-SHA-256", scram.first()).encode())
+        cont = self.recv_message()
+        if isinstance(cont, codec.ErrorResponse):
+            return [cont]
+        assert isinstance(cont, codec.Authentication)
+        self.send(codec.PasswordMessage(scram.final(cont.data)).encode())
+        final = self.recv_message()
+        if isinstance(final, codec.ErrorResponse):
+            return [final]
+        return self.until_ready()
+
+    def query(self, sql: str) -> list[object]:
+        self.send(codec.Query(sql).encode())
+        return self.until_ready()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def errors(messages: list[object]) -> list[codec.ErrorResponse]:
+    return [m for m in messages if type(m) is codec.ErrorResponse]

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
-
 from tenantgate.config import ConfigError, Secret, check_config, load_config
 from tenantgate.config.values import parse_identifier, parse_qualified_name, render_identifier
 from tenantgate.proxy.scram import AuthError, ScramClient, ScramServer, md5_hash
@@ -394,7 +393,8 @@ def test_broken_config_reports_every_problem(tmp_path: pathlib.Path) -> None:
             "backend.allow_superuser",
             "expected a boolean, got an integer",
         ),
-        ('[tls]\nmode = "require"\ncert = "nope.pem"\nkey = "nope.key"', "tls.cert", "cannot read"),
+        ('[tls]\ncert = "nope.pem"', "tls.cert", "cannot read"),
+        ('[tls]\nmode = "require"\ncert = "short"\nkey = "short"', "tls", "cert and key cannot be loaded together"),
         ("[server]\nmax_startup_packet = 20000", "server.max_startup_packet", "at most 10000"),
         ("[server]\nshutdown_timeout = -1", "server.shutdown_timeout", "at least 0"),
         ('[server]\nsecret_file = "short"', "server.secret_file", "fewer than 32 characters"),
@@ -506,7 +506,7 @@ def test_secret_type() -> None:
 
 
 @given(
-    st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1).filter(
+    st.text(alphabet=st.characters(exclude_characters="\0", exclude_categories=["Cs"]), min_size=1).filter(
         lambda s: len(s.encode()) < 64
     )
 )

@@ -1,0 +1,533 @@
+"""Walk one parsed statement, apply the transforms where scoped tables appear, refuse the rest.
+
+Fail closed: a node type the walker does not know is refused (0A000), so a construct added to the
+grammar later cannot carry a table reference past it.
+
+>>> import pglast
+>>> from .policy import Policy
+>>> policy = Policy(scoped={("public", "orders"): "tenant_id"})
+>>> s = Scoper(policy, "acme", extended=False)
+>>> stmt = pglast.parse_sql("WITH orders AS (SELECT * FROM orders) SELECT * FROM orders")[0].stmt
+>>> s.statement(stmt)
+'select'
+>>> deparse(stmt)  # doctest: +NORMALIZE_WHITESPACE
+"WITH orders AS (SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme')
+ AS orders) SELECT * FROM orders"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pglast import ast, enums
+
+from . import channels
+from .catalog import function_denial, operator_denial
+from .classify import discard_kind, refusal, set_kind, setting_allowed, transaction_kind
+from .errors import Refused
+from .policy import Policy, Relation
+from .transforms import (
+    add_tenant_column,
+    and_predicate,
+    deparse,
+    forced_value,
+    is_plain_values,
+    prefix_channel,
+    qualify,
+    scope_range_var,
+    select_with_tenant,
+    tenant_predicate,
+)
+
+# Expression-level nodes that hold no table reference of their own: walked field by field.
+GENERIC_NODES = frozenset({
+    "A_Const", "A_Expr", "A_ArrayExpr", "A_Indices", "A_Indirection", "A_Star", "Alias", "BitString",
+    "Boolean", "BooleanTest", "BoolExpr", "CaseExpr", "CaseWhen", "CoalesceExpr", "CollateClause",
+    "ColumnDef", "ColumnRef", "CTECycleClause", "CTESearchClause", "Float", "GroupingFunc",
+    "GroupingSet", "IndexElem", "InferClause", "Integer", "MinMaxExpr", "MultiAssignRef",
+    "NamedArgExpr", "NullTest", "ParamRef", "RangeTableFuncCol", "ResTarget", "ReturningClause",
+    "RowExpr", "SetToDefault", "SortBy", "SQLValueFunction", "String", "TypeCast", "TypeName",
+    "WindowDef", "XmlExpr", "XmlSerialize",
+})
+# Operators named by A_Expr kinds other than these are fixed by the grammar (LIKE, BETWEEN ...).
+_CHECKED_OPERATOR_KINDS = frozenset({enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY,
+                                     enums.A_Expr_Kind.AEXPR_OP_ALL})
+DML = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+
+
+def unsupported(what: str) -> Refused:
+    return Refused("unsupported", f"{what} is not supported by tenantgate", "0A000")
+
+
+class Scoper:
+    """Scopes the statements of one message for one tenant (create one per rewrite).
+
+    After ``statement()``: ``modified`` says whether the statement must be deparsed,
+    ``tenant_params`` holds $n numbers that must equal the tenant at Bind time and
+    ``value_dependent`` says a decision depended on a literal's value (no literal lifting).
+    """
+
+    def __init__(self, policy: Policy, tenant: str, *, extended: bool) -> None:
+        self.policy = policy
+        self.tenant = tenant
+        self.extended = extended
+        self.tenant_params: set[int] = set()
+        self.value_dependent = False
+        self.modified = False
+        self._ctes: list[frozenset[str]] = []
+        self._in_prepare = False
+
+    # -- statements ---------------------------------------------------------------------------
+
+    def statement(self, stmt: ast.Node) -> str:
+        """Scope one top-level statement in place; return its kind or raise Refused."""
+        self.modified = False
+        name = type(stmt).__name__
+        if name in DML:
+            self.dml(stmt)
+            return name.removesuffix("Stmt").lower()
+        handler = getattr(self, f"_stmt_{name}", None)
+        if handler is None:
+            raise refusal(stmt)
+        kind: str = handler(stmt)
+        return kind
+
+    def dml(self, stmt: ast.Node) -> None:
+        """SELECT/INSERT/UPDATE/DELETE/MERGE at any level (top, CTE, EXPLAIN, PREPARE, COPY)."""
+        name = type(stmt).__name__
+        if name == "SelectStmt":
+            self.select(stmt)
+        elif name == "InsertStmt":
+            self.insert(stmt)
+        elif name == "UpdateStmt":
+            self.update(stmt)
+        elif name == "DeleteStmt":
+            self.delete(stmt)
+        elif name == "MergeStmt":
+            self.merge(stmt)
+        else:
+            raise refusal(stmt)
+
+    def _stmt_VariableSetStmt(self, stmt: ast.VariableSetStmt) -> str:
+        self.value_dependent = True
+        return set_kind(stmt)
+
+    def _stmt_VariableShowStmt(self, stmt: ast.VariableShowStmt) -> str:
+        return "show"
+
+    def _stmt_ConstraintsSetStmt(self, stmt: ast.ConstraintsSetStmt) -> str:
+        return "set"
+
+    def _stmt_DiscardStmt(self, stmt: ast.DiscardStmt) -> str:
+        return discard_kind(stmt)
+
+    def _stmt_TransactionStmt(self, stmt: ast.TransactionStmt) -> str:
+        return transaction_kind(stmt)
+
+    def _stmt_ExplainStmt(self, stmt: ast.ExplainStmt) -> str:
+        inner = type(stmt.query).__name__
+        if inner in DML:
+            self.dml(stmt.query)
+        elif inner in ("ExecuteStmt", "DeclareCursorStmt"):
+            getattr(self, f"_stmt_{inner}")(stmt.query)
+        else:
+            raise refusal(stmt.query)
+        return "explain"
+
+    def _stmt_PrepareStmt(self, stmt: ast.PrepareStmt) -> str:
+        self.expr(stmt.argtypes)
+        self._in_prepare = True
+        try:
+            self.dml(stmt.query)
+        finally:
+            self._in_prepare = False
+        return "prepare"
+
+    def _stmt_ExecuteStmt(self, stmt: ast.ExecuteStmt) -> str:
+        self.expr(stmt.params)
+        return "execute"
+
+    def _stmt_DeallocateStmt(self, stmt: ast.DeallocateStmt) -> str:
+        return "deallocate"
+
+    def _stmt_DeclareCursorStmt(self, stmt: ast.DeclareCursorStmt) -> str:
+        self.dml(stmt.query)
+        return "declare"
+
+    def _stmt_FetchStmt(self, stmt: ast.FetchStmt) -> str:
+        return "move" if stmt.ismove else "fetch"
+
+    def _stmt_ClosePortalStmt(self, stmt: ast.ClosePortalStmt) -> str:
+        return "close"
+
+    def _stmt_ListenStmt(self, stmt: ast.ListenStmt) -> str:
+        stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
+        self.modified = self.value_dependent = True
+        return "listen"
+
+    def _stmt_UnlistenStmt(self, stmt: ast.UnlistenStmt) -> str:
+        if stmt.conditionname is not None:  # UNLISTEN * only concerns this session
+            stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
+            self.modified = self.value_dependent = True
+        return "unlisten"
+
+    def _stmt_NotifyStmt(self, stmt: ast.NotifyStmt) -> str:
+        stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
+        self.modified = self.value_dependent = True
+        return "notify"
+
+    def _stmt_CopyStmt(self, stmt: ast.CopyStmt) -> str:
+        if stmt.is_from:
+            raise Refused("copy_from", "COPY FROM is not allowed for tenants: rows cannot be scoped")
+        if stmt.filename is not None or stmt.is_program:
+            raise Refused("copy_file", "COPY to a server file or program is not allowed for tenants")
+        if stmt.query is not None:
+            self.dml(stmt.query)
+            return "copy"
+        # COPY table TO STDOUT reads that table only (no inheritance children): the same as a query.
+        columns = [ast.ColumnRef(fields=(col,)) for col in stmt.attlist or ()] or [
+            ast.ColumnRef(fields=(ast.A_Star(),))]
+        query = ast.SelectStmt(
+            targetList=tuple(ast.ResTarget(val=c) for c in columns),
+            fromClause=(ast.RangeVar(schemaname=stmt.relation.schemaname, relname=stmt.relation.relname,
+                                     inh=False, relpersistence="p", alias=stmt.relation.alias),),
+            limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT, op=enums.SetOperation.SETOP_NONE)
+        if stmt.relation.catalogname is not None:
+            raise unsupported("a database-qualified table name")
+        self.select(query)
+        stmt.relation, stmt.attlist, stmt.query = None, None, query
+        self.modified = True
+        return "copy"
+
+    # -- query levels ---------------------------------------------------------------------------
+
+    @contextmanager
+    def with_clause(self, clause: ast.WithClause | None) -> Iterator[None]:
+        """Scope CTE bodies and make their names visible as PostgreSQL does.
+
+        Without RECURSIVE a CTE sees only the CTEs before it (its own name inside its body is the
+        table); with RECURSIVE every CTE of the list is visible in every body.
+        """
+        if clause is None:
+            yield
+            return
+        depth = len(self._ctes)
+        names = [cte.ctename for cte in clause.ctes]
+        if clause.recursive:
+            self._ctes.append(frozenset(names))
+        for cte in clause.ctes:
+            self.dml(cte.ctequery)
+            self.expr(cte.search_clause)
+            self.expr(cte.cycle_clause)
+            if not clause.recursive:
+                self._ctes.append(frozenset({cte.ctename}))
+        try:
+            yield
+        finally:
+            del self._ctes[depth:]
+
+    def is_cte(self, rv: ast.RangeVar) -> bool:
+        return rv.schemaname is None and rv.catalogname is None and any(rv.relname in s for s in self._ctes)
+
+    def select(self, sel: ast.SelectStmt) -> None:
+        if sel.intoClause is not None:
+            raise Refused("ddl", "SELECT INTO is not allowed for tenants")
+        with self.with_clause(sel.withClause):
+            if sel.op != enums.SetOperation.SETOP_NONE:
+                self.select(sel.larg)
+                self.select(sel.rarg)
+            if sel.fromClause:
+                sel.fromClause = tuple(self.from_item(item) for item in sel.fromClause)
+            for part in (sel.valuesLists, sel.targetList, sel.whereClause, sel.groupClause,
+                         sel.havingClause, sel.windowClause, sel.sortClause, sel.limitOffset,
+                         sel.limitCount, sel.distinctClause):
+                self.expr(part)
+            # FOR UPDATE OF names FROM items (aliases), never tables: nothing to scope there.
+            for clause in sel.lockingClause or ():
+                if not isinstance(clause, ast.LockingClause):
+                    raise unsupported(type(clause).__name__)
+
+    def from_item(self, item: ast.Node) -> ast.Node:
+        if isinstance(item, ast.RangeVar):
+            return self.range_var(item)
+        if isinstance(item, ast.JoinExpr):
+            item.larg = self.from_item(item.larg)
+            item.rarg = self.from_item(item.rarg)
+            self.expr(item.quals)
+            return item
+        if isinstance(item, ast.RangeSubselect):
+            self.dml(item.subquery)
+            return item
+        if isinstance(item, ast.RangeFunction):
+            self.expr(item.functions)
+            self.expr(item.coldeflist)
+            return item
+        if isinstance(item, ast.RangeTableSample):
+            self.expr(item.args)
+            self.expr(item.repeatable)
+            rv = item.relation
+            if isinstance(rv, ast.RangeVar) and not self.is_cte(rv):
+                relation = self.relation(rv)
+                if relation.kind == "scoped":
+                    self.modified = True
+                    return scope_range_var(rv, relation, self.tenant, sample=item)
+            item.relation = self.from_item(rv)
+            return item
+        if isinstance(item, ast.RangeTableFunc):
+            self.expr(item.docexpr)
+            self.expr(item.rowexpr)
+            self.expr(item.namespaces)
+            self.expr(item.columns)
+            return item
+        raise unsupported(f"{type(item).__name__} in FROM")
+
+    def relation(self, rv: ast.RangeVar) -> Relation:
+        """Resolve a table reference that is not a CTE; refuse unlisted and denied relations."""
+        if rv.catalogname is not None:
+            raise unsupported("a database-qualified table name")
+        rel = self.policy.resolve(rv.schemaname, rv.relname)
+        if rel.kind == "unlisted":
+            raise Refused("unlisted_table", f"table {rel.schema}.{rel.name} is not available to tenants")
+        if rel.kind == "catalog" and rel.denial is not None:
+            raise Refused(rel.denial, f"catalog relation {rel.schema}.{rel.name} is not available to tenants")
+        return rel
+
+    def range_var(self, rv: ast.RangeVar) -> ast.Node:
+        if self.is_cte(rv):
+            return rv
+        rel = self.relation(rv)
+        if rel.kind == "scoped":
+            self.modified = True
+            return scope_range_var(rv, rel, self.tenant)
+        if rel.kind == "reference" and rv.schemaname is None:
+            self.modified = True
+            return qualify(rv, rel.schema)
+        return rv
+
+    def target(self, rv: ast.RangeVar, verb: str) -> tuple[Relation, str]:
+        """The table an INSERT/UPDATE/DELETE/MERGE writes (never a CTE): must be scoped."""
+        rel = self.relation(rv)
+        if rel.kind == "reference":
+            raise Refused("reference_write", f"{verb} on reference table {rel.schema}.{rel.name} is not "
+                          "allowed: reference tables are read-only for tenants")
+        if rel.kind != "scoped":
+            raise Refused("catalog", f"{verb} on catalog relation {rel.schema}.{rel.name} is not allowed")
+        qualify(rv, rel.schema)
+        self.modified = True
+        return rel, rv.alias.aliasname if rv.alias else rv.relname
+
+    def _no_tenant_assignment(self, targets: tuple[ast.ResTarget, ...] | None, rel: Relation) -> None:
+        for t in targets or ():
+            if t.name == rel.column:
+                raise Refused("tenant_column", f"the tenant column {rel.column} of {rel.schema}.{rel.name} "
+                              "cannot be changed")
+
+    def update(self, stmt: ast.UpdateStmt) -> None:
+        with self.with_clause(stmt.withClause):
+            rel, qualifier = self.target(stmt.relation, "UPDATE")
+            self._no_tenant_assignment(stmt.targetList, rel)
+            self.expr(stmt.targetList)
+            if stmt.fromClause:
+                stmt.fromClause = tuple(self.from_item(item) for item in stmt.fromClause)
+            self.expr(stmt.whereClause)
+            self.expr(stmt.returningClause)
+            stmt.whereClause = and_predicate(stmt.whereClause,
+                                             tenant_predicate(qualifier, str(rel.column), self.tenant))
+
+    def delete(self, stmt: ast.DeleteStmt) -> None:
+        with self.with_clause(stmt.withClause):
+            rel, qualifier = self.target(stmt.relation, "DELETE")
+            if stmt.usingClause:
+                stmt.usingClause = tuple(self.from_item(item) for item in stmt.usingClause)
+            self.expr(stmt.whereClause)
+            self.expr(stmt.returningClause)
+            stmt.whereClause = and_predicate(stmt.whereClause,
+                                             tenant_predicate(qualifier, str(rel.column), self.tenant))
+
+    def insert(self, stmt: ast.InsertStmt) -> None:
+        with self.with_clause(stmt.withClause):
+            rel, qualifier = self.target(stmt.relation, "INSERT")
+            column = str(rel.column)
+            source = stmt.selectStmt
+            if source is not None:
+                self.dml(source)
+            names = [c.name for c in stmt.cols or ()]
+            if source is not None and not names:
+                raise unsupported(f"INSERT into {rel.schema}.{rel.name} without a column list")
+            if column not in names:
+                add_tenant_column(stmt, column, self.tenant)
+            else:
+                index = names.index(column)
+                if names.count(column) > 1 or stmt.cols[index].indirection:
+                    raise Refused("tenant_column", f"INSERT names the tenant column {column} in an "
+                                  "unsupported way")
+                if is_plain_values(source):
+                    source.valuesLists = tuple(self._values_row(row, index, rel) for row in source.valuesLists)
+                elif not self._select_keeps_tenant(source, index, rel):
+                    stmt.selectStmt = select_with_tenant(source, index, len(names), self.tenant)
+            self._on_conflict(stmt.onConflictClause, rel, qualifier)
+            self.expr(stmt.returningClause)
+
+    def _values_row(self, row: tuple[ast.Node, ...], index: int, rel: Relation) -> tuple[ast.Node, ...]:
+        if index >= len(row):
+            raise Refused("syntax", "INSERT has more target columns than expressions", "42601")
+        value = self.tenant_value(row[index], rel)
+        return (*row[:index], value, *row[index + 1:])
+
+    def _select_keeps_tenant(self, source: ast.SelectStmt, index: int, rel: Relation) -> bool:
+        """INSERT ... SELECT naming the tenant column: a literal or $n there is checked like a
+        VALUES entry and kept; any other expression is replaced by the tenant literal (False)."""
+        targets = source.targetList
+        if source.op != enums.SetOperation.SETOP_NONE or not targets or index >= len(targets):
+            return False
+        if any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
+               for t in targets[:index]):
+            return False
+        value = targets[index].val
+        inner = value.arg if isinstance(value, ast.TypeCast) else value
+        if isinstance(inner, ast.A_Const | ast.ParamRef):
+            self.tenant_value(value, rel)
+            return True
+        return False
+
+    def tenant_value(self, value: ast.Node, rel: Relation) -> ast.Node:
+        """The value an INSERT gives the tenant column: the tenant literal, DEFAULT, or a $n
+        checked at Bind time. Anything else is refused."""
+        if isinstance(value, ast.SetToDefault):
+            self.modified = True
+            return forced_value(self.tenant)
+        inner = value.arg if isinstance(value, ast.TypeCast) else value
+        if isinstance(inner, ast.A_Const):
+            self.value_dependent = True
+            if isinstance(inner.val, ast.String) and inner.val.sval == self.tenant:
+                return value
+        elif isinstance(inner, ast.ParamRef) and self.extended and not self._in_prepare:
+            self.tenant_params.add(inner.number)
+            return value
+        raise Refused("tenant_column", f"INSERT into {rel.schema}.{rel.name} may only set {rel.column} "
+                      "to the session's tenant")
+
+    def _on_conflict(self, clause: ast.OnConflictClause | None, rel: Relation, qualifier: str) -> None:
+        if clause is None:
+            return
+        self.expr(clause.infer)
+        if clause.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
+            self._no_tenant_assignment(clause.targetList, rel)
+            self.expr(clause.targetList)
+            self.expr(clause.whereClause)
+            # DO UPDATE may meet another tenant's row (a unique key without the tenant column).
+            clause.whereClause = and_predicate(clause.whereClause,
+                                               tenant_predicate(qualifier, str(rel.column), self.tenant))
+
+    def merge(self, stmt: ast.MergeStmt) -> None:
+        with self.with_clause(stmt.withClause):
+            rel, qualifier = self.target(stmt.relation, "MERGE")
+            column = str(rel.column)
+            stmt.sourceRelation = self.from_item(stmt.sourceRelation)
+            self.expr(stmt.joinCondition)
+            predicate = tenant_predicate(qualifier, column, self.tenant)
+            stmt.joinCondition = and_predicate(stmt.joinCondition, predicate)
+            kinds = enums.MergeMatchKind
+            for clause in stmt.mergeWhenClauses:
+                self.expr(clause.condition)
+                if clause.matchKind == kinds.MERGE_WHEN_NOT_MATCHED_BY_SOURCE:
+                    # other tenants' rows never match the scoped ON: keep them out of this branch
+                    clause.condition = and_predicate(clause.condition,
+                                                     tenant_predicate(qualifier, column, self.tenant))
+                if clause.commandType == enums.CmdType.CMD_UPDATE:
+                    self._no_tenant_assignment(clause.targetList, rel)
+                    self.expr(clause.targetList)
+                elif clause.commandType == enums.CmdType.CMD_INSERT:
+                    self._merge_insert(clause, rel)
+            self.expr(stmt.returningClause)
+
+    def _merge_insert(self, clause: ast.MergeWhenClause, rel: Relation) -> None:
+        column = str(rel.column)
+        names = [t.name for t in clause.targetList or ()]
+        if clause.values is None and not names:  # INSERT DEFAULT VALUES
+            clause.targetList, clause.values = (ast.ResTarget(name=column),), (forced_value(self.tenant),)
+            return
+        if not names:
+            raise unsupported(f"MERGE ... INSERT into {rel.schema}.{rel.name} without a column list")
+        self.expr(clause.values)
+        if column in names:
+            clause.values = self._values_row(tuple(clause.values), names.index(column), rel)
+        else:
+            clause.targetList = (*clause.targetList, ast.ResTarget(name=column))
+            clause.values = (*clause.values, forced_value(self.tenant))
+
+    # -- expressions ----------------------------------------------------------------------------
+
+    def expr(self, node: object) -> None:
+        """Walk an expression tree: scope subqueries, check functions and operators."""
+        if isinstance(node, tuple | list):
+            for item in node:
+                self.expr(item)
+            return
+        if not isinstance(node, ast.Node):
+            return
+        name = type(node).__name__
+        handler = getattr(self, f"_x_{name}", None)
+        if handler is not None:
+            handler(node)
+            return
+        if name not in GENERIC_NODES:
+            raise unsupported(f"the construct {name}")
+        for field in type(node).__slots__:
+            self.expr(getattr(node, field))
+
+    def _x_SubLink(self, node: ast.SubLink) -> None:
+        self.expr(node.testexpr)
+        self.dml(node.subselect)
+
+    def _x_SelectStmt(self, node: ast.SelectStmt) -> None:
+        self.select(node)
+
+    def _x_CurrentOfExpr(self, node: ast.CurrentOfExpr) -> None:
+        raise unsupported("WHERE CURRENT OF")
+
+    def _x_A_Expr(self, node: ast.A_Expr) -> None:
+        if node.kind in _CHECKED_OPERATOR_KINDS:
+            names = [s.sval for s in node.name]
+            schema = names[-2] if len(names) > 1 else None
+            reason = operator_denial(schema, names[-1])
+            if reason is not None or len(names) > 2:
+                raise Refused("unlisted_operator", f"operator {'.'.join(names)} is not available to tenants")
+        self.expr(node.lexpr)
+        self.expr(node.rexpr)
+
+    def _x_FuncCall(self, node: ast.FuncCall) -> None:
+        names = [s.sval for s in node.funcname]
+        if len(names) > 2:
+            raise unsupported("a database-qualified function name")
+        schema, name = (names[0], names[1]) if len(names) == 2 else (None, names[0])
+        reason = function_denial(schema, name)
+        if reason is not None:
+            raise Refused(reason, f"function {'.'.join(names)}() is not allowed for tenants")
+        if name in ("set_config", "pg_notify"):
+            args = node.args or ()
+            if node.func_variadic or not args or any(isinstance(a, ast.NamedArgExpr) for a in args):
+                raise Refused("denied_function", f"{name}() must be called with positional arguments")
+            if name == "set_config":
+                self._set_config(args[0])
+            else:
+                node.args = (prefix_channel(args[0], channels.channel_prefix(self.tenant)), *args[1:])
+                self.modified = True
+        self.expr(node.args)
+        self.expr(node.agg_order)
+        self.expr(node.agg_filter)
+        self.expr(node.over)
+
+    def _set_config(self, first: ast.Node) -> None:
+        """set_config's setting name must be a literal naming an allowed setting."""
+        self.value_dependent = True
+        if isinstance(first, ast.TypeCast):
+            first = first.arg
+        if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
+            raise Refused("set_forbidden", "set_config() needs a literal setting name")
+        if not setting_allowed(first.val.sval):
+            raise Refused("set_forbidden", f"set_config() of {first.val.sval} is not allowed for tenants")
+
+
+__all__ = ["DML", "GENERIC_NODES", "Scoper", "deparse", "unsupported"]

@@ -1,0 +1,285 @@
+"""Independent check of rewritten SQL, parsed again by PostgreSQL's parser before it is used.
+
+It does not trust the scoper: it re-derives every relation reference from the output text and
+accepts a scoped table only in one of its scoped forms (the derived table
+``(SELECT * FROM schema.t WHERE t.col = 'tenant')``, or a write target whose WHERE/ON starts with
+the tenant predicate and whose tenant column is forced). Anything else fails verification.
+
+>>> from .policy import Policy
+>>> policy = Policy(scoped={("public", "orders"): "tenant_id"})
+>>> verify("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') AS o",
+...        policy, "acme", frozenset())
+>>> try:
+...     verify("SELECT * FROM orders", policy, "acme", frozenset())
+... except Refused as err:
+...     print(err.reason, err.message)
+verification_failed rewritten SQL failed verification: public.orders is read unscoped
+"""
+
+from __future__ import annotations
+
+import pglast
+from pglast import ast, enums
+
+from .catalog import function_denial, operator_denial
+from .channels import channel_prefix
+from .classify import setting_allowed
+from .errors import Refused
+from .policy import Policy, Relation
+from .transforms import deparse, scoped_select, tenant_predicate
+
+ALLOWED_STATEMENTS = frozenset({
+    "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "VariableSetStmt",
+    "VariableShowStmt", "ConstraintsSetStmt", "DiscardStmt", "TransactionStmt", "ExplainStmt",
+    "PrepareStmt", "ExecuteStmt", "DeallocateStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt",
+    "ListenStmt", "UnlistenStmt", "NotifyStmt", "CopyStmt",
+})
+_TWO_PHASE = frozenset({enums.TransactionStmtKind.TRANS_STMT_PREPARE,
+                        enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+                        enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED})
+
+
+class VerificationError(Exception):
+    pass
+
+
+def verify(sql: str, policy: Policy, tenant: str, tenant_params: frozenset[int]) -> None:
+    """Raise Refused (reason verification_failed) unless ``sql`` is provably scoped for ``tenant``."""
+    try:
+        stmts = pglast.parse_sql(sql)
+        for raw in stmts:
+            _Checker(policy, tenant, tenant_params).statement(raw.stmt)
+    except VerificationError as exc:
+        raise Refused("verification_failed", f"rewritten SQL failed verification: {exc}") from None
+    except pglast.parser.ParseError as exc:
+        raise Refused("verification_failed", f"rewritten SQL does not parse: {exc}") from None
+
+
+class _Checker:
+    def __init__(self, policy: Policy, tenant: str, tenant_params: frozenset[int]) -> None:
+        self.policy = policy
+        self.tenant = tenant
+        self.tenant_params = tenant_params
+        self.ctes: list[frozenset[str]] = []
+        self.in_prepare = False
+
+    def fail(self, why: str) -> VerificationError:
+        return VerificationError(why)
+
+    def statement(self, stmt: ast.Node) -> None:
+        name = type(stmt).__name__
+        if name not in ALLOWED_STATEMENTS:
+            raise self.fail(f"{name} is not an allowed statement")
+        if isinstance(stmt, ast.VariableSetStmt):
+            if stmt.kind != enums.VariableSetKind.VAR_RESET_ALL and stmt.name not in (
+                    "TRANSACTION", "SESSION CHARACTERISTICS") and not setting_allowed(stmt.name):
+                raise self.fail(f"setting {stmt.name}")
+            return
+        if isinstance(stmt, ast.TransactionStmt) and stmt.kind in _TWO_PHASE:
+            raise self.fail("two-phase commit")
+        if isinstance(stmt, ast.ListenStmt | ast.NotifyStmt | ast.UnlistenStmt):
+            if stmt.conditionname is not None and not stmt.conditionname.startswith(channel_prefix(self.tenant)):
+                raise self.fail("channel without the tenant prefix")
+            return
+        if isinstance(stmt, ast.CopyStmt):
+            if stmt.is_from or stmt.is_program or stmt.filename is not None or stmt.relation is not None:
+                raise self.fail("COPY must be a query to STDOUT")
+        if isinstance(stmt, ast.PrepareStmt):
+            self.in_prepare = True
+        self.walk(stmt)
+
+    # -- generic walk with hooks ------------------------------------------------------------------
+
+    def walk(self, node: object) -> None:
+        if isinstance(node, tuple | list):
+            for item in node:
+                self.walk(item)
+            return
+        if not isinstance(node, ast.Node):
+            return
+        hook = getattr(self, f"_v_{type(node).__name__}", None)
+        if hook is not None:
+            hook(node)
+            return
+        for field in type(node).__slots__:
+            self.walk(getattr(node, field))
+
+    def _with(self, clause: ast.WithClause | None) -> int:
+        depth = len(self.ctes)
+        if clause is None:
+            return depth
+        if clause.recursive:
+            self.ctes.append(frozenset(c.ctename for c in clause.ctes))
+        for cte in clause.ctes:
+            self.walk(cte.ctequery)
+            if not clause.recursive:
+                self.ctes.append(frozenset({cte.ctename}))
+        return depth
+
+    def _v_SelectStmt(self, node: ast.SelectStmt) -> None:
+        if node.intoClause is not None:
+            raise self.fail("SELECT INTO")
+        depth = self._with(node.withClause)
+        for field in type(node).__slots__:
+            if field not in ("withClause", "lockingClause"):
+                self.walk(getattr(node, field))
+        del self.ctes[depth:]
+
+    def _v_RangeSubselect(self, node: ast.RangeSubselect) -> None:
+        if not self._is_scope_wrapper(node.subquery):
+            self.walk(node.subquery)
+
+    def _is_scope_wrapper(self, sub: ast.Node) -> bool:
+        """The exact derived table the scoper builds around a scoped table (nothing else in it)."""
+        if not isinstance(sub, ast.SelectStmt) or not sub.fromClause or len(sub.fromClause) != 1:
+            return False
+        item = sub.fromClause[0]
+        sample = item if isinstance(item, ast.RangeTableSample) else None
+        rv = sample.relation if sample is not None else item
+        if not isinstance(rv, ast.RangeVar) or rv.schemaname is None or rv.alias is not None:
+            return False
+        rel = self.policy.resolve(rv.schemaname, rv.relname)
+        if rel.kind != "scoped":
+            return False
+        if sample is not None:
+            self.walk((sample.args, sample.repeatable))
+        return deparse(sub) == deparse(scoped_select(rel, self.tenant, inherit=rv.inh, sample=sample))
+
+    def _v_RangeVar(self, node: ast.RangeVar) -> None:
+        """A relation outside any scoped form: only CTEs, reference tables and allowed catalogs."""
+        if node.schemaname is None and any(node.relname in s for s in self.ctes):
+            return
+        rel = self._resolve(node)
+        if rel.kind == "scoped":
+            raise self.fail(f"{rel.schema}.{rel.name} is read unscoped")
+        if rel.kind == "reference" and node.schemaname is None:
+            raise self.fail(f"{rel.schema}.{rel.name} is not schema-qualified")
+
+    def _resolve(self, node: ast.RangeVar) -> Relation:
+        if node.catalogname is not None:
+            raise self.fail("database-qualified name")
+        rel = self.policy.resolve(node.schemaname, node.relname)
+        if rel.kind == "unlisted" or rel.denial is not None:
+            raise self.fail(f"{rel.schema}.{rel.name} is not available")
+        return rel
+
+    def _v_LockingClause(self, node: ast.LockingClause) -> None:
+        """FOR UPDATE OF lists FROM-item names, not tables."""
+
+    def _v_CurrentOfExpr(self, node: ast.CurrentOfExpr) -> None:
+        raise self.fail("WHERE CURRENT OF")
+
+    def _v_A_Expr(self, node: ast.A_Expr) -> None:
+        if node.kind in (enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY,
+                         enums.A_Expr_Kind.AEXPR_OP_ALL):
+            names = [s.sval for s in node.name]
+            if len(names) > 2 or operator_denial(names[-2] if len(names) == 2 else None, names[-1]):
+                raise self.fail(f"operator {'.'.join(names)}")
+        self.walk((node.lexpr, node.rexpr))
+
+    def _v_FuncCall(self, node: ast.FuncCall) -> None:
+        names = [s.sval for s in node.funcname]
+        if len(names) > 2 or function_denial(names[0] if len(names) == 2 else None, names[-1]):
+            raise self.fail(f"function {'.'.join(names)}")
+        args = node.args or ()
+        if names[-1] == "set_config":
+            first = args[0].arg if args and isinstance(args[0], ast.TypeCast) else (args[0] if args else None)
+            if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
+                    and setting_allowed(first.val.sval)):
+                raise self.fail("set_config of a setting that is not allowed")
+        if names[-1] == "pg_notify":
+            first = args[0] if args else None
+            prefix = channel_prefix(self.tenant)
+            if not (isinstance(first, ast.A_Expr) and isinstance(first.lexpr, ast.A_Const)
+                    and isinstance(first.lexpr.val, ast.String) and first.lexpr.val.sval == prefix
+                    and [s.sval for s in first.name] == ["||"]):
+                raise self.fail("pg_notify channel without the tenant prefix")
+        self.walk((node.args, node.agg_order, node.agg_filter, node.over))
+
+    # -- write targets --------------------------------------------------------------------------
+
+    def _target(self, rv: ast.RangeVar) -> tuple[Relation, str]:
+        rel = self._resolve(rv)
+        if rel.kind != "scoped" or rv.schemaname is None:
+            raise self.fail(f"write to {rel.schema}.{rel.name}")
+        return rel, rv.alias.aliasname if rv.alias else rv.relname
+
+    def _starts_with_predicate(self, where: ast.Node | None, rel: Relation, qualifier: str) -> bool:
+        if where is None:
+            return False
+        first = where.args[0] if (isinstance(where, ast.BoolExpr)
+                                  and where.boolop == enums.BoolExprType.AND_EXPR) else where
+        return deparse(first) == deparse(tenant_predicate(qualifier, str(rel.column), self.tenant))
+
+    def _no_assignment(self, targets: tuple[ast.ResTarget, ...] | None, rel: Relation) -> None:
+        if any(t.name == rel.column for t in targets or ()):
+            raise self.fail(f"assignment to the tenant column of {rel.name}")
+
+    def _v_UpdateStmt(self, node: ast.UpdateStmt) -> None:
+        depth = self._with(node.withClause)
+        rel, qualifier = self._target(node.relation)
+        if not self._starts_with_predicate(node.whereClause, rel, qualifier):
+            raise self.fail(f"UPDATE of {rel.name} without the tenant predicate")
+        self._no_assignment(node.targetList, rel)
+        self.walk((node.targetList, node.fromClause, node.whereClause, node.returningClause))
+        del self.ctes[depth:]
+
+    def _v_DeleteStmt(self, node: ast.DeleteStmt) -> None:
+        depth = self._with(node.withClause)
+        rel, qualifier = self._target(node.relation)
+        if not self._starts_with_predicate(node.whereClause, rel, qualifier):
+            raise self.fail(f"DELETE from {rel.name} without the tenant predicate")
+        self.walk((node.usingClause, node.whereClause, node.returningClause))
+        del self.ctes[depth:]
+
+    def _tenant_value_ok(self, value: ast.Node) -> bool:
+        inner = value.arg if isinstance(value, ast.TypeCast) else value
+        if isinstance(inner, ast.A_Const):
+            return isinstance(inner.val, ast.String) and inner.val.sval == self.tenant
+        return isinstance(inner, ast.ParamRef) and inner.number in self.tenant_params and not self.in_prepare
+
+    def _v_InsertStmt(self, node: ast.InsertStmt) -> None:
+        depth = self._with(node.withClause)
+        rel, qualifier = self._target(node.relation)
+        names = [c.name for c in node.cols or ()]
+        if names.count(rel.column) != 1 or node.selectStmt is None:
+            raise self.fail(f"INSERT into {rel.name} without the tenant column")
+        index = names.index(str(rel.column))
+        source = node.selectStmt
+        if source.valuesLists:
+            rows_ok = all(index < len(row) and self._tenant_value_ok(row[index]) for row in source.valuesLists)
+        else:
+            targets = source.targetList or ()
+            rows_ok = (source.op == enums.SetOperation.SETOP_NONE and index < len(targets)
+                       and not any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
+                                   for t in targets[:index + 1])
+                       and self._tenant_value_ok(targets[index].val))
+        if not rows_ok:
+            raise self.fail(f"INSERT into {rel.name} does not force the tenant column")
+        clause = node.onConflictClause
+        if clause is not None and clause.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
+            self._no_assignment(clause.targetList, rel)
+            if not self._starts_with_predicate(clause.whereClause, rel, qualifier):
+                raise self.fail(f"ON CONFLICT DO UPDATE of {rel.name} without the tenant predicate")
+        self.walk((source, clause, node.returningClause))
+        del self.ctes[depth:]
+
+    def _v_MergeStmt(self, node: ast.MergeStmt) -> None:
+        depth = self._with(node.withClause)
+        rel, qualifier = self._target(node.relation)
+        if not self._starts_with_predicate(node.joinCondition, rel, qualifier):
+            raise self.fail(f"MERGE into {rel.name} without the tenant predicate")
+        for clause in node.mergeWhenClauses:
+            if (clause.matchKind == enums.MergeMatchKind.MERGE_WHEN_NOT_MATCHED_BY_SOURCE
+                    and not self._starts_with_predicate(clause.condition, rel, qualifier)):
+                raise self.fail("MERGE ... NOT MATCHED BY SOURCE without the tenant predicate")
+            if clause.commandType == enums.CmdType.CMD_UPDATE:
+                self._no_assignment(clause.targetList, rel)
+            if clause.commandType == enums.CmdType.CMD_INSERT:
+                names = [t.name for t in clause.targetList or ()]
+                if names.count(rel.column) != 1 or not self._tenant_value_ok(
+                        clause.values[names.index(str(rel.column))]):
+                    raise self.fail("MERGE ... INSERT does not force the tenant column")
+            self.walk((clause.condition, clause.targetList, clause.values))
+        self.walk((node.sourceRelation, node.joinCondition, node.returningClause))
+        del self.ctes[depth:]
