@@ -1,7 +1,8 @@
 """Audit record format: fields, canonical JSON, the hash chain and the HMAC seal.
 
-One record is one line: a JSON object in canonical form (keys sorted, no spaces, UTF-8, no NaN)
-followed by a newline. Body fields (absent when empty):
+One record is one line: the canonical JSON of its body (keys sorted, no spaces, UTF-8, no NaN)
+with the seal fields appended last in the order hash, hmac, sig, then a newline. Body fields
+(absent when empty):
 
   v (format, 1), seq (1, 2, 3 ... across files and restarts), ts (UTC, microseconds,
   "2025-01-31T12:00:00.123456Z"), instance (proxy instance id), kind, tenant, user, client,
@@ -16,7 +17,9 @@ records (chain_start, chain_end, rotate, checkpoint, gap) when a signing key is 
 >>> sealer = Sealer(b"k" * 32)
 >>> rec = sealer.seal({"v": 1, "seq": 1, "ts": "2025-01-01T00:00:00.000000Z", "instance": "i",
 ...                    "kind": "chain_start", "prev": GENESIS})
->>> rec.line.endswith(b"\\n") and rec.line == canonical(rec.record) + b"\\n"
+>>> rec.line.startswith(b'{"instance":"i","kind":"chain_start","prev":"000') and rec.line.endswith(b'"}\\n')
+True
+>>> json.loads(rec.line) == rec.record
 True
 >>> redact_params(["a", "4111", None], frozenset({1}), "full", b"p" * 32)
 ['a', '***', None]
@@ -51,8 +54,14 @@ def canonical(obj: object) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
+def encode_line(payload: bytes, digest: str, mac: str, sig: str | None) -> bytes:
+    """The stored line: canonical body with the seal fields appended (hashing twice would cost more)."""
+    tail = f',"hash":"{digest}","hmac":"{mac}"' + (f',"sig":"{sig}"' if sig is not None else "") + "}\n"
+    return payload[:-1] + tail.encode("ascii", "backslashreplace")
+
+
 def utc_timestamp(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (now or datetime.now(UTC)).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_timestamp(ts: str) -> datetime:
@@ -178,9 +187,11 @@ class Sealer:
     def seal(self, body: dict[str, object]) -> SealedRecord:
         payload = canonical(body)
         digest = hashlib.sha256(payload).hexdigest()
-        record = dict(body, hash=digest, hmac=self.mac(payload))
+        mac = self.mac(payload)
+        record = dict(body, hash=digest, hmac=mac)
+        sig = None
         if self._signer is not None and body["kind"] in MARKER_KINDS:
-            record["sig"] = self._signer.sign(digest)
+            sig = record["sig"] = self._signer.sign(digest)
         seq = body["seq"]
         assert isinstance(seq, int)
-        return SealedRecord(seq, digest, str(body["kind"]), record, canonical(record) + b"\n")
+        return SealedRecord(seq, digest, str(body["kind"]), record, encode_line(payload, digest, mac, sig))

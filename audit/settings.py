@@ -3,10 +3,11 @@
 >>> s = parse_audit_settings({"audit": {"key": "env:TG_AUDIT_KEY"}}, source="tg.toml")
 >>> (s.sink, s.durability, s.on_failure, s.log_parameters, s.checkpoint_every)
 ('file', 'batched', 'refuse', 'none', 1000)
->>> parse_audit_settings({"audit": {"key": "env:K", "durability": "eventual"}}, source="tg.toml")
-Traceback (most recent call last):
-...
-tenantgate.audit.errors.AuditConfigError: tg.toml: [audit] durability: must be one of 'strict', 'batched'
+>>> try:
+...     parse_audit_settings({"audit": {"key": "env:K", "durability": "eventual"}}, source="tg.toml")
+... except AuditConfigError as exc:
+...     print(exc)
+tg.toml: [audit] durability: must be one of 'strict', 'batched'
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Verify an audit log: canonical form, hash, HMAC, chain links, markers, tail and anchors.
 
 Rules (the first violation is reported with file, line, seq and what is wrong):
-1. Every line is a complete (newline-terminated) JSON object in canonical form; a torn last line is
-   reported as "truncated", never skipped.
+1. Every line is a complete (newline-terminated) JSON object in the exact stored form (canonical
+   body, then hash, hmac, sig); any other byte sequence, even an equivalent JSON one, is rejected;
+   a torn last line is reported as "truncated", never skipped.
 2. Every record has `hash` (SHA-256 of its canonical body, recomputed) and `hmac` (HMAC-SHA256 under
    the audit key); a record without them is "unsigned" and rejected.
 3. seq starts at 1 and grows by exactly 1; `prev` equals the previous record's hash (64 zeros for
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from .checkpoints import ExportedMarker
 from .keys import Verifier
 from .reader import LogSource
-from .record import GENESIS, KINDS, MARKER_KINDS, SEAL_FIELDS, canonical
+from .record import GENESIS, KINDS, MARKER_KINDS, SEAL_FIELDS, canonical, encode_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +119,14 @@ def _verify(sources: Sequence[LogSource], key: bytes, verifier: Verifier | None,
                 raise broken("unsigned record (no hash/hmac)", seq)
             body = {k: v for k, v in rec.items() if k not in SEAL_FIELDS}
             payload = canonical(body)
-            if not hmac.compare_digest(hashlib.sha256(payload).hexdigest(), str(rec["hash"])):
+            if not hmac.compare_digest(hashlib.sha256(payload).hexdigest().encode(), str(rec["hash"]).encode()):
                 raise broken("content does not match its hash (record edited)", seq)
             mac = hmac.new(key, payload, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(mac, str(rec["hmac"])):
+            if not hmac.compare_digest(mac.encode(), str(rec["hmac"]).encode()):
                 raise broken("HMAC invalid (record forged, or wrong audit key)", seq)
-            if canonical(rec) + b"\n" != raw.data:
+            sig = rec.get("sig")
+            if encode_line(payload, str(rec["hash"]), str(rec["hmac"]),
+                           None if sig is None else str(sig)) != raw.data:
                 raise broken("record bytes are not in canonical form (line edited)", seq)
             kind = rec.get("kind")
             if not isinstance(seq, int) or kind not in KINDS or rec.get("v") != 1 or \

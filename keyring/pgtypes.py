@@ -293,7 +293,8 @@ class NumericType(PgType):
     def to_binary(self, canonical: bytes) -> bytes:
         text = canonical.decode()
         if text in _SPECIAL_SIGN:
-            return _NUMERIC_HEAD.pack(0, 0, _SPECIAL_SIGN[text], 0)
+            # PostgreSQL's numeric_send reports dscale 32 for the infinities (bits of its short header).
+            return _NUMERIC_HEAD.pack(0, 0, _SPECIAL_SIGN[text], 0 if text == "NaN" else 32)
         negative = text.startswith("-")
         int_part, _, frac = text.lstrip("-").partition(".")
         int_part = int_part.lstrip("0")

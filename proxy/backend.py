@@ -83,9 +83,7 @@ async def _open(target: BackendTarget) -> PgConnection:
             target.connect_timeout,
         )
     except TimeoutError:
-        raise unreachable(
-            f'connection to server at "{target.host}", port {target.port} timed out'
-        ) from None
+        raise unreachable(f'connection to server at "{target.host}", port {target.port} timed out') from None
     except OSError as exc:
         raise unreachable(
             f'connection to server at "{target.host}", port {target.port} failed: {exc.strerror or exc}'

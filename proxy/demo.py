@@ -109,7 +109,7 @@ def prepare(workdir: Path, port: int) -> tuple[ThrowawayCluster, Path]:
 
 
 def banner(port: int, config: Path, pg_port: int) -> str:
-    url = "postgresql://{user}:{pw}@127.0.0.1:%d/app" % port
+    url = f"postgresql://{{user}}:{{pw}}@127.0.0.1:{port}/app"
     return "\n".join(
         [
             "",
@@ -121,7 +121,8 @@ def banner(port: int, config: Path, pg_port: int) -> str:
             "Tenant globex (bob):",
             f"  psql '{url.format(user='bob', pw='bob-secret')}' -c 'SELECT * FROM orders'",
             "A trusted service user (ops) is not scoped:",
-            f"  psql '{url.format(user='ops', pw='ops-secret')}' -c 'SELECT tenant_id, count(*) FROM orders GROUP BY 1'",
+            f"  psql '{url.format(user='ops', pw='ops-secret')}' \\",
+            "       -c 'SELECT tenant_id, count(*) FROM orders GROUP BY 1'",
             "",
             "Press Ctrl-C to stop and remove everything.",
             "",

@@ -88,10 +88,7 @@ def _parse_options(options: str) -> list[tuple[str, str]]:
         if w == "-c" and i + 1 < len(words):
             setting = words[i + 1]
             i += 2
-        elif w.startswith("-c") and len(w) > 2:
-            setting = w[2:]
-            i += 1
-        elif w.startswith("--") and "=" in w:
+        elif (w.startswith("-c") and len(w) > 2) or (w.startswith("--") and "=" in w):
             setting = w[2:]
             i += 1
         else:

@@ -35,7 +35,13 @@ class Backend:
 
     @classmethod
     def create(
-        cls, pg: PgServer, database: str, setup_sql: str = "", *, owner: bool = True, method: AuthMethod = "scram-sha-256"
+        cls,
+        pg: PgServer,
+        database: str,
+        setup_sql: str = "",
+        *,
+        owner: bool = True,
+        method: AuthMethod = "scram-sha-256",
     ) -> Backend:
         role = f"app_{database}"
         password = secrets.token_urlsafe(12)
@@ -86,7 +92,14 @@ PREFER = 'sslmode = "prefer"'
 
 
 def config_text(
-    backend: Backend, port: int, *, extra: str = "", scoping: str = "", tls: str = "", server: str = "", backend_extra: str = ""
+    backend: Backend,
+    port: int,
+    *,
+    extra: str = "",
+    scoping: str = "",
+    tls: str = "",
+    server: str = "",
+    backend_extra: str = "",
 ) -> str:
     users = []
     for name, (tenant, password) in USERS.items():
@@ -98,7 +111,7 @@ def config_text(
             f'[backend]\nhost = "{backend.pg.host}"\nport = {backend.pg.port}\nuser = "{backend.role}"\n'
             f'password = "{backend.password}"\ndatabase = "{backend.database}"\n{backend_extra or PREFER}\n',
             tls,
-            server or '[server]\nstartup_timeout = 3.0\nshutdown_timeout = 10.0\nmax_message_size = 8388608\n',
+            server or "[server]\nstartup_timeout = 3.0\nshutdown_timeout = 10.0\nmax_message_size = 8388608\n",
             '[tenants.acme]\ntier = "shared"\n\n[tenants.globex]\ntier = "shared"\n',
             *users,
             '[admins.dba]\npassword = "dba-pw"\n',
@@ -128,7 +141,16 @@ def start_proxy(tmp: Path, text: str, port: int) -> ProxyProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tenantgate.proxy.cli", "serve", "--config", str(config_path), "--log-level", "debug"],
+            [
+                sys.executable,
+                "-m",
+                "tenantgate.proxy.cli",
+                "serve",
+                "--config",
+                str(config_path),
+                "--log-level",
+                "debug",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

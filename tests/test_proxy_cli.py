@@ -1,0 +1,162 @@
+"""The command line, the demo, the unix socket, logs without secrets, and backpressure."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from tenantgate.proxy import codec
+from tenantgate.proxy.pgcluster import PgServer, find_pg_bin, free_port
+from tenantgate.proxy.scram import ScramServer, ScramVerifier
+
+from .harness import Backend, ProxyProcess, RawClient, config_text, launch, start_proxy
+
+CLI = [sys.executable, "-m", "tenantgate.proxy.cli"]
+
+
+def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], input=input, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def backend(pg: PgServer) -> Backend:
+    return Backend.create(pg, "clitest")
+
+
+@pytest.fixture(scope="module")
+def proxy(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = launch(tmp_path_factory.mktemp("cli"), backend)
+    yield p
+    p.stop()
+
+
+def test_version_and_help() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0 and re.fullmatch(r"tenantgate \d+\.\d+\.\d+\n", out.stdout)
+    helptext = run_cli("--help").stdout
+    for command in ("serve", "demo", "check-config", "hash-password"):
+        assert command in helptext
+
+
+def test_hash_password_prints_a_working_verifier() -> None:
+    out = run_cli("hash-password", "--stdin", input="s3cret\n")
+    assert out.returncode == 0
+    verifier = ScramVerifier.parse(out.stdout.strip())
+    assert verifier.iterations == 4096 and "s3cret" not in out.stdout
+    ScramServer(verifier)  # usable as a user's `scram = ...`
+    md5 = run_cli("hash-password", "--stdin", "--md5", "--user", "alice", input="s3cret\n")
+    assert re.fullmatch(r"md5[0-9a-f]{32}\n", md5.stdout)
+
+
+def test_check_config_reports_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[listen]\naddress = "nowhere"\n[backend]\nhost = "127.0.0.1"\nport = "5432"\nuser = "app"\n'
+        'password = "hunter2"\n[users.alice]\ntenant = "nope"\npassword = "pw"\n[scoping]\ncolumn = "tenant_id"\n'
+    )
+    out = run_cli("check-config", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}: listen.address:" in out.stderr
+    assert f"{bad}: backend.port:" in out.stderr
+    assert f"{bad}: users.alice.tenant:" in out.stderr
+    assert "hunter2" not in out.stderr
+    serve = run_cli("serve", "--config", str(bad))
+    assert serve.returncode == 2 and "users.alice.tenant" in serve.stderr
+
+
+def test_check_config_ok(proxy: ProxyProcess) -> None:
+    out = run_cli("check-config", str(proxy.config_path))
+    assert out.returncode == 0 and "OK" in out.stdout
+
+
+def test_unix_socket(backend: Backend, tmp_path: Path) -> None:
+    port = free_port()
+    sock_dir = Path(f"/tmp/tg-sock-{port}")
+    sock_dir.mkdir()
+    extra = f'\n[listen]\naddress = "127.0.0.1:{port}"\nunix_socket = "{sock_dir}/.s.PGSQL.{port}"\n'
+    text = config_text(backend, port).replace(f'[listen]\naddress = "127.0.0.1:{port}"\n', extra)
+    p = start_proxy(tmp_path, text, port)
+    try:
+        with psycopg.connect(host=str(sock_dir), port=port, user="svc", password="svc-pw", dbname="x") as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (backend.role,)
+    finally:
+        p.stop()
+        for f in sock_dir.iterdir():
+            f.unlink()
+        sock_dir.rmdir()
+
+
+def test_logs_hold_no_secrets(proxy: ProxyProcess, backend: Backend) -> None:
+    for password in ("svc-pw", "wrong-password-123"):
+        try:
+            psycopg.connect(proxy.dsn("svc").replace("svc-pw", password)).close()
+        except psycopg.OperationalError:
+            pass
+    time.sleep(0.2)
+    log = proxy.log()
+    assert "authenticated user svc" in log
+    for secret in ("svc-pw", "wrong-password-123", "alice-pw", backend.password):
+        assert secret not in log
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_client_does_not_make_the_proxy_buffer(proxy: ProxyProcess) -> None:
+    c = RawClient(proxy.port)
+    c.login("svc", "svc-pw")
+    before = rss_kib(proxy.proc.pid)
+    # about 800 MB of result that the client never reads
+    c.send(codec.Query("SELECT repeat('x', 1000) FROM generate_series(1, 800000)").encode())
+    time.sleep(3)
+    grown = rss_kib(proxy.proc.pid) - before
+    assert grown < 64 * 1024, f"proxy grew by {grown} KiB while the client did not read"
+    c.close()
+    with psycopg.connect(proxy.dsn("svc")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_demo_starts_and_cleans_up() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    output = ""
+    deadline = time.monotonic() + 90
+    while "Press Ctrl-C" not in output and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output += line
+    assert "Press Ctrl-C" in output, output
+    config = re.search(r"config: (\S+)", output)
+    assert config is not None
+    psql_line = next(line for line in output.splitlines() if "ops:ops-secret" in line)
+    dsn = re.search(r"'(postgresql://[^']+)'", psql_line)
+    assert dsn is not None
+    out = subprocess.run(
+        [find_pg_bin("psql"), dsn.group(1), "-At", "-c", "SELECT count(DISTINCT tenant_id) FROM orders"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.stdout.strip() == "2", out.stderr
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    assert not os.path.exists(config.group(1))
