@@ -79,6 +79,11 @@ def _field(name: str) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
+def make_header(mode: Mode, version: int) -> bytes:
+    """The 6 header bytes; a ciphertext starting with them is under ``version`` in ``mode``."""
+    return HEADER.pack(MAGIC, _MODE_BYTE[mode], version)
+
+
 def associated_data(header: bytes, tenant: str, table: str, column: str) -> bytes:
     return header + _field(tenant) + _field(table) + _field(column)
 
@@ -103,7 +108,7 @@ def encrypt_value(
     *, nonce: bytes | None = None,
 ) -> bytes:
     """Seal ``plaintext``; ``nonce`` is only for known-answer vectors (randomized mode)."""
-    header = HEADER.pack(MAGIC, _MODE_BYTE[mode], key.version)
+    header = make_header(mode, key.version)
     aad = associated_data(header, tenant, table, column)
     if mode is Mode.DETERMINISTIC:
         if nonce is not None:

@@ -1,1 +1,12 @@
-"""tenantgate.rewriter."""
+"""tenantgate.rewriter: SQL in, tenant-scoped SQL out.
+
+PostgreSQL's own parser (pglast) lexes, splits, classifies, rewrites (on its AST) and verifies;
+every plan is checked again on its output text before it is cached or used.
+"""
+
+from .channels import strip_channel
+from .errors import Refused
+from .policy import Policy
+from .rewriter import Plan, Rewriter
+
+__all__ = ["Plan", "Policy", "Refused", "Rewriter", "strip_channel"]

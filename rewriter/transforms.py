@@ -6,15 +6,37 @@ example of the SQL before and after.
 
 from __future__ import annotations
 
-from pglast import ast, enums, parse_sql
+from pglast import ast, enums, parse_sql, parser
 from pglast.stream import RawStream
 
 from .policy import Relation
 
 
 def deparse(node: ast.Node) -> str:
-    """PostgreSQL text for a node (pglast's deparser quotes identifiers and escapes literals)."""
-    return str(RawStream()(node))
+    """PostgreSQL text for a node (pglast's deparser quotes identifiers and escapes literals).
+
+    pglast prints PostgreSQL 17's ``WHEN NOT MATCHED BY TARGET``; the plain ``WHEN NOT MATCHED``
+    means the same and older servers (15, 16) accept it.
+
+    >>> deparse(_parse_one("MERGE INTO t USING s ON t.a = s.a WHEN NOT MATCHED THEN DO NOTHING"))
+    'MERGE INTO t USING s ON t.a = s.a WHEN NOT MATCHED THEN DO NOTHING'
+    """
+    text = str(RawStream()(node))
+    if isinstance(node, ast.MergeStmt) or "BY TARGET" in text:
+        text = _drop_by_target(text)
+    return text
+
+
+def _drop_by_target(text: str) -> str:
+    tokens = parser.scan(text)
+    cut: list[tuple[int, int]] = []
+    for i in range(len(tokens) - 3):
+        names = [t.name for t in tokens[i:i + 4]]
+        if names == ["NOT", "MATCHED", "BY", "TARGET"]:
+            cut.append((tokens[i + 1].end + 1, tokens[i + 3].end + 1))
+    for start, end in reversed(cut):
+        text = text[:start] + text[end:]
+    return text
 
 
 def _parse_one(sql: str) -> ast.Node:

@@ -9,6 +9,7 @@ the tenant predicate and whose tenant column is forced). Anything else fails ver
 >>> policy = Policy(scoped={("public", "orders"): "tenant_id"})
 >>> verify("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') AS o",
 ...        policy, "acme", frozenset())
+1
 >>> try:
 ...     verify("SELECT * FROM orders", policy, "acme", frozenset())
 ... except Refused as err:
@@ -43,12 +44,14 @@ class VerificationError(Exception):
     pass
 
 
-def verify(sql: str, policy: Policy, tenant: str, tenant_params: frozenset[int]) -> None:
-    """Raise Refused (reason verification_failed) unless ``sql`` is provably scoped for ``tenant``."""
+def verify(sql: str, policy: Policy, tenant: str, tenant_params: frozenset[int]) -> int:
+    """Raise Refused (reason verification_failed) unless ``sql`` is provably scoped for ``tenant``;
+    return the number of statements in it."""
     try:
         stmts = pglast.parse_sql(sql)
         for raw in stmts:
             _Checker(policy, tenant, tenant_params).statement(raw.stmt)
+        return len(stmts)
     except VerificationError as exc:
         raise Refused("verification_failed", f"rewritten SQL failed verification: {exc}") from None
     except pglast.parser.ParseError as exc:

@@ -54,7 +54,7 @@ def sql(dsn: str, query: str) -> None:
 
 def test_table_sink_verifies_across_restarts(audit_dsn: str) -> None:
     run_log(audit_dsn, 12)
-    run_log(audit_dsn, 3, )
+    run_log(audit_dsn, 3)
     result = verify_log([PostgresSource(audit_dsn)], hmac_key=KEY)
     assert result.ok, result.problem
     # 2 x (chain_start + chain_end) + 15 statements + 2 checkpoints (the counter restarts per run)
@@ -92,5 +92,8 @@ def test_lost_connection_refuses_then_recovers(audit_dsn: str) -> None:
         assert log.stats().records_refused == 1
 
     asyncio.run(go())
-    result = verify_log([PostgresSource(audit_dsn, "audit_conn")], hmac_key=KEY)
+    source = PostgresSource(audit_dsn, "audit_conn")
+    result = verify_log([source], hmac_key=KEY)
     assert result.ok, result.problem
+    kinds = [line.data.split(b'"kind":"')[1].split(b'"')[0] for line in source.lines()]
+    assert kinds == [b"chain_start", b"statement", b"gap", b"statement", b"chain_end"]

@@ -219,7 +219,7 @@ def test_known_encodings() -> None:
     assert codec.SSLRequest().encode() == bytes.fromhex("0000000804d2162f")
     assert codec.GSSENCRequest().encode() == bytes.fromhex("0000000804d21630")
     assert codec.CancelRequest(7, -1).encode() == bytes.fromhex("0000001004d2162e00000007ffffffff")
-    assert codec.StartupMessage({"user": "u"}).encode() == b"\x00\x00\x00\x0f\x00\x03\x00\x00user\x00u\x00\x00"
+    assert codec.StartupMessage({"user": "u"}).encode() == b"\x00\x00\x00\x10\x00\x03\x00\x00user\x00u\x00\x00"
     assert codec.ready("I") == codec.ReadyForQuery("I").encode() == b"Z\x00\x00\x00\x05I"
     assert codec.Execute().encode() == b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"
     assert codec.FunctionCallResponse(None).encode() == b"V\x00\x00\x00\x08\xff\xff\xff\xff"

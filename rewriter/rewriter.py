@@ -1,0 +1,191 @@
+"""The rewriter's entry point: SQL text and a tenant in, a verified Plan out (cached), or Refused.
+
+>>> from .policy import Policy
+>>> rw = Rewriter(Policy(scoped={("public", "orders"): "tenant_id"}))
+>>> plan = rw.plan("SELECT id FROM orders WHERE id = 17", "acme")
+>>> plan.sql, plan.kinds, plan.cached
+("SELECT id FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') AS orders WHERE id = 17", ('select',), False)
+>>> again = rw.plan("SELECT id FROM orders WHERE id = 42", "acme")
+>>> again.cached, again.sql.endswith("WHERE id = 42")
+(True, True)
+>>> rw.stats()
+{'hits': 1, 'misses': 1, 'size': 1}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pglast
+from pglast import parser
+
+from .cache import LRUCache
+from .errors import Refused
+from .literals import Lifted, Template, lift, trim_comments
+from .policy import Policy
+from .scoper import Scoper, deparse
+from .verifier import verify
+
+# Statement kinds whose rewrite never depends on a literal's value unless the scoper says so
+# (SET values, channels and the like are always cached by their exact text).
+LIFT_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the proxy sends instead of the client's text.
+
+    ``sql``: the statement(s) for the backend (a simple Query may hold several, '; '-separated).
+    ``kinds``: one kind per statement (select, insert, set, reset_all, discard_all, begin, ...).
+    ``tenant_params``: 1-based $n whose Bind value must equal the tenant id.
+    ``cached``: served from the plan cache. ``listen_channels``: backend channel names LISTENed.
+    """
+
+    sql: str
+    kinds: tuple[str, ...]
+    tenant_params: tuple[int, ...] = ()
+    cached: bool = False
+    listen_channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Digest:
+    """Cache entry for a literal-lifted digest: a template, or None when the digest cannot have one."""
+
+    template: Template | None
+    kinds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    reason: str
+    message: str
+    sqlstate: str
+
+
+@dataclass(frozen=True)
+class _Built:
+    plan: Plan
+    value_dependent: bool
+
+
+class Rewriter:
+    """Plans statements for tenants under one Policy, with an LRU plan cache."""
+
+    def __init__(self, policy: Policy, cache_size: int = 10_000) -> None:
+        self.policy = policy
+        self._cache: LRUCache[Plan | _Digest | _Refusal] = LRUCache(cache_size)
+        self._hits = 0
+        self._misses = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self._hits, "misses": self._misses, "size": len(self._cache)}
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._hits = self._misses = 0
+
+    def plan(self, sql: str, tenant: str, *, extended: bool = False) -> Plan:
+        """Scope ``sql`` for ``tenant``; raise Refused when any part of it is not allowed.
+
+        ``extended``: the text of a Parse message (one statement, $n parameters).
+        """
+        if not tenant or "\x00" in tenant:
+            raise ValueError("tenant id must be a non-empty string without NUL")
+        version = self.policy.version
+        exact_key = (version, tenant, extended, sql)
+        entry = self._cache.get(exact_key)
+        lifted: Lifted | None = None
+        digest_key: tuple[object, ...] | None = None
+        if entry is None and not extended:
+            lifted = lift(sql)
+            if lifted is not None and lifted.literals:
+                digest_key = (version, tenant, "digest", lifted.digest)
+                digest = self._cache.get(digest_key)
+                if isinstance(digest, _Digest) and digest.template is not None:
+                    self._hits += 1
+                    return Plan(digest.template.fill(lifted.literals), digest.kinds, cached=True)
+        if entry is not None:
+            self._hits += 1
+            if isinstance(entry, _Refusal):
+                raise Refused(entry.reason, entry.message, entry.sqlstate)
+            assert isinstance(entry, Plan)  # noqa: S101 - exact keys only hold plans and refusals
+            return entry
+        self._misses += 1
+        try:
+            built = self._build(sql, tenant, extended)
+        except Refused as err:
+            self._cache.put(exact_key, _Refusal(err.reason, err.message, err.sqlstate))
+            raise
+        plan = built.plan
+        if (digest_key is not None and lifted is not None and not built.value_dependent
+                and set(plan.kinds) <= LIFT_KINDS and not plan.tenant_params):
+            template = self._template(lifted, tenant, plan)
+            self._cache.put(digest_key, _Digest(template, plan.kinds))
+            if template is not None:
+                return plan
+        self._cache.put(exact_key, replace(plan, cached=True))
+        return plan
+
+    def _build(self, sql: str, tenant: str, extended: bool) -> _Built:
+        try:
+            return self._rewrite(sql, tenant, extended)
+        except Refused:
+            raise
+        except pglast.parser.ParseError as exc:
+            raise Refused("unparseable", str(exc), "42601") from None
+        except Exception:  # fail closed: whatever could not be analysed does not run
+            raise Refused("internal", "the statement could not be analysed by tenantgate") from None
+
+    def _rewrite(self, sql: str, tenant: str, extended: bool) -> _Built:
+        raws = pglast.parse_sql(sql)
+        if extended and len(raws) > 1:
+            raise Refused("multi_statement_extended",
+                          "cannot insert multiple commands into a prepared statement", "42601")
+        scoper = Scoper(self.policy, tenant, extended=extended)
+        texts: list[str] = []
+        kinds: list[str] = []
+        listens: list[str] = []
+        any_modified = False
+        for raw in raws:  # every statement is checked before anything is produced
+            kind = scoper.statement(raw.stmt)
+            kinds.append(kind)
+            if kind == "listen":
+                listens.append(raw.stmt.conditionname)
+            if scoper.modified:
+                any_modified = True
+                texts.append(deparse(raw.stmt))
+            else:
+                end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(sql)
+                texts.append(trim_comments(sql[raw.stmt_location:end]).strip())
+        out = "; ".join(texts) if any_modified or len(raws) > 1 else sql
+        params = frozenset(scoper.tenant_params)
+        if raws and verify(out, self.policy, tenant, params) != len(raws):
+            raise Refused("verification_failed", "rewritten SQL has a different number of statements")
+        plan = Plan(out, tuple(kinds), tuple(sorted(params)), listen_channels=tuple(listens))
+        return _Built(plan, scoper.value_dependent)
+
+    def _template(self, lifted: Lifted, tenant: str, plan: Plan) -> Template | None:
+        """Rewrite the statement with sentinels in place of its literals and find them again in
+        the output; the template must reproduce this very plan."""
+        try:
+            probe = self._build(lifted.with_sentinels(), tenant, False)
+        except Refused:
+            return None
+        if probe.value_dependent or probe.plan.kinds != plan.kinds or probe.plan.tenant_params:
+            return None
+        template = Template.build(probe.plan.sql, len(lifted.literals))
+        if template is None:
+            return None
+        filled = template.fill(lifted.literals)
+        if filled != plan.sql and _normalised(filled) != _normalised(plan.sql):
+            return None
+        return template
+
+
+def _normalised(sql: str) -> tuple[str, ...] | None:
+    """The deparsed form of each statement (equal trees print equally), None if it does not parse."""
+    try:
+        return tuple(deparse(raw.stmt) for raw in pglast.parse_sql(sql))
+    except parser.ParseError:
+        return None
