@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from .filesink import rotated_files
+
 _SQL_WIDTH = 200
 
 
@@ -42,24 +44,53 @@ def format_record(rec: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def _format_line(line: bytes) -> str:
+def _format_line(line: bytes) -> tuple[str, int | None]:
     try:
         rec = json.loads(line)
     except ValueError:
-        return "(unreadable line) " + line.decode("utf-8", "replace").rstrip("\n")
-    return format_record(rec) if isinstance(rec, dict) else "(not a record)"
+        return "(unreadable line) " + line.decode("utf-8", "replace").rstrip("\n"), None
+    if not isinstance(rec, dict):
+        return "(not a record)", None
+    seq = rec.get("seq")
+    return format_record(rec), seq if isinstance(seq, int) else None
+
+
+def _first_seq(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return int(json.loads(fh.readline())["seq"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _next_file(path: Path, last_seq: int) -> Path:
+    """The file that continues after `last_seq`: rotated files may have come and gone meanwhile."""
+    for candidate in rotated_files(path):
+        if _first_seq(candidate) > last_seq:
+            return candidate
+    return path
 
 
 def tail(path: Path, out: TextIO, *, lines: int = 20, follow: bool = False, poll: float = 0.5,
          stop: Callable[[], bool] = lambda: False) -> None:
     """Print the last `lines` records; with `follow`, keep printing new ones (across rotations)."""
-    fh = open(path, "rb")  # noqa: SIM115 -- reopened on rotation below
+    last_seq = -1
+
+    def emit(line: bytes) -> None:
+        nonlocal last_seq
+        text, seq = _format_line(line)
+        out.write(text + "\n")
+        if seq is not None:
+            last_seq = seq
+
+    current = path
+    fh = open(current, "rb")  # noqa: SIM115 -- replaced on rotation below
     try:
         last = deque(fh, maxlen=lines)
         # A torn last line may still be being written: keep it until its newline arrives.
         pending = last.pop() if last and not last[-1].endswith(b"\n") else b""
         for line in last:
-            out.write(_format_line(line) + "\n")
+            emit(line)
         out.flush()
         if not follow:
             return
@@ -68,19 +99,35 @@ def tail(path: Path, out: TextIO, *, lines: int = 20, follow: bool = False, poll
             if chunk:
                 pending += chunk
                 if pending.endswith(b"\n"):
-                    out.write(_format_line(pending) + "\n")
+                    emit(pending)
                     out.flush()
                     pending = b""
                 continue
             try:
-                rotated = os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
+                moved = current != path or os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
             except FileNotFoundError:
-                rotated = False
-            if rotated:
-                fh.close()
-                fh = open(path, "rb")  # noqa: SIM115
-                pending = b""
+                moved = False
+            if not moved:
+                time.sleep(poll)
                 continue
-            time.sleep(poll)
+            # The file was complete before the rename became visible: finish it, then continue in
+            # whichever file holds the next record.
+            for line in fh:
+                pending += line
+                if pending.endswith(b"\n"):
+                    emit(pending)
+                    pending = b""
+            out.flush()
+            fh.close()
+            pending = b""
+            while True:
+                current = _next_file(path, last_seq)
+                try:
+                    fh = open(current, "rb")  # noqa: SIM115
+                    break
+                except FileNotFoundError:  # between the rename and the new file's creation
+                    if stop():
+                        return
+                    time.sleep(poll)
     finally:
         fh.close()

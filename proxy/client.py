@@ -8,7 +8,9 @@ only this connection.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from . import codec
@@ -47,10 +49,16 @@ def fatal_bytes(err: codec.ErrorResponse) -> bytes:
     return codec.ErrorResponse(fields).encode()
 
 
+_ids = itertools.count(1)
+
+
 class ClientConnection(PgConnection):
     def __init__(self, proxy: Proxy) -> None:
         super().__init__("client", proxy.config.server.max_message_size)
         self.proxy = proxy
+        self.id = next(_ids)
+        self.connected_at = time.time()
+        self.database = ""
         self.session: Session | None = None
         self.backend: Backend | None = None
         self.user = ""
@@ -170,6 +178,7 @@ class ClientConnection(PgConnection):
         log.info("authenticated user %s (tenant %s) from %s", name, self.tenant or "-", self.peer)
 
         database = cfg.backend.database or startup.params.get("database") or name
+        self.database = database
         backend_params = dict(settings)
         if self.tenant is not None:
             # defence in depth: RLS policies read it; the session's reset value, so RESET ALL keeps it
@@ -192,7 +201,9 @@ class ClientConnection(PgConnection):
         self.write(bytes(out))
 
         planner = self.proxy.planner if self.tenant is not None else None
-        self.session = session = Session(self, backend, user=name, tenant=self.tenant, planner=planner)
+        self.session = session = Session(
+            self, backend, user=name, tenant=self.tenant, planner=planner, paused=self.proxy.paused
+        )
         self.proxy.sessions.add(self)
         self.backpressure_peer = backend.conn
         backend.conn.backpressure_peer = self

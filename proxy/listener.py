@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import ssl
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,9 @@ class Proxy:
         self._servers: list[asyncio.Server] = []
         self._role_checked = False
         self.stopping = asyncio.Event()
+        self.started_at = time.time()
+        self.config_path: str | None = None
+        self.paused: set[str] = set()  # tenants whose new statements wait; "*" = all
 
     def _load_secret(self) -> bytes:
         secret = self.config.server.secret
@@ -138,17 +142,50 @@ class Proxy:
         """The bound TCP port (useful when the config asks for port 0)."""
         return int(self._servers[0].sockets[0].getsockname()[1])
 
-    def reload(self, path: str | os.PathLike[str]) -> None:
-        """Apply a new config to new sessions; an invalid one is refused and the old kept."""
+    def reload(self) -> tuple[bool, list[str]]:
+        """Apply the config file again to new sessions: (applied, messages).
+
+        An invalid file is refused with its problems and the old config stays; settings
+        that only a restart can change are reported as such.
+        """
+        if self.config_path is None:
+            return False, ["no config file to reload"]
         try:
-            new = load_config(path)
+            new = load_config(self.config_path)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the old configuration:\n%s", exc)
-            return
+            return False, str(exc).splitlines()
+        notes = [
+            f"listen.{name} changed: needs a restart"
+            for name in ("address", "unix_socket", "admin", "metrics", "workers")
+            if getattr(new.listen, name) != getattr(self.config.listen, name)
+        ]
         self.config = new
         self.backend_target = backend_target(new)
         self._planner = None
-        log.info("configuration reloaded from %s", path)
+        log.info("configuration reloaded from %s", self.config_path)
+        for note in notes:
+            log.warning("%s", note)
+        return True, notes
+
+    def sessions_of(self, tenant: str | None) -> list[ClientConnection]:
+        return [c for c in self.sessions if tenant is None or c.tenant == tenant]
+
+    def pause(self, tenant: str | None) -> None:
+        self.paused.add(tenant or "*")
+
+    def resume(self, tenant: str | None) -> None:
+        self.paused.discard(tenant or "*")
+        if tenant is None:
+            self.paused.clear()
+        for client in self.sessions_of(tenant):
+            if client.session is not None and not client.session.is_paused:
+                client.session.resume()
+
+    def kill(self, clients: list[ClientConnection]) -> int:
+        for client in clients:
+            client.terminate("57P01", "terminating connection due to administrator command")
+        return len(clients)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting; idle sessions end now, busy ones when idle or at the timeout (57P01)."""
@@ -174,6 +211,7 @@ class Proxy:
 async def serve(config_path: str) -> int:
     config = load_config(config_path)
     proxy = Proxy(config)
+    proxy.config_path = config_path
     try:
         await proxy.preflight()
     except BackendRoleRefused as exc:
@@ -184,7 +222,7 @@ async def serve(config_path: str) -> int:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload, config_path)
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
     await stop.wait()
     log.info("shutting down: waiting up to %.0fs for sessions", proxy.config.server.shutdown_timeout)
     await proxy.shutdown(proxy.config.server.shutdown_timeout)

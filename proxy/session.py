@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ class Session:
         user: str,
         tenant: str | None,
         planner: Any | None,
+        paused: set[str],
     ) -> None:
         self.client = client
         self.backend = backend
@@ -69,10 +71,35 @@ class Session:
         self._tenant_params: dict[str, tuple[int, ...]] = {}
         self.statements = 0
         self.refused = 0
+        self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
+        self._paused = paused  # tenants ("*" = everyone) whose new statements wait (admin PAUSE)
+        self._held: list[tuple[bytes, list[tuple[int, int, int]]]] = []
 
     # ------------------------------------------------------------------ client -> backend
 
+    @property
+    def is_paused(self) -> bool:
+        return bool(self._paused) and ("*" in self._paused or (self.tenant or "") in self._paused)
+
+    def resume(self) -> None:
+        """Release what arrived while paused, then read from the client again."""
+        held, self._held = self._held, []
+        for buf, frames in held:
+            self._relay_client(buf, frames)
+        if self.client.transport is not None and not self.client.is_closed:
+            self.client.transport.resume_reading()
+
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        if self._paused and self.is_paused:
+            self._held.append((buf, frames))
+            if self.client.transport is not None:
+                self.client.transport.pause_reading()
+            return
+        self._relay_client(buf, frames)
+
+    def _relay_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        if self.busy_since is None:
+            self.busy_since = time.monotonic()
         special = _CLIENT_SPECIAL
         out: bytearray | None = None
         mark = 0
@@ -174,6 +201,8 @@ class Session:
             if mtype == _Z:
                 self.status = chr(buf[start + 5])
                 self.cycles_done += 1
+                if self.cycles_done >= self.cycles_sent:
+                    self.busy_since = None
                 refusals = self._refusals
                 while refusals and refusals[0][2] < self.cycles_done:
                     refusals.popleft()

@@ -60,9 +60,11 @@ DENIED_RELATIONS = frozenset({
     "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_hba_file_rules", "pg_ident_file_mappings",
     "pg_file_settings", "pg_backend_memory_contexts", "pg_replication_slots", "pg_replication_origin",
     "pg_replication_origin_status", "pg_shmem_allocations", "pg_config", "pg_subscription",
-    "_pg_user_mappings", "user_mappings", "user_mapping_options",
+    "_pg_user_mappings", "user_mappings", "user_mapping_options", "pg_statistic", "pg_statistic_ext_data",
 })
-DENIED_RELATION_PREFIXES = ("pg_stat",)  # pg_stat_*, pg_statio_*, pg_stats*, pg_statistic*
+# pg_stat_* and pg_statio_* (activity, counters), pg_stats* (sampled column values); the
+# definitions in pg_statistic_ext stay readable for psql's \d.
+DENIED_RELATION_PREFIXES = ("pg_stat_", "pg_statio_", "pg_stats")
 
 
 def is_denied_function(name: str) -> bool:

@@ -195,7 +195,7 @@ def select_with_tenant(source: ast.SelectStmt, index: int | None, width: int,
     "SELECT _tg_src._tg_c1, 'acme' FROM (SELECT 1, 'x' UNION SELECT 2, 'y') AS _tg_src (_tg_c1, _tg_c2)"
     """
     if _is_simple_select(source):
-        if index is None:
+        if index is None and not _has_star(source):
             source.targetList = (*source.targetList, ast.ResTarget(val=forced_value(tenant)))
             return source
         if not _has_star(source) and index < len(source.targetList):

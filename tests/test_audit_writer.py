@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tenantgate.audit.errors import AuditUnavailable
@@ -29,7 +30,7 @@ def settings(path: Path, **overrides: object) -> AuditSettings:
     return AuditSettings(**base)  # type: ignore[arg-type]
 
 
-def records(path: Path) -> list[dict[str, object]]:
+def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 

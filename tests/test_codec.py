@@ -174,7 +174,7 @@ def test_every_decodable_type_has_a_strategy(
 
 
 @pytest.mark.parametrize("name", list(FRONTEND))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_frontend_round_trip(name: str, data: st.DataObject) -> None:
     msg = data.draw(FRONTEND[name])
@@ -188,7 +188,7 @@ def test_frontend_round_trip(name: str, data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize("name", list(BACKEND))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_backend_round_trip(name: str, data: st.DataObject) -> None:
     msg = data.draw(BACKEND[name])
@@ -274,7 +274,7 @@ def frontend_streams(draw: st.DrawFn) -> tuple[codec.StartupMessage, list[object
     return startup, msgs, draw(splits(wire))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(frontend_streams())
 def test_client_stream_in_arbitrary_splits(stream: tuple[codec.StartupMessage, list[object], list[bytes]]) -> None:
     """Startup packet then typed messages, as conn.py reads a client: the order and content survive."""
@@ -297,7 +297,7 @@ def test_client_stream_in_arbitrary_splits(stream: tuple[codec.StartupMessage, l
     assert framer.pending == 0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(ANY_BACKEND, max_size=12).flatmap(lambda ms: st.tuples(st.just(ms), splits(b"".join(map(encode, ms))))))
 def test_server_stream_in_arbitrary_splits(case: tuple[list[object], list[bytes]]) -> None:
     msgs, chunks = case
@@ -540,7 +540,7 @@ ANY_STREAM = st.one_of(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ANY_STREAM.flatmap(splits), st.sampled_from(SIDES), st.integers(4, 200) | st.just(codec.DEFAULT_MAX_MESSAGE))
 def test_any_stream_decodes_or_raises_protocol_error(chunks: list[bytes], side: str, max_size: int) -> None:
     consume(side, chunks, max_size)
@@ -576,7 +576,7 @@ def mutated_startup(draw: st.DrawFn) -> bytes:
     return bytes(wire)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given((st.binary(max_size=64) | mutated_startup()).flatmap(splits))
 def test_any_startup_bytes_decode_or_raise_protocol_error(chunks: list[bytes]) -> None:
     pending = b""
