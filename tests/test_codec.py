@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -51,9 +52,7 @@ def binds(draw: st.DrawFn) -> codec.Bind:
 
 
 # ASCII field codes: a code is one byte on the wire (see test_error_field_code_byte_round_trips).
-ERROR_FIELDS = st.lists(
-    st.tuples(st.characters(min_codepoint=1, max_codepoint=0x7F), text()), max_size=6
-).map(tuple)
+ERROR_FIELDS = st.lists(st.tuples(st.characters(min_codepoint=1, max_codepoint=0x7F), text()), max_size=6).map(tuple)
 
 FIELD_DESCRIPTIONS = st.builds(codec.FieldDescription, text(), U32, I16, U32, I16, I32, I16)
 
@@ -90,9 +89,7 @@ BACKEND: dict[str, st.SearchStrategy[object]] = {
     "CopyResponse": st.builds(codec.CopyResponse, st.sampled_from([b"G", b"H", b"W"]), st.integers(0, 127), int16s()),
     "Simple": st.builds(codec.Simple, st.sampled_from([bytes([c]) for c in b"123nsIc"])),
     "BackendCopyData": st.builds(codec.BackendCopyData, st.binary(max_size=64)),
-    "NegotiateProtocolVersion": st.builds(
-        codec.NegotiateProtocolVersion, I32, st.lists(text(), max_size=4).map(tuple)
-    ),
+    "NegotiateProtocolVersion": st.builds(codec.NegotiateProtocolVersion, I32, st.lists(text(), max_size=4).map(tuple)),
     "FunctionCallResponse": st.builds(codec.FunctionCallResponse, st.none() | st.binary(max_size=40)),
 }
 
@@ -137,7 +134,7 @@ def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
     """``data`` cut at arbitrary points (empty chunks included)."""
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=24)))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in pairwise(bounds)]
 
 
 def header(mtype: bytes, length: int) -> bytes:
