@@ -37,12 +37,11 @@ def _quote_ident(name: str) -> str:
 
 
 class DatabaseKeyStore:
-    """``tenantgate.keys`` through a small lazily created asyncpg pool."""
+    """``tenantgate.keys`` over asyncpg (``connect_kwargs`` go to ``asyncpg.connect``)."""
 
     def __init__(self, dsn: str, *, schema: str = "tenantgate", **connect_kwargs: Any) -> None:
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
-        self._pool: asyncpg.Pool | None = None
         self.schema = schema
         self._table = f"{_quote_ident(schema)}.keys"
 
@@ -51,15 +50,19 @@ class DatabaseKeyStore:
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        # One short connection per operation: key operations are rare (a load per tenant per
+        # cache_ttl), and nothing stays bound to one event loop.
+        conn = None
         try:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=2, **self._connect_kwargs)
-            async with self._pool.acquire() as conn:
-                yield conn
+            conn = await asyncpg.connect(self._dsn, **self._connect_kwargs)
+            yield conn
         except asyncpg.UndefinedTableError:
             raise KeyStoreError(f"table {self.schema}.keys does not exist; run `tenantgate keys init`") from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise KeyStoreError(f"key store {self.schema}.keys: {type(exc).__name__}: {exc}") from None
+        finally:
+            if conn is not None:
+                await conn.close()
 
     async def initialize(self) -> None:
         async with self._conn() as conn, conn.transaction():
@@ -118,6 +121,4 @@ class DatabaseKeyStore:
         return sorted(row["version"] for row in rows)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        return None

@@ -37,7 +37,8 @@ class ClientAuth:
     def __init__(self, username: str, creds: Credentials | None, method: str, secret: bytes) -> None:
         self.username = username
         self._known = creds is not None
-        if method == MD5 and creds is not None and creds.md5:
+        # unknown users get the same challenge as known ones, so the method reveals nothing
+        if method == MD5 and (creds is None or creds.md5):
             self.method = MD5
         else:
             self.method = SCRAM
@@ -47,6 +48,7 @@ class ClientAuth:
         self._scram: ScramServer | None = None
         self._stage = 0
         self.done = False
+        self._failed = False  # one attempt per exchange: no password guessing on one connection
 
     def start(self) -> bytes:
         if self.method == MD5:
@@ -58,14 +60,18 @@ class ClientAuth:
 
     def step(self, msg: PasswordMessage) -> bytes:
         """Consume one client message; return what to send back. Raises AuthFailed."""
-        if self.done:
+        if self.done or self._failed:
             raise self._fail()
         try:
             if self.method == MD5:
                 return self._md5(msg)
             return self._scram_step(msg)
         except AuthError:
+            self._failed = True
             raise self._fail() from None
+        except (AuthFailed, codec.ProtocolError):
+            self._failed = True
+            raise
 
     def _md5(self, msg: PasswordMessage) -> bytes:
         response = msg.password()
@@ -79,7 +85,7 @@ class ClientAuth:
         if self._stage == 0:
             mechanism, data = msg.sasl_initial()
             if mechanism != "SCRAM-SHA-256":
-                raise AuthFailed(self.username, "28000", f"SASL mechanism {mechanism!r} is not supported")
+                raise codec.ProtocolError("client", f"SASL mechanism {mechanism!r} is not supported")
             creds = self._creds
             if creds is not None and creds.scram is not None:
                 self._scram = ScramServer(creds.scram)

@@ -647,7 +647,7 @@ class ErrorResponse:
     fields: tuple[tuple[str, str], ...]
 
     def encode(self) -> bytes:
-        return _frame(self.TYPE, b"".join(k.encode() + _cstr(v) for k, v in self.fields) + b"\x00")
+        return _frame(self.TYPE, b"".join(k.encode("latin-1") + _cstr(v) for k, v in self.fields) + b"\x00")
 
     def get(self, code: str, default: str = "") -> str:
         for k, v in self.fields:
@@ -774,7 +774,7 @@ def _dec_row_description(r: _Reader) -> RowDescription:
 
 def _dec_copy_response(kind: bytes) -> Callable[[_Reader], CopyResponse]:
     def dec(r: _Reader) -> CopyResponse:
-        fmt = r.byte()[0]
+        (fmt,) = struct.unpack("!b", r.byte())
         return CopyResponse(kind, fmt, tuple(r.int16() for _ in range(r.count())))
 
     return dec
@@ -787,7 +787,10 @@ def _dec_function_result(r: _Reader) -> FunctionCallResponse:
 
 def _dec_negotiate(r: _Reader) -> NegotiateProtocolVersion:
     minor = r.int32()
-    return NegotiateProtocolVersion(minor, tuple(r.cstring() for _ in range(max(r.int32(), 0))))
+    count = r.int32()
+    if count < 0:
+        raise r.fail("negative count")
+    return NegotiateProtocolVersion(minor, tuple(r.cstring() for _ in range(count)))
 
 
 _BACKEND: dict[int, Callable[[_Reader], object]] = {
