@@ -52,6 +52,7 @@ class _Pending:
     event: AuditEvent
     future: asyncio.Future[int | None] | None
     enqueued: float
+    slot: bool  # holds a queue slot (record()); submit() bounds the queue by its length instead
 
 
 def make_sink(settings: AuditSettings) -> Sink:
@@ -128,20 +129,51 @@ class AuditLog:
 
     async def record(self, event: AuditEvent) -> int | None:
         """Log one event: see the module docstring for what returning means in each mode."""
-        if self._task is None or self._closing:
-            raise AuditUnavailable("audit log is not running")
-        if self._unavailable_since is not None and time.monotonic() < self._retry_at:
-            self._reject("audit log unavailable")
+        if not self._admit():
             return None
         if self._drop and self._slots.locked():
             self._reject("audit queue full")
             return None
         await self._slots.acquire()
+        future = self._enqueue(event, slot=True)
+        return await future if future is not None else None
+
+    def submit(self, event: AuditEvent) -> asyncio.Future[int | None] | None:
+        """Queue an event without waiting (the proxy's per-statement path).
+
+        Strict: a future that resolves once the record is durable (or fails with
+        AuditUnavailable); batched: None. A full queue counts as unavailable.
+        """
+        if not self._admit():
+            return None
+        if len(self._queue) >= self.settings.queue_max:
+            self._reject("audit queue full")
+            return None
+        return self._enqueue(event, slot=False)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a statement may run now: False while the sink is failing (refuse mode)."""
+        return self._drop or (
+            self._task is not None
+            and not self._closing
+            and (self._unavailable_since is None or time.monotonic() >= self._retry_at)
+        )
+
+    def _admit(self) -> bool:
+        if self._task is None or self._closing:
+            raise AuditUnavailable("audit log is not running")
+        if self._unavailable_since is not None and time.monotonic() < self._retry_at:
+            self._reject("audit log unavailable")
+            return False
+        return True
+
+    def _enqueue(self, event: AuditEvent, *, slot: bool) -> asyncio.Future[int | None] | None:
         future = asyncio.get_running_loop().create_future() if self._strict else None
-        self._queue.append(_Pending(event, future, time.monotonic()))
+        self._queue.append(_Pending(event, future, time.monotonic(), slot))
         self._idle.clear()
         self._wakeup.set()
-        return await future if future is not None else None
+        return future
 
     async def flush(self) -> None:
         """Wait until every record queued so far has been written (or failed)."""
@@ -233,8 +265,9 @@ class AuditLog:
             if not self._strict and not self._closing:
                 await asyncio.sleep(self._interval)
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
-            for _ in batch:
-                self._slots.release()
+            for item in batch:
+                if item.slot:
+                    self._slots.release()
             self._inflight_since = batch[0].enqueued
             try:
                 await self._commit(batch)

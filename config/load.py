@@ -17,6 +17,8 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from tenantgate.audit.errors import AuditConfigError
+from tenantgate.audit.settings import AuditSettings, parse_audit_settings
 from tenantgate.proxy.scram import ScramVerifier, make_verifier, md5_hash
 
 from .schema import (
@@ -290,6 +292,7 @@ class _Loader:
         users = self.users(raw, server.auth_method, tenants)
         admins = self.admins(raw, server.auth_method, users)
         scoping = self.scoping(raw)
+        audit = self.audit(raw)
         if self.problems:
             raise ConfigError(self.problems)
         return Config(
@@ -303,7 +306,19 @@ class _Loader:
             admins=types.MappingProxyType(admins),
             scoping=scoping,
             source=self.path,
+            audit=audit,
         )
+
+    def audit(self, raw: Mapping[str, Any]) -> AuditSettings | None:
+        """[audit] is validated by tenantgate.audit; its one error joins ours."""
+        if not isinstance(raw.get("audit"), dict):
+            return None
+        try:
+            settings = parse_audit_settings(raw, source=self.file, base_dir=self.path.parent)
+        except AuditConfigError as exc:
+            self.problem("audit", str(exc).removeprefix(f"{self.file}: [audit] "))
+            return None
+        return settings if settings.enabled else None
 
     def read(self) -> dict[str, Any]:
         try:

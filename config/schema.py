@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenantgate.audit.settings import AuditSettings
 from tenantgate.proxy.scram import ScramVerifier
 
 from .values import render_identifier
@@ -214,6 +215,7 @@ class Config:
     admins: Mapping[str, Admin]
     scoping: Scoping
     source: pathlib.Path
+    audit: AuditSettings | None = None  # None: auditing off
 
     def redacted(self) -> dict[str, Any]:
         """Plain data for SHOW CONFIG and logs, every secret replaced by '***'."""

@@ -13,10 +13,12 @@ Needs ``python-pkcs11``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from .errors import KekError
@@ -83,8 +85,38 @@ def _module_path(attrs: dict[str, str]) -> str:
     raise KekError("pkcs11 KEK URI: no module-path= and no SoftHSM2 library found (apt-get install softhsm2)")
 
 
+class _TokenSession:
+    """The process's one logged-in session to a token.
+
+    PKCS#11 login state is per application and token: a second C_Login fails, so
+    every provider on the same token (e.g. old and new KEK during a rewrap) shares
+    this session, and a provider must present the PIN the session was opened with.
+    """
+
+    _open: ClassVar[dict[tuple[str, str], _TokenSession]] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, session: Any, pin: str) -> None:
+        self.session = session
+        self._pin_digest = hashlib.sha256(pin.encode()).digest()
+        self.lock = threading.Lock()
+
+    @classmethod
+    def get(cls, pkcs11: Any, module: str, token_label: str, pin: str) -> _TokenSession:
+        with cls._registry_lock:
+            existing = cls._open.get((module, token_label))
+            if existing is not None:
+                if not hmac.compare_digest(existing._pin_digest, hashlib.sha256(pin.encode()).digest()):
+                    raise KekError(f"pkcs11:{token_label}: wrong PIN")
+                return existing
+            token = pkcs11.lib(module).get_token(token_label=token_label)
+            opened = cls(token.open(user_pin=pin), pin)
+            cls._open[(module, token_label)] = opened
+            return opened
+
+
 class Pkcs11Kek:
-    """AES key in a PKCS#11 token; one logged-in session, serialised by a lock."""
+    """AES key in a PKCS#11 token, used through the token's shared session."""
 
     def __init__(self, module: str, token_label: str, key_label: str, pin: str) -> None:
         try:
@@ -93,15 +125,13 @@ class Pkcs11Kek:
             raise KekError("pkcs11: KEK needs python-pkcs11 (pip install python-pkcs11)") from None
         self._pkcs11 = pkcs11
         self.key_id = f"pkcs11:{token_label}/{key_label}"
-        self._lock = threading.Lock()
         try:
-            lib = pkcs11.lib(module)
-            token = lib.get_token(token_label=token_label)
-            self._session = token.open(user_pin=pin)
-            # Any: python-pkcs11 adds encrypt/decrypt through runtime mixins its stubs do not show.
-            self._key: Any = self._session.get_key(
-                label=key_label, key_type=pkcs11.KeyType.AES, object_class=pkcs11.ObjectClass.SECRET_KEY
-            )
+            self._token = _TokenSession.get(pkcs11, module, token_label, pin)
+            with self._token.lock:
+                # Any: python-pkcs11 adds encrypt/decrypt through runtime mixins its stubs do not show.
+                self._key: Any = self._token.session.get_key(
+                    label=key_label, key_type=pkcs11.KeyType.AES, object_class=pkcs11.ObjectClass.SECRET_KEY
+                )
         except pkcs11.exceptions.PKCS11Error as exc:
             raise KekError(f"{self.key_id}: cannot open the KEK in the token ({type(exc).__name__})") from None
 
@@ -123,7 +153,7 @@ class Pkcs11Kek:
             raise KekError("a DEK is 32 bytes")
         iv = random_bytes(GCM_NONCE_SIZE)
         try:
-            with self._lock:
+            with self._token.lock:
                 sealed = self._key.encrypt(dek, mechanism=self._pkcs11.Mechanism.AES_GCM, mechanism_param=self._gcm(iv))
         except self._pkcs11.exceptions.PKCS11Error as exc:
             raise KekError(f"{self.key_id}: wrap failed in the token ({type(exc).__name__})") from None
@@ -134,7 +164,7 @@ class Pkcs11Kek:
             raise KekError(f"wrapped DEK is not AES-GCM from a PKCS#11 KEK; {self.key_id} cannot open it")
         iv = bytes(blob[1 : 1 + GCM_NONCE_SIZE])
         try:
-            with self._lock:
+            with self._token.lock:
                 dek = self._key.decrypt(
                     bytes(blob[1 + GCM_NONCE_SIZE :]),
                     mechanism=self._pkcs11.Mechanism.AES_GCM,

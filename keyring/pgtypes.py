@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from types import MappingProxyType
@@ -48,8 +49,8 @@ TEXT_FORMAT = 0
 BINARY_FORMAT = 1
 
 
-class PgType:
-    """Conversions of one PostgreSQL type; subclasses fill in the four directions."""
+class PgType(ABC):
+    """Conversions of one PostgreSQL type between its wire formats and canonical plaintext."""
 
     name: str
     oid: int
@@ -57,17 +58,20 @@ class PgType:
     def __repr__(self) -> str:
         return f"<PgType {self.name} oid={self.oid}>"
 
+    @abstractmethod
     def from_text(self, data: bytes, *, timezone: str = "UTC") -> bytes:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def from_binary(self, data: bytes) -> bytes:
-        raise NotImplementedError
+        ...
 
     def to_text(self, canonical: bytes, *, timezone: str = "UTC") -> bytes:
         return canonical
 
+    @abstractmethod
     def to_binary(self, canonical: bytes) -> bytes:
-        raise NotImplementedError
+        ...
 
     def to_canonical(self, data: bytes, fmt: int = TEXT_FORMAT, *, timezone: str = "UTC") -> bytes:
         """Client value (wire format code ``fmt``) -> canonical plaintext."""
@@ -501,8 +505,8 @@ class TimestamptzType(PgType):
     name = "timestamptz"
     oid = 1184
 
-    def _parse(self, data: bytes, timezone: str) -> int | None:
-        """Microseconds since 2000-01-01 UTC; None for ±infinity (handled by the caller)."""
+    def _parse(self, data: bytes, timezone: str) -> int:
+        """Microseconds since 2000-01-01 UTC of a finite timestamp (callers handle ±infinity)."""
         body, bc = _split_era(data)
         m = _TS_RE.fullmatch(body)
         if m is None:
@@ -543,9 +547,7 @@ class TimestamptzType(PgType):
         low = bytes(data).strip(_SPACE).lower()
         if low in (b"infinity", b"+infinity", b"-infinity"):
             return low.lstrip(b"+")
-        us = self._parse(data, timezone)
-        assert us is not None
-        return self._format(us, "UTC")
+        return self._format(self._parse(data, timezone), "UTC")
 
     def from_binary(self, data: bytes) -> bytes:
         _need_len(data, 8, "timestamp with time zone")
@@ -561,9 +563,7 @@ class TimestamptzType(PgType):
     def to_text(self, canonical: bytes, *, timezone: str = "UTC") -> bytes:
         if canonical in (b"infinity", b"-infinity") or zone(timezone) is UTC:
             return canonical
-        us = self._parse(canonical, "UTC")
-        assert us is not None
-        return self._format(us, timezone)
+        return self._format(self._parse(canonical, "UTC"), timezone)
 
     def to_binary(self, canonical: bytes) -> bytes:
         if canonical in (b"infinity", b"-infinity"):

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--iterations", type=int, default=4096)
     h.set_defaults(func=cmd_hash_password)
 
+    from tenantgate.audit.cli import register as register_audit
+    from tenantgate.keyring.cli import register as register_keys
+
+    register_audit(sub)
+    register_keys(sub)
     return p
 
 

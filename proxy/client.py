@@ -13,7 +13,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from tenantgate.audit.record import AuditEvent
+
 from . import codec
+from .auditing import SessionAudit
 from .auth import AuthFailed, ClientAuth
 from .backend import Backend, BackendError, connect, send_cancel
 from .codec import (
@@ -168,7 +171,13 @@ class ClientConnection(PgConnection):
                 raise ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
             msg = codec.decode_frontend(mtype, body)
             assert isinstance(msg, PasswordMessage)
-            reply = auth.step(msg)
+            try:
+                reply = auth.step(msg)
+            except (AuthFailed, ProtocolError) as exc:
+                self.proxy.record(
+                    AuditEvent(kind="auth_fail", user=name, client=self.peer, decision="refused", reason=str(exc))
+                )
+                raise
             if not auth.done:
                 self.write(reply)
         assert user is not None  # unknown users never finish the exchange
@@ -176,6 +185,9 @@ class ClientConnection(PgConnection):
         self.tenant = None if user.trusted else user.tenant
         self.params = settings
         log.info("authenticated user %s (tenant %s) from %s", name, self.tenant or "-", self.peer)
+        self.proxy.record(
+            AuditEvent(kind="auth_ok", user=name, tenant=self.tenant, client=self.peer, decision="allowed")
+        )
 
         database = cfg.backend.database or startup.params.get("database") or name
         self.database = database
@@ -201,8 +213,18 @@ class ClientConnection(PgConnection):
         self.write(bytes(out))
 
         planner = self.proxy.planner if self.tenant is not None else None
+        audit = None
+        if self.proxy.audit is not None:
+            audit = SessionAudit(
+                self.proxy.audit,
+                tenant=self.tenant,
+                user=name,
+                client=self.peer,
+                session=str(self.id),
+                database=database,
+            )
         self.session = session = Session(
-            self, backend, user=name, tenant=self.tenant, planner=planner, paused=self.proxy.paused
+            self, backend, user=name, tenant=self.tenant, planner=planner, paused=self.proxy.paused, audit=audit
         )
         self.proxy.sessions.add(self)
         self.backpressure_peer = backend.conn

@@ -12,6 +12,9 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from tenantgate.audit.errors import AuditUnavailable
+from tenantgate.audit.record import AuditEvent
+from tenantgate.audit.writer import AuditLog
 from tenantgate.config import Config, ConfigError, load_config
 
 from .backend import Backend, BackendError, BackendTarget, simple_query
@@ -66,6 +69,16 @@ class Proxy:
         self.started_at = time.time()
         self.config_path: str | None = None
         self.paused: set[str] = set()  # tenants whose new statements wait; "*" = all
+        from .admin import AdminServer
+        from .metrics import Metrics, MetricsServer
+
+        self.metrics = Metrics(proxy=self)
+        self.admin_server: AdminServer | None = None
+        self.metrics_server: MetricsServer | None = None
+        # set by SIGTERM/SIGINT and the admin SHUTDOWN command; serve() then drains for stop_timeout
+        self.stop_requested = asyncio.Event()
+        self.stop_timeout = config.server.shutdown_timeout
+        self.audit: AuditLog | None = AuditLog(config.audit) if config.audit is not None else None
 
     def _load_secret(self) -> bytes:
         secret = self.config.server.secret
@@ -124,9 +137,31 @@ class Proxy:
 
     # ------------------------------------------------------------------ serving
 
+    def record(self, event: AuditEvent) -> None:
+        """Audit an event that no statement waits on (auth, admin, reload); never raises."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.submit(event)
+        except AuditUnavailable as exc:
+            log.warning("audit record of %s lost: %s", event.kind, exc)
+
+    def record_admin(self, user: str, command: str, ok: bool, detail: str = "") -> None:
+        self.record(
+            AuditEvent(
+                kind="admin",
+                user=user,
+                sql=command,
+                decision="allowed" if ok else "refused",
+                reason=detail or None,
+            )
+        )
+
     async def start(self) -> None:
         from .client import ClientConnection
 
+        if self.audit is not None:
+            await self.audit.start()  # a log that cannot be written stops the start (AuditUnavailable)
         loop = asyncio.get_running_loop()
         host, port = self.config.listen.address
         self._servers.append(await loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True))
@@ -136,6 +171,13 @@ class Proxy:
                 os.unlink(sock)
             self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), sock))
         log.info("listening on %s:%d%s", host, port, f" and {sock}" if sock else "")
+        from .admin import AdminServer
+        from .metrics import MetricsServer
+
+        if self.config.listen.admin is not None:
+            self.admin_server = await AdminServer.start(self, *self.config.listen.admin)
+        if self.config.listen.metrics is not None:
+            self.metrics_server = await MetricsServer.start(self, *self.config.listen.metrics)
 
     @property
     def port(self) -> int:
@@ -154,6 +196,7 @@ class Proxy:
             new = load_config(self.config_path)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the old configuration:\n%s", exc)
+            self.record(AuditEvent(kind="reload", decision="refused", reason=str(exc)))
             return False, str(exc).splitlines()
         notes = [
             f"listen.{name} changed: needs a restart"
@@ -164,6 +207,7 @@ class Proxy:
         self.backend_target = backend_target(new)
         self._planner = None
         log.info("configuration reloaded from %s", self.config_path)
+        self.record(AuditEvent(kind="reload", decision="allowed", details={"notes": notes}))
         for note in notes:
             log.warning("%s", note)
         return True, notes
@@ -187,11 +231,18 @@ class Proxy:
             client.terminate("57P01", "terminating connection due to administrator command")
         return len(clients)
 
+    def request_stop(self, wait: bool) -> None:
+        """Ask serve() to shut down: draining for server.shutdown_timeout (wait) or at once."""
+        self.stop_timeout = self.config.server.shutdown_timeout if wait else 0.0
+        self.stop_requested.set()
+
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting; idle sessions end now, busy ones when idle or at the timeout (57P01)."""
         self.stopping.set()
         for server in self._servers:
             server.close()
+        if self.admin_server is not None:
+            self.admin_server.close()  # admins already connected can watch the drain
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.sessions and loop.time() < deadline:
@@ -202,10 +253,17 @@ class Proxy:
             await asyncio.sleep(0.05)
         for client in list(self.sessions):
             client.terminate("57P01", "terminating connection due to administrator command")
+        if self.admin_server is not None:
+            await self.admin_server.wait_closed()
+        if self.metrics_server is not None:  # last: /readyz says "shutting down" while draining
+            self.metrics_server.close()
+            await self.metrics_server.wait_closed()
         for server in self._servers:
             await server.wait_closed()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
+        if self.audit is not None:
+            await self.audit.close()
 
 
 async def serve(config_path: str) -> int:
@@ -214,16 +272,15 @@ async def serve(config_path: str) -> int:
     proxy.config_path = config_path
     try:
         await proxy.preflight()
-    except BackendRoleRefused as exc:
+        await proxy.start()
+    except (BackendRoleRefused, AuditUnavailable) as exc:
         log.error("%s", exc)
         return 1
-    await proxy.start()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, proxy.request_stop, True)
+    loop.add_signal_handler(signal.SIGINT, proxy.request_stop, True)
     loop.add_signal_handler(signal.SIGHUP, proxy.reload)
-    await stop.wait()
-    log.info("shutting down: waiting up to %.0fs for sessions", proxy.config.server.shutdown_timeout)
-    await proxy.shutdown(proxy.config.server.shutdown_timeout)
+    await proxy.stop_requested.wait()
+    log.info("shutting down: waiting up to %.0fs for sessions", proxy.stop_timeout)
+    await proxy.shutdown(proxy.stop_timeout)
     return 0

@@ -16,13 +16,17 @@ transaction status the client sees is the one PostgreSQL really has.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from tenantgate.rewriter import Refused
+
 from . import codec
+from .auditing import SessionAudit, first_word
 from .codec import Bind, ErrorResponse, Parse, Query
 
 if TYPE_CHECKING:
@@ -31,10 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tenantgate.session")
 
-_Q, _P, _B, _F, _S = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S")
+_Q, _P, _B, _F, _S, _EX = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S"), ord("E")
 _Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
+_CC, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
 _CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F))
-
+_CLIENT_AUDITED = _CLIENT_SPECIAL | {_EX}
+_BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
 
 class Refusal(Exception):
     """A statement the proxy will not run: SQLSTATE, message and a short reason code."""
@@ -58,6 +64,7 @@ class Session:
         tenant: str | None,
         planner: Any | None,
         paused: set[str],
+        audit: SessionAudit | None = None,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -74,6 +81,9 @@ class Session:
         self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
         self._paused = paused  # tenants ("*" = everyone) whose new statements wait (admin PAUSE)
         self._held: list[tuple[bytes, list[tuple[int, int, int]]]] = []
+        self.audit = audit
+        self._special = _CLIENT_AUDITED if audit is not None else _CLIENT_SPECIAL
+        self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
 
     # ------------------------------------------------------------------ client -> backend
 
@@ -100,7 +110,7 @@ class Session:
     def _relay_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         if self.busy_since is None:
             self.busy_since = time.monotonic()
-        special = _CLIENT_SPECIAL
+        special = self._special
         out: bytearray | None = None
         mark = 0
         for mtype, start, end in frames:
@@ -126,49 +136,75 @@ class Session:
     def _client_message(self, mtype: int, buf: bytes, start: int, end: int) -> bytes | None:
         """Bytes that replace this message, or None to relay it unchanged."""
         body = buf[start + 5 : end]
+        audit = self.audit
+        sql = ""
         try:
             if mtype == _Q:
                 self.cycles_sent += 1
                 self.statements += 1
                 msg = codec.decode_frontend(mtype, body)
                 assert isinstance(msg, Query)
-                sql = self._plan(msg.sql, extended=False)[0]
-                return None if sql == msg.sql else Query(sql).encode()
+                sql = msg.sql
+                self._check_audit()
+                rewritten, _params, kinds = self._plan(sql, extended=False)
+                if audit is not None:
+                    audit.query(sql, rewritten, kinds, self.cycles_sent)
+                return None if rewritten == sql else Query(rewritten).encode()
             if mtype == _P:
                 msg = codec.decode_frontend(mtype, body)
                 assert isinstance(msg, Parse)
-                sql, tenant_params = self._plan(msg.sql, extended=True)
+                sql = msg.sql
+                rewritten, tenant_params, kinds = self._plan(sql, extended=True)
                 if tenant_params:
                     self._tenant_params[msg.name] = tenant_params
                 else:
                     self._tenant_params.pop(msg.name, None)
-                return None if sql == msg.sql else Parse(msg.name, sql, msg.param_types).encode()
+                if audit is not None:
+                    audit.parse(msg.name, sql, rewritten, kinds[0] if kinds else first_word(sql))
+                return None if rewritten == sql else Parse(msg.name, rewritten, msg.param_types).encode()
             if mtype == _B:
-                if self._tenant_params:
-                    self._check_bind(body)
+                if self._tenant_params or audit is not None:
+                    bind = codec.decode_frontend(_B, body)
+                    assert isinstance(bind, Bind)
+                    self._check_bind(bind)
+                    if audit is not None:
+                        audit.bind(bind)
+                return None
+            if mtype == _EX:
+                assert audit is not None
+                self.statements += 1
+                self._check_audit()
+                msg = codec.decode_frontend(mtype, body)
+                assert isinstance(msg, codec.Execute)
+                audit.execute(msg.portal, self.cycles_sent + 1)
                 return None
             # FunctionCall: the fast-path protocol bypasses every SQL check
             self.cycles_sent += 1
             raise Refusal("42501", "the function call protocol is not allowed through tenantgate", "function_call")
         except Refusal as refusal:
             self.refused += 1
+            if audit is not None:
+                audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
             return self._inject(refusal, simple=mtype in (_Q, _F))
 
-    def _plan(self, sql: str, *, extended: bool) -> tuple[str, tuple[int, ...]]:
+    def _check_audit(self) -> None:
+        if self.audit is not None and not self.audit.accepting:
+            raise Refusal(
+                "58030", "the audit log cannot be written: statement refused (audit on_failure = refuse)", "audit"
+            )
+
+    def _plan(self, sql: str, *, extended: bool) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
+        """(text for the backend, $n that must carry the tenant, statement kinds)."""
         planner = self.planner
         if planner is None:
-            return sql, ()
-        from tenantgate.rewriter import Refused
-
+            return sql, (), ()
         try:
             plan = planner.plan(sql, self.tenant, extended=extended)
         except Refused as exc:
             raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
-        return plan.sql, plan.tenant_params
+        return plan.sql, plan.tenant_params, plan.kinds
 
-    def _check_bind(self, body: bytes) -> None:
-        bind = codec.decode_frontend(_B, body)
-        assert isinstance(bind, Bind)
+    def _check_bind(self, bind: Bind) -> None:
         wanted = self._tenant_params.get(bind.statement)
         if not wanted:
             return
@@ -195,9 +231,19 @@ class Session:
     # ------------------------------------------------------------------ backend -> client
 
     def on_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        if self._withheld is not None:  # strict audit: still waiting for a record to be durable
+            held_buf, held_frames, _ = self._withheld
+            base = len(held_buf)
+            self._withheld = (held_buf + buf, held_frames + [(t, s + base, e + base) for t, s, e in frames], 0)
+            return
+        self._relay_backend(buf, frames, 0, 0)
+
+    def _relay_backend(self, buf: bytes, frames: list[tuple[int, int, int]], first: int, mark: int) -> None:
+        """Relay frames[first:], writing buf from ``mark``; may stop to wait for the audit log."""
         out: bytearray | None = None
-        mark = 0
-        for mtype, start, end in frames:
+        audit = self.audit
+        for i in range(first, len(frames)):
+            mtype, start, end = frames[i]
             if mtype == _Z:
                 self.status = chr(buf[start + 5])
                 self.cycles_done += 1
@@ -206,21 +252,74 @@ class Session:
                 refusals = self._refusals
                 while refusals and refusals[0][2] < self.cycles_done:
                     refusals.popleft()
-            elif mtype == _E and self._refusals:
-                replacement = self._swap_error(buf[start + 5 : end])
+                if audit is not None:
+                    audit.cycle_done(self.cycles_done)
+            elif mtype == _E and (self._refusals or audit is not None):
+                replacement = self._swap_error(buf[start + 5 : end]) if self._refusals else None
                 if replacement is not None:
                     if out is None:
                         out = bytearray()
                     out += buf[mark:start]
                     out += replacement
                     mark = end
+                elif audit is not None:
+                    err = codec.decode_backend(_E, buf[start + 5 : end])
+                    assert isinstance(err, ErrorResponse)
+                    audit.complete(None, err.sqlstate)
             elif mtype == _PS:
                 self._parameter_status(buf[start + 5 : end])
+            elif audit is not None and mtype in _BACKEND_AUDITED:
+                tag = buf[start + 5 : end - 1].decode() if mtype == _CC else None
+                durable = audit.complete(tag, None)
+                if durable is not None and not durable.done():
+                    # strict: nothing from this completion on reaches the client before its record
+                    self._flush_backend(buf, out, mark, start)
+                    self._withheld = (buf, frames, i + 1)
+                    self.backend.conn.transport.pause_reading()  # type: ignore[union-attr]
+                    durable.add_done_callback(lambda f, at=start: self._release(f, at))
+                    return
+                if durable is not None and durable.exception() is not None:
+                    self._flush_backend(buf, out, mark, start)
+                    self._withhold_failed()
+                    return
+        self._flush_backend(buf, out, mark, len(buf))
+
+    def _flush_backend(self, buf: bytes, out: bytearray | None, mark: int, upto: int) -> None:
         if out is None:
-            self.client.write(buf)
+            if mark == 0 and upto == len(buf):
+                self.client.write(buf)
+            elif upto > mark:
+                self.client.write(buf[mark:upto])
         else:
-            out += buf[mark:]
+            out += buf[mark:upto]
             self.client.write(bytes(out))
+
+    def _release(self, durable: asyncio.Future[int | None], at: int) -> None:
+        held = self._withheld
+        self._withheld = None
+        if held is None or self.client.is_closed:
+            return
+        if durable.exception() is not None:
+            self._withhold_failed()
+            return
+        buf, frames, first = held
+        transport = self.backend.conn.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+        self._relay_backend(buf, frames, first, at)
+
+    def _withhold_failed(self) -> None:
+        """A result whose audit record could not be written is never released: end the session
+        (closing the backend rolls back whatever transaction is open)."""
+        log.error("audit record could not be written: withholding the result and closing session")
+        err = codec.error(
+            "58030",
+            "the audit log cannot be written: the result is withheld and the session is closed",
+            severity="FATAL",
+        )
+        self.client.write(err.encode())
+        self.client.close()
+        self.backend.conn.abort()
 
     def _swap_error(self, body: bytes) -> bytes | None:
         for i, (marker, err, _gen) in enumerate(self._refusals):

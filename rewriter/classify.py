@@ -12,10 +12,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from pglast import ast, enums
+from pglast import enums
 
 from .errors import Refused
+
+# pglast's stubs mark every node field Optional; the walkers check shapes at run time.
+AstNode = Any
 
 # Session settings a tenant may SET/RESET/set_config: formatting, timeouts and transaction modes.
 # search_path, role, session_authorization, row_security, standard_conforming_strings and every
@@ -65,14 +69,14 @@ def _label(node_name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", " ", node_name.removesuffix("Stmt")).upper()
 
 
-def refusal(stmt: ast.Node) -> Refused:
+def refusal(stmt: AstNode) -> Refused:
     """The refusal for a statement type no handler accepts (DDL unless known otherwise)."""
     name = type(stmt).__name__
     reason, label = _REFUSED.get(name, ("ddl", _label(name)))
     return Refused(reason, f"{label} is not allowed for tenants")
 
 
-def transaction_kind(stmt: ast.TransactionStmt) -> str:
+def transaction_kind(stmt: AstNode) -> str:
     """begin/commit/rollback/savepoint/release/rollback_to; two-phase commit is refused."""
     k = enums.TransactionStmtKind
     kinds = {
@@ -86,7 +90,7 @@ def transaction_kind(stmt: ast.TransactionStmt) -> str:
     return kind
 
 
-def set_kind(stmt: ast.VariableSetStmt) -> str:
+def set_kind(stmt: AstNode) -> str:
     """set/reset/reset_all for an allowed SET or RESET; refuses the rest (reason set_forbidden)."""
     k = enums.VariableSetKind
     if stmt.kind == k.VAR_RESET_ALL:
@@ -99,5 +103,5 @@ def set_kind(stmt: ast.VariableSetStmt) -> str:
     return "reset" if stmt.kind == k.VAR_RESET else "set"
 
 
-def discard_kind(stmt: ast.DiscardStmt) -> str:
+def discard_kind(stmt: AstNode) -> str:
     return "discard_all" if stmt.target == enums.DiscardMode.DISCARD_ALL else "discard"

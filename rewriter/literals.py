@@ -19,6 +19,7 @@ class into the same slot cannot change how the rest of the statement parses.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pglast import parser
@@ -53,34 +54,93 @@ class Lifted:
         return "".join(out)
 
 
+# The fast path lexes only text whose lexical structure is unambiguous: no backslash, '$' (dollar
+# quotes, parameters), '&' (U&) or comments; prefixed strings (E'', B'', X'', N''), string
+# continuations and numbers followed by identifier characters (0x1F, 1_000: PostgreSQL 15 and 16+
+# disagree) make it give up too. Everything else goes to PostgreSQL's scanner.
+_IDENT_CHARS = "A-Za-z0-9_$\\x80-\\U0010ffff"
+_FAST_TOKEN = re.compile(
+    r"""'(?:[^']++|'')*+'|"(?:[^"]++|"")*+"|['"]"""
+    rf"|(?<![{_IDENT_CHARS}])(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+)
+_CONTINUATION = re.compile(r"[ \t\n\r\f\v]*'")
+
+
+def _is_ident_char(c: str) -> bool:
+    return (c.isascii() and (c.isalnum() or c in "_$")) or c >= "\x80"
+
+
+def _fast_literals(sql: str) -> list[tuple[int, int, str]] | None:
+    """(start, end inclusive, kind) of each literal, or None when the fast lexer must not decide."""
+    if "\\" in sql or "$" in sql or "&" in sql or "--" in sql or "/*" in sql:
+        return None
+    found = []
+    for match in _FAST_TOKEN.finditer(sql):
+        start, end = match.span()
+        text = match.group()
+        first = text[0]
+        if len(text) == 1 and first in "'\"":
+            return None  # an unterminated quote
+        if first == '"':
+            if text == '""':
+                return None  # a zero-length identifier: a scanner error
+            continue
+        if first == "'":
+            if start and _is_ident_char(sql[start - 1]):
+                return None  # E'' / B'' / X'' / N''
+            if _CONTINUATION.match(sql, end):
+                return None  # 'a' 'b' or a continuation across lines
+            found.append((start, end - 1, "SCONST"))
+            continue
+        if (end < len(sql) and (sql[end] == "." or _is_ident_char(sql[end]))) or (
+                start and sql[start - 1] == "."):
+            return None  # 0x1F, 1_000, 1..2, t.5: left to PostgreSQL's scanner
+        found.append((start, end - 1, "FCONST" if "." in text or "e" in text or "E" in text else "ICONST"))
+    return found
+
+
 def lift(sql: str) -> Lifted | None:
     """Split out string and numeric literals; None when the text does not scan or when a literal's
     value changes how something else lexes (UESCAPE)."""
-    try:
-        tokens = parser.scan(sql)
-    except parser.ParseError:
-        return None
+    fast = _fast_literals(sql)
+    if fast is not None:
+        return _assemble(sql, fast)
+    return lift_with_scanner(sql)
+
+
+def _assemble(sql: str, spans: list[tuple[int, int, str]]) -> Lifted:
     gaps: list[str] = []
     digest: list[str] = []
     literals: list[str] = []
     kinds: list[str] = []
     pos = 0
-    for token in tokens:
-        if token.name == "UESCAPE":
-            return None
-        placeholder = _PLACEHOLDER.get(token.name)
-        if placeholder is None:
-            continue
-        gap = sql[pos:token.start]
+    for start, end, kind in spans:
+        gap = sql[pos:start]
         gaps.append(gap)
         digest.append(gap)
-        digest.append(placeholder)
-        literals.append(sql[token.start:token.end + 1])
-        kinds.append(token.name)
-        pos = token.end + 1
+        digest.append(_PLACEHOLDER[kind])
+        literals.append(sql[start:end + 1])
+        kinds.append(kind)
+        pos = end + 1
     gaps.append(sql[pos:])
     digest.append(sql[pos:])
     return Lifted("".join(digest), tuple(literals), tuple(kinds), tuple(gaps))
+
+
+def lift_with_scanner(sql: str) -> Lifted | None:
+    """lift() with PostgreSQL's own scanner (pglast.parser.scan): the reference the fast path
+    must agree with."""
+    try:
+        tokens = parser.scan(sql)
+    except parser.ParseError:
+        return None
+    spans = []
+    for token in tokens:
+        if token.name == "UESCAPE":
+            return None
+        if token.name in _PLACEHOLDER:
+            spans.append((token.start, token.end, token.name))
+    return _assemble(sql, spans)
 
 
 @dataclass(frozen=True)
@@ -135,3 +195,19 @@ def trim_comments(statement: str) -> str:
     """
     tokens = [t for t in parser.scan(statement) if t.name not in _COMMENTS]
     return statement[:tokens[-1].end + 1] if tokens else ""
+
+
+def version_dependent_number(sql: str) -> bool:
+    """True when a numeric literal is written in a PostgreSQL 16+ form (0x1F, 0o17, 0b1, 1_000):
+    PostgreSQL 15 lexes those as a number followed by an identifier, so the parser we trust and
+    the backend would disagree.
+
+    >>> version_dependent_number("SELECT 0x1F"), version_dependent_number("SELECT 1.5e3, 2")
+    (True, False)
+    """
+    try:
+        tokens = parser.scan(sql)
+    except parser.ParseError:
+        return False  # the parser reports it
+    return any(t.name in ("ICONST", "FCONST") and sql[t.start:t.end + 1].strip("0123456789.eE+-")
+               for t in tokens)

@@ -3,8 +3,10 @@
 >>> from .policy import Policy
 >>> rw = Rewriter(Policy(scoped={("public", "orders"): "tenant_id"}))
 >>> plan = rw.plan("SELECT id FROM orders WHERE id = 17", "acme")
->>> plan.sql, plan.kinds, plan.cached
-("SELECT id FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') AS orders WHERE id = 17", ('select',), False)
+>>> plan.sql
+"SELECT id FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') AS orders WHERE id = 17"
+>>> plan.kinds, plan.cached
+(('select',), False)
 >>> again = rw.plan("SELECT id FROM orders WHERE id = 42", "acme")
 >>> again.cached, again.sql.endswith("WHERE id = 42")
 (True, True)
@@ -15,13 +17,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pglast
 from pglast import parser
 
 from .cache import LRUCache
 from .errors import Refused
-from .literals import Lifted, Template, lift, trim_comments
+from .literals import Lifted, Template, lift, trim_comments, version_dependent_number
 from .policy import Policy
 from .scoper import Scoper, deparse
 from .verifier import verify
@@ -109,7 +112,7 @@ class Rewriter:
             self._hits += 1
             if isinstance(entry, _Refusal):
                 raise Refused(entry.reason, entry.message, entry.sqlstate)
-            assert isinstance(entry, Plan)  # noqa: S101 - exact keys only hold plans and refusals
+            assert isinstance(entry, Plan)
             return entry
         self._misses += 1
         try:
@@ -139,6 +142,9 @@ class Rewriter:
 
     def _rewrite(self, sql: str, tenant: str, extended: bool) -> _Built:
         raws = pglast.parse_sql(sql)
+        if version_dependent_number(sql):
+            raise Refused("unparseable", "numeric literals with a base prefix or underscores are not "
+                          "supported by the backend", "42601")
         if extended and len(raws) > 1:
             raise Refused("multi_statement_extended",
                           "cannot insert multiple commands into a prepared statement", "42601")
@@ -148,16 +154,18 @@ class Rewriter:
         listens: list[str] = []
         any_modified = False
         for raw in raws:  # every statement is checked before anything is produced
-            kind = scoper.statement(raw.stmt)
+            stmt: Any = raw.stmt
+            kind = scoper.statement(stmt)
             kinds.append(kind)
             if kind == "listen":
-                listens.append(raw.stmt.conditionname)
+                listens.append(stmt.conditionname)
             if scoper.modified:
                 any_modified = True
-                texts.append(deparse(raw.stmt))
+                texts.append(deparse(stmt))
             else:
-                end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(sql)
-                texts.append(trim_comments(sql[raw.stmt_location:end]).strip())
+                start = raw.stmt_location or 0
+                end = start + raw.stmt_len if raw.stmt_len else len(sql)
+                texts.append(trim_comments(sql[start:end]).strip())
         out = "; ".join(texts) if any_modified or len(raws) > 1 else sql
         params = frozenset(scoper.tenant_params)
         if raws and verify(out, self.policy, tenant, params) != len(raws):

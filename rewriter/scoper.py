@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from pglast import ast, enums
 
@@ -33,12 +34,17 @@ from .transforms import (
     deparse,
     forced_value,
     is_plain_values,
+    is_star,
+    node_fields,
     prefix_channel,
     qualify,
     scope_range_var,
     select_with_tenant,
     tenant_predicate,
 )
+
+# pglast's stubs mark every node field Optional; the walkers check shapes at run time.
+AstNode = Any
 
 # Expression-level nodes that hold no table reference of their own: walked field by field.
 GENERIC_NODES = frozenset({
@@ -80,7 +86,7 @@ class Scoper:
 
     # -- statements ---------------------------------------------------------------------------
 
-    def statement(self, stmt: ast.Node) -> str:
+    def statement(self, stmt: AstNode) -> str:
         """Scope one top-level statement in place; return its kind or raise Refused."""
         self.modified = False
         name = type(stmt).__name__
@@ -93,7 +99,7 @@ class Scoper:
         kind: str = handler(stmt)
         return kind
 
-    def dml(self, stmt: ast.Node) -> None:
+    def dml(self, stmt: AstNode) -> None:
         """SELECT/INSERT/UPDATE/DELETE/MERGE at any level (top, CTE, EXPLAIN, PREPARE, COPY)."""
         name = type(stmt).__name__
         if name == "SelectStmt":
@@ -109,23 +115,23 @@ class Scoper:
         else:
             raise refusal(stmt)
 
-    def _stmt_VariableSetStmt(self, stmt: ast.VariableSetStmt) -> str:
+    def _stmt_VariableSetStmt(self, stmt: AstNode) -> str:
         self.value_dependent = True
         return set_kind(stmt)
 
-    def _stmt_VariableShowStmt(self, stmt: ast.VariableShowStmt) -> str:
+    def _stmt_VariableShowStmt(self, stmt: AstNode) -> str:
         return "show"
 
-    def _stmt_ConstraintsSetStmt(self, stmt: ast.ConstraintsSetStmt) -> str:
+    def _stmt_ConstraintsSetStmt(self, stmt: AstNode) -> str:
         return "set"
 
-    def _stmt_DiscardStmt(self, stmt: ast.DiscardStmt) -> str:
+    def _stmt_DiscardStmt(self, stmt: AstNode) -> str:
         return discard_kind(stmt)
 
-    def _stmt_TransactionStmt(self, stmt: ast.TransactionStmt) -> str:
+    def _stmt_TransactionStmt(self, stmt: AstNode) -> str:
         return transaction_kind(stmt)
 
-    def _stmt_ExplainStmt(self, stmt: ast.ExplainStmt) -> str:
+    def _stmt_ExplainStmt(self, stmt: AstNode) -> str:
         inner = type(stmt.query).__name__
         if inner in DML:
             self.dml(stmt.query)
@@ -135,7 +141,7 @@ class Scoper:
             raise refusal(stmt.query)
         return "explain"
 
-    def _stmt_PrepareStmt(self, stmt: ast.PrepareStmt) -> str:
+    def _stmt_PrepareStmt(self, stmt: AstNode) -> str:
         self.expr(stmt.argtypes)
         self._in_prepare = True
         try:
@@ -144,40 +150,40 @@ class Scoper:
             self._in_prepare = False
         return "prepare"
 
-    def _stmt_ExecuteStmt(self, stmt: ast.ExecuteStmt) -> str:
+    def _stmt_ExecuteStmt(self, stmt: AstNode) -> str:
         self.expr(stmt.params)
         return "execute"
 
-    def _stmt_DeallocateStmt(self, stmt: ast.DeallocateStmt) -> str:
+    def _stmt_DeallocateStmt(self, stmt: AstNode) -> str:
         return "deallocate"
 
-    def _stmt_DeclareCursorStmt(self, stmt: ast.DeclareCursorStmt) -> str:
+    def _stmt_DeclareCursorStmt(self, stmt: AstNode) -> str:
         self.dml(stmt.query)
         return "declare"
 
-    def _stmt_FetchStmt(self, stmt: ast.FetchStmt) -> str:
+    def _stmt_FetchStmt(self, stmt: AstNode) -> str:
         return "move" if stmt.ismove else "fetch"
 
-    def _stmt_ClosePortalStmt(self, stmt: ast.ClosePortalStmt) -> str:
+    def _stmt_ClosePortalStmt(self, stmt: AstNode) -> str:
         return "close"
 
-    def _stmt_ListenStmt(self, stmt: ast.ListenStmt) -> str:
+    def _stmt_ListenStmt(self, stmt: AstNode) -> str:
         stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
         self.modified = self.value_dependent = True
         return "listen"
 
-    def _stmt_UnlistenStmt(self, stmt: ast.UnlistenStmt) -> str:
+    def _stmt_UnlistenStmt(self, stmt: AstNode) -> str:
         if stmt.conditionname is not None:  # UNLISTEN * only concerns this session
             stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
             self.modified = self.value_dependent = True
         return "unlisten"
 
-    def _stmt_NotifyStmt(self, stmt: ast.NotifyStmt) -> str:
+    def _stmt_NotifyStmt(self, stmt: AstNode) -> str:
         stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
         self.modified = self.value_dependent = True
         return "notify"
 
-    def _stmt_CopyStmt(self, stmt: ast.CopyStmt) -> str:
+    def _stmt_CopyStmt(self, stmt: AstNode) -> str:
         if stmt.is_from:
             raise Refused("copy_from", "COPY FROM is not allowed for tenants: rows cannot be scoped")
         if stmt.filename is not None or stmt.is_program:
@@ -203,7 +209,7 @@ class Scoper:
     # -- query levels ---------------------------------------------------------------------------
 
     @contextmanager
-    def with_clause(self, clause: ast.WithClause | None) -> Iterator[None]:
+    def with_clause(self, clause: AstNode) -> Iterator[None]:
         """Scope CTE bodies and make their names visible as PostgreSQL does.
 
         Without RECURSIVE a CTE sees only the CTEs before it (its own name inside its body is the
@@ -227,10 +233,10 @@ class Scoper:
         finally:
             del self._ctes[depth:]
 
-    def is_cte(self, rv: ast.RangeVar) -> bool:
+    def is_cte(self, rv: AstNode) -> bool:
         return rv.schemaname is None and rv.catalogname is None and any(rv.relname in s for s in self._ctes)
 
-    def select(self, sel: ast.SelectStmt) -> None:
+    def select(self, sel: AstNode) -> None:
         if sel.intoClause is not None:
             raise Refused("ddl", "SELECT INTO is not allowed for tenants")
         with self.with_clause(sel.withClause):
@@ -248,7 +254,7 @@ class Scoper:
                 if not isinstance(clause, ast.LockingClause):
                     raise unsupported(type(clause).__name__)
 
-    def from_item(self, item: ast.Node) -> ast.Node:
+    def from_item(self, item: AstNode) -> AstNode:
         if isinstance(item, ast.RangeVar):
             return self.range_var(item)
         if isinstance(item, ast.JoinExpr):
@@ -282,7 +288,7 @@ class Scoper:
             return item
         raise unsupported(f"{type(item).__name__} in FROM")
 
-    def relation(self, rv: ast.RangeVar) -> Relation:
+    def relation(self, rv: AstNode) -> Relation:
         """Resolve a table reference that is not a CTE; refuse unlisted and denied relations."""
         if rv.catalogname is not None:
             raise unsupported("a database-qualified table name")
@@ -293,7 +299,7 @@ class Scoper:
             raise Refused(rel.denial, f"catalog relation {rel.schema}.{rel.name} is not available to tenants")
         return rel
 
-    def range_var(self, rv: ast.RangeVar) -> ast.Node:
+    def range_var(self, rv: AstNode) -> AstNode:
         if self.is_cte(rv):
             return rv
         rel = self.relation(rv)
@@ -305,7 +311,7 @@ class Scoper:
             return qualify(rv, rel.schema)
         return rv
 
-    def target(self, rv: ast.RangeVar, verb: str) -> tuple[Relation, str]:
+    def target(self, rv: AstNode, verb: str) -> tuple[Relation, str]:
         """The table an INSERT/UPDATE/DELETE/MERGE writes (never a CTE): must be scoped."""
         rel = self.relation(rv)
         if rel.kind == "reference":
@@ -317,13 +323,13 @@ class Scoper:
         self.modified = True
         return rel, rv.alias.aliasname if rv.alias else rv.relname
 
-    def _no_tenant_assignment(self, targets: tuple[ast.ResTarget, ...] | None, rel: Relation) -> None:
+    def _no_tenant_assignment(self, targets: AstNode, rel: Relation) -> None:
         for t in targets or ():
             if t.name == rel.column:
                 raise Refused("tenant_column", f"the tenant column {rel.column} of {rel.schema}.{rel.name} "
                               "cannot be changed")
 
-    def update(self, stmt: ast.UpdateStmt) -> None:
+    def update(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "UPDATE")
             self._no_tenant_assignment(stmt.targetList, rel)
@@ -335,7 +341,7 @@ class Scoper:
             stmt.whereClause = and_predicate(stmt.whereClause,
                                              tenant_predicate(qualifier, str(rel.column), self.tenant))
 
-    def delete(self, stmt: ast.DeleteStmt) -> None:
+    def delete(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "DELETE")
             if stmt.usingClause:
@@ -345,7 +351,7 @@ class Scoper:
             stmt.whereClause = and_predicate(stmt.whereClause,
                                              tenant_predicate(qualifier, str(rel.column), self.tenant))
 
-    def insert(self, stmt: ast.InsertStmt) -> None:
+    def insert(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "INSERT")
             column = str(rel.column)
@@ -369,20 +375,19 @@ class Scoper:
             self._on_conflict(stmt.onConflictClause, rel, qualifier)
             self.expr(stmt.returningClause)
 
-    def _values_row(self, row: tuple[ast.Node, ...], index: int, rel: Relation) -> tuple[ast.Node, ...]:
+    def _values_row(self, row: AstNode, index: int, rel: Relation) -> tuple[ast.Node, ...]:
         if index >= len(row):
             raise Refused("syntax", "INSERT has more target columns than expressions", "42601")
         value = self.tenant_value(row[index], rel)
         return (*row[:index], value, *row[index + 1:])
 
-    def _select_keeps_tenant(self, source: ast.SelectStmt, index: int, rel: Relation) -> bool:
+    def _select_keeps_tenant(self, source: AstNode, index: int, rel: Relation) -> bool:
         """INSERT ... SELECT naming the tenant column: a literal or $n there is checked like a
         VALUES entry and kept; any other expression is replaced by the tenant literal (False)."""
         targets = source.targetList
         if source.op != enums.SetOperation.SETOP_NONE or not targets or index >= len(targets):
             return False
-        if any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
-               for t in targets[:index]):
+        if any(is_star(t) for t in targets[:index]):
             return False
         value = targets[index].val
         inner = value.arg if isinstance(value, ast.TypeCast) else value
@@ -391,7 +396,7 @@ class Scoper:
             return True
         return False
 
-    def tenant_value(self, value: ast.Node, rel: Relation) -> ast.Node:
+    def tenant_value(self, value: AstNode, rel: Relation) -> AstNode:
         """The value an INSERT gives the tenant column: the tenant literal, DEFAULT, or a $n
         checked at Bind time. Anything else is refused."""
         if isinstance(value, ast.SetToDefault):
@@ -403,12 +408,12 @@ class Scoper:
             if isinstance(inner.val, ast.String) and inner.val.sval == self.tenant:
                 return value
         elif isinstance(inner, ast.ParamRef) and self.extended and not self._in_prepare:
-            self.tenant_params.add(inner.number)
+            self.tenant_params.add(inner.number or 0)
             return value
         raise Refused("tenant_column", f"INSERT into {rel.schema}.{rel.name} may only set {rel.column} "
                       "to the session's tenant")
 
-    def _on_conflict(self, clause: ast.OnConflictClause | None, rel: Relation, qualifier: str) -> None:
+    def _on_conflict(self, clause: AstNode, rel: Relation, qualifier: str) -> None:
         if clause is None:
             return
         self.expr(clause.infer)
@@ -420,7 +425,7 @@ class Scoper:
             clause.whereClause = and_predicate(clause.whereClause,
                                                tenant_predicate(qualifier, str(rel.column), self.tenant))
 
-    def merge(self, stmt: ast.MergeStmt) -> None:
+    def merge(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "MERGE")
             column = str(rel.column)
@@ -442,7 +447,7 @@ class Scoper:
                     self._merge_insert(clause, rel)
             self.expr(stmt.returningClause)
 
-    def _merge_insert(self, clause: ast.MergeWhenClause, rel: Relation) -> None:
+    def _merge_insert(self, clause: AstNode, rel: Relation) -> None:
         column = str(rel.column)
         names = [t.name for t in clause.targetList or ()]
         if clause.values is None and not names:  # INSERT DEFAULT VALUES
@@ -474,20 +479,20 @@ class Scoper:
             return
         if name not in GENERIC_NODES:
             raise unsupported(f"the construct {name}")
-        for field in type(node).__slots__:
+        for field in node_fields(node):
             self.expr(getattr(node, field))
 
-    def _x_SubLink(self, node: ast.SubLink) -> None:
+    def _x_SubLink(self, node: AstNode) -> None:
         self.expr(node.testexpr)
         self.dml(node.subselect)
 
-    def _x_SelectStmt(self, node: ast.SelectStmt) -> None:
+    def _x_SelectStmt(self, node: AstNode) -> None:
         self.select(node)
 
-    def _x_CurrentOfExpr(self, node: ast.CurrentOfExpr) -> None:
+    def _x_CurrentOfExpr(self, node: AstNode) -> None:
         raise unsupported("WHERE CURRENT OF")
 
-    def _x_A_Expr(self, node: ast.A_Expr) -> None:
+    def _x_A_Expr(self, node: AstNode) -> None:
         if node.kind in _CHECKED_OPERATOR_KINDS:
             names = [s.sval for s in node.name]
             schema = names[-2] if len(names) > 1 else None
@@ -497,7 +502,7 @@ class Scoper:
         self.expr(node.lexpr)
         self.expr(node.rexpr)
 
-    def _x_FuncCall(self, node: ast.FuncCall) -> None:
+    def _x_FuncCall(self, node: AstNode) -> None:
         names = [s.sval for s in node.funcname]
         if len(names) > 2:
             raise unsupported("a database-qualified function name")
@@ -519,14 +524,14 @@ class Scoper:
         self.expr(node.agg_filter)
         self.expr(node.over)
 
-    def _set_config(self, first: ast.Node) -> None:
+    def _set_config(self, first: AstNode) -> None:
         """set_config's setting name must be a literal naming an allowed setting."""
         self.value_dependent = True
         if isinstance(first, ast.TypeCast):
             first = first.arg
         if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
             raise Refused("set_forbidden", "set_config() needs a literal setting name")
-        if not setting_allowed(first.val.sval):
+        if not setting_allowed(first.val.sval or ""):
             raise Refused("set_forbidden", f"set_config() of {first.val.sval} is not allowed for tenants")
 
 

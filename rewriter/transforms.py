@@ -6,13 +6,18 @@ example of the SQL before and after.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pglast import ast, enums, parse_sql, parser
 from pglast.stream import RawStream
 
 from .policy import Relation
 
+# pglast's stubs mark every node field Optional; the walkers check shapes at run time.
+AstNode = Any
 
-def deparse(node: ast.Node) -> str:
+
+def deparse(node: AstNode) -> str:
     """PostgreSQL text for a node (pglast's deparser quotes identifiers and escapes literals).
 
     pglast prints PostgreSQL 17's ``WHEN NOT MATCHED BY TARGET``; the plain ``WHEN NOT MATCHED``
@@ -39,12 +44,12 @@ def _drop_by_target(text: str) -> str:
     return text
 
 
-def _parse_one(sql: str) -> ast.Node:
+def _parse_one(sql: str) -> AstNode:
     """Parse one statement (doctest helper)."""
     return parse_sql(sql)[0].stmt
 
 
-def string_literal(value: str) -> ast.A_Const:
+def string_literal(value: str) -> AstNode:
     """A string constant node; the deparser renders it as a properly escaped literal.
 
     >>> deparse(string_literal("o'neil\\\\co"))
@@ -53,7 +58,7 @@ def string_literal(value: str) -> ast.A_Const:
     return ast.A_Const(isnull=False, val=ast.String(sval=value))
 
 
-def tenant_predicate(qualifier: str, column: str, tenant: str) -> ast.A_Expr:
+def tenant_predicate(qualifier: str, column: str, tenant: str) -> AstNode:
     """``qualifier.column = 'tenant'``.
 
     >>> deparse(tenant_predicate("o", "tenant_id", "acme"))
@@ -69,7 +74,7 @@ def tenant_predicate(qualifier: str, column: str, tenant: str) -> ast.A_Expr:
     )
 
 
-def and_predicate(where: ast.Node | None, predicate: ast.Node) -> ast.Node:
+def and_predicate(where: AstNode, predicate: AstNode) -> AstNode:
     """Put ``predicate`` in front of an existing condition (an OR in it cannot widen the scope).
 
     >>> where = _parse_one("SELECT 1 FROM t WHERE id = 1 OR 1 = 1").whereClause
@@ -84,15 +89,15 @@ def and_predicate(where: ast.Node | None, predicate: ast.Node) -> ast.Node:
 
 
 def scoped_select(relation: Relation, tenant: str, *, inherit: bool = True,
-                  sample: ast.RangeTableSample | None = None) -> ast.SelectStmt:
+                  sample: AstNode = None) -> AstNode:
     """``SELECT * FROM schema.table WHERE table.column = 'tenant'``: a scoped table's only form.
 
     >>> rel = Relation("scoped", "public", "orders", column="tenant_id")
     >>> deparse(scoped_select(rel, "acme", inherit=False))
     "SELECT * FROM ONLY public.orders WHERE orders.tenant_id = 'acme'"
     """
-    assert relation.column is not None  # noqa: S101 - only scoped relations get here
-    table: ast.Node = ast.RangeVar(schemaname=relation.schema, relname=relation.name, inh=inherit,
+    assert relation.column is not None
+    table: AstNode = ast.RangeVar(schemaname=relation.schema, relname=relation.name, inh=inherit,
                                    relpersistence="p")
     if sample is not None:
         table = ast.RangeTableSample(relation=table, method=sample.method, args=sample.args,
@@ -106,8 +111,8 @@ def scoped_select(relation: Relation, tenant: str, *, inherit: bool = True,
     )
 
 
-def scope_range_var(rv: ast.RangeVar, relation: Relation, tenant: str,
-                    sample: ast.RangeTableSample | None = None) -> ast.RangeSubselect:
+def scope_range_var(rv: AstNode, relation: Relation, tenant: str,
+                    sample: AstNode = None) -> AstNode:
     """Replace a scoped table in FROM/JOIN by a derived table under the same name.
 
     Scoping the table itself (not the WHERE of the query) keeps outer joins' semantics.
@@ -124,7 +129,7 @@ def scope_range_var(rv: ast.RangeVar, relation: Relation, tenant: str,
                                                                     sample=sample), alias=alias)
 
 
-def qualify(rv: ast.RangeVar, schema: str) -> ast.RangeVar:
+def qualify(rv: AstNode, schema: str) -> AstNode:
     """Schema-qualify a table reference so that it never depends on search_path.
 
     >>> deparse(qualify(_parse_one("SELECT 1 FROM countries").fromClause[0], "public"))
@@ -134,12 +139,12 @@ def qualify(rv: ast.RangeVar, schema: str) -> ast.RangeVar:
     return rv
 
 
-def forced_value(tenant: str) -> ast.A_Const:
+def forced_value(tenant: str) -> AstNode:
     """The tenant literal that fills a tenant column an INSERT left out or set to DEFAULT."""
     return string_literal(tenant)
 
 
-def add_tenant_column(insert: ast.InsertStmt, column: str, tenant: str) -> ast.InsertStmt:
+def add_tenant_column(insert: AstNode, column: str, tenant: str) -> AstNode:
     """INSERT without the tenant column: add it, with the tenant literal in every VALUES row.
 
     >>> ins = _parse_one("INSERT INTO orders (id, note) VALUES (1, 'a'), (2, DEFAULT)")
@@ -165,24 +170,34 @@ def add_tenant_column(insert: ast.InsertStmt, column: str, tenant: str) -> ast.I
     return insert
 
 
-def is_plain_values(select: ast.SelectStmt) -> bool:
+def is_plain_values(select: AstNode) -> bool:
     """A bare VALUES list (DEFAULT allowed in it), nothing around it."""
     return bool(select.valuesLists) and not (select.sortClause or select.limitCount or select.limitOffset
                                              or select.withClause or select.lockingClause)
 
 
-def _is_simple_select(select: ast.SelectStmt) -> bool:
+def _is_simple_select(select: AstNode) -> bool:
     return (select.op == enums.SetOperation.SETOP_NONE and not select.valuesLists
             and select.targetList is not None and not select.intoClause)
 
 
-def _has_star(select: ast.SelectStmt) -> bool:
-    return any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
-               for t in select.targetList)
+def is_star(target: AstNode) -> bool:
+    """A ``*`` or ``t.*`` entry of a target list (its width is unknown here)."""
+    fields: Any = getattr(target.val, "fields", None) if isinstance(target.val, ast.ColumnRef) else None
+    return bool(fields) and isinstance(fields[-1], ast.A_Star)
 
 
-def select_with_tenant(source: ast.SelectStmt, index: int | None, width: int,
-                       tenant: str) -> ast.SelectStmt:
+def _has_star(select: AstNode) -> bool:
+    return any(is_star(t) for t in select.targetList)
+
+
+def node_fields(node: AstNode) -> tuple[str, ...]:
+    """The field names of a pglast node."""
+    return tuple(type(node).__slots__)
+
+
+def select_with_tenant(source: AstNode, index: int | None, width: int,
+                       tenant: str) -> AstNode:
     """INSERT ... SELECT: force the tenant value at output position ``index`` (None: append it).
 
     ``width`` is the number of columns the INSERT names besides an appended tenant column.
@@ -198,7 +213,7 @@ def select_with_tenant(source: ast.SelectStmt, index: int | None, width: int,
         if index is None and not _has_star(source):
             source.targetList = (*source.targetList, ast.ResTarget(val=forced_value(tenant)))
             return source
-        if not _has_star(source) and index < len(source.targetList):
+        if index is not None and not _has_star(source) and index < len(source.targetList):
             targets = list(source.targetList)
             targets[index] = ast.ResTarget(val=forced_value(tenant))
             source.targetList = tuple(targets)
@@ -219,7 +234,7 @@ def select_with_tenant(source: ast.SelectStmt, index: int | None, width: int,
     )
 
 
-def prefix_channel(expr: ast.Node, prefix: str) -> ast.A_Expr:
+def prefix_channel(expr: AstNode, prefix: str) -> AstNode:
     """pg_notify's channel argument, whatever expression it is, gets the tenant's prefix.
 
     >>> call = _parse_one("SELECT pg_notify(lower('Jobs'), 'x')").targetList[0].val

@@ -19,6 +19,8 @@ verification_failed rewritten SQL failed verification: public.orders is read uns
 
 from __future__ import annotations
 
+from typing import Any
+
 import pglast
 from pglast import ast, enums
 
@@ -27,7 +29,10 @@ from .channels import channel_prefix
 from .classify import setting_allowed
 from .errors import Refused
 from .policy import Policy, Relation
-from .transforms import deparse, scoped_select, tenant_predicate
+from .transforms import deparse, is_star, node_fields, scoped_select, tenant_predicate
+
+# pglast's stubs mark every node field Optional; the walkers check shapes at run time.
+AstNode = Any
 
 ALLOWED_STATEMENTS = frozenset({
     "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "VariableSetStmt",
@@ -69,13 +74,13 @@ class _Checker:
     def fail(self, why: str) -> VerificationError:
         return VerificationError(why)
 
-    def statement(self, stmt: ast.Node) -> None:
+    def statement(self, stmt: AstNode) -> None:
         name = type(stmt).__name__
         if name not in ALLOWED_STATEMENTS:
             raise self.fail(f"{name} is not an allowed statement")
         if isinstance(stmt, ast.VariableSetStmt):
             if stmt.kind != enums.VariableSetKind.VAR_RESET_ALL and stmt.name not in (
-                    "TRANSACTION", "SESSION CHARACTERISTICS") and not setting_allowed(stmt.name):
+                    "TRANSACTION", "SESSION CHARACTERISTICS") and not setting_allowed(stmt.name or ""):
                 raise self.fail(f"setting {stmt.name}")
             return
         if isinstance(stmt, ast.TransactionStmt) and stmt.kind in _TWO_PHASE:
@@ -84,9 +89,9 @@ class _Checker:
             if stmt.conditionname is not None and not stmt.conditionname.startswith(channel_prefix(self.tenant)):
                 raise self.fail("channel without the tenant prefix")
             return
-        if isinstance(stmt, ast.CopyStmt):
-            if stmt.is_from or stmt.is_program or stmt.filename is not None or stmt.relation is not None:
-                raise self.fail("COPY must be a query to STDOUT")
+        if isinstance(stmt, ast.CopyStmt) and (stmt.is_from or stmt.is_program or stmt.filename is not None
+                                               or stmt.relation is not None):
+            raise self.fail("COPY must be a query to STDOUT")
         if isinstance(stmt, ast.PrepareStmt):
             self.in_prepare = True
         self.walk(stmt)
@@ -104,10 +109,10 @@ class _Checker:
         if hook is not None:
             hook(node)
             return
-        for field in type(node).__slots__:
+        for field in node_fields(node):
             self.walk(getattr(node, field))
 
-    def _with(self, clause: ast.WithClause | None) -> int:
+    def _with(self, clause: AstNode) -> int:
         depth = len(self.ctes)
         if clause is None:
             return depth
@@ -119,20 +124,20 @@ class _Checker:
                 self.ctes.append(frozenset({cte.ctename}))
         return depth
 
-    def _v_SelectStmt(self, node: ast.SelectStmt) -> None:
+    def _v_SelectStmt(self, node: AstNode) -> None:
         if node.intoClause is not None:
             raise self.fail("SELECT INTO")
         depth = self._with(node.withClause)
-        for field in type(node).__slots__:
+        for field in node_fields(node):
             if field not in ("withClause", "lockingClause"):
                 self.walk(getattr(node, field))
         del self.ctes[depth:]
 
-    def _v_RangeSubselect(self, node: ast.RangeSubselect) -> None:
+    def _v_RangeSubselect(self, node: AstNode) -> None:
         if not self._is_scope_wrapper(node.subquery):
             self.walk(node.subquery)
 
-    def _is_scope_wrapper(self, sub: ast.Node) -> bool:
+    def _is_scope_wrapper(self, sub: AstNode) -> bool:
         """The exact derived table the scoper builds around a scoped table (nothing else in it)."""
         if not isinstance(sub, ast.SelectStmt) or not sub.fromClause or len(sub.fromClause) != 1:
             return False
@@ -141,14 +146,14 @@ class _Checker:
         rv = sample.relation if sample is not None else item
         if not isinstance(rv, ast.RangeVar) or rv.schemaname is None or rv.alias is not None:
             return False
-        rel = self.policy.resolve(rv.schemaname, rv.relname)
+        rel = self.policy.resolve(rv.schemaname, str(rv.relname))
         if rel.kind != "scoped":
             return False
         if sample is not None:
             self.walk((sample.args, sample.repeatable))
-        return deparse(sub) == deparse(scoped_select(rel, self.tenant, inherit=rv.inh, sample=sample))
+        return deparse(sub) == deparse(scoped_select(rel, self.tenant, inherit=bool(rv.inh), sample=sample))
 
-    def _v_RangeVar(self, node: ast.RangeVar) -> None:
+    def _v_RangeVar(self, node: AstNode) -> None:
         """A relation outside any scoped form: only CTEs, reference tables and allowed catalogs."""
         if node.schemaname is None and any(node.relname in s for s in self.ctes):
             return
@@ -158,7 +163,7 @@ class _Checker:
         if rel.kind == "reference" and node.schemaname is None:
             raise self.fail(f"{rel.schema}.{rel.name} is not schema-qualified")
 
-    def _resolve(self, node: ast.RangeVar) -> Relation:
+    def _resolve(self, node: AstNode) -> Relation:
         if node.catalogname is not None:
             raise self.fail("database-qualified name")
         rel = self.policy.resolve(node.schemaname, node.relname)
@@ -166,13 +171,13 @@ class _Checker:
             raise self.fail(f"{rel.schema}.{rel.name} is not available")
         return rel
 
-    def _v_LockingClause(self, node: ast.LockingClause) -> None:
+    def _v_LockingClause(self, node: AstNode) -> None:
         """FOR UPDATE OF lists FROM-item names, not tables."""
 
-    def _v_CurrentOfExpr(self, node: ast.CurrentOfExpr) -> None:
+    def _v_CurrentOfExpr(self, node: AstNode) -> None:
         raise self.fail("WHERE CURRENT OF")
 
-    def _v_A_Expr(self, node: ast.A_Expr) -> None:
+    def _v_A_Expr(self, node: AstNode) -> None:
         if node.kind in (enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY,
                          enums.A_Expr_Kind.AEXPR_OP_ALL):
             names = [s.sval for s in node.name]
@@ -180,7 +185,7 @@ class _Checker:
                 raise self.fail(f"operator {'.'.join(names)}")
         self.walk((node.lexpr, node.rexpr))
 
-    def _v_FuncCall(self, node: ast.FuncCall) -> None:
+    def _v_FuncCall(self, node: AstNode) -> None:
         names = [s.sval for s in node.funcname]
         if len(names) > 2 or function_denial(names[0] if len(names) == 2 else None, names[-1]):
             raise self.fail(f"function {'.'.join(names)}")
@@ -188,37 +193,37 @@ class _Checker:
         if names[-1] == "set_config":
             first = args[0].arg if args and isinstance(args[0], ast.TypeCast) else (args[0] if args else None)
             if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
-                    and setting_allowed(first.val.sval)):
+                    and setting_allowed(first.val.sval or "")):
                 raise self.fail("set_config of a setting that is not allowed")
         if names[-1] == "pg_notify":
             first = args[0] if args else None
             prefix = channel_prefix(self.tenant)
             if not (isinstance(first, ast.A_Expr) and isinstance(first.lexpr, ast.A_Const)
                     and isinstance(first.lexpr.val, ast.String) and first.lexpr.val.sval == prefix
-                    and [s.sval for s in first.name] == ["||"]):
+                    and [s.sval for s in first.name or ()] == ["||"]):
                 raise self.fail("pg_notify channel without the tenant prefix")
         self.walk((node.args, node.agg_order, node.agg_filter, node.over))
 
     # -- write targets --------------------------------------------------------------------------
 
-    def _target(self, rv: ast.RangeVar) -> tuple[Relation, str]:
+    def _target(self, rv: AstNode) -> tuple[Relation, str]:
         rel = self._resolve(rv)
         if rel.kind != "scoped" or rv.schemaname is None:
             raise self.fail(f"write to {rel.schema}.{rel.name}")
         return rel, rv.alias.aliasname if rv.alias else rv.relname
 
-    def _starts_with_predicate(self, where: ast.Node | None, rel: Relation, qualifier: str) -> bool:
+    def _starts_with_predicate(self, where: AstNode, rel: Relation, qualifier: str) -> bool:
         if where is None:
             return False
-        first = where.args[0] if (isinstance(where, ast.BoolExpr)
+        first = (where.args or (None,))[0] if (isinstance(where, ast.BoolExpr)
                                   and where.boolop == enums.BoolExprType.AND_EXPR) else where
         return deparse(first) == deparse(tenant_predicate(qualifier, str(rel.column), self.tenant))
 
-    def _no_assignment(self, targets: tuple[ast.ResTarget, ...] | None, rel: Relation) -> None:
+    def _no_assignment(self, targets: AstNode, rel: Relation) -> None:
         if any(t.name == rel.column for t in targets or ()):
             raise self.fail(f"assignment to the tenant column of {rel.name}")
 
-    def _v_UpdateStmt(self, node: ast.UpdateStmt) -> None:
+    def _v_UpdateStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
         rel, qualifier = self._target(node.relation)
         if not self._starts_with_predicate(node.whereClause, rel, qualifier):
@@ -227,7 +232,7 @@ class _Checker:
         self.walk((node.targetList, node.fromClause, node.whereClause, node.returningClause))
         del self.ctes[depth:]
 
-    def _v_DeleteStmt(self, node: ast.DeleteStmt) -> None:
+    def _v_DeleteStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
         rel, qualifier = self._target(node.relation)
         if not self._starts_with_predicate(node.whereClause, rel, qualifier):
@@ -235,13 +240,13 @@ class _Checker:
         self.walk((node.usingClause, node.whereClause, node.returningClause))
         del self.ctes[depth:]
 
-    def _tenant_value_ok(self, value: ast.Node) -> bool:
+    def _tenant_value_ok(self, value: AstNode) -> bool:
         inner = value.arg if isinstance(value, ast.TypeCast) else value
         if isinstance(inner, ast.A_Const):
             return isinstance(inner.val, ast.String) and inner.val.sval == self.tenant
         return isinstance(inner, ast.ParamRef) and inner.number in self.tenant_params and not self.in_prepare
 
-    def _v_InsertStmt(self, node: ast.InsertStmt) -> None:
+    def _v_InsertStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
         rel, qualifier = self._target(node.relation)
         names = [c.name for c in node.cols or ()]
@@ -254,8 +259,7 @@ class _Checker:
         else:
             targets = source.targetList or ()
             rows_ok = (source.op == enums.SetOperation.SETOP_NONE and index < len(targets)
-                       and not any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
-                                   for t in targets[:index + 1])
+                       and not any(is_star(t) for t in targets[:index + 1])
                        and self._tenant_value_ok(targets[index].val))
         if not rows_ok:
             raise self.fail(f"INSERT into {rel.name} does not force the tenant column")
@@ -267,7 +271,7 @@ class _Checker:
         self.walk((source, clause, node.returningClause))
         del self.ctes[depth:]
 
-    def _v_MergeStmt(self, node: ast.MergeStmt) -> None:
+    def _v_MergeStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
         rel, qualifier = self._target(node.relation)
         if not self._starts_with_predicate(node.joinCondition, rel, qualifier):

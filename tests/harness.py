@@ -185,13 +185,28 @@ class RawClient:
         return self.pending.pop(0)
 
     def until_ready(self) -> list[object]:
-        """Messages up to and including the next ReadyForQuery."""
+        """Messages up to and including the next ReadyForQuery (or until the proxy closes)."""
         out = []
         while True:
-            msg = self.recv_message()
+            try:
+                msg = self.recv_message()
+            except ConnectionError:
+                return out
             out.append(msg)
             if isinstance(msg, codec.ReadyForQuery):
                 return out
+
+    def closed_now(self) -> bool:
+        """True when the proxy has already closed the socket (does not wait)."""
+        self.sock.setblocking(False)
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            self.sock.setblocking(True)
 
     def closed(self) -> bool:
         """True once the proxy has closed the socket (after reading what it sent)."""
@@ -231,3 +246,19 @@ class RawClient:
 
 def errors(messages: list[object]) -> list[codec.ErrorResponse]:
     return [m for m in messages if type(m) is codec.ErrorResponse]
+
+
+def launch_with_ports(tmp: Path, backend: Backend, *names: str, **kw: str) -> tuple[ProxyProcess, dict[str, int]]:
+    """Like launch(), plus more [listen] addresses on free ports: e.g. ("admin", "metrics") -> their ports."""
+    port = free_port()
+    extra: dict[str, int] = {}
+    while len(extra) < len(names):  # free_port() may hand out the same port twice in a row
+        candidate = free_port()
+        if candidate != port and candidate not in extra.values():
+            extra[names[len(extra)]] = candidate
+    listen = "".join(f'{name} = "127.0.0.1:{p}"\n' for name, p in extra.items())
+    text = config_text(backend, port, **kw).replace("[listen]\n", "[listen]\n" + listen, 1)
+    proxy = start_proxy(tmp, text, port)
+    for p in extra.values():
+        wait_port(p, proxy.proc, proxy.log_path)
+    return proxy, extra

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tenantgate.proxy.pgcluster import PgServer, free_port
 
 from .harness import Backend, config_text, start_proxy

@@ -26,10 +26,11 @@ class Db:
     def __init__(self, dsn: str) -> None:
         self._runner = asyncio.Runner()
         self.conn: asyncpg.Connection = self.run(lambda: asyncpg.connect(dsn, statement_cache_size=0))
-        for name in RAW_TYPES:
-            self.run(lambda name=name: self.conn.set_type_codec(
-                name, schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary"
-            ))
+        async def raw_codecs() -> None:
+            for name in RAW_TYPES:
+                await self.conn.set_type_codec(name, schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
+
+        self.run(raw_codecs)
 
     def run(self, make: Callable[[], Awaitable[T]]) -> T:
         async def go() -> T:

@@ -74,11 +74,11 @@ def test_wrap_and_unwrap_happen_in_the_token(token: str) -> None:
 
 
 def test_the_kek_cannot_leave_the_token(token: str) -> None:
-    lib = pkcs11.lib(token)
-    with lib.get_token(token_label="tg-test").open(user_pin=PIN) as session:
-        key = session.get_key(label="kek-a", key_type=pkcs11.KeyType.AES)
-        with pytest.raises(pkcs11.exceptions.PKCS11Error):
-            key[pkcs11.Attribute.VALUE]
+    kek = provider_from_uri(uri(token))
+    assert isinstance(kek, Pkcs11Kek)
+    assert kek._key[pkcs11.Attribute.EXTRACTABLE] is False
+    with pytest.raises(pkcs11.exceptions.AttributeSensitive):
+        kek._key[pkcs11.Attribute.VALUE]
 
 
 def test_keyring_with_hsm_kek_and_rewrap_to_file_kek(token: str, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer, find_pg_bin, free_port
 from tenantgate.proxy.scram import ScramServer, ScramVerifier

@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
+
 from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
 
 from .harness import Backend, ProxyProcess, launch

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer, free_port
 

@@ -3,7 +3,8 @@
 Every case of /work/shared/isolation/cases.jsonl (plus our own family members below) goes through
 Rewriter.plan exactly as the proxy will send it (simple protocol without parameters, extended with
 them), then check.py's own judge compares with the acme-only oracle database. Uses
-TENANTGATE_TEST_DSN (an admin DSN) when set, else a throwaway cluster made with initdb.
+the shared ``pg`` fixture (tests/conftest.py) and its own databases and role, so it never meets
+the proxy's isolation test.
 """
 
 from __future__ import annotations
@@ -13,10 +14,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +25,7 @@ psycopg = pytest.importorskip("psycopg")
 from tenantgate.rewriter import Policy, Refused, Rewriter  # noqa: E402
 
 ISOLATION = pathlib.Path(os.environ.get("TENANTGATE_ISOLATION_DIR", "/work/shared/isolation"))
-PG_BIN = pathlib.Path(os.environ.get("TENANTGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+ROLE, PASSWORD, MAIN_DB, ORACLE_DB = "tg_rw_app", "tg-rw-app", "iso_rw_main", "iso_rw_oracle"
 POLICY = Policy(scoped={("public", "orders"): "tenant_id", ("public", "customers"): "tenant_id"},
                 reference=frozenset({("public", "countries")}))
 
@@ -151,39 +148,6 @@ EXTRA_CASES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def admin_dsn() -> Iterator[str]:
-    dsn = os.environ.get("TENANTGATE_TEST_DSN")
-    if dsn:
-        yield dsn
-        return
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("no PostgreSQL binaries and no TENANTGATE_TEST_DSN")
-    base = pathlib.Path(tempfile.mkdtemp(prefix="tg-rewriter-pg-"))
-    data, port = base / "data", _free_port()
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root
-        shutil.chown(base, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
-                    "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def _load_check() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("isolation_check", ISOLATION / "check.py")
     assert spec is not None and spec.loader is not None
@@ -255,22 +219,25 @@ def _cases() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def isolation(admin_dsn: str) -> Iterator[tuple[types.ModuleType, Any, Any, Any]]:
+def isolation(pg: Any) -> Iterator[tuple[types.ModuleType, Any, Any, Any]]:
     if not (ISOLATION / "check.py").exists():
         pytest.skip("isolation checker not found")
     check = _load_check()
-    args = types.SimpleNamespace(admin_dsn=admin_dsn, app_role="app", app_password="app",
-                                 main_db="iso_main", oracle_db="iso_oracle")
+    args = types.SimpleNamespace(admin_dsn=pg.admin_dsn, app_role=ROLE, app_password=PASSWORD,
+                                 main_db=MAIN_DB, oracle_db=ORACLE_DB)
     check.build(args)
-    main = psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname="iso_main"), autocommit=True)
-    oracle = psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname="iso_oracle"), autocommit=True)
-    backend = psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname="iso_main", user="app"),
-                              autocommit=True)
+    main = psycopg.connect(psycopg.conninfo.make_conninfo(pg.admin_dsn, dbname=MAIN_DB), autocommit=True)
+    oracle = psycopg.connect(psycopg.conninfo.make_conninfo(pg.admin_dsn, dbname=ORACLE_DB), autocommit=True)
+    # the backend role is no superuser: what the proxy itself will use
+    backend = psycopg.connect(pg.dsn(user=ROLE, password=PASSWORD, dbname=MAIN_DB), autocommit=True)
     try:
         yield check, main, oracle, backend
     finally:
         for conn in (main, oracle, backend):
             conn.close()
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            for db in (MAIN_DB, ORACLE_DB):
+                admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c["id"])

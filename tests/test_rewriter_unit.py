@@ -115,7 +115,8 @@ def test_template_results_equal_a_cold_rewrite() -> None:
 
 
 @pytest.mark.parametrize("good, bad", [
-    ("INSERT INTO orders (tenant_id, id) VALUES ('acme', 1)", "INSERT INTO orders (tenant_id, id) VALUES ('globex', 1)"),
+    ("INSERT INTO orders (tenant_id, id) VALUES ('acme', 1)",
+     "INSERT INTO orders (tenant_id, id) VALUES ('globex', 1)"),
     ("SELECT set_config('application_name', 'x', false)", "SELECT set_config('tenantgate.tenant', 'x', false)"),
     ("INSERT INTO orders (id, tenant_id) SELECT 1, 'acme'", "INSERT INTO orders (id, tenant_id) SELECT 1, 'globex'"),
 ])
@@ -176,7 +177,7 @@ def test_from_config_duck_types_scoping() -> None:
     assert "billing.inv WHERE inv.org = 'acme'" in plan.sql
     bad = types.SimpleNamespace(column="t", tables=(table(schema=None, name="x", column="t"),),
                                 reference=(("public", "x"),))
-    with pytest.raises(ValueError, match="public.x"):
+    with pytest.raises(ValueError, match=r"public\.x"):
         Policy.from_config(bad)
 
 

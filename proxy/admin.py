@@ -1,0 +1,649 @@
+"""The admin console: a PostgreSQL-protocol port for DBAs, driven with psql.
+
+Only ``[admins.*]`` users log in, through the same SCRAM/md5 exchange as the main
+port; anyone else (tenant users included) gets the same 28P01 as a wrong password.
+TLS follows ``[tls]`` like the main port. Only the simple query protocol is served:
+extended-protocol messages get 0A000 and, after Sync, ReadyForQuery as usual.
+
+Commands are case-insensitive, a trailing ``;`` is allowed and several may be sent
+in one query string. Every command is reported to ``proxy.record_admin(user,
+command, ok, detail)`` when the proxy has one (the audit log) and counted in
+``tenantgate_admin_commands_total``.
+
+>>> parse("show  tenants;")[0].name, parse("kill session 12")[1]
+('SHOW TENANTS', ['12'])
+>>> try:
+...     parse("SHOW NOTHING")
+... except AdminError as exc:
+...     print(exc.sqlstate, str(exc)[:60])
+42601 unknown command "SHOW NOTHING"; valid commands: SHOW HELP, S
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import TYPE_CHECKING
+
+from . import codec
+from .auth import AuthFailed, ClientAuth
+from .client import Fatal, fatal_bytes
+from .codec import CommandComplete, DataRow, FieldDescription, GSSENCRequest, RowDescription, SSLRequest, StartupMessage
+from .conn import ConnectionLost, PgConnection
+
+if TYPE_CHECKING:
+    from .client import ClientConnection
+    from .listener import Proxy
+
+log = logging.getLogger("tenantgate.admin")
+
+MAX_ADMIN_MESSAGE = 1 << 20  # a command is a few words; nothing legitimate comes near this
+# psql reads server_version to choose its catalog queries; the console speaks no SQL at all, so
+# a fixed supported major plus our own name is as honest as any value can be.
+SERVER_VERSION_BASE = "15.0"
+
+_Q, _X, _S, _H, _F = (ord(c) for c in "QXSHF")
+_EXTENDED = frozenset(ord(c) for c in "PBDEC")
+
+
+class AdminError(Exception):
+    """A command that failed: answered with an ErrorResponse, the session goes on."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+@dataclass
+class Result:
+    """What a command answers: an optional result set, its tag, notices and a follow-up action."""
+
+    tag: str
+    columns: tuple[str, ...] = ()
+    rows: list[tuple[object, ...]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    after: Callable[[], None] | None = None  # runs once the reply (and ReadyForQuery) is written
+
+
+Handler = Callable[["AdminConnection", list[str]], Awaitable[Result]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # the keywords, e.g. "KILL SESSION"
+    usage: str  # argument syntax for help and errors: "", "[tenant]", "<id>", "[WAIT]"
+    help: str
+    run: Handler
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return tuple(self.name.split())
+
+    @property
+    def max_args(self) -> int:
+        return len(self.usage.split())
+
+    @property
+    def min_args(self) -> int:
+        return sum(1 for a in self.usage.split() if a.startswith("<"))
+
+    @property
+    def synopsis(self) -> str:
+        return f"{self.name} {self.usage}".strip()
+
+
+def parse(text: str) -> tuple[Command, list[str]]:
+    """The command and its arguments in one statement; AdminError 42601 when neither fits."""
+    tokens = text.strip().rstrip(";").split()
+    upper = tuple(t.upper() for t in tokens)
+    for cmd in sorted(COMMANDS, key=lambda c: -len(c.words)):
+        n = len(cmd.words)
+        if upper[:n] == cmd.words:
+            args = tokens[n:]
+            if not cmd.min_args <= len(args) <= cmd.max_args:
+                raise AdminError("42601", f"wrong number of arguments: usage is {cmd.synopsis}")
+            return cmd, args
+    valid = ", ".join(c.synopsis for c in COMMANDS)
+    raise AdminError("42601", f'unknown command "{" ".join(tokens)}"; valid commands: {valid}')
+
+
+# ---------------------------------------------------------------------- formatting
+
+
+def _cell(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return b"yes" if value else b"no"
+    if isinstance(value, float):
+        return f"{value:.3f}".encode()
+    return str(value).encode()
+
+
+def _timestamp(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(epoch))
+
+
+def _notice(message: str) -> bytes:
+    return codec.NoticeResponse(codec.error("01000", message, severity="WARNING").fields).encode()
+
+
+def flatten(data: object, prefix: str = "") -> list[tuple[str, str | None]]:
+    """Nested config data as (dotted key, text value) rows, in order.
+
+    >>> flatten({"a": {"b": 1, "c": None}, "d": [1, "x"], "e": True})
+    [('a.b', '1'), ('a.c', None), ('d', '[1, "x"]'), ('e', 'true')]
+    """
+    if isinstance(data, dict):
+        rows: list[tuple[str, str | None]] = []
+        for key, value in data.items():
+            rows += flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if data is None:
+        return [(prefix, None)]
+    if isinstance(data, bool):
+        return [(prefix, "true" if data else "false")]
+    if isinstance(data, list | tuple):
+        return [(prefix, json.dumps(data))]
+    return [(prefix, str(data))]
+
+
+def session_state(client: ClientConnection) -> str:
+    """pg_stat_activity's words for what a session is doing."""
+    session = client.session
+    if session is None:
+        return "starting"
+    if session.busy_since is not None:
+        return "active"
+    if session.status == "T":
+        return "idle in transaction"
+    if session.status == "E":
+        return "idle in transaction (aborted)"
+    return "idle"
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _tenant_arg(proxy: Proxy, tenant: str) -> str:
+    known = set(proxy.config.tenants) | {c.tenant for c in proxy.sessions if c.tenant is not None}
+    if tenant not in known:
+        raise AdminError("42704", f'unknown tenant "{tenant}"; valid tenants: {", ".join(sorted(known)) or "(none)"}')
+    return tenant
+
+
+def _sessions(proxy: Proxy) -> list[ClientConnection]:
+    return sorted(proxy.sessions, key=lambda c: c.id)
+
+
+async def show_help(conn: AdminConnection, args: list[str]) -> Result:
+    return Result("SHOW", ("command", "description"), [(c.synopsis, c.help) for c in COMMANDS])
+
+
+async def show_version(conn: AdminConnection, args: list[str]) -> Result:
+    return Result("SHOW", ("version",), [(f"tenantgate {version('tenantgate')}",)])
+
+
+async def show_tenants(conn: AdminConnection, args: list[str]) -> Result:
+    proxy = conn.proxy
+    tenants = dict(proxy.config.tenants)
+    live: dict[str, list[ClientConnection]] = {}
+    for c in proxy.sessions:
+        if c.tenant is not None:
+            live.setdefault(c.tenant, []).append(c)
+    rows: list[tuple[object, ...]] = []
+    for name in sorted(set(tenants) | set(live)):
+        t = tenants.get(name)
+        clients = live.get(name, [])
+        rows.append(
+            (
+                name,
+                t.tier if t else None,
+                t.region if t else None,
+                len(clients),
+                sum(c.session.statements for c in clients if c.session is not None),
+                sum(c.session.refused for c in clients if c.session is not None),
+                sum(c.bytes_in for c in clients),
+                sum(c.bytes_out for c in clients),
+                "*" in proxy.paused or name in proxy.paused,
+            )
+        )
+    columns = ("tenant", "tier", "region", "sessions", "statements", "refusals", "bytes_in", "bytes_out", "paused")
+    return Result("SHOW", columns, rows)
+
+
+async def show_users(conn: AdminConnection, args: list[str]) -> Result:
+    users = conn.proxy.config.users
+    rows: list[tuple[object, ...]] = [(u.name, u.tenant, u.trusted, u.role, u.auth) for u in users.values()]
+    return Result("SHOW", ("user", "tenant", "trusted", "role", "auth"), sorted(rows, key=lambda r: str(r[0])))
+
+
+async def show_sessions(conn: AdminConnection, args: list[str]) -> Result:
+    now = time.monotonic()
+    rows: list[tuple[object, ...]] = []
+    for c in _sessions(conn.proxy):
+        s = c.session
+        busy = s.busy_since if s is not None else None
+        rows.append(
+            (
+                c.id,
+                c.user,
+                c.tenant,
+                c.database,
+                c.peer,
+                session_state(c),
+                s.status if s is not None else None,
+                now - busy if busy is not None else None,
+                c.params.get("application_name"),
+                c.ssl_in_use,
+                _timestamp(c.connected_at),
+                s.statements if s is not None else 0,
+                s.refused if s is not None else 0,
+            )
+        )
+    columns = (
+        "id",
+        "user",
+        "tenant",
+        "database",
+        "addr",
+        "state",
+        "tx",
+        "statement_age_s",
+        "application_name",
+        "tls",
+        "connected_at",
+        "statements",
+        "refused",
+    )
+    return Result("SHOW", columns, rows)
+
+
+async def show_servers(conn: AdminConnection, args: list[str]) -> Result:
+    rows: list[tuple[object, ...]] = []
+    for c in _sessions(conn.proxy):
+        b = c.backend
+        if b is None or b.conn.is_closed:
+            continue
+        rows.append(
+            (c.id, b.database, b.target.user, b.target.host, b.target.port, b.pid, session_state(c), b.conn.ssl_in_use)
+        )
+    return Result("SHOW", ("id", "database", "user", "addr", "port", "pid", "state", "tls"), rows)
+
+
+async def show_pools(conn: AdminConnection, args: list[str]) -> Result:
+    """Session pooling: every client owns one backend, so a pool is a (database, user) pair."""
+    now = time.monotonic()
+    pools: dict[tuple[str, str], list[int | float]] = {}
+    for c in conn.proxy.sessions:
+        s = c.session
+        p = pools.setdefault((c.database, c.user), [0, 0, 0, 0, 0.0])  # cl_active, cl_waiting, sv_active, sv_idle
+        held_since = getattr(s, "held_since", None)
+        if held_since is not None:  # paused with statements held back
+            p[1] += 1
+            p[4] = max(p[4], now - held_since)
+        else:
+            p[0] += 1
+        if s is not None and (s.busy_since is not None or s.status != "I"):
+            p[2] += 1
+        else:
+            p[3] += 1
+    rows: list[tuple[object, ...]] = [
+        (db, user, int(a), int(w), int(sa), int(si), 0, wait, "session")
+        for (db, user), (a, w, sa, si, wait) in sorted(pools.items())
+    ]
+    columns = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait", "pool_mode")
+    return Result("SHOW", columns, rows)
+
+
+async def show_stats(conn: AdminConnection, args: list[str]) -> Result:
+    rows: list[tuple[object, ...]] = []
+    for label, st in sorted(conn.proxy.metrics.tenant_stats().items()):
+        avg = st.avg_seconds
+        rows.append((label, st.statements, st.refused, st.bytes_in, st.bytes_out, None if avg is None else avg * 1000))
+    return Result("SHOW", ("tenant", "statements", "refused", "bytes_in", "bytes_out", "avg_statement_ms"), rows)
+
+
+async def show_config(conn: AdminConnection, args: list[str]) -> Result:
+    rows: list[tuple[object, ...]] = list(flatten(conn.proxy.config.redacted()))
+    return Result("SHOW", ("key", "value"), rows)
+
+
+async def show_keys(conn: AdminConnection, args: list[str]) -> Result:
+    keyring = getattr(conn.proxy, "keyring", None)
+    rows: list[tuple[object, ...]] = []
+    if keyring is not None:
+        for k in await keyring.list_keys():
+            destroyed = k.destroyed_at.isoformat(sep=" ", timespec="seconds") if k.destroyed_at else None
+            rows.append((k.tenant, k.version, k.created_at.isoformat(sep=" ", timespec="seconds"), destroyed))
+    return Result("SHOW", ("tenant", "version", "created_at", "destroyed_at"), rows)
+
+
+async def show_audit(conn: AdminConnection, args: list[str]) -> Result:
+    columns = ("sink", "path", "queue_depth", "last_seq", "records_written", "records_dropped", "lag_s")
+    audit = getattr(conn.proxy, "audit", None)
+    if audit is None:
+        return Result("SHOW", columns, [("disabled", None, None, None, None, None, None)])
+    settings, st = audit.settings, audit.stats()
+    # the postgres sink is named by its table: its DSN may hold a password
+    where = str(settings.path) if settings.sink == "file" else settings.table
+    row = (settings.sink, where, st.queue_depth, st.last_seq, st.records_written, st.records_dropped, float(st.lag))
+    return Result("SHOW", columns, [row])
+
+
+async def reload(conn: AdminConnection, args: list[str]) -> Result:
+    applied, messages = conn.proxy.reload()
+    if not applied:
+        raise AdminError("F0000", "reload refused, the old configuration stays in effect:\n" + "\n".join(messages))
+    return Result("RELOAD", notices=messages)
+
+
+async def pause(conn: AdminConnection, args: list[str]) -> Result:
+    conn.proxy.pause(_tenant_arg(conn.proxy, args[0]) if args else None)
+    return Result("PAUSE")
+
+
+async def resume(conn: AdminConnection, args: list[str]) -> Result:
+    conn.proxy.resume(_tenant_arg(conn.proxy, args[0]) if args else None)
+    return Result("RESUME")
+
+
+async def kill_session(conn: AdminConnection, args: list[str]) -> Result:
+    if not args[0].isdigit():
+        raise AdminError("22P02", f'invalid session id "{args[0]}": SHOW SESSIONS lists the ids')
+    wanted = int(args[0])
+    clients = [c for c in conn.proxy.sessions if c.id == wanted]
+    if not clients:
+        raise AdminError("42704", f"no session with id {wanted}: SHOW SESSIONS lists the ids")
+    return Result(f"KILL {conn.proxy.kill(clients)}")
+
+
+async def kill_tenant(conn: AdminConnection, args: list[str]) -> Result:
+    tenant = _tenant_arg(conn.proxy, args[0])
+    return Result(f"KILL {conn.proxy.kill(conn.proxy.sessions_of(tenant))}")
+
+
+async def rotate_key(conn: AdminConnection, args: list[str]) -> Result:
+    keyring = getattr(conn.proxy, "keyring", None)
+    if keyring is None:
+        raise AdminError("0A000", "no keyring configured")
+    tenant = _tenant_arg(conn.proxy, args[0])
+    from tenantgate.keyring.errors import KeyringError
+
+    try:
+        new_version = await keyring.rotate(tenant)
+    except KeyringError as exc:  # its messages name tenants and versions, never key material
+        raise AdminError(exc.sqlstate, str(exc)) from None
+    return Result("ROTATE", ("tenant", "version"), [(tenant, new_version)])
+
+
+async def shutdown(conn: AdminConnection, args: list[str]) -> Result:
+    if args and args[0].upper() != "WAIT":
+        raise AdminError("42601", "usage is SHUTDOWN [WAIT]")
+    wait = bool(args)
+    return Result("SHUTDOWN", after=lambda: conn.proxy.request_stop(wait))
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("SHOW HELP", "", "this list", show_help),
+    Command("SHOW VERSION", "", "the tenantgate version", show_version),
+    Command("SHOW TENANTS", "", "configured tenants, their open sessions and pause state", show_tenants),
+    Command("SHOW USERS", "", "tenant and trusted users from the config", show_users),
+    Command("SHOW SESSIONS", "", "open client sessions", show_sessions),
+    Command("SHOW CLIENTS", "", "same as SHOW SESSIONS", show_sessions),
+    Command("SHOW SERVERS", "", "backend connections, one per session", show_servers),
+    Command("SHOW POOLS", "", "sessions and backends per (database, user)", show_pools),
+    Command("SHOW STATS", "", "cumulative statements, refusals, bytes, average time per tenant", show_stats),
+    Command("SHOW CONFIG", "", "the running configuration, secrets masked", show_config),
+    Command("SHOW KEYS", "", "data key versions per tenant (no key material)", show_keys),
+    Command("SHOW AUDIT", "", "audit sink and writer counters", show_audit),
+    Command("RELOAD", "", "re-read the config file; a bad file is refused and the old one kept", reload),
+    Command("PAUSE", "[tenant]", "hold new statements of a tenant (or everyone) until RESUME", pause),
+    Command("RESUME", "[tenant]", "release what PAUSE held", resume),
+    Command("KILL SESSION", "<id>", "end one session (57P01)", kill_session),
+    Command("KILL TENANT", "<tenant>", "end every session of a tenant (57P01)", kill_tenant),
+    Command("ROTATE KEY", "<tenant>", "add a new data key version for a tenant's new writes", rotate_key),
+    Command("SHUTDOWN", "[WAIT]", "stop the proxy now, or after draining sessions (WAIT)", shutdown),
+)
+
+
+# ---------------------------------------------------------------------- connections
+
+
+class AdminConnection(PgConnection):
+    """One psql session on the admin port (await mode throughout: low traffic, clarity first)."""
+
+    def __init__(self, proxy: Proxy, server: AdminServer) -> None:
+        super().__init__("client", min(proxy.config.server.max_message_size, MAX_ADMIN_MESSAGE))
+        self.proxy = proxy
+        self.server = server
+        self.user = ""
+        self.peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.server.connections.add(self)
+        self.proxy.spawn(self.run())
+
+    async def run(self) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self.proxy.config.server.startup_timeout):
+                    startup = await self._negotiate()
+                    if startup is None:
+                        return
+                    await self._login(startup)
+            except TimeoutError:
+                raise Fatal("08006", "timeout expired during connection startup") from None
+            await self._serve()
+        except (Fatal, AuthFailed) as exc:
+            self._fatal(exc.error)
+        except codec.ProtocolError as exc:
+            self._fatal(codec.error(exc.sqlstate, exc.detail))
+        except ConnectionLost:
+            pass
+        except Exception:
+            log.exception("internal error in admin connection %s", self.peer)
+            self._fatal(codec.error("XX000", "internal error in tenantgate"))
+        finally:
+            self.server.connections.discard(self)
+            self.close()
+
+    def _fatal(self, err: codec.ErrorResponse) -> None:
+        self.write(fatal_bytes(err))
+        self.close()
+
+    def terminate(self) -> None:
+        self._fatal(codec.error("57P01", "terminating connection due to administrator command"))
+
+    async def _negotiate(self) -> StartupMessage | None:
+        tls_done = False
+        while True:
+            packet = codec.decode_startup(await self.read_startup_packet(codec.MAX_STARTUP_PACKET))
+            if isinstance(packet, SSLRequest):
+                ctx = self.proxy.client_tls
+                if tls_done or ctx is None:
+                    self.write(b"N")
+                else:
+                    self.write(b"S")
+                    await self.start_tls(ctx, server_side=True)
+                    tls_done = True
+            elif isinstance(packet, GSSENCRequest):
+                self.write(b"N")
+            elif isinstance(packet, StartupMessage):
+                if self.proxy.config.tls.mode == "require" and not tls_done:
+                    raise Fatal("28000", "tenantgate requires an SSL connection (tls mode = require)")
+                return packet
+            else:  # CancelRequest: admin commands run to completion, there is nothing to cancel
+                self.close()
+                return None
+
+    async def _login(self, startup: StartupMessage) -> None:
+        cfg = self.proxy.config
+        name = startup.params["user"]
+        admin = cfg.admins.get(name)
+        # tenant users and unknown names run the same exchange against a fake verifier: 28P01
+        auth = ClientAuth(name, admin, admin.auth if admin is not None else cfg.server.auth_method, self.proxy.secret)
+        self.write(auth.start())
+        try:
+            while not auth.done:
+                mtype, body = await self.read_message()
+                if mtype != ord("p"):
+                    raise codec.ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
+                msg = codec.decode_frontend(mtype, body)
+                assert isinstance(msg, codec.PasswordMessage)
+                reply = auth.step(msg)
+                if not auth.done:
+                    self.write(reply)
+        except AuthFailed:
+            log.warning("admin login failed for user %r from %s", name, self.peer)
+            self.proxy.metrics.admin_auth_failed()
+            await self._record(name, "LOGIN", False, "password authentication failed")
+            raise
+        self.user = name
+        log.info("admin %s logged in from %s", name, self.peer)
+        await self._record(name, "LOGIN", True, "")
+        params = {
+            "server_version": f"{SERVER_VERSION_BASE} (tenantgate {version('tenantgate')})",
+            "server_encoding": "UTF8",
+            "client_encoding": "UTF8",
+            "DateStyle": "ISO, MDY",
+            "integer_datetimes": "on",
+            "standard_conforming_strings": "on",
+            "application_name": startup.params.get("application_name", ""),
+        }
+        out = bytearray(reply)
+        for k, v in params.items():
+            out += codec.ParameterStatus(k, v).encode()
+        out += codec.BackendKeyData(secrets.randbelow(2**31 - 1) + 1, secrets.randbits(31)).encode()
+        out += codec.ready("I")
+        self.write(bytes(out))
+
+    async def _serve(self) -> None:
+        failed_extended = False  # after an extended-protocol error, skip to Sync like PostgreSQL
+        while True:
+            mtype, body = await self.read_message()
+            if mtype == _Q:
+                msg = codec.decode_frontend(mtype, body)
+                assert isinstance(msg, codec.Query)
+                after = await self._simple_query(msg.sql)
+                self.write(codec.ready("I"))
+                if after is not None:
+                    after()
+            elif mtype == _X:
+                return
+            elif mtype == _S:
+                failed_extended = False
+                self.write(codec.ready("I"))
+            elif mtype == _H:
+                continue
+            elif mtype in _EXTENDED:
+                if not failed_extended:
+                    failed_extended = True
+                    self.write(self._unsupported().encode())
+            elif mtype == _F:
+                self.write(self._unsupported().encode() + codec.ready("I"))
+            else:
+                raise codec.ProtocolError("client", f"unexpected message type {chr(mtype)!r} on the admin port")
+
+    @staticmethod
+    def _unsupported() -> codec.ErrorResponse:
+        return codec.error(
+            "0A000", "the tenantgate admin console only supports the simple query protocol", hint="use psql"
+        )
+
+    async def _simple_query(self, sql: str) -> Callable[[], None] | None:
+        """Run each ';'-separated command in order, stopping at the first error (like PostgreSQL)."""
+        statements = [s.strip() for s in sql.split(";") if s.strip()]
+        if not statements:
+            self.write(codec.Simple(b"I").encode())  # EmptyQueryResponse
+            return None
+        after: Callable[[], None] | None = None
+        for text in statements:
+            out, ok, follow_up = await self._execute(text)
+            self.write(out)
+            if not ok:
+                break
+            after = follow_up or after
+        return after
+
+    async def _execute(self, text: str) -> tuple[bytes, bool, Callable[[], None] | None]:
+        """(reply bytes, succeeded, what to do once the reply is sent)."""
+        words = " ".join(text.split())
+        name = "unknown"
+        try:
+            cmd, args = parse(text)
+            name = cmd.name
+            result = await cmd.run(self, args)
+        except AdminError as exc:
+            await self._record(self.user, words, False, exc.message)
+            self.proxy.metrics.admin_command(name, False)
+            return codec.error(exc.sqlstate, exc.message).encode(), False, None
+        except Exception:
+            log.exception("admin command %r failed", words)
+            await self._record(self.user, words, False, "internal error")
+            self.proxy.metrics.admin_command(name, False)
+            return codec.error("XX000", f"internal error running {name}").encode(), False, None
+        await self._record(self.user, words, True, result.tag)
+        self.proxy.metrics.admin_command(name, True)
+        out = bytearray()
+        for notice in result.notices:
+            out += _notice(notice)
+        if result.columns:
+            out += RowDescription(tuple(FieldDescription(c) for c in result.columns)).encode()
+            for row in result.rows:
+                out += DataRow(tuple(_cell(v) for v in row)).encode()
+        out += CommandComplete(result.tag).encode()
+        return bytes(out), True, result.after
+
+    async def _record(self, user: str, command: str, ok: bool, detail: str) -> None:
+        record = getattr(self.proxy, "record_admin", None)
+        if record is None:
+            return
+        outcome = record(user, command, ok, detail)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
+class AdminServer:
+    """The admin port's listening socket and its open connections."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.connections: set[AdminConnection] = set()
+        self._server: asyncio.Server | None = None
+
+    @classmethod
+    async def start(cls, proxy: Proxy, host: str, port: int) -> AdminServer:
+        self = cls(proxy)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: AdminConnection(proxy, self), host, port, reuse_address=True)
+        log.info("admin console on %s:%d", host, self.port)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        """Stop accepting; connected admins stay until wait_closed()."""
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        self.close()
+        for conn in list(self.connections):
+            conn.terminate()
+        if self._server is not None:
+            await self._server.wait_closed()

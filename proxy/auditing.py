@@ -1,0 +1,182 @@
+"""One session's traffic as audit records, matched with the backend's answers.
+
+Each statement the backend will answer (every statement of a simple Query, every
+Execute) becomes a pending entry; the answer that ends it (CommandComplete,
+EmptyQueryResponse, PortalSuspended or ErrorResponse) turns it into a ``statement``
+record with its SQLSTATE, row count and duration. Entries the backend skipped after an
+earlier error in the same cycle are recorded as not executed at the ReadyForQuery.
+Refusals are recorded when they are decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from pglast import parser
+
+from tenantgate.audit.errors import AuditUnavailable
+from tenantgate.audit.record import AuditEvent
+from tenantgate.audit.writer import AuditLog
+
+from .codec import Bind
+
+# Command tags whose last word counts rows (INSERT's is "INSERT oid rows").
+_ROW_TAGS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
+
+
+def rows_of(tag: str) -> int | None:
+    """
+    >>> rows_of("INSERT 0 3"), rows_of("SELECT 12"), rows_of("BEGIN")
+    (3, 12, None)
+    """
+    head, _, rest = tag.partition(" ")
+    if head in _ROW_TAGS and rest:
+        last = rest.rsplit(" ", 1)[-1]
+        if last.isdigit():
+            return int(last)
+    return None
+
+
+def split_statements(sql: str, count: int) -> list[str]:
+    """The text of each statement, as PostgreSQL's scanner splits it (whole text if it cannot)."""
+    if count == 1:
+        return [sql]
+    try:
+        parts = [p for p in parser.split(sql) if p.strip()]
+    except Exception:  # unparseable: the record keeps the whole text
+        parts = []
+    return parts if len(parts) == count else [sql] * count
+
+
+def first_word(sql: str) -> str:
+    word = sql.lstrip("( \t\r\n").split(None, 1)
+    return word[0].lower().rstrip(";") if word else "empty"
+
+
+@dataclass(slots=True)
+class _Pending:
+    sql: str
+    rewritten: str | None
+    kind: str
+    cycle: int
+    started: float
+    params: tuple[str | bytes | None, ...] | None = None
+
+
+class SessionAudit:
+    def __init__(
+        self, log: AuditLog, *, tenant: str | None, user: str, client: str, session: str, database: str
+    ) -> None:
+        self.log = log
+        self.tenant = tenant
+        self.user = user
+        self.client = client
+        self.session = session
+        self.database = database
+        self.pending: deque[_Pending] = deque()
+        self._statements: dict[str, tuple[str, str | None, str]] = {}
+        self._portals: dict[str, tuple[str, tuple[str | bytes | None, ...]]] = {}
+        self._log_params = log.settings.log_parameters != "none"
+
+    @property
+    def accepting(self) -> bool:
+        return self.log.accepting
+
+    # ------------------------------------------------------------------ client side
+
+    def query(self, sql: str, rewritten: str, kinds: tuple[str, ...], cycle: int) -> None:
+        count = max(len(kinds), 1)
+        originals = split_statements(sql, count)
+        outputs = split_statements(rewritten, count) if rewritten != sql else [None] * count
+        now = time.monotonic()
+        for i in range(count):
+            original = originals[i]
+            kind = kinds[i] if kinds else first_word(original)
+            self.pending.append(_Pending(original, outputs[i], kind, cycle, now))
+
+    def parse(self, name: str, sql: str, rewritten: str, kind: str) -> None:
+        self._statements[name] = (sql, rewritten if rewritten != sql else None, kind)
+
+    def bind(self, bind: Bind) -> None:
+        params: tuple[str | bytes | None, ...] = ()
+        if self._log_params:  # text-format values are logged as text, binary ones as bytes
+            params = tuple(
+                v if v is None or bind.param_format(i) else v.decode("utf-8", "replace")
+                for i, v in enumerate(bind.params)
+            )
+        self._portals[bind.portal] = (bind.statement, params)
+
+    def execute(self, portal: str, cycle: int) -> None:
+        statement, params = self._portals.get(portal, ("", ()))
+        sql, rewritten, kind = self._statements.get(statement, ("", None, "unknown"))
+        self.pending.append(_Pending(sql, rewritten, kind, cycle, time.monotonic(), params))
+
+    def refused(self, sql: str, sqlstate: str, reason: str, message: str) -> None:
+        self._submit(
+            AuditEvent(
+                kind="refusal",
+                decision="refused",
+                sql=sql,
+                sqlstate=sqlstate,
+                reason=f"{reason}: {message}",
+                **self._who(),
+            )
+        )
+
+    # ------------------------------------------------------------------ backend side
+
+    def complete(self, tag: str | None, sqlstate: str | None) -> asyncio.Future[int | None] | None:
+        """The head statement ended; returns the durability future in strict mode."""
+        if not self.pending:
+            return None
+        p = self.pending.popleft()
+        return self._submit(self._event(p, sqlstate=sqlstate, rows=rows_of(tag) if tag else None))
+
+    def cycle_done(self, cycle: int) -> None:
+        pending = self.pending
+        while pending and pending[0].cycle <= cycle:
+            p = pending.popleft()
+            self._submit(self._event(p, reason="not executed: an earlier statement of the same request failed"))
+
+    # ------------------------------------------------------------------ records
+
+    def _who(self) -> dict[str, str | None]:
+        return {
+            "tenant": self.tenant,
+            "user": self.user,
+            "client": self.client,
+            "session": self.session,
+            "database": self.database,
+        }
+
+    def _event(
+        self, p: _Pending, *, sqlstate: str | None = None, rows: int | None = None, reason: str | None = None
+    ) -> AuditEvent:
+        return AuditEvent(
+            kind="statement",
+            decision="allowed",
+            sql=p.sql,
+            rewritten=p.rewritten,
+            sqlstate=sqlstate,
+            rows=rows,
+            reason=reason,
+            duration_ms=round((time.monotonic() - p.started) * 1000, 3),
+            params=p.params,
+            details={"statement": p.kind},
+            **self._who(),
+        )
+
+    def _submit(self, event: AuditEvent) -> asyncio.Future[int | None] | None:
+        """Queue the record; in strict mode a failure comes back as a failed future, so the
+        session withholds the result instead of releasing it unlogged."""
+        try:
+            return self.log.submit(event)
+        except AuditUnavailable as exc:
+            if self.log.settings.durability != "strict":
+                return None
+            failed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed

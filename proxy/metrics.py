@@ -1,0 +1,474 @@
+"""Prometheus metrics and the HTTP endpoint that serves them (/metrics, /healthz, /readyz).
+
+`Metrics` owns its own CollectorRegistry (several proxies can live in one process, e.g. in
+tests). The hot path calls its plain methods, which cache the labelled children so a call
+costs a dict lookup and an increment. Figures the proxy already keeps (bytes per session,
+backend connections, the rewriter's cache, the audit writer's counters) are read at scrape
+time by a custom collector instead of being counted twice.
+
+Tenant labels are bounded: the first ``top_n`` distinct tenants keep their name, later ones
+are counted under ``_other``; trusted (unscoped) sessions are ``_trusted``. Tenant names
+cannot start with ``_``, so neither can be mistaken for a real tenant.
+
+>>> m = Metrics(top_n=2)
+>>> [m.tenant_label(t) for t in ("acme", "globex", "initech", "acme", None)]
+['acme', 'globex', '_other', 'acme', '_trusted']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .listener import Proxy
+
+log = logging.getLogger("tenantgate.metrics")
+
+# `_created` samples double every counter's series count for a timestamp nobody graphs.
+disable_created_metrics()
+
+PREFIX = "tenantgate_"
+OTHER = "_other"
+TRUSTED = "_trusted"
+TOKEN_ENV = "TENANTGATE_METRICS_TOKEN"  # noqa: S105 - the variable name, not a token
+
+# Seconds. The client-visible time spans network and database; the proxy's own share is small.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+OVERHEAD_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+@dataclass(slots=True)
+class TenantStats:
+    """Cumulative figures of one tenant label since the proxy started (SHOW STATS)."""
+
+    statements: int = 0
+    refused: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration_count: int = 0
+    duration_sum: float = 0.0
+
+    @property
+    def avg_seconds(self) -> float | None:
+        return self.duration_sum / self.duration_count if self.duration_count else None
+
+
+class Metrics:
+    """Every tenantgate metric, in one registry."""
+
+    def __init__(self, top_n: int = 100, proxy: Proxy | None = None) -> None:
+        if top_n < 1:
+            raise ValueError("top_n must be at least 1")
+        self.top_n = top_n
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._labels: dict[str, str] = {}
+        self._named = 0
+        r = self.registry
+        p = PREFIX
+        self.client_connections = Gauge(p + "client_connections", "Client connections open now", registry=r)
+        self.client_connections_opened = Counter(
+            p + "client_connections_opened", "Client connections accepted", registry=r
+        )
+        self.client_connections_refused = Counter(
+            p + "client_connections_refused",
+            "Client connections ended before their session started, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            p + "auth_failures", "Failed logins, by port (client or admin)", ["port"], registry=r
+        )
+        self.statements = Counter(
+            p + "statements", "Statements by tenant, kind and decision", ["tenant", "kind", "decision"], registry=r
+        )
+        self.duration = Histogram(
+            p + "statement_duration_seconds",
+            "Time from a statement's arrival to its result, as the client sees it",
+            ["tenant"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            p + "proxy_overhead_seconds",
+            "Time the proxy itself adds to a statement (parsing, rewriting, crypto)",
+            ["tenant"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.crypto_operations = Counter(p + "crypto_operations", "Field encryptions/decryptions", ["op"], registry=r)
+        self.crypto_failures = Counter(
+            p + "crypto_failures", "Failed field encryptions/decryptions", ["op"], registry=r
+        )
+        self.errors = Counter(
+            p + "errors", "ErrorResponses sent to clients, by SQLSTATE class", ["sqlstate_class"], registry=r
+        )
+        self.admin_commands = Counter(
+            p + "admin_commands", "Admin console commands, by command and result", ["command", "result"], registry=r
+        )
+        self._stmt: dict[tuple[str | None, str, str], tuple[Any, Any, Any]] = {}
+        self._simple: dict[tuple[Counter, str], Any] = {}
+        # bytes of sessions that have ended, per tenant label; live sessions are read at scrape time
+        self._ended_bytes: dict[str, list[int]] = {}
+        self.proxy = proxy
+        self._collector = _ProxyCollector(self)
+        r.register(self._collector)
+
+    # ------------------------------------------------------------------ labels
+
+    def tenant_label(self, tenant: str | None) -> str:
+        if tenant is None:
+            return TRUSTED
+        label = self._labels.get(tenant)
+        if label is None:
+            if self._named < self.top_n:
+                label = tenant
+                self._named += 1
+            else:
+                label = OTHER
+            self._labels[tenant] = label
+        return label
+
+    def _child(self, metric: Counter, value: str) -> Any:
+        key = (metric, value)
+        child = self._simple.get(key)
+        if child is None:
+            child = self._simple[key] = metric.labels(value)
+        return child
+
+    # ------------------------------------------------------------------ hot path
+
+    def client_connected(self) -> None:
+        """A client socket was accepted on the main port."""
+        self.client_connections.inc()
+        self.client_connections_opened.inc()
+
+    def client_closed(self) -> None:
+        """A client socket accepted by client_connected() is gone."""
+        self.client_connections.dec()
+
+    def client_refused(self, reason: str) -> None:
+        """A client connection ended before its session started; ``reason`` is a short fixed code
+        (auth, tls_required, startup, backend, timeout, protocol, internal). ``auth`` also counts
+        as an auth failure on the client port."""
+        self._child(self.client_connections_refused, reason).inc()
+        if reason == "auth":
+            self._child(self.auth_failures, "client").inc()
+
+    def admin_auth_failed(self) -> None:
+        self._child(self.auth_failures, "admin").inc()
+
+    def statement(
+        self,
+        tenant: str | None,
+        kind: str,
+        decision: str,
+        seconds: float | None = None,
+        proxy_seconds: float | None = None,
+    ) -> None:
+        """One statement: its kind (from the rewriter), decision ("allowed" or "refused"), and
+        when known its client-visible duration and the proxy's own share of it."""
+        key = (tenant, kind, decision)
+        entry = self._stmt.get(key)
+        if entry is None:
+            label = self.tenant_label(tenant)
+            entry = self._stmt[key] = (
+                self.statements.labels(label, kind, decision),
+                self.duration.labels(label),
+                self.overhead.labels(label),
+            )
+        entry[0].inc()
+        if seconds is not None:
+            entry[1].observe(seconds)
+        if proxy_seconds is not None:
+            entry[2].observe(proxy_seconds)
+
+    def session_ended(self, tenant: str | None, bytes_in: int, bytes_out: int) -> None:
+        """A session listed in proxy.sessions ends: keep its byte counts (call it in the same
+        step that removes it from proxy.sessions so the totals never go backwards)."""
+        totals = self._ended_bytes.setdefault(self.tenant_label(tenant), [0, 0])
+        totals[0] += bytes_in
+        totals[1] += bytes_out
+
+    def crypto(self, op: str, ok: bool = True) -> None:
+        """One field encryption or decryption (``op``: encrypt | decrypt)."""
+        self._child(self.crypto_operations, op).inc()
+        if not ok:
+            self._child(self.crypto_failures, op).inc()
+
+    def error(self, sqlstate: str) -> None:
+        """An ErrorResponse went to a client; counted by its class (first two characters)."""
+        self._child(self.errors, sqlstate[:2] if len(sqlstate) == 5 and sqlstate.isalnum() else "XX").inc()
+
+    def admin_command(self, command: str, ok: bool) -> None:
+        self.admin_commands.labels(command, "ok" if ok else "error").inc()
+
+    # ------------------------------------------------------------------ reading
+
+    def exposition(self) -> bytes:
+        """The text exposition format, as /metrics serves it."""
+        return generate_latest(self.registry)
+
+    def families(self) -> dict[str, str]:
+        """Every metric family this registry can expose: name -> type (counter names without _total)."""
+        out = {m.name: m.type for m in self.registry.collect()}
+        out.update((m.name, m.type) for m in self._collector.describe())
+        return out
+
+    def tenant_stats(self) -> dict[str, TenantStats]:
+        """Cumulative statements, refusals, bytes and statement time per tenant label."""
+        stats: dict[str, TenantStats] = {}
+
+        def of(labels: dict[str, str]) -> TenantStats:
+            return stats.setdefault(labels["tenant"], TenantStats())
+
+        for family in self.registry.collect():
+            for s in family.samples:
+                name = s.name.removeprefix(PREFIX)
+                if name == "statements_total":
+                    of(s.labels).statements += int(s.value)
+                    if s.labels["decision"] == "refused":
+                        of(s.labels).refused += int(s.value)
+                elif name == "statement_duration_seconds_count":
+                    of(s.labels).duration_count += int(s.value)
+                elif name == "statement_duration_seconds_sum":
+                    of(s.labels).duration_sum += s.value
+                elif name == "bytes_in_total":
+                    of(s.labels).bytes_in += int(s.value)
+                elif name == "bytes_out_total":
+                    of(s.labels).bytes_out += int(s.value)
+        return stats
+
+
+class _ProxyCollector(Collector):
+    """Scrape-time figures read from the proxy's own state."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return [family for family, _fill in self._families()]
+
+    def collect(self) -> Iterator[Metric]:
+        for family, fill in self._families():
+            try:
+                fill(family)
+            except Exception:  # a broken source must not take the whole scrape down
+                log.exception("collecting %s failed", family.name)
+                continue
+            yield family
+
+    def _families(self) -> list[tuple[Metric, Callable[[Any], None]]]:
+        p = PREFIX
+        return [
+            (GaugeMetricFamily(p + "backend_connections", "Backend connections open now"), self._backends),
+            (GaugeMetricFamily(p + "sessions", "Sessions open now, by tenant", labels=["tenant"]), self._sessions),
+            (CounterMetricFamily(p + "bytes_in", "Bytes received from clients", labels=["tenant"]), self._bytes_in),
+            (CounterMetricFamily(p + "bytes_out", "Bytes sent to clients", labels=["tenant"]), self._bytes_out),
+            (CounterMetricFamily(p + "rewrite_cache_hits", "Rewrite plan cache hits"), self._cache("hits")),
+            (CounterMetricFamily(p + "rewrite_cache_misses", "Rewrite plan cache misses"), self._cache("misses")),
+            (GaugeMetricFamily(p + "rewrite_cache_entries", "Plans in the rewrite cache"), self._cache("size")),
+            (CounterMetricFamily(p + "audit_records_written", "Audit records written"), self._audit("records_written")),
+            (
+                CounterMetricFamily(p + "audit_records_dropped", "Audit records dropped (on_failure = drop)"),
+                self._audit("records_dropped"),
+            ),
+            (
+                GaugeMetricFamily(p + "audit_queue_depth", "Audit records waiting to be written"),
+                self._audit("queue_depth"),
+            ),
+            (
+                GaugeMetricFamily(p + "audit_last_fsync_seconds", "Duration of the last audit fsync/commit"),
+                self._audit("last_fsync_seconds"),
+            ),
+            (
+                GaugeMetricFamily(p + "audit_lag_seconds", "Age of the oldest unwritten audit record"),
+                self._audit("lag"),
+            ),
+            (GaugeMetricFamily(p + "audit_available", "1 while the audit sink is writable"), self._audit("available")),
+        ]
+
+    def _live(self) -> list[Any]:
+        proxy = self.metrics.proxy
+        return [] if proxy is None else list(proxy.sessions)
+
+    def _backends(self, family: Any) -> None:
+        family.add_metric([], sum(1 for c in self._live() if c.backend is not None and not c.backend.conn.is_closed))
+
+    def _sessions(self, family: Any) -> None:
+        counts: dict[str, int] = {}
+        for c in self._live():
+            label = self.metrics.tenant_label(c.tenant)
+            counts[label] = counts.get(label, 0) + 1
+        for label, n in sorted(counts.items()):
+            family.add_metric([label], n)
+
+    def _bytes(self, index: int) -> dict[str, int]:
+        totals = {label: pair[index] for label, pair in self.metrics._ended_bytes.items()}
+        for c in self._live():
+            label = self.metrics.tenant_label(c.tenant)
+            totals[label] = totals.get(label, 0) + (c.bytes_in, c.bytes_out)[index]
+        return totals
+
+    def _bytes_in(self, family: Any) -> None:
+        for label, n in sorted(self._bytes(0).items()):
+            family.add_metric([label], n)
+
+    def _bytes_out(self, family: Any) -> None:
+        for label, n in sorted(self._bytes(1).items()):
+            family.add_metric([label], n)
+
+    def _cache(self, key: str) -> Callable[[Any], None]:
+        def fill(family: Any) -> None:
+            proxy = self.metrics.proxy
+            if proxy is not None:
+                family.add_metric([], proxy.planner.stats()[key])
+
+        return fill
+
+    def _audit(self, field: str) -> Callable[[Any], None]:
+        def fill(family: Any) -> None:
+            audit = getattr(self.metrics.proxy, "audit", None)
+            if audit is not None:
+                family.add_metric([], float(getattr(audit.stats(), field)))
+
+        return fill
+
+
+# ---------------------------------------------------------------------- HTTP endpoint
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+MAX_REQUEST_HEAD = 16 * 1024
+REQUEST_TIMEOUT = 10.0
+PROBE_TIMEOUT = 1.0
+
+
+class MetricsServer:
+    """A minimal asyncio HTTP/1.1 server: one request per connection, GET/HEAD only.
+
+    /metrics needs ``Authorization: Bearer <token>`` when TENANTGATE_METRICS_TOKEN is set;
+    /healthz and /readyz stay open for orchestrator probes (they reveal nothing).
+    """
+
+    def __init__(self, proxy: Proxy, metrics: Metrics, token: str | None) -> None:
+        self.proxy = proxy
+        self.metrics = metrics
+        self._token = token.encode() if token else None
+        self._server: asyncio.Server | None = None
+
+    @classmethod
+    async def start(cls, proxy: Proxy, host: str, port: int) -> MetricsServer:
+        token = os.environ.get(TOKEN_ENV)
+        if token is not None and not token:
+            log.warning("%s is set but empty: /metrics is served without a token", TOKEN_ENV)
+        self = cls(proxy, proxy.metrics, token)
+        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_HEAD, reuse_address=True)
+        log.info("metrics on http://%s:%d/metrics%s", host, self.port, " (bearer token required)" if token else "")
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, headers, body, method = await self._respond(head)
+                writer.write(_response(status, headers, b"" if method == "HEAD" else body, len(body)))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("metrics endpoint failed")
+        finally:
+            writer.close()
+
+    async def _respond(self, head: bytes) -> tuple[int, dict[str, str], bytes, str]:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return 400, {}, b"bad request\n", "GET"
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, {"Allow": "GET, HEAD"}, b"method not allowed\n", method
+        if target == "/healthz":
+            return 200, {}, b"ok\n", method
+        if target == "/readyz":
+            problems = await self.readiness()
+            if problems:
+                return 503, {}, ("not ready: " + "; ".join(problems) + "\n").encode(), method
+            return 200, {}, b"ready\n", method
+        if target == "/metrics":
+            if self._token is not None and not self._authorized(lines[1:]):
+                return 401, {"WWW-Authenticate": 'Bearer realm="tenantgate"'}, b"unauthorized\n", method
+            return 200, {"Content-Type": CONTENT_TYPE_LATEST}, self.metrics.exposition(), method
+        return 404, {}, b"not found: try /metrics, /healthz or /readyz\n", method
+
+    def _authorized(self, header_lines: list[str]) -> bool:
+        assert self._token is not None
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "authorization":
+                scheme, _, credential = value.strip().partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self._token)
+        return False
+
+    async def readiness(self) -> list[str]:
+        """Why the proxy cannot serve statements now; empty when it can."""
+        problems = []
+        proxy = self.proxy
+        if proxy.stopping.is_set():
+            problems.append("shutting down")
+        target = proxy.backend_target
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                _, writer = await asyncio.open_connection(target.host, target.port)
+            writer.close()  # no bytes sent: PostgreSQL does not log an empty connection
+        except (OSError, TimeoutError) as exc:
+            why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            problems.append(f"backend {target.host}:{target.port} not reachable ({why})")
+        audit = getattr(proxy, "audit", None)
+        if audit is not None and not audit.stats().available:
+            problems.append("audit log not writable")
+        return problems
+
+
+def _response(status: int, headers: dict[str, str], body: bytes, length: int) -> bytes:
+    head = [f"HTTP/1.1 {status} {_REASONS[status]}", f"Content-Length: {length}", "Connection: close"]
+    headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
