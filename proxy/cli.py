@@ -120,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tenantgate.audit.cli import register as register_audit
     from tenantgate.keyring.cli import register as register_keys
 
+    from .rls import register as register_rls
+
     register_audit(sub)
     register_keys(sub)
+    register_rls(sub)
     return p
 
 

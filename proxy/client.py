@@ -196,6 +196,8 @@ class ClientConnection(PgConnection):
             # defence in depth: RLS policies read it; the session's reset value, so RESET ALL keeps it
             backend_params["tenantgate.tenant"] = self.tenant
             backend_params["search_path"] = "public"
+        else:
+            backend_params["tenantgate.trusted"] = "on"  # see proxy/rls.py
         backend = await connect(self.proxy.backend_target, database, backend_params)
         self.backend = backend
         await self.proxy.check_backend_role(backend)

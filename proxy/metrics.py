@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -48,6 +47,8 @@ disable_created_metrics()
 PREFIX = "tenantgate_"
 OTHER = "_other"
 TRUSTED = "_trusted"
+# The classic text format every Prometheus version reads; our names need none of 1.0.0's escaping.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TOKEN_ENV = "TENANTGATE_METRICS_TOKEN"  # noqa: S105 - the variable name, not a token
 
 # Seconds. The client-visible time spans network and database; the proxy's own share is small.
@@ -215,7 +216,8 @@ class Metrics:
 
     def error(self, sqlstate: str) -> None:
         """An ErrorResponse went to a client; counted by its class (first two characters)."""
-        self._child(self.errors, sqlstate[:2] if len(sqlstate) == 5 and sqlstate.isalnum() else "XX").inc()
+        valid = len(sqlstate) == 5 and sqlstate.isascii() and sqlstate.isalnum() and sqlstate == sqlstate.upper()
+        self._child(self.errors, sqlstate[:2] if valid else "XX").inc()
 
     def admin_command(self, command: str, ok: bool) -> None:
         self.admin_commands.labels(command, "ok" if ok else "error").inc()
@@ -435,7 +437,7 @@ class MetricsServer:
         if target == "/metrics":
             if self._token is not None and not self._authorized(lines[1:]):
                 return 401, {"WWW-Authenticate": 'Bearer realm="tenantgate"'}, b"unauthorized\n", method
-            return 200, {"Content-Type": CONTENT_TYPE_LATEST}, self.metrics.exposition(), method
+            return 200, {"Content-Type": CONTENT_TYPE}, self.metrics.exposition(), method
         return 404, {}, b"not found: try /metrics, /healthz or /readyz\n", method
 
     def _authorized(self, header_lines: list[str]) -> bool:

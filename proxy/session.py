@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from tenantgate.rewriter import Refused
+from tenantgate.rewriter import Refused, strip_channel
 
 from . import codec
 from .auditing import SessionAudit, first_word
@@ -268,6 +268,13 @@ class Session:
                     audit.complete(None, err.sqlstate)
             elif mtype == _PS:
                 self._parameter_status(buf[start + 5 : end])
+            elif mtype == _A and self.tenant is not None:
+                # channels are namespaced per tenant: show the tenant its own name, drop others'
+                if out is None:
+                    out = bytearray()
+                out += buf[mark:start]
+                out += self._notification(buf[start + 5 : end])
+                mark = end
             elif audit is not None and mtype in _BACKEND_AUDITED:
                 tag = buf[start + 5 : end - 1].decode() if mtype == _CC else None
                 durable = audit.complete(tag, None)
@@ -327,6 +334,14 @@ class Session:
                 del self._refusals[i]
                 return err.encode()
         return None
+
+    def _notification(self, body: bytes) -> bytes:
+        note = codec.decode_backend(_A, body)
+        assert isinstance(note, codec.NotificationResponse)
+        channel = strip_channel(self.tenant or "", note.channel)
+        if channel is None:
+            return b""
+        return codec.NotificationResponse(note.pid, channel, note.payload).encode()
 
     def _parameter_status(self, body: bytes) -> None:
         msg = codec.decode_backend(_PS, body)

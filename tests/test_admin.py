@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from tenantgate.config import load_config
 from tenantgate.proxy.listener import Proxy
 from tenantgate.proxy.metrics import OTHER, TRUSTED, Metrics, MetricsServer
 from tenantgate.proxy.pgcluster import PgServer, free_port
 
-from .harness import Backend, ProxyProcess, config_text, launch_with_ports
+from .harness import Backend, ProxyProcess, launch_with_ports
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -119,6 +120,9 @@ def test_families_cover_scrape_time_collectors() -> None:
 # ---------------------------------------------------------------------------- HTTP endpoint, in process
 
 
+PLAIN_HEADERS = {"content-length": "3", "connection": "close", "content-type": "text/plain; charset=utf-8"}
+
+
 async def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
@@ -151,7 +155,7 @@ def test_endpoint_routes_token_and_readiness(pg: PgServer, tmp_path: Path, monke
         server = await MetricsServer.start(proxy, "127.0.0.1", 0)
         try:
             port = server.port
-            assert await http(port, get("/healthz")) == (200, await_headers(), b"ok\n")
+            assert await http(port, get("/healthz")) == (200, PLAIN_HEADERS, b"ok\n")
             status, headers, _ = await http(port, get("/metrics"))
             assert status == 401 and headers["www-authenticate"].startswith("Bearer")
             assert (await http(port, get("/metrics", "Authorization: Bearer wrong")))[0] == 401
@@ -163,7 +167,8 @@ def test_endpoint_routes_token_and_readiness(pg: PgServer, tmp_path: Path, monke
             assert (await http(port, get("/nope")))[0] == 404
             assert (await http(port, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == 405
             assert (await http(port, b"garbage\r\n\r\n"))[0] == 400
-            assert await http(port, get("/readyz")) == (200, await_headers(), b"ready\n")
+            status, _, body = await http(port, get("/readyz"))
+            assert (status, body) == (200, b"ready\n")
             proxy.stopping.set()
             status, _, body = await http(port, get("/readyz"))
             assert status == 503 and b"shutting down" in body
@@ -172,10 +177,6 @@ def test_endpoint_routes_token_and_readiness(pg: PgServer, tmp_path: Path, monke
             await server.wait_closed()
 
     asyncio.run(scenario())
-
-
-def await_headers() -> dict[str, str]:
-    return {"content-length": "3", "connection": "close", "content-type": "text/plain; charset=utf-8"}
 
 
 def test_readyz_reports_an_unreachable_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,7 +192,7 @@ def test_readyz_reports_an_unreachable_backend(tmp_path: Path, monkeypatch: pyte
             # /metrics is open without a token
             assert (await http(server.port, get("/metrics")))[0] == 200
             # one slow client does not block another
-            slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", server.port)
+            _, slow_writer = await asyncio.open_connection("127.0.0.1", server.port)
             slow_writer.write(b"GET /met")
             assert (await http(server.port, get("/healthz")))[0] == 200
             slow_writer.close()
@@ -211,14 +212,14 @@ def backend(pg: PgServer) -> Backend:
 
 
 @pytest.fixture(scope="module")
-def ops(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, int]]:
+def ops(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, dict[str, int]]]:
     proxy, ports = launch_with_ports(tmp_path_factory.mktemp("metrics"), backend, "metrics", "admin")
-    yield proxy, ports["metrics"]
+    yield proxy, ports
     proxy.stop()
 
 
 def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         return parse(resp.read().decode())
 
 
@@ -232,21 +233,20 @@ def eventually(check: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-def test_probes_of_the_real_proxy(ops: tuple[ProxyProcess, int]) -> None:
-    _, port = ops
+def test_probes_of_the_real_proxy(ops: tuple[ProxyProcess, dict[str, int]]) -> None:
+    port = ops[1]["metrics"]
     for path, body in (("/healthz", b"ok\n"), ("/readyz", b"ready\n")):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
             assert (resp.status, resp.read()) == (200, body)
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)  # noqa: S310
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
     assert info.value.code == 404
 
 
-def test_admin_login_failures_and_commands_are_counted(ops: tuple[ProxyProcess, int]) -> None:
+def test_admin_login_failures_and_commands_are_counted(ops: tuple[ProxyProcess, dict[str, int]]) -> None:
     from .test_admin import admin_error, psql  # the admin port's own helpers
 
-    proxy, port = ops
-    admin_port = int(proxy.config_path.read_text().split('admin = "127.0.0.1:')[1].split('"')[0])
+    port, admin_port = ops[1]["metrics"], ops[1]["admin"]
     before = scrape(port)
     assert psql(f"postgresql://dba:nope@127.0.0.1:{admin_port}/x?sslmode=disable", "SHOW VERSION").returncode != 0
     assert admin_error(admin_port, "PAUSE nope").sqlstate == "42704"
@@ -257,9 +257,9 @@ def test_admin_login_failures_and_commands_are_counted(ops: tuple[ProxyProcess, 
     assert total(after, commands, command="PAUSE", result="error") - total(before, commands, command="PAUSE") == 1
 
 
-def test_wired_workload_counters_match_what_was_sent(ops: tuple[ProxyProcess, int]) -> None:
+def test_wired_workload_counters_match_what_was_sent(ops: tuple[ProxyProcess, dict[str, int]]) -> None:
     """Depends on the hot-path wiring in client.py/session.py."""
-    proxy, port = ops
+    proxy, port = ops[0], ops[1]["metrics"]
     before = scrape(port)
     with psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice:
         for i in range(5):
@@ -298,7 +298,3 @@ def test_wired_workload_counters_match_what_was_sent(ops: tuple[ProxyProcess, in
     assert total(scrape(port), "tenantgate_bytes_in_total", tenant="acme") >= total(
         during, "tenantgate_bytes_in_total", tenant="acme"
     )
-
-
-def test_config_text_has_a_metrics_port_only_when_asked(backend: Backend) -> None:
-    assert "metrics =" not in config_text(backend, 5432)
