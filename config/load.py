@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from tenantgate.audit.errors import AuditConfigError
 from tenantgate.audit.settings import AuditSettings, parse_audit_settings
+from tenantgate.keyring.settings import EncryptionSettings, SettingsError, parse_encryption
 from tenantgate.proxy.scram import ScramVerifier, make_verifier, md5_hash
 
 from .schema import (
@@ -293,6 +294,7 @@ class _Loader:
         admins = self.admins(raw, server.auth_method, users)
         scoping = self.scoping(raw)
         audit = self.audit(raw)
+        encryption = self.encryption(raw)
         if self.problems:
             raise ConfigError(self.problems)
         return Config(
@@ -307,6 +309,7 @@ class _Loader:
             scoping=scoping,
             source=self.path,
             audit=audit,
+            encryption=encryption,
         )
 
     def audit(self, raw: Mapping[str, Any]) -> AuditSettings | None:
@@ -319,6 +322,18 @@ class _Loader:
             self.problem("audit", str(exc).removeprefix(f"{self.file}: [audit] "))
             return None
         return settings if settings.enabled else None
+
+    def encryption(self, raw: Mapping[str, Any]) -> EncryptionSettings | None:
+        """[encryption] is validated by tenantgate.keyring; its problems join ours."""
+        if not isinstance(raw.get("encryption"), dict):
+            return None
+        try:
+            return parse_encryption(raw, self.path)
+        except SettingsError as exc:
+            for line in exc.problems:
+                key, _, message = line.removeprefix(f"{self.file}: ").partition(": ")
+                self.problem(key, message)
+            return None
 
     def read(self) -> dict[str, Any]:
         try:

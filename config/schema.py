@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenantgate.audit.settings import AuditSettings
+from tenantgate.keyring.settings import EncryptionSettings
 from tenantgate.proxy.scram import ScramVerifier
 
 from .values import render_identifier
@@ -216,6 +217,7 @@ class Config:
     scoping: Scoping
     source: pathlib.Path
     audit: AuditSettings | None = None  # None: auditing off
+    encryption: EncryptionSettings | None = None  # None: no encrypted columns
 
     def redacted(self) -> dict[str, Any]:
         """Plain data for SHOW CONFIG and logs, every secret replaced by '***'."""

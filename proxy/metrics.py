@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,9 @@ disable_created_metrics()
 PREFIX = "tenantgate_"
 OTHER = "_other"
 TRUSTED = "_trusted"
+OTHER_KIND = "other"
+MAX_KINDS = 64
+_KIND_RE = re.compile(r"[a-z_]{1,32}")
 # The classic text format every Prometheus version reads; our names need none of 1.0.0's escaping.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TOKEN_ENV = "TENANTGATE_METRICS_TOKEN"  # noqa: S105 - the variable name, not a token
@@ -90,8 +94,8 @@ class Metrics:
         )
         self.client_connections_refused = Counter(
             p + "client_connections_refused",
-            "Client connections ended before their session started, by reason",
-            ["reason"],
+            "Client connections ended before their session started, by the FATAL error's SQLSTATE",
+            ["sqlstate"],
             registry=r,
         )
         self.auth_failures = Counter(
@@ -102,14 +106,14 @@ class Metrics:
         )
         self.duration = Histogram(
             p + "statement_duration_seconds",
-            "Time from a statement's arrival to its result, as the client sees it",
+            "Time from a request's first message to the ReadyForQuery that answers it",
             ["tenant"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.overhead = Histogram(
             p + "proxy_overhead_seconds",
-            "Time the proxy itself adds to a statement (parsing, rewriting, crypto)",
+            "Time the proxy spends on a request's messages itself (parsing, rewriting, crypto)",
             ["tenant"],
             buckets=OVERHEAD_BUCKETS,
             registry=r,
@@ -124,7 +128,9 @@ class Metrics:
         self.admin_commands = Counter(
             p + "admin_commands", "Admin console commands, by command and result", ["command", "result"], registry=r
         )
-        self._stmt: dict[tuple[str | None, str, str], tuple[Any, Any, Any]] = {}
+        self._stmt: dict[tuple[str | None, str, str], Any] = {}
+        self._timing: dict[str | None, tuple[Any, Any]] = {}
+        self._kinds: dict[str, str] = {}
         self._simple: dict[tuple[Counter, str], Any] = {}
         # bytes of sessions that have ended, per tenant label; live sessions are read at scrape time
         self._ended_bytes: dict[str, list[int]] = {}
@@ -147,6 +153,18 @@ class Metrics:
             self._labels[tenant] = label
         return label
 
+    def _kind_label(self, kind: str) -> str:
+        """Kinds are the rewriter's fixed words, but unscoped sessions report the first word of
+        whatever SQL a client sends: bound them like tenants."""
+        if len(self._kinds) < MAX_KINDS and _KIND_RE.fullmatch(kind):
+            label = kind
+        else:
+            label = OTHER_KIND
+            if len(self._kinds) >= MAX_KINDS:
+                return label  # not remembered: the map stays bounded too
+        self._kinds[kind] = label
+        return label
+
     def _child(self, metric: Counter, value: str) -> Any:
         key = (metric, value)
         child = self._simple.get(key)
@@ -165,41 +183,36 @@ class Metrics:
         """A client socket accepted by client_connected() is gone."""
         self.client_connections.dec()
 
-    def client_refused(self, reason: str) -> None:
-        """A client connection ended before its session started; ``reason`` is a short fixed code
-        (auth, tls_required, startup, backend, timeout, protocol, internal). ``auth`` also counts
-        as an auth failure on the client port."""
-        self._child(self.client_connections_refused, reason).inc()
-        if reason == "auth":
+    def client_refused(self, sqlstate: str) -> None:
+        """A client connection ended with this FATAL SQLSTATE before its session started
+        (28P01 also counts as an auth failure on the client port)."""
+        self._child(self.client_connections_refused, _sqlstate(sqlstate)).inc()
+        if sqlstate == "28P01":
             self._child(self.auth_failures, "client").inc()
 
     def admin_auth_failed(self) -> None:
         self._child(self.auth_failures, "admin").inc()
 
-    def statement(
-        self,
-        tenant: str | None,
-        kind: str,
-        decision: str,
-        seconds: float | None = None,
-        proxy_seconds: float | None = None,
-    ) -> None:
-        """One statement: its kind (from the rewriter), decision ("allowed" or "refused"), and
-        when known its client-visible duration and the proxy's own share of it."""
+    def statement(self, tenant: str | None, kind: str, decision: str) -> None:
+        """One statement, counted when it is decided: its kind (the rewriter's, or the first
+        word for unscoped sessions) and decision ("allowed" or "refused")."""
+        kind = self._kinds.get(kind) or self._kind_label(kind)
         key = (tenant, kind, decision)
-        entry = self._stmt.get(key)
-        if entry is None:
+        child = self._stmt.get(key)
+        if child is None:
+            child = self._stmt[key] = self.statements.labels(self.tenant_label(tenant), kind, decision)
+        child.inc()
+
+    def timing(self, tenant: str | None, seconds: float, proxy_seconds: float | None = None) -> None:
+        """One request answered: from its first message to the ReadyForQuery that ends it (a
+        simple Query, or an extended-protocol batch up to Sync), and the proxy's own share."""
+        pair = self._timing.get(tenant)
+        if pair is None:
             label = self.tenant_label(tenant)
-            entry = self._stmt[key] = (
-                self.statements.labels(label, kind, decision),
-                self.duration.labels(label),
-                self.overhead.labels(label),
-            )
-        entry[0].inc()
-        if seconds is not None:
-            entry[1].observe(seconds)
+            pair = self._timing[tenant] = (self.duration.labels(label), self.overhead.labels(label))
+        pair[0].observe(seconds)
         if proxy_seconds is not None:
-            entry[2].observe(proxy_seconds)
+            pair[1].observe(proxy_seconds)
 
     def session_ended(self, tenant: str | None, bytes_in: int, bytes_out: int) -> None:
         """A session listed in proxy.sessions ends: keep its byte counts (call it in the same
@@ -216,8 +229,7 @@ class Metrics:
 
     def error(self, sqlstate: str) -> None:
         """An ErrorResponse went to a client; counted by its class (first two characters)."""
-        valid = len(sqlstate) == 5 and sqlstate.isascii() and sqlstate.isalnum() and sqlstate == sqlstate.upper()
-        self._child(self.errors, sqlstate[:2] if valid else "XX").inc()
+        self._child(self.errors, _sqlstate(sqlstate)[:2]).inc()
 
     def admin_command(self, command: str, ok: bool) -> None:
         self.admin_commands.labels(command, "ok" if ok else "error").inc()
@@ -257,6 +269,16 @@ class Metrics:
                 elif name == "bytes_out_total":
                     of(s.labels).bytes_out += int(s.value)
         return stats
+
+
+def _sqlstate(sqlstate: str) -> str:
+    """A well-formed SQLSTATE, or XX000 (bounded label values whatever a backend sends).
+
+    >>> _sqlstate("42P01"), _sqlstate("bogus"), _sqlstate("4250")
+    ('42P01', 'XX000', 'XX000')
+    """
+    ok = len(sqlstate) == 5 and sqlstate.isascii() and sqlstate.isalnum() and sqlstate == sqlstate.upper()
+    return sqlstate if ok else "XX000"
 
 
 class _ProxyCollector(Collector):

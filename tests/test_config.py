@@ -154,6 +154,7 @@ def test_full_valid_config(tmp_path: pathlib.Path, tls_files: pathlib.Path, monk
 
         [audit]
         enabled = true
+        key = "env:TG_TEST_AUDIT_KEY"
         """,
     )
     cfg = load_config(path)

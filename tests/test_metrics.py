@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tenantgate.config import load_config
 from tenantgate.proxy.listener import Proxy
-from tenantgate.proxy.metrics import OTHER, TRUSTED, Metrics, MetricsServer
+from tenantgate.proxy.metrics import MAX_KINDS, OTHER, OTHER_KIND, TRUSTED, Metrics, MetricsServer
 from tenantgate.proxy.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, launch_with_ports
@@ -48,7 +48,8 @@ def test_tenant_labels_stay_bounded_with_1000_tenants() -> None:
     m = Metrics()  # top_n = 100
     for i in range(1000):
         for kind, decision in (("select", "allowed"), ("insert", "allowed"), ("delete", "refused")):
-            m.statement(f"tenant-{i:04d}", kind, decision, 0.002, 0.0001)
+            m.statement(f"tenant-{i:04d}", kind, decision)
+        m.timing(f"tenant-{i:04d}", 0.002, 0.0001)
         m.session_ended(f"tenant-{i:04d}", 10, 20)
     samples = parse(m.exposition().decode())
     tenants = {dict(ls)["tenant"] for (n, ls) in samples if n == "tenantgate_statements_total"}
@@ -68,12 +69,15 @@ def test_counters_and_stats() -> None:
     m.client_connected()
     m.client_connected()
     m.client_closed()
-    m.client_refused("auth")
-    m.client_refused("tls_required")
+    m.client_refused("28P01")
+    m.client_refused("28000")
     m.admin_auth_failed()
-    m.statement("acme", "select", "allowed", 0.010)
-    m.statement("acme", "select", "allowed", 0.030)
-    m.statement("acme", "ddl", "refused", 0.002)
+    m.statement("acme", "select", "allowed")
+    m.statement("acme", "select", "allowed")
+    m.statement("acme", "create", "refused")
+    m.timing("acme", 0.010)
+    m.timing("acme", 0.030, 0.0002)
+    m.timing("acme", 0.002)
     m.statement(None, "select", "allowed")
     m.session_ended("acme", 100, 1000)
     m.session_ended("acme", 1, 2)
@@ -85,14 +89,14 @@ def test_counters_and_stats() -> None:
     s = parse(m.exposition().decode())
     assert total(s, "tenantgate_client_connections") == 1
     assert total(s, "tenantgate_client_connections_opened_total") == 2
-    assert total(s, "tenantgate_client_connections_refused_total", reason="auth") == 1
+    assert total(s, "tenantgate_client_connections_refused_total", sqlstate="28P01") == 1
     assert total(s, "tenantgate_auth_failures_total", port="client") == 1
     assert total(s, "tenantgate_auth_failures_total", port="admin") == 1
     assert total(s, "tenantgate_statements_total", tenant="acme", decision="refused") == 1
     assert total(s, "tenantgate_statements_total", tenant=TRUSTED) == 1
     assert total(s, "tenantgate_statement_duration_seconds_count", tenant="acme") == 3
     assert total(s, "tenantgate_statement_duration_seconds_bucket", tenant="acme", le="0.025") == 2
-    assert total(s, "tenantgate_proxy_overhead_seconds_count") == 0
+    assert total(s, "tenantgate_proxy_overhead_seconds_count", tenant="acme") == 1
     assert total(s, "tenantgate_bytes_in_total", tenant="acme") == 101
     assert total(s, "tenantgate_crypto_operations_total", op="decrypt") == 1
     assert total(s, "tenantgate_crypto_failures_total", op="decrypt") == 1
@@ -107,6 +111,21 @@ def test_counters_and_stats() -> None:
     assert (acme.statements, acme.refused, acme.bytes_in, acme.bytes_out) == (3, 1, 101, 1002)
     assert acme.avg_seconds == pytest.approx(0.014)
     assert stats[TRUSTED].avg_seconds is None
+
+
+def test_statement_kinds_are_bounded_too() -> None:
+    """Unscoped sessions report the first word of any SQL: a client must not mint series."""
+    m = Metrics()
+    m.statement(None, "x" * 40, "allowed")  # too long
+    m.statement(None, "Select", "allowed")  # not the rewriter's lower-case words
+    words = ["w" + "".join(chr(ord("a") + int(d)) for d in str(i)) for i in range(500)]
+    for word in words:
+        m.statement(None, word, "allowed")
+    samples = parse(m.exposition().decode())
+    kinds = {dict(ls)["kind"] for (n, ls) in samples if n == "tenantgate_statements_total"}
+    assert kinds == set(words[: MAX_KINDS - 2]) | {OTHER_KIND}
+    assert total(samples, "tenantgate_statements_total") == 502
+    assert len(m._kinds) <= MAX_KINDS
 
 
 def test_families_cover_scrape_time_collectors() -> None:
@@ -282,7 +301,7 @@ def test_wired_workload_counters_match_what_was_sent(ops: tuple[ProxyProcess, di
     assert total(during, "tenantgate_backend_connections") >= 2
     eventually(lambda: total(scrape(port), "tenantgate_client_connections") == 0, "every client closed")
     assert delta("tenantgate_client_connections_opened_total") == 3
-    assert delta("tenantgate_client_connections_refused_total", reason="auth") == 1
+    assert delta("tenantgate_client_connections_refused_total", sqlstate="28P01") == 1
     assert delta("tenantgate_auth_failures_total", port="client") == 1
     assert delta("tenantgate_statements_total", tenant="acme") == 7
     assert delta("tenantgate_statements_total", tenant="acme", decision="refused") == 1
