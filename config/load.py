@@ -387,6 +387,9 @@ class _Loader:
                     "connect_timeout",
                     "allow_superuser",
                     "region",
+                    "pool_mode",
+                    "pool_size",
+                    "pool_timeout",
                 }
             ),
         )
@@ -410,8 +413,23 @@ class _Loader:
         connect_timeout = self.number(tbl, "connect_timeout", p, float, 5.0, 0, 3600, low_open=True)
         allow_superuser = self.get(tbl, "allow_superuser", p, bool, False)
         region = self.string(tbl, "region", p)
+        pool_mode = self.enum(tbl, "pool_mode", p, ("session", "transaction"), "session") or "session"
+        pool_size = self.number(tbl, "pool_size", p, int, 20, 1, 10000)
+        pool_timeout = self.number(tbl, "pool_timeout", p, float, 30.0, 0, 3600, low_open=True)
         return Backend(
-            host, port, user, password, database, sslmode, sslrootcert, connect_timeout, allow_superuser, region
+            host,
+            port,
+            user,
+            password,
+            database,
+            sslmode,
+            sslrootcert,
+            connect_timeout,
+            allow_superuser,
+            region,
+            pool_mode,
+            pool_size,
+            pool_timeout,
         )
 
     def role_name(self, tbl: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:

@@ -135,6 +135,9 @@ class Backend:
     connect_timeout: float
     allow_superuser: bool
     region: str | None
+    pool_mode: str = "session"  # session | transaction (tenant sessions; trusted users stay session-pooled)
+    pool_size: int = 20  # backend connections per database in transaction mode
+    pool_timeout: float = 30.0  # seconds a client may wait for a pooled backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +256,9 @@ class Config:
                 "connect_timeout": be.connect_timeout,
                 "allow_superuser": be.allow_superuser,
                 "region": be.region,
+                "pool_mode": be.pool_mode,
+                "pool_size": be.pool_size,
+                "pool_timeout": be.pool_timeout,
             },
             "tls": {"mode": self.tls.mode, "cert": self.tls.cert, "key": self.tls.key},
             "server": {

@@ -41,6 +41,7 @@ from .conn import ConnectionLost, PgConnection
 if TYPE_CHECKING:
     from .client import ClientConnection
     from .listener import Proxy
+    from .pool import BackendPool
 
 log = logging.getLogger("tenantgate.admin")
 
@@ -276,15 +277,32 @@ async def show_servers(conn: AdminConnection, args: list[str]) -> Result:
         rows.append(
             (c.id, b.database, b.target.user, b.target.host, b.target.port, b.pid, session_state(c), b.conn.ssl_in_use)
         )
+    for pool in _pools(conn.proxy):  # transaction mode: backends no session holds right now
+        for b in pool.idle:
+            rows.append(
+                (None, b.database, b.target.user, b.target.host, b.target.port, b.pid, "idle", b.conn.ssl_in_use)
+            )
     return Result("SHOW", ("id", "database", "user", "addr", "port", "pid", "state", "tls"), rows)
 
 
+def _pools(proxy: Proxy) -> list[BackendPool]:
+    """The transaction-mode pools (proxy.pool_for); none in session mode."""
+    return list(getattr(proxy, "pools", {}).values())
+
+
 async def show_pools(conn: AdminConnection, args: list[str]) -> Result:
-    """Session pooling: every client owns one backend, so a pool is a (database, user) pair."""
+    """Session pooling: every client owns one backend, so a pool is a (database, user) pair.
+    Transaction pools are shared by tenant users: one row each, under the backend role."""
     now = time.monotonic()
     pools: dict[tuple[str, str], list[int | float]] = {}
+    shared = _pools(conn.proxy)
+    clients: dict[int, int] = {}
     for c in conn.proxy.sessions:
         s = c.session
+        pool = getattr(s, "pool", None)
+        if pool is not None:
+            clients[id(pool)] = clients.get(id(pool), 0) + 1
+            continue
         p = pools.setdefault((c.database, c.user), [0, 0, 0, 0, 0.0])  # cl_active, cl_waiting, sv_active, sv_idle
         held_since = getattr(s, "held_since", None)
         if held_since is not None:  # paused with statements held back
@@ -300,6 +318,11 @@ async def show_pools(conn: AdminConnection, args: list[str]) -> Result:
         (db, user, int(a), int(w), int(sa), int(si), 0, wait, "session")
         for (db, user), (a, w, sa, si, wait) in sorted(pools.items())
     ]
+    for pool in shared:
+        waiting = len(pool.waiters)
+        active = clients.get(id(pool), 0)
+        row = (pool.database, pool.target.user, active - min(waiting, active), waiting)
+        rows.append((*row, len(pool.busy), len(pool.idle), 0, pool.max_wait, "transaction"))
     columns = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait", "pool_mode")
     return Result("SHOW", columns, rows)
 

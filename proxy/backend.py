@@ -73,6 +73,11 @@ class Backend:
     pid: int = 0
     secret: int = 0
     status: str = "I"
+    # settings the proxy applied with SET since connect (transaction pooling hand-overs)
+    applied: dict[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # pooled backends live in sets
+        return id(self)
 
 
 async def _open(target: BackendTarget) -> PgConnection:

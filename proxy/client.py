@@ -62,8 +62,8 @@ class ClientConnection(PgConnection):
         self.id = next(_ids)
         self.connected_at = time.time()
         self.database = ""
+        self._login_backend: Backend | None = None  # until the session owns it
         self.session: Session | None = None
-        self.backend: Backend | None = None
         self.user = ""
         self.tenant: str | None = None
         self.peer = ""
@@ -113,11 +113,10 @@ class ClientConnection(PgConnection):
         if self.key is not None:
             self.proxy.cancels.unregister(self.key[0])
         self.proxy.sessions.discard(self)
-        if self.backend is not None:
-            b = self.backend.conn
-            b.on_lost = None
-            b.write(codec.Terminate().encode())
-            b.close()
+        if self.session is not None:
+            self.session.detach()
+        elif self._login_backend is not None:
+            self._login_backend.conn.abort()
         self.close()
 
     # ------------------------------------------------------------------ startup
@@ -191,27 +190,41 @@ class ClientConnection(PgConnection):
 
         database = cfg.backend.database or startup.params.get("database") or name
         self.database = database
-        backend_params = dict(settings)
+        session_settings = dict(settings)
         if self.tenant is not None:
             # defence in depth: RLS policies read it; the session's reset value, so RESET ALL keeps it
-            backend_params["tenantgate.tenant"] = self.tenant
-            backend_params["search_path"] = "public"
+            session_settings["tenantgate.tenant"] = self.tenant
+            session_settings["search_path"] = "public"
         else:
-            backend_params["tenantgate.trusted"] = "on"  # see proxy/rls.py
-        backend = await connect(self.proxy.backend_target, database, backend_params)
-        self.backend = backend
-        await self.proxy.check_backend_role(backend)
-        if self.tenant is not None and backend.params.get("standard_conforming_strings", "on") != "on":
+            session_settings["tenantgate.trusted"] = "on"  # see proxy/rls.py
+        # trusted service users always hold their backend (session pooling)
+        pool = self.proxy.pool_for(database) if self.tenant is not None else None
+        backend: Backend | None = None
+        if pool is None:
+            backend = await connect(self.proxy.backend_target, database, session_settings)
+        elif pool.params is None:
+            backend = await pool.acquire()  # the first login proves the database is reachable
+        self._login_backend = backend
+        if backend is not None:
+            await self.proxy.check_backend_role(backend)
+        server_params = backend.params if backend is not None else dict(pool.params or {})
+        if self.tenant is not None and server_params.get("standard_conforming_strings", "on") != "on":
             raise Fatal("55000", "the backend has standard_conforming_strings off; tenantgate requires it on")
 
         self.key = self.proxy.cancels.register(self)
         out = bytearray(reply)
         if extensions:
             out += codec.NegotiateProtocolVersion(0, tuple(extensions)).encode()
-        for k, v in backend.params.items():
+        reported = dict(server_params)
+        if pool is not None:  # the client's own values of reported settings, not the pooled backend's
+            by_lower = {k.lower(): k for k in reported}
+            for k, v in settings.items():
+                if k.lower() in by_lower:
+                    reported[by_lower[k.lower()]] = v
+        for k, v in reported.items():
             out += ParameterStatus(k, v).encode()
         out += BackendKeyData(*self.key).encode()
-        out += codec.ready(backend.status)
+        out += codec.ready("I")
         self.write(bytes(out))
 
         planner = self.proxy.planner if self.tenant is not None else None
@@ -226,30 +239,36 @@ class ClientConnection(PgConnection):
                 database=database,
             )
         self.session = session = Session(
-            self, backend, user=name, tenant=self.tenant, planner=planner, paused=self.proxy.paused, audit=audit
+            self,
+            None,
+            user=name,
+            tenant=self.tenant,
+            planner=planner,
+            paused=self.proxy.paused,
+            audit=audit,
+            pool=pool,
+            settings=session_settings if pool is not None else None,
         )
+        self._login_backend = None
+        if pool is None:
+            assert backend is not None
+            session.attach(backend)  # held for the whole session
+        elif backend is not None:
+            pool.release(backend)
         self.proxy.sessions.add(self)
-        self.backpressure_peer = backend.conn
-        backend.conn.backpressure_peer = self
-        backend.conn.on_lost = self._backend_lost
         self.on_lost = self._client_lost
-        backend.conn.enter_relay(session.on_backend)
         self.enter_relay(session.on_client)
 
     # ------------------------------------------------------------------ relay mode events
 
-    def _backend_lost(self, exc: BaseException | None) -> None:
-        if isinstance(exc, ProtocolError):
-            log.warning("backend protocol error: %s", exc)
-        if not self.is_closed:
-            self.write(fatal_bytes(codec.error("08006", "server closed the connection unexpectedly")))
-            self.close()
-
     def _client_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, ProtocolError) and not self.is_closed:
             self.write(fatal_bytes(codec.error(exc.sqlstate, exc.detail)))
-        if self.backend is not None:
-            self.backend.conn.close()
+
+    @property
+    def backend(self) -> Backend | None:
+        """The backend this client holds right now (None between transactions when pooled)."""
+        return self.session.backend if self.session is not None else self._login_backend
 
     async def cancel_backend(self) -> None:
         backend = self.backend

@@ -19,6 +19,7 @@ from tenantgate.config import Config, ConfigError, load_config
 
 from .backend import Backend, BackendError, BackendTarget, simple_query
 from .cancel import CancelRegistry
+from .pool import BackendPool
 from .tls import client_context
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Proxy:
         self.started_at = time.time()
         self.config_path: str | None = None
         self.paused: set[str] = set()  # tenants whose new statements wait; "*" = all
+        self.pools: dict[tuple[str, str], BackendPool] = {}
         from .admin import AdminServer
         from .metrics import Metrics, MetricsServer
 
@@ -88,6 +90,17 @@ class Proxy:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def pool_for(self, database: str) -> BackendPool | None:
+        """The transaction-mode pool of a database (None in session mode)."""
+        b = self.config.backend
+        if b.pool_mode != "transaction":
+            return None
+        key = (database, repr(self.backend_target))
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = BackendPool(self.backend_target, database, b.pool_size, b.pool_timeout)
+        return pool
 
     @property
     def planner(self) -> Any:
@@ -262,6 +275,8 @@ class Proxy:
             await server.wait_closed()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
+        for pool in self.pools.values():
+            await pool.close()
         if self.audit is not None:
             await self.audit.close()
 

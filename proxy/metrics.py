@@ -334,7 +334,10 @@ class _ProxyCollector(Collector):
         return [] if proxy is None else list(proxy.sessions)
 
     def _backends(self, family: Any) -> None:
-        family.add_metric([], sum(1 for c in self._live() if c.backend is not None and not c.backend.conn.is_closed))
+        held = sum(1 for c in self._live() if c.backend is not None and not c.backend.conn.is_closed)
+        # transaction mode: the pools' idle backends are held by no session
+        pooled = sum(len(p.idle) for p in getattr(self.metrics.proxy, "pools", {}).values())
+        family.add_metric([], held + pooled)
 
     def _sessions(self, family: Any) -> None:
         counts: dict[str, int] = {}

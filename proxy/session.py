@@ -27,7 +27,9 @@ from tenantgate.rewriter import Refused, strip_channel
 
 from . import codec
 from .auditing import SessionAudit, first_word
+from .backend import BackendError
 from .codec import Bind, ErrorResponse, Parse, Query
+from .pool import BackendPool, PoolTimeout
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -39,8 +41,13 @@ _Q, _P, _B, _F, _S, _EX = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S"), ord(
 _Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
 _CC, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
 _CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F))
+# Statement kinds whose session state cannot be handed to another client's transaction.
+_PINNING_KINDS = frozenset(("prepare", "listen", "declare", "set", "reset"))
+# ... and those that wipe the settings the proxy applied (re-applied right after them).
+_RESETTING_KINDS = frozenset(("reset_all", "discard_all", "discard", "reset"))
 _CLIENT_AUDITED = _CLIENT_SPECIAL | {_EX}
 _BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
+
 
 class Refusal(Exception):
     """A statement the proxy will not run: SQLSTATE, message and a short reason code."""
@@ -58,20 +65,29 @@ class Session:
     def __init__(
         self,
         client: PgConnection,
-        backend: Backend,
+        backend: Backend | None,
         *,
         user: str,
         tenant: str | None,
         planner: Any | None,
         paused: set[str],
         audit: SessionAudit | None = None,
+        pool: BackendPool | None = None,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.client = client
-        self.backend = backend
+        self.backend = backend  # None between transactions in transaction mode
         self.user = user
         self.tenant = tenant
         self.planner = planner  # tenantgate.rewriter.Rewriter, or None: relay SQL unchanged
-        self.status = backend.status
+        self.status = backend.status if backend is not None else "I"
+        # transaction mode: the pool, and the settings applied to each backend we are handed
+        self.pool = pool
+        self.pinned = pool is None
+        self.settings = settings or {}
+        self._waiting: list[tuple[bytes, list[tuple[int, int, int]]]] = []
+        self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
+        self._reassert = False  # a RESET ALL / DISCARD ALL went by: apply the settings again
         self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
         self.cycles_done = 0
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
@@ -95,8 +111,11 @@ class Session:
         """Release what arrived while paused, then read from the client again."""
         held, self._held = self._held, []
         for buf, frames in held:
-            self._relay_client(buf, frames)
-        if self.client.transport is not None and not self.client.is_closed:
+            if self.backend is None:
+                self._wait_for_backend(buf, frames)
+            else:
+                self._relay_client(buf, frames)
+        if self.client.transport is not None and not self.client.is_closed and not self._waiting:
             self.client.transport.resume_reading()
 
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
@@ -105,7 +124,110 @@ class Session:
             if self.client.transport is not None:
                 self.client.transport.pause_reading()
             return
+        if self.backend is None:
+            self._wait_for_backend(buf, frames)
+            return
         self._relay_client(buf, frames)
+
+    # ------------------------------------------------------------------ transaction pooling
+
+    def _wait_for_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        self._waiting.append((buf, frames))
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+        if len(self._waiting) == 1:
+            asyncio.get_running_loop().create_task(self._acquire())
+
+    async def _acquire(self) -> None:
+        assert self.pool is not None
+        try:
+            backend = await self.pool.acquire()
+        except PoolTimeout as exc:
+            self._end(codec.error("53300", str(exc), severity="FATAL"))
+            return
+        except BackendError as exc:
+            self._end(exc.error)
+            return
+        if self.client.is_closed:
+            self.pool.release(backend)
+            return
+        self.attach(backend)
+        setup = self.setup_sql(backend)
+        if setup:
+            self._inject_setup(setup)
+        waiting, self._waiting = self._waiting, []
+        for buf, frames in waiting:
+            self._relay_client(buf, frames)
+        if self.client.transport is not None and not self.client.is_closed:
+            self.client.transport.resume_reading()
+
+    def attach(self, backend: Backend) -> None:
+        self.backend = backend
+        self.status = backend.status
+        self.client.backpressure_peer = backend.conn
+        backend.conn.backpressure_peer = self.client
+        backend.conn.on_lost = self._backend_lost
+        backend.conn.enter_relay(self.on_backend)
+
+    def setup_sql(self, backend: Backend) -> str:
+        """SETs that make a handed-over backend carry exactly this session's settings."""
+        applied = backend.applied
+        parts = [f"SET {k} = {quote_literal(v)}" for k, v in self.settings.items() if applied.get(k) != v]
+        parts += [f"RESET {k}" for k in applied if k not in self.settings]
+        backend.applied = dict(self.settings)
+        return "; ".join(parts)
+
+    def _inject_setup(self, sql: str) -> None:
+        assert self.backend is not None
+        self.cycles_sent += 1
+        self._swallow.add(self.cycles_sent)
+        self.backend.conn.write(Query(sql).encode())
+
+    def _maybe_release(self) -> None:
+        """Hand the backend back once the transaction is over and nothing is outstanding."""
+        backend = self.backend
+        if (
+            self.pinned
+            or backend is None
+            or self.status != "I"
+            or self.cycles_done != self.cycles_sent
+            or self._withheld is not None
+            or self._waiting
+        ):
+            return
+        assert self.pool is not None
+        self.backend = None
+        self.client.backpressure_peer = None
+        self.pool.release(backend)
+
+    def _pin(self, why: str) -> None:
+        if not self.pinned:
+            self.pinned = True
+            log.debug("session pinned to its backend: %s", why)
+
+    def _backend_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, codec.ProtocolError):
+            log.warning("backend protocol error: %s", exc)
+        self._end(codec.error("08006", "server closed the connection unexpectedly", severity="FATAL"))
+
+    def _end(self, err: ErrorResponse) -> None:
+        if not self.client.is_closed:
+            self.client.write(err.encode())
+            self.client.close()
+
+    def detach(self) -> None:
+        """The client is gone: return or drop the backend."""
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        if self.pool is None:
+            backend.conn.on_lost = None
+            backend.conn.write(codec.Terminate().encode())
+            backend.conn.close()
+        elif self.status == "I" and self.cycles_done == self.cycles_sent and not self.pinned:
+            self.pool.release(backend)
+        else:  # mid-transaction or pinned state: closing it rolls back and forgets everything
+            self.pool.discard(backend)
 
     def _relay_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         if self.busy_since is None:
@@ -127,11 +249,16 @@ class Session:
             out += buf[mark:start]
             out += replacement
             mark = end
+        backend = self.backend
+        assert backend is not None
         if out is None:
-            self.backend.conn.write(buf)
+            backend.conn.write(buf)
         else:
             out += buf[mark:]
-            self.backend.conn.write(bytes(out))
+            backend.conn.write(bytes(out))
+        if self._reassert:
+            self._reassert = False
+            self._inject_setup(self.setup_sql(backend))
 
     def _client_message(self, mtype: int, buf: bytes, start: int, end: int) -> bytes | None:
         """Bytes that replace this message, or None to relay it unchanged."""
@@ -147,6 +274,8 @@ class Session:
                 sql = msg.sql
                 self._check_audit()
                 rewritten, _params, kinds = self._plan(sql, extended=False)
+                if self.pool is not None:
+                    self._track_state(kinds)
                 if audit is not None:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
                 return None if rewritten == sql else Query(rewritten).encode()
@@ -155,6 +284,10 @@ class Session:
                 assert isinstance(msg, Parse)
                 sql = msg.sql
                 rewritten, tenant_params, kinds = self._plan(sql, extended=True)
+                if self.pool is not None:
+                    if msg.name:
+                        self._pin("named prepared statement")
+                    self._track_state(kinds)
                 if tenant_params:
                     self._tenant_params[msg.name] = tenant_params
                 else:
@@ -186,6 +319,14 @@ class Session:
             if audit is not None:
                 audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
             return self._inject(refusal, simple=mtype in (_Q, _F))
+
+    def _track_state(self, kinds: tuple[str, ...]) -> None:
+        """Transaction mode: session state that must not reach another client pins this one."""
+        pinning = _PINNING_KINDS.intersection(kinds)
+        if pinning:
+            self._pin(", ".join(sorted(pinning)))
+        if _RESETTING_KINDS.intersection(kinds):
+            self._reassert = True
 
     def _check_audit(self) -> None:
         if self.audit is not None and not self.audit.accepting:
@@ -244,6 +385,23 @@ class Session:
         audit = self.audit
         for i in range(first, len(frames)):
             mtype, start, end = frames[i]
+            if self._swallow and (self.cycles_done + 1) in self._swallow:
+                # the answer to a statement the proxy injected: nobody's business but ours
+                if out is None:
+                    out = bytearray()
+                out += buf[mark:start]
+                mark = end
+                if mtype == _Z:
+                    self.cycles_done += 1
+                    self._swallow.discard(self.cycles_done)
+                    self.status = chr(buf[start + 5])
+                elif mtype == _E:
+                    log.error("applying session settings on a pooled backend failed: closing the session")
+                    self._end(codec.error("08006", "tenantgate could not prepare a backend", severity="FATAL"))
+                    return
+                elif mtype == _PS:
+                    self._parameter_status(buf[start + 5 : end])
+                continue
             if mtype == _Z:
                 self.status = chr(buf[start + 5])
                 self.cycles_done += 1
@@ -282,7 +440,7 @@ class Session:
                     # strict: nothing from this completion on reaches the client before its record
                     self._flush_backend(buf, out, mark, start)
                     self._withheld = (buf, frames, i + 1)
-                    self.backend.conn.transport.pause_reading()  # type: ignore[union-attr]
+                    self._backend_transport_pause()
                     durable.add_done_callback(lambda f, at=start: self._release(f, at))
                     return
                 if durable is not None and durable.exception() is not None:
@@ -290,6 +448,8 @@ class Session:
                     self._withhold_failed()
                     return
         self._flush_backend(buf, out, mark, len(buf))
+        if self.pool is not None:
+            self._maybe_release()
 
     def _flush_backend(self, buf: bytes, out: bytearray | None, mark: int, upto: int) -> None:
         if out is None:
@@ -310,10 +470,14 @@ class Session:
             self._withhold_failed()
             return
         buf, frames, first = held
-        transport = self.backend.conn.transport
+        transport = self.backend.conn.transport if self.backend is not None else None
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
         self._relay_backend(buf, frames, first, at)
+
+    def _backend_transport_pause(self) -> None:
+        if self.backend is not None and self.backend.conn.transport is not None:
+            self.backend.conn.transport.pause_reading()
 
     def _withhold_failed(self) -> None:
         """A result whose audit record could not be written is never released: end the session
@@ -326,7 +490,8 @@ class Session:
         )
         self.client.write(err.encode())
         self.client.close()
-        self.backend.conn.abort()
+        if self.backend is not None:
+            self.backend.conn.abort()
 
     def _swap_error(self, body: bytes) -> bytes | None:
         for i, (marker, err, _gen) in enumerate(self._refusals):
@@ -346,4 +511,10 @@ class Session:
     def _parameter_status(self, body: bytes) -> None:
         msg = codec.decode_backend(_PS, body)
         assert isinstance(msg, codec.ParameterStatus)
-        self.backend.params[msg.name] = msg.value
+        if self.backend is not None:
+            self.backend.params[msg.name] = msg.value
+
+
+def quote_literal(value: str) -> str:
+    """A standard-conforming SQL string literal (the proxy requires standard_conforming_strings)."""
+    return "'" + value.replace("'", "''") + "'"

@@ -31,6 +31,7 @@ ALLOWED_SETTINGS = frozenset({
     "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable",
     "bytea_output", "client_min_messages", "work_mem", "synchronous_commit", "lc_monetary",
     "lc_numeric", "lc_time", "xmloption", "xmlbinary",
+    "jit",  # asyncpg turns it off around its type introspection (set_config('jit', 'off', false))
 })
 
 

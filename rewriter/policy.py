@@ -1,8 +1,10 @@
-"""Which tables are scoped (and by which column), which are read-only reference tables."""
+"""Which tables are scoped (and by which column), which are read-only reference tables, and which
+of their columns are encrypted."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from .catalog import CATALOG_SCHEMAS, relation_denial, unqualified_catalog_relation
@@ -30,26 +32,53 @@ class Policy:
     Relation(kind='scoped', schema='public', name='invoices', column='org_id', denial=None)
     >>> p.resolve("public", "countries").kind, p.resolve(None, "pg_class").kind, p.resolve(None, "x").kind
     ('reference', 'catalog', 'unlisted')
+
+    ``encrypted`` maps (schema, table, column) to (mode, type name) of an encrypted column.
     """
 
     column: str = "tenant_id"
     scoped: dict[tuple[str, str], str] = field(default_factory=dict)
     reference: frozenset[tuple[str, str]] = frozenset()
     version: int = 1
+    encrypted: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
 
     def __hash__(self) -> int:
-        return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version))
+        return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version,
+                     tuple(sorted(self.encrypted.items()))))
+
+    @cached_property
+    def encrypted_tables(self) -> dict[tuple[str, str], dict[str, tuple[str, str]]]:
+        """(schema, table) -> {column: (mode, type name)}."""
+        tables: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+        for (schema, table, column), spec in self.encrypted.items():
+            tables.setdefault((schema, table), {})[column] = spec
+        return tables
 
     @classmethod
-    def from_config(cls, scoping: Any, version: int = 1) -> Policy:
-        """Build from tenantgate.config's Scoping (column, tables, reference); schema None = public."""
+    def from_config(cls, scoping: Any, encryption: Any = None, version: int = 1) -> Policy:
+        """Build from tenantgate.config's Scoping (column, tables, reference) and EncryptionSettings
+        (columns: table as [schema.]name, column, mode, type); schema None = public.
+
+        An encrypted column must belong to a scoped table (its key is the row's tenant's) and must
+        not be the tenant column.
+        """
         scoped = {(t.schema or "public", t.name): (t.column or scoping.column) for t in scoping.tables}
         reference = frozenset((schema or "public", name) for schema, name in scoping.reference)
         overlap = set(scoped) & reference
         if overlap:
             schema, name = sorted(overlap)[0]
             raise ValueError(f"table {schema}.{name} is both scoped and a reference table")
-        return cls(column=scoping.column, scoped=scoped, reference=reference, version=version)
+        encrypted: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for col in encryption.columns if encryption is not None else ():
+            schema, _, name = col.table.rpartition(".")
+            key = (schema or "public", name)
+            if key not in scoped:
+                raise ValueError(f"encrypted column {col.table}.{col.column}: table {key[0]}.{key[1]} is not a "
+                                 "scoped table ([scoping] tables)")
+            if col.column == scoped[key]:
+                raise ValueError(f"encrypted column {col.table}.{col.column} is the table's tenant column")
+            encrypted[(*key, col.column)] = (str(col.mode), col.type.name)
+        return cls(column=scoping.column, scoped=scoped, reference=reference, version=version, encrypted=encrypted)
 
     def resolve(self, schema: str | None, name: str) -> Relation:
         """Resolve a relation name (already case-folded by the parser)."""

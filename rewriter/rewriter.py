@@ -16,13 +16,17 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pglast
-from pglast import parser
+from pglast import ast, parser
 
 from .cache import LRUCache
+from .crosscheck import crosscheck
+from .encryption import Analyzer, Encrypt, EncryptedRef, Seal, fill_sealed, literal_redactions, seal_sql, slot_spans
 from .errors import Refused
 from .literals import Lifted, Template, lift, trim_comments, version_dependent_number
 from .policy import Policy
@@ -42,6 +46,9 @@ class Plan:
     ``kinds``: one kind per statement (select, insert, set, reset_all, discard_all, begin, ...).
     ``tenant_params``: 1-based $n whose Bind value must equal the tenant id.
     ``cached``: served from the plan cache. ``listen_channels``: backend channel names LISTENed.
+    ``encrypt_params``: ($n, "schema.table", column, type name) of Bind values bound to encrypted
+    columns. ``redactions``: [start, end) spans of the original text holding literals that were
+    encrypted (``sql`` has only their ciphertext); the audit log masks them.
     """
 
     sql: str
@@ -49,6 +56,8 @@ class Plan:
     tenant_params: tuple[int, ...] = ()
     cached: bool = False
     listen_channels: tuple[str, ...] = ()
+    encrypt_params: tuple[tuple[int, str, str, str], ...] = ()
+    redactions: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class _Digest:
 
     template: Template | None
     kinds: tuple[str, ...] = ()
+    sealed: tuple[tuple[int, EncryptedRef], ...] = ()  # slots holding values of encrypted columns
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,15 @@ class _Refusal:
 class _Built:
     plan: Plan
     value_dependent: bool
+    seals: tuple[Seal, ...] = ()  # plan.sql holds their markers until encrypted
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """Cache entry of a plan with literals to encrypt: encrypted afresh on every use."""
+
+    plan: Plan
+    seals: tuple[Seal, ...]
 
 
 class Rewriter:
@@ -77,7 +96,7 @@ class Rewriter:
 
     def __init__(self, policy: Policy, cache_size: int = 10_000) -> None:
         self.policy = policy
-        self._cache: LRUCache[Plan | _Digest | _Refusal] = LRUCache(cache_size)
+        self._cache: LRUCache[Plan | _Digest | _Refusal | _Sealed] = LRUCache(cache_size)
         self._hits = 0
         self._misses = 0
 
@@ -88,10 +107,12 @@ class Rewriter:
         self._cache.clear()
         self._hits = self._misses = 0
 
-    def plan(self, sql: str, tenant: str, *, extended: bool = False) -> Plan:
+    def plan(self, sql: str, tenant: str, *, extended: bool = False, encrypt: Encrypt | None = None) -> Plan:
         """Scope ``sql`` for ``tenant``; raise Refused when any part of it is not allowed.
 
         ``extended``: the text of a Parse message (one statement, $n parameters).
+        ``encrypt(schema_table, column, literal_text) -> ciphertext`` encrypts literals bound to
+        encrypted columns; it runs on every call, cache hits included (ciphertext is never reused).
         """
         if not tenant or "\x00" in tenant:
             raise ValueError("tenant id must be a non-empty string without NUL")
@@ -107,32 +128,42 @@ class Rewriter:
                 digest = self._cache.get(digest_key)
                 if isinstance(digest, _Digest) and digest.template is not None:
                     self._hits += 1
+                    if digest.sealed:
+                        filled = fill_sealed(digest.template, lifted.literals, dict(digest.sealed), encrypt)
+                        spans = slot_spans(lifted.gaps, lifted.literals, [slot for slot, _ in digest.sealed])
+                        return Plan(filled, digest.kinds, cached=True, redactions=spans)
                     return Plan(digest.template.fill(lifted.literals), digest.kinds, cached=True)
         if entry is not None:
             self._hits += 1
             if isinstance(entry, _Refusal):
                 raise Refused(entry.reason, entry.message, entry.sqlstate)
+            if isinstance(entry, _Sealed):
+                return replace(entry.plan, sql=seal_sql(entry.plan.sql, entry.seals, encrypt))
             assert isinstance(entry, Plan)
             return entry
         self._misses += 1
         try:
             built = self._build(sql, tenant, extended)
+            crosscheck(sql, self.policy)  # a second, independent parser must see the same tables
         except Refused as err:
             self._cache.put(exact_key, _Refusal(err.reason, err.message, err.sqlstate))
             raise
         plan = built.plan
+        sealed = replace(plan, sql=seal_sql(plan.sql, built.seals, encrypt)) if built.seals else plan
         if (digest_key is not None and lifted is not None and not built.value_dependent
                 and set(plan.kinds) <= LIFT_KINDS and not plan.tenant_params):
-            template = self._template(lifted, tenant, plan)
-            self._cache.put(digest_key, _Digest(template, plan.kinds))
+            found = self._template(lifted, tenant, built)
+            template, slots = found if found is not None else (None, ())
+            self._cache.put(digest_key, _Digest(template, plan.kinds, slots))
             if template is not None:
-                return plan
-        self._cache.put(exact_key, replace(plan, cached=True))
-        return plan
+                return sealed
+        cached = replace(plan, cached=True)
+        self._cache.put(exact_key, _Sealed(cached, built.seals) if built.seals else cached)
+        return sealed
 
-    def _build(self, sql: str, tenant: str, extended: bool) -> _Built:
+    def _build(self, sql: str, tenant: str, extended: bool, sentinels: Mapping[str, int] | None = None) -> _Built:
         try:
-            return self._rewrite(sql, tenant, extended)
+            return self._rewrite(sql, tenant, extended, sentinels)
         except Refused:
             raise
         except pglast.parser.ParseError as exc:
@@ -140,7 +171,9 @@ class Rewriter:
         except Exception:  # fail closed: whatever could not be analysed does not run
             raise Refused("internal", "the statement could not be analysed by tenantgate") from None
 
-    def _rewrite(self, sql: str, tenant: str, extended: bool) -> _Built:
+    def _rewrite(self, sql: str, tenant: str, extended: bool, sentinels: Mapping[str, int] | None) -> _Built:
+        """``sentinels`` (template probes): literal token -> lifted index; the seals then name their
+        slots and the literals stay in place."""
         raws = pglast.parse_sql(sql)
         if version_dependent_number(sql):
             raise Refused("unparseable", "numeric literals with a base prefix or underscores are not "
@@ -149,6 +182,10 @@ class Rewriter:
             raise Refused("multi_statement_extended",
                           "cannot insert multiple commands into a prepared statement", "42601")
         scoper = Scoper(self.policy, tenant, extended=extended)
+        analyzer = Analyzer(self.policy, extended, sentinels) if self.policy.encrypted else None
+        # unguessable: no client literal can collide with a marker
+        marker = f"$tge{secrets.token_hex(8)}_" if analyzer is not None else ""
+        seals: list[Seal] = []
         texts: list[str] = []
         kinds: list[str] = []
         listens: list[str] = []
@@ -159,7 +196,15 @@ class Rewriter:
             kinds.append(kind)
             if kind == "listen":
                 listens.append(stmt.conditionname)
-            if scoper.modified:
+            first_seal = len(seals)
+            if analyzer is not None and not scoper.relations.isdisjoint(self.policy.encrypted_tables):
+                analyzer.statement(stmt)
+                for node, found in analyzer.seals[first_seal:]:
+                    if sentinels is None:  # the literal leaves the tree; its ciphertext comes in later
+                        node.val = ast.String(sval=f"{marker}{len(seals)}$")
+                        found = replace(found, marker=f"'{node.val.sval}'")
+                    seals.append(found)
+            if scoper.modified or len(seals) > first_seal:
                 any_modified = True
                 texts.append(deparse(stmt))
             else:
@@ -170,25 +215,46 @@ class Rewriter:
         params = frozenset(scoper.tenant_params)
         if raws and verify(out, self.policy, tenant, params) != len(raws):
             raise Refused("verification_failed", "rewritten SQL has a different number of statements")
-        plan = Plan(out, tuple(kinds), tuple(sorted(params)), listen_channels=tuple(listens))
-        return _Built(plan, scoper.value_dependent)
+        encrypt_params = tuple(sorted((n, ref.table, ref.column, ref.type)
+                                      for n, ref in (analyzer.params.items() if analyzer else ())))
+        redactions = literal_redactions(sql, [s.value for s in seals]) if seals and sentinels is None else ()
+        plan = Plan(out, tuple(kinds), tuple(sorted(params)), listen_channels=tuple(listens),
+                    encrypt_params=encrypt_params, redactions=redactions)
+        return _Built(plan, scoper.value_dependent, tuple(seals))
 
-    def _template(self, lifted: Lifted, tenant: str, plan: Plan) -> Template | None:
+    def _template(self, lifted: Lifted, tenant: str,
+                  built: _Built) -> tuple[Template, tuple[tuple[int, EncryptedRef], ...]] | None:
         """Rewrite the statement with sentinels in place of its literals and find them again in
-        the output; the template must reproduce this very plan."""
+        the output; the template must reproduce this very plan. Also returns the slots whose
+        literals are encrypted (for their columns) when the template is filled."""
+        plan = built.plan
+        text = lifted.with_sentinels()
+        sentinels = None
+        if self.policy.encrypted:
+            relifted = lift(text)
+            if relifted is None:
+                return None
+            sentinels = {token: i for i, token in enumerate(relifted.literals)}
         try:
-            probe = self._build(lifted.with_sentinels(), tenant, False)
+            probe = self._build(text, tenant, False, sentinels)
         except Refused:
             return None
         if probe.value_dependent or probe.plan.kinds != plan.kinds or probe.plan.tenant_params:
             return None
+        slots = [seal.slot for seal in probe.seals]
+        if (len(probe.seals) != len(built.seals) or None in slots or len(set(slots)) != len(slots)
+                or any(p.ref != b.ref for p, b in zip(probe.seals, built.seals, strict=True))):
+            return None
         template = Template.build(probe.plan.sql, len(lifted.literals))
         if template is None:
             return None
-        filled = template.fill(lifted.literals)
+        literals = list(lifted.literals)
+        for p, b in zip(probe.seals, built.seals, strict=True):
+            literals[p.slot] = b.marker  # type: ignore[index]
+        filled = template.fill(tuple(literals))
         if filled != plan.sql and _normalised(filled) != _normalised(plan.sql):
             return None
-        return template
+        return template, tuple((p.slot, p.ref) for p in probe.seals)  # type: ignore[misc]
 
 
 def _normalised(sql: str) -> tuple[str, ...] | None:

@@ -71,7 +71,8 @@ class Scoper:
 
     After ``statement()``: ``modified`` says whether the statement must be deparsed,
     ``tenant_params`` holds $n numbers that must equal the tenant at Bind time and
-    ``value_dependent`` says a decision depended on a literal's value (no literal lifting).
+    ``value_dependent`` says a decision depended on a literal's value (no literal lifting);
+    ``relations`` holds every (schema, table) referenced (encrypted-column analysis needs it).
     """
 
     def __init__(self, policy: Policy, tenant: str, *, extended: bool) -> None:
@@ -81,6 +82,7 @@ class Scoper:
         self.tenant_params: set[int] = set()
         self.value_dependent = False
         self.modified = False
+        self.relations: set[tuple[str, str]] = set()
         self._ctes: list[frozenset[str]] = []
         self._in_prepare = False
 
@@ -293,6 +295,7 @@ class Scoper:
         if rv.catalogname is not None:
             raise unsupported("a database-qualified table name")
         rel = self.policy.resolve(rv.schemaname, rv.relname)
+        self.relations.add((rel.schema, rel.name))
         if rel.kind == "unlisted":
             raise Refused("unlisted_table", f"table {rel.schema}.{rel.name} is not available to tenants")
         if rel.kind == "catalog" and rel.denial is not None:

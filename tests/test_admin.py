@@ -280,6 +280,30 @@ def test_pause_holds_a_tenant_until_resume(ops: tuple[ProxyProcess, int]) -> Non
         assert alice.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_wired_pools_count_clients_held_by_pause(ops: tuple[ProxyProcess, int], backend: Backend) -> None:
+    """Depends on Session.held_since (set when PAUSE first holds a message, cleared on resume)."""
+    proxy, port = ops
+    with connect(proxy, "bob", "ops-held") as bob:
+        assert psql(admin_dsn(port), "PAUSE globex").returncode == 0
+        try:
+            worker = threading.Thread(target=lambda: bob.execute("SELECT 1"))
+            worker.start()
+            wait_for(
+                lambda: (
+                    {(r["database"], r["user"]): r for r in table(port, "SHOW POOLS")[1]}[(backend.database, "bob")][
+                        "cl_waiting"
+                    ]
+                    == "1"
+                ),
+                "the held client shows as waiting",
+            )
+        finally:
+            assert psql(admin_dsn(port), "RESUME globex").returncode == 0
+        worker.join(30)
+        pool = {(r["database"], r["user"]): r for r in table(port, "SHOW POOLS")[1]}[(backend.database, "bob")]
+        assert (pool["cl_active"], pool["cl_waiting"]) == ("1", "0")
+
+
 # ---------------------------------------------------------------------------- errors and protocol
 
 

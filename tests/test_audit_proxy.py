@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -59,8 +60,17 @@ def records(tmp: Path) -> list[dict[str, object]]:
 
 def verify(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tenantgate.proxy.cli", "audit", "verify", "--key", f"file:{tmp}/audit.key",
-         *extra, *sorted(str(p) for p in (tmp / "log").glob("*.jsonl"))],
+        [
+            sys.executable,
+            "-m",
+            "tenantgate.proxy.cli",
+            "audit",
+            "verify",
+            "--key",
+            f"file:{tmp}/audit.key",
+            *extra,
+            *sorted(str(p) for p in (tmp / "log").glob("*.jsonl")),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -86,6 +96,7 @@ def test_mixed_workload_counts_and_verifies(backend: Backend, tmp_path: Path) ->
                 assert len(list(copy)) == 2
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 cur.execute("TRUNCATE orders")  # refusal 2
+
         async def extended() -> None:  # auth_ok 2
             conn = await asyncpg.connect(p.dsn("bob"))
             try:
@@ -177,10 +188,8 @@ def records_tolerant(tmp: Path) -> list[dict[str, object]]:
     out = []
     for path in sorted((tmp / "log").glob("*.jsonl")):
         for line in path.read_text().splitlines():
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
     return out
 
 

@@ -313,6 +313,11 @@ def test_wired_workload_counters_match_what_was_sent(ops: tuple[ProxyProcess, di
     assert delta("tenantgate_bytes_in_total", tenant="acme") > 0
     assert delta("tenantgate_bytes_out_total", tenant="globex") > 0
     assert total(scrape(port), "tenantgate_rewrite_cache_hits_total") > 0  # 5 SELECTs share one plan
+    # the admin console's cumulative view reads the same counters
+    from .test_admin import table
+
+    acme = {r["tenant"]: r for r in table(ops[1]["admin"], "SHOW STATS")[1]}["acme"]
+    assert (acme["statements"], acme["refused"]) == ("7", "1") and float(acme["avg_statement_ms"]) > 0
     # bytes move from live to ended sessions without going backwards
     assert total(scrape(port), "tenantgate_bytes_in_total", tenant="acme") >= total(
         during, "tenantgate_bytes_in_total", tenant="acme"

@@ -132,19 +132,18 @@ def test_slow_client_does_not_make_the_proxy_buffer(proxy: ProxyProcess) -> None
 
 def test_demo_starts_and_cleans_up() -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [*CLI, "demo", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = subprocess.Popen([*CLI, "demo", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     output = ""
     deadline = time.monotonic() + 90
     while "Press Ctrl-C" not in output and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        ready, _, _ = select.select([fd], [], [], 1)
         if ready:
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)  # unbuffered: a buffered readline could hide lines from select
+            if not chunk:
                 break
-            output += line
+            output += chunk.decode(errors="replace")
     assert "Press Ctrl-C" in output, output
     config = re.search(r"config: (\S+)", output)
     assert config is not None

@@ -1,0 +1,189 @@
+"""One measurement point: concurrent pgbench processes (one per tenant) against one target.
+
+Latency percentiles come from pgbench's per-transaction logs (``--log``), whose lines are
+``client_id transaction_no time_us script_no epoch_s epoch_us``, ``time_us`` being
+``failed`` for a failed transaction. The measured process's CPU is sampled while pgbench
+runs and read over the window between the first and the last logged transaction, so the
+connection phase (SCRAM, backend connects) is not charged to the statements.
+
+>>> split_clients(10, 4)
+[3, 3, 2, 2]
+>>> split_clients(2, 4)
+[1, 1]
+>>> parse_summary("number of transactions actually processed: 120\\nnumber of failed transactions: 3 (2.4%)\\n"
+...               "tps = 41.5 (without initial connection time)\\n")
+{'transactions': 120, 'failed': 3, 'tps': 41.5}
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import threading
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .procs import cpu_seconds
+from .targets import Target
+from .workload import STATEMENTS
+
+_SUMMARY = {
+    "transactions": re.compile(r"number of transactions actually processed: (\d+)"),
+    "failed": re.compile(r"number of failed transactions: (\d+)"),
+    "tps": re.compile(r"tps = ([\d.]+) \(without initial connection time\)"),
+}
+_SAMPLE_INTERVAL = 0.05
+
+
+def split_clients(clients: int, tenants: int) -> list[int]:
+    """Clients per pgbench process when ``clients`` are spread over up to ``tenants`` tenants."""
+    used = min(clients, tenants)
+    return [clients // used + (1 if i < clients % used else 0) for i in range(used)]
+
+
+def parse_summary(stdout: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, pattern in _SUMMARY.items():
+        match = pattern.search(stdout)
+        if match:
+            out[key] = float(match.group(1)) if key == "tps" else int(match.group(1))
+    return out
+
+
+@dataclass
+class Point:
+    workload: str
+    protocol: str
+    clients: int
+    duration: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload}/{self.protocol}/c{self.clients}"
+
+
+class CpuSampler(threading.Thread):
+    """(wall time, CPU seconds) of one process every 50 ms until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append((time.time(), cpu_seconds(self.pid)))
+            if self._stop_event.wait(_SAMPLE_INTERVAL):
+                self.samples.append((time.time(), cpu_seconds(self.pid)))
+                return
+
+    def finish(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds used between two wall-clock times (linear between samples)."""
+        times = np.array([s[0] for s in self.samples])
+        cpu = np.array([s[1] for s in self.samples])
+        return float(np.interp(end, times, cpu) - np.interp(start, times, cpu))
+
+
+def _read_logs(prefix: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(latencies µs, completion times s, failed count) from every log file pgbench wrote under ``prefix``."""
+    latencies, finished = array("q"), array("d")
+    failed = 0
+    for name in glob.glob(f"{prefix}.*"):
+        with open(name, encoding="ascii") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) < 6:
+                    continue
+                if fields[2].isdigit():
+                    latencies.append(int(fields[2]))
+                    finished.append(int(fields[4]) + int(fields[5]) / 1e6)
+                else:
+                    failed += 1
+        os.unlink(name)  # logs of a 512-client point run to tens of MB
+    return np.frombuffer(latencies, dtype=np.int64), np.frombuffer(finished, dtype=np.float64), failed
+
+
+def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], scripts: dict[str, Path],
+              workdir: Path, database: str) -> dict[str, Any]:
+    """Run ``point`` against ``target``: one pgbench per tenant, all at once; returns the figures."""
+    logdir = workdir / "pgbench-logs"
+    logdir.mkdir(exist_ok=True)
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    sampler = CpuSampler(target.pid) if target.pid is not None else None
+    if sampler is not None:
+        sampler.start()
+    per_tenant = split_clients(point.clients, len(tenants))
+    try:
+        for tenant, clients in zip(tenants, per_tenant, strict=False):
+            user, password = target.login(tenant)
+            threads = 1 if len(per_tenant) > 1 else min(clients, os.cpu_count() or 1)
+            cmd = [
+                pgbench, "-n", "-f", str(scripts[tenant]), "-M", point.protocol, "-c", str(clients),
+                "-j", str(threads), "-T", str(point.duration), "--log", f"--log-prefix={logdir / tenant}",
+                "-h", "127.0.0.1", "-p", str(target.port), "-U", user, database,
+            ]  # fmt: skip
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": password, "PGSSLMODE": "disable",
+                   "PGAPPNAME": "tenantgate-bench"}
+            procs.append((tenant, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                   env=env, cwd=logdir)))
+        outputs = [(tenant, *proc.communicate(timeout=point.duration + 300), proc.returncode)
+                   for tenant, proc in procs]
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if sampler is not None:
+            sampler.finish()
+
+    tps = 0.0
+    transactions = failed_summary = 0
+    errors: list[str] = []
+    for tenant, stdout, stderr, code in outputs:
+        summary = parse_summary(stdout)
+        tps += summary.get("tps", 0.0)
+        transactions += summary.get("transactions", 0)
+        failed_summary += summary.get("failed", 0)
+        if code != 0 or "tps" not in summary:
+            last = [line for line in stderr.strip().splitlines() if line][-3:]
+            errors.append(f"{tenant}: pgbench exited {code}: {' | '.join(last) or 'no output'}")
+    latencies = np.empty(0, dtype=np.int64)
+    finished = np.empty(0, dtype=np.float64)
+    failed_logged = 0
+    for tenant in tenants:
+        lat, fin, fail = _read_logs(logdir / tenant)
+        latencies = np.concatenate([latencies, lat])
+        finished = np.concatenate([finished, fin])
+        failed_logged += fail
+    result: dict[str, Any] = {
+        "target": target.name, "workload": point.workload, "protocol": point.protocol, "clients": point.clients,
+        "duration_s": point.duration, "tenants": tenants[: len(per_tenant)], "tps": round(tps, 1),
+        "transactions": transactions, "failed": max(failed_summary, failed_logged), "errors": errors,
+    }  # fmt: skip
+    if latencies.size:
+        p50, p99 = np.percentile(latencies, [50, 99]) / 1000.0
+        result.update(p50_ms=round(float(p50), 3), p99_ms=round(float(p99), 3),
+                      mean_ms=round(float(latencies.mean()) / 1000.0, 3))
+    if sampler is not None and finished.size > 1:
+        start, end = float(finished.min()), float(finished.max())
+        done = int(finished.size) - 1  # transactions completed after the first one, within the window
+        cpu = sampler.between(start, end)
+        result.update(
+            proc_cpu_s=round(cpu, 3),
+            proc_cpu_share=round(cpu / (end - start), 3) if end > start else None,
+            proc_cpu_us_per_tx=round(cpu / done * 1e6, 2),
+            proc_cpu_us_per_stmt=round(cpu / done / STATEMENTS[point.workload] * 1e6, 2),
+        )
+    return result

@@ -1,0 +1,153 @@
+"""What pgbench talks to: PostgreSQL directly, PgBouncer, and tenantgate in several configurations.
+
+>>> t = Target("direct", port=5432, logins={"t01": ("app", "pw")}, predicate=True, max_clients=600)
+>>> t.login("t01"), t.runs("select-only", "prepared", 512)
+(('app', 'pw'), True)
+>>> t
+Target(name='direct', port=5432)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .procs import wait_listening
+from .workload import SCOPED_TABLES, WORKLOADS
+
+PROTOCOLS = ("simple", "extended", "prepared")
+
+# tenantgate variants: (tenant users log in, [audit] durability or None).
+VARIANTS: dict[str, tuple[bool, str | None]] = {
+    "tenantgate-relay": (False, None),
+    "tenantgate-scoped": (True, None),
+    "tenantgate-scoped-audit": (True, "batched"),
+    "tenantgate-scoped-audit-strict": (True, "strict"),
+}
+ENCRYPTED_VARIANT = "tenantgate-scoped-encrypted"
+# Transaction pooling like PgBouncer's ([backend] pool_mode), run when the config loader accepts it.
+POOLED_VARIANT = "tenantgate-scoped-pooled"
+POOLED_BACKEND = "pool_mode = \"transaction\"\npool_size = 20\n"
+TRUSTED_USER = "svc"
+
+
+@dataclass(repr=False)
+class Target:
+    """One endpoint and how each tenant's pgbench logs in to it.
+
+    ``predicate``: the scripts must carry the tenant predicate themselves (nothing scopes
+    for them). ``pid``: the process whose CPU and memory are measured (None: not ours to
+    measure, e.g. PostgreSQL itself). ``table``: the accounts table the scripts read.
+    ``max_idle``: idle clients it can hold for the memory measurement (0: not measured), and
+    ``idle_limit`` what limits that number.
+    """
+
+    name: str
+    port: int
+    logins: dict[str, tuple[str, str]]
+    predicate: bool
+    max_clients: int
+    pid: int | None = None
+    table: str = "accounts"
+    workloads: tuple[str, ...] = WORKLOADS
+    protocols: tuple[str, ...] = PROTOCOLS
+    max_idle: int = 0
+    idle_limit: str = ""
+
+    def __repr__(self) -> str:
+        # logins hold passwords: never print them
+        return f"Target(name={self.name!r}, port={self.port})"
+
+    def login(self, tenant: str) -> tuple[str, str]:
+        return self.logins[tenant]
+
+    def runs(self, workload: str, protocol: str, clients: int) -> bool:
+        return workload in self.workloads and protocol in self.protocols and clients <= self.max_clients
+
+
+def tenant_user(tenant: str) -> str:
+    return f"user_{tenant}"
+
+
+def tenantgate_config(
+    *,
+    port: int,
+    pg_port: int,
+    database: str,
+    backend_user: str,
+    backend_password_file: Path,
+    passwords: dict[str, str],
+    service_password: str,
+    audit: tuple[str, Path, Path] | None = None,
+    encryption: str = "",
+    backend_extra: str = "",
+) -> str:
+    """A tenantgate TOML: one user per tenant (``passwords``: tenant -> password) and the trusted
+    service user ``TRUSTED_USER``; ``audit`` is (durability, key file, log path)."""
+    parts = [
+        f'[listen]\naddress = "127.0.0.1:{port}"\n',
+        f'[backend]\nhost = "127.0.0.1"\nport = {pg_port}\nuser = "{backend_user}"\n'
+        f'password_file = "{backend_password_file}"\ndatabase = "{database}"\nsslmode = "disable"\n{backend_extra}',
+        # 512 clients log in at once, each with a backend connection to make
+        "[server]\nstartup_timeout = 60.0\nshutdown_timeout = 5.0\n",
+        '[logging]\nlevel = "warning"\n',
+    ]
+    for tenant, password in passwords.items():
+        parts.append(f'[tenants.{tenant}]\ntier = "shared"\n')
+        parts.append(f'[users.{tenant_user(tenant)}]\ntenant = "{tenant}"\npassword = "{password}"\n')
+    parts.append(f'[users.{TRUSTED_USER}]\ntrusted = true\npassword = "{service_password}"\n')
+    tables = ", ".join(f'"{t}"' for t in SCOPED_TABLES)
+    parts.append(f'[scoping]\ncolumn = "tenant_id"\ntables = [{tables}]\n')
+    if audit is not None:
+        durability, key_file, path = audit
+        parts.append(f'[audit]\nkey = "file:{key_file}"\npath = "{path}"\ndurability = "{durability}"\n')
+    if encryption:
+        parts.append(encryption)
+    return "\n".join(parts)
+
+
+def write_audit_key(path: Path) -> Path:
+    """A fresh 256-bit audit HMAC key as 64 hex digits, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(os.urandom(32).hex() + "\n")
+    return path
+
+
+@dataclass
+class ProxyProcess:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(cls, name: str, config_path: Path, port: int) -> ProxyProcess:
+        log_path = config_path.with_suffix(".log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tenantgate.proxy.cli", "serve", "--config", str(config_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+        proxy = cls(name, port, proc, log_path)
+        try:
+            wait_listening(port, proc, log_path)
+        except BaseException:
+            proxy.stop()
+            raise
+        return proxy
+
+    def stop(self) -> None:
+        """SIGTERM (idle sessions close at once), SIGKILL if it does not exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
