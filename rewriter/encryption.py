@@ -515,8 +515,9 @@ class Analyzer:
             self.seals.append((node, Seal(ref, text, slot=slot)))
         elif isinstance(node, ast.ParamRef):
             if not self.extended or self._in_prepare:
-                raise _unsupported(f"a PREPARE parameter bound to encrypted column {ref} is not supported "
-                                   "(EXECUTE's values could not be encrypted); use the extended protocol")
+                raise _unsupported(f"a parameter bound to encrypted column {ref} is only supported in the "
+                                   "extended protocol (Parse/Bind), not in PREPARE: EXECUTE's values could not "
+                                   "be encrypted")
             number = node.number or 0
             if self.params.setdefault(number, ref) != ref:
                 raise _unsupported(f"parameter ${number} is bound to two encrypted columns "
@@ -533,11 +534,12 @@ class Analyzer:
         return _Entry(rv.alias.aliasname if rv.alias else rv.relname, self.table_columns(rv.schemaname, rv.relname))
 
     def returning(self, clause: AstNode, entries: list[_Entry], mode: str) -> list[_Out]:
-        """RETURNING sees the target (also as old/new) and the FROM/USING items in ``entries``."""
+        """RETURNING sees the target and the FROM/USING items in ``entries``."""
         if clause is None:
             return []
-        target = entries[0]
-        with self.level([*entries, _Entry("old", target.columns), _Entry("new", target.columns)]):
+        if clause.options:
+            raise _unsupported("RETURNING WITH (OLD/NEW ...) is not supported by the backend")
+        with self.level(entries):
             outs = self.targets(clause.exprs, "RETURNING")
         self.check_outputs(outs, mode)
         return outs
