@@ -30,9 +30,13 @@ $(VENV)/.installed: pyproject.toml $(PACKAGES)
 	$(PY) -m pip install -q --config-settings editable_mode=strict -e '.[test,bench]'
 	touch $@
 
-# PostgreSQL from Debian's packages when the machine has no initdb (server, psql, pgbench).
+# From Debian's packages when missing: PostgreSQL (server, psql, pgbench) and SoftHSM2 (the
+# PKCS#11 token the keyring's HSM provider is tested against).
 postgres:
-	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		echo "installing PostgreSQL (apt-get)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-contrib; \
+	@missing=""; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="postgresql postgresql-contrib"; \
+	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing (apt-get)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi

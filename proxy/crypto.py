@@ -1,0 +1,519 @@
+"""Field-level encryption on the wire, for one tenant session (sans-IO), plus its startup pieces.
+
+:class:`SessionCrypto` sees the client's messages in the order they go to the backend and the
+backend's answers in the order they come back, and
+
+- encrypts Bind values of parameters the rewriter bound to encrypted columns (``encrypt_params``),
+  decoding them with their wire format and declared type, re-encoded as ``bytea`` in the same
+  format; Parse gets ``bytea`` as those parameters' type;
+- reports plaintext types: in ParameterDescription for those parameters and in RowDescription
+  for fields whose (table OID, column number) is an encrypted column (the backend reports the
+  origin of plain column references, also through subqueries, CTEs, RETURNING and cursors);
+- decrypts those fields in DataRow, in the result format the client asked for; rows of results
+  without encrypted fields pass untouched (not even decoded);
+- encrypts literals for the rewriter (:meth:`SessionCrypto.encrypt_literal`).
+
+Which RowDescription applies to which DataRows is tracked with a FIFO of what the client asked
+for: a simple Query (each statement's own RowDescription), Describe of a statement or portal,
+Execute (rows use the portal's description, or its statement's with the Bind's result formats).
+An Execute of a portal nobody described gets a Describe injected in front of it, whose answer
+is dropped.
+
+A value that cannot be decrypted (tampered, copied from another tenant/table/column, key
+destroyed) becomes an ErrorResponse with the keyring's SQLSTATE (XX001 data_corrupted for damaged
+or misplaced ciphertext, 55000 when the key version is destroyed, unknown or not loaded); the rest
+of that cycle's backend messages are dropped up to ReadyForQuery. If the backend is inside a
+transaction block then, ReadyForQuery is reported as failed ('E') and :attr:`abort_pending` is set:
+the session must make the backend's transaction fail too. Messages never carry plaintext or keys.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from tenantgate.keyring import (
+    BY_OID,
+    CodecError,
+    DatabaseKeyStore,
+    DecryptError,
+    EncryptedColumn,
+    EncryptionSettings,
+    FileKeyStore,
+    Keyring,
+    KeyringError,
+    KeyStore,
+    PgType,
+    provider_from_uri,
+)
+from tenantgate.keyring.pgtypes import BYTEA, IntType
+from tenantgate.rewriter import Refused
+
+from . import codec
+from .backend import Backend, BackendTarget, simple_query
+from .codec import Bind, Describe, Execute, FieldDescription, Parse, ProtocolError, RowDescription
+
+BYTEA_OID = 17
+_T, _PD, _D, _C, _E, _Z = ord("T"), ord("t"), ord("D"), ord("C"), ord("E"), ord("Z")
+_NODATA, _SUSPENDED, _EMPTY = ord("n"), ord("s"), ord("I")
+_Q, _P, _B, _DESCRIBE, _EXECUTE, _S, _CLOSE = ord("Q"), ord("P"), ord("B"), ord("D"), ord("E"), ord("S"), ord("C")
+_INT2 = IntType("int2", 21, 2, "smallint")
+_FLOATS = {700: struct.Struct("!f"), 701: struct.Struct("!d")}
+_TEXT_LIKE = frozenset({18, 19, 25, 114, 705, 1042, 1043})  # char, name, text, json, unknown, bpchar, varchar
+
+# Last forced key load per keyring and tenant, shared by the sessions of one process.
+_loads: weakref.WeakKeyDictionary[Keyring, dict[str, float]] = weakref.WeakKeyDictionary()
+
+
+class CryptoSetupError(Exception):
+    """Encrypted columns cannot be served (missing or non-bytea column, unusable key store)."""
+
+
+def qualified(table: str) -> str:
+    """``schema.table`` of a configured ``[schema.]table`` (unqualified means public, as the rewriter resolves)."""
+    return table if "." in table else f"public.{table}"
+
+
+# ----------------------------------------------------------------------------- per-session state
+
+
+@dataclass(slots=True)
+class _Statement:
+    params: tuple[tuple[int, EncryptedColumn, int], ...] = ()  # (0-based index, column, declared type OID)
+    encrypted: tuple[tuple[int, EncryptedColumn], ...] = ()  # encrypted result fields
+    described: bool = False  # a Describe was asked for (its answer may still be on its way)
+
+
+@dataclass(slots=True)
+class _Portal:
+    statement: _Statement
+    result_formats: tuple[int, ...]
+    rows: tuple[tuple[int, EncryptedColumn, int], ...] | None = None  # from Describe portal
+    described: bool = False
+
+
+@dataclass(slots=True)
+class _Expect:
+    """One thing the backend will answer, in order."""
+
+    kind: int  # Q, D (describe), E (execute), S (sync)
+    statement: _Statement | None = None
+    portal: _Portal | None = None
+    injected: bool = False  # a Describe the proxy added: its answer goes to nobody
+
+
+@dataclass
+class SessionCrypto:
+    """Encryption state of one tenant session. ``columns``: (table OID, attnum) -> column."""
+
+    keyring: Keyring
+    tenant: str
+    columns: Mapping[tuple[int, int], EncryptedColumn]
+    timezone: Callable[[], str]
+    on_op: Callable[[str, bool], None] | None = None  # metrics: (encrypt|decrypt, ok)
+    abort_pending: bool = False
+    """Set when a decryption failure was reported inside a transaction block: the backend's
+    transaction must be made to fail (the client was shown ReadyForQuery 'E'). Clear it after."""
+    _by_name: dict[tuple[str, str], EncryptedColumn] = field(default_factory=dict)
+    _statements: dict[str, _Statement] = field(default_factory=dict)
+    _portals: dict[str, _Portal] = field(default_factory=dict)
+    _expect: deque[_Expect] = field(default_factory=deque)
+    _rows: tuple[tuple[int, EncryptedColumn, int], ...] | None = None  # how to decrypt the rows now arriving
+    _rows_of: _Expect | None = None  # the expectation _rows belongs to
+    _dropping: bool = False
+    _stale: bool = False
+
+    def __post_init__(self) -> None:
+        self._by_name = {(qualified(c.table), c.column): c for c in self.columns.values()}
+
+    def __repr__(self) -> str:
+        return f"SessionCrypto(tenant={self.tenant!r}, columns={len(self.columns)})"
+
+    # ------------------------------------------------------------------ keys
+
+    def keys_fresh(self) -> bool:
+        """False when :meth:`refresh` must be awaited before more statements are relayed (keys
+        older than half the cache TTL, or a key version this process does not know was seen)."""
+        loaded = _loads.get(self.keyring, {}).get(self.tenant)
+        return not self._stale and loaded is not None and time.monotonic() - loaded < self.keyring.cache_ttl / 2
+
+    async def refresh(self) -> None:
+        """(Re)load the tenant's keys (creating version 1 on first use) unless fresh."""
+        if self.keys_fresh():
+            return
+        await self.keyring.ensure_loaded(self.tenant, force=True)
+        _loads.setdefault(self.keyring, {})[self.tenant] = time.monotonic()
+        self._stale = False
+
+    def _count(self, op: str, ok: bool) -> None:
+        if self.on_op is not None:
+            self.on_op(op, ok)
+
+    # ------------------------------------------------------------------ encryption
+
+    def _column(self, table: str, column: str) -> EncryptedColumn:
+        col = self._by_name.get((table, column))
+        if col is None:  # the rewriter's policy and this map come from one config: a mismatch is a bug
+            raise Refused("encryption_unavailable", f"encrypted column {table}.{column} is not served", "55000")
+        return col
+
+    def _seal(self, col: EncryptedColumn, plaintext: bytes) -> bytes:
+        try:
+            ciphertext = self.keyring.encrypt(self.tenant, col.table, col.column, col.mode, plaintext)
+        except KeyringError as exc:
+            self._count("encrypt", False)
+            raise Refused("encryption", f"cannot encrypt a value for {col.table}.{col.column}: {exc}",
+                          exc.sqlstate) from None
+        self._count("encrypt", True)
+        return ciphertext
+
+    def encrypt_literal(self, table: str, column: str, text: str) -> bytes:
+        """The rewriter's ``encrypt`` callback: a literal's text -> ciphertext for ``schema.table``.``column``."""
+        col = self._column(table, column)
+        try:
+            canonical = col.type.from_text(text.encode(), timezone=self.timezone())
+        except CodecError as exc:
+            raise Refused("encryption", f"{col.table}.{col.column}: {exc}", exc.sqlstate) from None
+        return self._seal(col, canonical)
+
+    def _canonical(self, col: EncryptedColumn, declared: int, value: bytes, fmt: int) -> bytes:
+        """A Bind value (declared type, wire format) -> canonical plaintext of the column's type."""
+        ctype = col.type
+        if fmt != 1 or declared in (0, ctype.oid):
+            return ctype.to_canonical(value, fmt, timezone=self.timezone())
+        dtype: PgType | None = BY_OID.get(declared) or (_INT2 if declared == _INT2.oid else None)
+        if dtype is not None:
+            text = dtype.from_binary(value)
+        elif declared in _TEXT_LIKE:
+            text = value
+        elif declared in _FLOATS and len(value) == _FLOATS[declared].size:
+            text = repr(_FLOATS[declared].unpack(value)[0]).encode()
+        else:
+            raise CodecError(f"binary parameters of type OID {declared} are not supported for encrypted columns",
+                             "0A000")
+        return ctype.from_text(text, timezone=self.timezone())
+
+    def _bind(self, bind: Bind) -> bytes | None:
+        statement = self._statements.get(bind.statement)
+        if statement is None:  # prepared with SQL PREPARE, or unknown: nothing of ours to encrypt
+            statement = self._statements[bind.statement] = _Statement()
+        self._portals[bind.portal] = _Portal(statement, bind.result_formats)
+        if not statement.params:
+            return None
+        values = list(bind.params)
+        for index, col, declared in statement.params:
+            value = values[index] if index < len(values) else None
+            if value is None:
+                continue
+            fmt = bind.param_format(index)
+            try:
+                canonical = self._canonical(col, declared, value, fmt)
+            except CodecError as exc:
+                raise Refused("encryption", f"parameter ${index + 1} for {col.table}.{col.column}: {exc}",
+                              exc.sqlstate) from None
+            ciphertext = self._seal(col, canonical)
+            values[index] = ciphertext if fmt == 1 else b"\\x" + ciphertext.hex().encode()
+        return Bind(bind.portal, bind.statement, bind.param_formats, tuple(values), bind.result_formats).encode()
+
+    def _parse(self, msg: Parse, encrypt_params: tuple[tuple[int, str, str, str], ...]) -> bytes | None:
+        types = list(msg.param_types)
+        params = []
+        for number, table, column, _type in encrypt_params:
+            col = self._column(table, column)
+            index = number - 1
+            if index >= len(types):
+                types += [0] * (index + 1 - len(types))
+            params.append((index, col, types[index]))
+            types[index] = BYTEA_OID
+        self._statements[msg.name] = _Statement(tuple(params))
+        if not params:
+            return None
+        return Parse(msg.name, msg.sql, tuple(types)).encode()
+
+    # ------------------------------------------------------------------ client -> backend
+
+    def on_client_message(
+        self, mtype: int, msg: object, encrypt_params: tuple[tuple[int, str, str, str], ...] = ()
+    ) -> bytes | None:
+        """Note a message going to the backend (P B D E S Q C, exactly as sent, proxy-injected
+        ones included); return bytes to send instead of it, or None to send it as is.
+
+        ``encrypt_params`` (Parse only): the plan's. Raises Refused when a Bind value cannot be
+        encrypted (refuse the Bind then).
+        """
+        if mtype == _B:
+            assert isinstance(msg, Bind)
+            return self._bind(msg)
+        if mtype == _EXECUTE:
+            assert isinstance(msg, Execute)
+            return self._execute(msg)
+        if mtype == _P:
+            assert isinstance(msg, Parse)
+            return self._parse(msg, encrypt_params)
+        if mtype == _DESCRIBE:
+            assert isinstance(msg, Describe)
+            if msg.kind == "S":
+                statement = self._statements.setdefault(msg.name, _Statement())
+                statement.described = True
+                self._expect.append(_Expect(_DESCRIBE, statement=statement))
+            else:
+                portal = self._portals.get(msg.name)
+                if portal is None:  # a cursor's portal, or an unknown one (the backend will say)
+                    portal = self._portals[msg.name] = _Portal(_Statement(), ())
+                portal.described = True
+                self._expect.append(_Expect(_DESCRIBE, portal=portal))
+        elif mtype in (_Q, _S):
+            self._expect.append(_Expect(mtype))
+        elif mtype == _CLOSE:
+            assert isinstance(msg, codec.Close)
+            if msg.kind == "S":
+                self._statements.pop(msg.name, None)
+            else:
+                self._portals.pop(msg.name, None)
+        return None
+
+    def _execute(self, msg: Execute) -> bytes | None:
+        portal = self._portals.get(msg.portal)
+        if portal is None:  # a cursor (DECLARE): always described first
+            portal = self._portals[msg.portal] = _Portal(_Statement(), ())
+        injected = not (portal.described or portal.statement.described)
+        if injected:
+            portal.described = True
+            self._expect.append(_Expect(_DESCRIBE, portal=portal, injected=True))
+        self._expect.append(_Expect(_EXECUTE, portal=portal))
+        return Describe("P", msg.portal).encode() + msg.encode() if injected else None
+
+    # ------------------------------------------------------------------ backend -> client
+
+    def on_backend_frame(self, mtype: int, body: bytes | memoryview) -> bytes | None:
+        """A backend message (T t D C E Z n s I) on its way to the client: None relays it, bytes
+        replace it (b"" drops it). Raises ProtocolError when the stream does not match what
+        the client asked for (the session must end)."""
+        if mtype == _D:
+            if self._dropping:
+                return b""
+            head = self._expect[0] if self._expect else None
+            if head is not self._rows_of:
+                self._rows, self._rows_of = self._execute_rows(head), head
+            rows = self._rows
+            return None if rows is None else self._decrypt_row(body, rows)
+        if mtype == _Z:
+            return self._ready(body)
+        if self._dropping:
+            return b""
+        head = self._expect[0] if self._expect else None
+        if mtype == _T:
+            return self._row_description(head, body)
+        if mtype == _PD:
+            if head is None or head.kind != _DESCRIBE or head.statement is None:
+                raise ProtocolError("server", "ParameterDescription without a Describe statement")
+            return self._parameter_description(head.statement, body)
+        if mtype == _NODATA:
+            if head is None or head.kind != _DESCRIBE:
+                raise ProtocolError("server", "NoData without a Describe")
+            self._expect.popleft()
+            if head.statement is not None:
+                head.statement.encrypted = ()
+            elif head.portal is not None:
+                head.portal.rows = ()
+            return b"" if head.injected else None
+        if mtype in (_C, _SUSPENDED, _EMPTY):
+            if head is not None and head.kind == _EXECUTE:
+                self._expect.popleft()
+            self._rows = None  # a simple Query's next statement brings its own RowDescription
+            return None
+        if mtype == _E:  # the backend skips the rest: of the Query, or up to the next Sync
+            self._rows = None
+            while self._expect and self._expect[0].kind not in (_Q, _S):
+                self._expect.popleft()
+        return None
+
+    def _ready(self, body: bytes | memoryview) -> bytes | None:
+        while self._expect:
+            kind = self._expect.popleft().kind
+            if kind in (_Q, _S):
+                break
+        self._rows = None
+        if not self._dropping:
+            return None
+        self._dropping = False
+        if bytes(body[:1]) == b"T":
+            self.abort_pending = True
+            return codec.ready("E")
+        return None
+
+    @staticmethod
+    def _execute_rows(head: _Expect | None) -> tuple[tuple[int, EncryptedColumn, int], ...] | None:
+        """How to decrypt the rows of the Execute at the head: its portal's description, or its
+        statement's with the Bind's result formats (one for all, or one per column)."""
+        if head is None or head.kind != _EXECUTE or head.portal is None:
+            return None
+        portal = head.portal
+        if portal.rows is not None:
+            return portal.rows or None
+        formats = portal.result_formats
+        rows = tuple(
+            (i, col, formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0))
+            for i, col in portal.statement.encrypted
+        )
+        return rows or None
+
+    def _encrypted_fields(self, desc: RowDescription) -> tuple[tuple[int, EncryptedColumn], ...]:
+        columns = self.columns
+        return tuple(
+            (i, columns[(f.table_oid, f.column)])
+            for i, f in enumerate(desc.fields)
+            if f.table_oid and f.type_oid == BYTEA_OID and (f.table_oid, f.column) in columns
+        )
+
+    def _row_description(self, head: _Expect | None, body: bytes | memoryview) -> bytes | None:
+        desc = codec.decode_backend(_T, body)
+        assert isinstance(desc, RowDescription)
+        encrypted = self._encrypted_fields(desc)
+        if head is not None and head.kind == _Q:
+            self._rows = tuple((i, col, desc.fields[i].format) for i, col in encrypted) or None
+            self._rows_of = head
+        elif head is not None and head.kind == _DESCRIBE:
+            self._expect.popleft()
+            if head.statement is not None:
+                head.statement.encrypted = encrypted
+            elif head.portal is not None:
+                head.portal.rows = tuple((i, col, desc.fields[i].format) for i, col in encrypted)
+            if head.injected:
+                return b""
+        else:
+            raise ProtocolError("server", "RowDescription without a Query or Describe")
+        if not encrypted:
+            return None
+        fields = list(desc.fields)
+        for i, col in encrypted:
+            f = fields[i]
+            fields[i] = FieldDescription(f.name, f.table_oid, f.column, col.type.oid, -1, -1, f.format)
+        return RowDescription(tuple(fields)).encode()
+
+    def _parameter_description(self, statement: _Statement, body: bytes | memoryview) -> bytes | None:
+        if not statement.params:
+            return None
+        desc = codec.decode_backend(_PD, body)
+        assert isinstance(desc, codec.ParameterDescription)
+        oids = list(desc.type_oids)
+        for index, col, declared in statement.params:
+            if index < len(oids):
+                oids[index] = declared or col.type.oid
+        return codec.ParameterDescription(tuple(oids)).encode()
+
+    def _decrypt_row(self, body: bytes | memoryview, rows: tuple[tuple[int, EncryptedColumn, int], ...]) -> bytes:
+        row = codec.decode_backend(_D, body)
+        assert isinstance(row, codec.DataRow)
+        values = list(row.values)
+        timezone = self.timezone()
+        for index, col, fmt in rows:
+            if index >= len(values):
+                raise ProtocolError("server", "DataRow has fewer fields than its RowDescription")
+            value = values[index]
+            if value is None:
+                continue
+            try:
+                ciphertext = bytes(value) if fmt == 1 else BYTEA.from_text(value)
+                plaintext = self.keyring.decrypt(self.tenant, col.table, col.column, ciphertext)
+                values[index] = col.type.from_canonical(plaintext, fmt, timezone=timezone)
+            except (KeyringError, ValueError) as exc:
+                self._count("decrypt", False)
+                return self._fail(col, exc)
+            self._count("decrypt", True)
+        return codec.DataRow(tuple(values)).encode()
+
+    def _fail(self, col: EncryptedColumn, exc: Exception) -> bytes:
+        if isinstance(exc, DecryptError) and exc.reason in ("unknown_version", "not_loaded"):
+            self._stale = True  # another process rotated, or the cache expired: reload before the next statement
+        sqlstate = exc.sqlstate if isinstance(exc, KeyringError) else "XX001"
+        self._dropping = True
+        self._rows = None
+        return codec.error(sqlstate, f"a value of encrypted column {col.table}.{col.column} cannot be "
+                                     f"decrypted: {exc}").encode()
+
+
+# ----------------------------------------------------------------------------- startup
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _quote_table(table: str) -> str:
+    schema, _, name = qualified(table).partition(".")
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
+
+
+async def resolve_columns(backend: Backend, settings: EncryptionSettings) -> dict[tuple[int, int], EncryptedColumn]:
+    """(table OID, attnum) of every configured encrypted column; each must exist and be bytea."""
+    if not settings.columns:
+        return {}
+    rows_sql = ", ".join(
+        f"({i}, {_literal(_quote_table(c.table))}, {_literal(c.column)})" for i, c in enumerate(settings.columns)
+    )
+    rows = await simple_query(
+        backend,
+        "SELECT v.i, a.attrelid::oid, a.attnum, a.atttypid::oid FROM (VALUES " + rows_sql + ") AS v(i, t, c) "
+        "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = pg_catalog.to_regclass(v.t) AND a.attname = v.c "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY v.i",
+    )
+    found: dict[tuple[int, int], EncryptedColumn] = {}
+    problems = []
+    for (_, oid, attnum, type_oid), col in zip(rows, settings.columns, strict=True):
+        if oid is None or attnum is None:
+            problems.append(f"{col.table}.{col.column} does not exist in the backend database")
+        elif type_oid != str(BYTEA_OID):
+            problems.append(f"{col.table}.{col.column} is not bytea (run `tenantgate keys encrypt-column` first)")
+        else:
+            found[(int(oid), int(attnum))] = col
+    if problems:
+        raise CryptoSetupError(f"{settings.source}: encryption.columns: " + "; ".join(problems))
+    return found
+
+
+def backend_url(target: BackendTarget, database: str) -> str:
+    """A ``postgresql://`` URL for the key store, from the proxy's backend settings."""
+    auth = quote(target.user, safe="") + (":" + quote(target.password, safe="") if target.password else "")
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    query = f"sslmode={target.sslmode}" + (f"&sslrootcert={quote(target.sslrootcert)}" if target.sslrootcert else "")
+    return f"postgresql://{auth}@{host}:{target.port}/{quote(database, safe='')}?{query}"
+
+
+def build_keyring(
+    settings: EncryptionSettings,
+    target: BackendTarget,
+    database: str | None,
+    *,
+    on_event: Callable[..., None] | None = None,
+) -> Keyring:
+    """The proxy's Keyring: the configured KEK provider and key store (``store = "database"``
+    uses table tenantgate.keys in ``database``, reached as the backend role)."""
+    try:
+        kek = provider_from_uri(settings.kek)
+    except KeyringError as exc:
+        raise CryptoSetupError(f"{settings.source}: encryption.kek: {exc}") from None
+    store: KeyStore
+    if settings.store == "file":
+        assert settings.store_path is not None
+        store = FileKeyStore(settings.store_path)
+    else:
+        if not database:
+            raise CryptoSetupError(f"{settings.source}: encryption.store = \"database\" needs backend.database")
+        store = DatabaseKeyStore(backend_url(target, database))
+    return Keyring(kek, store, cache_ttl=settings.cache_ttl, on_event=on_event)
+
+
+__all__ = [
+    "CryptoSetupError",
+    "SessionCrypto",
+    "backend_url",
+    "build_keyring",
+    "qualified",
+    "resolve_columns",
+]
