@@ -74,6 +74,7 @@ class ClientConnection(PgConnection):
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.proxy.metrics.client_connected()
         self.proxy.spawn(self.run())
 
     # ------------------------------------------------------------------ lifecycle
@@ -106,13 +107,18 @@ class ClientConnection(PgConnection):
             self._teardown()
 
     def _fatal(self, err: codec.ErrorResponse) -> None:
+        if self.session is None:  # refused before its session started (KILL/shutdown come later)
+            self.proxy.metrics.client_refused(err.sqlstate)
         self.write(fatal_bytes(err))
         self.close()
 
     def _teardown(self) -> None:
         if self.key is not None:
             self.proxy.cancels.unregister(self.key[0])
-        self.proxy.sessions.discard(self)
+        if self in self.proxy.sessions:
+            self.proxy.sessions.discard(self)
+            self.proxy.metrics.session_ended(self.tenant, self.bytes_in, self.bytes_out)
+        self.proxy.metrics.client_closed()
         if self.session is not None:
             self.session.detach()
         elif self._login_backend is not None:
@@ -248,6 +254,7 @@ class ClientConnection(PgConnection):
             audit=audit,
             pool=pool,
             settings=session_settings if pool is not None else None,
+            metrics=self.proxy.metrics,
         )
         self._login_backend = None
         if pool is None:

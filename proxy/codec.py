@@ -480,6 +480,17 @@ def _dec_bind(r: _Reader) -> Bind:
     return Bind(portal, stmt, pf, params, rf)
 
 
+def bind_statement(body: bytes) -> str:
+    """The prepared statement a Bind body names, without decoding its parameter values."""
+    parts = body.split(b"\x00", 2)
+    if len(parts) < 3:
+        raise ProtocolError("client", "malformed Bind message")
+    try:
+        return parts[1].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("client", "string is not valid UTF-8") from None
+
+
 def _dec_kind_name(r: _Reader, cls: type[Describe] | type[Close]) -> Describe | Close:
     kind = r.byte().decode("latin-1")
     if kind not in ("S", "P"):

@@ -34,18 +34,18 @@ from .pool import BackendPool, PoolTimeout
 if TYPE_CHECKING:
     from .backend import Backend
     from .conn import PgConnection
+    from .metrics import Metrics
 
 log = logging.getLogger("tenantgate.session")
 
 _Q, _P, _B, _F, _S, _EX = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S"), ord("E")
 _Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
 _CC, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
-_CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F))
+_CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F, _EX))
 # Statement kinds whose session state cannot be handed to another client's transaction.
 _PINNING_KINDS = frozenset(("prepare", "listen", "declare", "set", "reset"))
 # ... and those that wipe the settings the proxy applied (re-applied right after them).
 _RESETTING_KINDS = frozenset(("reset_all", "discard_all", "discard", "reset"))
-_CLIENT_AUDITED = _CLIENT_SPECIAL | {_EX}
 _BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
 
 
@@ -74,6 +74,7 @@ class Session:
         audit: SessionAudit | None = None,
         pool: BackendPool | None = None,
         settings: dict[str, str] | None = None,
+        metrics: Metrics,
     ) -> None:
         self.client = client
         self.backend = backend  # None between transactions in transaction mode
@@ -97,8 +98,12 @@ class Session:
         self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
         self._paused = paused  # tenants ("*" = everyone) whose new statements wait (admin PAUSE)
         self._held: list[tuple[bytes, list[tuple[int, int, int]]]] = []
+        self.held_since: float | None = None  # monotonic time PAUSE first held a message (SHOW POOLS)
         self.audit = audit
-        self._special = _CLIENT_AUDITED if audit is not None else _CLIENT_SPECIAL
+        self.metrics = metrics
+        self._proxy_time = 0.0  # this busy period's time spent in the proxy (overhead histogram)
+        self._kinds: dict[str, tuple[str, str]] = {}  # prepared statement -> (kind, decision)
+        self._portal = ("unknown", "allowed")  # what the next Execute runs
         self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
 
     # ------------------------------------------------------------------ client -> backend
@@ -110,6 +115,7 @@ class Session:
     def resume(self) -> None:
         """Release what arrived while paused, then read from the client again."""
         held, self._held = self._held, []
+        self.held_since = None
         for buf, frames in held:
             if self.backend is None:
                 self._wait_for_backend(buf, frames)
@@ -120,6 +126,8 @@ class Session:
 
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         if self._paused and self.is_paused:
+            if self.held_since is None:
+                self.held_since = time.monotonic()
             self._held.append((buf, frames))
             if self.client.transport is not None:
                 self.client.transport.pause_reading()
@@ -232,7 +240,8 @@ class Session:
     def _relay_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         if self.busy_since is None:
             self.busy_since = time.monotonic()
-        special = self._special
+        t0 = time.perf_counter()
+        special = _CLIENT_SPECIAL
         out: bytearray | None = None
         mark = 0
         for mtype, start, end in frames:
@@ -259,6 +268,7 @@ class Session:
         if self._reassert:
             self._reassert = False
             self._inject_setup(self.setup_sql(backend))
+        self._proxy_time += time.perf_counter() - t0
 
     def _client_message(self, mtype: int, buf: bytes, start: int, end: int) -> bytes | None:
         """Bytes that replace this message, or None to relay it unchanged."""
@@ -274,6 +284,8 @@ class Session:
                 sql = msg.sql
                 self._check_audit()
                 rewritten, _params, kinds = self._plan(sql, extended=False)
+                for kind in kinds or (first_word(sql),):
+                    self.metrics.statement(self.tenant, kind, "allowed")
                 if self.pool is not None:
                     self._track_state(kinds)
                 if audit is not None:
@@ -283,7 +295,9 @@ class Session:
                 msg = codec.decode_frontend(mtype, body)
                 assert isinstance(msg, Parse)
                 sql = msg.sql
+                self._kinds[msg.name] = (first_word(sql), "refused")  # until the plan succeeds
                 rewritten, tenant_params, kinds = self._plan(sql, extended=True)
+                self._kinds[msg.name] = (kinds[0] if kinds else first_word(sql), "allowed")
                 if self.pool is not None:
                     if msg.name:
                         self._pin("named prepared statement")
@@ -299,23 +313,35 @@ class Session:
                 if self._tenant_params or audit is not None:
                     bind = codec.decode_frontend(_B, body)
                     assert isinstance(bind, Bind)
+                    self._portal = self._kinds.get(bind.statement, ("unknown", "allowed"))
                     self._check_bind(bind)
                     if audit is not None:
                         audit.bind(bind)
+                else:  # only the statement name: no need to decode the values
+                    self._portal = self._kinds.get(codec.bind_statement(body), ("unknown", "allowed"))
                 return None
             if mtype == _EX:
-                assert audit is not None
                 self.statements += 1
-                self._check_audit()
-                msg = codec.decode_frontend(mtype, body)
-                assert isinstance(msg, codec.Execute)
-                audit.execute(msg.portal, self.cycles_sent + 1)
+                if audit is not None:
+                    self._check_audit()
+                    msg = codec.decode_frontend(mtype, body)
+                    assert isinstance(msg, codec.Execute)
+                    audit.execute(msg.portal, self.cycles_sent + 1)
+                kind, decision = self._portal
+                self.metrics.statement(self.tenant, kind, decision)
                 return None
             # FunctionCall: the fast-path protocol bypasses every SQL check
             self.cycles_sent += 1
             raise Refusal("42501", "the function call protocol is not allowed through tenantgate", "function_call")
         except Refusal as refusal:
             self.refused += 1
+            self.metrics.error(refusal.sqlstate)
+            if mtype == _B:
+                self._portal = (self._portal[0], "refused")
+            elif mtype == _EX:
+                self.metrics.statement(self.tenant, self._portal[0], "refused")
+            elif mtype != _P:  # a refused Parse is counted at its Execute
+                self.metrics.statement(self.tenant, first_word(sql) if mtype == _Q else "function_call", "refused")
             if audit is not None:
                 audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
             return self._inject(refusal, simple=mtype in (_Q, _F))
@@ -406,13 +432,16 @@ class Session:
                 self.status = chr(buf[start + 5])
                 self.cycles_done += 1
                 if self.cycles_done >= self.cycles_sent:
+                    if self.busy_since is not None:
+                        self.metrics.timing(self.tenant, time.monotonic() - self.busy_since, self._proxy_time)
+                        self._proxy_time = 0.0
                     self.busy_since = None
                 refusals = self._refusals
                 while refusals and refusals[0][2] < self.cycles_done:
                     refusals.popleft()
                 if audit is not None:
                     audit.cycle_done(self.cycles_done)
-            elif mtype == _E and (self._refusals or audit is not None):
+            elif mtype == _E:
                 replacement = self._swap_error(buf[start + 5 : end]) if self._refusals else None
                 if replacement is not None:
                     if out is None:
@@ -420,10 +449,12 @@ class Session:
                     out += buf[mark:start]
                     out += replacement
                     mark = end
-                elif audit is not None:
+                else:
                     err = codec.decode_backend(_E, buf[start + 5 : end])
                     assert isinstance(err, ErrorResponse)
-                    audit.complete(None, err.sqlstate)
+                    self.metrics.error(err.sqlstate)
+                    if audit is not None:
+                        audit.complete(None, err.sqlstate)
             elif mtype == _PS:
                 self._parameter_status(buf[start + 5 : end])
             elif mtype == _A and self.tenant is not None:

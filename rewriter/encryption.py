@@ -28,6 +28,7 @@ Literals to encrypt are returned as :class:`Seal` s; the rewriter renders each a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ Encrypt = Callable[[str, str, str], bytes]
 _DETERMINISTIC = "deterministic"
 _EQUALITY = frozenset({"=", "<>"})
 _LITERAL_TOKENS = frozenset({"SCONST", "ICONST", "FCONST"})
+_PLAIN_STRING = re.compile(r"'(?:[^']|'')*'", re.DOTALL)  # not 'a' 'b' continuations, E'', U&
 _KIND_NAMES = {
     enums.A_Expr_Kind.AEXPR_LIKE: "LIKE", enums.A_Expr_Kind.AEXPR_ILIKE: "ILIKE",
     enums.A_Expr_Kind.AEXPR_SIMILAR: "SIMILAR TO", enums.A_Expr_Kind.AEXPR_BETWEEN: "BETWEEN",
@@ -134,8 +136,10 @@ def literal_value(token: str) -> str:
 
     >>> literal_value("'it''s'"), literal_value("0042"), literal_value("1.50"), literal_value("E'a\\\\tb'")
     ("it's", '42', '1.50', 'a\\tb')
+    >>> literal_value("'a'\\n'b'")
+    'ab'
     """
-    if token.startswith("'"):
+    if _PLAIN_STRING.fullmatch(token):
         return token[1:-1].replace("''", "'")
     if token.isdigit():
         return str(int(token))
@@ -326,8 +330,8 @@ class Analyzer:
         for i, out in enumerate(outs):
             if out.star:
                 if names:
-                    raise _unsupported(f"{what}: a column alias list over * of a table with encrypted "
-                                       "columns is not supported; list the columns")
+                    raise refuse(next(iter(out.star.values())), f"{what} with a column alias list over * "
+                                 "(list the columns)")
                 columns.update(out.star)
             elif out.ref is not None:
                 name = names[i] if i < len(names) else out.name
