@@ -1,10 +1,13 @@
 """One measurement point: concurrent pgbench processes (one per tenant) against one target.
 
-Latency percentiles come from pgbench's per-transaction logs (``--log``), whose lines are
+Figures come from pgbench's per-transaction logs (``--log``), whose lines are
 ``client_id transaction_no time_us script_no epoch_s epoch_us``, ``time_us`` being
-``failed`` for a failed transaction. The measured process's CPU is sampled while pgbench
-runs and read over the window between the first and the last logged transaction, so the
-connection phase (SCRAM, backend connects) is not charged to the statements.
+``failed`` for a failed transaction. pgbench's ``-T`` clock includes logging in, which
+through a proxy can take seconds for hundreds of clients, so each run gets an allowance
+for it and TPS, latency percentiles, failures and CPU are all taken over the last
+``duration`` seconds in which every process was running transactions (the steady
+window). The measured process's CPU is sampled every 50 ms and read over that window,
+so the connection phase (SCRAM, backend connects) is not charged to the statements.
 
 >>> split_clients(10, 4)
 [3, 3, 2, 2]
@@ -96,50 +99,74 @@ class CpuSampler(threading.Thread):
         return float(np.interp(end, times, cpu) - np.interp(start, times, cpu))
 
 
-def _read_logs(prefix: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """(latencies µs, completion times s, failed count) from every log file pgbench wrote under ``prefix``."""
+def _read_logs(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(latencies µs with -1 for a failed transaction, completion times s) from pgbench's logs under ``prefix``."""
     latencies, finished = array("q"), array("d")
-    failed = 0
     for name in glob.glob(f"{prefix}.*"):
         with open(name, encoding="ascii") as fh:
             for line in fh:
                 fields = line.split()
                 if len(fields) < 6:
                     continue
-                if fields[2].isdigit():
-                    latencies.append(int(fields[2]))
-                    finished.append(int(fields[4]) + int(fields[5]) / 1e6)
-                else:
-                    failed += 1
+                latencies.append(int(fields[2]) if fields[2].isdigit() else -1)
+                finished.append(int(fields[4]) + int(fields[5]) / 1e6)
         os.unlink(name)  # logs of a 512-client point run to tens of MB
-    return np.frombuffer(latencies, dtype=np.int64), np.frombuffer(finished, dtype=np.float64), failed
+    return np.frombuffer(latencies, dtype=np.int64), np.frombuffer(finished, dtype=np.float64)
+
+
+def connect_allowance(clients_per_process: int) -> float:
+    """Seconds added to ``-T`` for logging in: pgbench's -T clock includes its (serial) connects."""
+    return 2.0 + 0.05 * clients_per_process
+
+
+def steady_window(first: list[float], last: list[float], duration: float) -> tuple[float, float, bool]:
+    """The last ``duration`` seconds in which every pgbench process was running transactions.
+
+    Returns (start, end, complete); when the connection phase of some process reaches into
+    that span, it is cut to start after it and ``complete`` is False.
+
+    >>> steady_window([10.0, 11.0], [30.0, 29.5], 15)
+    (14.5, 29.5, True)
+    >>> steady_window([10.0, 20.0], [30.0, 29.5], 15)
+    (20.0, 29.5, False)
+    """
+    end = min(last)
+    start = end - duration
+    if start >= max(first):
+        return start, end, True
+    return max(first), end, False
 
 
 def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], scripts: dict[str, Path],
               workdir: Path, database: str) -> dict[str, Any]:
-    """Run ``point`` against ``target``: one pgbench per tenant, all at once; returns the figures."""
+    """Run ``point`` against ``target``: one pgbench per tenant, all at once; returns the figures.
+
+    Every figure (TPS, latency, failures, CPU) is taken over the same steady window of
+    ``point.duration`` seconds, read from the per-transaction logs.
+    """
     logdir = workdir / "pgbench-logs"
     logdir.mkdir(exist_ok=True)
     procs: list[tuple[str, subprocess.Popen[str]]] = []
+    per_tenant = split_clients(point.clients, len(tenants))
+    tenants = tenants[: len(per_tenant)]
+    seconds = point.duration + connect_allowance(max(per_tenant))
     sampler = CpuSampler(target.pid) if target.pid is not None else None
     if sampler is not None:
         sampler.start()
-    per_tenant = split_clients(point.clients, len(tenants))
     try:
-        for tenant, clients in zip(tenants, per_tenant, strict=False):
+        for tenant, clients in zip(tenants, per_tenant, strict=True):
             user, password = target.login(tenant)
             threads = 1 if len(per_tenant) > 1 else min(clients, os.cpu_count() or 1)
             cmd = [
                 pgbench, "-n", "-f", str(scripts[tenant]), "-M", point.protocol, "-c", str(clients),
-                "-j", str(threads), "-T", str(point.duration), "--log", f"--log-prefix={logdir / tenant}",
+                "-j", str(threads), "-T", str(round(seconds)), "--log", f"--log-prefix={logdir / tenant}",
                 "-h", "127.0.0.1", "-p", str(target.port), "-U", user, database,
             ]  # fmt: skip
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": password, "PGSSLMODE": "disable",
                    "PGAPPNAME": "tenantgate-bench"}
             procs.append((tenant, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                    env=env, cwd=logdir)))
-        outputs = [(tenant, *proc.communicate(timeout=point.duration + 300), proc.returncode)
-                   for tenant, proc in procs]
+        outputs = [(tenant, *proc.communicate(timeout=seconds + 300), proc.returncode) for tenant, proc in procs]
     finally:
         for _, proc in procs:
             if proc.poll() is None:
@@ -148,42 +175,44 @@ def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], sc
         if sampler is not None:
             sampler.finish()
 
-    tps = 0.0
-    transactions = failed_summary = 0
-    errors: list[str] = []
-    for tenant, stdout, stderr, code in outputs:
-        summary = parse_summary(stdout)
-        tps += summary.get("tps", 0.0)
-        transactions += summary.get("transactions", 0)
-        failed_summary += summary.get("failed", 0)
-        if code != 0 or "tps" not in summary:
-            last = [line for line in stderr.strip().splitlines() if line][-3:]
-            errors.append(f"{tenant}: pgbench exited {code}: {' | '.join(last) or 'no output'}")
-    latencies = np.empty(0, dtype=np.int64)
-    finished = np.empty(0, dtype=np.float64)
-    failed_logged = 0
-    for tenant in tenants:
-        lat, fin, fail = _read_logs(logdir / tenant)
-        latencies = np.concatenate([latencies, lat])
-        finished = np.concatenate([finished, fin])
-        failed_logged += fail
     result: dict[str, Any] = {
         "target": target.name, "workload": point.workload, "protocol": point.protocol, "clients": point.clients,
-        "duration_s": point.duration, "tenants": tenants[: len(per_tenant)], "tps": round(tps, 1),
-        "transactions": transactions, "failed": max(failed_summary, failed_logged), "errors": errors,
+        "duration_s": point.duration, "tenants": tenants, "tps": 0.0, "transactions": 0, "failed": 0,
+        "errors": [], "warnings": [],
     }  # fmt: skip
-    if latencies.size:
-        p50, p99 = np.percentile(latencies, [50, 99]) / 1000.0
+    pgbench_tps = 0.0
+    for tenant, stdout, stderr, code in outputs:
+        summary = parse_summary(stdout)
+        pgbench_tps += summary.get("tps", 0.0)
+        if code != 0 or "tps" not in summary:
+            last = [line for line in (stderr + stdout).strip().splitlines() if line][-3:]
+            result["errors"].append(f"{tenant}: pgbench exited {code}: {' | '.join(last) or 'no output'}")
+    result["pgbench_tps"] = round(pgbench_tps, 1)
+    logs = [_read_logs(logdir / tenant) for tenant in tenants]
+    if not all(finished.size for _, finished in logs):
+        result["errors"].append("no transaction completed in at least one pgbench process")
+        return result
+    start, end, complete = steady_window([float(f.min()) for _, f in logs], [float(f.max()) for _, f in logs],
+                                         point.duration)
+    if not complete:
+        result["warnings"].append(f"logging in took longer than the allowance: measured over {end - start:.1f} s")
+    latencies = np.concatenate([lat for lat, _ in logs])
+    finished = np.concatenate([fin for _, fin in logs])
+    inside = (finished > start) & (finished <= end)
+    ok = latencies[inside & (latencies >= 0)]
+    window = end - start
+    result.update(window_s=round(window, 2), transactions=int(ok.size), failed=int((inside & (latencies < 0)).sum()),
+                  tps=round(ok.size / window, 1) if window > 0 else 0.0)
+    if ok.size:
+        p50, p99 = np.percentile(ok, [50, 99]) / 1000.0
         result.update(p50_ms=round(float(p50), 3), p99_ms=round(float(p99), 3),
-                      mean_ms=round(float(latencies.mean()) / 1000.0, 3))
-    if sampler is not None and finished.size > 1:
-        start, end = float(finished.min()), float(finished.max())
-        done = int(finished.size) - 1  # transactions completed after the first one, within the window
+                      mean_ms=round(float(ok.mean()) / 1000.0, 3))
+    if sampler is not None and ok.size:
         cpu = sampler.between(start, end)
         result.update(
             proc_cpu_s=round(cpu, 3),
-            proc_cpu_share=round(cpu / (end - start), 3) if end > start else None,
-            proc_cpu_us_per_tx=round(cpu / done * 1e6, 2),
-            proc_cpu_us_per_stmt=round(cpu / done / STATEMENTS[point.workload] * 1e6, 2),
+            proc_cpu_share=round(cpu / window, 3),
+            proc_cpu_us_per_tx=round(cpu / ok.size * 1e6, 2),
+            proc_cpu_us_per_stmt=round(cpu / ok.size / STATEMENTS[point.workload] * 1e6, 2),
         )
     return result

@@ -82,9 +82,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{env['pgbench']}; PgBouncer {env['pgbouncer']}; tenantgate {env['tenantgate']} "
         f"(commit {env['git_commit']}); Python {env['python']}.",
         "",
-        "Ratios are TPS of the row's target divided by TPS of direct PostgreSQL / PgBouncer at the same "
-        "point. Proxy CPU: the measured process's (tenantgate or PgBouncer) CPU seconds between the first "
-        "and last logged transaction, divided by the statements in between.",
+        f"Every figure is taken from pgbench's per-transaction logs over a steady window of "
+        f"{results['settings']['duration']} s (after all clients logged in), with clients spread over "
+        f"{results['settings']['tenants_per_point']} tenants (one pgbench process each). Ratios: TPS of the row's "
+        "target divided by TPS of direct PostgreSQL / PgBouncer at the same point. Proxy CPU: CPU seconds of "
+        "the measured process (tenantgate or PgBouncer) in the window divided by the statements completed "
+        "(BEGIN and END count).",
         "",
         "## pgbench",
         "",
@@ -92,10 +95,11 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {s['target']} {s['point']}: {s['reason']}" for s in results["skipped"]]
-    errors = [f"- {p['target']} {p['workload']}/{p['protocol']}/c{p['clients']}: {e}"
-              for p in results["points"] for e in p["errors"]]
-    if errors:
-        lines += ["", "pgbench errors:", "", *errors]
+    for kind in ("errors", "warnings"):
+        found = [f"- {p['target']} {p['workload']}/{p['protocol']}/c{p['clients']}: {e}"
+                 for p in results["points"] for e in p.get(kind, [])]
+        if found:
+            lines += ["", f"pgbench {kind}:", "", *found]
     if results["memory"]:
         lines += ["", "## Memory with idle clients", "", memory_table(results["memory"])]
     if results["micro"]:

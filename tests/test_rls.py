@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -64,6 +65,9 @@ def tenants_seen(conn: psycopg.Connection[Any]) -> list[tuple[str, int]]:
 
 
 def test_install_status_and_drift(proxy: ProxyProcess, backend: Backend, pg: PgServer) -> None:
+    for table in ("customers", "orders"):  # start from no RLS at all, whatever ran before
+        pg.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL SECURITY; "
+                   f"DROP POLICY IF EXISTS tenantgate_tenant ON {table}", dbname=backend.database)
     before = rls(proxy, "status")  # the [backend] role of the config file
     assert before.returncode == 1
     assert "drift: \"public\".\"orders\": row level security is off" in before.stdout
@@ -91,7 +95,7 @@ def test_install_status_and_drift(proxy: ProxyProcess, backend: Backend, pg: PgS
     assert rls(proxy, "status", backend.direct_dsn()).returncode == 0
 
 
-def test_status_names_a_missing_table(proxy: ProxyProcess, tmp_path: Any) -> None:
+def test_status_names_a_missing_table(proxy: ProxyProcess, tmp_path: Path) -> None:
     config = tmp_path / "other.toml"
     config.write_text(proxy.config_path.read_text().replace('"customers", "orders"', '"customers", "nope"'))
     out = subprocess.run([sys.executable, "-m", "tenantgate.proxy.cli", "rls", "status", "--config", str(config)],
