@@ -43,6 +43,8 @@ _SUMMARY = {
     "tps": re.compile(r"tps = ([\d.]+) \(without initial connection time\)"),
 }
 _SAMPLE_INTERVAL = 0.05
+# pgbench ends on its own at -T; past this many more seconds a target is taken to hang.
+HANG_GRACE = 60.0
 
 
 def split_clients(clients: int, tenants: int) -> list[int]:
@@ -116,7 +118,7 @@ def _read_logs(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def connect_allowance(clients_per_process: int) -> float:
     """Seconds added to ``-T`` for logging in: pgbench's -T clock includes its (serial) connects."""
-    return 2.0 + 0.05 * clients_per_process
+    return 2.0 + 0.08 * clients_per_process
 
 
 def steady_window(first: list[float], last: list[float], duration: float) -> tuple[float, float, bool]:
@@ -166,7 +168,16 @@ def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], sc
                    "PGAPPNAME": "tenantgate-bench"}
             procs.append((tenant, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                    env=env, cwd=logdir)))
-        outputs = [(tenant, *proc.communicate(timeout=seconds + 300), proc.returncode) for tenant, proc in procs]
+        deadline = time.monotonic() + seconds + HANG_GRACE
+        outputs = []
+        for tenant, proc in procs:
+            try:
+                stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+                stderr += f"\nbench: killed, still running {seconds + HANG_GRACE:.0f} s after the start (hung)"
+            outputs.append((tenant, stdout, stderr, proc.returncode))
     finally:
         for _, proc in procs:
             if proc.poll() is None:
@@ -185,7 +196,7 @@ def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], sc
         summary = parse_summary(stdout)
         pgbench_tps += summary.get("tps", 0.0)
         if code != 0 or "tps" not in summary:
-            last = [line for line in (stderr + stdout).strip().splitlines() if line][-3:]
+            last = [line for line in (stderr.strip() or stdout.strip()).splitlines() if line][-3:]
             result["errors"].append(f"{tenant}: pgbench exited {code}: {' | '.join(last) or 'no output'}")
     result["pgbench_tps"] = round(pgbench_tps, 1)
     logs = [_read_logs(logdir / tenant) for tenant in tenants]

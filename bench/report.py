@@ -47,8 +47,9 @@ def points_table(points: list[dict[str, Any]]) -> str:
         direct = targets.get("direct", {}).get("tps")
         bouncer = targets.get("pgbouncer", {}).get("tps")
         for name, p in targets.items():
+            mark = " †" if p.get("errors") else ""
             rows.append(
-                f"| {key[0]} | {key[1]} | {key[2]} | {name} | {_num(p['tps'])} | {_num(p.get('p50_ms'), 2)} "
+                f"| {key[0]} | {key[1]} | {key[2]} | {name}{mark} | {_num(p['tps'])} | {_num(p.get('p50_ms'), 2)} "
                 f"| {_num(p.get('p99_ms'), 2)} | {p['failed']} | {_ratio(p['tps'], direct)} "
                 f"| {_ratio(p['tps'], bouncer)} | {_num(p.get('proc_cpu_us_per_stmt'))} |"
             )
@@ -92,6 +93,8 @@ def markdown(results: dict[str, Any]) -> str:
         "## pgbench",
         "",
         points_table(results["points"]),
+        "",
+        "† pgbench reported errors at this point (listed below); its figures cover what completed.",
     ]
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {s['target']} {s['point']}: {s['reason']}" for s in results["skipped"]]

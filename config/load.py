@@ -14,28 +14,34 @@ import re
 import ssl
 import tomllib
 import types
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from tenantgate.audit.errors import AuditConfigError
 from tenantgate.audit.settings import AuditSettings, parse_audit_settings
 from tenantgate.keyring.settings import EncryptionSettings, SettingsError, parse_encryption
+from tenantgate.proxy.jwt import JwksError, JwkSet, check_algorithm, parse_jwks
+from tenantgate.proxy.oidc import JwksCache, fetch_jwks
 from tenantgate.proxy.scram import ScramVerifier, make_verifier, md5_hash
 
 from .schema import (
     AUTH_METHODS,
+    JWT,
     LOG_LEVELS,
     ROLES,
     SSLMODES,
     TIERS,
     TLS,
     TLS_MODES,
+    USER_AUTH_METHODS,
     Admin,
     Backend,
     Config,
     ConfigError,
     Listen,
     Logging,
+    Oidc,
     Problem,
     ScopedTable,
     Scoping,
@@ -52,7 +58,7 @@ __all__ = ["EXTERNAL_SECTIONS", "check_config", "load_config"]
 # validate them; here they only have to be tables.
 EXTERNAL_SECTIONS = frozenset({"audit", "encryption"})
 
-SECTIONS = frozenset({"listen", "backend", "tls", "server", "logging", "tenants", "users", "admins", "scoping"})
+SECTIONS = frozenset({"listen", "backend", "tls", "server", "logging", "tenants", "users", "admins", "scoping", "oidc"})
 
 MAX_STARTUP_PACKET = 10000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 MAX_MESSAGE_SIZE = 1 << 30  # PostgreSQL's MaxAllocSize: no legal message is larger
@@ -78,6 +84,30 @@ def check_config(path: str | os.PathLike[str]) -> list[str]:
     except ConfigError as exc:
         return [str(p) for p in exc.problems]
     return []
+
+
+def parse_http_url(value: str) -> str:
+    """An http(s) URL with a host and no credentials (they would end up in SHOW CONFIG).
+
+    >>> parse_http_url("https://idp.example/jwks.json")
+    'https://idp.example/jwks.json'
+    >>> parse_http_url("file:///etc/passwd")
+    Traceback (most recent call last):
+    ...
+    ValueError: must be an http:// or https:// URL
+    """
+    try:
+        url = urllib.parse.urlsplit(value)
+        url.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not url.hostname:
+        raise ValueError("has no host")
+    if url.username is not None or url.password is not None:
+        raise ValueError("must not hold credentials")
+    return value
 
 
 def _join(path: str, key: str) -> str:
@@ -290,7 +320,8 @@ class _Loader:
         server = self.server(raw)
         logging = self.logging(raw)
         tenants = self.tenants(raw)
-        users = self.users(raw, server.auth_method, tenants)
+        oidc = self.oidc(raw)
+        users = self.users(raw, server.auth_method, tenants, "oidc" in raw)
         admins = self.admins(raw, server.auth_method, users)
         scoping = self.scoping(raw)
         audit = self.audit(raw)
@@ -310,6 +341,7 @@ class _Loader:
             source=self.path,
             audit=audit,
             encryption=encryption,
+            oidc=oidc,
         )
 
     def audit(self, raw: Mapping[str, Any]) -> AuditSettings | None:
@@ -576,7 +608,94 @@ class _Loader:
         if not name or len(name.encode("utf-8")) >= NAMEDATALEN or "\0" in name:
             self.problem(p, f"user names are 1-{NAMEDATALEN - 1} bytes without NUL")
 
-    def users(self, raw: Mapping[str, Any], default_auth: str, tenants: Mapping[str, Tenant]) -> dict[str, User]:
+    def oidc(self, raw: Mapping[str, Any]) -> Oidc | None:
+        p = "oidc"
+        if "oidc" not in raw:
+            return None
+        allowed = frozenset(
+            {
+                "issuer",
+                "audience",
+                "jwks_file",
+                "jwks_url",
+                "tenant_claim",
+                "role_claim",
+                "user_claim",
+                "algorithms",
+                "leeway",
+                "dynamic_users",
+            }
+        )
+        tbl = self.table(raw, p, "", allowed)
+        issuer = self.string(tbl, "issuer", p, required=True)
+        audience = self.string(tbl, "audience", p, required=True)
+        # only what the file sets: Oidc's own defaults stand for the rest
+        options: dict[str, Any] = {}
+        for key in ("tenant_claim", "role_claim", "user_claim"):
+            claim = self.string(tbl, key, p)
+            if claim is not None:
+                options[key] = claim
+        algorithms = self.algorithms(tbl, p)
+        if algorithms is not None:
+            options["algorithms"] = algorithms
+        if "leeway" in tbl:
+            options["leeway"] = self.number(tbl, "leeway", p, float, 0.0, 0, 3600)
+        if "dynamic_users" in tbl:
+            options["dynamic_users"] = self.get(tbl, "dynamic_users", p, bool, False)
+        jwks_file = jwks_url = None
+        keys: JwkSet | None = None
+        given = [k for k in ("jwks_file", "jwks_url") if k in tbl]
+        if len(given) != 1:
+            self.problem(p, "set exactly one of jwks_file, jwks_url" if given else "jwks_file or jwks_url is required")
+        elif given[0] == "jwks_file":
+            jwks_file = self.file_path(tbl, "jwks_file", p)
+            if jwks_file is not None:
+                keys = self.jwks(_join(p, "jwks_file"), jwks_file)
+        else:
+            jwks_url = self.parsed(tbl, "jwks_url", p, parse_http_url)
+            if jwks_url is not None:
+                try:
+                    keys = fetch_jwks(jwks_url)  # at start and on every reload
+                except JwksError as exc:
+                    self.problem(_join(p, "jwks_url"), f"no usable JWKS: {exc}")
+        if issuer is None or audience is None or keys is None:
+            return None
+        return Oidc(issuer, audience, jwks_file, jwks_url, JwksCache(keys, jwks_url), **options)
+
+    def algorithms(self, tbl: Mapping[str, Any], p: str) -> tuple[str, ...] | None:
+        """oidc.algorithms when set and valid: asymmetric algorithms only (none and HS* are refused)."""
+        value = self.get(tbl, "algorithms", p, list, None)
+        if value is None:
+            return None
+        where = _join(p, "algorithms")
+        if not value:
+            self.problem(where, "must list at least one algorithm")
+            return None
+        ok = True
+        for i, alg in enumerate(value):
+            if not isinstance(alg, str):
+                self.problem(f"{where}[{i}]", f"expected a string, got {_type_name(alg)}")
+                ok = False
+                continue
+            try:
+                check_algorithm(alg)
+            except ValueError as exc:
+                self.problem(f"{where}[{i}]", str(exc))
+                ok = False
+        return tuple(value) if ok else None
+
+    def jwks(self, where: str, resolved: str) -> JwkSet | None:
+        try:
+            return parse_jwks(pathlib.Path(resolved).read_bytes())
+        except OSError as exc:
+            self.problem(where, f"cannot read {resolved!r}: {exc.strerror or exc}")
+        except JwksError as exc:
+            self.problem(where, f"{resolved!r} is not a usable JWKS: {exc}")
+        return None
+
+    def users(
+        self, raw: Mapping[str, Any], default_auth: str, tenants: Mapping[str, Tenant], token_logins: bool
+    ) -> dict[str, User]:
         users: dict[str, User] = {}
         allowed = frozenset(
             {"tenant", "password", "scram", "md5", "password_env", "password_file", "auth", "trusted", "role"}
@@ -584,19 +703,33 @@ class _Loader:
         for name, p, tbl in self.entries(raw, "users"):
             self.unknown(tbl, p, allowed)
             self.principal_name(name, p)
-            auth = self.enum(tbl, "auth", p, AUTH_METHODS, default_auth) or default_auth
+            auth = self.enum(tbl, "auth", p, USER_AUTH_METHODS, default_auth) or default_auth
             trusted = self.get(tbl, "trusted", p, bool, False)
             tenant = self.string(tbl, "tenant", p)
-            if tenant is not None and trusted:
+            if auth == JWT and trusted:
+                self.problem(_join(p, "trusted"), "a JWT login is scoped to its tenant claim: remove trusted or auth")
+            elif tenant is not None and trusted:
                 self.problem(_join(p, "tenant"), "a trusted user has no tenant: remove tenant or trusted")
             elif tenant is not None and tenant not in tenants:
                 self.problem(_join(p, "tenant"), f"no tenant {tenant!r} in [tenants]")
             elif tenant is None and not trusted and "tenant" not in tbl:
                 self.problem(_join(p, "tenant"), "is required unless trusted = true")
             role = self.enum(tbl, "role", p, ROLES, "readwrite") or "readwrite"
-            scram, md5 = self.credentials(name, p, tbl, auth)
+            if auth == JWT:
+                scram, md5 = self.token_login(p, tbl, token_logins)
+            else:
+                scram, md5 = self.credentials(name, p, tbl, auth)
             users[name] = User(name, tenant, trusted, role, auth, scram, md5)
         return users
+
+    def token_login(self, p: str, tbl: Mapping[str, Any], token_logins: bool) -> tuple[None, None]:
+        """A user whose password is an OIDC token: no password of its own, and an [oidc] section."""
+        if not token_logins:
+            self.problem(_join(p, "auth"), "auth = jwt needs an [oidc] section")
+        for key in ("password", "scram", "md5", "password_env", "password_file"):
+            if key in tbl:
+                self.problem(_join(p, key), "auth = jwt takes no password: the token is the password")
+        return None, None
 
     def admins(self, raw: Mapping[str, Any], default_auth: str, users: Mapping[str, User]) -> dict[str, Admin]:
         admins: dict[str, Admin] = {}

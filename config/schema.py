@@ -6,13 +6,16 @@ import hmac
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenantgate.audit.settings import AuditSettings
 from tenantgate.keyring.settings import EncryptionSettings
 from tenantgate.proxy.scram import ScramVerifier
 
 from .values import render_identifier
+
+if TYPE_CHECKING:
+    from tenantgate.proxy.oidc import JwksCache
 
 __all__ = [
     "AUTH_METHODS",
@@ -22,12 +25,14 @@ __all__ = [
     "TIERS",
     "TLS",
     "TLS_MODES",
+    "USER_AUTH_METHODS",
     "Admin",
     "Backend",
     "Config",
     "ConfigError",
     "Listen",
     "Logging",
+    "Oidc",
     "Problem",
     "ScopedTable",
     "Scoping",
@@ -41,6 +46,8 @@ __all__ = [
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 TLS_MODES = ("disable", "allow", "require")
 AUTH_METHODS = ("scram-sha-256", "md5")
+JWT = "jwt"  # the password is an OIDC token ([oidc]); users only
+USER_AUTH_METHODS = (*AUTH_METHODS, JWT)
 TIERS = ("shared", "schema", "dedicated")
 ROLES = ("readwrite", "readonly")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -186,6 +193,23 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class Oidc:
+    """[oidc]: tokens of one issuer as passwords; ``jwks`` holds the current keys (file or URL)."""
+
+    issuer: str
+    audience: str
+    jwks_file: str | None
+    jwks_url: str | None
+    jwks: JwksCache = field(compare=False, repr=False)
+    tenant_claim: str = "tenant"
+    role_claim: str = "tenantgate_role"
+    user_claim: str = "sub"
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    leeway: float = 30.0
+    dynamic_users: bool = False  # any user whose token verifies logs in, tenant from the claim
+
+
+@dataclass(frozen=True, slots=True)
 class Admin:
     name: str
     scram: ScramVerifier | None
@@ -221,6 +245,7 @@ class Config:
     source: pathlib.Path
     audit: AuditSettings | None = None  # None: auditing off
     encryption: EncryptionSettings | None = None  # None: no encrypted columns
+    oidc: Oidc | None = None  # None: no token logins
 
     def redacted(self) -> dict[str, Any]:
         """Plain data for SHOW CONFIG and logs, every secret replaced by '***'."""
@@ -287,6 +312,20 @@ class Config:
             },
             "admins": {
                 a.name: {"auth": a.auth, "scram": masked(a.scram), "md5": masked(a.md5)} for a in self.admins.values()
+            },
+            "oidc": None
+            if self.oidc is None
+            else {
+                "issuer": self.oidc.issuer,
+                "audience": self.oidc.audience,
+                "jwks_file": self.oidc.jwks_file,
+                "jwks_url": self.oidc.jwks_url,
+                "tenant_claim": self.oidc.tenant_claim,
+                "role_claim": self.oidc.role_claim,
+                "user_claim": self.oidc.user_claim,
+                "algorithms": list(self.oidc.algorithms),
+                "leeway": self.oidc.leeway,
+                "dynamic_users": self.oidc.dynamic_users,
             },
             "scoping": {
                 "column": render_identifier(self.scoping.column),

@@ -5,19 +5,38 @@ PasswordMessage and answers; success ends with AuthenticationOk. Unknown users r
 the same exchange against a fake verifier derived from the user name and a server
 secret, so a wrong password and an unknown user look identical on the wire (same
 salt every time, same error: 28P01).
+
+A ``jwt`` user is asked for a cleartext password (the client must be on TLS: the caller checks)
+and the password is an OIDC token, checked by the ``verify`` callable the caller passes; a token
+that does not verify fails exactly like a wrong password, its reason goes to the log only.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+from collections.abc import Callable
 from typing import Protocol
 
 from . import codec
-from .codec import AUTH_MD5, AUTH_OK, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL, Authentication, PasswordMessage
+from .codec import (
+    AUTH_CLEARTEXT,
+    AUTH_MD5,
+    AUTH_OK,
+    AUTH_SASL_CONTINUE,
+    AUTH_SASL_FINAL,
+    Authentication,
+    PasswordMessage,
+)
+from .jwt import JwtError
+from .oidc import JwtIdentity
 from .scram import AuthError, ScramServer, ScramVerifier, fake_verifier, md5_check
 
 SCRAM = "scram-sha-256"
 MD5 = "md5"
+JWT = "jwt"
+
+log = logging.getLogger("tenantgate.auth")
 
 
 class Credentials(Protocol):
@@ -28,17 +47,31 @@ class Credentials(Protocol):
 class AuthFailed(Exception):
     """Authentication failed; ``error`` is the ErrorResponse to send before closing."""
 
-    def __init__(self, user: str, sqlstate: str = "28P01", message: str | None = None) -> None:
+    def __init__(self, user: str, sqlstate: str = "28P01", message: str | None = None, reason: str = "") -> None:
         self.error = codec.error(sqlstate, message or f'password authentication failed for user "{user}"')
         super().__init__(self.error.message)
+        self.reason = reason or self.error.message  # for the log and audit, never for the client
 
 
 class ClientAuth:
-    def __init__(self, username: str, creds: Credentials | None, method: str, secret: bytes) -> None:
+    def __init__(
+        self,
+        username: str,
+        creds: Credentials | None,
+        method: str,
+        secret: bytes,
+        verify: Callable[[str], JwtIdentity] | None = None,
+    ) -> None:
         self.username = username
         self._known = creds is not None
+        self._verify = verify
+        self.identity: JwtIdentity | None = None  # jwt: what the token granted
+        if method == JWT:
+            if verify is None:
+                raise ValueError("jwt authentication needs a token verifier")
+            self.method = JWT
         # unknown users get the same challenge as known ones, so the method reveals nothing
-        if method == MD5 and (creds is None or creds.md5):
+        elif method == MD5 and (creds is None or creds.md5):
             self.method = MD5
         else:
             self.method = SCRAM
@@ -51,6 +84,8 @@ class ClientAuth:
         self._failed = False  # one attempt per exchange: no password guessing on one connection
 
     def start(self) -> bytes:
+        if self.method == JWT:
+            return Authentication(AUTH_CLEARTEXT).encode()
         if self.method == MD5:
             return Authentication(AUTH_MD5, self._salt).encode()
         return codec.auth_sasl(["SCRAM-SHA-256"]).encode()
@@ -63,6 +98,8 @@ class ClientAuth:
         if self.done or self._failed:
             raise self._fail()
         try:
+            if self.method == JWT:
+                return self._jwt(msg)
             if self.method == MD5:
                 return self._md5(msg)
             return self._scram_step(msg)
@@ -80,6 +117,23 @@ class ClientAuth:
             raise self._fail()
         self.done = True
         return Authentication(AUTH_OK).encode()
+
+    def _jwt(self, msg: PasswordMessage) -> bytes:
+        assert self._verify is not None
+        try:
+            token = msg.password().decode("ascii")
+        except UnicodeDecodeError:
+            reason = "malformed token: not ASCII"
+        else:
+            try:
+                self.identity = self._verify(token)
+            except JwtError as exc:
+                reason = exc.reason
+            else:
+                self.done = True
+                return Authentication(AUTH_OK).encode()
+        log.info('token login of user "%s" refused: %s', self.username, reason)
+        raise AuthFailed(self.username, reason=f"token refused: {reason}")
 
     def _scram_step(self, msg: PasswordMessage) -> bytes:
         if self._stage == 0:

@@ -75,6 +75,7 @@ class Backend:
     status: str = "I"
     # settings the proxy applied with SET since connect (transaction pooling hand-overs)
     applied: dict[str, str] = field(default_factory=dict)
+    prepared: set[str] = field(default_factory=set)  # pooled: content-addressed statements prepared here
 
     def __hash__(self) -> int:  # pooled backends live in sets
         return id(self)

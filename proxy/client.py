@@ -17,7 +17,7 @@ from tenantgate.audit.record import AuditEvent
 
 from . import codec
 from .auditing import SessionAudit
-from .auth import AuthFailed, ClientAuth
+from .auth import JWT, AuthFailed, ClientAuth
 from .backend import Backend, BackendError, connect, send_cancel
 from .codec import (
     BackendKeyData,
@@ -30,6 +30,8 @@ from .codec import (
     StartupMessage,
 )
 from .conn import ConnectionLost, PgConnection
+from .oidc import jwt_verifier
+from .roles import read_only_settings
 from .session import Session
 from .startup import StartupRefused, filter_params
 
@@ -168,7 +170,13 @@ class ClientConnection(PgConnection):
         user = cfg.users.get(name)
         settings, extensions = filter_params(startup.params)
         method = user.auth if user is not None else cfg.server.auth_method
-        auth = ClientAuth(name, user, method, self.proxy.secret)
+        oidc = cfg.oidc
+        verify = None
+        if oidc is not None and (method == JWT or (user is None and oidc.dynamic_users)):
+            if not self.ssl_in_use:  # the token goes in cleartext: never without TLS
+                raise Fatal("28000", "JWT login requires TLS")
+            method, verify = JWT, jwt_verifier(cfg, name)
+        auth = ClientAuth(name, user, method, self.proxy.secret, verify)
         self.write(auth.start())
         while not auth.done:
             mtype, body = await self.read_message()
@@ -176,18 +184,24 @@ class ClientConnection(PgConnection):
                 raise ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
             msg = codec.decode_frontend(mtype, body)
             assert isinstance(msg, PasswordMessage)
+            if oidc is not None and verify is not None:
+                await oidc.jwks.refresh_for(msg.data)  # a kid the cached JWKS lacks: the IdP rotated its keys
             try:
                 reply = auth.step(msg)
             except (AuthFailed, ProtocolError) as exc:
+                reason = exc.reason if isinstance(exc, AuthFailed) else str(exc)
                 self.proxy.record(
-                    AuditEvent(kind="auth_fail", user=name, client=self.peer, decision="refused", reason=str(exc))
+                    AuditEvent(kind="auth_fail", user=name, client=self.peer, decision="refused", reason=reason)
                 )
                 raise
             if not auth.done:
                 self.write(reply)
-        assert user is not None  # unknown users never finish the exchange
+        if auth.identity is not None:  # a token login: tenant and role come from its claims
+            self.tenant, readonly = auth.identity.tenant, auth.identity.readonly
+        else:
+            assert user is not None  # unknown users never finish the exchange
+            self.tenant, readonly = (None if user.trusted else user.tenant), user.role == "readonly"
         self.user = name
-        self.tenant = None if user.trusted else user.tenant
         self.params = settings
         log.info("authenticated user %s (tenant %s) from %s", name, self.tenant or "-", self.peer)
         self.proxy.record(
@@ -203,6 +217,8 @@ class ClientConnection(PgConnection):
             session_settings["search_path"] = "public"
         else:
             session_settings["tenantgate.trusted"] = "on"  # see proxy/rls.py
+        if readonly:  # second lock: the backend itself refuses what the proxy lets through
+            session_settings = read_only_settings(session_settings)
         # trusted service users always hold their backend (session pooling)
         pool = self.proxy.pool_for(database) if self.tenant is not None else None
         backend: Backend | None = None
@@ -256,6 +272,7 @@ class ClientConnection(PgConnection):
             settings=session_settings if pool is not None else None,
             metrics=self.proxy.metrics,
         )
+        session.readonly = readonly
         self._login_backend = None
         if pool is None:
             assert backend is not None

@@ -491,6 +491,13 @@ def bind_statement(body: bytes) -> str:
         raise ProtocolError("client", "string is not valid UTF-8") from None
 
 
+def rename_bind(body: bytes, statement: str) -> bytes:
+    """A Bind message (header included) for another prepared statement, values untouched."""
+    portal, _, rest = body.partition(b"\x00")
+    _, _, rest = rest.partition(b"\x00")
+    return _frame(b"B", portal + b"\x00" + _cstr(statement) + rest)
+
+
 def _dec_kind_name(r: _Reader, cls: type[Describe] | type[Close]) -> Describe | Close:
     kind = r.byte().decode("latin-1")
     if kind not in ("S", "P"):

@@ -5,9 +5,10 @@ the next ReadyForQuery('I') with nothing outstanding. On every hand-over the ses
 settings (the tenant, search_path, the client's reported session parameters) are
 applied in one pipelined Query ahead of the client's own messages, and its answer is
 swallowed: no round trip, and no session state of one client survives into another
-client's transaction. What cannot be handed over safely (named prepared statements,
-LISTEN, cursors WITH HOLD, SQL PREPARE, SET of an unreported setting) pins the client to
-its backend for the rest of its session instead (PgBouncer's caveats, closed).
+client's transaction. Named prepared statements (protocol level) follow the session
+from backend to backend under content-addressed names (:class:`PreparedStatements`).
+What cannot be handed over safely (LISTEN, cursors, SQL PREPARE, session-level SET/RESET)
+pins the client to its backend for the rest of its session instead.
 
 Waiting clients are served first come, first served; a client that waits longer than
 ``pool_timeout`` gets SQLSTATE 53300.
@@ -16,10 +17,12 @@ Waiting clients are served first come, first served; a client that waits longer 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import deque
 
 from .backend import Backend, BackendTarget, connect
+from .codec import Close, Parse
 
 log = logging.getLogger("tenantgate.pool")
 
@@ -133,3 +136,85 @@ class BackendPool:
         for backend in list(self.idle):
             backend.conn.close()
         self.idle.clear()
+
+
+def backend_name(sql: str, param_types: tuple[int, ...]) -> str:
+    """The name a prepared statement gets on pooled backends: the same text and parameter
+    types give the same name, so sessions share it and nobody's name can collide with it.
+
+    >>> backend_name("SELECT 1", ()) == backend_name("SELECT 1", ()) != backend_name("SELECT 1", (23,))
+    True
+    """
+    digest = hashlib.sha256(repr((sql, param_types)).encode()).hexdigest()[:24]
+    return f"tg_{digest}"
+
+
+class PreparedStatements:
+    """Named prepared statements of one transaction-pooled session, on whichever backend it holds.
+
+    The client's names map to content-addressed backend names. A statement is prepared on a
+    backend on demand (a Parse injected before the Bind or Describe that needs it); every
+    Parse and Close sent to the backend is remembered in order, so the ParseComplete and
+    CloseComplete answers of the proxy's own messages can be swallowed.
+    """
+
+    def __init__(self) -> None:
+        self.names: dict[str, tuple[str, bytes]] = {}  # client name -> (backend name, Parse bytes)
+        self.expect: deque[tuple[int, bool]] = deque()  # (cycle, swallow) per Parse/Close sent
+        self.added: list[tuple[int, str]] = []  # (cycle, backend name) assumed prepared
+
+    def parse(self, backend: Backend, name: str, sql: str, types: tuple[int, ...], cycle: int) -> bytes:
+        """The bytes that prepare the client's named statement on ``backend``."""
+        bname = backend_name(sql, types)
+        parse = Parse(bname, sql, types).encode()
+        self.names[name] = (bname, parse)
+        # a statement of that name may be there already (same text, from another session): replace it
+        self.expect.append((cycle, True))
+        self.expect.append((cycle, False))
+        self._assume(backend, bname, cycle)
+        return Close("S", bname).encode() + parse
+
+    def unnamed_parse(self, cycle: int) -> None:
+        self.expect.append((cycle, False))
+
+    def target(self, backend: Backend, name: str, cycle: int) -> tuple[str, bytes]:
+        """(backend name, bytes to send first) for a Bind or Describe of the client's statement."""
+        entry = self.names.get(name)
+        if entry is None:
+            return name, b""  # unknown: the backend answers "does not exist", as it should
+        bname, parse = entry
+        if bname in backend.prepared:
+            return bname, b""
+        self.expect.append((cycle, True))
+        self._assume(backend, bname, cycle)
+        return bname, parse
+
+    def close(self, backend: Backend, name: str, cycle: int) -> str:
+        entry = self.names.pop(name, None)
+        self.expect.append((cycle, False))
+        if entry is None:
+            return name
+        backend.prepared.discard(entry[0])
+        return entry[0]
+
+    def close_portal(self, cycle: int) -> None:
+        self.expect.append((cycle, False))
+
+    def _assume(self, backend: Backend, bname: str, cycle: int) -> None:
+        backend.prepared.add(bname)
+        self.added.append((cycle, bname))
+
+    def answered(self) -> bool:
+        """A ParseComplete/CloseComplete arrived: True when it answers the proxy's own message."""
+        return self.expect.popleft()[1] if self.expect else False
+
+    def failed(self, backend: Backend, cycle: int) -> None:
+        """An error in this cycle: the backend skipped the rest, so assume nothing it was sent."""
+        for c, bname in self.added:
+            if c >= cycle:
+                backend.prepared.discard(bname)
+
+    def cycle_done(self, cycle: int) -> None:
+        while self.expect and self.expect[0][0] <= cycle:
+            self.expect.popleft()
+        self.added = [(c, b) for c, b in self.added if c > cycle]

@@ -29,7 +29,8 @@ from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError
 from .codec import Bind, ErrorResponse, Parse, Query
-from .pool import BackendPool, PoolTimeout
+from .pool import BackendPool, PoolTimeout, PreparedStatements
+from .roles import read_only_violation
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -41,7 +42,11 @@ log = logging.getLogger("tenantgate.session")
 _Q, _P, _B, _F, _S, _EX = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S"), ord("E")
 _Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
 _CC, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
+_DESCRIBE, _CLOSE, _PARSE_DONE, _CLOSE_DONE = ord("D"), ord("C"), ord("1"), ord("3")
+_TERMINATE = ord("X")
 _CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F, _EX))
+_CLIENT_POOLED = _CLIENT_SPECIAL | {_DESCRIBE, _CLOSE}  # statement names are translated
+_EXTENDED = frozenset((_P, _B, _DESCRIBE, _EX, _CLOSE, ord("H")))  # answered only up to the next Sync
 # Statement kinds whose session state cannot be handed to another client's transaction.
 _PINNING_KINDS = frozenset(("prepare", "listen", "declare", "set", "reset"))
 # ... and those that wipe the settings the proxy applied (re-applied right after them).
@@ -61,6 +66,8 @@ class Refusal(Exception):
 
 class Session:
     """Relays one client and its backend; decides what of the client's SQL may pass."""
+
+    readonly = False  # set by the client connection for users of the readonly role
 
     def __init__(
         self,
@@ -87,8 +94,11 @@ class Session:
         self.pinned = pool is None
         self.settings = settings or {}
         self._waiting: list[tuple[bytes, list[tuple[int, int, int]]]] = []
+        self._named = PreparedStatements() if pool is not None else None
+        self._special = _CLIENT_POOLED if pool is not None else _CLIENT_SPECIAL
         self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
         self._reassert = False  # a RESET ALL / DISCARD ALL went by: apply the settings again
+        self._unsynced = False  # extended-protocol messages sent since the last Sync (backend is busy)
         self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
         self.cycles_done = 0
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
@@ -132,6 +142,13 @@ class Session:
             if self.client.transport is not None:
                 self.client.transport.pause_reading()
             return
+        if self.pool is not None and frames[-1][0] == _TERMINATE:
+            # a pooled backend outlives its clients: their Terminate is for the proxy, not for it
+            self.client.close()
+            frames = frames[:-1]
+            if not frames:
+                return
+            buf = buf[: frames[-1][2]]
         if self.backend is None:
             self._wait_for_backend(buf, frames)
             return
@@ -199,6 +216,7 @@ class Session:
             or backend is None
             or self.status != "I"
             or self.cycles_done != self.cycles_sent
+            or self._unsynced
             or self._withheld is not None
             or self._waiting
         ):
@@ -232,7 +250,7 @@ class Session:
             backend.conn.on_lost = None
             backend.conn.write(codec.Terminate().encode())
             backend.conn.close()
-        elif self.status == "I" and self.cycles_done == self.cycles_sent and not self.pinned:
+        elif self.status == "I" and self.cycles_done == self.cycles_sent and not self._unsynced and not self.pinned:
             self.pool.release(backend)
         else:  # mid-transaction or pinned state: closing it rolls back and forgets everything
             self.pool.discard(backend)
@@ -241,13 +259,16 @@ class Session:
         if self.busy_since is None:
             self.busy_since = time.monotonic()
         t0 = time.perf_counter()
-        special = _CLIENT_SPECIAL
+        special = self._special
         out: bytearray | None = None
         mark = 0
         for mtype, start, end in frames:
             if mtype == _S:
                 self.cycles_sent += 1
+                self._unsynced = False
                 continue
+            if mtype in _EXTENDED:
+                self._unsynced = True
             if mtype not in special:
                 continue
             replacement = self._client_message(mtype, buf, start, end)
@@ -299,8 +320,6 @@ class Session:
                 rewritten, tenant_params, kinds = self._plan(sql, extended=True)
                 self._kinds[msg.name] = (kinds[0] if kinds else first_word(sql), "allowed")
                 if self.pool is not None:
-                    if msg.name:
-                        self._pin("named prepared statement")
                     self._track_state(kinds)
                 if tenant_params:
                     self._tenant_params[msg.name] = tenant_params
@@ -308,6 +327,13 @@ class Session:
                     self._tenant_params.pop(msg.name, None)
                 if audit is not None:
                     audit.parse(msg.name, sql, rewritten, kinds[0] if kinds else first_word(sql))
+                if self._named is not None:
+                    assert self.backend is not None
+                    if msg.name:
+                        return self._named.parse(
+                            self.backend, msg.name, rewritten, msg.param_types, self.cycles_sent + 1
+                        )
+                    self._named.unnamed_parse(self.cycles_sent + 1)
                 return None if rewritten == sql else Parse(msg.name, rewritten, msg.param_types).encode()
             if mtype == _B:
                 if self._tenant_params or audit is not None:
@@ -319,7 +345,11 @@ class Session:
                         audit.bind(bind)
                 else:  # only the statement name: no need to decode the values
                     self._portal = self._kinds.get(codec.bind_statement(body), ("unknown", "allowed"))
+                if self._named is not None:
+                    return self._pooled_bind(body)
                 return None
+            if mtype in (_DESCRIBE, _CLOSE):  # pooled sessions only: translate statement names
+                return self._pooled_describe_close(mtype, body)
             if mtype == _EX:
                 self.statements += 1
                 if audit is not None:
@@ -346,6 +376,29 @@ class Session:
                 audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
             return self._inject(refusal, simple=mtype in (_Q, _F))
 
+    def _pooled_bind(self, body: bytes) -> bytes | None:
+        assert self._named is not None and self.backend is not None
+        name = codec.bind_statement(body)
+        if not name:
+            return None
+        bname, prefix = self._named.target(self.backend, name, self.cycles_sent + 1)
+        return prefix + codec.rename_bind(body, bname)
+
+    def _pooled_describe_close(self, mtype: int, body: bytes) -> bytes | None:
+        assert self._named is not None and self.backend is not None
+        msg = codec.decode_frontend(mtype, body)
+        assert isinstance(msg, codec.Describe | codec.Close)
+        cycle = self.cycles_sent + 1
+        if isinstance(msg, codec.Close):
+            if msg.kind == "P":
+                self._named.close_portal(cycle)
+                return None
+            return codec.Close("S", self._named.close(self.backend, msg.name, cycle)).encode()
+        if msg.kind == "P" or not msg.name:
+            return None
+        bname, prefix = self._named.target(self.backend, msg.name, cycle)
+        return prefix + codec.Describe("S", bname).encode()
+
     def _track_state(self, kinds: tuple[str, ...]) -> None:
         """Transaction mode: session state that must not reach another client pins this one."""
         pinning = _PINNING_KINDS.intersection(kinds)
@@ -364,12 +417,16 @@ class Session:
         """(text for the backend, $n that must carry the tenant, statement kinds)."""
         planner = self.planner
         if planner is None:
-            return sql, (), ()
-        try:
-            plan = planner.plan(sql, self.tenant, extended=extended)
-        except Refused as exc:
-            raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
-        return plan.sql, plan.tenant_params, plan.kinds
+            planned: tuple[str, tuple[int, ...], tuple[str, ...]] = (sql, (), ())
+        else:
+            try:
+                plan = planner.plan(sql, self.tenant, extended=extended)
+            except Refused as exc:
+                raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+            planned = (plan.sql, plan.tenant_params, plan.kinds)
+        if self.readonly and (what := read_only_violation(sql, planned[2])) is not None:
+            raise Refusal("25006", f"cannot execute {what} in a read-only session", "read_only")
+        return planned
 
     def _check_bind(self, bind: Bind) -> None:
         wanted = self._tenant_params.get(bind.statement)
@@ -441,7 +498,16 @@ class Session:
                     refusals.popleft()
                 if audit is not None:
                     audit.cycle_done(self.cycles_done)
+                if self._named is not None:
+                    self._named.cycle_done(self.cycles_done)
+            elif self._named is not None and mtype in (_PARSE_DONE, _CLOSE_DONE) and self._named.answered():
+                if out is None:  # the answer to a Parse/Close the proxy added
+                    out = bytearray()
+                out += buf[mark:start]
+                mark = end
             elif mtype == _E:
+                if self._named is not None and self.backend is not None:
+                    self._named.failed(self.backend, self.cycles_done + 1)
                 replacement = self._swap_error(buf[start + 5 : end]) if self._refusals else None
                 if replacement is not None:
                     if out is None:

@@ -13,6 +13,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer, find_pg_bin, free_port
 
 from .harness import Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
@@ -122,8 +123,8 @@ def test_asyncpg_prepared_statements_in_transaction_mode(one: ProxyProcess) -> N
 
 
 def test_pgbench_prepared_in_transaction_mode(backend: Backend, tmp_path: Path) -> None:
-    """Named prepared statements pin each client to a backend: two clients, two backends."""
-    one = pooled(backend, tmp_path, 2)
+    """Named prepared statements follow each client from backend to backend: four clients, one backend."""
+    one = pooled(backend, tmp_path, 1)
     script = tmp_path / "s.sql"
     script.write_text("\\set id random(1, 2)\nSELECT note FROM orders WHERE id = :id;\n")
     run = subprocess.run(
@@ -154,6 +155,27 @@ def test_pgbench_prepared_in_transaction_mode(backend: Backend, tmp_path: Path) 
     one.stop()
     assert run.returncode == 0, run.stderr
     assert "number of failed transactions: 0" in run.stdout
+
+
+def test_same_statement_name_different_sql_on_one_backend(one: ProxyProcess) -> None:
+    """Two sessions prepare "same" with different text and take turns on the only backend."""
+    a, b = RawClient(one.port), RawClient(one.port)
+    a.login("alice", "alice-pw")
+    b.login("bob", "bob-pw")
+    prepare = {
+        a: codec.Parse("same", "SELECT id::text FROM orders WHERE id = $1", (23,)),
+        b: codec.Parse("same", "SELECT note FROM orders WHERE id = $1", (23,)),
+    }
+    for client in (a, b):
+        client.send(prepare[client].encode() + codec.Sync().encode())
+        assert not errors(client.until_ready())
+    for _ in range(3):
+        for client, want in ((a, b"1"), (b, b"g1")):
+            client.send(codec.Bind("", "same", (), (b"1",)).encode() + codec.Execute().encode() + codec.Sync().encode())
+            rows = [m.values for m in client.until_ready() if isinstance(m, codec.DataRow)]
+            assert rows == [(want,)]
+    a.close()
+    b.close()
 
 
 def test_disconnect_mid_transaction_leaves_nothing_open(one: ProxyProcess, backend: Backend) -> None:
@@ -189,7 +211,7 @@ def test_many_clients_queue_fairly(backend: Backend, tmp_path: Path) -> None:
         for t in threads:
             t.join(60)
         assert not failures, failures[:3]
-        assert len(backends(backend)) <= 2
+        assert len(backends(backend)) <= 2 + 1  # this pool, and the module's pool of one
     finally:
         p.stop()
 

@@ -19,9 +19,10 @@ import psycopg
 import pytest
 from psycopg import pq
 
+from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
 
-from .harness import Backend, ProxyProcess, launch
+from .harness import USERS, Backend, ProxyProcess, RawClient, errors, launch
 
 MARKER = "GLOBEX"
 SCOPING = ('[scoping]\ncolumn = "tenant_id"\ntables = ["customers", "orders", "tickets"]\n'
@@ -168,7 +169,7 @@ def test_psycopg_pipeline_with_a_refused_statement(proxy: ProxyProcess, direct: 
             later = conn.execute("UPDATE orders SET note = %s", ["after the error"])
         assert info.value.sqlstate == "42501"
         assert first.fetchone() == (5,)  # the result before the error arrived
-        assert later.pgresult is None or later.pgresult.status == pq.ExecStatus.PIPELINE_ABORTED
+        assert later.pgresult is None  # skipped: psycopg got no result for it
         expected = pq.TransactionStatus.INERROR if in_transaction else pq.TransactionStatus.IDLE
         assert conn.info.transaction_status == expected
         if in_transaction:
@@ -177,6 +178,53 @@ def test_psycopg_pipeline_with_a_refused_statement(proxy: ProxyProcess, direct: 
     # up to the Sync everything is one transaction (implicit in autocommit): the error rolled it back
     notes = {n for (n,) in direct.execute("SELECT note FROM orders")}
     assert not notes & {"piped", "after the error"}
+
+
+def wire(messages: list[object]) -> list[tuple[str, str]]:
+    """Backend messages as (type, detail) for comparison."""
+    out = []
+    for m in messages:
+        if isinstance(m, codec.Simple):
+            out.append(("Simple", m.kind.decode()))
+        elif isinstance(m, codec.CommandComplete):
+            out.append(("CommandComplete", m.tag))
+        elif isinstance(m, codec.ErrorResponse):
+            out.append(("ErrorResponse", m.sqlstate))
+        elif isinstance(m, codec.ReadyForQuery):
+            out.append(("ReadyForQuery", m.status))
+        elif not isinstance(m, codec.NoticeResponse | codec.ParameterStatus):
+            out.append((type(m).__name__, ""))
+    return out
+
+
+def step(sql: str) -> bytes:
+    return codec.Parse("", sql).encode() + codec.Bind("", "").encode() + codec.Execute().encode()
+
+
+@pytest.mark.parametrize("in_transaction", [True, False], ids=["transaction", "implicit"])
+def test_wire_pipeline_skips_to_sync_after_a_refusal(proxy: ProxyProcess, direct: psycopg.Connection[Any],
+                                                     in_transaction: bool) -> None:
+    """Exactly PostgreSQL's behaviour on the wire: results before the refusal, the 42501 error,
+    nothing for the rest up to Sync, and the true transaction status."""
+    client = RawClient(proxy.port)
+    try:
+        assert not errors(client.login("alice", USERS["alice"][1]))
+        if in_transaction:
+            assert wire(client.query("BEGIN")) == [("CommandComplete", "BEGIN"), ("ReadyForQuery", "T")]
+        client.send(step("SELECT count(*) FROM orders") + step("SELECT * FROM internal_notes")
+                    + step("UPDATE orders SET note = 'skipped'") + codec.Sync().encode())
+        assert wire(client.until_ready()) == [
+            ("Simple", "1"), ("Simple", "2"), ("DataRow", ""), ("CommandComplete", "SELECT 1"),
+            ("ErrorResponse", "42501"), ("ReadyForQuery", "E" if in_transaction else "I")]
+        client.send(step("SELECT count(*) FROM orders") + codec.Sync().encode())
+        if in_transaction:  # the transaction is aborted until ROLLBACK, as PostgreSQL has it
+            assert wire(client.until_ready()) == [("ErrorResponse", "25P02"), ("ReadyForQuery", "E")]
+            assert wire(client.query("ROLLBACK")) == [("CommandComplete", "ROLLBACK"), ("ReadyForQuery", "I")]
+            client.send(step("SELECT count(*) FROM orders") + codec.Sync().encode())
+        assert wire(client.until_ready())[-2:] == [("CommandComplete", "SELECT 1"), ("ReadyForQuery", "I")]
+    finally:
+        client.close()
+    assert direct.execute("SELECT count(*) FROM orders WHERE note = 'skipped'").fetchone() == (0,)
 
 
 def test_extended_insert_with_the_tenant_as_a_parameter(proxy: ProxyProcess,
