@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from tenantgate.audit.record import AuditEvent
+from tenantgate.keyring import KeyringError
 
 from . import codec
 from .auditing import SessionAudit
@@ -30,6 +31,7 @@ from .codec import (
     StartupMessage,
 )
 from .conn import ConnectionLost, PgConnection
+from .crypto import SessionCrypto
 from .oidc import jwt_verifier
 from .roles import read_only_settings
 from .session import Session
@@ -260,6 +262,7 @@ class ClientConnection(PgConnection):
                 session=str(self.id),
                 database=database,
             )
+        crypto = await self._session_crypto(server_params)
         self.session = session = Session(
             self,
             None,
@@ -271,6 +274,7 @@ class ClientConnection(PgConnection):
             pool=pool,
             settings=session_settings if pool is not None else None,
             metrics=self.proxy.metrics,
+            crypto=crypto,
         )
         session.readonly = readonly
         self._login_backend = None
@@ -282,6 +286,25 @@ class ClientConnection(PgConnection):
         self.proxy.sessions.add(self)
         self.on_lost = self._client_lost
         self.enter_relay(session.on_client)
+
+    async def _session_crypto(self, server_params: dict[str, str]) -> SessionCrypto | None:
+        """Field encryption for a tenant session, with the tenant's keys loaded."""
+        if self.tenant is None or self.proxy.keyring is None:
+            return None
+
+        def timezone() -> str:
+            current = self.session.backend if self.session is not None else None
+            return (current.params if current is not None else server_params).get("TimeZone", "UTC")
+
+        crypto = SessionCrypto(
+            self.proxy.keyring, self.tenant, self.proxy.encrypted_columns, timezone, on_op=self.proxy.metrics.crypto
+        )
+        try:
+            await crypto.refresh()
+        except KeyringError as exc:
+            log.error("keys of tenant %s cannot be loaded: %s", self.tenant, exc)
+            raise Fatal(exc.sqlstate, "the encryption keys of this tenant cannot be loaded") from None
+        return crypto
 
     # ------------------------------------------------------------------ relay mode events
 

@@ -16,6 +16,8 @@ from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.writer import AuditLog
 from tenantgate.config import Config, ConfigError, load_config
+from tenantgate.keyring import Keyring
+from tenantgate.keyring.settings import EncryptedColumn
 
 from .backend import Backend, BackendError, BackendTarget, simple_query
 from .cancel import CancelRegistry
@@ -45,7 +47,7 @@ def make_planner(config: Config) -> Any:
     """The rewriter for tenant sessions."""
     from tenantgate.rewriter import Policy, Rewriter
 
-    return Rewriter(Policy.from_config(config.scoping))
+    return Rewriter(Policy.from_config(config.scoping, config.encryption))
 
 
 class BackendRoleRefused(Exception):
@@ -81,6 +83,8 @@ class Proxy:
         self.stop_requested = asyncio.Event()
         self.stop_timeout = config.server.shutdown_timeout
         self.audit: AuditLog | None = AuditLog(config.audit) if config.audit is not None else None
+        self.keyring: Keyring | None = None  # when [encryption] is configured (built at start)
+        self.encrypted_columns: dict[tuple[int, int], EncryptedColumn] = {}
 
     def _load_secret(self) -> bytes:
         secret = self.config.server.secret
@@ -175,6 +179,8 @@ class Proxy:
 
         if self.audit is not None:
             await self.audit.start()  # a log that cannot be written stops the start (AuditUnavailable)
+        if self.config.encryption is not None:
+            await self.start_encryption()
         loop = asyncio.get_running_loop()
         host, port = self.config.listen.address
         self._servers.append(await loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True))
@@ -191,6 +197,25 @@ class Proxy:
             self.admin_server = await AdminServer.start(self, *self.config.listen.admin)
         if self.config.listen.metrics is not None:
             self.metrics_server = await MetricsServer.start(self, *self.config.listen.metrics)
+
+    async def start_encryption(self) -> None:
+        """Build the keyring and find the encrypted columns' (table oid, attnum) on the backend."""
+        from .backend import connect
+        from .crypto import build_keyring, resolve_columns
+
+        settings = self.config.encryption
+        assert settings is not None
+
+        def key_event(kind: str, **fields: object) -> None:
+            tenant = fields.get("tenant")
+            self.record(AuditEvent(kind="key_event", reason=kind, tenant=str(tenant) if tenant else None))
+
+        self.keyring = build_keyring(settings, self.backend_target, self.config.backend.database, on_event=key_event)
+        backend = await connect(self.backend_target, self.config.backend.database or "postgres", {})
+        try:
+            self.encrypted_columns = await resolve_columns(backend, settings)
+        finally:
+            backend.conn.close()
 
     @property
     def port(self) -> int:

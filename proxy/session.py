@@ -35,6 +35,7 @@ from .roles import read_only_violation
 if TYPE_CHECKING:
     from .backend import Backend
     from .conn import PgConnection
+    from .crypto import SessionCrypto
     from .metrics import Metrics
 
 log = logging.getLogger("tenantgate.session")
@@ -52,6 +53,7 @@ _PINNING_KINDS = frozenset(("prepare", "listen", "declare", "set", "reset"))
 # ... and those that wipe the settings the proxy applied (re-applied right after them).
 _RESETTING_KINDS = frozenset(("reset_all", "discard_all", "discard", "reset"))
 _BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
+_CRYPTO_BACKEND = frozenset(b"TtDCEZnsI")  # what field encryption looks at on the way back
 
 
 class Refusal(Exception):
@@ -82,6 +84,7 @@ class Session:
         pool: BackendPool | None = None,
         settings: dict[str, str] | None = None,
         metrics: Metrics,
+        crypto: SessionCrypto | None = None,
     ) -> None:
         self.client = client
         self.backend = backend  # None between transactions in transaction mode
@@ -97,6 +100,10 @@ class Session:
         self._named = PreparedStatements() if pool is not None else None
         self._special = _CLIENT_POOLED if pool is not None else _CLIENT_SPECIAL
         self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
+        self._swallow_failing: set[int] = set()  # ... of which these are meant to fail
+        self.crypto = crypto  # field-level encryption of this tenant session, or None
+        self._redacted = ""  # the last planned statement with its encrypted literals masked
+        self._refreshing: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
         self._reassert = False  # a RESET ALL / DISCARD ALL went by: apply the settings again
         self._unsynced = False  # extended-protocol messages sent since the last Sync (backend is busy)
         self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
@@ -149,10 +156,41 @@ class Session:
             if not frames:
                 return
             buf = buf[: frames[-1][2]]
+        crypto = self.crypto
+        if crypto is not None and (self._refreshing is not None or not crypto.keys_fresh()):
+            self._refresh_keys(buf, frames)
+            return
         if self.backend is None:
             self._wait_for_backend(buf, frames)
             return
         self._relay_client(buf, frames)
+
+    def _refresh_keys(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        """Hold the client's messages until the tenant's keys are (re)loaded."""
+        if self._refreshing is not None:
+            self._refreshing.append((buf, frames))
+            return
+        self._refreshing = [(buf, frames)]
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+        asyncio.get_running_loop().create_task(self._reload_keys())
+
+    async def _reload_keys(self) -> None:
+        assert self.crypto is not None
+        try:
+            await self.crypto.refresh()
+        except Exception as exc:  # statements then fail closed (55000) on their own
+            log.error("loading the keys of tenant %s failed: %s", self.tenant, exc)
+        held, self._refreshing = self._refreshing or [], None
+        for buf, frames in held:
+            if self.client.is_closed:
+                return
+            if self.backend is None:
+                self._wait_for_backend(buf, frames)
+            else:
+                self._relay_client(buf, frames)
+        if self.client.transport is not None and not self.client.is_closed and not self._waiting:
+            self.client.transport.resume_reading()
 
     # ------------------------------------------------------------------ transaction pooling
 
@@ -208,6 +246,14 @@ class Session:
         self._swallow.add(self.cycles_sent)
         self.backend.conn.write(Query(sql).encode())
 
+    def _inject_abort(self) -> None:
+        """Fail the backend's transaction block, as the client was told (a value could not be decrypted)."""
+        assert self.backend is not None
+        self.cycles_sent += 1
+        self._swallow.add(self.cycles_sent)
+        self._swallow_failing.add(self.cycles_sent)
+        self.backend.conn.write(Query("tenantgate_decryption_failed_" + secrets.token_hex(8)).encode())
+
     def _maybe_release(self) -> None:
         """Hand the backend back once the transaction is over and nothing is outstanding."""
         backend = self.backend
@@ -260,13 +306,18 @@ class Session:
             self.busy_since = time.monotonic()
         t0 = time.perf_counter()
         special = self._special
+        crypto = self.crypto
         out: bytearray | None = None
         mark = 0
         for mtype, start, end in frames:
             if mtype == _S:
                 self.cycles_sent += 1
                 self._unsynced = False
+                if crypto is not None:
+                    crypto.on_client_message(mtype, None)
                 continue
+            if crypto is not None and mtype in (_DESCRIBE, _CLOSE):
+                crypto.on_client_message(mtype, codec.decode_frontend(mtype, buf[start + 5 : end]))
             if mtype in _EXTENDED:
                 self._unsynced = True
             if mtype not in special:
@@ -300,11 +351,14 @@ class Session:
             if mtype == _Q:
                 self.cycles_sent += 1
                 self.statements += 1
+                if self.crypto is not None:  # one answer cycle, whatever is sent in its place
+                    self.crypto.on_client_message(_Q, None)
                 msg = codec.decode_frontend(mtype, body)
                 assert isinstance(msg, Query)
                 sql = msg.sql
                 self._check_audit()
-                rewritten, _params, kinds = self._plan(sql, extended=False)
+                rewritten, _params, kinds, _enc = self._plan(sql, extended=False)
+                sql = self._redacted
                 for kind in kinds or (first_word(sql),):
                     self.metrics.statement(self.tenant, kind, "allowed")
                 if self.pool is not None:
@@ -317,7 +371,8 @@ class Session:
                 assert isinstance(msg, Parse)
                 sql = msg.sql
                 self._kinds[msg.name] = (first_word(sql), "refused")  # until the plan succeeds
-                rewritten, tenant_params, kinds = self._plan(sql, extended=True)
+                rewritten, tenant_params, kinds, encrypt_params = self._plan(sql, extended=True)
+                sql = self._redacted
                 self._kinds[msg.name] = (kinds[0] if kinds else first_word(sql), "allowed")
                 if self.pool is not None:
                     self._track_state(kinds)
@@ -327,22 +382,39 @@ class Session:
                     self._tenant_params.pop(msg.name, None)
                 if audit is not None:
                     audit.parse(msg.name, sql, rewritten, kinds[0] if kinds else first_word(sql))
+                parse = Parse(msg.name, rewritten, msg.param_types)
+                if self.crypto is not None:  # encrypted parameters are declared bytea to the backend
+                    sealed = self.crypto.on_client_message(_P, parse, encrypt_params)
+                    if sealed is not None:
+                        parse = codec.decode_frontend(_P, sealed[5:])  # type: ignore[assignment]
                 if self._named is not None:
                     assert self.backend is not None
                     if msg.name:
                         return self._named.parse(
-                            self.backend, msg.name, rewritten, msg.param_types, self.cycles_sent + 1
+                            self.backend, msg.name, parse.sql, parse.param_types, self.cycles_sent + 1
                         )
                     self._named.unnamed_parse(self.cycles_sent + 1)
-                return None if rewritten == sql else Parse(msg.name, rewritten, msg.param_types).encode()
+                return None if parse == msg else parse.encode()
             if mtype == _B:
-                if self._tenant_params or audit is not None:
+                if self._tenant_params or audit is not None or self.crypto is not None:
                     bind = codec.decode_frontend(_B, body)
                     assert isinstance(bind, Bind)
                     self._portal = self._kinds.get(bind.statement, ("unknown", "allowed"))
                     self._check_bind(bind)
+                    sealed = None
+                    if self.crypto is not None:
+                        try:
+                            sealed = self.crypto.on_client_message(_B, bind)
+                        except Refused as exc:
+                            raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+                    if sealed is not None:  # the audit sees the ciphertext of encrypted values
+                        bind = codec.decode_frontend(_B, sealed[5:])  # type: ignore[assignment]
+                        body = sealed[5:]
                     if audit is not None:
                         audit.bind(bind)
+                    if self._named is not None:
+                        return self._pooled_bind(body) or sealed
+                    return sealed
                 else:  # only the statement name: no need to decode the values
                     self._portal = self._kinds.get(codec.bind_statement(body), ("unknown", "allowed"))
                 if self._named is not None:
@@ -359,6 +431,8 @@ class Session:
                     audit.execute(msg.portal, self.cycles_sent + 1)
                 kind, decision = self._portal
                 self.metrics.statement(self.tenant, kind, decision)
+                if self.crypto is not None:  # may describe the portal first, to know what to decrypt
+                    return self.crypto.on_client_message(_EX, codec.decode_frontend(mtype, body))
                 return None
             # FunctionCall: the fast-path protocol bypasses every SQL check
             self.cycles_sent += 1
@@ -413,17 +487,24 @@ class Session:
                 "58030", "the audit log cannot be written: statement refused (audit on_failure = refuse)", "audit"
             )
 
-    def _plan(self, sql: str, *, extended: bool) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
-        """(text for the backend, $n that must carry the tenant, statement kinds)."""
+    def _plan(
+        self, sql: str, *, extended: bool
+    ) -> tuple[str, tuple[int, ...], tuple[str, ...], tuple[tuple[int, str, str, str], ...]]:
+        """(text for the backend, $n that must carry the tenant, statement kinds, $n to encrypt)."""
         planner = self.planner
+        self._redacted = sql
         if planner is None:
-            planned: tuple[str, tuple[int, ...], tuple[str, ...]] = (sql, (), ())
+            planned: tuple[str, tuple[int, ...], tuple[str, ...], tuple[tuple[int, str, str, str], ...]]
+            planned = (sql, (), (), ())
         else:
+            encrypt = self.crypto.encrypt_literal if self.crypto is not None else None
             try:
-                plan = planner.plan(sql, self.tenant, extended=extended)
+                plan = planner.plan(sql, self.tenant, extended=extended, encrypt=encrypt)
             except Refused as exc:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
-            planned = (plan.sql, plan.tenant_params, plan.kinds)
+            for start, end in sorted(plan.redactions, reverse=True):  # encrypted literals never reach the audit
+                self._redacted = self._redacted[:start] + "'***'" + self._redacted[end:]
+            planned = (plan.sql, plan.tenant_params, plan.kinds, plan.encrypt_params)
         if self.readonly and (what := read_only_violation(sql, planned[2])) is not None:
             raise Refusal("25006", f"cannot execute {what} in a read-only session", "read_only")
         return planned
@@ -450,7 +531,11 @@ class Session:
         self._refusals.append((marker, err, self.cycles_sent - (1 if simple else 0)))
         log.info("refused statement: %s (%s)", refusal.reason, refusal.sqlstate)
         text = marker.decode()
-        return Query(text).encode() if simple else Parse("", text).encode()
+        if simple:
+            return Query(text).encode()
+        if self.crypto is not None:  # the unnamed statement is now this failing one
+            self.crypto.on_client_message(_P, Parse("", text))
+        return Parse("", text).encode()
 
     # ------------------------------------------------------------------ backend -> client
 
@@ -477,7 +562,10 @@ class Session:
                 if mtype == _Z:
                     self.cycles_done += 1
                     self._swallow.discard(self.cycles_done)
+                    self._swallow_failing.discard(self.cycles_done)
                     self.status = chr(buf[start + 5])
+                elif mtype == _E and (self.cycles_done + 1) in self._swallow_failing:
+                    pass  # the statement that makes a transaction fail after a decryption error
                 elif mtype == _E:
                     log.error("applying session settings on a pooled backend failed: closing the session")
                     self._end(codec.error("08006", "tenantgate could not prepare a backend", severity="FATAL"))
@@ -485,6 +573,24 @@ class Session:
                 elif mtype == _PS:
                     self._parameter_status(buf[start + 5 : end])
                 continue
+            crypto = self.crypto
+            if crypto is not None and mtype in _CRYPTO_BACKEND:
+                replacement = crypto.on_backend_frame(mtype, buf[start + 5 : end])
+                if replacement is not None:
+                    if out is None:
+                        out = bytearray()
+                    out += buf[mark:start]
+                    out += replacement
+                    mark = end
+                    if mtype != _Z:
+                        if replacement[:1] == b"E":
+                            err = codec.decode_backend(_E, replacement[5:])
+                            assert isinstance(err, ErrorResponse)
+                            self.metrics.error(err.sqlstate)
+                        continue
+                if crypto.abort_pending:
+                    crypto.abort_pending = False
+                    self._inject_abort()
             if mtype == _Z:
                 self.status = chr(buf[start + 5])
                 self.cycles_done += 1
