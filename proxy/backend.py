@@ -76,6 +76,7 @@ class Backend:
     # settings the proxy applied with SET since connect (transaction pooling hand-overs)
     applied: dict[str, str] = field(default_factory=dict)
     prepared: set[str] = field(default_factory=set)  # pooled: content-addressed statements prepared here
+    cancelled: bool = False  # a cancel was sent to it: never hand it to another client (it may land late)
 
     def __hash__(self) -> int:  # pooled backends live in sets
         return id(self)

@@ -321,6 +321,7 @@ class ClientConnection(PgConnection):
         backend = self.backend
         if backend is None or backend.conn.is_closed:
             return
+        backend.cancelled = True  # a late cancel must not hit the next client of a pooled backend
         try:
             await send_cancel(backend.target, backend.pid, backend.secret)
         except (BackendError, OSError, TimeoutError) as exc:

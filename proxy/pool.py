@@ -90,7 +90,7 @@ class BackendPool:
         backend.conn.on_frames = None
         backend.conn.on_lost = None
         backend.conn.backpressure_peer = None
-        if backend.conn.is_closed or backend.status != "I":
+        if backend.conn.is_closed or backend.status != "I" or backend.cancelled:
             backend.conn.abort()
             self._refill()
             return

@@ -236,3 +236,26 @@ def test_trusted_users_stay_session_pooled(one: ProxyProcess) -> None:
     with psycopg.connect(one.dsn("svc"), autocommit=True) as conn:
         conn.execute("SET work_mem = '7MB'")
         assert conn.execute("SHOW work_mem").fetchone() == ("7MB",)
+
+
+def test_cancelled_backend_is_never_handed_on(one: ProxyProcess) -> None:
+    """PgBouncer #245: a cancel that lands late must not hit another client's query."""
+    conn = psycopg.connect(one.dsn("alice"), autocommit=True)
+    before = conn.execute("SELECT pg_backend_pid()").fetchone()
+    errors_seen: list[BaseException] = []
+
+    def sleep() -> None:
+        try:
+            conn.execute("SELECT pg_sleep(20)")
+        except psycopg.Error as exc:
+            errors_seen.append(exc)
+
+    t = threading.Thread(target=sleep)
+    t.start()
+    time.sleep(0.5)
+    conn.cancel()
+    t.join(10)
+    assert errors_seen and isinstance(errors_seen[0], psycopg.errors.QueryCanceled)
+    after = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert after != before  # the cancelled backend was closed, not pooled again
+    conn.close()
