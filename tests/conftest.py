@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from tenantgate.proxy.pgcluster import ExternalServer, PgServer, ThrowawayCluster
 from tenantgate.proxy.pgcluster import free_port as _free_port
 

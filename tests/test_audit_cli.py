@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tenantgate.audit.cli import main
 from tenantgate.audit.errors import AuditConfigError
 from tenantgate.audit.record import AuditEvent

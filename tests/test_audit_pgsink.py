@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.pgsink import PostgresSink
 from tenantgate.audit.reader import PostgresSource

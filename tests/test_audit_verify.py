@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tenantgate.audit.checkpoints import export_checkpoints, load_checkpoints
 from tenantgate.audit.keys import Signer, generate_signing_key_files, load_public_key, load_signing_key
 from tenantgate.audit.reader import open_sources

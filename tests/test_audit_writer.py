@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.reader import open_sources
 from tenantgate.audit.record import AuditEvent

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tenantgate.proxy import codec
 from tenantgate.proxy.auth import MD5, SCRAM, AuthFailed, ClientAuth
 from tenantgate.proxy.codec import (

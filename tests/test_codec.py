@@ -13,6 +13,7 @@ from itertools import pairwise
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tenantgate.proxy import codec
 from tenantgate.proxy.codec import (
     MAX_STARTUP_PACKET,

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tenantgate.config import ConfigError, Secret, check_config, load_config
 from tenantgate.config.values import parse_identifier, parse_qualified_name, render_identifier
 from tenantgate.proxy.scram import AuthError, ScramClient, ScramServer, md5_hash

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+
 from tenantgate.keyring import (
     AesKwKek,
     DatabaseKeyStore,

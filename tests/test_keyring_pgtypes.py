@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tenantgate.keyring.errors import CodecError
 from tenantgate.keyring.pgtypes import BY_OID, DATE, INT4, INT8, JSONB, NUMERIC, TIMESTAMPTZ, TYPES, PgType
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tenantgate.keyring import AesKwKek, FileKeyStore, KekError, Keyring, Mode, provider_from_uri
 from tenantgate.keyring.hsm import Pkcs11Kek, parse_pkcs11_uri
 

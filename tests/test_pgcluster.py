@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from tenantgate.proxy.pgcluster import ExternalServer, ThrowawayCluster, find_pg_bin, free_port
 
 from .certs import Pki, make_ca

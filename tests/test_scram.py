@@ -10,6 +10,7 @@ import hmac
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tenantgate.proxy.scram import (
     MAX_CLIENT_ITERATIONS,
     AuthError,
