@@ -34,9 +34,8 @@ from typing import TYPE_CHECKING
 
 from . import codec
 from .auth import AuthFailed, ClientAuth
-from .client import Fatal, fatal_bytes
-from .codec import CommandComplete, DataRow, FieldDescription, GSSENCRequest, RowDescription, SSLRequest, StartupMessage
-from .conn import ConnectionLost, PgConnection
+from .codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
+from .frontend import FrontendConnection
 
 if TYPE_CHECKING:
     from .client import ClientConnection
@@ -441,93 +440,35 @@ COMMANDS: tuple[Command, ...] = (
 # ---------------------------------------------------------------------- connections
 
 
-class AdminConnection(PgConnection):
+class AdminConnection(FrontendConnection):
     """One psql session on the admin port (await mode throughout: low traffic, clarity first)."""
 
+    kind = "admin"
+
     def __init__(self, proxy: Proxy, server: AdminServer) -> None:
-        super().__init__("client", min(proxy.config.server.max_message_size, MAX_ADMIN_MESSAGE))
-        self.proxy = proxy
+        super().__init__(proxy)
+        self.framer.max_size = min(self.framer.max_size, MAX_ADMIN_MESSAGE)
         self.server = server
         self.user = ""
-        self.peer = ""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+    def connected(self) -> None:
         self.server.connections.add(self)
-        self.proxy.spawn(self.run())
 
-    async def run(self) -> None:
-        try:
-            try:
-                async with asyncio.timeout(self.proxy.config.server.startup_timeout):
-                    startup = await self._negotiate()
-                    if startup is None:
-                        return
-                    await self._login(startup)
-            except TimeoutError:
-                raise Fatal("08006", "timeout expired during connection startup") from None
-            await self._serve()
-        except (Fatal, AuthFailed) as exc:
-            self._fatal(exc.error)
-        except codec.ProtocolError as exc:
-            self._fatal(codec.error(exc.sqlstate, exc.detail))
-        except ConnectionLost:
-            pass
-        except Exception:
-            log.exception("internal error in admin connection %s", self.peer)
-            self._fatal(codec.error("XX000", "internal error in tenantgate"))
-        finally:
-            self.server.connections.discard(self)
-            self.close()
-
-    def _fatal(self, err: codec.ErrorResponse) -> None:
-        self.write(fatal_bytes(err))
+    def teardown(self) -> None:
+        self.server.connections.discard(self)
         self.close()
 
     def terminate(self) -> None:
-        self._fatal(codec.error("57P01", "terminating connection due to administrator command"))
+        self.fatal(codec.error("57P01", "terminating connection due to administrator command"))
 
-    async def _negotiate(self) -> StartupMessage | None:
-        tls_done = False
-        while True:
-            packet = codec.decode_startup(await self.read_startup_packet(codec.MAX_STARTUP_PACKET))
-            if isinstance(packet, SSLRequest):
-                ctx = self.proxy.client_tls
-                if tls_done or ctx is None:
-                    self.write(b"N")
-                else:
-                    self.write(b"S")
-                    await self.start_tls(ctx, server_side=True)
-                    tls_done = True
-            elif isinstance(packet, GSSENCRequest):
-                self.write(b"N")
-            elif isinstance(packet, StartupMessage):
-                if self.proxy.config.tls.mode == "require" and not tls_done:
-                    raise Fatal("28000", "tenantgate requires an SSL connection (tls mode = require)")
-                return packet
-            else:  # CancelRequest: admin commands run to completion, there is nothing to cancel
-                self.close()
-                return None
-
-    async def _login(self, startup: StartupMessage) -> None:
+    async def login(self, startup: StartupMessage) -> None:
         cfg = self.proxy.config
         name = startup.params["user"]
         admin = cfg.admins.get(name)
         # tenant users and unknown names run the same exchange against a fake verifier: 28P01
         auth = ClientAuth(name, admin, admin.auth if admin is not None else cfg.server.auth_method, self.proxy.secret)
-        self.write(auth.start())
         try:
-            while not auth.done:
-                mtype, body = await self.read_message()
-                if mtype != ord("p"):
-                    raise codec.ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
-                msg = codec.decode_frontend(mtype, body)
-                assert isinstance(msg, codec.PasswordMessage)
-                reply = auth.step(msg)
-                if not auth.done:
-                    self.write(reply)
+            reply = await self.authenticate(auth)
         except AuthFailed:
             log.warning("admin login failed for user %r from %s", name, self.peer)
             self.proxy.metrics.admin_auth_failed()
@@ -552,7 +493,7 @@ class AdminConnection(PgConnection):
         out += codec.ready("I")
         self.write(bytes(out))
 
-    async def _serve(self) -> None:
+    async def serve(self) -> None:
         failed_extended = False  # after an extended-protocol error, skip to Sync like PostgreSQL
         while True:
             mtype, body = await self.read_message()

@@ -7,7 +7,6 @@ only this connection.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -23,19 +22,17 @@ from .backend import Backend, BackendError, connect, send_cancel
 from .codec import (
     BackendKeyData,
     CancelRequest,
-    GSSENCRequest,
     ParameterStatus,
     PasswordMessage,
     ProtocolError,
-    SSLRequest,
     StartupMessage,
 )
-from .conn import ConnectionLost, PgConnection
 from .crypto import SessionCrypto
+from .frontend import Fatal, FrontendConnection, fatal_bytes
 from .oidc import jwt_verifier
 from .roles import read_only_settings
 from .session import Session
-from .startup import StartupRefused, filter_params
+from .startup import filter_params
 
 if TYPE_CHECKING:
     from .listener import Proxy
@@ -43,26 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("tenantgate.client")
 
 
-class Fatal(Exception):
-    """End the connection with this error."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.error = codec.error(sqlstate, message, severity="FATAL")
-
-
-def fatal_bytes(err: codec.ErrorResponse) -> bytes:
-    fields = tuple(("S", "FATAL") if k == "S" else ("V", "FATAL") if k == "V" else (k, v) for k, v in err.fields)
-    return codec.ErrorResponse(fields).encode()
-
-
 _ids = itertools.count(1)
 
 
-class ClientConnection(PgConnection):
+class ClientConnection(FrontendConnection):
     def __init__(self, proxy: Proxy) -> None:
-        super().__init__("client", proxy.config.server.max_message_size)
-        self.proxy = proxy
+        super().__init__(proxy)
         self.id = next(_ids)
         self.connected_at = time.time()
         self.database = ""
@@ -70,53 +53,21 @@ class ClientConnection(PgConnection):
         self.session: Session | None = None
         self.user = ""
         self.tenant: str | None = None
-        self.peer = ""
         self.key: tuple[int, int] | None = None
         self.params: dict[str, str] = {}
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+    def connected(self) -> None:
         self.proxy.metrics.client_connected()
-        self.proxy.spawn(self.run())
 
-    # ------------------------------------------------------------------ lifecycle
+    async def serve(self) -> None:
+        await self.closed_event.wait()  # the session relays from here on
 
-    async def run(self) -> None:
-        try:
-            try:
-                async with asyncio.timeout(self.proxy.config.server.startup_timeout):
-                    startup = await self._negotiate()
-                    if startup is None:
-                        return
-                    await self._login(startup)
-            except TimeoutError:
-                raise Fatal("08006", "timeout expired during connection startup") from None
-            await self.closed_event.wait()
-        except Fatal as exc:
-            self._fatal(exc.error)
-        except (AuthFailed, BackendError) as exc:
-            self._fatal(exc.error)
-        except StartupRefused as exc:
-            self._fatal(codec.error(exc.sqlstate, exc.message))
-        except ProtocolError as exc:
-            self._fatal(codec.error(exc.sqlstate, exc.detail))
-        except ConnectionLost:
-            pass
-        except Exception:
-            log.exception("internal error in client connection %s", self.peer)
-            self._fatal(codec.error("XX000", "internal error in tenantgate"))
-        finally:
-            self._teardown()
-
-    def _fatal(self, err: codec.ErrorResponse) -> None:
+    def fatal(self, err: codec.ErrorResponse) -> None:
         if self.session is None:  # refused before its session started (KILL/shutdown come later)
             self.proxy.metrics.client_refused(err.sqlstate)
-        self.write(fatal_bytes(err))
-        self.close()
+        super().fatal(err)
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
         if self.key is not None:
             self.proxy.cancels.unregister(self.key[0])
         if self in self.proxy.sessions:
@@ -131,42 +82,14 @@ class ClientConnection(PgConnection):
 
     # ------------------------------------------------------------------ startup
 
-    async def _negotiate(self) -> StartupMessage | None:
-        cfg = self.proxy.config
-        limit = min(cfg.server.max_startup_packet, codec.MAX_STARTUP_PACKET)
-        tls_done = False
-        while True:
-            packet = codec.decode_startup(await self.read_startup_packet(limit))
-            if isinstance(packet, SSLRequest):
-                if tls_done:
-                    raise ProtocolError("client", "SSL request after TLS is already established")
-                ctx = self.proxy.client_tls
-                if ctx is None:
-                    self.write(b"N")
-                else:
-                    self.write(b"S")
-                    await self.start_tls(ctx, server_side=True)
-                    tls_done = True
-            elif isinstance(packet, GSSENCRequest):
-                self.write(b"N")
-            elif isinstance(packet, CancelRequest):
-                await self._cancel(packet)
-                return None
-            else:
-                assert isinstance(packet, StartupMessage)
-                if cfg.tls.mode == "require" and not tls_done:
-                    raise Fatal("28000", "tenantgate requires an SSL connection (tls mode = require)")
-                return packet
-
-    async def _cancel(self, req: CancelRequest) -> None:
+    async def cancel(self, req: CancelRequest) -> None:
         target = self.proxy.cancels.lookup(req.pid, req.secret)
-        self.close()  # a cancel connection gets no answer either way
         if target is None:
             log.info("cancel request with an unknown key ignored")
             return
         await target.cancel_backend()
 
-    async def _login(self, startup: StartupMessage) -> None:
+    async def login(self, startup: StartupMessage) -> None:
         cfg = self.proxy.config
         name = startup.params["user"]
         user = cfg.users.get(name)
@@ -329,4 +252,4 @@ class ClientConnection(PgConnection):
 
     def terminate(self, sqlstate: str, message: str) -> None:
         """Close this session now with a FATAL error (shutdown, KILL)."""
-        self._fatal(codec.error(sqlstate, message))
+        self.fatal(codec.error(sqlstate, message))
