@@ -133,7 +133,13 @@ class Session:
         """Release what arrived while paused, then read from the client again."""
         held, self._held = self._held, []
         self.held_since = None
+        self._replay(held)
+
+    def _replay(self, held: list[tuple[bytes, list[tuple[int, int, int]]]]) -> None:
+        """Relay what was held back (PAUSE, key refresh), then read from the client again."""
         for buf, frames in held:
+            if self.client.is_closed:
+                return
             if self.backend is None:
                 self._wait_for_backend(buf, frames)
             else:
@@ -182,15 +188,7 @@ class Session:
         except Exception as exc:  # statements then fail closed (55000) on their own
             log.error("loading the keys of tenant %s failed: %s", self.tenant, exc)
         held, self._refreshing = self._refreshing or [], None
-        for buf, frames in held:
-            if self.client.is_closed:
-                return
-            if self.backend is None:
-                self._wait_for_backend(buf, frames)
-            else:
-                self._relay_client(buf, frames)
-        if self.client.transport is not None and not self.client.is_closed and not self._waiting:
-            self.client.transport.resume_reading()
+        self._replay(held)
 
     # ------------------------------------------------------------------ transaction pooling
 
