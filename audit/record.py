@@ -182,7 +182,7 @@ class Sealer:
         return f"Sealer(signer={self._signer!r})"
 
     def mac(self, payload: bytes) -> str:
-        return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, payload, "sha256").hex()  # the one-shot C path: no HMAC object per record
 
     def seal(self, body: dict[str, object]) -> SealedRecord:
         payload = canonical(body)

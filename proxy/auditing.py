@@ -77,6 +77,13 @@ class SessionAudit:
         self.session = session
         self.database = database
         self.pending: deque[_Pending] = deque()
+        self._identity: dict[str, str | None] = {  # the same on every record of the session
+            "tenant": tenant,
+            "user": user,
+            "client": client,
+            "session": session,
+            "database": database,
+        }
         self._statements: dict[str, tuple[str, str | None, str]] = {}
         self._portals: dict[str, tuple[str, tuple[str | bytes | None, ...]]] = {}
         self._log_params = log.settings.log_parameters != "none"
@@ -144,13 +151,7 @@ class SessionAudit:
     # ------------------------------------------------------------------ records
 
     def _who(self) -> dict[str, str | None]:
-        return {
-            "tenant": self.tenant,
-            "user": self.user,
-            "client": self.client,
-            "session": self.session,
-            "database": self.database,
-        }
+        return self._identity
 
     def _event(
         self, p: _Pending, *, sqlstate: str | None = None, rows: int | None = None, reason: str | None = None
