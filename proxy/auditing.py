@@ -6,6 +6,12 @@ EmptyQueryResponse, PortalSuspended or ErrorResponse) turns it into a ``statemen
 record with its SQLSTATE, row count and duration. Entries the backend skipped after an
 earlier error in the same cycle are recorded as not executed at the ReadyForQuery.
 Refusals are recorded when they are decided.
+
+With ``durability = "strict"`` every statement is also recorded *before* it is sent
+(``phase: start``, write-ahead): the session holds the statement until that record is
+durable, so nothing runs on the backend unlogged even when the sink fails between two
+statements; the completion record (``phase: end``) is durable before the result is
+released.
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ class SessionAudit:
         self._statements: dict[str, tuple[str, str | None, str]] = {}
         self._portals: dict[str, tuple[str, tuple[str | bytes | None, ...]]] = {}
         self._log_params = log.settings.log_parameters != "none"
+        self.strict = log.settings.durability == "strict"
+        self.intents: list[asyncio.Future[int | None]] = []  # strict: write-ahead records not yet durable
 
     @property
     def accepting(self) -> bool:
@@ -102,7 +110,7 @@ class SessionAudit:
         for i in range(count):
             original = originals[i]
             kind = kinds[i] if kinds else first_word(original)
-            self.pending.append(_Pending(original, outputs[i], kind, cycle, now))
+            self._started(_Pending(original, outputs[i], kind, cycle, now))
 
     def parse(self, name: str, sql: str, rewritten: str, kind: str) -> None:
         self._statements[name] = (sql, rewritten if rewritten != sql else None, kind)
@@ -119,7 +127,23 @@ class SessionAudit:
     def execute(self, portal: str, cycle: int) -> None:
         statement, params = self._portals.get(portal, ("", ()))
         sql, rewritten, kind = self._statements.get(statement, ("", None, "unknown"))
-        self.pending.append(_Pending(sql, rewritten, kind, cycle, time.monotonic(), params))
+        self._started(_Pending(sql, rewritten, kind, cycle, time.monotonic(), params))
+
+    def _started(self, p: _Pending) -> None:
+        self.pending.append(p)
+        if self.strict:
+            event = AuditEvent(
+                kind="statement",
+                decision="allowed",
+                sql=p.sql,
+                rewritten=p.rewritten,
+                params=p.params,
+                details={"statement": p.kind, "phase": "start"},
+                **self._who(),
+            )
+            future = self._submit(event)
+            if future is not None:
+                self.intents.append(future)
 
     def refused(self, sql: str, sqlstate: str, reason: str, message: str) -> None:
         self._submit(
@@ -166,7 +190,7 @@ class SessionAudit:
             reason=reason,
             duration_ms=round((time.monotonic() - p.started) * 1000, 3),
             params=p.params,
-            details={"statement": p.kind},
+            details={"statement": p.kind, "phase": "end"} if self.strict else {"statement": p.kind},
             **self._who(),
         )
 

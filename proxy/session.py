@@ -101,6 +101,7 @@ class Session:
         self._special = _CLIENT_POOLED if pool is not None else _CLIENT_SPECIAL
         self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
         self._swallow_failing: set[int] = set()  # ... of which these are meant to fail
+        self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
         self.crypto = crypto  # field-level encryption of this tenant session, or None
         self._redacted = ""  # the last planned statement with its encrypted literals masked
         self._refreshing: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
@@ -240,9 +241,13 @@ class Session:
 
     def _inject_setup(self, sql: str) -> None:
         assert self.backend is not None
+        self.backend.conn.write(self._setup_bytes(sql))
+
+    def _setup_bytes(self, sql: str) -> bytes:
+        """A query whose answer the proxy swallows (counted as one cycle of its own)."""
         self.cycles_sent += 1
         self._swallow.add(self.cycles_sent)
-        self.backend.conn.write(Query(sql).encode())
+        return Query(sql).encode()
 
     def _inject_abort(self) -> None:
         """Fail the backend's transaction block, as the client was told (a value could not be decrypted)."""
@@ -262,6 +267,7 @@ class Session:
             or self.cycles_done != self.cycles_sent
             or self._unsynced
             or self._withheld is not None
+            or self._gated
             or self._waiting
         ):
             return
@@ -330,15 +336,45 @@ class Session:
             mark = end
         backend = self.backend
         assert backend is not None
-        if out is None:
-            backend.conn.write(buf)
-        else:
-            out += buf[mark:]
-            backend.conn.write(bytes(out))
-        if self._reassert:
+        data = buf if out is None else bytes(out + buf[mark:])
+        if self._reassert:  # the client wiped the session's settings: apply all of them again
             self._reassert = False
-            self._inject_setup(self.setup_sql(backend))
+            backend.applied = {}
+            data += self._setup_bytes(self.setup_sql(backend))
+        if self._gated or (self.audit is not None and self.audit.intents):
+            self._gate(data)  # strict audit: only once the write-ahead records are durable
+        else:
+            backend.conn.write(data)
         self._proxy_time += time.perf_counter() - t0
+
+    def _gate(self, data: bytes) -> None:
+        assert self.audit is not None
+        intents, self.audit.intents = self.audit.intents, []
+        self._gated.append((data, intents))
+        if len(self._gated) == 1:
+            asyncio.get_running_loop().create_task(self._open_gate())
+
+    async def _open_gate(self) -> None:
+        """Send held client bytes in order, each once its statements' records are on disk."""
+        while self._gated:
+            data, intents = self._gated[0]
+            results = await asyncio.gather(*intents, return_exceptions=True)
+            if any(isinstance(r, BaseException) for r in results):
+                log.error("write-ahead audit record failed: the statement is not sent; closing the session")
+                self._gated.clear()
+                self._end(
+                    codec.error(
+                        "58030",
+                        "the audit log cannot be written: the statement was not run and the session is closed",
+                        severity="FATAL",
+                    )
+                )
+                if self.backend is not None:
+                    self.backend.conn.abort()  # rolls back whatever transaction is open
+                return
+            self._gated.popleft()
+            if self.backend is not None and not self.client.is_closed:
+                self.backend.conn.write(data)
 
     def _client_message(self, mtype: int, buf: bytes, start: int, end: int) -> bytes | None:
         """Bytes that replace this message, or None to relay it unchanged."""

@@ -216,8 +216,8 @@ def test_audit_database_down_refuses_statements_then_recovers(backend: Backend, 
         assert all(e and e[0].sqlstate == "58030" for e in outcomes), outcomes
         assert "audit log" in outcomes[-1][0].message
         rows = backend.pg.fetch("SELECT count(*) FROM orders WHERE note = 'unlogged'", dbname=backend.database)
-        # only the statement in flight when the sink failed may have run; its result was withheld
-        assert rows[0][0] <= 1
+        # strict: a statement is sent only once its write-ahead record is on disk, so none of them ran
+        assert rows[0][0] == 0
         pg.execute("ALTER DATABASE auditdb ALLOW_CONNECTIONS true")
         time.sleep(1.5)  # the writer retries every second
         assert not errors(c.query("INSERT INTO orders (id, note) VALUES (2100, 'logged again')"))
@@ -225,7 +225,7 @@ def test_audit_database_down_refuses_statements_then_recovers(backend: Backend, 
         pg.execute("ALTER DATABASE auditdb ALLOW_CONNECTIONS true")
         p.stop()
     logged = pg.fetch("SELECT count(*) FROM tenantgate_audit WHERE record LIKE '%logged again%'", dbname="auditdb")
-    assert logged == [(1,)]
+    assert logged == [(2,)]  # strict: its write-ahead (phase start) and completion (phase end) records
     backend.pg.execute("DELETE FROM orders WHERE note IN ('unlogged', 'logged again')", dbname=backend.database)
 
 
