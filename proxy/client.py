@@ -23,7 +23,6 @@ from .codec import (
     BackendKeyData,
     CancelRequest,
     ParameterStatus,
-    PasswordMessage,
     ProtocolError,
     StartupMessage,
 )
@@ -102,25 +101,16 @@ class ClientConnection(FrontendConnection):
                 raise Fatal("28000", "JWT login requires TLS")
             method, verify = JWT, jwt_verifier(cfg, name)
         auth = ClientAuth(name, user, method, self.proxy.secret, verify)
-        self.write(auth.start())
-        while not auth.done:
-            mtype, body = await self.read_message()
-            if mtype != ord("p"):
-                raise ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
-            msg = codec.decode_frontend(mtype, body)
-            assert isinstance(msg, PasswordMessage)
-            if oidc is not None and verify is not None:
-                await oidc.jwks.refresh_for(msg.data)  # a kid the cached JWKS lacks: the IdP rotated its keys
-            try:
-                reply = auth.step(msg)
-            except (AuthFailed, ProtocolError) as exc:
-                reason = exc.reason if isinstance(exc, AuthFailed) else str(exc)
-                self.proxy.record(
-                    AuditEvent(kind="auth_fail", user=name, client=self.peer, decision="refused", reason=reason)
-                )
-                raise
-            if not auth.done:
-                self.write(reply)
+        # a token naming a kid the cached JWKS lacks: the IdP rotated its keys
+        before = oidc.jwks.refresh_for if oidc is not None and verify is not None else None
+        try:
+            reply = await self.authenticate(auth, before)
+        except (AuthFailed, ProtocolError) as exc:
+            reason = exc.reason if isinstance(exc, AuthFailed) else str(exc)
+            self.proxy.record(
+                AuditEvent(kind="auth_fail", user=name, client=self.peer, decision="refused", reason=reason)
+            )
+            raise
         if auth.identity is not None:  # a token login: tenant and role come from its claims
             self.tenant, readonly = auth.identity.tenant, auth.identity.readonly
         else:

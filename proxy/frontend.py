@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from . import codec
@@ -130,8 +131,13 @@ class FrontendConnection(PgConnection):
                     raise Fatal("28000", "tenantgate requires an SSL connection (tls mode = require)")
                 return packet
 
-    async def authenticate(self, auth: ClientAuth) -> bytes:
-        """Run a password exchange to its end; returns the final reply (AuthenticationOk ...)."""
+    async def authenticate(
+        self, auth: ClientAuth, before_step: Callable[[bytes], Awaitable[None]] | None = None
+    ) -> bytes:
+        """Run a password exchange to its end; returns the final reply (AuthenticationOk ...).
+
+        ``before_step`` sees each password message first (JWT logins refresh the JWKS there).
+        """
         self.write(auth.start())
         while True:
             mtype, body = await self.read_message()
@@ -139,9 +145,9 @@ class FrontendConnection(PgConnection):
                 raise ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
             msg = codec.decode_frontend(mtype, body)
             assert isinstance(msg, PasswordMessage)
+            if before_step is not None:
+                await before_step(msg.data)
             reply = auth.step(msg)
             if auth.done:
                 return reply
             self.write(reply)
-
-
