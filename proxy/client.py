@@ -144,7 +144,7 @@ class ClientConnection(FrontendConnection):
         self._login_backend = backend
         if backend is not None:
             await self.proxy.check_backend_role(backend)
-        server_params = backend.params if backend is not None else dict(pool.params or {})
+        server_params = backend.params if backend is not None else dict(pool.params or {} if pool else {})
         if self.tenant is not None and server_params.get("standard_conforming_strings", "on") != "on":
             raise Fatal("55000", "the backend has standard_conforming_strings off; tenantgate requires it on")
 

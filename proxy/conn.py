@@ -47,8 +47,9 @@ class PgConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
-        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        assert hasattr(transport, "set_write_buffer_limits")  # uvloop's transports are not subclasses
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)

@@ -17,6 +17,7 @@ transaction status the client sees is the one PostgreSQL really has.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -442,8 +443,9 @@ class Session:
                         except Refused as exc:
                             raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
                     if sealed is not None:  # the audit sees the ciphertext of encrypted values
-                        bind = codec.decode_frontend(_B, sealed[5:])  # type: ignore[assignment]
                         body = sealed[5:]
+                        bind = codec.decode_frontend(_B, body)  # type: ignore[assignment]
+                        assert isinstance(bind, Bind)
                     if audit is not None:
                         audit.bind(bind)
                     if self._named is not None:
@@ -678,7 +680,7 @@ class Session:
                     self._flush_backend(buf, out, mark, start)
                     self._withheld = (buf, frames, i + 1)
                     self._backend_transport_pause()
-                    durable.add_done_callback(lambda f, at=start: self._release(f, at))
+                    durable.add_done_callback(functools.partial(self._release, at=start))
                     return
                 if durable is not None and durable.exception() is not None:
                     self._flush_backend(buf, out, mark, start)
