@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from . import codec
 from .auth import AuthFailed, ClientAuth
 from .codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
+from .conn import Listener
 from .frontend import FrontendConnection
 
 if TYPE_CHECKING:
@@ -579,13 +580,12 @@ class AdminConnection(FrontendConnection):
             await outcome
 
 
-class AdminServer:
+class AdminServer(Listener):
     """The admin port's listening socket and its open connections."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.connections: set[AdminConnection] = set()
-        self._server: asyncio.Server | None = None
 
     @classmethod
     async def start(cls, proxy: Proxy, host: str, port: int) -> AdminServer:
@@ -595,19 +595,9 @@ class AdminServer:
         log.info("admin console on %s:%d", host, self.port)
         return self
 
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    def close(self) -> None:
-        """Stop accepting; connected admins stay until wait_closed()."""
-        if self._server is not None:
-            self._server.close()
-
     async def wait_closed(self) -> None:
+        """Stop accepting; connected admins are ended here (57P01)."""
         self.close()
         for conn in list(self.connections):
             conn.terminate()
-        if self._server is not None:
-            await self._server.wait_closed()
+        await super().wait_closed()

@@ -37,6 +37,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .conn import Listener
+
 if TYPE_CHECKING:
     from .listener import Proxy
 
@@ -394,7 +396,7 @@ REQUEST_TIMEOUT = 10.0
 PROBE_TIMEOUT = 1.0
 
 
-class MetricsServer:
+class MetricsServer(Listener):
     """A minimal asyncio HTTP/1.1 server: one request per connection, GET/HEAD only.
 
     /metrics needs ``Authorization: Bearer <token>`` when TENANTGATE_METRICS_TOKEN is set;
@@ -405,7 +407,6 @@ class MetricsServer:
         self.proxy = proxy
         self.metrics = metrics
         self._token = token.encode() if token else None
-        self._server: asyncio.Server | None = None
 
     @classmethod
     async def start(cls, proxy: Proxy, host: str, port: int) -> MetricsServer:
@@ -416,19 +417,6 @@ class MetricsServer:
         self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_HEAD, reuse_address=True)
         log.info("metrics on http://%s:%d/metrics%s", host, self.port, " (bearer token required)" if token else "")
         return self
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def wait_closed(self) -> None:
-        if self._server is not None:
-            await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
