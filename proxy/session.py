@@ -157,13 +157,15 @@ class Session:
             if self.client.transport is not None:
                 self.client.transport.pause_reading()
             return
-        if self.pool is not None and frames[-1][0] == _TERMINATE:
-            # a pooled backend outlives its clients: their Terminate is for the proxy, not for it
-            self.client.close()
-            frames = frames[:-1]
-            if not frames:
-                return
-            buf = buf[: frames[-1][2]]
+        if self.pool is not None:
+            # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
+            cut = next((i for i, f in enumerate(frames) if f[0] == _TERMINATE), None)
+            if cut is not None:
+                self.client.close()
+                frames = frames[:cut]
+                if not frames:
+                    return
+                buf = buf[: frames[-1][2]]
         crypto = self.crypto
         if crypto is not None and (self._refreshing is not None or not crypto.keys_fresh()):
             self._refresh_keys(buf, frames)

@@ -16,6 +16,13 @@ from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import AuthMethod, PgServer, free_port
 from tenantgate.proxy.scram import ScramClient
 
+# A small two-tenant table, and the scoping that covers it (audit and pooling tests).
+ORDERS_SETUP = """
+CREATE TABLE orders (tenant_id text NOT NULL, id int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
+INSERT INTO orders VALUES ('acme', 1, 'a1'), ('acme', 2, 'a2'), ('globex', 1, 'g1');
+"""
+ORDERS_SCOPING = '[scoping]\ncolumn = "tenant_id"\ntables = ["orders"]\n'
+
 USERS = {
     # name: (tenant or None for a trusted service user, password)
     "alice": ("acme", "alice-pw"),

@@ -20,18 +20,21 @@ import pytest
 
 from tenantgate.proxy.pgcluster import PgServer, free_port
 
-from .harness import Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
-
-SETUP = """
-CREATE TABLE orders (tenant_id text NOT NULL, id int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
-INSERT INTO orders VALUES ('acme', 1, 'a1'), ('acme', 2, 'a2'), ('globex', 1, 'g1');
-"""
-SCOPING = '[scoping]\ncolumn = "tenant_id"\ntables = ["orders"]\n'
+from .harness import (
+    ORDERS_SCOPING,
+    ORDERS_SETUP,
+    Backend,
+    ProxyProcess,
+    RawClient,
+    config_text,
+    errors,
+    start_proxy,
+)
 
 
 @pytest.fixture(scope="module")
 def backend(pg: PgServer) -> Backend:
-    return Backend.create(pg, "audited", SETUP, owner=False)
+    return Backend.create(pg, "audited", ORDERS_SETUP, owner=False)
 
 
 def audited_proxy(
@@ -46,7 +49,7 @@ def audited_proxy(
         f'flush_interval_ms = 20\nlog_parameters = "{params}"\n{sink}\n'
     )
     port = free_port()
-    return start_proxy(tmp, config_text(backend, port, scoping=SCOPING, extra=audit), port)
+    return start_proxy(tmp, config_text(backend, port, scoping=ORDERS_SCOPING, extra=audit), port)
 
 
 def records(tmp: Path) -> list[dict[str, object]]:

@@ -16,23 +16,26 @@ import pytest
 from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer, find_pg_bin, free_port
 
-from .harness import Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
-
-SETUP = """
-CREATE TABLE orders (tenant_id text NOT NULL, id int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
-INSERT INTO orders VALUES ('acme', 1, 'a1'), ('acme', 2, 'a2'), ('globex', 1, 'g1');
-"""
-SCOPING = '[scoping]\ncolumn = "tenant_id"\ntables = ["orders"]\n'
+from .harness import (
+    ORDERS_SCOPING,
+    ORDERS_SETUP,
+    Backend,
+    ProxyProcess,
+    RawClient,
+    config_text,
+    errors,
+    start_proxy,
+)
 
 
 @pytest.fixture(scope="module")
 def backend(pg: PgServer) -> Backend:
-    return Backend.create(pg, "pooled", SETUP, owner=False)
+    return Backend.create(pg, "pooled", ORDERS_SETUP, owner=False)
 
 
 def pooled(backend: Backend, tmp: Path, size: int, timeout: float = 10) -> ProxyProcess:
     port = free_port()
-    text = config_text(backend, port, scoping=SCOPING).replace(
+    text = config_text(backend, port, scoping=ORDERS_SCOPING).replace(
         'sslmode = "prefer"',
         f'sslmode = "prefer"\npool_mode = "transaction"\npool_size = {size}\npool_timeout = {timeout}',
     )
