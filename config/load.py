@@ -30,6 +30,7 @@ from .schema import (
     JWT,
     LOG_LEVELS,
     ROLES,
+    ROW_LIMIT_ACTIONS,
     SSLMODES,
     TIERS,
     TLS,
@@ -39,6 +40,7 @@ from .schema import (
     Backend,
     Config,
     ConfigError,
+    Limits,
     Listen,
     Logging,
     Oidc,
@@ -58,7 +60,40 @@ __all__ = ["EXTERNAL_SECTIONS", "check_config", "load_config"]
 # validate them; here they only have to be tables.
 EXTERNAL_SECTIONS = frozenset({"audit", "encryption"})
 
-SECTIONS = frozenset({"listen", "backend", "tls", "server", "logging", "tenants", "users", "admins", "scoping", "oidc"})
+SECTIONS = frozenset(
+    {"listen", "backend", "tls", "server", "logging", "limits", "tenants", "users", "admins", "scoping", "oidc"}
+)
+LIMIT_TABLE_KEYS = frozenset(
+    {
+        "max_client_connections",
+        "max_backend_connections",
+        "statements_per_second",
+        "statement_burst",
+        "rate_limit_wait",
+        "statement_timeout",
+        "max_rows",
+        "max_rows_action",
+    }
+)
+BACKEND_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "user",
+        "password",
+        "password_env",
+        "password_file",
+        "database",
+        "sslmode",
+        "sslrootcert",
+        "connect_timeout",
+        "allow_superuser",
+        "region",
+        "pool_mode",
+        "pool_size",
+        "pool_timeout",
+    }
+)
 
 MAX_STARTUP_PACKET = 10000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 MAX_MESSAGE_SIZE = 1 << 30  # PostgreSQL's MaxAllocSize: no legal message is larger
@@ -319,11 +354,13 @@ class _Loader:
         tls = self.tls(raw)
         server = self.server(raw)
         logging = self.logging(raw)
-        tenants = self.tenants(raw)
+        defaults = self.limits(self.table(raw, "limits", "", LIMIT_TABLE_KEYS), "limits", Limits())
+        tenants = self.tenants(raw, backend, defaults)
         oidc = self.oidc(raw)
         users = self.users(raw, server.auth_method, tenants, "oidc" in raw)
         admins = self.admins(raw, server.auth_method, users)
         scoping = self.scoping(raw)
+        self.own_schemas(tenants, scoping)
         audit = self.audit(raw)
         encryption = self.encryption(raw)
         if self.problems:
@@ -342,6 +379,7 @@ class _Loader:
             audit=audit,
             encryption=encryption,
             oidc=oidc,
+            limits=defaults,
         )
 
     def audit(self, raw: Mapping[str, Any]) -> AuditSettings | None:
@@ -397,34 +435,16 @@ class _Loader:
         if unix_socket is not None and len(os.fsencode(unix_socket)) > 107:
             self.problem(_join(p, "unix_socket"), "is longer than 107 bytes (the limit for a socket path)")
             unix_socket = None
-        workers = self.number(tbl, "workers", p, int, 1, 1, 256)
+        # one worker process per CPU unless told otherwise (256 at most, whatever the machine)
+        workers = self.number(tbl, "workers", p, int, min(os.cpu_count() or 1, 256), 1, 256)
         return Listen(address, unix_socket, admin, metrics, workers)
 
     def backend(self, raw: Mapping[str, Any]) -> Backend:
-        p = "backend"
+        return self.backend_table(self.table(raw, "backend", "", BACKEND_KEYS), "backend")
+
+    def backend_table(self, tbl: Mapping[str, Any], p: str, base: Backend | None = None) -> Backend:
+        """A backend's connection settings; a tenant's own backend takes its pool settings from ``base``."""
         sources = ("password", "password_env", "password_file")
-        tbl = self.table(
-            raw,
-            p,
-            "",
-            frozenset(
-                {
-                    "host",
-                    "port",
-                    "user",
-                    *sources,
-                    "database",
-                    "sslmode",
-                    "sslrootcert",
-                    "connect_timeout",
-                    "allow_superuser",
-                    "region",
-                    "pool_mode",
-                    "pool_size",
-                    "pool_timeout",
-                }
-            ),
-        )
         host = self.string(tbl, "host", p) or "127.0.0.1"
         if not host.startswith("/"):  # an absolute path is a unix socket directory, as in libpq
             host = self.convert(host, _join(p, "host"), parse_host) or "127.0.0.1"
@@ -445,9 +465,12 @@ class _Loader:
         connect_timeout = self.number(tbl, "connect_timeout", p, float, 5.0, 0, 3600, low_open=True)
         allow_superuser = self.get(tbl, "allow_superuser", p, bool, False)
         region = self.string(tbl, "region", p)
-        pool_mode = self.enum(tbl, "pool_mode", p, ("session", "transaction"), "session") or "session"
-        pool_size = self.number(tbl, "pool_size", p, int, 20, 1, 10000)
-        pool_timeout = self.number(tbl, "pool_timeout", p, float, 30.0, 0, 3600, low_open=True)
+        pool_mode = self.enum(tbl, "pool_mode", p, ("session", "transaction"), None) or (
+            base.pool_mode if base is not None else "session"
+        )
+        pool_size = self.number(tbl, "pool_size", p, int, base.pool_size if base is not None else 20, 1, 10000)
+        timeout = base.pool_timeout if base is not None else 30.0
+        pool_timeout = self.number(tbl, "pool_timeout", p, float, timeout, 0, 3600, low_open=True)
         return Backend(
             host,
             port,
@@ -544,11 +567,32 @@ class _Loader:
                 out.append((name, where, value))
         return out
 
-    def tenants(self, raw: Mapping[str, Any]) -> dict[str, Tenant]:
+    def limits(self, tbl: Mapping[str, Any], p: str, base: Limits) -> Limits:
+        """Limit keys of [limits] or [tenants.X]; keys not given keep ``base``'s value."""
+
+        def pick(key: str, kind: type, low: float, high: float, *, low_open: bool = False) -> Any:
+            return self.number(tbl, key, p, kind, getattr(base, key), low, high, low_open=low_open)
+
+        limits = Limits(
+            max_client_connections=pick("max_client_connections", int, 1, 1_000_000),
+            max_backend_connections=pick("max_backend_connections", int, 1, 100_000),
+            statements_per_second=pick("statements_per_second", float, 0, 1e9, low_open=True),
+            statement_burst=pick("statement_burst", int, 1, 1_000_000_000),
+            rate_limit_wait=pick("rate_limit_wait", float, 0, 60),
+            statement_timeout=pick("statement_timeout", float, 0, 86400 * 7, low_open=True),
+            max_rows=pick("max_rows", int, 1, 1 << 62),
+            max_rows_action=self.enum(tbl, "max_rows_action", p, ROW_LIMIT_ACTIONS, base.max_rows_action)
+            or base.max_rows_action,
+        )
+        if "statement_burst" in tbl and limits.statements_per_second is None:
+            self.problem(_join(p, "statement_burst"), "needs statements_per_second")
+        return limits
+
+    def tenants(self, raw: Mapping[str, Any], backend: Backend, defaults: Limits) -> dict[str, Tenant]:
         tenants: dict[str, Tenant] = {}
         schemas: dict[str, str] = {}
         for name, p, tbl in self.entries(raw, "tenants"):
-            self.unknown(tbl, p, frozenset({"tier", "schema", "region"}))
+            self.unknown(tbl, p, frozenset({"tier", "schema", "region", "backend", "allow_ddl"}) | LIMIT_TABLE_KEYS)
             if not _TENANT_RE.fullmatch(name):
                 self.problem(
                     p, "tenant names are 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
@@ -562,10 +606,50 @@ class _Loader:
             elif schema is not None and schema in schemas:
                 # Two tenants in one schema would see each other's rows.
                 self.problem(_join(p, "schema"), f"schema {schema!r} is already used by tenant {schemas[schema]!r}")
+            elif schema in ("public", "pg_catalog", "information_schema") or (schema or "").startswith("pg_"):
+                self.problem(_join(p, "schema"), f"schema {schema!r} is shared or reserved; a tenant needs its own")
             elif schema is not None:
                 schemas[schema] = name
-            tenants[name] = Tenant(name, tier, schema, self.string(tbl, "region", p))
+            own: Backend | None = None
+            where = _join(p, "backend")
+            if tier == "dedicated":
+                if not isinstance(tbl.get("backend"), dict):
+                    self.problem(where, "is required with tier = dedicated (a table of connection settings)")
+                else:
+                    self.unknown(tbl["backend"], where, BACKEND_KEYS)
+                    own = self.backend_table(tbl["backend"], where, backend)
+            elif "backend" in tbl:
+                self.problem(where, f"only applies to tier = dedicated (this tenant is {tier})")
+            region = self.string(tbl, "region", p)
+            limits = self.limits(tbl, p, defaults)
+            allow_ddl = self.get(tbl, "allow_ddl", p, bool, False)
+            if allow_ddl and tier != "dedicated":  # elsewhere DDL would change tables other tenants share
+                self.problem(_join(p, "allow_ddl"), f"only applies to tier = dedicated (this tenant is {tier})")
+                allow_ddl = False
+            tenants[name] = Tenant(name, tier, schema, region, own, limits, allow_ddl)
+            self.residency(tenants[name], p, own or backend, "backend" if own is None else where)
         return tenants
+
+    def own_schemas(self, tenants: Mapping[str, Tenant], scoping: Scoping) -> None:
+        """A schema-tier tenant's schema is its alone: no shared (scoped or reference) table may live there."""
+        shared = {t.schema or "public" for t in scoping.tables} | {s or "public" for s, _ in scoping.reference}
+        for t in tenants.values():
+            if t.schema is not None and t.schema in shared:
+                self.problem(
+                    _join(_join("tenants", t.name), "schema"),
+                    f"schema {t.schema!r} holds tables listed in [scoping]; a tenant's schema must be its own",
+                )
+
+    def residency(self, tenant: Tenant, p: str, placed: Backend, where: str) -> None:
+        """A tenant that declares a region may only be placed on a backend labelled with it."""
+        if tenant.region is None or placed.region == tenant.region:
+            return
+        label = "has no region label" if placed.region is None else f"is in region {placed.region!r}"
+        self.problem(
+            _join(p, "region"),
+            f"tenant {tenant.name!r} must stay in region {tenant.region!r} but its backend ({where}, "
+            f"{placed.host}:{placed.port}) {label}",
+        )
 
     def credentials(
         self, name: str, p: str, tbl: Mapping[str, Any], auth: str

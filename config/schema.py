@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH_METHODS",
+    "LIMIT_KEYS",
     "LOG_LEVELS",
     "ROLES",
+    "ROW_LIMIT_ACTIONS",
     "SSLMODES",
     "TIERS",
     "TLS",
@@ -30,6 +32,7 @@ __all__ = [
     "Backend",
     "Config",
     "ConfigError",
+    "Limits",
     "Listen",
     "Logging",
     "Oidc",
@@ -50,6 +53,7 @@ JWT = "jwt"  # the password is an OIDC token ([oidc]); users only
 USER_AUTH_METHODS = (*AUTH_METHODS, JWT)
 TIERS = ("shared", "schema", "dedicated")
 ROLES = ("readwrite", "readonly")
+ROW_LIMIT_ACTIONS = ("refuse", "truncate")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 MASK = "***"
@@ -173,11 +177,42 @@ class Logging:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-tenant limits ([limits] for every tenant, [tenants.X] overrides); None: unlimited."""
+
+    max_client_connections: int | None = None
+    max_backend_connections: int | None = None
+    statements_per_second: float | None = None
+    statement_burst: int | None = None  # bucket size; default: one second's worth
+    rate_limit_wait: float = 0.5  # seconds an excess statement may wait for a token before 53400
+    statement_timeout: float | None = None  # seconds
+    max_rows: int | None = None  # rows returned per statement
+    max_rows_action: str = "refuse"  # refuse (54000) | truncate (with a warning)
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, name) is not None for name in LIMIT_KEYS)
+
+
+LIMIT_KEYS = (
+    "max_client_connections",
+    "max_backend_connections",
+    "statements_per_second",
+    "statement_burst",
+    "statement_timeout",
+    "max_rows",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     name: str
     tier: str
     schema: str | None
     region: str | None
+    backend: Backend | None = None  # tier = dedicated: the tenant's own server/database
+    limits: Limits = Limits()
+    allow_ddl: bool = False  # tier = dedicated: DDL, TRUNCATE, LOCK, VACUUM pass in its own database
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +281,17 @@ class Config:
     audit: AuditSettings | None = None  # None: auditing off
     encryption: EncryptionSettings | None = None  # None: no encrypted columns
     oidc: Oidc | None = None  # None: no token logins
+    limits: Limits = Limits()  # [limits]: defaults for every tenant (also tenants known only from a token)
+
+    def tenant(self, name: str) -> Tenant:
+        """A tenant's placement and limits; a tenant known only from a JWT claim is shared with [limits]."""
+        found = self.tenants.get(name)
+        return found if found is not None else Tenant(name, "shared", None, None, None, self.limits)
+
+    def backend_of(self, tenant: str | None) -> Backend:
+        """The backend a session of this tenant (None: trusted user) is routed to."""
+        placed = self.tenants.get(tenant) if tenant is not None else None
+        return placed.backend if placed is not None and placed.backend is not None else self.backend
 
     def redacted(self) -> dict[str, Any]:
         """Plain data for SHOW CONFIG and logs, every secret replaced by '***'."""
@@ -260,17 +306,8 @@ class Config:
             table = render_identifier(name)
             return table if schema is None else f"{render_identifier(schema)}.{table}"
 
-        lt, be, srv = self.listen, self.backend, self.server
-        return {
-            "source": str(self.source),
-            "listen": {
-                "address": format_address(lt.address),
-                "unix_socket": lt.unix_socket,
-                "admin": addr(lt.admin),
-                "metrics": addr(lt.metrics),
-                "workers": lt.workers,
-            },
-            "backend": {
+        def backend(be: Backend) -> dict[str, Any]:
+            return {
                 "host": be.host,
                 "port": be.port,
                 "user": be.user,
@@ -284,7 +321,22 @@ class Config:
                 "pool_mode": be.pool_mode,
                 "pool_size": be.pool_size,
                 "pool_timeout": be.pool_timeout,
+            }
+
+        def limits(lim: Limits) -> dict[str, Any]:
+            return {name: getattr(lim, name) for name in (*LIMIT_KEYS, "rate_limit_wait", "max_rows_action")}
+
+        lt, srv = self.listen, self.server
+        return {
+            "source": str(self.source),
+            "listen": {
+                "address": format_address(lt.address),
+                "unix_socket": lt.unix_socket,
+                "admin": addr(lt.admin),
+                "metrics": addr(lt.metrics),
+                "workers": lt.workers,
             },
+            "backend": backend(self.backend),
             "tls": {"mode": self.tls.mode, "cert": self.tls.cert, "key": self.tls.key},
             "server": {
                 "max_message_size": srv.max_message_size,
@@ -296,8 +348,17 @@ class Config:
                 "secret": masked(srv.secret),
             },
             "logging": {"level": self.logging.level, "json": self.logging.json},
+            "limits": limits(self.limits),
             "tenants": {
-                t.name: {"tier": t.tier, "schema": t.schema, "region": t.region} for t in self.tenants.values()
+                t.name: {
+                    "tier": t.tier,
+                    "schema": t.schema,
+                    "region": t.region,
+                    "backend": None if t.backend is None else backend(t.backend),
+                    "limits": limits(t.limits),
+                    "allow_ddl": t.allow_ddl,
+                }
+                for t in self.tenants.values()
             },
             "users": {
                 u.name: {

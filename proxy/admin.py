@@ -32,11 +32,14 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
+from tenantgate.config.schema import LIMIT_KEYS
+
 from . import codec
 from .auth import AuthFailed, ClientAuth
 from .codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
 from .conn import Listener
 from .frontend import FrontendConnection
+from .placement import Placement
 
 if TYPE_CHECKING:
     from .client import ClientConnection
@@ -195,29 +198,57 @@ async def show_version(conn: AdminConnection, args: list[str]) -> Result:
 
 async def show_tenants(conn: AdminConnection, args: list[str]) -> Result:
     proxy = conn.proxy
-    tenants = dict(proxy.config.tenants)
+    config = proxy.config
     live: dict[str, list[ClientConnection]] = {}
     for c in proxy.sessions:
         if c.tenant is not None:
             live.setdefault(c.tenant, []).append(c)
+    limiters = getattr(proxy, "limiters", {})
     rows: list[tuple[object, ...]] = []
-    for name in sorted(set(tenants) | set(live)):
-        t = tenants.get(name)
+    for name in sorted(set(config.tenants) | set(live)):
+        t = config.tenant(name)
+        placement = Placement.of(config, name)
         clients = live.get(name, [])
+        limiter = limiters.get(name)
+        limits = ", ".join(
+            f"{key} = {getattr(t.limits, key):g}" for key in LIMIT_KEYS if getattr(t.limits, key) is not None
+        )
+        if t.limits.max_rows is not None:
+            limits += f" ({t.limits.max_rows_action})"
         rows.append(
             (
                 name,
-                t.tier if t else None,
-                t.region if t else None,
+                t.tier,
+                t.schema,
+                placement.describe(),
+                t.region or placement.backend.region,
                 len(clients),
+                limiter.backends if limiter is not None else 0,
                 sum(c.session.statements for c in clients if c.session is not None),
                 sum(c.session.refused for c in clients if c.session is not None),
                 sum(c.bytes_in for c in clients),
                 sum(c.bytes_out for c in clients),
                 "*" in proxy.paused or name in proxy.paused,
+                limits or None,
+                sum(limiter.hits.values()) if limiter is not None else 0,
             )
         )
-    columns = ("tenant", "tier", "region", "sessions", "statements", "refusals", "bytes_in", "bytes_out", "paused")
+    columns = (
+        "tenant",
+        "tier",
+        "schema",
+        "backend",
+        "region",
+        "sessions",
+        "backend_connections",
+        "statements",
+        "refusals",
+        "bytes_in",
+        "bytes_out",
+        "paused",
+        "limits",
+        "limit_hits",
+    )
     return Result("SHOW", columns, rows)
 
 
@@ -549,7 +580,7 @@ class AdminConnection(FrontendConnection):
         try:
             cmd, args = parse(text)
             name = cmd.name
-            result = await cmd.run(self, args)
+            result = await self.server.run(self, cmd, args)
         except AdminError as exc:
             await self._record(self.user, words, False, exc.message)
             self.proxy.metrics.admin_command(name, False)
@@ -594,6 +625,10 @@ class AdminServer(Listener):
         self._server = await loop.create_server(lambda: AdminConnection(proxy, self), host, port, reuse_address=True)
         log.info("admin console on %s:%d", host, self.port)
         return self
+
+    async def run(self, conn: AdminConnection, cmd: Command, args: list[str]) -> Result:
+        """Run one command here (the supervisor of several workers fans it out instead)."""
+        return await cmd.run(conn, args)
 
     async def wait_closed(self) -> None:
         """Stop accepting; connected admins are ended here (57P01)."""

@@ -32,7 +32,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    log.setup(args.log_level or cfg.logging.level, args.log_json or cfg.logging.json)
+    level, json_lines = args.log_level or cfg.logging.level, args.log_json or cfg.logging.json
+    log.setup(level, json_lines)
+    if args.worker is not None:  # started by the supervisor below
+        from .workers import WorkerSpec, run_worker
+
+        return _run(run_worker(args.config, WorkerSpec.from_json(args.worker)))
+    if cfg.listen.workers > 1:
+        from .workers import supervise
+
+        return _run(supervise(args.config, level, json_lines))
     return _run(serve(args.config))
 
 
@@ -96,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", "-c", required=True, help="the TOML config file")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides [logging] level")
     s.add_argument("--log-json", action="store_true", help="JSON log lines (overrides [logging] json)")
+    s.add_argument("--worker", help=argparse.SUPPRESS)  # internal: the supervisor's worker processes
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser(

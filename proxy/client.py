@@ -26,9 +26,11 @@ from .codec import (
     ProtocolError,
     StartupMessage,
 )
-from .crypto import SessionCrypto
+from .crypto import CryptoSetupError, SessionCrypto
 from .frontend import Fatal, FrontendConnection, fatal_bytes
+from .limits import LimitExceeded, TenantLimiter
 from .oidc import jwt_verifier
+from .placement import Placement
 from .roles import read_only_settings
 from .session import Session
 from .startup import filter_params
@@ -40,6 +42,12 @@ log = logging.getLogger("tenantgate.client")
 
 
 _ids = itertools.count(1)
+
+
+def number_sessions(first: int, step: int) -> None:
+    """Session ids unique across worker processes: worker i of n issues i+1, i+1+n, ... (KILL SESSION routing)."""
+    global _ids
+    _ids = itertools.count(first, step)
 
 
 class ClientConnection(FrontendConnection):
@@ -54,6 +62,9 @@ class ClientConnection(FrontendConnection):
         self.tenant: str | None = None
         self.key: tuple[int, int] | None = None
         self.params: dict[str, str] = {}
+        self.limiter: TenantLimiter | None = None  # set once the tenant's limits admitted this session
+        self._holds_backend = False  # session pooling: the session's backend counts against the tenant
+        self._requested_database: str | None = None
 
     def connected(self) -> None:
         self.proxy.metrics.client_connected()
@@ -67,6 +78,9 @@ class ClientConnection(FrontendConnection):
         super().fatal(err)
 
     def teardown(self) -> None:
+        if self.limiter is not None:
+            self.limiter.client_closed(self._holds_backend)
+            self.limiter = None
         if self.key is not None:
             self.proxy.cancels.unregister(self.key[0])
         if self in self.proxy.sessions:
@@ -123,27 +137,51 @@ class ClientConnection(FrontendConnection):
             AuditEvent(kind="auth_ok", user=name, tenant=self.tenant, client=self.peer, decision="allowed")
         )
 
-        database = cfg.backend.database or startup.params.get("database") or name
+        placement = Placement.of(cfg, self.tenant)
+        self._requested_database = startup.params.get("database")
+        database = placement.database(self._requested_database, name)
         self.database = database
         session_settings = dict(settings)
         if self.tenant is not None:
             # defence in depth: RLS policies read it; the session's reset value, so RESET ALL keeps it
             session_settings["tenantgate.tenant"] = self.tenant
-            session_settings["search_path"] = "public"
+            session_settings["search_path"] = placement.search_path
+            timeout = cfg.tenant(self.tenant).limits.statement_timeout
+            if timeout is not None:  # the backend enforces it too; the session cancels past it regardless
+                session_settings["statement_timeout"] = str(max(1, round(timeout * 1000)))
         else:
             session_settings["tenantgate.trusted"] = "on"  # see proxy/rls.py
         if readonly:  # second lock: the backend itself refuses what the proxy lets through
             session_settings = read_only_settings(session_settings)
         # trusted service users always hold their backend (session pooling)
-        pool = self.proxy.pool_for(database) if self.tenant is not None else None
+        pool = self.proxy.pool_for(database, placement) if self.tenant is not None else None
+        if self.tenant is not None:
+            limiter = self.proxy.limiter(self.tenant)
+            try:
+                limiter.admit_client(holds_backend=pool is None)
+            except LimitExceeded as exc:
+                self.proxy.metrics.limit_hit(self.tenant, exc.limit)
+                self.proxy.record(
+                    AuditEvent(
+                        kind="refusal",
+                        user=name,
+                        tenant=self.tenant,
+                        client=self.peer,
+                        decision="refused",
+                        sqlstate=exc.sqlstate,
+                        reason=exc.limit,
+                    )
+                )
+                raise Fatal(exc.sqlstate, exc.message) from None
+            self.limiter, self._holds_backend = limiter, pool is None
         backend: Backend | None = None
         if pool is None:
-            backend = await connect(self.proxy.backend_target, database, session_settings)
+            backend = await connect(placement.target, database, session_settings)
         elif pool.params is None:
             backend = await pool.acquire()  # the first login proves the database is reachable
         self._login_backend = backend
         if backend is not None:
-            await self.proxy.check_backend_role(backend)
+            await self.proxy.check_backend_role(backend, placement.backend.allow_superuser)
         server_params = backend.params if backend is not None else dict(pool.params or {} if pool else {})
         if self.tenant is not None and server_params.get("standard_conforming_strings", "on") != "on":
             raise Fatal("55000", "the backend has standard_conforming_strings off; tenantgate requires it on")
@@ -175,7 +213,7 @@ class ClientConnection(FrontendConnection):
                 session=str(self.id),
                 database=database,
             )
-        crypto = await self._session_crypto(server_params)
+        crypto = await self._session_crypto(server_params, placement)
         self.session = session = Session(
             self,
             None,
@@ -188,6 +226,7 @@ class ClientConnection(FrontendConnection):
             settings=session_settings if pool is not None else None,
             metrics=self.proxy.metrics,
             crypto=crypto,
+            limiter=self.limiter,
         )
         session.readonly = readonly
         self._login_backend = None
@@ -200,17 +239,22 @@ class ClientConnection(FrontendConnection):
         self.on_lost = self._client_lost
         self.enter_relay(session.on_client)
 
-    async def _session_crypto(self, server_params: dict[str, str]) -> SessionCrypto | None:
+    async def _session_crypto(self, server_params: dict[str, str], placement: Placement) -> SessionCrypto | None:
         """Field encryption for a tenant session, with the tenant's keys loaded."""
         if self.tenant is None or self.proxy.keyring is None:
             return None
+        try:
+            columns = await self.proxy.columns_for(placement, self.database)
+        except CryptoSetupError as exc:
+            log.error("encrypted columns of tenant %s cannot be resolved: %s", self.tenant, exc)
+            raise Fatal("55000", "the encrypted columns of this tenant's tables are not set up") from None
 
         def timezone() -> str:
             current = self.session.backend if self.session is not None else None
             return (current.params if current is not None else server_params).get("TimeZone", "UTC")
 
         crypto = SessionCrypto(
-            self.proxy.keyring, self.tenant, self.proxy.encrypted_columns, timezone, on_op=self.proxy.metrics.crypto
+            self.proxy.keyring, self.tenant, columns, timezone, on_op=self.proxy.metrics.crypto, home=placement.schema
         )
         try:
             await crypto.refresh()
@@ -218,6 +262,17 @@ class ClientConnection(FrontendConnection):
             log.error("keys of tenant %s cannot be loaded: %s", self.tenant, exc)
             raise Fatal(exc.sqlstate, "the encryption keys of this tenant cannot be loaded") from None
         return crypto
+
+    def placement_changed(self) -> None:
+        """The tenant moved (reload): its session follows at its next transaction boundary."""
+        if self.session is None or self.tenant is None:
+            return
+        placement = Placement.of(self.proxy.config, self.tenant)
+        database = placement.database(self._requested_database, self.user)
+        self.database = database
+        # encrypted columns are resolved per placement at login: such sessions reconnect instead
+        pool = self.proxy.pool_for(database, placement) if self.proxy.keyring is None else None
+        self.session.move_to(pool, placement.search_path)
 
     # ------------------------------------------------------------------ relay mode events
 

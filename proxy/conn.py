@@ -10,10 +10,13 @@ slow reader pauses the other side instead of making us buffer without bound.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
 
 from .codec import DEFAULT_MAX_MESSAGE, Framer, ProtocolError, peek_message, read_startup
+
+log = logging.getLogger("tenantgate.conn")
 
 FrameHandler = Callable[[bytes, list[tuple[int, int, int]]], None]
 
@@ -67,6 +70,8 @@ class PgConnection(asyncio.Protocol):
             try:
                 handler(buf, frames)
             except Exception as exc:  # a bug or bad input must end this connection only
+                if not isinstance(exc, ProtocolError):
+                    log.exception("internal error relaying a message; closing this connection")
                 self._fail(exc)
 
     def eof_received(self) -> bool | None:

@@ -116,6 +116,7 @@ class SessionCrypto:
     columns: Mapping[tuple[int, int], EncryptedColumn]
     timezone: Callable[[], str]
     on_op: Callable[[str, bool], None] | None = None  # metrics: (encrypt|decrypt, ok)
+    home: str | None = None  # a schema-tier tenant's schema: its copies of the tables are encrypted too
     abort_pending: bool = False
     """Set when a decryption failure was reported inside a transaction block: the backend's
     transaction must be made to fail (the client was shown ReadyForQuery 'E'). Clear it after."""
@@ -130,6 +131,9 @@ class SessionCrypto:
 
     def __post_init__(self) -> None:
         self._by_name = {(qualified(c.table), c.column): c for c in self.columns.values()}
+        if self.home is not None:  # the rewriter names them in the tenant's schema; keys and AAD keep the config's name
+            for c in list(self.columns.values()):
+                self._by_name[(f"{self.home}.{qualified(c.table).partition('.')[2]}", c.column)] = c
 
     def __repr__(self) -> str:
         return f"SessionCrypto(tenant={self.tenant!r}, columns={len(self.columns)})"
@@ -445,17 +449,22 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _quote_table(table: str) -> str:
+def _quote_table(table: str, home: str | None = None) -> str:
+    """The table as a quoted name; ``home``: a schema-tier tenant's copy of it, in its own schema."""
     schema, _, name = qualified(table).partition(".")
-    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (home or schema, name))
 
 
-async def resolve_columns(backend: Backend, settings: EncryptionSettings) -> dict[tuple[int, int], EncryptedColumn]:
-    """(table OID, attnum) of every configured encrypted column; each must exist and be bytea."""
+async def resolve_columns(
+    backend: Backend, settings: EncryptionSettings, home: str | None = None
+) -> dict[tuple[int, int], EncryptedColumn]:
+    """(table OID, attnum) of every configured encrypted column; each must exist and be bytea.
+
+    ``home``: resolve the copies in a schema-tier tenant's schema instead."""
     if not settings.columns:
         return {}
     rows_sql = ", ".join(
-        f"({i}, {_literal(_quote_table(c.table))}, {_literal(c.column)})" for i, c in enumerate(settings.columns)
+        f"({i}, {_literal(_quote_table(c.table, home))}, {_literal(c.column)})" for i, c in enumerate(settings.columns)
     )
     rows = await simple_query(
         backend,

@@ -49,6 +49,16 @@ INSERT INTO orders (tenant_id, id, customer_id, total, note) VALUES
   ('globex', 1, 1, 5000.00, 'doomsday device parts'),
   ('globex', 2, 2, 75.00, 'hammocks');
 GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders, countries TO app;
+-- initech is on the schema tier: its own copies of the tables, in its own schema
+CREATE SCHEMA t_initech;
+CREATE TABLE t_initech.customers (LIKE customers INCLUDING ALL);
+CREATE TABLE t_initech.orders (LIKE orders INCLUDING ALL);
+CREATE TABLE t_initech.countries (LIKE countries INCLUDING ALL);
+INSERT INTO t_initech.countries SELECT * FROM countries;
+INSERT INTO t_initech.customers VALUES ('initech', 1, 'Bill Lumbergh', 'bill@initech.test');
+INSERT INTO t_initech.orders (tenant_id, id, customer_id, total, note) VALUES ('initech', 1, 1, 12.00, 'TPS covers');
+GRANT USAGE ON SCHEMA t_initech TO app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA t_initech TO app;
 """
 
 CONFIG = """\
@@ -69,6 +79,12 @@ tier = "shared"
 
 [tenants.globex]
 tier = "shared"
+statements_per_second = 200     # per-tenant limits: see the README
+max_rows = 1000
+
+[tenants.initech]
+tier = "schema"
+schema = "t_initech"
 
 [users.alice]
 tenant = "acme"
@@ -77,6 +93,10 @@ password = "alice-secret"
 [users.bob]
 tenant = "globex"
 password = "bob-secret"
+
+[users.carol]
+tenant = "initech"
+password = "carol-secret"
 
 [users.ops]
 trusted = true
@@ -120,6 +140,8 @@ def banner(port: int, config: Path, pg_port: int) -> str:
             f"  psql '{url.format(user='alice', pw='alice-secret')}' -c 'SELECT * FROM orders'",
             "Tenant globex (bob):",
             f"  psql '{url.format(user='bob', pw='bob-secret')}' -c 'SELECT * FROM orders'",
+            "Tenant initech (carol) is on the schema tier: its own schema t_initech, other schemas refused:",
+            f"  psql '{url.format(user='carol', pw='carol-secret')}' -c 'SELECT * FROM orders'",
             "A trusted service user (ops) is not scoped:",
             f"  psql '{url.format(user='ops', pw='ops-secret')}' \\",
             "       -c 'SELECT tenant_id, count(*) FROM orders GROUP BY 1'",

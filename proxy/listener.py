@@ -19,35 +19,26 @@ from tenantgate.config import Config, ConfigError, load_config
 from tenantgate.keyring import Keyring
 from tenantgate.keyring.settings import EncryptedColumn
 
-from .backend import Backend, BackendError, BackendTarget, simple_query
+from .backend import Backend, BackendError, simple_query
 from .cancel import CancelRegistry
+from .limits import TenantLimiter
+from .placement import Placement, backend_target
 from .pool import BackendPool
 from .tls import client_context
 
 if TYPE_CHECKING:
+    from tenantgate.audit.remote import RemoteAuditLog
+
     from .client import ClientConnection
 
 log = logging.getLogger("tenantgate")
-
-
-def backend_target(config: Config) -> BackendTarget:
-    b = config.backend
-    return BackendTarget(
-        host=b.host,
-        port=b.port,
-        user=b.user,
-        password=b.password.reveal() if b.password is not None else None,
-        sslmode=b.sslmode,
-        sslrootcert=b.sslrootcert,
-        connect_timeout=b.connect_timeout,
-    )
 
 
 def make_planner(config: Config) -> Any:
     """The rewriter for tenant sessions."""
     from tenantgate.rewriter import Policy, Rewriter
 
-    return Rewriter(Policy.from_config(config.scoping, config.encryption))
+    return Rewriter(Policy.from_config(config.scoping, config.encryption, tenants=config.tenants.values()))
 
 
 class BackendRoleRefused(Exception):
@@ -55,19 +46,37 @@ class BackendRoleRefused(Exception):
 
 
 class Proxy:
-    def __init__(self, config: Config) -> None:
+    """One serving process: with ``[listen] workers`` > 1, one of several (see workers.py).
+
+    ``port`` overrides the configured client port (the supervisor's resolved port 0);
+    ``audit_socket`` sends audit events to the supervisor's AuditServer instead of a local log.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        worker_index: int = 0,
+        worker_count: int = 1,
+        port: int | None = None,
+        audit_socket: str | None = None,
+    ) -> None:
         self.config = config
-        self.backend_target = backend_target(config)
+        self.worker_index = worker_index
+        self.worker_count = worker_count
+        self.listen_port = port
+        self.backend_target = backend_target(config.backend)
         self.client_tls: ssl.SSLContext | None = (
             client_context(config.tls.cert, config.tls.key) if config.tls.mode != "disable" else None
         )
         self.secret = self._load_secret()
-        self.cancels = CancelRegistry()
+        self.cancels = CancelRegistry(worker_index, worker_count)
         self.sessions: set[ClientConnection] = set()
         self._planner: Any | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
-        self._role_checked = False
+        self._roles_checked: set[str] = set()  # backend targets whose role passed check_backend_role
+        self.limiters: dict[str, TenantLimiter] = {}
         self.stopping = asyncio.Event()
         self.started_at = time.time()
         self.config_path: str | None = None
@@ -82,9 +91,17 @@ class Proxy:
         # set by SIGTERM/SIGINT and the admin SHUTDOWN command; serve() then drains for stop_timeout
         self.stop_requested = asyncio.Event()
         self.stop_timeout = config.server.shutdown_timeout
-        self.audit: AuditLog | None = AuditLog(config.audit) if config.audit is not None else None
+        self.audit: AuditLog | RemoteAuditLog | None = None
+        if config.audit is not None:
+            if audit_socket is None:
+                self.audit = AuditLog(config.audit)
+            else:  # one hash chain for all workers: the supervisor seals and writes
+                from tenantgate.audit.remote import RemoteAuditLog
+
+                self.audit = RemoteAuditLog(config.audit, audit_socket)
         self.keyring: Keyring | None = None  # when [encryption] is configured (built at start)
-        self.encrypted_columns: dict[tuple[int, int], EncryptedColumn] = {}
+        self.encrypted_columns: dict[tuple[int, int], EncryptedColumn] = {}  # in [backend]'s database
+        self._columns: dict[tuple[str, str, str | None], dict[tuple[int, int], EncryptedColumn]] = {}
 
     def _load_secret(self) -> bytes:
         secret = self.config.server.secret
@@ -95,16 +112,29 @@ class Proxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def pool_for(self, database: str) -> BackendPool | None:
-        """The transaction-mode pool of a database (None in session mode)."""
-        b = self.config.backend
+    def pool_for(self, database: str, placement: Placement) -> BackendPool | None:
+        """The transaction-mode pool of a database on the placement's backend (None in session mode).
+
+        ``pool_size`` is the total per database: each of N workers gets ceil(pool_size / N).
+        """
+        b = placement.backend
         if b.pool_mode != "transaction":
             return None
-        key = (database, repr(self.backend_target))
+        key = (database, repr(placement.target))
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = BackendPool(self.backend_target, database, b.pool_size, b.pool_timeout)
+            size = -(-b.pool_size // self.worker_count)
+            pool = self.pools[key] = BackendPool(placement.target, database, size, b.pool_timeout)
         return pool
+
+    def limiter(self, tenant: str) -> TenantLimiter:
+        """The live limit state of a tenant (created on its first session)."""
+        found = self.limiters.get(tenant)
+        if found is None:
+            found = self.limiters[tenant] = TenantLimiter(
+                tenant, self.config.tenant(tenant).limits, workers=self.worker_count
+            )
+        return found
 
     @property
     def planner(self) -> Any:
@@ -115,25 +145,26 @@ class Proxy:
 
     # ------------------------------------------------------------------ checks
 
-    async def check_backend_role(self, backend: Backend) -> None:
+    async def check_backend_role(self, backend: Backend, allow_superuser: bool) -> None:
         """Row scoping's second lock (RLS) means nothing to a superuser or BYPASSRLS role."""
-        if self._role_checked:
+        key = repr(backend.target)
+        if key in self._roles_checked:
             return
         rows = await simple_query(
             backend, "SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"
         )
         if rows and "t" in rows[0]:
-            if not self.config.backend.allow_superuser:
+            if not allow_superuser:
                 from .client import Fatal
 
                 log.error(
-                    "backend role %r is superuser or BYPASSRLS: refusing"
-                    " (set backend.allow_superuser = true to override)",
-                    self.config.backend.user,
+                    "backend role of %r is superuser or BYPASSRLS: refusing"
+                    " (set allow_superuser = true on that backend to override)",
+                    backend.target,
                 )
                 raise Fatal("42501", "tenantgate refuses a backend role that is superuser or has BYPASSRLS")
-            log.warning("backend role %r is superuser or BYPASSRLS (allowed by config)", self.config.backend.user)
-        self._role_checked = True
+            log.warning("backend role of %r is superuser or BYPASSRLS (allowed by config)", backend.target)
+        self._roles_checked.add(key)
 
     async def preflight(self) -> None:
         """Connect once at start; a superuser backend role stops the proxy, an unreachable one is a warning."""
@@ -146,7 +177,7 @@ class Proxy:
             log.warning("backend not reachable at start (%s); sessions will retry", exc)
             return
         try:
-            await self.check_backend_role(backend)
+            await self.check_backend_role(backend, self.config.backend.allow_superuser)
         except Fatal as exc:
             raise BackendRoleRefused(str(exc)) from None
         finally:
@@ -183,16 +214,24 @@ class Proxy:
             await self.start_encryption()
         loop = asyncio.get_running_loop()
         host, port = self.config.listen.address
-        self._servers.append(await loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True))
-        sock = self.config.listen.unix_socket
+        port = port if self.listen_port is None else self.listen_port
+        several = self.worker_count > 1  # every worker binds the one port; the kernel spreads connections
+        self._servers.append(
+            await loop.create_server(
+                lambda: ClientConnection(self), host, port, reuse_address=True, reuse_port=several or None
+            )
+        )
+        sock = self.config.listen.unix_socket if self.worker_index == 0 else None  # a path has one owner
         if sock:
             if os.path.exists(sock):
                 os.unlink(sock)
             self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), sock))
-        log.info("listening on %s:%d%s", host, port, f" and {sock}" if sock else "")
+        log.info("listening on %s:%d%s", host, self.port, f" and {sock}" if sock else "")
         from .admin import AdminServer
         from .metrics import MetricsServer
 
+        if several:  # the supervisor serves both ports for all workers
+            return
         if self.config.listen.admin is not None:
             self.admin_server = await AdminServer.start(self, *self.config.listen.admin)
         if self.config.listen.metrics is not None:
@@ -216,6 +255,30 @@ class Proxy:
             self.encrypted_columns = await resolve_columns(backend, settings)
         finally:
             backend.conn.close()
+
+    async def columns_for(self, placement: Placement, database: str) -> dict[tuple[int, int], EncryptedColumn]:
+        """The encrypted columns as (table OID, attnum) in the database a placement's sessions use.
+
+        OIDs differ between databases and schemas: a dedicated tenant's database and a schema-tier
+        tenant's schema are resolved on their first session (and again after a reload)."""
+        settings = self.config.encryption
+        if settings is None:
+            return {}
+        main = placement.target == self.backend_target and database == (self.config.backend.database or "postgres")
+        if main and placement.schema is None:
+            return self.encrypted_columns
+        key = (repr(placement.target), database, placement.schema)
+        found = self._columns.get(key)
+        if found is None:
+            from .backend import connect
+            from .crypto import resolve_columns
+
+            backend = await connect(placement.target, database, {})
+            try:
+                found = self._columns[key] = await resolve_columns(backend, settings, placement.schema)
+            finally:
+                backend.conn.close()
+        return found
 
     @property
     def port(self) -> int:
@@ -241,9 +304,26 @@ class Proxy:
             for name in ("address", "unix_socket", "admin", "metrics", "workers")
             if getattr(new.listen, name) != getattr(self.config.listen, name)
         ]
+        moved = {
+            name
+            for name in set(self.config.tenants) | set(new.tenants)
+            if Placement.of(self.config, name).key != Placement.of(new, name).key
+        }
         self.config = new
-        self.backend_target = backend_target(new)
+        self.backend_target = backend_target(new.backend)
         self._planner = None
+        self._roles_checked.clear()
+        self._columns.clear()
+        for name, limiter in self.limiters.items():
+            limiter.configure(new.tenant(name).limits)
+        for client in self.sessions:  # existing sessions follow the new rules from their next statement
+            session = client.session
+            if session is not None and client.tenant is not None:
+                session.planner = self.planner
+                if client.tenant in moved:
+                    client.placement_changed()
+        if moved:
+            notes.append(f"placement changed for tenant(s) {', '.join(sorted(moved))}")
         log.info("configuration reloaded from %s", self.config_path)
         self.record(AuditEvent(kind="reload", decision="allowed", details={"notes": notes}))
         for note in notes:

@@ -130,6 +130,12 @@ class Metrics:
         self.admin_commands = Counter(
             p + "admin_commands", "Admin console commands, by command and result", ["command", "result"], registry=r
         )
+        self.limit_hits = Counter(
+            p + "tenant_limit_hits",
+            "Times a per-tenant limit refused, delayed or cut something, by tenant and limit",
+            ["tenant", "limit"],
+            registry=r,
+        )
         self._stmt: dict[tuple[str | None, str, str], Any] = {}
         self._timing: dict[str | None, tuple[Any, Any]] = {}
         self._kinds: dict[str, str] = {}
@@ -233,6 +239,10 @@ class Metrics:
         """An ErrorResponse went to a client; counted by its class (first two characters)."""
         self._child(self.errors, _sqlstate(sqlstate)[:2]).inc()
 
+    def limit_hit(self, tenant: str | None, limit: str) -> None:
+        """A per-tenant limit acted (see proxy/limits.py for the limit names)."""
+        self.limit_hits.labels(self.tenant_label(tenant), limit).inc()
+
     def admin_command(self, command: str, ok: bool) -> None:
         self.admin_commands.labels(command, "ok" if ok else "error").inc()
 
@@ -329,7 +339,47 @@ class _ProxyCollector(Collector):
                 self._audit("lag"),
             ),
             (GaugeMetricFamily(p + "audit_available", "1 while the audit sink is writable"), self._audit("available")),
+            (
+                GaugeMetricFamily(
+                    p + "tenant_backend_connections",
+                    "Backend connections held by a tenant's sessions",
+                    labels=["tenant"],
+                ),
+                self._tenant_backends,
+            ),
+            (
+                GaugeMetricFamily(
+                    p + "tenant_limit",
+                    "A tenant's configured limit (unset limits are absent)",
+                    labels=["tenant", "limit"],
+                ),
+                self._tenant_limits,
+            ),
         ]
+
+    def _limiters(self) -> list[Any]:
+        return list(getattr(self.metrics.proxy, "limiters", {}).values())
+
+    def _tenant_backends(self, family: Any) -> None:
+        counts: dict[str, int] = {}
+        for limiter in self._limiters():
+            label = self.metrics.tenant_label(limiter.tenant)
+            counts[label] = counts.get(label, 0) + limiter.backends
+        for label, n in sorted(counts.items()):
+            family.add_metric([label], n)
+
+    def _tenant_limits(self, family: Any) -> None:
+        from tenantgate.config.schema import LIMIT_KEYS
+
+        proxy = self.metrics.proxy
+        if proxy is None:
+            return
+        for tenant in proxy.config.tenants.values():
+            label = self.metrics.tenant_label(tenant.name)
+            for key in LIMIT_KEYS:
+                value = getattr(tenant.limits, key)
+                if value is not None:
+                    family.add_metric([label, key], value)
 
     def _live(self) -> list[Any]:
         proxy = self.metrics.proxy
@@ -450,7 +500,7 @@ class MetricsServer(Listener):
         if target == "/metrics":
             if self._token is not None and not self._authorized(lines[1:]):
                 return 401, {"WWW-Authenticate": 'Bearer realm="tenantgate"'}, b"unauthorized\n", method
-            return 200, {"Content-Type": CONTENT_TYPE}, self.metrics.exposition(), method
+            return 200, {"Content-Type": CONTENT_TYPE}, await self.exposition(), method
         return 404, {}, b"not found: try /metrics, /healthz or /readyz\n", method
 
     def _authorized(self, header_lines: list[str]) -> bool:
@@ -462,24 +512,32 @@ class MetricsServer(Listener):
                 return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self._token)
         return False
 
+    async def exposition(self) -> bytes:
+        """The /metrics body (the supervisor of several workers merges theirs instead)."""
+        return self.metrics.exposition()
+
     async def readiness(self) -> list[str]:
         """Why the proxy cannot serve statements now; empty when it can."""
-        problems = []
-        proxy = self.proxy
-        if proxy.stopping.is_set():
-            problems.append("shutting down")
-        target = proxy.backend_target
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT):
-                _, writer = await asyncio.open_connection(target.host, target.port)
-            writer.close()  # no bytes sent: PostgreSQL does not log an empty connection
-        except (OSError, TimeoutError) as exc:
-            why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            problems.append(f"backend {target.host}:{target.port} not reachable ({why})")
-        audit = getattr(proxy, "audit", None)
-        if audit is not None and not audit.stats().available:
-            problems.append("audit log not writable")
-        return problems
+        return await readiness(self.proxy)
+
+
+async def readiness(proxy: Proxy) -> list[str]:
+    """Why a proxy process cannot serve statements now; empty when it can."""
+    problems = []
+    if proxy.stopping.is_set():
+        problems.append("shutting down")
+    target = proxy.backend_target
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            _, writer = await asyncio.open_connection(target.host, target.port)
+        writer.close()  # no bytes sent: PostgreSQL does not log an empty connection
+    except (OSError, TimeoutError) as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        problems.append(f"backend {target.host}:{target.port} not reachable ({why})")
+    audit = getattr(proxy, "audit", None)
+    if audit is not None and not audit.stats().available:
+        problems.append("audit log not writable")
+    return problems
 
 
 def _response(status: int, headers: dict[str, str], body: bytes, length: int) -> bytes:

@@ -28,8 +28,9 @@ from tenantgate.rewriter import Refused, strip_channel
 
 from . import codec
 from .auditing import SessionAudit, first_word
-from .backend import BackendError
+from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, Parse, Query
+from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, PreparedStatements
 from .roles import read_only_violation
 
@@ -46,11 +47,13 @@ _Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
 _CC, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
 _DESCRIBE, _CLOSE, _PARSE_DONE, _CLOSE_DONE = ord("D"), ord("C"), ord("1"), ord("3")
 _TERMINATE = ord("X")
+_D, _COPY_DATA = ord("D"), ord("d")
+_STATEMENTS = frozenset((_Q, _EX))  # what the statement rate limit counts
 _CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F, _EX))
 _CLIENT_POOLED = _CLIENT_SPECIAL | {_DESCRIBE, _CLOSE}  # statement names are translated
 _EXTENDED = frozenset((_P, _B, _DESCRIBE, _EX, _CLOSE, ord("H")))  # answered only up to the next Sync
 # Statement kinds whose session state cannot be handed to another client's transaction.
-_PINNING_KINDS = frozenset(("prepare", "listen", "declare", "set", "reset"))
+_PINNING_KINDS = frozenset(("prepare", "listen", "declare", "set", "reset", "ddl"))  # ddl: CREATE TEMP ...
 # ... and those that wipe the settings the proxy applied (re-applied right after them).
 _RESETTING_KINDS = frozenset(("reset_all", "discard_all", "discard", "reset"))
 _BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
@@ -86,6 +89,7 @@ class Session:
         settings: dict[str, str] | None = None,
         metrics: Metrics,
         crypto: SessionCrypto | None = None,
+        limiter: TenantLimiter | None = None,
     ) -> None:
         self.client = client
         self.backend = backend  # None between transactions in transaction mode
@@ -124,6 +128,14 @@ class Session:
         self._kinds: dict[str, tuple[str, str]] = {}  # prepared statement -> (kind, decision)
         self._portal = ("unknown", "allowed")  # what the next Execute runs
         self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
+        self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
+        self._throttled: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None  # waiting for rate tokens
+        self._over_rate = False  # this read's statements are refused (53400)
+        self._timer: asyncio.TimerHandle | None = None  # statement_timeout backstop of this busy period
+        self._timed_out = False
+        self._rows = 0  # rows relayed for the current statement (max_rows)
+        self._rows_over = False
+        self._move: tuple[BackendPool | None, str] | None = None  # a new placement, taken at the next boundary
 
     # ------------------------------------------------------------------ client -> backend
 
@@ -142,6 +154,8 @@ class Session:
         for buf, frames in held:
             if self.client.is_closed:
                 return
+            if self._move is not None and self.at_boundary and not self._take_move():
+                return  # e.g. PAUSE, RELOAD with a new placement, RESUME: the held statement runs there
             if self.backend is None:
                 self._wait_for_backend(buf, frames)
             else:
@@ -149,8 +163,36 @@ class Session:
         if self.client.transport is not None and not self.client.is_closed and not self._waiting:
             self.client.transport.resume_reading()
 
+    @property
+    def at_boundary(self) -> bool:
+        """Between transactions with nothing outstanding: where PAUSE holds and placements change."""
+        return self.status == "I" and self.cycles_done == self.cycles_sent and not self._unsynced and not self._waiting
+
+    def move_to(self, pool: BackendPool | None, search_path: str) -> None:
+        """The tenant's placement changed (reload): switch at the next transaction boundary."""
+        self._move = (pool, search_path)
+
+    def _take_move(self) -> bool:
+        """Apply a pending placement change; False when the session had to end for it."""
+        assert self._move is not None
+        pool, search_path = self._move
+        if pool is None or self.pool is None or self.pinned:  # its backend carries session state
+            self._end(codec.error("57P01", "tenant placement changed; reconnect", severity="FATAL"))
+            return False
+        self._move = None
+        if self.backend is not None:  # idle between transactions: give it back to its old pool
+            backend, self.backend = self.backend, None
+            self.client.backpressure_peer = None
+            self._release_backend(backend)
+        self.pool = pool
+        self.settings["search_path"] = search_path
+        return True
+
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
-        if self._paused and self.is_paused:
+        if self._throttled is not None:  # arrived before reading paused: stays behind what waits
+            self._throttled.append((buf, frames))
+            return
+        if self._paused and self.is_paused and self.at_boundary:
             if self.held_since is None:
                 self.held_since = time.monotonic()
             self._held.append((buf, frames))
@@ -166,14 +208,38 @@ class Session:
                 if not frames:
                     return
                 buf = buf[: frames[-1][2]]
+        if self._move is not None and self.at_boundary and not self._take_move():
+            return
         crypto = self.crypto
         if crypto is not None and (self._refreshing is not None or not crypto.keys_fresh()):
             self._refresh_keys(buf, frames)
             return
+        limiter = self.limiter
+        if limiter is not None and limiter.limits.statements_per_second is not None:
+            count = sum(1 for f in frames if f[0] in _STATEMENTS)
+            delay = limiter.take(count) if count else 0.0
+            if delay is None:
+                self.metrics.limit_hit(self.tenant, "statements_per_second")
+                self._over_rate = True
+            elif delay > 0:
+                self._throttle(buf, frames, delay)
+                return
         if self.backend is None:
             self._wait_for_backend(buf, frames)
             return
         self._relay_client(buf, frames)
+
+    def _throttle(self, buf: bytes, frames: list[tuple[int, int, int]], delay: float) -> None:
+        """Over the statement rate: these statements wait for their tokens (at most rate_limit_wait)."""
+        self._throttled = [(buf, frames)]
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+        asyncio.get_running_loop().call_later(delay, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        held, self._throttled = self._throttled or [], None
+        if not self.client.is_closed:
+            self._replay(held)
 
     def _refresh_keys(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         """Hold the client's messages until the tenant's keys are (re)loaded."""
@@ -205,16 +271,23 @@ class Session:
 
     async def _acquire(self) -> None:
         assert self.pool is not None
+        limiter = self.limiter
+        if limiter is not None:
+            try:
+                await limiter.acquire_backend(self.pool.timeout)
+            except LimitExceeded as exc:
+                self.metrics.limit_hit(self.tenant, exc.limit)
+                self._end(codec.error(exc.sqlstate, exc.message, severity="FATAL"))
+                return
         try:
             backend = await self.pool.acquire()
-        except PoolTimeout as exc:
-            self._end(codec.error("53300", str(exc), severity="FATAL"))
-            return
-        except BackendError as exc:
-            self._end(exc.error)
+        except (PoolTimeout, BackendError) as exc:
+            if limiter is not None:
+                limiter.release_backend()
+            self._end(exc.error if isinstance(exc, BackendError) else codec.error("53300", str(exc), severity="FATAL"))
             return
         if self.client.is_closed:
-            self.pool.release(backend)
+            self._release_backend(backend)
             return
         self.attach(backend)
         setup = self.setup_sql(backend)
@@ -274,10 +347,19 @@ class Session:
             or self._waiting
         ):
             return
-        assert self.pool is not None
         self.backend = None
         self.client.backpressure_peer = None
-        self.pool.release(backend)
+        self._release_backend(backend)
+
+    def _release_backend(self, backend: Backend, *, discard: bool = False) -> None:
+        """Give a pooled backend back (or close it: mid-transaction, pinned) and free the tenant's slot."""
+        assert self.pool is not None
+        if discard:
+            self.pool.discard(backend)
+        else:
+            self.pool.release(backend)
+        if self.limiter is not None:
+            self.limiter.release_backend()
 
     def _pin(self, why: str) -> None:
         if not self.pinned:
@@ -296,6 +378,9 @@ class Session:
 
     def detach(self) -> None:
         """The client is gone: return or drop the backend."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         backend, self.backend = self.backend, None
         if backend is None:
             return
@@ -303,14 +388,15 @@ class Session:
             backend.conn.on_lost = None
             backend.conn.write(codec.Terminate().encode())
             backend.conn.close()
-        elif self.status == "I" and self.cycles_done == self.cycles_sent and not self._unsynced and not self.pinned:
-            self.pool.release(backend)
         else:  # mid-transaction or pinned state: closing it rolls back and forgets everything
-            self.pool.discard(backend)
+            clean = self.status == "I" and self.cycles_done == self.cycles_sent and not self._unsynced
+            self._release_backend(backend, discard=not clean or self.pinned)
 
     def _relay_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         if self.busy_since is None:
             self.busy_since = time.monotonic()
+            if self.limiter is not None and self.limiter.limits.statement_timeout is not None:
+                self._arm_timeout(self.limiter.limits.statement_timeout)
         t0 = time.perf_counter()
         special = self._special
         crypto = self.crypto
@@ -344,11 +430,68 @@ class Session:
             self._reassert = False
             backend.applied = {}
             data += self._setup_bytes(self.setup_sql(backend))
+        self._over_rate = False
         if self._gated or (self.audit is not None and self.audit.intents):
             self._gate(data)  # strict audit: only once the write-ahead records are durable
         else:
             backend.conn.write(data)
         self._proxy_time += time.perf_counter() - t0
+
+    def _arm_timeout(self, seconds: float) -> None:
+        # The backend enforces the same statement_timeout (a session setting); this backstop fires a
+        # little later and covers a client that raised its own.
+        grace = max(0.5, seconds * 0.1)
+        self._timer = asyncio.get_running_loop().call_later(seconds + grace, self._fire_timeout)
+
+    def _fire_timeout(self) -> None:
+        self._timer = None
+        backend = self.backend
+        if backend is None or self.busy_since is None or backend.conn.is_closed:
+            return
+        self._timed_out = True
+        backend.cancelled = True  # a pooled backend with a cancel in flight is never handed on
+        asyncio.get_running_loop().create_task(self._cancel(backend))
+
+    async def _cancel(self, backend: Backend) -> None:
+        try:
+            await send_cancel(backend.target, backend.pid, backend.secret)
+        except (BackendError, OSError, TimeoutError) as exc:
+            log.warning("cancelling a statement past the tenant's statement_timeout failed: %s", exc)
+
+    def _timeout_error(self, err: ErrorResponse) -> bytes | None:
+        """A cancel (57014) that a tenant's statement_timeout caused: counted, and said so."""
+        limiter = self.limiter
+        if limiter is None or limiter.limits.statement_timeout is None:
+            return None
+        ours = self._timed_out
+        self._timed_out = False
+        if not ours and "statement timeout" not in err.message:
+            return None
+        limiter.hits["statement_timeout"] += 1
+        self.metrics.limit_hit(self.tenant, "statement_timeout")
+        if not ours:
+            return None
+        return codec.error(
+            "57014",
+            f"canceling statement due to statement timeout (tenant limit {limiter.limits.statement_timeout:g} s)",
+        ).encode()
+
+    def _row_limit(self, mtype: int, body: bytes, cap: int) -> bytes:
+        """What replaces the CommandComplete/PortalSuspended of a statement that returned more than max_rows."""
+        assert self.limiter is not None
+        self.limiter.hits["max_rows"] += 1
+        self.metrics.limit_hit(self.tenant, "max_rows")
+        if self.limiter.limits.max_rows_action == "truncate":
+            message = f"result truncated to {cap} rows (tenant limit max_rows)"
+            notice = codec.NoticeResponse(codec.error("01000", message, severity="WARNING").fields).encode()
+            if mtype == _SUSPENDED:
+                return notice + b"s\x00\x00\x00\x04"
+            verb, _, count = body[:-1].decode().rpartition(" ")
+            tag = f"{verb} {cap}" if verb in ("SELECT", "FETCH", "COPY") and count.isdigit() else body[:-1].decode()
+            return notice + codec.CommandComplete(tag).encode()
+        self.metrics.error("54000")
+        self._inject_abort()  # a transaction block fails, as the client is told
+        return codec.error("54000", f"statement returned more than {cap} rows (tenant limit max_rows)").encode()
 
     def _gate(self, data: bytes) -> None:
         assert self.audit is not None
@@ -393,6 +536,7 @@ class Session:
                 msg = codec.decode_frontend(mtype, body)
                 assert isinstance(msg, Query)
                 sql = msg.sql
+                self._check_rate()
                 self._check_audit()
                 rewritten, _params, kinds, _enc = self._plan(sql, extended=False)
                 sql = self._redacted
@@ -421,7 +565,10 @@ class Session:
                     audit.parse(msg.name, sql, rewritten, kinds[0] if kinds else first_word(sql))
                 parse = Parse(msg.name, rewritten, msg.param_types)
                 if self.crypto is not None:  # encrypted parameters are declared bytea to the backend
-                    sealed = self.crypto.on_client_message(_P, parse, encrypt_params)
+                    try:
+                        sealed = self.crypto.on_client_message(_P, parse, encrypt_params)
+                    except Refused as exc:
+                        raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
                     if sealed is not None:
                         parse = codec.decode_frontend(_P, sealed[5:])  # type: ignore[assignment]
                 if self._named is not None:
@@ -462,6 +609,7 @@ class Session:
                 return self._pooled_describe_close(mtype, body)
             if mtype == _EX:
                 self.statements += 1
+                self._check_rate()
                 if audit is not None:
                     self._check_audit()
                     msg = codec.decode_frontend(mtype, body)
@@ -518,6 +666,16 @@ class Session:
             self._pin(", ".join(sorted(pinning)))
         if _RESETTING_KINDS.intersection(kinds):
             self._reassert = True
+
+    def _check_rate(self) -> None:
+        if self._over_rate:
+            assert self.limiter is not None
+            raise Refusal(
+                "53400",
+                f"statement rate limit of tenant {self.tenant} exceeded "
+                f"({self.limiter.limits.statements_per_second:g} statements per second)",
+                "statements_per_second",
+            )
 
     def _check_audit(self) -> None:
         if self.audit is not None and not self.audit.accepting:
@@ -589,6 +747,7 @@ class Session:
         """Relay frames[first:], writing buf from ``mark``; may stop to wait for the audit log."""
         out: bytearray | None = None
         audit = self.audit
+        row_cap = self.limiter.limits.max_rows if self.limiter is not None else None
         for i in range(first, len(frames)):
             mtype, start, end = frames[i]
             if self._swallow and (self.cycles_done + 1) in self._swallow:
@@ -611,6 +770,29 @@ class Session:
                 elif mtype == _PS:
                     self._parameter_status(buf[start + 5 : end])
                 continue
+            if row_cap is not None:
+                if mtype in (_D, _COPY_DATA):
+                    self._rows += 1
+                    if self._rows > row_cap:  # past the tenant's max_rows: not relayed
+                        self._rows_over = True
+                        if out is None:
+                            out = bytearray()
+                        out += buf[mark:start]
+                        mark = end
+                        continue
+                elif mtype in (_CC, _SUSPENDED, _E, _EMPTY):
+                    over, self._rows, self._rows_over = self._rows_over, 0, False
+                    if over and mtype != _E:
+                        if out is None:
+                            out = bytearray()
+                        out += buf[mark:start]
+                        limited = self._row_limit(mtype, buf[start + 5 : end], row_cap)
+                        out += limited
+                        mark = end
+                        if limited[:1] == b"E":
+                            if audit is not None:
+                                audit.complete(None, "54000")
+                            continue
             crypto = self.crypto
             if crypto is not None and mtype in _CRYPTO_BACKEND:
                 replacement = crypto.on_backend_frame(mtype, buf[start + 5 : end])
@@ -637,6 +819,9 @@ class Session:
                         self.metrics.timing(self.tenant, time.monotonic() - self.busy_since, self._proxy_time)
                         self._proxy_time = 0.0
                     self.busy_since = None
+                    if self._timer is not None:
+                        self._timer.cancel()
+                        self._timer = None
                 refusals = self._refusals
                 while refusals and refusals[0][2] < self.cycles_done:
                     refusals.popleft()
@@ -665,6 +850,12 @@ class Session:
                     self.metrics.error(err.sqlstate)
                     if audit is not None:
                         audit.complete(None, err.sqlstate)
+                    if err.sqlstate == "57014" and (timed_out := self._timeout_error(err)) is not None:
+                        if out is None:
+                            out = bytearray()
+                        out += buf[mark:start]
+                        out += timed_out
+                        mark = end
             elif mtype == _PS:
                 self._parameter_status(buf[start + 5 : end])
             elif mtype == _A and self.tenant is not None:
@@ -677,15 +868,17 @@ class Session:
             elif audit is not None and mtype in _BACKEND_AUDITED:
                 tag = buf[start + 5 : end - 1].decode() if mtype == _CC else None
                 durable = audit.complete(tag, None)
+                # a completion the row limit rewrote is already in ``out``: resume after it
+                at = max(start, mark)
                 if durable is not None and not durable.done():
                     # strict: nothing from this completion on reaches the client before its record
-                    self._flush_backend(buf, out, mark, start)
+                    self._flush_backend(buf, out, mark, at)
                     self._withheld = (buf, frames, i + 1)
                     self._backend_transport_pause()
-                    durable.add_done_callback(functools.partial(self._release, at=start))
+                    durable.add_done_callback(functools.partial(self._release, at=at))
                     return
                 if durable is not None and durable.exception() is not None:
-                    self._flush_backend(buf, out, mark, start)
+                    self._flush_backend(buf, out, mark, at)
                     self._withhold_failed()
                     return
         self._flush_backend(buf, out, mark, len(buf))

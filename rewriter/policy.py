@@ -9,12 +9,14 @@ from typing import Any, Literal
 
 from .catalog import CATALOG_SCHEMAS, relation_denial, unqualified_catalog_relation
 
-RelationKind = Literal["scoped", "reference", "catalog", "unlisted"]
+RelationKind = Literal["scoped", "reference", "catalog", "unlisted", "owned", "foreign"]
 
 
 @dataclass(frozen=True)
 class Relation:
-    """A table reference resolved the way the backend resolves it (search_path pinned to public)."""
+    """A table reference resolved the way the backend resolves it (search_path pinned to public, or to
+    the tenant's own schema for a schema-tier tenant: its tables there are ``owned``, every other
+    non-catalog schema is ``foreign``)."""
 
     kind: RelationKind
     schema: str
@@ -41,10 +43,44 @@ class Policy:
     reference: frozenset[tuple[str, str]] = frozenset()
     version: int = 1
     encrypted: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
+    homes: dict[str, str] = field(default_factory=dict)  # schema-tier tenant -> its schema
+    home: str | None = None  # set on the per-tenant policy of a schema-tier tenant (for_tenant)
+    ddl_tenants: frozenset[str] = frozenset()  # dedicated tenants whose policy allows DDL in their own database
 
     def __hash__(self) -> int:
         return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version,
-                     tuple(sorted(self.encrypted.items()))))
+                     tuple(sorted(self.encrypted.items())), tuple(sorted(self.homes.items())), self.home,
+                     self.ddl_tenants))
+
+    def for_tenant(self, tenant: str) -> Policy:
+        """The policy one tenant's statements are planned under.
+
+        A schema-tier tenant owns the tables of its schema (no row predicate) and nothing else; its
+        encrypted columns are the configured ones, in its schema.
+
+        >>> p = Policy(scoped={("public", "orders"): "tenant_id"}, homes={"acme": "t_acme"},
+        ...            encrypted={("public", "orders", "card"): ("randomized", "text")})
+        >>> p.for_tenant("bob") is p
+        True
+        >>> q = p.for_tenant("acme")
+        >>> q.resolve(None, "orders").kind, q.resolve("public", "orders").kind, q.resolve("t_acme", "x").schema
+        ('owned', 'foreign', 't_acme')
+        >>> q.encrypted
+        {('t_acme', 'orders', 'card'): ('randomized', 'text')}
+        """
+        home = self.homes.get(tenant)
+        if home is None:
+            return self
+        cache = self._tenant_policies
+        found = cache.get(tenant)
+        if found is None:
+            encrypted = {(home, table, column): spec for (_, table, column), spec in self.encrypted.items()}
+            found = cache[tenant] = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home)
+        return found
+
+    @cached_property
+    def _tenant_policies(self) -> dict[str, Policy]:
+        return {}
 
     @cached_property
     def encrypted_tables(self) -> dict[tuple[str, str], dict[str, tuple[str, str]]]:
@@ -55,9 +91,10 @@ class Policy:
         return tables
 
     @classmethod
-    def from_config(cls, scoping: Any, encryption: Any = None, version: int = 1) -> Policy:
+    def from_config(cls, scoping: Any, encryption: Any = None, version: int = 1, tenants: Any = None) -> Policy:
         """Build from tenantgate.config's Scoping (column, tables, reference) and EncryptionSettings
-        (columns: table as [schema.]name, column, mode, type); schema None = public.
+        (columns: table as [schema.]name, column, mode, type); schema None = public. ``tenants``
+        (config Tenant objects) gives the schema-tier tenants' schemas.
 
         An encrypted column must belong to a scoped table (its key is the row's tenant's) and must
         not be the tenant column.
@@ -78,16 +115,22 @@ class Policy:
             if col.column == scoped[key]:
                 raise ValueError(f"encrypted column {col.table}.{col.column} is the table's tenant column")
             encrypted[(*key, col.column)] = (str(col.mode), col.type.name)
-        return cls(column=scoping.column, scoped=scoped, reference=reference, version=version, encrypted=encrypted)
+        tenants = list(tenants or ())
+        homes = {t.name: t.schema for t in tenants if t.tier == "schema" and t.schema}
+        ddl = frozenset(t.name for t in tenants if t.tier == "dedicated" and getattr(t, "allow_ddl", False))
+        return cls(column=scoping.column, scoped=scoped, reference=reference, version=version, encrypted=encrypted,
+                   homes=homes, ddl_tenants=ddl)
 
     def resolve(self, schema: str | None, name: str) -> Relation:
         """Resolve a relation name (already case-folded by the parser)."""
         if schema is None:
             if unqualified_catalog_relation(name):
                 return Relation("catalog", "pg_catalog", name, denial=relation_denial("pg_catalog", name))
-            schema = "public"
+            schema = self.home or "public"
         if schema in CATALOG_SCHEMAS:
             return Relation("catalog", schema, name, denial=relation_denial(schema, name))
+        if self.home is not None:
+            return Relation("owned" if schema == self.home else "foreign", schema, name)
         column = self.scoped.get((schema, name))
         if column is not None:
             return Relation("scoped", schema, name, column=column)

@@ -36,6 +36,15 @@ from .verifier import verify
 # Statement kinds whose rewrite never depends on a literal's value unless the scoper says so
 # (SET values, channels and the like are always cached by their exact text).
 LIFT_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
+# Statements `allow_ddl` lets through for a dedicated tenant: schema changes inside its database.
+# Never roles, databases, extensions, functions, languages, foreign servers or GRANT: they reach
+# beyond the database or run code.
+TENANT_DDL = frozenset({
+    "CreateStmt", "CreateTableAsStmt", "IndexStmt", "ViewStmt", "DropStmt", "AlterTableStmt", "RenameStmt",
+    "CommentStmt", "TruncateStmt", "LockStmt", "VacuumStmt", "ReindexStmt", "ClusterStmt", "CreateSeqStmt",
+    "AlterSeqStmt", "CreateSchemaStmt", "CompositeTypeStmt", "CreateEnumStmt", "AlterEnumStmt",
+    "CreateDomainStmt", "AlterDomainStmt", "RefreshMatViewStmt",
+})
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,12 @@ class Rewriter:
         self._misses += 1
         try:
             built = self._build(sql, tenant, extended)
-            crosscheck(sql, self.policy)  # a second, independent parser must see the same tables
+            crosscheck(sql, self.policy.for_tenant(tenant))  # a second, independent parser must see the same tables
         except Refused as err:
+            allowed = _allowed_ddl(sql) if tenant in self.policy.ddl_tenants else None
+            if allowed is not None:
+                self._cache.put(exact_key, allowed)
+                return allowed
             self._cache.put(exact_key, _Refusal(err.reason, err.message, err.sqlstate))
             raise
         plan = built.plan
@@ -181,8 +194,9 @@ class Rewriter:
         if extended and len(raws) > 1:
             raise Refused("multi_statement_extended",
                           "cannot insert multiple commands into a prepared statement", "42601")
-        scoper = Scoper(self.policy, tenant, extended=extended)
-        analyzer = Analyzer(self.policy, extended, sentinels) if self.policy.encrypted else None
+        policy = self.policy.for_tenant(tenant)
+        scoper = Scoper(policy, tenant, extended=extended)
+        analyzer = Analyzer(policy, extended, sentinels) if policy.encrypted else None
         # unguessable: no client literal can collide with a marker
         marker = f"$tge{secrets.token_hex(8)}_" if analyzer is not None else ""
         seals: list[Seal] = []
@@ -197,7 +211,7 @@ class Rewriter:
             if kind == "listen":
                 listens.append(stmt.conditionname)
             first_seal = len(seals)
-            if analyzer is not None and not scoper.relations.isdisjoint(self.policy.encrypted_tables):
+            if analyzer is not None and not scoper.relations.isdisjoint(policy.encrypted_tables):
                 analyzer.statement(stmt)
                 for node, found in analyzer.seals[first_seal:]:
                     if sentinels is None:  # the literal leaves the tree; its ciphertext comes in later
@@ -213,7 +227,7 @@ class Rewriter:
                 texts.append(trim_comments(sql[start:end]).strip())
         out = "; ".join(texts) if any_modified or len(raws) > 1 else sql
         params = frozenset(scoper.tenant_params)
-        if raws and verify(out, self.policy, tenant, params) != len(raws):
+        if raws and verify(out, policy, tenant, params) != len(raws):
             raise Refused("verification_failed", "rewritten SQL has a different number of statements")
         encrypt_params = tuple(sorted((n, ref.table, ref.column, ref.type)
                                       for n, ref in (analyzer.params.items() if analyzer else ())))
@@ -255,6 +269,24 @@ class Rewriter:
         if filled != plan.sql and _normalised(filled) != _normalised(plan.sql):
             return None
         return template, tuple((p.slot, p.ref) for p in probe.seals)  # type: ignore[misc]
+
+
+def _allowed_ddl(sql: str) -> Plan | None:
+    """A dedicated tenant whose policy allows DDL: one DDL-like statement alone passes unchanged
+    (its own database is the wall). Anything mixed with other statements is still refused.
+
+    >>> _allowed_ddl("CREATE INDEX ON orders (note)").kinds, _allowed_ddl("DROP TABLE x; SELECT 1")
+    (('ddl',), None)
+    >>> _allowed_ddl("GRANT ALL ON orders TO public") is None, _allowed_ddl("DO $$ BEGIN END $$") is None
+    (True, True)
+    """
+    try:
+        raws = pglast.parse_sql(sql)
+    except parser.ParseError:
+        return None
+    if len(raws) != 1 or type(raws[0].stmt).__name__ not in TENANT_DDL:
+        return None
+    return Plan(sql, ("ddl",), cached=True)
 
 
 def _normalised(sql: str) -> tuple[str, ...] | None:

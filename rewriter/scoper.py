@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pglast
 from pglast import ast, enums
 
 from . import channels
@@ -55,6 +56,12 @@ GENERIC_NODES = frozenset({
     "NamedArgExpr", "NullTest", "ParamRef", "RangeTableFuncCol", "ResTarget", "ReturningClause",
     "RowExpr", "SetToDefault", "SortBy", "SQLValueFunction", "String", "TypeCast", "TypeName",
     "WindowDef", "XmlExpr", "XmlSerialize",
+})
+# Built-ins that take a relation by name as text: a schema-tier tenant may only name its own.
+RELATION_TEXT_FUNCTIONS = frozenset({
+    "nextval", "currval", "pg_relation_size", "pg_total_relation_size", "pg_table_size", "pg_indexes_size",
+    "has_table_privilege", "has_sequence_privilege", "has_column_privilege", "has_any_column_privilege",
+    "pg_get_serial_sequence", "to_regclass",
 })
 # Operators named by A_Expr kinds other than these are fixed by the grammar (LIKE, BETWEEN ...).
 _CHECKED_OPERATOR_KINDS = frozenset({enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY,
@@ -296,6 +303,9 @@ class Scoper:
             raise unsupported("a database-qualified table name")
         rel = self.policy.resolve(rv.schemaname, rv.relname)
         self.relations.add((rel.schema, rel.name))
+        if rel.kind == "foreign":
+            raise Refused("other_schema", f"table {rel.schema}.{rel.name} is outside this tenant's schema "
+                          f"{self.policy.home}")
         if rel.kind == "unlisted":
             raise Refused("unlisted_table", f"table {rel.schema}.{rel.name} is not available to tenants")
         if rel.kind == "catalog" and rel.denial is not None:
@@ -309,7 +319,7 @@ class Scoper:
         if rel.kind == "scoped":
             self.modified = True
             return scope_range_var(rv, rel, self.tenant)
-        if rel.kind == "reference" and rv.schemaname is None:
+        if rel.kind in ("reference", "owned") and rv.schemaname is None:
             self.modified = True
             return qualify(rv, rel.schema)
         return rv
@@ -320,13 +330,15 @@ class Scoper:
         if rel.kind == "reference":
             raise Refused("reference_write", f"{verb} on reference table {rel.schema}.{rel.name} is not "
                           "allowed: reference tables are read-only for tenants")
-        if rel.kind != "scoped":
+        if rel.kind not in ("scoped", "owned"):
             raise Refused("catalog", f"{verb} on catalog relation {rel.schema}.{rel.name} is not allowed")
         qualify(rv, rel.schema)
         self.modified = True
         return rel, rv.alias.aliasname if rv.alias else rv.relname
 
     def _no_tenant_assignment(self, targets: AstNode, rel: Relation) -> None:
+        if rel.kind == "owned":
+            return
         for t in targets or ():
             if t.name == rel.column:
                 raise Refused("tenant_column", f"the tenant column {rel.column} of {rel.schema}.{rel.name} "
@@ -341,8 +353,7 @@ class Scoper:
                 stmt.fromClause = tuple(self.from_item(item) for item in stmt.fromClause)
             self.expr(stmt.whereClause)
             self.expr(stmt.returningClause)
-            stmt.whereClause = and_predicate(stmt.whereClause,
-                                             tenant_predicate(qualifier, str(rel.column), self.tenant))
+            stmt.whereClause = self._scoped_where(stmt.whereClause, rel, qualifier)
 
     def delete(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
@@ -351,8 +362,13 @@ class Scoper:
                 stmt.usingClause = tuple(self.from_item(item) for item in stmt.usingClause)
             self.expr(stmt.whereClause)
             self.expr(stmt.returningClause)
-            stmt.whereClause = and_predicate(stmt.whereClause,
-                                             tenant_predicate(qualifier, str(rel.column), self.tenant))
+            stmt.whereClause = self._scoped_where(stmt.whereClause, rel, qualifier)
+
+    def _scoped_where(self, where: AstNode, rel: Relation, qualifier: str) -> AstNode:
+        """WHERE (or ON) with the tenant predicate first; a schema-tier tenant's own table needs none."""
+        if rel.kind == "owned":
+            return where
+        return and_predicate(where, tenant_predicate(qualifier, str(rel.column), self.tenant))
 
     def insert(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
@@ -361,6 +377,10 @@ class Scoper:
             source = stmt.selectStmt
             if source is not None:
                 self.dml(source)
+            if rel.kind == "owned":
+                self._on_conflict(stmt.onConflictClause, rel, qualifier)
+                self.expr(stmt.returningClause)
+                return
             names = [c.name for c in stmt.cols or ()]
             if source is not None and not names:
                 raise unsupported(f"INSERT into {rel.schema}.{rel.name} without a column list")
@@ -425,8 +445,7 @@ class Scoper:
             self.expr(clause.targetList)
             self.expr(clause.whereClause)
             # DO UPDATE may meet another tenant's row (a unique key without the tenant column).
-            clause.whereClause = and_predicate(clause.whereClause,
-                                               tenant_predicate(qualifier, str(rel.column), self.tenant))
+            clause.whereClause = self._scoped_where(clause.whereClause, rel, qualifier)
 
     def merge(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
@@ -434,6 +453,11 @@ class Scoper:
             column = str(rel.column)
             stmt.sourceRelation = self.from_item(stmt.sourceRelation)
             self.expr(stmt.joinCondition)
+            if rel.kind == "owned":
+                for clause in stmt.mergeWhenClauses:
+                    self.expr((clause.condition, clause.targetList, clause.values))
+                self.expr(stmt.returningClause)
+                return
             predicate = tenant_predicate(qualifier, column, self.tenant)
             stmt.joinCondition = and_predicate(stmt.joinCondition, predicate)
             kinds = enums.MergeMatchKind
@@ -513,6 +537,8 @@ class Scoper:
         reason = function_denial(schema, name)
         if reason is not None:
             raise Refused(reason, f"function {'.'.join(names)}() is not allowed for tenants")
+        if self.policy.home is not None and name in RELATION_TEXT_FUNCTIONS:
+            self._own_relation_text(name, (node.args or (None,))[0])
         if name in ("set_config", "pg_notify"):
             args = node.args or ()
             if node.func_variadic or not args or any(isinstance(a, ast.NamedArgExpr) for a in args):
@@ -526,6 +552,36 @@ class Scoper:
         self.expr(node.agg_order)
         self.expr(node.agg_filter)
         self.expr(node.over)
+
+    def _own_relation_text(self, function: str, first: AstNode) -> None:
+        """Schema tier: a sequence or relation named in a string must be the tenant's own.
+
+        >>> import pglast
+        >>> s = Scoper(Policy(homes={"acme": "t_acme"}).for_tenant("acme"), "acme", extended=False)
+        >>> s.statement(pglast.parse_sql("SELECT nextval('orders_id_seq'::regclass)")[0].stmt)
+        'select'
+        >>> try:
+        ...     s.statement(pglast.parse_sql("SELECT nextval('t_bob.orders_id_seq')")[0].stmt)
+        ... except Refused as err:
+        ...     print(err.reason, err.message)
+        other_schema nextval() names t_bob.orders_id_seq, outside this tenant's schema t_acme
+        """
+        if isinstance(first, ast.TypeCast):
+            first = first.arg
+        if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
+            raise Refused("other_schema", f"{function}() needs a literal relation name in a schema-tier session")
+        text = first.val.sval or ""
+        try:
+            select: AstNode = pglast.parser.parse_sql(f"SELECT * FROM {text}")[0].stmt
+            names = select.fromClause[0]
+        except (pglast.parser.ParseError, AttributeError, IndexError, TypeError):
+            raise Refused("other_schema", f"{function}() names a relation tenantgate cannot read") from None
+        schema = getattr(names, "schemaname", None)
+        if not isinstance(names, ast.RangeVar) or names.catalogname is not None or (
+            schema is not None and schema != self.policy.home
+        ):
+            raise Refused("other_schema", f"{function}() names {text}, outside this tenant's schema {self.policy.home}")
+        self.value_dependent = True
 
     def _set_config(self, first: AstNode) -> None:
         """set_config's setting name must be a literal naming an allowed setting."""

@@ -160,14 +160,14 @@ class _Checker:
         rel = self._resolve(node)
         if rel.kind == "scoped":
             raise self.fail(f"{rel.schema}.{rel.name} is read unscoped")
-        if rel.kind == "reference" and node.schemaname is None:
+        if rel.kind in ("reference", "owned") and node.schemaname is None:
             raise self.fail(f"{rel.schema}.{rel.name} is not schema-qualified")
 
     def _resolve(self, node: AstNode) -> Relation:
         if node.catalogname is not None:
             raise self.fail("database-qualified name")
         rel = self.policy.resolve(node.schemaname, node.relname)
-        if rel.kind == "unlisted" or rel.denial is not None:
+        if rel.kind in ("unlisted", "foreign") or rel.denial is not None:
             raise self.fail(f"{rel.schema}.{rel.name} is not available")
         return rel
 
@@ -208,11 +208,14 @@ class _Checker:
 
     def _target(self, rv: AstNode) -> tuple[Relation, str]:
         rel = self._resolve(rv)
-        if rel.kind != "scoped" or rv.schemaname is None:
+        if rel.kind not in ("scoped", "owned") or rv.schemaname is None:
             raise self.fail(f"write to {rel.schema}.{rel.name}")
         return rel, rv.alias.aliasname if rv.alias else rv.relname
 
     def _starts_with_predicate(self, where: AstNode, rel: Relation, qualifier: str) -> bool:
+        """True for a schema-tier tenant's own table (its rows are all its own)."""
+        if rel.kind == "owned":
+            return True
         if where is None:
             return False
         first = (where.args or (None,))[0] if (isinstance(where, ast.BoolExpr)
@@ -220,7 +223,7 @@ class _Checker:
         return deparse(first) == deparse(tenant_predicate(qualifier, str(rel.column), self.tenant))
 
     def _no_assignment(self, targets: AstNode, rel: Relation) -> None:
-        if any(t.name == rel.column for t in targets or ()):
+        if rel.kind != "owned" and any(t.name == rel.column for t in targets or ()):
             raise self.fail(f"assignment to the tenant column of {rel.name}")
 
     def _v_UpdateStmt(self, node: AstNode) -> None:
@@ -249,6 +252,10 @@ class _Checker:
     def _v_InsertStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
         rel, qualifier = self._target(node.relation)
+        if rel.kind == "owned":
+            self.walk((node.selectStmt, node.onConflictClause, node.returningClause))
+            del self.ctes[depth:]
+            return
         names = [c.name for c in node.cols or ()]
         if names.count(rel.column) != 1 or node.selectStmt is None:
             raise self.fail(f"INSERT into {rel.name} without the tenant column")
@@ -282,7 +289,7 @@ class _Checker:
                 raise self.fail("MERGE ... NOT MATCHED BY SOURCE without the tenant predicate")
             if clause.commandType == enums.CmdType.CMD_UPDATE:
                 self._no_assignment(clause.targetList, rel)
-            if clause.commandType == enums.CmdType.CMD_INSERT:
+            if clause.commandType == enums.CmdType.CMD_INSERT and rel.kind != "owned":
                 names = [t.name for t in clause.targetList or ()]
                 if names.count(rel.column) != 1 or not self._tenant_value_ok(
                         clause.values[names.index(str(rel.column))]):

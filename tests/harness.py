@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -107,14 +108,19 @@ def config_text(
     tls: str = "",
     server: str = "",
     backend_extra: str = "",
+    listen: str = "",
 ) -> str:
+    """A config file's text; ``listen`` adds lines to [listen], where ``workers = 1`` (one process,
+    as most tests want) stands unless the caller's text sets workers."""
+    if not re.search(r"^\s*workers\s*=", listen + extra, re.M):
+        listen += "workers = 1\n"
     users = []
     for name, (tenant, password) in USERS.items():
         owner = f'tenant = "{tenant}"' if tenant else "trusted = true"
         users.append(f'[users.{name}]\n{owner}\npassword = "{password}"\n')
     return "\n".join(
         [
-            f'[listen]\naddress = "127.0.0.1:{port}"\n',
+            f'[listen]\naddress = "127.0.0.1:{port}"\n{listen}',
             f'[backend]\nhost = "{backend.pg.host}"\nport = {backend.pg.port}\nuser = "{backend.role}"\n'
             f'password = "{backend.password}"\ndatabase = "{backend.database}"\n{backend_extra or PREFER}\n',
             tls,

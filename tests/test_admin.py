@@ -109,13 +109,18 @@ COLUMNS = {
     "SHOW TENANTS": [
         "tenant",
         "tier",
+        "schema",
+        "backend",
         "region",
         "sessions",
+        "backend_connections",
         "statements",
         "refusals",
         "bytes_in",
         "bytes_out",
         "paused",
+        "limits",
+        "limit_hits",
     ],
     "SHOW USERS": ["user", "tenant", "trusted", "role", "auth"],
     "SHOW SESSIONS": SESSION_COLUMNS,
@@ -386,7 +391,7 @@ def test_reload_applies_a_good_file_and_keeps_the_old_one_on_a_bad_file(backend:
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(proxy.dsn("carol")).close()
 
-        proxy.config_path.write_text(original.replace("[listen]\n", "[listen]\nworkers = 2\n", 1) + carol)
+        proxy.config_path.write_text(original.replace("workers = 1\n", "workers = 2\n", 1) + carol)
         out = psql(admin_dsn(port), "RELOAD")
         assert out.returncode == 0 and out.stdout.strip() == "RELOAD", out.stderr
         assert "WARNING:  listen.workers changed: needs a restart" in out.stderr

@@ -156,6 +156,13 @@ def test_demo_starts_and_cleans_up() -> None:
         timeout=30,
     )
     assert out.stdout.strip() == "2", out.stderr
+    carol = re.search(r"'(postgresql://carol:[^']+)'", output)
+    assert carol is not None  # the schema-tier tenant: its own rows, and nothing outside its schema
+    psql_cmd = [find_pg_bin("psql"), carol.group(1), "-At", "-c"]
+    mine = subprocess.run([*psql_cmd, "SELECT note FROM orders"], capture_output=True, text=True, timeout=30)
+    assert mine.stdout.strip() == "TPS covers", mine.stderr
+    other = subprocess.run([*psql_cmd, "SELECT note FROM public.orders"], capture_output=True, text=True, timeout=30)
+    assert other.returncode != 0 and "outside this tenant's schema t_initech" in other.stderr
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
     assert not os.path.exists(config.group(1))
