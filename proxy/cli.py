@@ -130,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     from tenantgate.audit.cli import register as register_audit
     from tenantgate.keyring.cli import register as register_keys
 
+    from .move import register as register_tenant
     from .rls import register as register_rls
 
     register_audit(sub)
     register_keys(sub)
     register_rls(sub)
+    register_tenant(sub)
     return p
 
 

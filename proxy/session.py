@@ -176,7 +176,8 @@ class Session:
         """Apply a pending placement change; False when the session had to end for it."""
         assert self._move is not None
         pool, search_path = self._move
-        if pool is None or self.pool is None or self.pinned:  # its backend carries session state
+        # a backend carrying session state, or statements planned for the old placement: start afresh
+        if pool is None or self.pool is None or self.pinned or (self._named is not None and self._named.names):
             self._end(codec.error("57P01", "tenant placement changed; reconnect", severity="FATAL"))
             return False
         self._move = None

@@ -1,0 +1,783 @@
+"""``tenantgate tenant move``: move a shared-tier tenant into its own schema or database, online.
+
+The steps, each printed as it goes:
+
+1. check the request against the config (the new file must pass `load_config`, residency
+   included) before anything is copied;
+2. prepare the target: its own schema (``CREATE TABLE ... (LIKE ... INCLUDING ALL)``) or a
+   dedicated database (the tables' DDL from ``pg_dump --schema-only``);
+3. bulk copy the tenant's rows of every scoped table and all rows of every reference table,
+   in primary-key batches, while the tenant keeps working;
+4. PAUSE the tenant on the admin port and wait until none of its sessions is inside a
+   transaction;
+5. delta sync what changed since the bulk copy, then verify every table (row count and an
+   order-independent checksum on both sides);
+6. switch: write the new placement into the config file (a backup is kept), RELOAD, check
+   SHOW TENANTS, RESUME;
+7. with ``--delete-old``, delete the tenant's rows from the shared tables.
+
+A state file beside the config (``.tenantgate-move-<tenant>.json``) records the phase and
+each table's copy and verification, so re-running the same command continues where a
+failed run stopped. Before the switch the source is only read; any failure resumes the
+tenant, keeps its old placement and exits 1. ``--abort`` resumes the tenant, drops what
+the move created in the target and removes the state file.
+
+Exit codes: 0 moved (or aborted), 1 failed (old placement kept), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import ssl
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from tenantgate.config import Config, ConfigError, Tenant, load_config
+from tenantgate.config.values import parse_host, parse_identifier
+
+from .admin_client import AdminClient, AdminCommandError
+from .placement_config import Placement, backup_path, replace_config, validate_text, with_placement
+from .placement_copy import (
+    TEXT_SETTINGS,
+    CopyError,
+    MovedTable,
+    TableShape,
+    bulk_copy,
+    checksum,
+    copy_row_security,
+    delete_tenant_rows,
+    delta_sync,
+    describe,
+    dump_ddl,
+    fk_order,
+    qualified,
+    quote_ident,
+    sync_sequences,
+)
+
+__all__ = ["MoveError", "MoveRequest", "MoveState", "UsageError", "register", "run_move", "state_path"]
+
+ADMIN_PASSWORD_ENV = "TENANTGATE_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
+PHASES = ("started", "prepared", "copied", "config_written", "switched")
+
+Progress = Callable[[str], None]
+
+
+class UsageError(Exception):
+    """A request that cannot run as given (exit 2): bad arguments, a config problem."""
+
+
+class MoveError(Exception):
+    """A move that failed before or during the switch (exit 1): the old placement stays."""
+
+
+@dataclass(frozen=True)
+class MoveRequest:
+    config: pathlib.Path
+    tenant: str
+    to_tier: str | None = None  # None only with abort
+    schema: str | None = None
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    user: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    sslmode: str = "prefer"
+    region: str | None = None
+    admin_user: str | None = None
+    delete_old: bool = False
+    batch_rows: int = 10000
+    pause_timeout: float = 30.0
+    abort: bool = False
+
+    def placement(self) -> Placement:
+        """The target placement, checked; UsageError naming the missing or bad option."""
+        if self.to_tier == "schema":
+            extra = [o for o, v in (("--host", self.host), ("--database", self.database)) if v is not None]
+            if extra:
+                raise UsageError(f"{', '.join(extra)}: only apply to --to-tier dedicated")
+            schema = self.schema or f"t_{self.tenant}"
+            try:
+                parse_identifier(schema)
+            except ValueError as exc:
+                raise UsageError(f"--schema {schema!r}: {exc}") from None
+            return Placement("schema", schema=schema)
+        if self.to_tier != "dedicated":
+            raise UsageError("--to-tier must be schema or dedicated")
+        missing = [
+            o
+            for o, v in (
+                ("--host", self.host),
+                ("--port", self.port),
+                ("--database", self.database),
+                ("--user", self.user),
+            )
+            if v is None
+        ]
+        if missing:
+            raise UsageError(f"--to-tier dedicated needs {', '.join(missing)}")
+        if (self.password_env is None) == (self.password_file is None):
+            raise UsageError("--to-tier dedicated needs exactly one of --password-env, --password-file")
+        if self.schema is not None:
+            raise UsageError("--schema only applies to --to-tier schema")
+        assert self.host is not None
+        if not self.host.startswith("/"):
+            try:
+                parse_host(self.host)
+            except ValueError as exc:
+                raise UsageError(f"--host: {exc}") from None
+        password_file = None if self.password_file is None else str(pathlib.Path(self.password_file).absolute())
+        return Placement(
+            "dedicated",
+            host=self.host,
+            port=self.port,
+            database=self.database,
+            user=self.user,
+            password_env=self.password_env,
+            password_file=password_file,
+            sslmode=self.sslmode,
+            region=self.region,
+        )
+
+
+def state_path(config: pathlib.Path, tenant: str) -> pathlib.Path:
+    return config.absolute().parent / f".tenantgate-move-{tenant}.json"
+
+
+@dataclass
+class MoveState:
+    """What a move has done so far; saved after every step (atomically, mode 0600)."""
+
+    path: pathlib.Path
+    tenant: str
+    placement: Placement
+    phase: str = "started"
+    created_schemas: list[str] = field(default_factory=list)
+    created_tables: list[str] = field(default_factory=list)  # qualified names in the target
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> copied, verified
+    backup: str | None = None
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> MoveState | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: unreadable move state ({exc}); remove it or run --abort") from None
+        try:
+            return cls(
+                path,
+                data["tenant"],
+                Placement.from_dict(data["placement"]),
+                data["phase"],
+                list(data["created_schemas"]),
+                list(data["created_tables"]),
+                dict(data["tables"]),
+                data.get("backup"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise UsageError(f"{path}: malformed move state ({exc}); remove it or run --abort") from None
+
+    def save(self) -> None:
+        data = {
+            "tenant": self.tenant,
+            "placement": self.placement.as_dict(),
+            "phase": self.phase,
+            "created_schemas": self.created_schemas,
+            "created_tables": self.created_tables,
+            "tables": self.tables,
+            "backup": self.backup,
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def at_least(self, phase: str) -> bool:
+        return PHASES.index(self.phase) >= PHASES.index(phase)
+
+    def table(self, label: str) -> dict[str, Any]:
+        return self.tables.setdefault(label, {"copied": False, "verified": None})
+
+
+# ---------------------------------------------------------------------- connections
+
+
+def _ssl(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext | str:
+    if not sslmode.startswith("verify-"):
+        return sslmode
+    ctx = ssl.create_default_context(cafile=sslrootcert)
+    ctx.check_hostname = sslmode == "verify-full"
+    return ctx
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A database the move connects to; the password stays out of repr."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    sslmode: str
+    sslrootcert: str | None = None
+    timeout: float = 10.0
+    password: str | None = field(default=None, repr=False)
+
+    async def connect(self, tenant: str) -> asyncpg.Connection:
+        # tenantgate.tenant lets RLS (`tenantgate rls install`) show the tenant's rows; the
+        # pinned settings make row::text render alike on both sides.
+        settings = {**TEXT_SETTINGS, "tenantgate.tenant": tenant, "application_name": "tenantgate-move"}
+        try:
+            return await asyncpg.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self.password,
+                database=self.database,
+                ssl=_ssl(self.sslmode, self.sslrootcert),
+                timeout=self.timeout,
+                server_settings=settings,
+                statement_cache_size=0,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise MoveError(f"cannot connect to {self.user}@{self.host}:{self.port}/{self.database}: {exc}") from None
+
+
+def _shared_endpoint(cfg: Config) -> Endpoint:
+    b = cfg.backend
+    if b.database is None:
+        raise UsageError(f"{cfg.source}: backend.database must be set to move tenants (the shared database)")
+    password = b.password.reveal() if b.password is not None else None
+    return Endpoint(b.host, b.port, b.user, b.database, b.sslmode, b.sslrootcert, b.connect_timeout, password)
+
+
+def _read_password(placement: Placement) -> str:
+    if placement.password_env is not None:
+        value = os.environ.get(placement.password_env)
+        if not value:
+            raise UsageError(f"environment variable {placement.password_env} (--password-env) is not set")
+        return value
+    assert placement.password_file is not None
+    try:
+        text = pathlib.Path(placement.password_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--password-file {placement.password_file}: cannot read: {exc}") from None
+    text = text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
+    if not text:
+        raise UsageError(f"--password-file {placement.password_file} is empty")
+    return text
+
+
+def _target_endpoint(cfg: Config, placement: Placement) -> Endpoint:
+    if placement.tier == "schema":
+        return _shared_endpoint(cfg)
+    assert placement.host and placement.port and placement.user and placement.database
+    return Endpoint(
+        placement.host,
+        placement.port,
+        placement.user,
+        placement.database,
+        placement.sslmode or "prefer",
+        password=_read_password(placement),
+    )
+
+
+@dataclass(frozen=True)
+class Admin:
+    address: tuple[str, int]
+    user: str
+    password: str = field(repr=False)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AdminClient]:
+        try:
+            client = await AdminClient.connect(self.address, self.user, self.password)
+        except AdminCommandError as exc:
+            raise MoveError(str(exc)) from None
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+def _admin(cfg: Config, user: str | None) -> Admin:
+    if cfg.listen.admin is None:
+        raise UsageError(f"{cfg.source}: listen.admin is not set: the move pauses the tenant on the admin port")
+    if user is None:
+        if len(cfg.admins) != 1:
+            raise UsageError(f"--admin-user is needed: {cfg.source} has {len(cfg.admins)} [admins]")
+        user = next(iter(cfg.admins))
+    elif user not in cfg.admins:
+        raise UsageError(f"--admin-user {user!r}: no such user in [admins] of {cfg.source}")
+    password = os.environ.get(ADMIN_PASSWORD_ENV)
+    if not password:
+        raise UsageError(f"set {ADMIN_PASSWORD_ENV} to the password of admin user {user!r}")
+    return Admin(cfg.listen.admin, user, password)
+
+
+async def _command(admin: AdminClient, command: str) -> list[dict[str, str | None]]:
+    try:
+        return await admin.query(command)
+    except AdminCommandError as exc:
+        raise MoveError(f"admin command failed: {exc}") from None
+
+
+# ---------------------------------------------------------------------- the move
+
+
+def moved_tables(cfg: Config, placement: Placement) -> list[MovedTable]:
+    """Scoped tables (the tenant's rows) and reference tables (all rows), paired with their copies."""
+    pairs: list[tuple[tuple[str, str], str | None]] = [
+        ((t.schema or "public", t.name), t.column) for t in cfg.scoping.tables
+    ]
+    pairs += [((schema or "public", name), None) for schema, name in cfg.scoping.reference]
+    tables = []
+    seen: dict[tuple[str, str], str] = {}
+    for source, column in pairs:
+        target = (placement.schema or source[0], source[1]) if placement.tier == "schema" else source
+        if target in seen:
+            raise UsageError(f"{source[0]}.{source[1]} and {seen[target]} would both become {qualified(target)}")
+        seen[target] = f"{source[0]}.{source[1]}"
+        tables.append(MovedTable(source, target, column))
+    if not tables:
+        raise UsageError(f"{cfg.source}: [scoping] lists no tables: nothing to move")
+    return tables
+
+
+def _check_residency(tenant: Tenant, placement: Placement) -> None:
+    if placement.tier != "dedicated" or tenant.region is None:
+        return
+    if placement.region is None:
+        raise UsageError(f"tenant {tenant.name!r} is pinned to region {tenant.region!r}: give the target's --region")
+    if placement.region != tenant.region:
+        raise UsageError(
+            f"residency: tenant {tenant.name!r} is pinned to region {tenant.region!r}, "
+            f"the target is in region {placement.region!r}"
+        )
+
+
+class Mover:
+    def __init__(self, req: MoveRequest, cfg: Config, state: MoveState, out: Progress) -> None:
+        self.req, self.cfg, self.state, self.out = req, cfg, state, out
+        self.tenant = req.tenant
+        self.placement = state.placement
+        self.source = _shared_endpoint(cfg)
+        self.target = _target_endpoint(cfg, self.placement)
+        self.admin = _admin(cfg, req.admin_user)
+        self.tables = moved_tables(cfg, self.placement)
+
+    async def run(self) -> None:
+        st = self.state
+        async with self.admin.session() as admin:  # fail fast when the proxy cannot be driven
+            rows = await _command(admin, "SHOW TENANTS")
+        if not any(r["tenant"] == self.tenant for r in rows):
+            raise MoveError(f"the running proxy does not know tenant {self.tenant!r}: RELOAD it first")
+        if not st.at_least("switched"):
+            src = await self.source.connect(self.tenant)
+            try:
+                dst = await self.target.connect(self.tenant)
+                try:
+                    await self.copy_and_switch(src, dst)
+                finally:
+                    await dst.close()
+            finally:
+                await src.close()
+        if self.req.delete_old:
+            await self.delete_old()
+        st.path.unlink(missing_ok=True)
+        self.out(f"done: tenant {self.tenant} is now {self.placement.tier} tier")
+
+    async def copy_and_switch(self, src: asyncpg.Connection, dst: asyncpg.Connection) -> None:
+        st = self.state
+        try:
+            ordered = await fk_order(src, self.tables)
+            shapes = [(t, await describe(src, t.source)) for t in ordered]
+            if not st.at_least("prepared"):
+                await self.prepare(dst)
+                st.phase = "prepared"
+                st.save()
+            if not st.at_least("copied"):
+                for table, shape in shapes:
+                    await self.bulk(src, dst, table, shape)
+                st.phase = "copied"
+                st.save()
+            await self.switch(src, dst, shapes)
+        except (CopyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise MoveError(f"phase after {st.phase}: {type(exc).__name__}: {exc}") from None
+
+    # ------------------------------------------------------------------ prepare
+
+    async def _claim(self, dst: asyncpg.Connection, schemas: list[str]) -> bool:
+        """Record what the move will create; True when its tables exist already (an earlier run)."""
+        st = self.state
+        existing = []
+        for t in self.tables:
+            name = qualified(t.target)
+            if await dst.fetchval("SELECT to_regclass($1)", name) is not None:
+                if name not in st.created_tables:
+                    raise MoveError(f"target table {name} already exists and this move did not create it")
+                existing.append(name)
+        if not st.created_tables:
+            for schema in schemas:
+                if not await dst.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
+                    st.created_schemas.append(schema)
+            st.created_tables = [qualified(t.target) for t in self.tables]
+            st.save()  # before creating anything: --abort then knows what is ours
+        return bool(existing)
+
+    async def prepare(self, dst: asyncpg.Connection) -> None:
+        if self.placement.tier == "schema":
+            schema = self.placement.schema
+            assert schema is not None
+            await self._claim(dst, [schema])
+            literal = "'" + self.tenant.replace("'", "''") + "'"
+            async with dst.transaction():
+                await dst.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+                for t in self.tables:
+                    await dst.execute(
+                        f"CREATE TABLE IF NOT EXISTS {qualified(t.target)} (LIKE {qualified(t.source)} INCLUDING ALL)"
+                    )
+                    if t.column is not None:  # the app's INSERTs may leave the tenant column out
+                        await dst.execute(
+                            f"ALTER TABLE {qualified(t.target)} ALTER COLUMN {quote_ident(t.column)}"
+                            f" SET DEFAULT {literal}"
+                        )
+            self.out(f"prepare: schema {schema} with {len(self.tables)} tables")
+            return
+        schemas = sorted({t.target[0] for t in self.tables} - {"public"})
+        if await self._claim(dst, schemas):
+            self.out("prepare: target tables exist from an earlier run")
+            return
+        s = self.source
+        ddl = await asyncio.to_thread(
+            dump_ddl, s.host, s.port, s.user, s.password, s.database, s.sslmode, [t.source for t in self.tables]
+        )
+        # pg_dump's SET lines change session state: run them on a connection of their own
+        conn = await self.target.connect(self.tenant)
+        try:
+            async with conn.transaction():
+                for schema in schemas:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+                await conn.execute(ddl)
+        finally:
+            await conn.close()
+        self.out(
+            f"prepare: {len(self.tables)} tables created in {self.target.database} on "
+            f"{self.target.host}:{self.target.port}"
+        )
+
+    # ------------------------------------------------------------------ copy
+
+    async def bulk(
+        self, src: asyncpg.Connection, dst: asyncpg.Connection, table: MovedTable, shape: TableShape
+    ) -> None:
+        entry = self.state.table(table.label)
+        if entry["copied"]:
+            self.out(f"copy {table.label}: done in an earlier run")
+            return
+        async with dst.transaction():
+            await dst.execute(f"DELETE FROM {qualified(table.target)}")  # ours: a run that stopped part-way
+            await bulk_copy(src, dst, table, shape, self.tenant, self.req.batch_rows, self.out)
+        entry["copied"] = True
+        self.state.save()
+
+    # ------------------------------------------------------------------ switch
+
+    async def quiesce(self, admin: AdminClient) -> None:
+        """PAUSE, then wait until no session of the tenant is inside a transaction."""
+        await _command(admin, f"PAUSE {self.tenant}")
+        self.out(f"pause: tenant {self.tenant} paused, waiting for open transactions")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.req.pause_timeout
+        while True:
+            busy = [
+                r["id"]
+                for r in await _command(admin, "SHOW SESSIONS")
+                if r["tenant"] == self.tenant and (r["tx"] in ("T", "E") or r["state"] == "active")
+            ]
+            if not busy:
+                return
+            if loop.time() >= deadline:
+                raise MoveError(
+                    f"pause: {len(busy)} session(s) of tenant {self.tenant} (ids {', '.join(map(str, busy))}) "
+                    f"still inside a transaction after {self.req.pause_timeout:g}s; nothing was switched"
+                )
+            await asyncio.sleep(0.05)
+
+    async def verify(self, src: asyncpg.Connection, dst: asyncpg.Connection) -> None:
+        for t in self.tables:
+            theirs = await checksum(src, t.source, t, self.tenant)
+            ours = await checksum(dst, t.target, None, self.tenant)
+            ok = theirs == ours
+            self.out(f"verify {t.label}: source {theirs}; copy {ours}: {'ok' if ok else 'MISMATCH'}")
+            if not ok:
+                raise MoveError(f"verify {t.label}: the copy {qualified(t.target)} differs from the source")
+            self.state.table(t.label)["verified"] = {"count": ours.count, "checksum": ours.digest}
+        self.state.save()
+
+    async def switch(
+        self, src: asyncpg.Connection, dst: asyncpg.Connection, shapes: list[tuple[MovedTable, TableShape]]
+    ) -> None:
+        st = self.state
+        path = self.req.config.absolute()
+        async with self.admin.session() as admin:
+            try:
+                await self.quiesce(admin)
+                await delta_sync(src, dst, shapes, self.tenant, self.out)
+                await self.verify(src, dst)
+                await sync_sequences(src, dst, self.tables, self.placement.tier == "schema")
+                if self.placement.tier == "dedicated":
+                    await copy_row_security(src, dst, self.tables)
+                if not st.at_least("config_written"):
+                    self.write_config(path)
+                await self.reload_and_check(admin, path)
+                st.phase = "switched"
+                st.save()
+            except BaseException:
+                with contextlib.suppress(MoveError):  # resume() has said so; the first error matters
+                    await self.resume(admin)
+                raise
+            await self.resume(admin)
+
+    def write_config(self, path: pathlib.Path) -> None:
+        """Back the config up, then put the new placement in its place (validated, atomic)."""
+        st = self.state
+        old_text = path.read_text(encoding="utf-8")
+        backup = backup_path(path)
+        # created with the original's mode: it may hold passwords, like the original
+        fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, path.stat().st_mode & 0o777)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(old_text)
+        st.backup = str(backup)
+        replace_config(path, with_placement(old_text, self.tenant, self.placement))
+        st.phase = "config_written"
+        st.save()
+        self.out(f"switch: {path} rewritten (backup {backup})")
+
+    async def reload_and_check(self, admin: AdminClient, path: pathlib.Path) -> None:
+        try:
+            await _command(admin, "RELOAD")
+            rows = await _command(admin, "SHOW TENANTS")
+            tier = next((r["tier"] for r in rows if r["tenant"] == self.tenant), None)
+            if tier != self.placement.tier:
+                raise MoveError(
+                    f"after RELOAD the proxy reports tenant {self.tenant} as {tier}, not {self.placement.tier}"
+                )
+        except MoveError:
+            await self.restore_config(admin, path)
+            raise
+        self.out(f"switch: proxy reloaded, tenant {self.tenant} is {self.placement.tier} tier")
+
+    async def restore_config(self, admin: AdminClient, path: pathlib.Path) -> None:
+        """Put the backup back (the old placement) and reload it; the copy stays for a re-run."""
+        st = self.state
+        assert st.backup is not None
+        replace_config(path, pathlib.Path(st.backup).read_text(encoding="utf-8"))
+        st.phase = "copied"
+        st.save()
+        with contextlib.suppress(MoveError):
+            await _command(admin, "RELOAD")
+        self.out(f"switch: failed, {path} restored from {st.backup}")
+
+    async def resume(self, admin: AdminClient) -> None:
+        try:
+            await admin.query(f"RESUME {self.tenant}")
+        except AdminCommandError as exc:
+            self.out(f"WARNING: RESUME {self.tenant} failed ({exc}): run it on the admin port")
+            raise MoveError(f"RESUME {self.tenant} failed: {exc}") from None
+        self.out(f"resume: tenant {self.tenant} resumed")
+
+    # ------------------------------------------------------------------ after the switch
+
+    async def unchanged_since_switch(self, conn: asyncpg.Connection, tables: list[MovedTable]) -> None:
+        """The shared rows must still be what was verified at the switch: a later write there went to
+        the old placement (a trusted service user, say) and would be lost with them."""
+        for t in tables:
+            verified = self.state.table(t.label)["verified"]
+            now = await checksum(conn, t.source, t, self.tenant)
+            if verified is None or (now.count, now.digest) != (verified["count"], verified["checksum"]):
+                was = "never verified" if verified is None else f"{verified['count']} rows at the switch"
+                raise MoveError(
+                    f"delete-old refused: tenant {self.tenant}'s rows in {t.label} changed after the switch "
+                    f"({was}, {now.count} now); the switch stands, the shared rows are kept for you to reconcile"
+                )
+
+    async def delete_old(self) -> None:
+        conn = await self.source.connect(self.tenant)
+        try:
+            ordered = await fk_order(conn, [t for t in self.tables if t.column is not None])
+            await self.unchanged_since_switch(conn, ordered)
+            total = 0
+            for t in reversed(ordered):  # children first
+                total += await delete_tenant_rows(conn, t, self.tenant, self.req.batch_rows, self.out)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise MoveError(f"delete-old (after the switch; re-run to finish): {exc}") from None
+        finally:
+            await conn.close()
+        self.out(f"delete-old: {total} rows of tenant {self.tenant} deleted from the shared tables")
+
+
+async def abort(req: MoveRequest, cfg: Config, state: MoveState, out: Progress) -> None:
+    if state.at_least("config_written"):
+        raise MoveError(f"the move of {req.tenant} has switched already ({state.phase}): re-run it to finish")
+    with contextlib.suppress(MoveError, UsageError):
+        async with _admin(cfg, req.admin_user).session() as admin:
+            await _command(admin, f"RESUME {req.tenant}")
+            out(f"abort: tenant {req.tenant} resumed")
+    if state.created_tables or state.created_schemas:
+        conn = await _target_endpoint(cfg, state.placement).connect(req.tenant)
+        try:
+            if state.created_tables:
+                await conn.execute(f"DROP TABLE IF EXISTS {', '.join(state.created_tables)}")
+                out(f"abort: dropped {', '.join(state.created_tables)}")
+            for schema in state.created_schemas:
+                try:
+                    await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)}")
+                    out(f"abort: dropped schema {schema}")
+                except asyncpg.DependentObjectsStillRemainError:
+                    out(f"abort: schema {schema} kept: it holds objects this move did not create")
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise MoveError(f"abort: {exc}") from None
+        finally:
+            await conn.close()
+    state.path.unlink(missing_ok=True)
+    out(f"abort: move of tenant {req.tenant} abandoned, state removed")
+
+
+async def run_move(req: MoveRequest, out: Progress = print) -> None:
+    """Run (or continue, or abort) a move; raises UsageError (exit 2) or MoveError (exit 1)."""
+    try:
+        cfg = load_config(req.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    path = state_path(req.config, req.tenant)
+    state = MoveState.load(path)
+    if req.abort:
+        if state is None:
+            raise UsageError(f"no move of tenant {req.tenant!r} in progress ({path} does not exist)")
+        await abort(req, cfg, state, out)
+        return
+    tenant = cfg.tenants.get(req.tenant)
+    if tenant is None:
+        raise UsageError(f"{cfg.source}: no tenant {req.tenant!r} in [tenants]")
+    placement = req.placement()
+    if state is not None:
+        if state.placement != placement:
+            raise UsageError(
+                f"a move of {req.tenant} to {state.placement.as_dict()} is in progress ({path}): "
+                "re-run it with the same arguments, or --abort it"
+            )
+        if tenant.tier == "shared" and state.at_least("config_written"):
+            state.phase = "copied"  # the switch did not stick: the config names the old placement
+        out(f"continue: move of {req.tenant} from phase {state.phase}")
+    elif tenant.tier != "shared":
+        raise UsageError(f"tenant {req.tenant!r} is {tenant.tier} tier: only shared-tier tenants can be moved")
+    else:
+        state = MoveState(path, req.tenant, placement)
+    if not state.at_least("config_written"):
+        _check_residency(tenant, placement)
+        text = req.config.read_text(encoding="utf-8")
+        try:
+            validate_text(req.config.absolute(), with_placement(text, req.tenant, placement))
+        except ConfigError as exc:
+            raise UsageError(f"the config with the new placement would be refused:\n{exc}") from None
+    mover = Mover(req, cfg, state, out)
+    if not path.exists():
+        state.save()
+    await mover.run()
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def cmd_tenant_move(args: argparse.Namespace) -> int:
+    req = MoveRequest(
+        config=pathlib.Path(args.config),
+        tenant=args.tenant,
+        to_tier=args.to_tier,
+        schema=args.schema,
+        host=args.host,
+        port=args.port,
+        database=args.database,
+        user=args.user,
+        password_env=args.password_env,
+        password_file=args.password_file,
+        sslmode=args.sslmode,
+        region=args.region,
+        admin_user=args.admin_user,
+        delete_old=args.delete_old,
+        batch_rows=args.batch_rows,
+        pause_timeout=args.pause_timeout,
+        abort=args.abort,
+    )
+    if not req.abort and req.to_tier is None:
+        print("tenant move: --to-tier is required (or --abort)", file=sys.stderr)
+        return 2
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        asyncio.run(run_move(req, out))
+    except UsageError as exc:
+        print(f"tenant move: {exc}", file=sys.stderr)
+        return 2
+    except MoveError as exc:
+        print(f"tenant move: FAILED: {exc}", file=sys.stderr)
+        print(f"tenant move: tenant {req.tenant} keeps its old placement unless a switch was reported", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tenant = subparsers.add_parser("tenant", help="tenant placement: move a tenant to its own schema or database")
+    sub = tenant.add_subparsers(dest="tenant_command", required=True)
+    m = sub.add_parser("move", help="move a shared-tier tenant online (copy, pause, sync, verify, switch)")
+    m.add_argument("tenant")
+    m.add_argument("--config", "-c", required=True, help="the TOML config file the proxy runs with")
+    m.add_argument("--to-tier", choices=["schema", "dedicated"])
+    m.add_argument("--schema", help="schema tier: the tenant's schema (default t_<tenant>)")
+    m.add_argument("--host", help="dedicated tier: the target server")
+    m.add_argument("--port", type=int)
+    m.add_argument("--database")
+    m.add_argument("--user")
+    m.add_argument("--password-env", help="environment variable holding the target password (written to the config)")
+    m.add_argument("--password-file", help="file holding the target password (its path is written to the config)")
+    m.add_argument("--sslmode", default="prefer", choices=["disable", "prefer", "require", "verify-ca", "verify-full"])
+    m.add_argument("--region", help="dedicated tier: the target's region (checked against the tenant's)")
+    m.add_argument("--admin-user", help=f"admin user for PAUSE/RELOAD/RESUME (password from ${ADMIN_PASSWORD_ENV})")
+    m.add_argument("--delete-old", action="store_true", help="after the switch, delete the tenant's shared rows")
+    m.add_argument("--batch-rows", type=_positive(int), default=10000, help="rows per copy/delete batch")
+    m.add_argument(
+        "--pause-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds to wait for the tenant's open transactions (default 30)",
+    )
+    m.add_argument("--abort", action="store_true", help="resume, drop what the move created, forget its state")
+    m.set_defaults(func=cmd_tenant_move)

@@ -1,0 +1,128 @@
+"""Rewrite a tenant's placement in the config file, keeping the rest of it (comments included).
+
+A `Placement` is where a tenant's data lives: ``schema`` (its own schema in the shared
+database) or ``dedicated`` (its own database, reached with the credentials in
+``[tenants.T.backend]``, whose password is only ever referenced: password_env or
+password_file). A new file is validated with `load_config` (residency rules
+included) before it replaces the old one by an atomic rename.
+
+>>> text = '[tenants.acme]  # the first customer\\ntier = "shared"\\n'
+>>> print(with_placement(text, "acme", Placement("schema", schema="t_acme")), end="")
+[tenants.acme]  # the first customer
+tier = "schema"
+schema = "t_acme"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import tomlkit
+from tomlkit.items import Table
+
+from tenantgate.config import Config, ConfigError, Problem, load_config
+
+__all__ = ["Placement", "backup_path", "replace_config", "validate_text", "with_placement"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    tier: str  # "schema" | "dedicated"
+    schema: str | None = None
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    user: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None  # absolute
+    sslmode: str | None = None
+    region: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Placement:
+        return cls(**data)
+
+    def backend_table(self) -> dict[str, Any]:
+        """The [tenants.T.backend] keys of a dedicated placement, in the order [backend] writes them."""
+        keys = ("host", "port", "user", "password_env", "password_file", "database", "sslmode", "region")
+        values = self.as_dict()
+        return {k: values[k] for k in keys if k in values}
+
+
+def with_placement(text: str, tenant: str, placement: Placement) -> str:
+    """The config text with ``[tenants.<tenant>]`` switched to ``placement``."""
+    doc = tomlkit.parse(text)
+    entry = doc["tenants"][tenant]  # type: ignore[index]
+    assert isinstance(entry, dict)
+    entry["tier"] = placement.tier
+    for key in ("schema", "backend"):
+        if key in entry:
+            del entry[key]
+    if placement.tier == "schema":
+        entry["schema"] = placement.schema
+    else:
+        backend = tomlkit.table()
+        for key, value in placement.backend_table().items():
+            backend[key] = value
+        if isinstance(entry, Table):
+            entry.append("backend", backend)
+        else:  # an inline table stays inline
+            entry["backend"] = tomlkit.inline_table()
+            entry["backend"].update(placement.backend_table())
+    return tomlkit.dumps(doc)
+
+
+def _staged(path: pathlib.Path, text: str, suffix: str) -> pathlib.Path:
+    """``text`` written next to ``path`` (relative paths in it resolve alike), mode kept, fsynced."""
+    staged = path.with_name(f".{path.name}.{suffix}-{os.getpid()}")
+    mode = path.stat().st_mode & 0o777
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return staged
+
+
+def validate_text(path: pathlib.Path, text: str) -> Config:
+    """Load ``text`` as if it were the file at ``path``; raises ConfigError naming the problems."""
+    staged = _staged(path, text, "check")
+    try:
+        return _load_as(path, staged)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _load_as(path: pathlib.Path, staged: pathlib.Path) -> Config:
+    try:
+        return load_config(staged)
+    except ConfigError as exc:  # report the problems against the real file's name
+        raise ConfigError([Problem(str(path), p.key, p.message) for p in exc.problems]) from None
+
+
+def backup_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+
+
+def replace_config(path: pathlib.Path, text: str) -> None:
+    """Validate ``text`` and atomically put it in place of the file at ``path``."""
+    staged = _staged(path, text, "new")
+    try:
+        _load_as(path, staged)
+        os.replace(staged, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
