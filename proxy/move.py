@@ -36,7 +36,7 @@ import pathlib
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -84,16 +84,7 @@ class MoveError(Exception):
 class MoveRequest:
     config: pathlib.Path
     tenant: str
-    to_tier: str | None = None  # None only with abort
-    schema: str | None = None
-    host: str | None = None
-    port: int | None = None
-    database: str | None = None
-    user: str | None = None
-    password_env: str | None = None
-    password_file: str | None = None
-    sslmode: str = "prefer"
-    region: str | None = None
+    target: Placement  # as given on the command line (tier "" only with abort); placement() checks it
     admin_user: str | None = None
     delete_old: bool = False
     batch_rows: int = 10000
@@ -102,52 +93,35 @@ class MoveRequest:
 
     def placement(self) -> Placement:
         """The target placement, checked; UsageError naming the missing or bad option."""
-        if self.to_tier == "schema":
-            extra = [o for o, v in (("--host", self.host), ("--database", self.database)) if v is not None]
+        t = self.target
+        if t.tier == "schema":
+            extra = [o for o, v in (("--host", t.host), ("--database", t.database)) if v is not None]
             if extra:
                 raise UsageError(f"{', '.join(extra)}: only apply to --to-tier dedicated")
-            schema = self.schema or f"t_{self.tenant}"
+            schema = t.schema or f"t_{self.tenant}"
             try:
                 parse_identifier(schema)
             except ValueError as exc:
                 raise UsageError(f"--schema {schema!r}: {exc}") from None
             return Placement("schema", schema=schema)
-        if self.to_tier != "dedicated":
+        if t.tier != "dedicated":
             raise UsageError("--to-tier must be schema or dedicated")
-        missing = [
-            o
-            for o, v in (
-                ("--host", self.host),
-                ("--port", self.port),
-                ("--database", self.database),
-                ("--user", self.user),
-            )
-            if v is None
-        ]
+        options = (("--host", t.host), ("--port", t.port), ("--database", t.database), ("--user", t.user))
+        missing = [o for o, v in options if v is None]
         if missing:
             raise UsageError(f"--to-tier dedicated needs {', '.join(missing)}")
-        if (self.password_env is None) == (self.password_file is None):
+        if (t.password_env is None) == (t.password_file is None):
             raise UsageError("--to-tier dedicated needs exactly one of --password-env, --password-file")
-        if self.schema is not None:
+        if t.schema is not None:
             raise UsageError("--schema only applies to --to-tier schema")
-        assert self.host is not None
-        if not self.host.startswith("/"):
+        assert t.host is not None
+        if not t.host.startswith("/"):
             try:
-                parse_host(self.host)
+                parse_host(t.host)
             except ValueError as exc:
                 raise UsageError(f"--host: {exc}") from None
-        password_file = None if self.password_file is None else str(pathlib.Path(self.password_file).absolute())
-        return Placement(
-            "dedicated",
-            host=self.host,
-            port=self.port,
-            database=self.database,
-            user=self.user,
-            password_env=self.password_env,
-            password_file=password_file,
-            sslmode=self.sslmode,
-            region=self.region,
-        )
+        password_file = None if t.password_file is None else str(pathlib.Path(t.password_file).absolute())
+        return replace(t, password_file=password_file, sslmode=t.sslmode or "prefer")
 
 
 def state_path(config: pathlib.Path, tenant: str) -> pathlib.Path:
@@ -709,23 +683,25 @@ def cmd_tenant_move(args: argparse.Namespace) -> int:
     req = MoveRequest(
         config=pathlib.Path(args.config),
         tenant=args.tenant,
-        to_tier=args.to_tier,
-        schema=args.schema,
-        host=args.host,
-        port=args.port,
-        database=args.database,
-        user=args.user,
-        password_env=args.password_env,
-        password_file=args.password_file,
-        sslmode=args.sslmode,
-        region=args.region,
+        target=Placement(
+            args.to_tier or "",
+            schema=args.schema,
+            host=args.host,
+            port=args.port,
+            database=args.database,
+            user=args.user,
+            password_env=args.password_env,
+            password_file=args.password_file,
+            sslmode=args.sslmode,
+            region=args.region,
+        ),
         admin_user=args.admin_user,
         delete_old=args.delete_old,
         batch_rows=args.batch_rows,
         pause_timeout=args.pause_timeout,
         abort=args.abort,
     )
-    if not req.abort and req.to_tier is None:
+    if not req.abort and not req.target.tier:
         print("tenant move: --to-tier is required (or --abort)", file=sys.stderr)
         return 2
 
