@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--out DIR]`` from the repository root; see bench/README.md."""
+"""``python -m bench [--quick | --profile] [--out DIR]`` from the repository root; see bench/README.md."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import profile
 from .runner import ALL_TARGETS, Options, main
 from .targets import PROTOCOLS
 from .workload import WORKLOADS, Scale
@@ -40,7 +41,11 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="5 s points, select-only, simple/extended, 8/64 clients")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="5 s points, select-only, simple/extended, 8/64 clients")
+    mode.add_argument("--profile", action="store_true",
+                      help=f"py-spy profile of {profile.TARGET} (one worker) under pgbench select-only -M simple "
+                           f"{profile.CLIENTS} clients; writes profile.md")
     parser.add_argument("--out", type=Path, help="output folder (default bench/results/<timestamp>/)")
     tune = parser.add_argument_group("overrides of the preset (for smoke tests and focused runs)")
     tune.add_argument("--duration", type=_positive, help="seconds per point")
@@ -51,16 +56,21 @@ def parse_args(argv: list[str]) -> Options:
     tune.add_argument("--tenants", type=_positive, help="tenants loaded")
     tune.add_argument("--accounts", type=_positive, help="accounts per tenant")
     tune.add_argument("--warmup", type=int, help="warm-up seconds per target (0: none)")
+    tune.add_argument("--workers", type=_positive, help="[listen] workers of every tenantgate (default: the proxy's)")
+    tune.add_argument("--idle-clients", type=_positive, help="idle clients for the memory measurement (10,000)")
     tune.add_argument("--no-memory", action="store_true", help="skip the idle-client memory measurement")
     tune.add_argument("--no-micro", action="store_true", help="skip the library micro-benchmarks")
     tune.add_argument("--no-encryption", action="store_true", help="skip the encrypted copy and its variant")
     args = parser.parse_args(argv)
     opts = Options.preset(quick=args.quick, out=args.out)
     overrides = []
-    for name in ("duration", "targets", "workloads", "protocols", "clients", "warmup"):
+    for name in ("duration", "targets", "workloads", "protocols", "clients", "warmup", "workers"):
         if getattr(args, name) is not None:
             setattr(opts, name, getattr(args, name))
             overrides.append(name)
+    if args.idle_clients is not None:
+        opts.memory_requested = args.idle_clients
+        overrides.append("idle-clients")
     if args.tenants or args.accounts:
         opts.scale = Scale(tenants=args.tenants or opts.scale.tenants, accounts=args.accounts or opts.scale.accounts)
         overrides.append("scale")
@@ -69,8 +79,11 @@ def parse_args(argv: list[str]) -> Options:
             setattr(opts, name, False)
             overrides.append(f"no-{name}")
     opts.overrides = tuple(overrides)
+    if args.profile:
+        profile.adjust(opts)
     return opts
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args(sys.argv[1:])))
+    options = parse_args(sys.argv[1:])
+    sys.exit(profile.main(options) if options.mode == "profile" else main(options))

@@ -20,6 +20,7 @@ so the connection phase (SCRAM, backend connects) is not charged to the statemen
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .procs import cpu_seconds
+from .procs import cpu_seconds, process_tree
 from .targets import Target
 from .workload import STATEMENTS
 
@@ -43,6 +44,7 @@ _SUMMARY = {
     "tps": re.compile(r"tps = ([\d.]+) \(without initial connection time\)"),
 }
 _SAMPLE_INTERVAL = 0.05
+_TREE_INTERVAL = 1.0
 # pgbench ends on its own at -T; past this many more seconds a target is taken to hang.
 HANG_GRACE = 60.0
 
@@ -75,19 +77,38 @@ class Point:
 
 
 class CpuSampler(threading.Thread):
-    """(wall time, CPU seconds) of one process every 50 ms until stopped."""
+    """(wall time, CPU seconds) of a process tree every 50 ms until stopped.
+
+    The tree (the process and its descendants: a supervisor's workers, helper processes)
+    is listed again every second; a process that exits keeps its last reading, so the sum
+    never goes back.
+    """
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.samples: list[tuple[float, float]] = []
+        self.max_processes = 0
+        self._last: dict[int, float] = {}
         self._stop_event = threading.Event()
 
+    def _total(self, pids: list[int]) -> float:
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                self._last[pid] = cpu_seconds(pid)
+        return sum(self._last.values())
+
     def run(self) -> None:
+        pids: list[int] = []
+        listed = 0.0
         while True:
-            self.samples.append((time.time(), cpu_seconds(self.pid)))
+            now = time.time()
+            if now - listed >= _TREE_INTERVAL:
+                pids, listed = process_tree(self.pid), now
+                self.max_processes = max(self.max_processes, len(pids))
+            self.samples.append((now, self._total(pids)))
             if self._stop_event.wait(_SAMPLE_INTERVAL):
-                self.samples.append((time.time(), cpu_seconds(self.pid)))
+                self.samples.append((time.time(), self._total(pids)))
                 return
 
     def finish(self) -> None:
@@ -116,9 +137,20 @@ def _read_logs(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(latencies, dtype=np.int64), np.frombuffer(finished, dtype=np.float64)
 
 
-def connect_allowance(clients_per_process: int) -> float:
-    """Seconds added to ``-T`` for logging in: pgbench's -T clock includes its (serial) connects."""
-    return 2.0 + 0.08 * clients_per_process
+def connect_allowance(clients_per_process: int, seen: float | None = None) -> float:
+    """Seconds added to ``-T`` for logging in: pgbench's -T clock includes its (serial) connects,
+    and the processes that are done logging in already load the machine for those that are not.
+
+    A guess per client of the largest process, raised to 1.3 x ``seen`` + 1 s when an earlier
+    run against the same target and client count took longer until every process had a
+    transaction done (``login_s``: that includes the first transactions, which through a proxy
+    preparing statements for hundreds of fresh clients at once can take seconds).
+
+    >>> connect_allowance(2), connect_allowance(128), connect_allowance(128, seen=16.0)
+    (2.24, 17.36, 21.8)
+    """
+    guess = 2.0 + 0.12 * clients_per_process
+    return round(max(guess, 1.3 * seen + 1.0) if seen is not None else guess, 2)
 
 
 def steady_window(first: list[float], last: list[float], duration: float) -> tuple[float, float, bool]:
@@ -140,25 +172,33 @@ def steady_window(first: list[float], last: list[float], duration: float) -> tup
 
 
 def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], scripts: dict[str, Path],
-              workdir: Path, database: str) -> dict[str, Any]:
+              workdir: Path, database: str, *, login_seen: float | None = None) -> dict[str, Any]:
     """Run ``point`` against ``target``: one pgbench per tenant, all at once; returns the figures.
 
     Every figure (TPS, latency, failures, CPU) is taken over the same steady window of
-    ``point.duration`` seconds, read from the per-transaction logs.
+    ``point.duration`` seconds, read from the per-transaction logs. ``login_seen``: see
+    :func:`connect_allowance`.
     """
     logdir = workdir / "pgbench-logs"
     logdir.mkdir(exist_ok=True)
     procs: list[tuple[str, subprocess.Popen[str]]] = []
     per_tenant = split_clients(point.clients, len(tenants))
     tenants = tenants[: len(per_tenant)]
-    seconds = point.duration + connect_allowance(max(per_tenant))
+    allowance = connect_allowance(max(per_tenant), login_seen)
+    seconds = point.duration + allowance
     sampler = CpuSampler(target.pid) if target.pid is not None else None
     if sampler is not None:
         sampler.start()
+    launched = time.time()
     try:
         for tenant, clients in zip(tenants, per_tenant, strict=True):
             user, password = target.login(tenant)
             threads = 1 if len(per_tenant) > 1 else min(clients, os.cpu_count() or 1)
+            if point.protocol == "prepared":
+                # pgbench (<= 16) prepares with a blocking PQprepare that stalls every client of its thread;
+                # with transaction pooling and fewer backends than clients, the stalled clients can hold
+                # every backend the prepare waits for. One thread per client cannot deadlock.
+                threads = clients
             cmd = [
                 pgbench, "-n", "-f", str(scripts[tenant]), "-M", point.protocol, "-c", str(clients),
                 "-j", str(threads), "-T", str(round(seconds)), "--log", f"--log-prefix={logdir / tenant}",
@@ -189,7 +229,7 @@ def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], sc
     result: dict[str, Any] = {
         "target": target.name, "workload": point.workload, "protocol": point.protocol, "clients": point.clients,
         "duration_s": point.duration, "tenants": tenants, "tps": 0.0, "transactions": 0, "failed": 0,
-        "errors": [], "warnings": [],
+        "allowance_s": allowance, "errors": [], "warnings": [],
     }  # fmt: skip
     pgbench_tps = 0.0
     for tenant, stdout, stderr, code in outputs:
@@ -203,10 +243,16 @@ def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], sc
     if not all(finished.size for _, finished in logs):
         result["errors"].append("no transaction completed in at least one pgbench process")
         return result
-    start, end, complete = steady_window([float(f.min()) for _, f in logs], [float(f.max()) for _, f in logs],
-                                         point.duration)
+    first = [float(f.min()) for _, f in logs]
+    start, end, complete = steady_window(first, [float(f.max()) for _, f in logs], point.duration)
+    # Until every process had its first transaction done: logging in, what the allowance is for.
+    result["login_s"] = round(max(first) - launched, 2)
+    if end <= start:
+        result["errors"].append(f"logging in ({result['login_s']} s) took the whole run: no steady window")
+        return result
     if not complete:
-        result["warnings"].append(f"logging in took longer than the allowance: measured over {end - start:.1f} s")
+        result["warnings"].append(f"logging in ({result['login_s']} s) took longer than the allowance "
+                                  f"({allowance} s): measured over {end - start:.1f} s")
     latencies = np.concatenate([lat for lat, _ in logs])
     finished = np.concatenate([fin for _, fin in logs])
     inside = (finished > start) & (finished <= end)
@@ -225,5 +271,6 @@ def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], sc
             proc_cpu_share=round(cpu / window, 3),
             proc_cpu_us_per_tx=round(cpu / ok.size * 1e6, 2),
             proc_cpu_us_per_stmt=round(cpu / ok.size / STATEMENTS[point.workload] * 1e6, 2),
+            proc_processes=sampler.max_processes,
         )
     return result

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .procs import wait_listening
+from .targets import POOL_SIZE
 
 OS_USER = "postgres"
 # Protocol-level prepared statements in transaction mode arrived in PgBouncer 1.21.
@@ -78,7 +79,7 @@ def ini_text(*, port: int, pg_port: int, database: str, workdir: Path, prepared:
         "auth_type = scram-sha-256",
         f"auth_file = {workdir / 'userlist.txt'}",
         "pool_mode = transaction",
-        "default_pool_size = 20",
+        f"default_pool_size = {POOL_SIZE}",
         "max_client_conn = 1000",
         f"logfile = {workdir / 'pgbouncer.log'}",
         f"pidfile = {workdir / 'pgbouncer.pid'}",
@@ -106,12 +107,16 @@ class PgBouncer:
     @classmethod
     def start(cls, binary: str, workdir: Path, *, port: int, pg_port: int, database: str, user: str,
               password: str) -> PgBouncer:
-        """Run PgBouncer as the unprivileged ``postgres`` OS user with its files in ``workdir`` (handed to it)."""
+        """Run PgBouncer as the unprivileged ``postgres`` OS user with its files in ``workdir`` (handed to it).
+
+        ``password``: the plaintext, or the role's SCRAM secret from ``pg_authid`` (then PgBouncer
+        logs into the server with the client's SCRAM proof).
+        """
         account = pwd.getpwnam(OS_USER) if os.geteuid() == 0 else None
         ver = version(binary)
         (workdir / "pgbouncer.ini").write_text(
             ini_text(port=port, pg_port=pg_port, database=database, workdir=workdir, prepared=ver >= PREPARED_SINCE))
-        # A plaintext auth_file entry lets PgBouncer answer SCRAM and log into the server.
+        # Either kind of auth_file entry lets PgBouncer answer SCRAM and log into the server.
         userlist = workdir / "userlist.txt"
         userlist.write_text(f'"{user}" "{password}"\n')
         for path in (workdir, workdir / "pgbouncer.ini", userlist):

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 POINT_KEY = ("workload", "protocol", "clients")
+# Issue #7's goals are stated for scoping + batched audit, transaction-pooled over 20 backends.
+GOAL_TARGET = "tenantgate-scoped-audit"
 
 
 def _num(value: Any, digits: int = 0) -> str:
@@ -56,6 +58,59 @@ def points_table(points: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**pass**" if ok else "**FAIL**")
+
+
+def goals(results: dict[str, Any]) -> str:
+    """Issue #7's goals for ``GOAL_TARGET``, each with the figure it is judged on.
+
+    >>> points = [{"target": t, "workload": "select-only", "protocol": "simple", "clients": c, "tps": tps,
+    ...            "failed": 0, "errors": []}
+    ...           for t, c, tps in [("pgbouncer", 8, 100.0), (GOAL_TARGET, 8, 120.0), (GOAL_TARGET, 64, 200.0),
+    ...                             (GOAL_TARGET, 512, 150.0)]]
+    >>> print(goals({"points": points, "memory": {}}))  # doctest: +NORMALIZE_WHITESPACE
+    | goal | point | figure | verdict |
+    |---|---|---|---|
+    | TPS ÷ PgBouncer ≥ 1.0 | select-only/simple/c8 | 1.20 | **pass** |
+    | 512 clients: no errors, TPS ≥ 90% of 64 clients | select-only/simple | 0.75 of 64 clients, 0 failed | **FAIL** |
+    """
+    by_key = {(p["target"], p["workload"], p["protocol"], p["clients"]): p for p in results["points"]}
+    rows = ["| goal | point | figure | verdict |", "|---|---|---|---|"]
+    for protocol in ("simple", "extended"):
+        for clients in (8, 64):
+            mine = by_key.get((GOAL_TARGET, "select-only", protocol, clients))
+            bouncer = by_key.get(("pgbouncer", "select-only", protocol, clients))
+            if mine and bouncer and bouncer["tps"]:
+                ratio = mine["tps"] / bouncer["tps"]
+                rows.append(f"| TPS ÷ PgBouncer ≥ 1.0 | select-only/{protocol}/c{clients} | {ratio:.2f} "
+                            f"| {_verdict(ratio >= 1.0 and not mine['errors'])} |")
+    for (target, workload, protocol, clients), mine in by_key.items():
+        if target == GOAL_TARGET and protocol == "prepared":
+            direct = by_key.get(("direct", workload, protocol, clients))
+            ratio = f"{mine['tps'] / direct['tps']:.2f} of direct" if direct and direct["tps"] else "no direct figure"
+            works = mine["transactions"] > 0 and not mine["errors"] and not mine["failed"]
+            rows.append(f"| -M prepared works, transaction pooling | {workload}/prepared/c{clients} | {ratio}, "
+                        f"{mine['failed']} failed | {_verdict(works)} |")
+    for (target, workload, protocol, clients), big in by_key.items():
+        if target == GOAL_TARGET and clients == 512:
+            base = by_key.get((GOAL_TARGET, workload, protocol, 64))
+            if base and base["tps"]:
+                share = big["tps"] / base["tps"]
+                ok = share >= 0.9 and not big["errors"] and not big["failed"]
+                rows.append(f"| 512 clients: no errors, TPS ≥ 90% of 64 clients | {workload}/{protocol} "
+                            f"| {share:.2f} of 64 clients, {big['failed']} failed | {_verdict(ok)} |")
+    if not any(p["target"] == GOAL_TARGET for p in results["points"]):
+        rows.append(f"| all pgbench goals | - | {GOAL_TARGET} has no figures (not selected, or skipped: see the "
+                    "notes) | not measured |")
+    aim = results["memory"].get(GOAL_TARGET, {}).get("goal")
+    if aim:
+        figure = f"{aim['rss_bytes'] / 1e6:.0f} MB RSS ({aim['how']})" if "rss_bytes" in aim else aim["how"]
+        rows.append(f"| {aim['clients']:,} idle clients < {aim['limit_bytes'] / 1e6:.0f} MB | memory | {figure} "
+                    f"| {_verdict(aim['passed'])} |")
+    return "\n".join(rows)
+
+
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested dicts as (dotted key, printed value) pairs; floats to 4 significant digits."""
     if isinstance(value, dict):
@@ -87,8 +142,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['settings']['duration']} s (after all clients logged in), with clients spread over "
         f"{results['settings']['tenants_per_point']} tenants (one pgbench process each). Ratios: TPS of the row's "
         "target divided by TPS of direct PostgreSQL / PgBouncer at the same point. Proxy CPU: CPU seconds of "
-        "the measured process (tenantgate or PgBouncer) in the window divided by the statements completed "
-        "(BEGIN and END count).",
+        "the measured process tree (tenantgate's supervisor, workers and helpers, or PgBouncer) in the window "
+        "divided by the statements completed (BEGIN and END count). tenantgate workers: "
+        f"{results['settings']['workers'] or 'the proxy default'}.",
+        "",
+        f"## Goals (issue #7) for {GOAL_TARGET}",
+        "",
+        goals(results),
         "",
         "## pgbench",
         "",
@@ -123,23 +183,32 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def memory_table(memory: dict[str, dict[str, Any]]) -> str:
-    """RSS readings per target, the per-client slope and the labelled extrapolation."""
-    rows = ["| target | clients | RSS MiB |", "|---|---:|---:|"]
+    """Memory readings per target (summed over its process tree), the per-client slope and the goal line."""
+    rows = ["| target | clients | processes | RSS MiB | PSS MiB | logins s |", "|---|---:|---:|---:|---:|---:|"]
     notes = []
     for name, figures in memory.items():
         if "error" in figures:
             notes.append(f"- {name}: not measured: {figures['error']}")
             continue
-        rows += [f"| {name} | {r['clients']} | {r['rss_bytes'] / 2**20:.1f} |" for r in figures["readings"]]
+        rows += [f"| {name} | {r['clients']:,} | {r['processes']} | {r['rss_bytes'] / 2**20:.1f} "
+                 f"| {_num(r['pss_bytes'] / 2**20 if r['pss_bytes'] is not None else None, 1)} "
+                 f"| {r['seconds']:.1f} |" for r in figures["readings"]]
         if "rss_bytes_per_client" in figures:
-            notes.append(
-                f"- {name}: {figures['rss_bytes_per_client'] / 1024:.1f} KiB per idle client (least-squares slope); "
-                f"**extrapolated** to {figures['requested_clients']:,} clients: "
-                f"{figures['extrapolated_rss_bytes_at_requested'] / 2**20:.0f} MiB"
-                + (f" ({figures['capped']})" if figures.get("capped") else "")
-            )
+            pss = figures.get("pss_bytes_per_client")
+            line = (f"- {name}: {figures['rss_bytes_per_client'] / 1024:.1f} KiB RSS per idle client "
+                    + (f"({pss / 1024:.1f} KiB PSS) " if pss is not None else "") + "(least-squares slope)")
+            if figures["measured_clients"] < figures["requested_clients"]:
+                line += (f"; **extrapolated** to {figures['requested_clients']:,} clients: "
+                         f"{figures['extrapolated_rss_bytes_at_requested'] / 2**20:.0f} MiB"
+                         + (f" ({figures['capped']})" if figures.get("capped") else ""))
+            notes.append(line)
         if figures["stopped"]:
             notes.append(f"- {name}: stopped early: {figures['stopped']}")
+        aim = figures.get("goal")
+        if aim and aim["passed"] is not None and name.startswith("tenantgate"):
+            notes.append(f"- {name}: goal {aim['clients']:,} idle clients under {aim['limit_bytes'] / 1e6:.0f} MB "
+                         f"RSS: **{'pass' if aim['passed'] else 'FAIL'}** ({aim['how']}: "
+                         f"{aim['rss_bytes'] / 1e6:.0f} MB)")
     return "\n".join([*rows, "", *notes])
 
 

@@ -9,6 +9,7 @@ Target(name='direct', port=5432)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,23 +17,42 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import wait_listening
+from .procs import process_tree, raise_nofile, wait_listening
 from .workload import SCOPED_TABLES, WORKLOADS
 
 PROTOCOLS = ("simple", "extended", "prepared")
-
-# tenantgate variants: (tenant users log in, [audit] durability or None).
-VARIANTS: dict[str, tuple[bool, str | None]] = {
-    "tenantgate-relay": (False, None),
-    "tenantgate-scoped": (True, None),
-    "tenantgate-scoped-audit": (True, "batched"),
-    "tenantgate-scoped-audit-strict": (True, "strict"),
-}
-ENCRYPTED_VARIANT = "tenantgate-scoped-encrypted"
-# Transaction pooling like PgBouncer's ([backend] pool_mode), run when the config loader accepts it.
-POOLED_VARIANT = "tenantgate-scoped-pooled"
-POOLED_BACKEND = "pool_mode = \"transaction\"\npool_size = 20\n"
+# Backend connections of a transaction-pooled tenantgate, the same as PgBouncer's default_pool_size.
+POOL_SIZE = 20
 TRUSTED_USER = "svc"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One tenantgate configuration.
+
+    ``scoped``: tenant users log in and the proxy scopes (else the trusted service user, a
+    plain relay). ``durability``: the ``[audit]`` durability, None for no audit. ``pooled``:
+    ``[backend] pool_mode = "transaction"`` with ``POOL_SIZE`` backends, so clients hold no
+    backend between transactions. ``encrypted``: reads ``accounts_enc``, whose ``abalance``
+    the proxy must decrypt.
+    """
+
+    scoped: bool
+    durability: str | None
+    pooled: bool
+    encrypted: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    "tenantgate-relay": Variant(scoped=False, durability=None, pooled=False),
+    "tenantgate-scoped": Variant(scoped=True, durability=None, pooled=False),
+    "tenantgate-scoped-pooled": Variant(scoped=True, durability=None, pooled=True),
+    "tenantgate-scoped-audit": Variant(scoped=True, durability="batched", pooled=True),
+    "tenantgate-scoped-audit-session": Variant(scoped=True, durability="batched", pooled=False),
+    "tenantgate-scoped-audit-strict": Variant(scoped=True, durability="strict", pooled=True),
+    "tenantgate-scoped-audit-encrypted": Variant(scoped=True, durability="batched", pooled=True, encrypted=True),
+    "tenantgate-scoped-encrypted": Variant(scoped=True, durability=None, pooled=True, encrypted=True),
+}
 
 
 @dataclass(repr=False)
@@ -43,7 +63,7 @@ class Target:
     for them). ``pid``: the process whose CPU and memory are measured (None: not ours to
     measure, e.g. PostgreSQL itself). ``table``: the accounts table the scripts read.
     ``max_idle``: idle clients it can hold for the memory measurement (0: not measured), and
-    ``idle_limit`` what limits that number.
+    ``idle_limit`` what limits that number. ``pid`` covers its descendants too (workers).
     """
 
     name: str
@@ -57,6 +77,7 @@ class Target:
     protocols: tuple[str, ...] = PROTOCOLS
     max_idle: int = 0
     idle_limit: str = ""
+    processes: int | None = None  # the measured process tree's size once warmed up (supervisor + workers)
 
     def __repr__(self) -> str:
         # logins hold passwords: never print them
@@ -84,14 +105,28 @@ def tenantgate_config(
     service_password: str,
     audit: tuple[str, Path, Path] | None = None,
     encryption: str = "",
-    backend_extra: str = "",
+    pool_size: int | None = None,
+    workers: int | None = None,
 ) -> str:
     """A tenantgate TOML: one user per tenant (``passwords``: tenant -> password) and the trusted
-    service user ``TRUSTED_USER``; ``audit`` is (durability, key file, log path)."""
+    service user ``TRUSTED_USER``; ``audit`` is (durability, key file, log path); ``pool_size``
+    turns on transaction pooling; ``workers`` None leaves the proxy's default.
+
+    >>> text = tenantgate_config(port=7000, pg_port=5432, database="bench", backend_user="app",
+    ...                          backend_password_file=Path("/w/pw"), passwords={"t01": "x"}, service_password="y",
+    ...                          pool_size=20, workers=2)
+    >>> print(text.split("\\n\\n")[0])
+    [listen]
+    address = "127.0.0.1:7000"
+    workers = 2
+    >>> 'pool_mode = "transaction"\\npool_size = 20' in text
+    True
+    """
+    pooling = f'pool_mode = "transaction"\npool_size = {pool_size}\n' if pool_size is not None else ""
     parts = [
-        f'[listen]\naddress = "127.0.0.1:{port}"\n',
+        f'[listen]\naddress = "127.0.0.1:{port}"\n' + (f"workers = {workers}\n" if workers is not None else ""),
         f'[backend]\nhost = "127.0.0.1"\nport = {pg_port}\nuser = "{backend_user}"\n'
-        f'password_file = "{backend_password_file}"\ndatabase = "{database}"\nsslmode = "disable"\n{backend_extra}',
+        f'password_file = "{backend_password_file}"\ndatabase = "{database}"\nsslmode = "disable"\n{pooling}',
         # 512 clients log in at once, each with a backend connection to make
         "[server]\nstartup_timeout = 60.0\nshutdown_timeout = 5.0\n",
         '[logging]\nlevel = "warning"\n',
@@ -132,7 +167,7 @@ class ProxyProcess:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tenantgate.proxy.cli", "serve", "--config", str(config_path)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=raise_nofile,
             )
         proxy = cls(name, port, proc, log_path)
         try:
@@ -143,11 +178,14 @@ class ProxyProcess:
         return proxy
 
     def stop(self) -> None:
-        """SIGTERM (idle sessions close at once), SIGKILL if it does not exit."""
+        """SIGTERM (idle sessions close at once); SIGKILL to the whole tree if it does not exit."""
         if self.proc.poll() is None:
+            tree = process_tree(self.proc.pid)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                for pid in tree:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 self.proc.wait()

@@ -49,7 +49,15 @@ class BackendPool:
     def total(self) -> int:
         return len(self.idle) + len(self.busy) + self.opening
 
-    async def acquire(self) -> Backend:
+    async def acquire(self, settings: dict[str, str] | None = None) -> Backend:
+        """An idle backend, preferring one that already carries ``settings`` (a tenant's own settings
+        then need no SET on hand-over), else the first free one, else wait in line."""
+        if settings is not None:
+            for backend in reversed(self.idle):
+                if backend.applied == settings and not backend.conn.is_closed:
+                    self.idle.remove(backend)
+                    self.busy.add(backend)
+                    return backend
         while self.idle:
             backend = self.idle.popleft()
             if not backend.conn.is_closed:

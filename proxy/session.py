@@ -281,7 +281,7 @@ class Session:
                 self._end(codec.error(exc.sqlstate, exc.message, severity="FATAL"))
                 return
         try:
-            backend = await self.pool.acquire()
+            backend = await self.pool.acquire(self.settings)
         except (PoolTimeout, BackendError) as exc:
             if limiter is not None:
                 limiter.release_backend()

@@ -262,3 +262,24 @@ def test_cancelled_backend_is_never_handed_on(one: ProxyProcess) -> None:
     after = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert after != before  # the cancelled backend was closed, not pooled again
     conn.close()
+
+
+def test_idle_backends_go_back_to_the_tenant_whose_settings_they_carry(backend: Backend, tmp_path: Path) -> None:
+    """Two tenants on a pool of two: once each has run on a backend, each gets its own back, so the
+    hand-over needs no SET (the settings are asserted per hand-over only when they differ)."""
+    proxy = pooled(backend, tmp_path, 2)
+    try:
+        with (
+            psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice,
+            psycopg.connect(proxy.dsn("bob"), autocommit=True) as bob,
+        ):
+            with alice.transaction(), bob.transaction():  # both backends in use: one each
+                alice.execute("SELECT 1")
+                bob.execute("SELECT 1")
+            alice_pids = {alice.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(6)}  # type: ignore[index]
+            bob_pids = {bob.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(6)}  # type: ignore[index]
+            assert len(alice_pids) == len(bob_pids) == 1 and alice_pids != bob_pids
+            assert alice.execute("SELECT current_setting('tenantgate.tenant')").fetchone() == ("acme",)
+            assert bob.execute("SELECT current_setting('tenantgate.tenant')").fetchone() == ("globex",)
+    finally:
+        proxy.stop()
