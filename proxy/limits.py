@@ -116,12 +116,19 @@ class TenantLimiter:
             )
         self.backends += 1
 
-    async def acquire_backend(self, timeout: float) -> None:
-        """Transaction pooling: wait (first come, first served) for one of the tenant's backend slots."""
+    def take_backend(self) -> bool:
+        """One of the tenant's backend slots if one is free and nobody waits for it."""
         cap = self.max_backends
         if cap is None or (self.backends < cap and not self._waiters):
             self.backends += 1
+            return True
+        return False
+
+    async def acquire_backend(self, timeout: float) -> None:
+        """Transaction pooling: wait (first come, first served) for one of the tenant's backend slots."""
+        if self.take_backend():
             return
+        cap = self.max_backends
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:

@@ -49,9 +49,9 @@ class BackendPool:
     def total(self) -> int:
         return len(self.idle) + len(self.busy) + self.opening
 
-    async def acquire(self, settings: dict[str, str] | None = None) -> Backend:
-        """An idle backend, preferring one that already carries ``settings`` (a tenant's own settings
-        then need no SET on hand-over), else the first free one, else wait in line."""
+    def take_idle(self, settings: dict[str, str] | None = None) -> Backend | None:
+        """An idle backend now, preferring one that already carries ``settings`` (a tenant's own
+        settings then need no SET on hand-over); None when every backend is busy."""
         if settings is not None:
             for backend in reversed(self.idle):
                 if backend.applied == settings and not backend.conn.is_closed:
@@ -63,6 +63,13 @@ class BackendPool:
             if not backend.conn.is_closed:
                 self.busy.add(backend)
                 return backend
+        return None
+
+    async def acquire(self, settings: dict[str, str] | None = None) -> Backend:
+        """An idle backend (see take_idle), else wait in line for one."""
+        backend = self.take_idle(settings)
+        if backend is not None:
+            return backend
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Backend] = loop.create_future()
         self.waiters.append(waiter)

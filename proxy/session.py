@@ -264,6 +264,16 @@ class Session:
     # ------------------------------------------------------------------ transaction pooling
 
     def _wait_for_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        assert self.pool is not None
+        limiter = self.limiter
+        if not self._waiting and (limiter is None or limiter.take_backend()):
+            backend = self.pool.take_idle(self.settings)  # the common case: a backend is free right now
+            if backend is not None:
+                self._hand_over(backend)
+                self._relay_client(buf, frames)
+                return
+            if limiter is not None:
+                limiter.release_backend()
         self._waiting.append((buf, frames))
         if self.client.transport is not None:
             self.client.transport.pause_reading()
@@ -290,15 +300,19 @@ class Session:
         if self.client.is_closed:
             self._release_backend(backend)
             return
-        self.attach(backend)
-        setup = self.setup_sql(backend)
-        if setup:
-            self._inject_setup(setup)
+        self._hand_over(backend)
         waiting, self._waiting = self._waiting, []
         for buf, frames in waiting:
             self._relay_client(buf, frames)
         if self.client.transport is not None and not self.client.is_closed:
             self.client.transport.resume_reading()
+
+    def _hand_over(self, backend: Backend) -> None:
+        """A pooled backend for this transaction, carrying exactly this session's settings."""
+        self.attach(backend)
+        setup = self.setup_sql(backend)
+        if setup:
+            self._inject_setup(setup)
 
     def attach(self, backend: Backend) -> None:
         self.backend = backend
