@@ -194,10 +194,11 @@ def run_point(pgbench: str, target: Target, point: Point, tenants: list[str], sc
         for tenant, clients in zip(tenants, per_tenant, strict=True):
             user, password = target.login(tenant)
             threads = 1 if len(per_tenant) > 1 else min(clients, os.cpu_count() or 1)
-            if point.protocol == "prepared":
+            if point.protocol == "prepared" and point.workload != "select-only":
                 # pgbench (<= 16) prepares with a blocking PQprepare that stalls every client of its thread;
-                # with transaction pooling and fewer backends than clients, the stalled clients can hold
-                # every backend the prepare waits for. One thread per client cannot deadlock.
+                # with transaction pooling and fewer backends than clients, stalled clients inside a
+                # multi-statement transaction can hold every backend the prepare waits for. One thread
+                # per client cannot deadlock (single-statement transactions hold no backend between calls).
                 threads = clients
             cmd = [
                 pgbench, "-n", "-f", str(scripts[tenant]), "-M", point.protocol, "-c", str(clients),
