@@ -27,7 +27,8 @@ from pglast import ast, enums, parser
 __all__ = ["READ_ONLY_SETTINGS", "read_only_settings", "read_only_violation"]
 
 READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
-_WRITE_KINDS = {"insert": "INSERT", "update": "UPDATE", "delete": "DELETE", "merge": "MERGE"}
+# "ddl": what a dedicated tenant's allow_ddl lets through unrewritten; never for a read-only user
+_WRITE_KINDS = {"insert": "INSERT", "update": "UPDATE", "delete": "DELETE", "merge": "MERGE", "ddl": "DDL"}
 # kinds that cannot hold a write, a row lock or a read-only switch: no need to parse them again
 _HARMLESS_KINDS = frozenset(
     {

@@ -423,3 +423,20 @@ def test_statement_held_by_pause_runs_on_the_new_placement(shared: Backend, dedi
             assert got == [[(100, "moved", "t_acme")]]
     finally:
         proxy.stop()
+
+
+def test_allow_ddl_never_for_a_read_only_user(shared: Backend, dedicated: Backend, tmp_path: Path) -> None:
+    port = free_port()
+    text = (
+        tiered_config(shared, dedicated, port)
+        + '\n[users.dave]\ntenant = "initech"\nrole = "readonly"\npassword = "dave-pw"\n'
+    )
+    proxy = start_proxy(tmp_path, text, port)
+    proxy.users["dave"] = ("initech", "dave-pw")
+    try:
+        with psycopg.connect(proxy.dsn("dave", "tiers"), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute("CREATE TABLE dave_was_here (id int)")
+            assert info.value.sqlstate == "25006" and "DDL" in str(info.value)
+    finally:
+        proxy.stop()
