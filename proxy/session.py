@@ -767,9 +767,7 @@ class Session:
             mtype, start, end = frames[i]
             if self._swallow and (self.cycles_done + 1) in self._swallow:
                 # the answer to a statement the proxy injected: nobody's business but ours
-                if out is None:
-                    out = bytearray()
-                out += buf[mark:start]
+                out = _splice(out, buf, mark, start)
                 mark = end
                 if mtype == _Z:
                     self.cycles_done += 1
@@ -790,19 +788,14 @@ class Session:
                     self._rows += 1
                     if self._rows > row_cap:  # past the tenant's max_rows: not relayed
                         self._rows_over = True
-                        if out is None:
-                            out = bytearray()
-                        out += buf[mark:start]
+                        out = _splice(out, buf, mark, start)
                         mark = end
                         continue
                 elif mtype in (_CC, _SUSPENDED, _E, _EMPTY):
                     over, self._rows, self._rows_over = self._rows_over, 0, False
                     if over and mtype != _E:
-                        if out is None:
-                            out = bytearray()
-                        out += buf[mark:start]
                         limited = self._row_limit(mtype, buf[start + 5 : end], row_cap)
-                        out += limited
+                        out = _splice(out, buf, mark, start, limited)
                         mark = end
                         if limited[:1] == b"E":
                             if audit is not None:
@@ -812,10 +805,7 @@ class Session:
             if crypto is not None and mtype in _CRYPTO_BACKEND:
                 replacement = crypto.on_backend_frame(mtype, buf[start + 5 : end])
                 if replacement is not None:
-                    if out is None:
-                        out = bytearray()
-                    out += buf[mark:start]
-                    out += replacement
+                    out = _splice(out, buf, mark, start, replacement)
                     mark = end
                     if mtype != _Z:
                         if replacement[:1] == b"E":
@@ -845,19 +835,14 @@ class Session:
                 if self._named is not None:
                     self._named.cycle_done(self.cycles_done)
             elif self._named is not None and mtype in (_PARSE_DONE, _CLOSE_DONE) and self._named.answered():
-                if out is None:  # the answer to a Parse/Close the proxy added
-                    out = bytearray()
-                out += buf[mark:start]
+                out = _splice(out, buf, mark, start)  # the answer to a Parse/Close the proxy added
                 mark = end
             elif mtype == _E:
                 if self._named is not None and self.backend is not None:
                     self._named.failed(self.backend, self.cycles_done + 1)
                 replacement = self._swap_error(buf[start + 5 : end]) if self._refusals else None
                 if replacement is not None:
-                    if out is None:
-                        out = bytearray()
-                    out += buf[mark:start]
-                    out += replacement
+                    out = _splice(out, buf, mark, start, replacement)
                     mark = end
                 else:
                     err = codec.decode_backend(_E, buf[start + 5 : end])
@@ -866,19 +851,13 @@ class Session:
                     if audit is not None:
                         audit.complete(None, err.sqlstate)
                     if err.sqlstate == "57014" and (timed_out := self._timeout_error(err)) is not None:
-                        if out is None:
-                            out = bytearray()
-                        out += buf[mark:start]
-                        out += timed_out
+                        out = _splice(out, buf, mark, start, timed_out)
                         mark = end
             elif mtype == _PS:
                 self._parameter_status(buf[start + 5 : end])
             elif mtype == _A and self.tenant is not None:
                 # channels are namespaced per tenant: show the tenant its own name, drop others'
-                if out is None:
-                    out = bytearray()
-                out += buf[mark:start]
-                out += self._notification(buf[start + 5 : end])
+                out = _splice(out, buf, mark, start, self._notification(buf[start + 5 : end]))
                 mark = end
             elif audit is not None and mtype in _BACKEND_AUDITED:
                 tag = buf[start + 5 : end - 1].decode() if mtype == _CC else None
@@ -962,6 +941,15 @@ class Session:
         assert isinstance(msg, codec.ParameterStatus)
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value
+
+
+def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:
+    """The relayed bytes so far plus buf[mark:start] and what replaces (or drops) the frame at start."""
+    if out is None:
+        out = bytearray()
+    out += buf[mark:start]
+    out += replacement
+    return out
 
 
 def quote_literal(value: str) -> str:
