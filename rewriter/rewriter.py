@@ -58,6 +58,11 @@ class Plan:
     ``encrypt_params``: ($n, "schema.table", column, type name) of Bind values bound to encrypted
     columns. ``redactions``: [start, end) spans of the original text holding literals that were
     encrypted (``sql`` has only their ciphertext); the audit log masks them.
+    ``settings``: session-level setting changes the statement(s) make if they succeed, in order:
+    (lower-case setting name, the value as SQL text that follows ``SET name TO``, or None for a
+    RESET). Transaction-scoped changes (SET LOCAL, set_config(..., true)) are not listed.
+    ``pins``: session state the statement leaves that the proxy cannot track or undo (for example
+    "set_config", "advisory_lock"): a transaction-pooled session is pinned to its backend.
     """
 
     sql: str
@@ -67,6 +72,8 @@ class Plan:
     listen_channels: tuple[str, ...] = ()
     encrypt_params: tuple[tuple[int, str, str, str], ...] = ()
     redactions: tuple[tuple[int, int], ...] = ()
+    settings: tuple[tuple[str, str | None], ...] = ()
+    pins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
