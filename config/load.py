@@ -830,7 +830,7 @@ class _Loader:
 
     def scoping(self, raw: Mapping[str, Any]) -> Scoping:
         p = "scoping"
-        tbl = self.table(raw, p, "", frozenset({"column", "tables", "reference"}))
+        tbl = self.table(raw, p, "", frozenset({"column", "tables", "reference", "allow_explain"}))
         column = self.parsed(tbl, "column", p, parse_identifier, "tenant_id")
         # Keyed as the rewriter sees them: no schema means public.
         seen: dict[tuple[str, str], str] = {}
@@ -869,4 +869,4 @@ class _Loader:
             qualified = self.convert(entry, where, parse_qualified_name)
             if qualified is not None and claim(qualified[0], qualified[1], where, "a reference table"):
                 reference.append(qualified)
-        return Scoping(column, tuple(tables), tuple(reference))
+        return Scoping(column, tuple(tables), tuple(reference), self.get(tbl, "allow_explain", p, bool, False))

@@ -45,12 +45,25 @@ DENIED_FUNCTIONS = frozenset({
     "brin_summarize_new_values", "brin_summarize_range", "brin_desummarize_range",
     "gin_clean_pending_list", "pg_get_replication_slots", "pg_event_trigger_ddl_commands",
     "pg_event_trigger_dropped_objects", "pg_event_trigger_table_rewrite_oid",
+    # a pooled backend holds other sessions' prepared statements and cursors (with their literals)
+    "pg_prepared_statement", "pg_cursor",
+    # other tenants' volume: relation and database sizes, file nodes (change on rewrites)
+    "pg_relation_size", "pg_table_size", "pg_total_relation_size", "pg_indexes_size", "pg_database_size",
+    "pg_tablespace_size", "pg_relation_filenode", "pg_relation_filepath", "pg_filenode_relation",
+    # sequence state: shared sequences count every tenant's rows; currval/lastval of a pooled backend
+    # are the previous session's
+    "pg_sequence_last_value", "currval", "lastval",
+    # transaction and multixact counters, snapshots and commit times: every tenant's activity
+    "pg_visible_in_snapshot", "pg_export_snapshot", "pg_get_multixact_members", "mxid_age",
+    "pg_walfile_name", "pg_walfile_name_offset",
+    "setseed",  # seeds random() for whoever uses the backend next
 })
 DENIED_FUNCTION_PREFIXES = (
-    "pg_read_", "pg_ls_", "pg_stat_", "pg_file_", "lo_", "dblink", "pg_advisory", "pg_try_advisory",
+    "pg_read_", "pg_ls_", "pg_stat_", "pg_file_", "lo_", "dblink",
     "pg_replication_", "pg_logical_", "pg_create_", "pg_drop_", "pg_copy_", "pg_wal_", "pg_switch_",
     "pg_backup_", "pg_start_backup", "pg_stop_backup", "pg_control_", "binary_upgrade_",
     "pg_terminate_", "pg_cancel_", "pg_signal_",
+    "txid_", "pg_current_", "pg_snapshot_", "pg_xact_", "pg_last_",  # xids, snapshots, WAL positions
 )
 
 # Catalog relations that show other sessions' statements, sample values of tenant rows, locks,
@@ -61,7 +74,12 @@ DENIED_RELATIONS = frozenset({
     "pg_file_settings", "pg_backend_memory_contexts", "pg_replication_slots", "pg_replication_origin",
     "pg_replication_origin_status", "pg_shmem_allocations", "pg_config", "pg_subscription",
     "_pg_user_mappings", "user_mappings", "user_mapping_options", "pg_statistic", "pg_statistic_ext_data",
+    "pg_prepared_statements", "pg_cursors",  # other sessions' statements on a pooled backend
+    "pg_sequences",  # last_value of sequences every tenant draws from
 })
+# Catalog relations tenants read through a derived table that hides the columns showing other
+# tenants' volume and activity (see sidechannels.masked_select).
+MASKED_RELATIONS = frozenset({("pg_catalog", "pg_class")})
 # pg_stat_* and pg_statio_* (activity, counters), pg_stats* (sampled column values); the
 # definitions in pg_statistic_ext stay readable for psql's \d.
 DENIED_RELATION_PREFIXES = ("pg_stat_", "pg_statio_", "pg_stats")

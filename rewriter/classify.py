@@ -1,12 +1,11 @@
-"""Statement classification: the kind of each allowed statement, a reason for each refused one.
+"""Statement classification: the kind of each allowed statement, a reason for each refused one
+(SET and RESET: settings.py).
 
 >>> import pglast
 >>> refusal(pglast.parse_sql("TRUNCATE orders")[0].stmt).reason
 'truncate'
 >>> refusal(pglast.parse_sql("CREATE TABLE t (a int)")[0].stmt).message
 'CREATE TABLE is not allowed for tenants'
->>> setting_allowed("TimeZone"), setting_allowed("search_path"), setting_allowed("tenantgate.tenant")
-(True, False, False)
 """
 
 from __future__ import annotations
@@ -20,24 +19,6 @@ from .errors import Refused
 
 # pglast's stubs mark every node field Optional; the walkers check shapes at run time.
 AstNode = Any
-
-# Session settings a tenant may SET/RESET/set_config: formatting, timeouts and transaction modes.
-# search_path, role, session_authorization, row_security, standard_conforming_strings and every
-# tenantgate.* setting are deliberately absent.
-ALLOWED_SETTINGS = frozenset({
-    "timezone", "statement_timeout", "application_name", "datestyle", "intervalstyle",
-    "extra_float_digits", "client_encoding", "lock_timeout", "idle_in_transaction_session_timeout",
-    "idle_session_timeout", "transaction_isolation", "transaction_read_only", "transaction_deferrable",
-    "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable",
-    "bytea_output", "client_min_messages", "work_mem", "synchronous_commit", "lc_monetary",
-    "lc_numeric", "lc_time", "xmloption", "xmlbinary",
-    "jit",  # asyncpg turns it off around its type introspection (set_config('jit', 'off', false))
-})
-
-
-def setting_allowed(name: str) -> bool:
-    return name.lower() in ALLOWED_SETTINGS
-
 
 # Statement node -> (reason, what PostgreSQL calls it) for refusals that are not plain DDL.
 _REFUSED = {
@@ -89,19 +70,6 @@ def transaction_kind(stmt: AstNode) -> str:
     if kind is None:  # PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED act on shared state
         raise Refused("two_phase", "two-phase commit statements are not allowed for tenants")
     return kind
-
-
-def set_kind(stmt: AstNode) -> str:
-    """set/reset/reset_all for an allowed SET or RESET; refuses the rest (reason set_forbidden)."""
-    k = enums.VariableSetKind
-    if stmt.kind == k.VAR_RESET_ALL:
-        return "reset_all"
-    if stmt.name in ("TRANSACTION", "SESSION CHARACTERISTICS"):
-        return "set"
-    if not setting_allowed(stmt.name):
-        verb = "RESET" if stmt.kind == k.VAR_RESET else "SET"
-        raise Refused("set_forbidden", f"{verb} {stmt.name} is not allowed for tenants")
-    return "reset" if stmt.kind == k.VAR_RESET else "set"
 
 
 def discard_kind(stmt: AstNode) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from .catalog import CATALOG_SCHEMAS, relation_denial, unqualified_catalog_relation
+from .catalog import CATALOG_SCHEMAS, MASKED_RELATIONS, relation_denial, unqualified_catalog_relation
 
 RelationKind = Literal["scoped", "reference", "catalog", "unlisted", "owned", "foreign"]
 
@@ -23,6 +23,7 @@ class Relation:
     name: str
     column: str | None = None  # the tenant column of a scoped table
     denial: str | None = None  # reason code when a catalog relation is denied
+    masked: bool = False  # a catalog relation read through a derived table that hides other tenants' volume
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Policy:
 
     >>> p = Policy(scoped={("public", "invoices"): "org_id"}, reference=frozenset({("public", "countries")}))
     >>> p.resolve(None, "INVOICES".lower())
-    Relation(kind='scoped', schema='public', name='invoices', column='org_id', denial=None)
+    Relation(kind='scoped', schema='public', name='invoices', column='org_id', denial=None, masked=False)
     >>> p.resolve("public", "countries").kind, p.resolve(None, "pg_class").kind, p.resolve(None, "x").kind
     ('reference', 'catalog', 'unlisted')
 
@@ -46,11 +47,12 @@ class Policy:
     homes: dict[str, str] = field(default_factory=dict)  # schema-tier tenant -> its schema
     home: str | None = None  # set on the per-tenant policy of a schema-tier tenant (for_tenant)
     ddl_tenants: frozenset[str] = frozenset()  # dedicated tenants whose policy allows DDL in their own database
+    allow_explain: bool = False  # [scoping] allow_explain: EXPLAIN without ANALYZE (estimates span all tenants)
 
     def __hash__(self) -> int:
         return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version,
                      tuple(sorted(self.encrypted.items())), tuple(sorted(self.homes.items())), self.home,
-                     self.ddl_tenants))
+                     self.ddl_tenants, self.allow_explain))
 
     def for_tenant(self, tenant: str) -> Policy:
         """The policy one tenant's statements are planned under.
@@ -75,7 +77,8 @@ class Policy:
         found = cache.get(tenant)
         if found is None:
             encrypted = {(home, table, column): spec for (_, table, column), spec in self.encrypted.items()}
-            found = cache[tenant] = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home)
+            found = cache[tenant] = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home,
+                                          allow_explain=self.allow_explain)
         return found
 
     @cached_property
@@ -119,16 +122,20 @@ class Policy:
         homes = {t.name: t.schema for t in tenants if t.tier == "schema" and t.schema}
         ddl = frozenset(t.name for t in tenants if t.tier == "dedicated" and getattr(t, "allow_ddl", False))
         return cls(column=scoping.column, scoped=scoped, reference=reference, version=version, encrypted=encrypted,
-                   homes=homes, ddl_tenants=ddl)
+                   homes=homes, ddl_tenants=ddl, allow_explain=bool(getattr(scoping, "allow_explain", False)))
+
+    @property
+    def search_path(self) -> str:
+        """The one schema the proxy pins search_path to for this policy's tenant."""
+        return self.home or "public"
 
     def resolve(self, schema: str | None, name: str) -> Relation:
         """Resolve a relation name (already case-folded by the parser)."""
         if schema is None:
-            if unqualified_catalog_relation(name):
-                return Relation("catalog", "pg_catalog", name, denial=relation_denial("pg_catalog", name))
-            schema = self.home or "public"
+            schema = "pg_catalog" if unqualified_catalog_relation(name) else self.home or "public"
         if schema in CATALOG_SCHEMAS:
-            return Relation("catalog", schema, name, denial=relation_denial(schema, name))
+            return Relation("catalog", schema, name, denial=relation_denial(schema, name),
+                            masked=(schema, name) in MASKED_RELATIONS)
         if self.home is not None:
             return Relation("owned" if schema == self.home else "foreign", schema, name)
         column = self.scoped.get((schema, name))

@@ -83,6 +83,7 @@ class _Digest:
     template: Template | None
     kinds: tuple[str, ...] = ()
     sealed: tuple[tuple[int, EncryptedRef], ...] = ()  # slots holding values of encrypted columns
+    pins: tuple[str, ...] = ()  # what the statement pins, whatever its literals (Plan.pins)
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ class Rewriter:
                     if digest.sealed:
                         filled = fill_sealed(digest.template, lifted.literals, dict(digest.sealed), encrypt)
                         spans = slot_spans(lifted.gaps, lifted.literals, [slot for slot, _ in digest.sealed])
-                        return Plan(filled, digest.kinds, cached=True, redactions=spans)
-                    return Plan(digest.template.fill(lifted.literals), digest.kinds, cached=True)
+                        return Plan(filled, digest.kinds, cached=True, redactions=spans, pins=digest.pins)
+                    return Plan(digest.template.fill(lifted.literals), digest.kinds, cached=True, pins=digest.pins)
         if entry is not None:
             self._hits += 1
             if isinstance(entry, _Refusal):
@@ -171,10 +172,10 @@ class Rewriter:
         plan = built.plan
         sealed = replace(plan, sql=seal_sql(plan.sql, built.seals, encrypt)) if built.seals else plan
         if (digest_key is not None and lifted is not None and not built.value_dependent
-                and set(plan.kinds) <= LIFT_KINDS and not plan.tenant_params):
+                and set(plan.kinds) <= LIFT_KINDS and not plan.tenant_params and not plan.settings):
             found = self._template(lifted, tenant, built)
             template, slots = found if found is not None else (None, ())
-            self._cache.put(digest_key, _Digest(template, plan.kinds, slots))
+            self._cache.put(digest_key, _Digest(template, plan.kinds, slots, plan.pins))
             if template is not None:
                 return sealed
         cached = replace(plan, cached=True)
@@ -240,7 +241,8 @@ class Rewriter:
                                       for n, ref in (analyzer.params.items() if analyzer else ())))
         redactions = literal_redactions(sql, [s.value for s in seals]) if seals and sentinels is None else ()
         plan = Plan(out, tuple(kinds), tuple(sorted(params)), listen_channels=tuple(listens),
-                    encrypt_params=encrypt_params, redactions=redactions)
+                    encrypt_params=encrypt_params, redactions=redactions,
+                    settings=tuple(scoper.changes.settings), pins=tuple(scoper.changes.pins))
         return _Built(plan, scoper.value_dependent, tuple(seals))
 
     def _template(self, lifted: Lifted, tenant: str,
@@ -260,7 +262,8 @@ class Rewriter:
             probe = self._build(text, tenant, False, sentinels)
         except Refused:
             return None
-        if probe.value_dependent or probe.plan.kinds != plan.kinds or probe.plan.tenant_params:
+        if (probe.value_dependent or probe.plan.kinds != plan.kinds or probe.plan.tenant_params
+                or probe.plan.pins != plan.pins or probe.plan.settings):
             return None
         slots = [seal.slot for seal in probe.seals]
         if (len(probe.seals) != len(built.seals) or None in slots or len(set(slots)) != len(slots)

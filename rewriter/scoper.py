@@ -21,14 +21,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pglast
 from pglast import ast, enums
 
 from . import channels
+from . import sidechannels as side
 from .catalog import function_denial, operator_denial
-from .classify import discard_kind, refusal, set_kind, setting_allowed, transaction_kind
+from .classify import discard_kind, refusal, transaction_kind
 from .errors import Refused
 from .policy import Policy, Relation
+from .settings import Changes
 from .transforms import (
     add_tenant_column,
     and_predicate,
@@ -59,13 +60,14 @@ GENERIC_NODES = frozenset({
 })
 # Built-ins that take a relation by name as text: a schema-tier tenant may only name its own.
 RELATION_TEXT_FUNCTIONS = frozenset({
-    "nextval", "currval", "pg_relation_size", "pg_total_relation_size", "pg_table_size", "pg_indexes_size",
-    "has_table_privilege", "has_sequence_privilege", "has_column_privilege", "has_any_column_privilege",
+    "nextval", "has_table_privilege", "has_sequence_privilege", "has_column_privilege", "has_any_column_privilege",
     "pg_get_serial_sequence", "to_regclass",
 })
 # Operators named by A_Expr kinds other than these are fixed by the grammar (LIKE, BETWEEN ...).
 _CHECKED_OPERATOR_KINDS = frozenset({enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY,
                                      enums.A_Expr_Kind.AEXPR_OP_ALL})
+# Functions whose arguments the rewriter reads or rewrites by position.
+_POSITIONAL = frozenset({"set_config", "pg_notify", "age"}) | side.KEYED_LOCKS
 DML = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
 
 
@@ -79,7 +81,8 @@ class Scoper:
     After ``statement()``: ``modified`` says whether the statement must be deparsed,
     ``tenant_params`` holds $n numbers that must equal the tenant at Bind time and
     ``value_dependent`` says a decision depended on a literal's value (no literal lifting);
-    ``relations`` holds every (schema, table) referenced (encrypted-column analysis needs it).
+    ``relations`` holds every (schema, table) referenced (encrypted-column analysis needs it);
+    ``changes`` the session settings and pins of all statements so far (settings.Changes).
     """
 
     def __init__(self, policy: Policy, tenant: str, *, extended: bool) -> None:
@@ -92,12 +95,15 @@ class Scoper:
         self.relations: set[tuple[str, str]] = set()
         self._ctes: list[frozenset[str]] = []
         self._in_prepare = False
+        self._deferred = False  # inside PREPARE or DECLARE: functions run later, at EXECUTE or FETCH
+        self.changes = Changes(policy.search_path)
 
     # -- statements ---------------------------------------------------------------------------
 
     def statement(self, stmt: AstNode) -> str:
         """Scope one top-level statement in place; return its kind or raise Refused."""
         self.modified = False
+        self.changes.begin()
         name = type(stmt).__name__
         if name in DML:
             self.dml(stmt)
@@ -126,7 +132,7 @@ class Scoper:
 
     def _stmt_VariableSetStmt(self, stmt: AstNode) -> str:
         self.value_dependent = True
-        return set_kind(stmt)
+        return self.changes.set_statement(stmt)
 
     def _stmt_VariableShowStmt(self, stmt: AstNode) -> str:
         return "show"
@@ -141,6 +147,9 @@ class Scoper:
         return transaction_kind(stmt)
 
     def _stmt_ExplainStmt(self, stmt: AstNode) -> str:
+        refused = side.explain_refusal(stmt.options, self.policy.allow_explain)
+        if refused is not None:
+            raise refused
         inner = type(stmt.query).__name__
         if inner in DML:
             self.dml(stmt.query)
@@ -150,30 +159,50 @@ class Scoper:
             raise refusal(stmt.query)
         return "explain"
 
+    @contextmanager
+    def _later(self) -> Iterator[None]:
+        """The body of PREPARE or DECLARE: it runs when EXECUTE or FETCH says so."""
+        outer = self._deferred
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = outer
+
     def _stmt_PrepareStmt(self, stmt: AstNode) -> str:
+        side.refuse_reserved_name(stmt.name, "PREPARE")
         self.expr(stmt.argtypes)
         self._in_prepare = True
         try:
-            self.dml(stmt.query)
+            with self._later():
+                self.dml(stmt.query)
         finally:
             self._in_prepare = False
         return "prepare"
 
     def _stmt_ExecuteStmt(self, stmt: AstNode) -> str:
+        side.refuse_reserved_name(stmt.name, "EXECUTE")
         self.expr(stmt.params)
         return "execute"
 
     def _stmt_DeallocateStmt(self, stmt: AstNode) -> str:
+        if stmt.isall:  # the proxy clears what it tracks of the backend's statements
+            return "deallocate_all"
+        side.refuse_reserved_name(stmt.name, "DEALLOCATE")
         return "deallocate"
 
     def _stmt_DeclareCursorStmt(self, stmt: AstNode) -> str:
-        self.dml(stmt.query)
+        side.refuse_reserved_name(stmt.portalname, "DECLARE")
+        with self._later():
+            self.dml(stmt.query)
         return "declare"
 
     def _stmt_FetchStmt(self, stmt: AstNode) -> str:
+        side.refuse_reserved_name(stmt.portalname, "MOVE" if stmt.ismove else "FETCH")
         return "move" if stmt.ismove else "fetch"
 
     def _stmt_ClosePortalStmt(self, stmt: AstNode) -> str:
+        side.refuse_reserved_name(stmt.portalname, "CLOSE")
         return "close"
 
     def _stmt_ListenStmt(self, stmt: AstNode) -> str:
@@ -319,6 +348,9 @@ class Scoper:
         if rel.kind == "scoped":
             self.modified = True
             return scope_range_var(rv, rel, self.tenant)
+        if rel.masked:  # R2: catalog columns counting other tenants' rows are masked
+            self.modified = True
+            return side.masked_range(rv, rel)
         if rel.kind in ("reference", "owned") and rv.schemaname is None:
             self.modified = True
             return qualify(rv, rel.schema)
@@ -538,60 +570,31 @@ class Scoper:
         if reason is not None:
             raise Refused(reason, f"function {'.'.join(names)}() is not allowed for tenants")
         if self.policy.home is not None and name in RELATION_TEXT_FUNCTIONS:
-            self._own_relation_text(name, (node.args or (None,))[0])
-        if name in ("set_config", "pg_notify"):
-            args = node.args or ()
-            if node.func_variadic or not args or any(isinstance(a, ast.NamedArgExpr) for a in args):
-                raise Refused("denied_function", f"{name}() must be called with positional arguments")
-            if name == "set_config":
-                self._set_config(args[0])
-            else:
-                node.args = (prefix_channel(args[0], channels.channel_prefix(self.tenant)), *args[1:])
-                self.modified = True
+            side.own_relation_text(name, (node.args or (None,))[0], self.policy.home)
+            self.value_dependent = True
+        args = tuple(node.args or ())
+        if name in _POSITIONAL and (node.func_variadic or any(isinstance(a, ast.NamedArgExpr) for a in args)):
+            raise Refused("denied_function", f"{name}() must be called with positional arguments")
+        if name == "set_config":
+            self.value_dependent = True
+            self.changes.set_config(args, deferred=self._deferred)
+        elif name == "pg_notify" and args:
+            node.args = (prefix_channel(args[0], channels.channel_prefix(self.tenant)), *args[1:])
+            self.modified = True
         self.expr(node.args)
         self.expr(node.agg_order)
         self.expr(node.agg_filter)
         self.expr(node.over)
-
-    def _own_relation_text(self, function: str, first: AstNode) -> None:
-        """Schema tier: a sequence or relation named in a string must be the tenant's own.
-
-        >>> import pglast
-        >>> s = Scoper(Policy(homes={"acme": "t_acme"}).for_tenant("acme"), "acme", extended=False)
-        >>> s.statement(pglast.parse_sql("SELECT nextval('orders_id_seq'::regclass)")[0].stmt)
-        'select'
-        >>> try:
-        ...     s.statement(pglast.parse_sql("SELECT nextval('t_bob.orders_id_seq')")[0].stmt)
-        ... except Refused as err:
-        ...     print(err.reason, err.message)
-        other_schema nextval() names t_bob.orders_id_seq, outside this tenant's schema t_acme
-        """
-        if isinstance(first, ast.TypeCast):
-            first = first.arg
-        if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
-            raise Refused("other_schema", f"{function}() needs a literal relation name in a schema-tier session")
-        text = first.val.sval or ""
-        try:
-            select: AstNode = pglast.parser.parse_sql(f"SELECT * FROM {text}")[0].stmt
-            names = select.fromClause[0]
-        except (pglast.parser.ParseError, AttributeError, IndexError, TypeError):
-            raise Refused("other_schema", f"{function}() names a relation tenantgate cannot read") from None
-        schema = getattr(names, "schemaname", None)
-        if not isinstance(names, ast.RangeVar) or names.catalogname is not None or (
-            schema is not None and schema != self.policy.home
-        ):
-            raise Refused("other_schema", f"{function}() names {text}, outside this tenant's schema {self.policy.home}")
-        self.value_dependent = True
-
-    def _set_config(self, first: AstNode) -> None:
-        """set_config's setting name must be a literal naming an allowed setting."""
-        self.value_dependent = True
-        if isinstance(first, ast.TypeCast):
-            first = first.arg
-        if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
-            raise Refused("set_forbidden", "set_config() needs a literal setting name")
-        if not setting_allowed(first.val.sval or ""):
-            raise Refused("set_forbidden", f"set_config() of {first.val.sval} is not allowed for tenants")
+        if schema not in (None, "pg_catalog"):
+            return
+        if name in side.KEYED_LOCKS:  # keys in the tenant's own namespace
+            node.args = side.namespaced_lock_args(args, self.tenant)
+            self.modified = True
+        elif name == "age" and len(args) == 1:
+            node.args = side.timestamp_age_args(args)
+            self.modified = True
+        if name in side.SESSION_STATE_FUNCTIONS:
+            self.changes.pin("advisory_lock")
 
 
 __all__ = ["DML", "GENERIC_NODES", "Scoper", "deparse", "unsupported"]

@@ -24,11 +24,12 @@ from typing import Any
 import pglast
 from pglast import ast, enums
 
+from . import sidechannels as side
 from .catalog import function_denial, operator_denial
 from .channels import channel_prefix
-from .classify import setting_allowed
 from .errors import Refused
 from .policy import Policy, Relation
+from .settings import Changes
 from .transforms import deparse, is_star, node_fields, scoped_select, tenant_predicate
 
 # pglast's stubs mark every node field Optional; the walkers check shapes at run time.
@@ -74,15 +75,31 @@ class _Checker:
     def fail(self, why: str) -> VerificationError:
         return VerificationError(why)
 
+    def _checked(self, check: Any, *, returns: bool = False) -> None:
+        """Run one of the rewriter's statement-level checks on the output: a refusal fails here too
+        (``returns``: the check returns its refusal instead of raising it)."""
+        try:
+            refused = check()
+        except Refused as err:
+            raise self.fail(err.message) from None
+        if returns and refused is not None:
+            raise self.fail(refused.message)
+
     def statement(self, stmt: AstNode) -> None:
         name = type(stmt).__name__
         if name not in ALLOWED_STATEMENTS:
             raise self.fail(f"{name} is not an allowed statement")
         if isinstance(stmt, ast.VariableSetStmt):
-            if stmt.kind != enums.VariableSetKind.VAR_RESET_ALL and stmt.name not in (
-                    "TRANSACTION", "SESSION CHARACTERISTICS") and not setting_allowed(stmt.name or ""):
-                raise self.fail(f"setting {stmt.name}")
+            self._checked(lambda: Changes(self.policy.search_path).set_statement(stmt))
             return
+        if isinstance(stmt, ast.ExplainStmt):
+            self._checked(lambda: side.explain_refusal(stmt.options, self.policy.allow_explain), returns=True)
+        names = {ast.PrepareStmt: "name", ast.ExecuteStmt: "name", ast.DeallocateStmt: "name",
+                 ast.DeclareCursorStmt: "portalname", ast.FetchStmt: "portalname", ast.ClosePortalStmt: "portalname"}
+        for node in (stmt, getattr(stmt, "query", None)):  # EXPLAIN EXECUTE, EXPLAIN DECLARE ...
+            field = names.get(type(node))  # type: ignore[call-overload]
+            if field is not None:
+                self._checked(lambda n=node, f=field: side.refuse_reserved_name(getattr(n, f), type(n).__name__))
         if isinstance(stmt, ast.TransactionStmt) and stmt.kind in _TWO_PHASE:
             raise self.fail("two-phase commit")
         if isinstance(stmt, ast.ListenStmt | ast.NotifyStmt | ast.UnlistenStmt):
@@ -134,6 +151,8 @@ class _Checker:
         del self.ctes[depth:]
 
     def _v_RangeSubselect(self, node: AstNode) -> None:
+        if side.is_masked(node.subquery):  # R2: a masked catalog relation
+            return
         if not self._is_scope_wrapper(node.subquery):
             self.walk(node.subquery)
 
@@ -160,6 +179,8 @@ class _Checker:
         rel = self._resolve(node)
         if rel.kind == "scoped":
             raise self.fail(f"{rel.schema}.{rel.name} is read unscoped")
+        if rel.masked:  # R2
+            raise self.fail(f"{rel.schema}.{rel.name} is read unmasked")
         if rel.kind in ("reference", "owned") and node.schemaname is None:
             raise self.fail(f"{rel.schema}.{rel.name} is not schema-qualified")
 
@@ -191,10 +212,11 @@ class _Checker:
             raise self.fail(f"function {'.'.join(names)}")
         args = node.args or ()
         if names[-1] == "set_config":
-            first = args[0].arg if args and isinstance(args[0], ast.TypeCast) else (args[0] if args else None)
-            if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
-                    and setting_allowed(first.val.sval or "")):
-                raise self.fail("set_config of a setting that is not allowed")
+            self._checked(lambda: Changes(self.policy.search_path).set_config(tuple(args), deferred=self.in_prepare))
+        if names[-1] in side.KEYED_LOCKS and not side.lock_args_namespaced(args, self.tenant):
+            raise self.fail(f"advisory lock {names[-1]} outside the tenant's namespace")
+        if names[-1] == "age" and not side.is_timestamp_age(args):
+            raise self.fail("age() of something that is not a timestamp")
         if names[-1] == "pg_notify":
             first = args[0] if args else None
             prefix = channel_prefix(self.tenant)

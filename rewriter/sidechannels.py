@@ -1,0 +1,212 @@
+"""Rewrites and checks that keep a tenant away from other sessions' state on a pooled backend and
+from other tenants' volume and activity (catalog estimates, plans, lock and transaction counters).
+
+>>> from .transforms import deparse
+>>> import pglast
+>>> call = pglast.parse_sql("SELECT pg_try_advisory_xact_lock(42)")[0].stmt.targetList[0].val
+>>> deparse(ast.FuncCall(funcname=call.funcname, args=namespaced_lock_args(call.args, "acme")))
+"pg_try_advisory_xact_lock(hashtextextended('4:acme:1:' || CAST(CAST(42 AS bigint) AS text), 0))"
+>>> lock_args_namespaced(namespaced_lock_args(call.args, "acme"), "acme"), lock_args_namespaced(call.args, "acme")
+(True, False)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pglast
+from pglast import ast, enums
+
+from .errors import Refused
+from .policy import Relation
+from .settings import type_names
+from .transforms import deparse, string_literal
+
+# pglast's stubs mark every node field Optional; the walkers check shapes at run time.
+AstNode = Any
+
+# Protocol-level statements and portals carry backend names the proxy owns (proxy/pool.py
+# backend_name): SQL may never name them, or it would run them past the Bind-time checks.
+RESERVED_PREFIX = "tg_"
+
+# Advisory locks live in one lock space per database: every key a tenant names is hashed into its
+# own namespace. Transaction-scoped ones end with the transaction; session-scoped ones outlive it,
+# so they pin the session to its backend (the only one holding them).
+XACT_LOCKS = frozenset({"pg_advisory_xact_lock", "pg_advisory_xact_lock_shared", "pg_try_advisory_xact_lock",
+                        "pg_try_advisory_xact_lock_shared"})
+SESSION_LOCKS = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
+                           "pg_try_advisory_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared"})
+KEYED_LOCKS = XACT_LOCKS | SESSION_LOCKS
+# ... pg_advisory_unlock_all() releases only this session's locks (all of them namespaced).
+SESSION_STATE_FUNCTIONS = SESSION_LOCKS | {"pg_advisory_unlock_all"}
+
+# pg_class as tenants read it: the same columns in PostgreSQL 15's order (a test compares them with
+# the server's), those counting every tenant's rows, pages and transactions replaced by constants.
+PG_CLASS_COLUMNS = (
+    "oid", "relname", "relnamespace", "reltype", "reloftype", "relowner", "relam", "relfilenode",
+    "reltablespace", "relpages", "reltuples", "relallvisible", "reltoastrelid", "relhasindex", "relisshared",
+    "relpersistence", "relkind", "relnatts", "relchecks", "relhasrules", "relhastriggers", "relhassubclass",
+    "relrowsecurity", "relforcerowsecurity", "relispopulated", "relreplident", "relispartition", "relrewrite",
+    "relfrozenxid", "relminmxid", "relacl", "reloptions", "relpartbound",
+)
+PG_CLASS_MASKS = {  # -1 tuples: "never analysed", what a fresh table shows
+    "relpages": "CAST(0 AS integer)", "reltuples": "CAST(-1 AS real)", "relallvisible": "CAST(0 AS integer)",
+    "relfrozenxid": "CAST('0' AS xid)", "relminmxid": "CAST('0' AS xid)",
+}
+_MASKED_SQL = {
+    ("pg_catalog", "pg_class"): "SELECT " + ", ".join(
+        f"{PG_CLASS_MASKS[c]} AS {c}" if c in PG_CLASS_MASKS else c for c in PG_CLASS_COLUMNS
+    ) + " FROM pg_catalog.pg_class",
+}
+
+
+def refuse_reserved_name(name: str | None, what: str) -> None:
+    """SQL naming a proxy-owned backend statement or portal (case-folded, as the backend does).
+
+    >>> refuse_reserved_name("my_stmt", "EXECUTE")
+    >>> try:
+    ...     refuse_reserved_name("TG_1a2b", "EXECUTE")
+    ... except Refused as err:
+    ...     print(err.sqlstate, err.message)
+    42501 EXECUTE of TG_1a2b is not allowed: names starting with tg_ belong to the proxy's protocol-level statements
+    """
+    if name is not None and name.lower().startswith(RESERVED_PREFIX):
+        raise Refused("reserved_name", f"{what} of {name} is not allowed: names starting with {RESERVED_PREFIX} "
+                      "belong to the proxy's protocol-level statements")
+
+
+def explain_refusal(options: AstNode, allowed: bool) -> Refused | None:
+    """EXPLAIN ANALYZE counts the rows the tenant filter removed (other tenants' rows): never. Plain
+    EXPLAIN shows estimates from statistics over every tenant: only with [scoping] allow_explain.
+
+    >>> import pglast
+    >>> opts = lambda sql: pglast.parse_sql(sql)[0].stmt.options
+    >>> explain_refusal(opts("EXPLAIN SELECT 1"), True), explain_refusal(opts("EXPLAIN (ANALYZE off) SELECT 1"), True)
+    (None, None)
+    >>> explain_refusal(opts("EXPLAIN ANALYZE SELECT 1"), True).message
+    'EXPLAIN ANALYZE is not allowed for tenants: it counts rows of other tenants that the tenant filter removes'
+    >>> explain_refusal(opts("EXPLAIN (costs) SELECT 1"), False).reason
+    'explain'
+    """
+    for option in options or ():
+        if option.defname == "analyze" and (option.arg is None or deparse(option.arg).strip("'").lower()
+                                            not in ("off", "false", "0", "no")):
+            return Refused("explain", "EXPLAIN ANALYZE is not allowed for tenants: it counts rows of other "
+                           "tenants that the tenant filter removes")
+    if not allowed:
+        return Refused("explain", "EXPLAIN is not allowed for tenants: its estimates come from statistics over "
+                       "every tenant's rows (the operator may allow it: [scoping] allow_explain)")
+    return None
+
+
+def _expr(sql: str) -> AstNode:
+    stmt: AstNode = pglast.parse_sql(f"SELECT {sql}")[0].stmt
+    return stmt.targetList[0].val
+
+
+def _lock_prefix(tenant: str, arity: int) -> str:
+    """Length-prefixed, so no tenant id can end inside another's namespace; 1- and 2-key forms apart."""
+    return f"{len(tenant)}:{tenant}:{arity}:"
+
+
+def namespaced_lock_args(args: tuple[AstNode, ...], tenant: str) -> tuple[AstNode, ...]:
+    """The one bigint key of a tenant's advisory lock: a 64-bit hash of tenant and key(s)."""
+    if len(args) not in (1, 2):
+        raise Refused("denied_function", "advisory lock functions take one bigint key or two integer keys")
+    key: AstNode = string_literal(_lock_prefix(tenant, len(args)))
+    for i, arg in enumerate(args):
+        part = _expr(f"CAST(CAST(NULL AS {'bigint' if len(args) == 1 else 'integer'}) AS text)")
+        part.arg.arg = arg
+        if i:
+            key = _concat(key, string_literal(":"))
+        key = _concat(key, part)
+    return (ast.FuncCall(funcname=(ast.String(sval="hashtextextended"),), args=(key, _expr("0"))),)
+
+
+def _concat(left: AstNode, right: AstNode) -> AstNode:
+    return ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="||"),), lexpr=left, rexpr=right)
+
+
+def lock_args_namespaced(args: AstNode, tenant: str) -> bool:
+    """The verifier's check: the key is hashtextextended(<this tenant's prefix> || ..., 0)."""
+    if not args or len(args) != 1 or not isinstance(args[0], ast.FuncCall):
+        return False
+    call: AstNode = args[0]
+    if [s.sval for s in call.funcname] != ["hashtextextended"] or len(call.args or ()) != 2:
+        return False
+    if deparse(call.args[1]) != "0":
+        return False
+    left: AstNode = call.args[0]
+    while isinstance(left, ast.A_Expr) and [s.sval for s in left.name or ()] == ["||"]:
+        left = left.lexpr
+    prefix = _const_string(left)
+    return prefix is not None and prefix in (_lock_prefix(tenant, 1), _lock_prefix(tenant, 2))
+
+
+def _const_string(node: AstNode) -> str | None:
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String):
+        return str(node.val.sval)
+    return None
+
+
+def timestamp_age_args(args: tuple[AstNode, ...]) -> tuple[AstNode, ...]:
+    """age(x) of one argument: only its timestamp form. age(xid) shows how many transactions every
+    tenant ran since; cast to timestamptz, an xid fails in the backend instead."""
+    return (ast.TypeCast(arg=args[0], typeName=_expr("CAST(NULL AS pg_catalog.timestamptz)").typeName),)
+
+
+def is_timestamp_age(args: AstNode) -> bool:
+    if not args or len(args) != 1:
+        return True  # age(a, b) exists for timestamps only
+    cast = args[0]
+    return isinstance(cast, ast.TypeCast) and type_names(cast) == ["pg_catalog", "timestamptz"]
+
+
+def masked_select(rel: Relation) -> AstNode:
+    """The derived table's query that replaces a masked catalog relation."""
+    return pglast.parse_sql(_MASKED_SQL[(rel.schema, rel.name)])[0].stmt
+
+
+def masked_range(rv: AstNode, rel: Relation) -> AstNode:
+    """``pg_class c`` -> ``(SELECT oid, ..., CAST(-1 AS real) AS reltuples, ... FROM pg_catalog.pg_class) AS c``."""
+    alias = rv.alias if rv.alias is not None else ast.Alias(aliasname=rv.relname)
+    return ast.RangeSubselect(lateral=False, subquery=masked_select(rel), alias=alias)
+
+
+def is_masked(subquery: AstNode) -> bool:
+    """The exact masked query of a catalog relation (the verifier accepts nothing else around one)."""
+    if not isinstance(subquery, ast.SelectStmt) or not subquery.fromClause or len(subquery.fromClause) != 1:
+        return False
+    rv: AstNode = subquery.fromClause[0]
+    key = (str(rv.schemaname), str(rv.relname))
+    if not isinstance(rv, ast.RangeVar) or key not in _MASKED_SQL:
+        return False
+    return deparse(subquery) == deparse(pglast.parse_sql(_MASKED_SQL[key])[0].stmt)
+
+
+def own_relation_text(function: str, first: AstNode, home: str) -> None:
+    """Schema tier: a sequence or relation named in a string must be the tenant's own.
+
+    >>> first = lambda sql: pglast.parse_sql(sql)[0].stmt.targetList[0].val.args[0]
+    >>> own_relation_text("nextval", first("SELECT nextval('orders_id_seq'::regclass)"), "t_acme")
+    >>> try:
+    ...     own_relation_text("nextval", first("SELECT nextval('t_bob.orders_id_seq')"), "t_acme")
+    ... except Refused as err:
+    ...     print(err.reason, err.message)
+    other_schema nextval() names t_bob.orders_id_seq, outside this tenant's schema t_acme
+    """
+    if isinstance(first, ast.TypeCast):
+        first = first.arg
+    if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
+        raise Refused("other_schema", f"{function}() needs a literal relation name in a schema-tier session")
+    text = first.val.sval or ""
+    try:
+        select: AstNode = pglast.parser.parse_sql(f"SELECT * FROM {text}")[0].stmt
+        names = select.fromClause[0]
+    except (pglast.parser.ParseError, AttributeError, IndexError, TypeError):
+        raise Refused("other_schema", f"{function}() names a relation tenantgate cannot read") from None
+    schema = getattr(names, "schemaname", None)
+    if not isinstance(names, ast.RangeVar) or names.catalogname is not None or (
+        schema is not None and schema != home
+    ):
+        raise Refused("other_schema", f"{function}() names {text}, outside this tenant's schema {home}")
