@@ -97,6 +97,7 @@ class Scoper:
         self._in_prepare = False
         self._deferred = False  # inside PREPARE or DECLARE: functions run later, at EXECUTE or FETCH
         self.changes = Changes(policy.search_path)
+        self._mask = False  # the statement may read masked catalog columns (sidechannels.reads_masked_columns)
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class Scoper:
         """Scope one top-level statement in place; return its kind or raise Refused."""
         self.modified = False
         self.changes.begin()
+        self._mask = side.reads_masked_columns(stmt)
         name = type(stmt).__name__
         if name in DML:
             self.dml(stmt)
@@ -348,7 +350,7 @@ class Scoper:
         if rel.kind == "scoped":
             self.modified = True
             return scope_range_var(rv, rel, self.tenant)
-        if rel.masked:  # R2: catalog columns counting other tenants' rows are masked
+        if rel.masked and self._mask:  # R2: catalog columns counting other tenants' rows are masked
             self.modified = True
             return side.masked_range(rv, rel)
         if rel.kind in ("reference", "owned") and rv.schemaname is None:

@@ -12,6 +12,7 @@ from other tenants' volume and activity (catalog estimates, plans, lock and tran
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pglast
@@ -20,7 +21,7 @@ from pglast import ast, enums
 from .errors import Refused
 from .policy import Relation
 from .settings import type_names
-from .transforms import deparse, string_literal
+from .transforms import deparse, node_fields, string_literal
 
 # pglast's stubs mark every node field Optional; the walkers check shapes at run time.
 AstNode = Any
@@ -53,6 +54,8 @@ PG_CLASS_MASKS = {  # -1 tuples: "never analysed", what a fresh table shows
     "relpages": "CAST(0 AS integer)", "reltuples": "CAST(-1 AS real)", "relallvisible": "CAST(0 AS integer)",
     "relfrozenxid": "CAST('0' AS xid)", "relminmxid": "CAST('0' AS xid)",
 }
+MASKED_COLUMNS = frozenset(PG_CLASS_MASKS)
+_MASKED_BY_NAME = frozenset({(None, "pg_class"), ("pg_catalog", "pg_class")})
 _MASKED_SQL = {
     ("pg_catalog", "pg_class"): "SELECT " + ", ".join(
         f"{PG_CLASS_MASKS[c]} AS {c}" if c in PG_CLASS_MASKS else c for c in PG_CLASS_COLUMNS
@@ -162,6 +165,52 @@ def is_timestamp_age(args: AstNode) -> bool:
     return isinstance(cast, ast.TypeCast) and type_names(cast) == ["pg_catalog", "timestamptz"]
 
 
+def _nodes(node: object) -> Iterator[AstNode]:
+    if isinstance(node, tuple | list):
+        for item in node:
+            yield from _nodes(item)
+    elif isinstance(node, ast.Node):
+        yield node
+        for field in node_fields(node):
+            yield from _nodes(getattr(node, field))
+
+
+def reads_masked_columns(stmt: AstNode) -> bool:
+    """Could the statement read a masked column of a masked catalog relation? Conservatively yes
+    when it names one anywhere, uses ``*`` or a whole-row reference, renames columns in an alias,
+    joins by NATURAL or USING (compares columns without naming them) or copies a table. Otherwise
+    the catalog is read as it is (psql's ``\\d`` and driver metadata queries stay unchanged).
+
+    >>> import pglast
+    >>> reads = lambda sql: reads_masked_columns(pglast.parse_sql(sql)[0].stmt)
+    >>> reads("SELECT c.oid, relname FROM pg_class c JOIN pg_namespace n ON n.oid = relnamespace")
+    False
+    >>> [reads(q) for q in ("SELECT reltuples FROM pg_class", "SELECT c FROM pg_class c", "TABLE pg_class",
+    ...  "SELECT row_to_json(pg_class) FROM pg_class", "SELECT 1 FROM pg_class AS c(a, b)",
+    ...  "SELECT 1 FROM pg_class NATURAL JOIN x", "COPY pg_class TO STDOUT")]
+    [True, True, True, True, True, True, True]
+    """
+    nodes = list(_nodes(stmt))
+    aliases = {"pg_class"}
+    for node in nodes:
+        if isinstance(node, ast.RangeVar) and (node.schemaname, node.relname) in _MASKED_BY_NAME:
+            aliases.add(str(node.relname))
+            if node.alias is not None:
+                if node.alias.colnames:
+                    return True
+                aliases.add(str(node.alias.aliasname))
+    for node in nodes:
+        if isinstance(node, ast.A_Star) or (isinstance(node, ast.CopyStmt) and node.relation is not None):
+            return True
+        if isinstance(node, ast.JoinExpr) and (node.isNatural or node.usingClause):
+            return True
+        if isinstance(node, ast.ColumnRef):
+            names = [f.sval for f in node.fields or () if isinstance(f, ast.String)]
+            if names and (names[-1] in MASKED_COLUMNS or (len(names) == 1 and names[0] in aliases)):
+                return True
+    return False
+
+
 def masked_select(rel: Relation) -> AstNode:
     """The derived table's query that replaces a masked catalog relation."""
     return pglast.parse_sql(_MASKED_SQL[(rel.schema, rel.name)])[0].stmt
@@ -178,8 +227,10 @@ def is_masked(subquery: AstNode) -> bool:
     if not isinstance(subquery, ast.SelectStmt) or not subquery.fromClause or len(subquery.fromClause) != 1:
         return False
     rv: AstNode = subquery.fromClause[0]
+    if not isinstance(rv, ast.RangeVar):
+        return False
     key = (str(rv.schemaname), str(rv.relname))
-    if not isinstance(rv, ast.RangeVar) or key not in _MASKED_SQL:
+    if key not in _MASKED_SQL:
         return False
     return deparse(subquery) == deparse(pglast.parse_sql(_MASKED_SQL[key])[0].stmt)
 

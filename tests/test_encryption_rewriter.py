@@ -20,6 +20,7 @@ POLICY = Policy(
         ("public", "customers", "note"): ("randomized", "text"),
         ("public", "customers", "age"): ("deterministic", "int4"),
     },
+    allow_explain=True,  # EXPLAIN's literals must be encrypted too (opt-in since issue 12)
 )
 HEX = re.compile(r"'\\x([0-9a-f]+)'::bytea")
 

@@ -90,7 +90,9 @@ def test_asyncpg_introspection_passes_unchanged() -> None:
     rw = Rewriter(POLICY)
     for name in ("INTRO_LOOKUP_TYPES", "INTRO_LOOKUP_TYPES_13", "TYPE_BY_NAME"):
         query = getattr(introspection, name)
-        assert rw.plan(query, "acme", extended=True).sql == query
+        sql = rw.plan(query, "acme", extended=True).sql
+        # unchanged but for pg_class, read through its mask since issue 12 (reltuples & co. count every tenant)
+        assert sql == query or ("CAST(-1 AS real) AS reltuples" in sql and "pg_class" in query)
 
 
 def test_literal_lifting_shares_one_plan() -> None:
