@@ -579,7 +579,9 @@ class Scoper:
             raise Refused("denied_function", f"{name}() must be called with positional arguments")
         if name == "set_config":
             self.value_dependent = True
-            self.changes.set_config(args, deferred=self._deferred)
+            sent = self.changes.set_config(args, deferred=self._deferred)
+            if sent != args:
+                node.args, self.modified = sent, True
         elif name == "pg_notify" and args:
             node.args = (prefix_channel(args[0], channels.channel_prefix(self.tenant)), *args[1:])
             self.modified = True

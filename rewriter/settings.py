@@ -29,6 +29,7 @@ set_forbidden SET standard_conforming_strings is not allowed for tenants except 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pglast import ast, enums
@@ -66,6 +67,15 @@ def setting_allowed(name: str) -> bool:
     (True, True, False)
     """
     return name.lower() in ALLOWED_SETTINGS or name.lower() in PINNED
+
+
+def render_identifier(name: str) -> str:
+    """A schema name as the backend prints it in a list setting (quoted only when it must be).
+
+    >>> render_identifier("public"), render_identifier("T_Acme")
+    ('public', '"T_Acme"')
+    """
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def split_identifiers(text: str) -> list[str] | None:
@@ -190,10 +200,17 @@ class Changes:
         self._change(name, (items, text), known=True, local=stmt.is_local, how=verb)
         return kind
 
-    def set_config(self, args: tuple[AstNode, ...], *, deferred: bool) -> None:
-        """Check set_config(name, value, is_local) and record the change.
+    def set_config(self, args: tuple[AstNode, ...], *, deferred: bool) -> tuple[AstNode, ...]:
+        """Check set_config(name, value, is_local) and record the change; the arguments to send.
 
-        ``deferred``: the call runs later than this statement (inside PREPARE or DECLARE).
+        ``deferred``: the call runs later than this statement (inside PREPARE or DECLARE). A
+        search_path (accepted only when it names the pinned schema) is sent in the proxy's own
+        spelling, so the backend holds exactly the value the proxy pinned.
+
+        >>> import pglast
+        >>> call = pglast.parse_sql("SELECT set_config('search_path', ' PUBLIC ', false)")[0].stmt.targetList[0].val
+        >>> deparse(Changes("public").set_config(call.args, deferred=False)[1])
+        "'public'"
         """
         if len(args) != 3:
             raise Refused("set_forbidden", "set_config() takes a setting name, a value and is_local")
@@ -209,18 +226,22 @@ class Changes:
         else:
             change = ([value], deparse(string_literal(value)))
         how = "set_config() of"
+        if name == "search_path":
+            self._change(name, change, known=change is not None, local=True, how=how)
+            return (args[0], string_literal(render_identifier(self.search_path)), args[2])
         if deferred or local is None:
             # the change (if any) happens at an unknown point or for an unknown scope
             self._change(name, change, known=change is not None, local=True, how=how)
             if name not in PINNED:
                 self.pin("set_config")
-            return
+            return args
         self._change(name, change, known=change is not None, local=local, how=how)
         if local or name in TRANSACTION_SETTINGS or name in PINNED:
-            return
+            return args
         text = None if change is None else change[1]
         if change is None or self._statement.setdefault(name, text) != text:
             self.pin("set_config")  # a run-time value, or two values in an undefined order
+        return args
 
     def _change(self, name: str, change: tuple[list[str], str] | None, *, known: bool, local: bool,
                 how: str) -> None:
