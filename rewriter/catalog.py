@@ -47,9 +47,8 @@ DENIED_FUNCTIONS = frozenset({
     "pg_event_trigger_dropped_objects", "pg_event_trigger_table_rewrite_oid",
     # a pooled backend holds other sessions' prepared statements and cursors (with their literals)
     "pg_prepared_statement", "pg_cursor",
-    # other tenants' volume: relation and database sizes, file nodes (change on rewrites)
-    "pg_relation_size", "pg_table_size", "pg_total_relation_size", "pg_indexes_size", "pg_database_size",
-    "pg_tablespace_size", "pg_relation_filenode", "pg_relation_filepath", "pg_filenode_relation",
+    # file nodes change when a relation is rewritten (sizes read as NULL: sidechannels.SIZE_FUNCTIONS)
+    "pg_relation_filenode", "pg_relation_filepath", "pg_filenode_relation",
     # sequence state: shared sequences count every tenant's rows; currval/lastval of a pooled backend
     # are the previous session's
     "pg_sequence_last_value", "currval", "lastval",

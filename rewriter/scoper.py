@@ -67,7 +67,7 @@ RELATION_TEXT_FUNCTIONS = frozenset({
 _CHECKED_OPERATOR_KINDS = frozenset({enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY,
                                      enums.A_Expr_Kind.AEXPR_OP_ALL})
 # Functions whose arguments the rewriter reads or rewrites by position.
-_POSITIONAL = frozenset({"set_config", "pg_notify", "age"}) | side.KEYED_LOCKS
+_POSITIONAL = frozenset({"set_config", "pg_notify", "age", *side.SIZE_FUNCTIONS}) | side.KEYED_LOCKS
 DML = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
 
 
@@ -589,14 +589,9 @@ class Scoper:
         self.expr(node.agg_order)
         self.expr(node.agg_filter)
         self.expr(node.over)
-        if schema not in (None, "pg_catalog"):
-            return
-        if name in side.KEYED_LOCKS:  # keys in the tenant's own namespace
-            node.args = side.namespaced_lock_args(args, self.tenant)
-            self.modified = True
-        elif name == "age" and len(args) == 1:
-            node.args = side.timestamp_age_args(args)
-            self.modified = True
+        rewritten = side.rewrite_call(name, args, self.tenant)  # (any other schema was refused above)
+        if rewritten is not None:
+            node.args, self.modified = rewritten, True
         if name in side.SESSION_STATE_FUNCTIONS:
             self.changes.pin("advisory_lock")
 

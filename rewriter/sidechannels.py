@@ -41,6 +41,13 @@ KEYED_LOCKS = XACT_LOCKS | SESSION_LOCKS
 # ... pg_advisory_unlock_all() releases only this session's locks (all of them namespaced).
 SESSION_STATE_FUNCTIONS = SESSION_LOCKS | {"pg_advisory_unlock_all"}
 
+# Sizes count every tenant's rows: their first argument becomes a NULL of its type, so these strict
+# functions answer NULL (psql's \\dt+ and \\l+ still work, with an empty size).
+SIZE_FUNCTIONS = {
+    "pg_relation_size": "regclass", "pg_table_size": "regclass", "pg_total_relation_size": "regclass",
+    "pg_indexes_size": "regclass", "pg_database_size": "oid", "pg_tablespace_size": "oid",
+}
+
 # pg_class as tenants read it: the same columns in PostgreSQL 15's order (a test compares them with
 # the server's), those counting every tenant's rows, pages and transactions replaced by constants.
 PG_CLASS_COLUMNS = (
@@ -61,6 +68,17 @@ _MASKED_SQL = {
         f"{PG_CLASS_MASKS[c]} AS {c}" if c in PG_CLASS_MASKS else c for c in PG_CLASS_COLUMNS
     ) + " FROM pg_catalog.pg_class",
 }
+
+
+def rewrite_call(name: str, args: tuple[AstNode, ...], tenant: str) -> tuple[AstNode, ...] | None:
+    """The arguments a built-in gets instead of the client's (already checked), or None to keep them."""
+    if name in KEYED_LOCKS:
+        return namespaced_lock_args(args, tenant)
+    if name in SIZE_FUNCTIONS:
+        return null_size_args(name, args)
+    if name == "age" and len(args) == 1:
+        return timestamp_age_args(args)
+    return None
 
 
 def refuse_reserved_name(name: str | None, what: str) -> None:
@@ -209,6 +227,17 @@ def reads_masked_columns(stmt: AstNode) -> bool:
             if names and (names[-1] in MASKED_COLUMNS or (len(names) == 1 and names[0] in aliases)):
                 return True
     return False
+
+
+def null_size_args(name: str, args: tuple[AstNode, ...]) -> tuple[AstNode, ...]:
+    """The arguments of a size function that make it answer NULL (strict: NULL in, NULL out)."""
+    if not args:
+        raise Refused("denied_function", f"{name}() needs the relation, database or tablespace it measures")
+    return (_expr(f"CAST(NULL AS {SIZE_FUNCTIONS[name]})"), *args[1:])
+
+
+def is_null_size(name: str, args: AstNode) -> bool:
+    return bool(args) and deparse(args[0]) == deparse(_expr(f"CAST(NULL AS {SIZE_FUNCTIONS[name]})"))
 
 
 def masked_select(rel: Relation) -> AstNode:

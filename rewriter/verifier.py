@@ -217,6 +217,8 @@ class _Checker:
             self._checked(lambda: Changes(self.policy.search_path).set_config(tuple(args), deferred=self.in_prepare))
         if names[-1] in side.KEYED_LOCKS and not side.lock_args_namespaced(args, self.tenant):
             raise self.fail(f"advisory lock {names[-1]} outside the tenant's namespace")
+        if names[-1] in side.SIZE_FUNCTIONS and not side.is_null_size(names[-1], args):
+            raise self.fail(f"{names[-1]}() of a real relation")
         if names[-1] == "age" and not side.is_timestamp_age(args):
             raise self.fail("age() of something that is not a timestamp")
         if names[-1] == "pg_notify":
