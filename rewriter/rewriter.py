@@ -12,6 +12,16 @@
 (True, True)
 >>> rw.stats()
 {'hits': 1, 'misses': 1, 'size': 1}
+
+Session-level setting changes and pins, for the proxy to track (see Plan):
+
+>>> p = rw.plan("SET TimeZone = 'UTC'; SELECT set_config('datestyle', 'ISO', false) FROM orders", "acme")
+>>> p.kinds, p.settings, p.pins
+(('set', 'select'), (('timezone', "'UTC'"), ('datestyle', "'ISO'")), ())
+>>> rw.plan("SELECT set_config('timezone', $1, false)", "acme", extended=True).pins
+('set_config',)
+>>> rw.plan("SET LOCAL timezone = 'UTC'", "acme").settings, rw.plan("DEALLOCATE ALL", "acme").kinds
+((), ('deallocate_all',))
 """
 
 from __future__ import annotations
@@ -63,6 +73,9 @@ class Plan:
     RESET). Transaction-scoped changes (SET LOCAL, set_config(..., true)) are not listed.
     ``pins``: session state the statement leaves that the proxy cannot track or undo (for example
     "set_config", "advisory_lock"): a transaction-pooled session is pinned to its backend.
+    A "set" kind with neither settings nor pins changes nothing that outlives its transaction
+    (SET LOCAL, SET TRANSACTION, or the value the proxy pins anyway: search_path,
+    standard_conforming_strings). Kind "deallocate_all": DEALLOCATE ALL.
     """
 
     sql: str

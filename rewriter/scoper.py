@@ -60,7 +60,8 @@ GENERIC_NODES = frozenset({
 })
 # Built-ins that take a relation by name as text: a schema-tier tenant may only name its own.
 RELATION_TEXT_FUNCTIONS = frozenset({
-    "nextval", "has_table_privilege", "has_sequence_privilege", "has_column_privilege", "has_any_column_privilege",
+    "nextval", "pg_relation_size", "pg_total_relation_size", "pg_table_size", "pg_indexes_size",
+    "has_table_privilege", "has_sequence_privilege", "has_column_privilege", "has_any_column_privilege",
     "pg_get_serial_sequence", "to_regclass",
 })
 # Operators named by A_Expr kinds other than these are fixed by the grammar (LIKE, BETWEEN ...).

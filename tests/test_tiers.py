@@ -123,6 +123,26 @@ def test_schema_tier_pins_search_path_and_needs_no_tenant_column(tiers: tuple[Pr
     assert rows(proxy, "bob", "SELECT count(*) FROM orders") == [(3,)]
 
 
+@pytest.mark.parametrize(("user", "sql", "pinned"), [
+    ("bob", "SET search_path TO t_globex", "t_globex"),
+    ("bob", "SET SCHEMA 't_globex'", "t_globex"),
+    ("bob", "SELECT set_config('search_path', 't_globex', false)", "t_globex"),
+    ("bob", "SELECT set_config('search_path', ' \"t_globex\" ', false)", "t_globex"),
+    ("alice", "SET search_path = public", "public"),
+    ("alice", "SELECT set_config('search_path', 'public', false)", "public"),
+    ("carol", "SET search_path TO public", "public"),
+])
+def test_setting_the_pinned_search_path_is_a_no_op(tiers: tuple[ProxyProcess, int], user: str, sql: str,
+                                                   pinned: str) -> None:
+    """Issue 12: frameworks set search_path to what the proxy pins anyway; only a change is refused."""
+    proxy, _ = tiers
+    with psycopg.connect(proxy.dsn(user, "tiers"), autocommit=True) as conn:
+        conn.execute(sql)
+        assert conn.execute("SHOW search_path").fetchone() == (pinned,)
+    err = refused(proxy, user, "SET search_path TO " + ("public" if user == "bob" else "t_globex"))
+    assert err.sqlstate == "42501"
+
+
 SCHEMA_ESCAPES = [
     "SELECT * FROM public.orders",
     'SELECT * FROM "public"."orders"',
