@@ -195,38 +195,63 @@ def _nodes(node: object) -> Iterator[AstNode]:
 
 def reads_masked_columns(stmt: AstNode) -> bool:
     """Could the statement read a masked column of a masked catalog relation? Conservatively yes
-    when it names one anywhere, uses ``*`` or a whole-row reference, renames columns in an alias,
-    joins by NATURAL or USING (compares columns without naming them) or copies a table. Otherwise
-    the catalog is read as it is (psql's ``\\d`` and driver metadata queries stay unchanged).
+    when it names one anywhere, uses ``*`` in a query level that reads pg_class, a whole-row
+    reference, renamed alias columns, NATURAL or USING joins (they compare columns without naming
+    them) or copies a table. Otherwise the catalog is read as it is, so psql's ``\\d`` and driver
+    metadata queries stay unchanged.
 
     >>> import pglast
     >>> reads = lambda sql: reads_masked_columns(pglast.parse_sql(sql)[0].stmt)
     >>> reads("SELECT c.oid, relname FROM pg_class c JOIN pg_namespace n ON n.oid = relnamespace")
     False
+    >>> reads("SELECT count(*) FROM pg_class c, (SELECT * FROM orders) o")  # that * expands orders only
+    False
     >>> [reads(q) for q in ("SELECT reltuples FROM pg_class", "SELECT c FROM pg_class c", "TABLE pg_class",
     ...  "SELECT row_to_json(pg_class) FROM pg_class", "SELECT 1 FROM pg_class AS c(a, b)",
-    ...  "SELECT 1 FROM pg_class NATURAL JOIN x", "COPY pg_class TO STDOUT")]
-    [True, True, True, True, True, True, True]
+    ...  "SELECT 1 FROM pg_class NATURAL JOIN x", "COPY pg_class TO STDOUT",
+    ...  "SELECT x.* FROM pg_class c, LATERAL (SELECT c.*) x", "SELECT s.* FROM (SELECT * FROM pg_class) s",
+    ...  "UPDATE orders SET note = '' FROM pg_class RETURNING *")]
+    [True, True, True, True, True, True, True, True, True, True]
     """
-    nodes = list(_nodes(stmt))
     aliases = {"pg_class"}
-    for node in nodes:
+    for node in _nodes(stmt):
         if isinstance(node, ast.RangeVar) and (node.schemaname, node.relname) in _MASKED_BY_NAME:
             aliases.add(str(node.relname))
             if node.alias is not None:
                 if node.alias.colnames:
                     return True
                 aliases.add(str(node.alias.aliasname))
-    for node in nodes:
-        if isinstance(node, ast.A_Star) or (isinstance(node, ast.CopyStmt) and node.relation is not None):
-            return True
-        if isinstance(node, ast.JoinExpr) and (node.isNatural or node.usingClause):
-            return True
-        if isinstance(node, ast.ColumnRef):
-            names = [f.sval for f in node.fields or () if isinstance(f, ast.String)]
-            if names and (names[-1] in MASKED_COLUMNS or (len(names) == 1 and names[0] in aliases)):
-                return True
-    return False
+    return _reads(stmt, None, frozenset(aliases))
+
+
+_LEVELS = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
+
+
+def _reads(node: object, level: AstNode, aliases: frozenset[str]) -> bool:
+    """reads_masked_columns below ``node``; ``level``: the query level it belongs to (what a bare
+    ``*`` there expands)."""
+    if isinstance(node, tuple | list):
+        return any(_reads(item, level, aliases) for item in node)
+    if not isinstance(node, ast.Node):
+        return False
+    if isinstance(node, _LEVELS):
+        level = node
+    if isinstance(node, ast.ColumnRef):
+        fields = list(node.fields or ())
+        names = [f.sval for f in fields if isinstance(f, ast.String)]
+        if fields and isinstance(fields[-1], ast.A_Star):
+            if not names:  # a bare *: this level's FROM items
+                return any(isinstance(n, ast.RangeVar) and (n.schemaname, n.relname) in _MASKED_BY_NAME
+                           for n in _nodes(level))
+            return names[-1] in aliases
+        return bool(names) and (names[-1] in MASKED_COLUMNS or (len(names) == 1 and names[0] in aliases))
+    if isinstance(node, ast.A_Star):  # (row).* and the like
+        return True
+    if isinstance(node, ast.JoinExpr) and (node.isNatural or node.usingClause):
+        return True
+    if isinstance(node, ast.CopyStmt) and node.relation is not None:
+        return True
+    return any(_reads(getattr(node, field), level, aliases) for field in node_fields(node))
 
 
 def null_size_args(name: str, args: tuple[AstNode, ...]) -> tuple[AstNode, ...]:

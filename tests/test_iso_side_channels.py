@@ -132,6 +132,9 @@ STATISTICS = [
     ("VALUES ((SELECT reltuples::int FROM pg_class WHERE relname = 'orders'))", [(-1,)]),
     ("SELECT relfrozenxid::text, relminmxid::text FROM pg_class WHERE relname = 'orders'", [("0", "0")]),
     ("SELECT count(*) FROM pg_class WHERE relname = 'orders' AND relfrozenxid::text::bigint > 0", [(0,)]),
+    ("SELECT c.relname, c.reltuples FROM pg_class c JOIN orders o ON o.id = 1 WHERE c.relname = 'orders'",
+     [("orders", -1.0)]),
+    ("SELECT count(*) FROM pg_class c, orders o WHERE c.relname = 'orders'", [(2,)]),  # unmasked: no column read
 ]
 WHOLE_ROWS = [
     "SELECT * FROM pg_class WHERE relname = 'orders'",
@@ -140,6 +143,7 @@ WHOLE_ROWS = [
     "SELECT row_to_json(c) FROM pg_catalog.pg_class c WHERE c.relname = 'orders'",
     "SELECT to_jsonb(pg_class) FROM pg_class WHERE relname = 'orders'",
     "TABLE pg_class",
+    "SELECT c.* FROM pg_class c JOIN orders o ON o.id = 1 WHERE c.relname = 'orders'",
 ]
 
 
