@@ -20,7 +20,9 @@ import pytest
 
 from tenantgate.config import ConfigError, load_config
 from tenantgate.proxy.pgcluster import find_pg_bin
+from tenantgate.rewriter import Policy, Refused
 from tenantgate.rewriter.sidechannels import PG_CLASS_COLUMNS, PG_CLASS_MASKS
+from tenantgate.rewriter.verifier import verify
 
 from .harness import ProxyProcess, launch
 from .iso_sites import POOLS, SCOPING, Site, iso_backends, refused, site
@@ -326,3 +328,26 @@ def test_shared_sequences_draw_but_never_show_their_state(site: Site) -> None:
         assert row is not None and row[0] > 77
         refused(conn, "SELECT last_value FROM shared_seq")  # a relation nobody listed in [scoping]
         refused(conn, "SELECT currval('shared_seq')")  # on a pooled backend: the previous session's value
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT pg_advisory_xact_lock(42)",
+    "SELECT pg_advisory_lock(hashtextextended('6:globex:1:' || '42', 0))",
+    "SELECT reltuples FROM pg_class",
+    "SELECT c.* FROM pg_catalog.pg_class c",
+    "SELECT pg_table_size('orders')",
+    "SELECT age(xmin) FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') AS orders",
+    "EXPLAIN ANALYZE SELECT 1",
+    "EXPLAIN SELECT 1",
+    "EXECUTE tg_0123",
+    "DEALLOCATE TG_0123",
+    "EXPLAIN EXECUTE tg_0123",
+    "SELECT set_config('search_path', 'pg_temp', false)",
+    "SET standard_conforming_strings = off",
+    "SET LOCAL client_encoding = 'SJIS'",
+])
+def test_the_verifier_refuses_what_the_scoper_rewrites_or_refuses(sql: str) -> None:
+    """The independent check on the output: a scoper that forgot a rewrite fails verification."""
+    with pytest.raises(Refused) as info:
+        verify(sql, Policy(scoped={("public", "orders"): "tenant_id"}), "acme", frozenset())
+    assert info.value.reason == "verification_failed"
