@@ -46,11 +46,14 @@ class Policy:
     homes: dict[str, str] = field(default_factory=dict)  # schema-tier tenant -> its schema
     home: str | None = None  # set on the per-tenant policy of a schema-tier tenant (for_tenant)
     ddl_tenants: frozenset[str] = frozenset()  # dedicated tenants whose policy allows DDL in their own database
+    # scoped table -> its column names in order, read from the backend's catalog at start
+    # (INSERT without a column list); a table missing here keeps needing a column list
+    columns: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def __hash__(self) -> int:
         return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version,
                      tuple(sorted(self.encrypted.items())), tuple(sorted(self.homes.items())), self.home,
-                     self.ddl_tenants))
+                     self.ddl_tenants, tuple(sorted(self.columns.items()))))
 
     def for_tenant(self, tenant: str) -> Policy:
         """The policy one tenant's statements are planned under.
