@@ -3,7 +3,7 @@ of their columns are encrypted."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -46,14 +46,15 @@ class Policy:
     homes: dict[str, str] = field(default_factory=dict)  # schema-tier tenant -> its schema
     home: str | None = None  # set on the per-tenant policy of a schema-tier tenant (for_tenant)
     ddl_tenants: frozenset[str] = frozenset()  # dedicated tenants whose policy allows DDL in their own database
-    # scoped table -> its column names in order, read from the backend's catalog at start
+    # scoped table -> its column names in order, read from the [backend] database's catalog at start
     # (INSERT without a column list); a table missing here keeps needing a column list
     columns: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    dedicated: frozenset[str] = frozenset()  # tenants in their own database (whose columns may differ)
 
     def __hash__(self) -> int:
         return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version,
                      tuple(sorted(self.encrypted.items())), tuple(sorted(self.homes.items())), self.home,
-                     self.ddl_tenants, tuple(sorted(self.columns.items()))))
+                     self.ddl_tenants, tuple(sorted(self.columns.items())), self.dedicated))
 
     def for_tenant(self, tenant: str) -> Policy:
         """The policy one tenant's statements are planned under.
@@ -72,13 +73,18 @@ class Policy:
         {('t_acme', 'orders', 'card'): ('randomized', 'text')}
         """
         home = self.homes.get(tenant)
-        if home is None:
+        if home is None and (tenant not in self.dedicated or not self.columns):
             return self
         cache = self._tenant_policies
         found = cache.get(tenant)
-        if found is None:
+        if found is not None:
+            return found
+        if home is None:  # a dedicated tenant: the column lists describe [backend]'s database only
+            found = replace(self, columns={}, dedicated=frozenset())
+        else:
             encrypted = {(home, table, column): spec for (_, table, column), spec in self.encrypted.items()}
-            found = cache[tenant] = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home)
+            found = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home)
+        cache[tenant] = found
         return found
 
     @cached_property
@@ -121,8 +127,9 @@ class Policy:
         tenants = list(tenants or ())
         homes = {t.name: t.schema for t in tenants if t.tier == "schema" and t.schema}
         ddl = frozenset(t.name for t in tenants if t.tier == "dedicated" and getattr(t, "allow_ddl", False))
+        dedicated = frozenset(t.name for t in tenants if t.tier == "dedicated")
         return cls(column=scoping.column, scoped=scoped, reference=reference, version=version, encrypted=encrypted,
-                   homes=homes, ddl_tenants=ddl)
+                   homes=homes, ddl_tenants=ddl, dedicated=dedicated)
 
     def resolve(self, schema: str | None, name: str) -> Relation:
         """Resolve a relation name (already case-folded by the parser)."""

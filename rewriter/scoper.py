@@ -509,8 +509,8 @@ class Scoper:
         if isinstance(core, ast.ParamRef) and self.extended and not self._in_prepare:
             self.tenant_params.add(core.number or 0)
             return param_tenant_value(core.number or 0, self.tenant)
-        raise Refused("tenant_column", f"{verb} of {rel.schema}.{rel.name} may only set {rel.column} "
-                      "to the session's tenant")
+        target = f"{verb} {'into' if verb == 'INSERT' else 'of'} {rel.schema}.{rel.name}"
+        raise Refused("tenant_column", f"{target} may only set {rel.column} to the session's tenant")
 
     def _on_conflict(self, clause: AstNode, rel: Relation, qualifier: str) -> None:
         if clause is None:
