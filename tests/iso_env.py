@@ -34,7 +34,8 @@ CREATE DOMAIN short_tenant AS varchar(2);
 ROWS = {
     "acme": """
 INSERT INTO customers VALUES ('acme', 1, 'a-one', 'de'), ('acme', 2, 'a-two', 'fr'), ('acme', 3, 'a-three', NULL);
-INSERT INTO orders VALUES ('acme', 1, 1, 'a-o1'), ('acme', 2, 1, 'a-o2'), ('acme', 3, 2, 'a-o3'), ('acme', 4, 9, 'a-o4');
+INSERT INTO orders VALUES ('acme', 1, 1, 'a-o1'), ('acme', 2, 1, 'a-o2'), ('acme', 3, 2, 'a-o3'),
+                          ('acme', 4, 9, 'a-o4');
 INSERT INTO products VALUES (1, 'acme', 'a-p1'), (2, 'acme', 'a-p2');
 """,
     "globex": """

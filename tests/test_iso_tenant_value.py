@@ -9,6 +9,7 @@ transaction pooling, RLS on and off (without it the rewriter alone must hold).""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer
 from tenantgate.rewriter.transforms import MISMATCH_MARKER
 
-from .harness import RawClient, USERS, errors
+from .harness import USERS, RawClient, errors
 from .iso_env import MODES, Env, make_env, mode_id
 
 
@@ -110,7 +111,8 @@ def test_update_to_the_own_tenant_is_a_no_op_and_another_is_refused(env: Env) ->
     """Issue 20: Django's Model.save() sets every column, tenant_id = its own tenant included."""
     with env.tenant() as alice:
         assert alice.execute("UPDATE customers SET tenant_id = 'acme', name = name WHERE id = 1").rowcount == 1
-        assert alice.execute("UPDATE customers SET tenant_id = %s, name = name WHERE id = %s", ("acme", 1)).rowcount == 1
+        save = alice.execute("UPDATE customers SET tenant_id = %s, name = name WHERE id = %s", ("acme", 1))
+        assert save.rowcount == 1
         assert refused(alice, "UPDATE customers SET tenant_id = 'globex' WHERE id = 1").sqlstate == "42501"
         assert refused(alice, "UPDATE customers SET tenant_id = %s WHERE id = 1", ("globex",)).sqlstate == "42501"
         assert refused(alice, "UPDATE customers SET tenant_id = DEFAULT WHERE id = 1").sqlstate == "42501"
@@ -163,10 +165,8 @@ def test_sql_execute_of_a_bound_statement_cannot_change_the_tenant(env: Env) -> 
         alice.execute("INSERT INTO widgets (tenant_id, id) VALUES (%s, %s)", ("acme", 400), prepare=True)
         names = [n for (n,) in alice.execute("SELECT name FROM pg_prepared_statements").fetchall()]
         for name in names:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 alice.execute(f'EXECUTE "{name}"(\'globex\', 401)')
-            except psycopg.Error:
-                pass
     with env.admin() as admin:
         assert admin.execute("SELECT DISTINCT tenant_id FROM widgets WHERE id IN (400, 401)").fetchall() == [("acme",)]
     assert foreign_values(env) == []
@@ -213,7 +213,8 @@ class TestWithoutColumnList:
             alice.execute("INSERT INTO widgets VALUES (DEFAULT, 802)")  # fewer values: the rest default
             alice.execute("INSERT INTO widgets SELECT 'acme', 803, 's'")
             alice.execute("INSERT INTO widgets SELECT * FROM widgets WHERE id = 800 AND false")
-            alice.execute("INSERT INTO widgets SELECT tenant_id, id + 10, label FROM widgets WHERE id BETWEEN 800 AND 803")
+            alice.execute("INSERT INTO widgets SELECT tenant_id, id + 10, label FROM widgets "
+                          "WHERE id BETWEEN 800 AND 803")
             alice.execute("INSERT INTO widgets VALUES (%s, %s, %s)", ("acme", 820, "p"))
             rows = alice.execute("SELECT * FROM widgets WHERE id >= 800 ORDER BY id").fetchall()
         assert rows == [("acme", 800, "v"), ("acme", 801, None), ("acme", 802, None), ("acme", 803, "s"),

@@ -10,7 +10,6 @@ join keys with acme's, so any unscoped reference shows)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
