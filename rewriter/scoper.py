@@ -32,6 +32,8 @@ from .transforms import (
     add_tenant_column,
     and_predicate,
     and_predicates,
+    conjuncts,
+    copy_row_check,
     deparse,
     exposed_name,
     forced_value,
@@ -201,10 +203,10 @@ class Scoper:
         return "notify"
 
     def _stmt_CopyStmt(self, stmt: AstNode) -> str:
-        if stmt.is_from:
-            raise Refused("copy_from", "COPY FROM is not allowed for tenants: rows cannot be scoped")
         if stmt.filename is not None or stmt.is_program:
             raise Refused("copy_file", "COPY to a server file or program is not allowed for tenants")
+        if stmt.is_from:
+            return self._copy_from(stmt)
         if stmt.query is not None:
             self.dml(stmt.query)
             return "copy"
@@ -221,6 +223,19 @@ class Scoper:
         self.select(query)
         stmt.relation, stmt.attlist, stmt.query = None, None, query
         self.modified = True
+        return "copy"
+
+    def _copy_from(self, stmt: AstNode) -> str:
+        """COPY t [(cols)] FROM STDIN: every row's tenant column (sent, or the table's default,
+        which the proxy cannot trust) is checked per row by a WHERE the proxy adds: a row for
+        another tenant aborts the COPY (nothing of it is stored). The client's own WHERE comes
+        first: a row it skips is not inserted, so it need not pass the check."""
+        rel, _ = self.target(stmt.relation, "COPY FROM")
+        self.expr(stmt.whereClause)
+        if rel.kind == "scoped":
+            check = copy_row_check(str(rel.column), self.tenant)
+            stmt.whereClause = check if stmt.whereClause is None else ast.BoolExpr(
+                boolop=enums.BoolExprType.AND_EXPR, args=(*conjuncts(stmt.whereClause), check))
         return "copy"
 
     # -- query levels ---------------------------------------------------------------------------

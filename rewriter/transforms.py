@@ -251,13 +251,36 @@ def guarded_value(value: AstNode, tenant: str) -> AstNode:
     CASE WHEN CAST(src.t AS pg_catalog.text) = 'acme' THEN 'acme' ELSE CAST(CAST(CASE WHEN src.t IS NULL
     THEN 'tenantgate: ...' ELSE 'tenantgate: ...' END AS integer) AS pg_catalog.text) END
     """
-    check = ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="="),),
-                       lexpr=ast.TypeCast(arg=value, typeName=_type("text")), rexpr=string_literal(tenant))
+    failure = ast.TypeCast(arg=_raising(value, "int4"), typeName=_type("text"))
+    return ast.CaseExpr(args=(ast.CaseWhen(expr=_is_tenant(value, tenant), result=forced_value(tenant)),),
+                        defresult=failure)
+
+
+def copy_row_check(column: str, tenant: str) -> AstNode:
+    """COPY ... FROM STDIN's WHERE: true for a row whose tenant column (sent, or filled by the
+    table's default) is the tenant, an error (the marker, 22P02) for any other row.
+
+    >>> print(deparse(copy_row_check("tenant_id", "acme")))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    CASE WHEN CAST(tenant_id AS pg_catalog.text) = 'acme' THEN true ELSE CAST(CASE WHEN tenant_id IS NULL
+    THEN 'tenantgate: ...' ELSE 'tenantgate: ...' END AS boolean) END
+    """
+    value = ast.ColumnRef(fields=(ast.String(sval=column),))
+    return ast.CaseExpr(args=(ast.CaseWhen(expr=_is_tenant(value, tenant), result=ast.A_Const(
+        isnull=False, val=ast.Boolean(boolval=True))),), defresult=_raising(value, "bool"))
+
+
+def _is_tenant(value: AstNode, tenant: str) -> AstNode:
+    return ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="="),),
+                      lexpr=ast.TypeCast(arg=value, typeName=_type("text")), rexpr=string_literal(tenant))
+
+
+def _raising(value: AstNode, type_name: str) -> AstNode:
+    """The marker cast to a type it is no value of: an error whenever evaluated, never folded at
+    plan time (the CASE over the row's value is not a constant)."""
     raising = ast.CaseExpr(args=(ast.CaseWhen(expr=ast.NullTest(arg=value, nulltesttype=enums.NullTestType.IS_NULL),
                                               result=string_literal(MISMATCH_MARKER)),),
                            defresult=string_literal(MISMATCH_MARKER))
-    failure = ast.TypeCast(arg=ast.TypeCast(arg=raising, typeName=_type("int4")), typeName=_type("text"))
-    return ast.CaseExpr(args=(ast.CaseWhen(expr=check, result=forced_value(tenant)),), defresult=failure)
+    return ast.TypeCast(arg=raising, typeName=_type(type_name))
 
 
 def _type(name: str) -> AstNode:

@@ -38,6 +38,7 @@ from .errors import Refused
 from .policy import Policy, Relation
 from .transforms import (
     conjuncts,
+    copy_row_check,
     deparse,
     exposed_name,
     forced_value,
@@ -108,9 +109,9 @@ class _Checker:
             if stmt.conditionname is not None and not stmt.conditionname.startswith(channel_prefix(self.tenant)):
                 raise self.fail("channel without the tenant prefix")
             return
-        if isinstance(stmt, ast.CopyStmt) and (stmt.is_from or stmt.is_program or stmt.filename is not None
-                                               or stmt.relation is not None):
-            raise self.fail("COPY must be a query to STDOUT")
+        if isinstance(stmt, ast.CopyStmt) and (stmt.is_program or stmt.filename is not None
+                                               or (stmt.relation is not None) != bool(stmt.is_from)):
+            raise self.fail("COPY must be a query to STDOUT or a checked COPY FROM STDIN")
         if isinstance(stmt, ast.PrepareStmt):
             self.in_prepare = True
         self.walk(stmt)
@@ -238,6 +239,14 @@ class _Checker:
         if rel.kind in ("unlisted", "foreign") or rel.denial is not None:
             raise self.fail(f"{rel.schema}.{rel.name} is not available")
         return rel
+
+    def _v_CopyStmt(self, node: AstNode) -> None:
+        if node.is_from:
+            rel, _ = self._target(node.relation)
+            check = deparse(copy_row_check(str(rel.column), self.tenant)) if rel.kind == "scoped" else None
+            if check is not None and check not in self._terms(node.whereClause):
+                raise self.fail(f"COPY FROM into {rel.name} without the row check")
+        self.walk((node.query, node.whereClause))
 
     def _v_LockingClause(self, node: AstNode) -> None:
         """FOR UPDATE OF lists FROM-item names, not tables."""

@@ -19,7 +19,7 @@ from tenantgate.proxy.pgcluster import PgServer
 
 from .harness import Backend, ProxyProcess, launch
 
-TABLES = ["customers", "orders", "products", "widgets"]
+TABLES = ["customers", "orders", "products", "widgets", "imports"]
 SCOPING = f'[scoping]\ncolumn = "tenant_id"\ntables = {TABLES!r}\nreference = ["countries"]\n'.replace("'", '"')
 SCHEMA = """
 CREATE TABLE countries (code text PRIMARY KEY, name text);
@@ -29,6 +29,7 @@ CREATE TABLE orders (tenant_id text NOT NULL, id int NOT NULL, customer_id int, 
                      PRIMARY KEY (tenant_id, id));
 CREATE TABLE products (id int PRIMARY KEY, tenant_id text NOT NULL, name text);
 CREATE TABLE widgets (tenant_id text NOT NULL, id int NOT NULL, label text);
+CREATE TABLE imports (tenant_id text NOT NULL DEFAULT 'acme', id int, label text);  -- a default for one tenant
 CREATE DOMAIN short_tenant AS varchar(2);
 """
 ROWS = {

@@ -272,3 +272,59 @@ def test_copy_to_option_lists(env: Env, sql: str) -> None:
 def test_sql_value_functions_as_from_items(env: Env, item: str) -> None:
     with env.tenant() as alice:
         assert alice.execute(f"SELECT count(*) FROM orders, {item}").fetchone() == (4,)
+
+
+def copy_in(conn: psycopg.Connection[Any], sql: str, data: str) -> None:
+    with conn.cursor().copy(sql) as copy:
+        copy.write(data)
+
+
+class TestCopyFrom:
+    """Bulk import: COPY t [(cols)] FROM STDIN, every row's tenant column checked by the backend
+    per row (sent or defaulted: the table's default is not trusted); one bad row aborts it all.
+    PostgreSQL itself refuses COPY FROM into a table with row-level security (0A000): with
+    tenantgate's RLS installed, the import fails closed there."""
+
+    @pytest.mark.parametrize("sql, data", [
+        ("COPY imports (tenant_id, id, label) FROM STDIN", "acme\t1\tx\nacme\t2\t\\N\n"),
+        ("COPY imports FROM STDIN (FORMAT csv, HEADER)", "tenant_id,id,label\nacme,1,x\nacme,2,\n"),
+        ("COPY imports (id, label) FROM STDIN", "1\tx\n2\ty\n"),  # the default: acme's here
+        ("COPY imports (id, tenant_id) FROM STDIN WITH (FORMAT csv, DELIMITER ';') WHERE id < 3",
+         "1;acme\n2;acme\n3;globex\n"),
+    ])
+    def test_own_rows_are_imported(self, env: Env, sql: str, data: str) -> None:
+        with env.tenant() as alice:
+            alice.execute("DELETE FROM imports")
+            if env.rls:
+                with pytest.raises(psycopg.errors.FeatureNotSupported):
+                    copy_in(alice, sql, data)
+                assert alice.execute("SELECT count(*) FROM imports").fetchone() == (0,)
+                return
+            copy_in(alice, sql, data)
+            assert alice.execute("SELECT tenant_id, id FROM imports ORDER BY id").fetchall() == [
+                ("acme", 1), ("acme", 2)]
+
+    @pytest.mark.parametrize("user, sql, data", [
+        ("alice", "COPY imports (tenant_id, id) FROM STDIN", "acme\t1\nglobex\t2\n"),
+        ("alice", "COPY imports FROM STDIN (FORMAT csv)", "acme,1,x\nACME,2,y\n"),
+        ("alice", "COPY imports (tenant_id, id) FROM STDIN", "\\N\t1\n"),
+        ("alice", "COPY widgets (id, label) FROM STDIN", "1\tx\n"),  # no default: NULL is no tenant
+        ("bob", "COPY imports (id, label) FROM STDIN", "1\tx\n"),  # the default is acme's, not globex's
+    ])
+    def test_a_row_for_another_tenant_aborts_the_copy(self, env: Env, user: str, sql: str, data: str) -> None:
+        before = env.all_rows("imports"), env.all_rows("widgets")
+        with env.tenant(user) as conn:
+            with pytest.raises(psycopg.Error) as info:
+                copy_in(conn, sql, data)
+            if env.rls:
+                assert info.value.sqlstate == "0A000"
+            else:
+                assert info.value.sqlstate in ("42501", "22P02") and MISMATCH_MARKER in str(info.value)
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert (env.all_rows("imports"), env.all_rows("widgets")) == before
+
+    @pytest.mark.parametrize("sql", ["COPY countries FROM STDIN", "COPY pg_catalog.pg_class FROM STDIN",
+                                     "COPY imports FROM '/etc/passwd'", "COPY imports FROM PROGRAM 'id'"])
+    def test_other_targets_stay_refused(self, env: Env, sql: str) -> None:
+        with env.tenant() as alice:
+            assert refused(alice, sql).sqlstate == "42501"
