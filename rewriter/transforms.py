@@ -261,7 +261,7 @@ def copy_row_check(column: str, tenant: str) -> AstNode:
     table's default) is the tenant, an error (the marker, 22P02) for any other row.
 
     >>> print(deparse(copy_row_check("tenant_id", "acme")))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
-    CASE WHEN CAST(tenant_id AS pg_catalog.text) = 'acme' THEN true ELSE CAST(CASE WHEN tenant_id IS NULL
+    CASE WHEN CAST(tenant_id AS pg_catalog.text) = 'acme' THEN TRUE ELSE CAST(CASE WHEN tenant_id IS NULL
     THEN 'tenantgate: ...' ELSE 'tenantgate: ...' END AS boolean) END
     """
     value = ast.ColumnRef(fields=(ast.String(sval=column),))
