@@ -3,6 +3,10 @@
 Fail closed: a node type the walker does not know is refused (0A000), so a construct added to the
 grammar later cannot carry a table reference past it.
 
+Longer than most modules on purpose: one walker whose statement, query-level, FROM-item and
+write-target handlers share its state (CTE visibility, tenant parameters, the predicates a
+query level collects); the pure rewrites it applies live in transforms.py.
+
 >>> import pglast
 >>> from .policy import Policy
 >>> policy = Policy(scoped={("public", "orders"): "tenant_id"})

@@ -153,9 +153,9 @@ def scoped_select(relation: Relation, tenant: str, *, inherit: bool = True,
 
 def scope_range_var(rv: AstNode, relation: Relation, tenant: str,
                     sample: AstNode = None) -> AstNode:
-    """Replace a scoped table in FROM/JOIN by a derived table under the same name.
-
-    Scoping the table itself (not the WHERE of the query) keeps outer joins' semantics.
+    """Replace a scoped table in FROM/JOIN by a derived table under the same name: only where no
+    condition can filter its rows (a FULL JOIN side, column aliases ...); elsewhere the scoper
+    injects ``tenant_predicate`` and keeps the table (system columns, functional dependency).
 
     >>> stmt = _parse_one("SELECT o.id, c.name FROM customers c LEFT JOIN ONLY orders o ON o.cid = c.id")
     >>> rel = Relation("scoped", "public", "orders", column="tenant_id")
