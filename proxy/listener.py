@@ -34,11 +34,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("tenantgate")
 
 
-def make_planner(config: Config) -> Any:
-    """The rewriter for tenant sessions."""
+def make_planner(config: Config, columns: dict[tuple[str, str], tuple[str, ...]] | None = None) -> Any:
+    """The rewriter for tenant sessions; ``columns``: the scoped tables' column names as the
+    backend's catalog lists them (INSERT without a column list)."""
+    from dataclasses import replace
+
     from tenantgate.rewriter import Policy, Rewriter
 
-    return Rewriter(Policy.from_config(config.scoping, config.encryption, tenants=config.tenants.values()))
+    policy = Policy.from_config(config.scoping, config.encryption, tenants=config.tenants.values())
+    return Rewriter(replace(policy, columns=dict(columns or {})))
+
+
+async def scoped_columns(backend: Backend, tables: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(schema, table) -> its live column names in order, for the scoped tables that exist."""
+    if not tables:
+        return {}
+    values = ", ".join(f"({_literal(schema)}, {_literal(name)})" for schema, name in tables)
+    rows = await simple_query(
+        backend,
+        "SELECT n.nspname, c.relname, a.attname FROM (VALUES " + values + ") AS v(s, t) "
+        "JOIN pg_catalog.pg_namespace n ON n.nspname = v.s JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
+        "AND c.relname = v.t JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY n.nspname, c.relname, a.attnum",
+    )
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for schema, table, column in rows:
+        key = (str(schema), str(table))
+        found[key] = (*found.get(key, ()), str(column))
+    return found
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 class BackendRoleRefused(Exception):
@@ -102,6 +129,8 @@ class Proxy:
         self.keyring: Keyring | None = None  # when [encryption] is configured (built at start)
         self.encrypted_columns: dict[tuple[int, int], EncryptedColumn] = {}  # in [backend]'s database
         self._columns: dict[tuple[str, str, str | None], dict[tuple[int, int], EncryptedColumn]] = {}
+        # scoped tables' columns in [backend]'s database, read at start (empty if unreachable then)
+        self.table_columns: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def _load_secret(self) -> bytes:
         secret = self.config.server.secret
@@ -140,7 +169,7 @@ class Proxy:
     def planner(self) -> Any:
         """The tenant sessions' rewriter, built on first use and after each reload."""
         if self._planner is None:
-            self._planner = make_planner(self.config)
+            self._planner = make_planner(self.config, self.table_columns)
         return self._planner
 
     # ------------------------------------------------------------------ checks
@@ -212,6 +241,7 @@ class Proxy:
             await self.audit.start()  # a log that cannot be written stops the start (AuditUnavailable)
         if self.config.encryption is not None:
             await self.start_encryption()
+        await self.load_table_columns()
         loop = asyncio.get_running_loop()
         host, port = self.config.listen.address
         port = port if self.listen_port is None else self.listen_port
@@ -255,6 +285,23 @@ class Proxy:
             self.encrypted_columns = await resolve_columns(backend, settings)
         finally:
             backend.conn.close()
+
+    async def load_table_columns(self) -> None:
+        """Read the scoped tables' column lists; without them, an INSERT needs its own column list."""
+        from .backend import connect
+
+        scoping = self.config.scoping
+        tables = sorted({(t.schema or "public", t.name) for t in scoping.tables})
+        try:
+            backend = await connect(self.backend_target, self.config.backend.database or "postgres", {})
+        except BackendError as exc:
+            log.warning("scoped tables' columns not read (%s): INSERT without a column list is refused", exc)
+            return
+        try:
+            self.table_columns = await scoped_columns(backend, tables)
+        finally:
+            backend.conn.close()
+        self._planner = None
 
     async def columns_for(self, placement: Placement, database: str) -> dict[tuple[int, int], EncryptedColumn]:
         """The encrypted columns as (table OID, attnum) in the database a placement's sessions use.

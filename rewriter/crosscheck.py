@@ -18,9 +18,10 @@ rather than trusted. Relations are compared schema-qualified, resolved as the ba
 ...         crosscheck(sql, policy)
 ...     except Refused as err:
 ...         return err.reason, err.sqlstate, err.message
->>> refusal("SELECT * FROM orders, localtime")  # sqlglot takes LOCALTIME for a table  # doctest: +NORMALIZE_WHITESPACE
-('parser_disagreement', '42501', "two SQL parsers read the statement differently: PostgreSQL's
-  parser found tables {public.orders}, sqlglot found {public.localtime, public.orders}")
+>>> crosscheck("SELECT * FROM orders, localtime, current_date", policy)  # sqlglot's "tables" are functions
+>>> crosscheck("COPY orders (id) TO STDOUT (FORMAT csv, FORCE_QUOTE (id))", policy)  # options sqlglot cannot read
+>>> sorted(_sqlglot_relations('SELECT * FROM "localtime", public.localtime', policy))  # quoted or qualified: tables
+['public.localtime']
 >>> refusal("SELECT @ -1 FROM orders")[:2]
 ('unparseable_secondary', '42501')
 >>> normalised('SELECT /* c */ U&"!0041b" UESCAPE \\'!\\' FROM t')
@@ -205,6 +206,8 @@ def _inner(text: str, stmt: AstNode) -> tuple[str, AstNode] | None:
     a query rather than a command it does not know; None when ``stmt`` wraps nothing or it cannot
     be located. A candidate counts only when PostgreSQL parses it into the very same tree."""
     name = type(stmt).__name__
+    if name == "CopyStmt" and stmt.relation is not None and stmt.options:
+        return _copy_without_options(text, stmt)
     if name not in WRAPPERS and not (name == "CopyStmt" and stmt.query is not None) and not (
             name == "ExecuteStmt" and stmt.params):
         return None
@@ -230,6 +233,27 @@ def _inner(text: str, stmt: AstNode) -> tuple[str, AstNode] | None:
     except Exception:  # fail closed: the caller checks the whole statement instead
         return None
     return None
+
+
+def _copy_without_options(text: str, stmt: AstNode) -> tuple[str, AstNode] | None:
+    """``COPY t [(cols)] TO STDOUT``, the text before the option list (many forms of which sqlglot
+    cannot read), when PostgreSQL reads the same table and columns from it. The options name no
+    relation, and the scoper always renders COPY afresh from PostgreSQL's tree."""
+    try:
+        ends = [t.end for t in _top_level(parser.scan(text)) if t.name in ("STDOUT", "STDIN")]
+    except Exception:  # fail closed: the caller checks the whole statement instead
+        return None
+    if len(ends) != 1:
+        return None
+    candidate = text[:ends[0] + 1]
+    parsed = _parse_one(candidate)
+    def names(copy: AstNode) -> tuple[str, str]:
+        return deparse(copy.relation), deparse(copy.attlist or ())
+
+    if not (isinstance(parsed, ast.CopyStmt) and not parsed.options and parsed.is_from == stmt.is_from
+            and names(parsed) == names(stmt)):
+        return None
+    return candidate, parsed
 
 
 def _parse_one(text: str) -> AstNode | None:
@@ -295,6 +319,10 @@ def _ident(node: exp.Expr | None) -> str | None:
     return name.encode()[:63].decode(errors="ignore")
 
 
+# SQL value functions: unquoted and unqualified, PostgreSQL never reads these names as a relation
+_VALUE_FUNCTIONS = frozenset({"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp",
+                              "current_role", "current_user", "session_user", "user", "current_catalog",
+                              "current_schema", "system_user"})
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -353,6 +381,8 @@ class _SqlglotRelations:
         schema = _ident(node.args.get("db"))
         catalog = _ident(node.args.get("catalog"))
         assert name is not None
+        if not node.this.quoted and schema is None and catalog is None and name in _VALUE_FUNCTIONS:
+            return  # a reserved word PostgreSQL reads as a function (FROM t, localtime)
         if cte_visible and schema is None and catalog is None and any(name in s for s in self.ctes):
             return
         self.found.add(_key(self.policy, catalog, schema, name))

@@ -3,7 +3,7 @@ of their columns are encrypted."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -48,11 +48,15 @@ class Policy:
     home: str | None = None  # set on the per-tenant policy of a schema-tier tenant (for_tenant)
     ddl_tenants: frozenset[str] = frozenset()  # dedicated tenants whose policy allows DDL in their own database
     allow_explain: bool = False  # [scoping] allow_explain: EXPLAIN without ANALYZE (estimates span all tenants)
+    # scoped table -> its column names in order, read from the [backend] database's catalog at start
+    # (INSERT without a column list); a table missing here keeps needing a column list
+    columns: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    dedicated: frozenset[str] = frozenset()  # tenants in their own database (whose columns may differ)
 
     def __hash__(self) -> int:
         return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version,
                      tuple(sorted(self.encrypted.items())), tuple(sorted(self.homes.items())), self.home,
-                     self.ddl_tenants, self.allow_explain))
+                     self.ddl_tenants, self.allow_explain, tuple(sorted(self.columns.items())), self.dedicated))
 
     def for_tenant(self, tenant: str) -> Policy:
         """The policy one tenant's statements are planned under.
@@ -71,14 +75,19 @@ class Policy:
         {('t_acme', 'orders', 'card'): ('randomized', 'text')}
         """
         home = self.homes.get(tenant)
-        if home is None:
+        if home is None and (tenant not in self.dedicated or not self.columns):
             return self
         cache = self._tenant_policies
         found = cache.get(tenant)
-        if found is None:
+        if found is not None:
+            return found
+        if home is None:  # a dedicated tenant: the column lists describe [backend]'s database only
+            found = replace(self, columns={}, dedicated=frozenset())
+        else:
             encrypted = {(home, table, column): spec for (_, table, column), spec in self.encrypted.items()}
-            found = cache[tenant] = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home,
-                                          allow_explain=self.allow_explain)
+            found = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home,
+                           allow_explain=self.allow_explain)
+        cache[tenant] = found
         return found
 
     @cached_property
@@ -121,8 +130,10 @@ class Policy:
         tenants = list(tenants or ())
         homes = {t.name: t.schema for t in tenants if t.tier == "schema" and t.schema}
         ddl = frozenset(t.name for t in tenants if t.tier == "dedicated" and getattr(t, "allow_ddl", False))
+        dedicated = frozenset(t.name for t in tenants if t.tier == "dedicated")
         return cls(column=scoping.column, scoped=scoped, reference=reference, version=version, encrypted=encrypted,
-                   homes=homes, ddl_tenants=ddl, allow_explain=bool(getattr(scoping, "allow_explain", False)))
+                   homes=homes, ddl_tenants=ddl, dedicated=dedicated,
+                   allow_explain=bool(getattr(scoping, "allow_explain", False)))
 
     @property
     def search_path(self) -> str:

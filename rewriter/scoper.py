@@ -3,6 +3,10 @@
 Fail closed: a node type the walker does not know is refused (0A000), so a construct added to the
 grammar later cannot carry a table reference past it.
 
+Longer than most modules on purpose: one walker whose statement, query-level, FROM-item and
+write-target handlers share its state (CTE visibility, tenant parameters, the predicates a
+query level collects); the pure rewrites it applies live in transforms.py.
+
 >>> import pglast
 >>> from .policy import Policy
 >>> policy = Policy(scoped={("public", "orders"): "tenant_id"})
@@ -11,8 +15,7 @@ grammar later cannot carry a table reference past it.
 >>> s.statement(stmt)
 'select'
 >>> deparse(stmt)  # doctest: +NORMALIZE_WHITESPACE
-"WITH orders AS (SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme')
- AS orders) SELECT * FROM orders"
+"WITH orders AS (SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') SELECT * FROM orders"
 """
 
 from __future__ import annotations
@@ -33,16 +36,23 @@ from .settings import Changes
 from .transforms import (
     add_tenant_column,
     and_predicate,
+    and_predicates,
+    conjuncts,
+    copy_row_check,
     deparse,
+    exposed_name,
     forced_value,
+    injectable,
     is_plain_values,
     is_star,
     node_fields,
+    param_tenant_value,
     prefix_channel,
     qualify,
     scope_range_var,
     select_with_tenant,
     tenant_predicate,
+    value_core,
 )
 
 # pglast's stubs mark every node field Optional; the walkers check shapes at run time.
@@ -70,6 +80,10 @@ _CHECKED_OPERATOR_KINDS = frozenset({enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Ki
 # Functions whose arguments the rewriter reads or rewrites by position.
 _POSITIONAL = frozenset({"set_config", "pg_notify", "age", *side.SIZE_FUNCTIONS}) | side.KEYED_LOCKS
 DML = ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+
+
+def _is_plain_select(select: AstNode) -> bool:
+    return select.op == enums.SetOperation.SETOP_NONE and not select.valuesLists
 
 
 def unsupported(what: str) -> Refused:
@@ -225,10 +239,10 @@ class Scoper:
         return "notify"
 
     def _stmt_CopyStmt(self, stmt: AstNode) -> str:
-        if stmt.is_from:
-            raise Refused("copy_from", "COPY FROM is not allowed for tenants: rows cannot be scoped")
         if stmt.filename is not None or stmt.is_program:
             raise Refused("copy_file", "COPY to a server file or program is not allowed for tenants")
+        if stmt.is_from:
+            return self._copy_from(stmt)
         if stmt.query is not None:
             self.dml(stmt.query)
             return "copy"
@@ -245,6 +259,19 @@ class Scoper:
         self.select(query)
         stmt.relation, stmt.attlist, stmt.query = None, None, query
         self.modified = True
+        return "copy"
+
+    def _copy_from(self, stmt: AstNode) -> str:
+        """COPY t [(cols)] FROM STDIN: every row's tenant column (sent, or the table's default,
+        which the proxy cannot trust) is checked per row by a WHERE the proxy adds: a row for
+        another tenant aborts the COPY (nothing of it is stored). The client's own WHERE comes
+        first: a row it skips is not inserted, so it need not pass the check."""
+        rel, _ = self.target(stmt.relation, "COPY FROM")
+        self.expr(stmt.whereClause)
+        if rel.kind == "scoped":
+            check = copy_row_check(str(rel.column), self.tenant)
+            stmt.whereClause = check if stmt.whereClause is None else ast.BoolExpr(
+                boolop=enums.BoolExprType.AND_EXPR, args=(*conjuncts(stmt.whereClause), check))
         return "copy"
 
     # -- query levels ---------------------------------------------------------------------------
@@ -284,24 +311,31 @@ class Scoper:
             if sel.op != enums.SetOperation.SETOP_NONE:
                 self.select(sel.larg)
                 self.select(sel.rarg)
+            predicates: list[AstNode] = []
             if sel.fromClause:
-                sel.fromClause = tuple(self.from_item(item) for item in sel.fromClause)
+                sel.fromClause = tuple(self.from_item(item, predicates) for item in sel.fromClause)
             for part in (sel.valuesLists, sel.targetList, sel.whereClause, sel.groupClause,
                          sel.havingClause, sel.windowClause, sel.sortClause, sel.limitOffset,
                          sel.limitCount, sel.distinctClause):
                 self.expr(part)
+            sel.whereClause = and_predicates(predicates, sel.whereClause)
             # FOR UPDATE OF names FROM items (aliases), never tables: nothing to scope there.
             for clause in sel.lockingClause or ():
                 if not isinstance(clause, ast.LockingClause):
                     raise unsupported(type(clause).__name__)
 
-    def from_item(self, item: AstNode) -> AstNode:
+    def from_item(self, item: AstNode, where: list[AstNode] | None) -> AstNode:
+        """Scope one FROM item. ``where`` collects the tenant predicates of the scoped tables
+        whose rows the condition it belongs to filters (the query level's WHERE, or a join's
+        ON); None where no condition can (the sides of a FULL JOIN, ...): they are wrapped."""
         if isinstance(item, ast.RangeVar):
-            return self.range_var(item)
+            return self.range_var(item, where)
         if isinstance(item, ast.JoinExpr):
-            item.larg = self.from_item(item.larg)
-            item.rarg = self.from_item(item.rarg)
+            left, right, on = self._join_targets(item, where)
+            item.larg = self.from_item(item.larg, left)
+            item.rarg = self.from_item(item.rarg, right)
             self.expr(item.quals)
+            item.quals = and_predicates(on, item.quals)
             return item
         if isinstance(item, ast.RangeSubselect):
             self.dml(item.subquery)
@@ -318,8 +352,12 @@ class Scoper:
                 relation = self.relation(rv)
                 if relation.kind == "scoped":
                     self.modified = True
-                    return scope_range_var(rv, relation, self.tenant, sample=item)
-            item.relation = self.from_item(rv)
+                    if where is None or not injectable(rv):
+                        return scope_range_var(rv, relation, self.tenant, sample=item)
+                    where.append(tenant_predicate(exposed_name(rv), str(relation.column), self.tenant))
+                    qualify(rv, relation.schema)
+                    return item
+            item.relation = self.from_item(rv, where)
             return item
         if isinstance(item, ast.RangeTableFunc):
             self.expr(item.docexpr)
@@ -328,6 +366,31 @@ class Scoper:
             self.expr(item.columns)
             return item
         raise unsupported(f"{type(item).__name__} in FROM")
+
+    @staticmethod
+    def _join_targets(join: AstNode, where: list[AstNode] | None
+                      ) -> tuple[list[AstNode] | None, list[AstNode] | None, list[AstNode]]:
+        """Where the predicates of each side of a join go: (left, right, this join's ON).
+
+        An inner join passes the outer condition down to both sides; the nullable side of a
+        LEFT/RIGHT join is filtered in the join's own ON (the preserved side further up); a
+        join with an alias hides its tables from the outer condition (its own ON, when it is
+        an inner join with one, takes their predicates); USING/NATURAL joins have no ON."""
+        on: list[AstNode] = []
+        has_on = join.quals is not None
+        if join.alias is not None:
+            where = on if join.jointype == enums.JoinType.JOIN_INNER and has_on else None
+        own = on if has_on else None
+        kind = join.jointype
+        if kind == enums.JoinType.JOIN_INNER:
+            return where, where, on
+        if kind == enums.JoinType.JOIN_LEFT:
+            return where, own, on
+        if kind == enums.JoinType.JOIN_RIGHT:
+            return own, where, on
+        if kind == enums.JoinType.JOIN_FULL:
+            return None, None, on
+        raise unsupported(f"join type {kind.name}")
 
     def relation(self, rv: AstNode) -> Relation:
         """Resolve a table reference that is not a CTE; refuse unlisted and denied relations."""
@@ -344,14 +407,17 @@ class Scoper:
             raise Refused(rel.denial, f"catalog relation {rel.schema}.{rel.name} is not available to tenants")
         return rel
 
-    def range_var(self, rv: AstNode) -> AstNode:
+    def range_var(self, rv: AstNode, where: list[AstNode] | None) -> AstNode:
         if self.is_cte(rv):
             return rv
         rel = self.relation(rv)
         if rel.kind == "scoped":
             self.modified = True
-            return scope_range_var(rv, rel, self.tenant)
-        if rel.masked and self._mask:  # R2: catalog columns counting other tenants' rows are masked
+            if where is None or not injectable(rv):
+                return scope_range_var(rv, rel, self.tenant)
+            where.append(tenant_predicate(exposed_name(rv), str(rel.column), self.tenant))
+            return qualify(rv, rel.schema)
+        if rel.masked and self._mask:  # catalog columns counting other tenants' rows are masked
             self.modified = True
             return side.masked_range(rv, rel)
         if rel.kind in ("reference", "owned") and rv.schemaname is None:
@@ -371,33 +437,42 @@ class Scoper:
         self.modified = True
         return rel, rv.alias.aliasname if rv.alias else rv.relname
 
-    def _no_tenant_assignment(self, targets: AstNode, rel: Relation) -> None:
-        if rel.kind == "owned":
-            return
-        for t in targets or ():
+    def _tenant_assignments(self, targets: AstNode, rel: Relation) -> AstNode:
+        """UPDATE SET / ON CONFLICT DO UPDATE / MERGE UPDATE: the tenant column may only be set to
+        the session's tenant (a no-op, ORMs' save() does it), and then gets the proxy's value."""
+        if rel.kind == "owned" or not targets:
+            return targets
+        out = []
+        for t in targets:
             if t.name == rel.column:
-                raise Refused("tenant_column", f"the tenant column {rel.column} of {rel.schema}.{rel.name} "
-                              "cannot be changed")
+                if t.indirection or isinstance(t.val, ast.MultiAssignRef):
+                    raise Refused("tenant_column", f"the tenant column {rel.column} of {rel.schema}.{rel.name} "
+                                  "can only be set to the session's tenant, by a plain value")
+                t = ast.ResTarget(name=t.name, val=self.tenant_value(t.val, rel, "UPDATE"))
+            out.append(t)
+        return tuple(out)
 
     def update(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "UPDATE")
-            self._no_tenant_assignment(stmt.targetList, rel)
             self.expr(stmt.targetList)
+            stmt.targetList = self._tenant_assignments(stmt.targetList, rel)
+            predicates: list[AstNode] = []
             if stmt.fromClause:
-                stmt.fromClause = tuple(self.from_item(item) for item in stmt.fromClause)
+                stmt.fromClause = tuple(self.from_item(item, predicates) for item in stmt.fromClause)
             self.expr(stmt.whereClause)
             self.expr(stmt.returningClause)
-            stmt.whereClause = self._scoped_where(stmt.whereClause, rel, qualifier)
+            stmt.whereClause = self._scoped_where(and_predicates(predicates, stmt.whereClause), rel, qualifier)
 
     def delete(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "DELETE")
+            predicates: list[AstNode] = []
             if stmt.usingClause:
-                stmt.usingClause = tuple(self.from_item(item) for item in stmt.usingClause)
+                stmt.usingClause = tuple(self.from_item(item, predicates) for item in stmt.usingClause)
             self.expr(stmt.whereClause)
             self.expr(stmt.returningClause)
-            stmt.whereClause = self._scoped_where(stmt.whereClause, rel, qualifier)
+            stmt.whereClause = self._scoped_where(and_predicates(predicates, stmt.whereClause), rel, qualifier)
 
     def _scoped_where(self, where: AstNode, rel: Relation, qualifier: str) -> AstNode:
         """WHERE (or ON) with the tenant predicate first; a schema-tier tenant's own table needs none."""
@@ -418,7 +493,7 @@ class Scoper:
                 return
             names = [c.name for c in stmt.cols or ()]
             if source is not None and not names:
-                raise unsupported(f"INSERT into {rel.schema}.{rel.name} without a column list")
+                names = self._all_columns(stmt, rel)
             if column not in names:
                 add_tenant_column(stmt, column, self.tenant)
             else:
@@ -428,56 +503,76 @@ class Scoper:
                                   "unsupported way")
                 if is_plain_values(source):
                     source.valuesLists = tuple(self._values_row(row, index, rel) for row in source.valuesLists)
-                elif not self._select_keeps_tenant(source, index, rel):
+                elif not self._select_tenant_literal(source, index, rel):
                     stmt.selectStmt = select_with_tenant(source, index, len(names), self.tenant)
             self._on_conflict(stmt.onConflictClause, rel, qualifier)
             self.expr(stmt.returningClause)
 
+    def _all_columns(self, stmt: AstNode, rel: Relation) -> list[str]:
+        """INSERT without a column list: name the table's columns, in order, from the catalog."""
+        columns = self.policy.columns.get((rel.schema, rel.name))
+        if columns is None:
+            raise unsupported(f"INSERT into {rel.schema}.{rel.name} without a column list (its columns are "
+                              "unknown to tenantgate)")
+        source = stmt.selectStmt
+        if is_plain_values(source):
+            width = max(len(row) for row in source.valuesLists)
+        elif _is_plain_select(source) and source.targetList and not any(is_star(t) for t in source.targetList):
+            width = len(source.targetList)
+        else:
+            width = len(columns)
+        stmt.cols = tuple(ast.ResTarget(name=c) for c in columns[:width])
+        self.modified = True
+        return list(columns[:width])
+
     def _values_row(self, row: AstNode, index: int, rel: Relation) -> tuple[ast.Node, ...]:
         if index >= len(row):
             raise Refused("syntax", "INSERT has more target columns than expressions", "42601")
-        value = self.tenant_value(row[index], rel)
+        value = self.tenant_value(row[index], rel, "INSERT")
         return (*row[:index], value, *row[index + 1:])
 
-    def _select_keeps_tenant(self, source: AstNode, index: int, rel: Relation) -> bool:
+    def _select_tenant_literal(self, source: AstNode, index: int, rel: Relation) -> bool:
         """INSERT ... SELECT naming the tenant column: a literal or $n there is checked like a
-        VALUES entry and kept; any other expression is replaced by the tenant literal (False)."""
+        VALUES entry and replaced by the proxy's value; any other expression is guarded at
+        run time (False)."""
         targets = source.targetList
-        if source.op != enums.SetOperation.SETOP_NONE or not targets or index >= len(targets):
-            return False
-        if any(is_star(t) for t in targets[:index]):
+        if (not _is_plain_select(source) or not targets or index >= len(targets)
+                or any(is_star(t) for t in targets[:index + 1])):
             return False
         value = targets[index].val
-        inner = value.arg if isinstance(value, ast.TypeCast) else value
-        if isinstance(inner, ast.A_Const | ast.ParamRef):
-            self.tenant_value(value, rel)
-            return True
-        return False
+        while isinstance(value, ast.TypeCast | ast.CollateClause):
+            value = value.arg
+        if not isinstance(value, ast.A_Const | ast.ParamRef):
+            return False
+        source.targetList = (*targets[:index], ast.ResTarget(val=self.tenant_value(targets[index].val, rel,
+                                                                                     "INSERT")),
+                             *targets[index + 1:])
+        return True
 
-    def tenant_value(self, value: AstNode, rel: Relation) -> AstNode:
-        """The value an INSERT gives the tenant column: the tenant literal, DEFAULT, or a $n
-        checked at Bind time. Anything else is refused."""
-        if isinstance(value, ast.SetToDefault):
-            self.modified = True
+    def tenant_value(self, value: AstNode, rel: Relation, verb: str) -> AstNode:
+        """The value a statement gives the tenant column, replaced by the proxy's own: DEFAULT or
+        the tenant literal (under casts that keep it unchanged) become the tenant literal; a $n
+        (checked at Bind time) becomes a value that does not depend on what is bound. Anything
+        else, a cast that may change the value included, is refused."""
+        self.modified = self.value_dependent = True
+        if isinstance(value, ast.SetToDefault) and verb == "INSERT":  # UPDATE's DEFAULT is the column's
             return forced_value(self.tenant)
-        inner = value.arg if isinstance(value, ast.TypeCast) else value
-        if isinstance(inner, ast.A_Const):
-            self.value_dependent = True
-            if isinstance(inner.val, ast.String) and inner.val.sval == self.tenant:
-                return value
-        elif isinstance(inner, ast.ParamRef) and self.extended and not self._in_prepare:
-            self.tenant_params.add(inner.number or 0)
-            return value
-        raise Refused("tenant_column", f"INSERT into {rel.schema}.{rel.name} may only set {rel.column} "
-                      "to the session's tenant")
+        core = value_core(value, len(self.tenant))
+        if isinstance(core, ast.A_Const) and isinstance(core.val, ast.String) and core.val.sval == self.tenant:
+            return forced_value(self.tenant)
+        if isinstance(core, ast.ParamRef) and self.extended and not self._in_prepare:
+            self.tenant_params.add(core.number or 0)
+            return param_tenant_value(core.number or 0, self.tenant)
+        target = f"{verb} {'into' if verb == 'INSERT' else 'of'} {rel.schema}.{rel.name}"
+        raise Refused("tenant_column", f"{target} may only set {rel.column} to the session's tenant")
 
     def _on_conflict(self, clause: AstNode, rel: Relation, qualifier: str) -> None:
         if clause is None:
             return
         self.expr(clause.infer)
         if clause.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
-            self._no_tenant_assignment(clause.targetList, rel)
             self.expr(clause.targetList)
+            clause.targetList = self._tenant_assignments(clause.targetList, rel)
             self.expr(clause.whereClause)
             # DO UPDATE may meet another tenant's row (a unique key without the tenant column).
             clause.whereClause = self._scoped_where(clause.whereClause, rel, qualifier)
@@ -486,7 +581,8 @@ class Scoper:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "MERGE")
             column = str(rel.column)
-            stmt.sourceRelation = self.from_item(stmt.sourceRelation)
+            # the source's unmatched rows are inserted: no condition may filter them, only a wrapper
+            stmt.sourceRelation = self.from_item(stmt.sourceRelation, None)
             self.expr(stmt.joinCondition)
             if rel.kind == "owned":
                 for clause in stmt.mergeWhenClauses:
@@ -503,8 +599,8 @@ class Scoper:
                     clause.condition = and_predicate(clause.condition,
                                                      tenant_predicate(qualifier, column, self.tenant))
                 if clause.commandType == enums.CmdType.CMD_UPDATE:
-                    self._no_tenant_assignment(clause.targetList, rel)
                     self.expr(clause.targetList)
+                    clause.targetList = self._tenant_assignments(clause.targetList, rel)
                 elif clause.commandType == enums.CmdType.CMD_INSERT:
                     self._merge_insert(clause, rel)
             self.expr(stmt.returningClause)
@@ -515,9 +611,14 @@ class Scoper:
         if clause.values is None and not names:  # INSERT DEFAULT VALUES
             clause.targetList, clause.values = (ast.ResTarget(name=column),), (forced_value(self.tenant),)
             return
-        if not names:
-            raise unsupported(f"MERGE ... INSERT into {rel.schema}.{rel.name} without a column list")
         self.expr(clause.values)
+        if not names:
+            known = self.policy.columns.get((rel.schema, rel.name))
+            if known is None:
+                raise unsupported(f"MERGE ... INSERT into {rel.schema}.{rel.name} without a column list (its "
+                                  "columns are unknown to tenantgate)")
+            names = list(known[:len(clause.values)])
+            clause.targetList = tuple(ast.ResTarget(name=n) for n in names)
         if column in names:
             clause.values = self._values_row(tuple(clause.values), names.index(column), rel)
         else:

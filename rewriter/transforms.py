@@ -83,9 +83,49 @@ def and_predicate(where: AstNode, predicate: AstNode) -> AstNode:
     >>> deparse(and_predicate(None, tenant_predicate("t", "tenant_id", "acme")))
     "t.tenant_id = 'acme'"
     """
+    return and_predicates([predicate], where)
+
+
+def and_predicates(predicates: list[AstNode], where: AstNode) -> AstNode:
+    """Several tenant predicates in front of an existing condition (None when there is neither).
+
+    >>> preds = [tenant_predicate("o", "tenant_id", "acme"), tenant_predicate("c", "tenant_id", "acme")]
+    >>> deparse(and_predicates(preds, _parse_one("SELECT 1 WHERE a OR b").whereClause))
+    "o.tenant_id = 'acme' AND c.tenant_id = 'acme' AND (a OR b)"
+    >>> deparse(and_predicates(preds[:1], _parse_one("SELECT 1 WHERE a AND (b OR c)").whereClause))
+    "o.tenant_id = 'acme' AND a AND (b OR c)"
+    """
+    if not predicates:
+        return where
+    rest = () if where is None else tuple(conjuncts(where))  # ANDing flat reads as PostgreSQL's parser reads it
+    args = (*predicates, *rest)
+    return args[0] if len(args) == 1 else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=args)
+
+
+def conjuncts(where: AstNode) -> list[AstNode]:
+    """The terms of a condition's top-level AND chain (nested ANDs flattened): each must hold.
+
+    >>> [deparse(c) for c in conjuncts(_parse_one("SELECT 1 WHERE a AND (b AND (c OR d))").whereClause)]
+    ['a', 'b', 'c OR d']
+    >>> conjuncts(None)
+    []
+    """
     if where is None:
-        return predicate
-    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(predicate, where))
+        return []
+    if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR:
+        return [term for arg in where.args or () for term in conjuncts(arg)]
+    return [where]
+
+
+def exposed_name(rv: AstNode) -> str:
+    """The name a FROM-list table reference is known by in its query level (alias or table name)."""
+    return str(rv.alias.aliasname if rv.alias is not None else rv.relname)
+
+
+def injectable(rv: AstNode) -> bool:
+    """A scoped table reference can be filtered through its exposed name: column aliases
+    (``AS o(a, b)``) rename its columns, so ``o.tenant_id`` could name another column."""
+    return rv.alias is None or not rv.alias.colnames
 
 
 def scoped_select(relation: Relation, tenant: str, *, inherit: bool = True,
@@ -113,9 +153,9 @@ def scoped_select(relation: Relation, tenant: str, *, inherit: bool = True,
 
 def scope_range_var(rv: AstNode, relation: Relation, tenant: str,
                     sample: AstNode = None) -> AstNode:
-    """Replace a scoped table in FROM/JOIN by a derived table under the same name.
-
-    Scoping the table itself (not the WHERE of the query) keeps outer joins' semantics.
+    """Replace a scoped table in FROM/JOIN by a derived table under the same name: only where no
+    condition can filter its rows (a FULL JOIN side, column aliases ...); elsewhere the scoper
+    injects ``tenant_predicate`` and keeps the table (system columns, functional dependency).
 
     >>> stmt = _parse_one("SELECT o.id, c.name FROM customers c LEFT JOIN ONLY orders o ON o.cid = c.id")
     >>> rel = Relation("scoped", "public", "orders", column="tenant_id")
@@ -140,8 +180,111 @@ def qualify(rv: AstNode, schema: str) -> AstNode:
 
 
 def forced_value(tenant: str) -> AstNode:
-    """The tenant literal that fills a tenant column an INSERT left out or set to DEFAULT."""
+    """The tenant literal that fills a tenant column: the only tenant value the backend ever
+    stores comes from the proxy, coerced to the column's type by assignment."""
     return string_literal(tenant)
+
+
+# Casts that keep a string of at most that many characters unchanged (no typmod: unlimited).
+_STRING_TYPES = frozenset({"text", "varchar", "bpchar"})
+
+
+def _keeps_string(type_name: AstNode, length: int) -> bool:
+    names = [s.sval for s in type_name.names or ()]
+    if not names or len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
+        return False
+    if type_name.setof or type_name.pct_type or type_name.arrayBounds or names[-1] not in _STRING_TYPES:
+        return False
+    mods = type_name.typmods or ()
+    if not mods:
+        return True
+    mod = mods[0]
+    return (names[-1] != "text" and len(mods) == 1 and isinstance(mod, ast.A_Const)
+            and isinstance(mod.val, ast.Integer) and (mod.val.ival or 0) >= length)
+
+
+def value_core(value: AstNode, length: int) -> AstNode:
+    """The expression under COLLATE and casts that provably keep a string of ``length``
+    characters unchanged; the first cast that may change it (``char(1)``, ``"char"``, a
+    domain, ``name``, any other type) is returned itself, so it is never taken for a literal.
+
+    >>> core = value_core(_parse_one("SELECT CAST('acme'::varchar(4) AS text) COLLATE C").targetList[0].val, 4)
+    >>> type(core).__name__, core.val.sval
+    ('A_Const', 'acme')
+    >>> type(value_core(_parse_one("SELECT 'acme'::varchar(2)").targetList[0].val, 4)).__name__
+    'TypeCast'
+    >>> type(value_core(_parse_one('SELECT $1::"char"').targetList[0].val, 4)).__name__
+    'TypeCast'
+    """
+    while True:
+        if not (isinstance(value, ast.CollateClause)
+                or (isinstance(value, ast.TypeCast) and _keeps_string(value.typeName, length))):
+            return value
+        value = value.arg
+
+
+def param_tenant_value(number: int, tenant: str) -> AstNode:
+    """A ``$n`` the client gave the tenant column (checked at Bind): the statement keeps it only
+    so that PostgreSQL can type it; the value stored is the proxy's literal whatever is bound
+    (SQL-level EXECUTE with other arguments included).
+
+    >>> deparse(param_tenant_value(2, "acme"))
+    "CASE WHEN CAST($2 AS pg_catalog.text) IS NULL THEN 'acme' ELSE 'acme' END"
+    """
+    param = ast.TypeCast(arg=ast.ParamRef(number=number), typeName=_type("text"))
+    return ast.CaseExpr(args=(ast.CaseWhen(expr=ast.NullTest(arg=param, nulltesttype=enums.NullTestType.IS_NULL),
+                                           result=forced_value(tenant)),),
+                        defresult=forced_value(tenant))
+
+
+# The text of the error a row with another tenant's value raises (the session may map it to 42501).
+MISMATCH_MARKER = "tenantgate: a row gives the tenant column a value other than the session's tenant"
+
+
+def guarded_value(value: AstNode, tenant: str) -> AstNode:
+    """A computed tenant value (INSERT ... SELECT): the proxy's literal when the row's value is
+    the tenant, else an error raised per row. The error branch depends on the row so that the
+    planner cannot fold it into a plan-time error; it casts the marker text to int4 (22P02).
+
+    >>> print(deparse(guarded_value(_parse_one("SELECT src.t").targetList[0].val, "acme")))
+    ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    CASE WHEN CAST(src.t AS pg_catalog.text) = 'acme' THEN 'acme' ELSE CAST(CAST(CASE WHEN src.t IS NULL
+    THEN 'tenantgate: ...' ELSE 'tenantgate: ...' END AS integer) AS pg_catalog.text) END
+    """
+    failure = ast.TypeCast(arg=_raising(value, "int4"), typeName=_type("text"))
+    return ast.CaseExpr(args=(ast.CaseWhen(expr=_is_tenant(value, tenant), result=forced_value(tenant)),),
+                        defresult=failure)
+
+
+def copy_row_check(column: str, tenant: str) -> AstNode:
+    """COPY ... FROM STDIN's WHERE: true for a row whose tenant column (sent, or filled by the
+    table's default) is the tenant, an error (the marker, 22P02) for any other row.
+
+    >>> print(deparse(copy_row_check("tenant_id", "acme")))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    CASE WHEN CAST(tenant_id AS pg_catalog.text) = 'acme' THEN TRUE ELSE CAST(CASE WHEN tenant_id IS NULL
+    THEN 'tenantgate: ...' ELSE 'tenantgate: ...' END AS boolean) END
+    """
+    value = ast.ColumnRef(fields=(ast.String(sval=column),))
+    return ast.CaseExpr(args=(ast.CaseWhen(expr=_is_tenant(value, tenant), result=ast.A_Const(
+        isnull=False, val=ast.Boolean(boolval=True))),), defresult=_raising(value, "bool"))
+
+
+def _is_tenant(value: AstNode, tenant: str) -> AstNode:
+    return ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="="),),
+                      lexpr=ast.TypeCast(arg=value, typeName=_type("text")), rexpr=string_literal(tenant))
+
+
+def _raising(value: AstNode, type_name: str) -> AstNode:
+    """The marker cast to a type it is no value of: an error whenever evaluated, never folded at
+    plan time (the CASE over the row's value is not a constant)."""
+    raising = ast.CaseExpr(args=(ast.CaseWhen(expr=ast.NullTest(arg=value, nulltesttype=enums.NullTestType.IS_NULL),
+                                              result=string_literal(MISMATCH_MARKER)),),
+                           defresult=string_literal(MISMATCH_MARKER))
+    return ast.TypeCast(arg=raising, typeName=_type(type_name))
+
+
+def _type(name: str) -> AstNode:
+    return ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval=name)), typemod=-1)
 
 
 def add_tenant_column(insert: AstNode, column: str, tenant: str) -> AstNode:
@@ -198,33 +341,38 @@ def node_fields(node: AstNode) -> tuple[str, ...]:
 
 def select_with_tenant(source: AstNode, index: int | None, width: int,
                        tenant: str) -> AstNode:
-    """INSERT ... SELECT: force the tenant value at output position ``index`` (None: append it).
+    """INSERT ... SELECT: append the tenant literal (``index`` None), or guard the client's value
+    at output position ``index`` (``guarded_value``: the literal if it is the tenant, else an error).
 
     ``width`` is the number of columns the INSERT names besides an appended tenant column.
 
-    >>> sel = _parse_one("SELECT tenant_id, id FROM orders")
-    >>> deparse(select_with_tenant(sel, 0, 2, "acme"))
-    "SELECT 'acme', id FROM orders"
+    >>> sel = _parse_one("SELECT id FROM orders")
+    >>> deparse(select_with_tenant(sel, None, 1, "acme"))
+    "SELECT id, 'acme' FROM orders"
     >>> sel = _parse_one("SELECT 1, 'x' UNION SELECT 2, 'y'")
-    >>> deparse(select_with_tenant(sel, 1, 2, "acme"))  # doctest: +NORMALIZE_WHITESPACE
-    "SELECT _tg_src._tg_c1, 'acme' FROM (SELECT 1, 'x' UNION SELECT 2, 'y') AS _tg_src (_tg_c1, _tg_c2)"
+    >>> deparse(select_with_tenant(sel, None, 2, "acme"))  # doctest: +NORMALIZE_WHITESPACE
+    "SELECT _tg_src._tg_c1, _tg_src._tg_c2, 'acme' FROM (SELECT 1, 'x' UNION SELECT 2, 'y')
+     AS _tg_src (_tg_c1, _tg_c2)"
+    >>> sel = _parse_one("SELECT * FROM unnest($1::text[], $2::int[])")
+    >>> deparse(select_with_tenant(sel, 0, 2, "acme"))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    "SELECT CASE WHEN CAST(_tg_src._tg_c1 AS pg_catalog.text) = 'acme' THEN 'acme' ELSE ... END,
+     _tg_src._tg_c2 FROM ..."
     """
-    if _is_simple_select(source):
-        if index is None and not _has_star(source):
-            source.targetList = (*source.targetList, ast.ResTarget(val=forced_value(tenant)))
-            return source
-        if index is not None and not _has_star(source) and index < len(source.targetList):
-            targets = list(source.targetList)
-            targets[index] = ast.ResTarget(val=forced_value(tenant))
-            source.targetList = tuple(targets)
-            return source
+    targets = list(source.targetList or ()) if _is_simple_select(source) and not _has_star(source) else None
+    if targets is not None and index is None:
+        source.targetList = (*targets, ast.ResTarget(val=forced_value(tenant)))
+        return source
+    if targets is not None and index is not None and index < len(targets):
+        targets[index] = ast.ResTarget(val=guarded_value(targets[index].val, tenant))
+        source.targetList = tuple(targets)
+        return source
     names = [f"_tg_c{i + 1}" for i in range(width)]
     outputs: list[ast.Node] = [ast.ColumnRef(fields=(ast.String(sval="_tg_src"), ast.String(sval=n)))
                                for n in names]
     if index is None:
         outputs.append(forced_value(tenant))
     else:
-        outputs[index] = forced_value(tenant)
+        outputs[index] = guarded_value(outputs[index], tenant)
     return ast.SelectStmt(
         targetList=tuple(ast.ResTarget(val=v) for v in outputs),
         fromClause=(ast.RangeSubselect(lateral=False, subquery=source, alias=ast.Alias(

@@ -1,9 +1,16 @@
 """Independent check of rewritten SQL, parsed again by PostgreSQL's parser before it is used.
 
 It does not trust the scoper: it re-derives every relation reference from the output text and
-accepts a scoped table only in one of its scoped forms (the derived table
-``(SELECT * FROM schema.t WHERE t.col = 'tenant')``, or a write target whose WHERE/ON starts with
-the tenant predicate and whose tenant column is forced). Anything else fails verification.
+accepts a scoped table only in one of its scoped forms: a schema-qualified reference whose
+tenant predicate ``alias.col = 'tenant'`` is a top-level conjunct of the condition that filters
+its rows (its query level's WHERE when only inner joins lie between them, the ON of the outer
+join whose nullable side it is on), the derived table ``(SELECT * FROM schema.t WHERE t.col =
+'tenant')``, or a write target whose WHERE/ON starts with the tenant predicate and whose tenant
+column gets the proxy's own value. Anything else fails verification.
+
+>>> verify("SELECT o.xmin FROM public.orders o LEFT JOIN public.orders p ON p.tenant_id = 'acme' AND p.id = o.id"
+...        " WHERE o.tenant_id = 'acme'", Policy(scoped={("public", "orders"): "tenant_id"}), "acme", frozenset())
+1
 
 >>> from .policy import Policy
 >>> policy = Policy(scoped={("public", "orders"): "tenant_id"})
@@ -30,7 +37,20 @@ from .channels import channel_prefix
 from .errors import Refused
 from .policy import Policy, Relation
 from .settings import Changes
-from .transforms import deparse, is_star, node_fields, scoped_select, tenant_predicate
+from .transforms import (
+    conjuncts,
+    copy_row_check,
+    deparse,
+    exposed_name,
+    forced_value,
+    guarded_value,
+    injectable,
+    is_star,
+    node_fields,
+    param_tenant_value,
+    scoped_select,
+    tenant_predicate,
+)
 
 # pglast's stubs mark every node field Optional; the walkers check shapes at run time.
 AstNode = Any
@@ -107,9 +127,9 @@ class _Checker:
             if stmt.conditionname is not None and not stmt.conditionname.startswith(channel_prefix(self.tenant)):
                 raise self.fail("channel without the tenant prefix")
             return
-        if isinstance(stmt, ast.CopyStmt) and (stmt.is_from or stmt.is_program or stmt.filename is not None
-                                               or stmt.relation is not None):
-            raise self.fail("COPY must be a query to STDOUT")
+        if isinstance(stmt, ast.CopyStmt) and (stmt.is_program or stmt.filename is not None
+                                               or (stmt.relation is not None) != bool(stmt.is_from)):
+            raise self.fail("COPY must be a query to STDOUT or a checked COPY FROM STDIN")
         if isinstance(stmt, ast.PrepareStmt):
             self.in_prepare = True
         self.mask = side.reads_masked_columns(stmt)
@@ -147,10 +167,59 @@ class _Checker:
         if node.intoClause is not None:
             raise self.fail("SELECT INTO")
         depth = self._with(node.withClause)
+        self._from_list(node.fromClause, node.whereClause)
         for field in node_fields(node):
-            if field not in ("withClause", "lockingClause"):
+            if field not in ("withClause", "lockingClause", "fromClause"):
                 self.walk(getattr(node, field))
         del self.ctes[depth:]
+
+    # -- FROM items: where each scoped reference's predicate must be ---------------------------------
+
+    def _from_list(self, items: AstNode, where: AstNode) -> None:
+        terms = self._terms(where)
+        for item in items or ():
+            self._from_item(item, terms)
+
+    def _terms(self, condition: AstNode) -> frozenset[str]:
+        return frozenset(deparse(term) for term in conjuncts(condition))
+
+    def _from_item(self, item: AstNode, terms: frozenset[str] | None) -> None:
+        """``terms``: the conjuncts of the condition that filters this item's rows (None: no
+        condition may, only the derived-table form scopes a table here)."""
+        if isinstance(item, ast.JoinExpr):
+            on = self._terms(item.quals)
+            has_on = item.quals is not None
+            if item.alias is not None:  # its tables are hidden from the outer condition
+                terms = on if item.jointype == enums.JoinType.JOIN_INNER and has_on else None
+            own = on if has_on else None
+            sides = {enums.JoinType.JOIN_INNER: (terms, terms), enums.JoinType.JOIN_LEFT: (terms, own),
+                     enums.JoinType.JOIN_RIGHT: (own, terms), enums.JoinType.JOIN_FULL: (None, None)}
+            if item.jointype not in sides:
+                raise self.fail(f"join type {item.jointype}")
+            left, right = sides[item.jointype]
+            self._from_item(item.larg, left)
+            self._from_item(item.rarg, right)
+            self.walk((item.usingClause, item.quals, item.alias, item.join_using_alias))
+            return
+        sample = item if isinstance(item, ast.RangeTableSample) else None
+        rv = sample.relation if sample is not None else item
+        if isinstance(rv, ast.RangeVar) and self._scoped_in_place(rv, terms):
+            self.walk((sample.args, sample.repeatable) if sample is not None else ())
+            return
+        self.walk(item)
+
+    def _scoped_in_place(self, rv: AstNode, terms: frozenset[str] | None) -> bool:
+        """A scoped table referenced directly, with its predicate among ``terms``; fails for a
+        scoped table without it. False for any other relation (checked as a plain RangeVar)."""
+        if rv.schemaname is None and any(rv.relname in s for s in self.ctes):
+            return False
+        rel = self._resolve(rv)
+        if rel.kind != "scoped":
+            return False
+        predicate = deparse(tenant_predicate(exposed_name(rv), str(rel.column), self.tenant))
+        if terms is None or rv.schemaname is None or not injectable(rv) or predicate not in terms:
+            raise self.fail(f"{rel.schema}.{rel.name} is read unscoped")
+        return True
 
     def _v_RangeSubselect(self, node: AstNode) -> None:
         if side.is_masked(node.subquery):  # R2: a masked catalog relation
@@ -193,6 +262,14 @@ class _Checker:
         if rel.kind in ("unlisted", "foreign") or rel.denial is not None:
             raise self.fail(f"{rel.schema}.{rel.name} is not available")
         return rel
+
+    def _v_CopyStmt(self, node: AstNode) -> None:
+        if node.is_from:
+            rel, _ = self._target(node.relation)
+            check = deparse(copy_row_check(str(rel.column), self.tenant)) if rel.kind == "scoped" else None
+            if check is not None and check not in self._terms(node.whereClause):
+                raise self.fail(f"COPY FROM into {rel.name} without the row check")
+        self.walk((node.query, node.whereClause))
 
     def _v_LockingClause(self, node: AstNode) -> None:
         """FOR UPDATE OF lists FROM-item names, not tables."""
@@ -248,17 +325,20 @@ class _Checker:
                                   and where.boolop == enums.BoolExprType.AND_EXPR) else where
         return deparse(first) == deparse(tenant_predicate(qualifier, str(rel.column), self.tenant))
 
-    def _no_assignment(self, targets: AstNode, rel: Relation) -> None:
-        if rel.kind != "owned" and any(t.name == rel.column for t in targets or ()):
-            raise self.fail(f"assignment to the tenant column of {rel.name}")
+    def _tenant_assignments(self, targets: AstNode, rel: Relation) -> None:
+        """SET of the tenant column: only to the proxy's own value."""
+        for t in targets or ():
+            if rel.kind != "owned" and t.name == rel.column and (t.indirection or not self._tenant_value_ok(t.val)):
+                raise self.fail(f"assignment to the tenant column of {rel.name}")
 
     def _v_UpdateStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
         rel, qualifier = self._target(node.relation)
         if not self._starts_with_predicate(node.whereClause, rel, qualifier):
             raise self.fail(f"UPDATE of {rel.name} without the tenant predicate")
-        self._no_assignment(node.targetList, rel)
-        self.walk((node.targetList, node.fromClause, node.whereClause, node.returningClause))
+        self._tenant_assignments(node.targetList, rel)
+        self._from_list(node.fromClause, node.whereClause)
+        self.walk((node.targetList, node.whereClause, node.returningClause))
         del self.ctes[depth:]
 
     def _v_DeleteStmt(self, node: AstNode) -> None:
@@ -266,14 +346,22 @@ class _Checker:
         rel, qualifier = self._target(node.relation)
         if not self._starts_with_predicate(node.whereClause, rel, qualifier):
             raise self.fail(f"DELETE from {rel.name} without the tenant predicate")
-        self.walk((node.usingClause, node.whereClause, node.returningClause))
+        self._from_list(node.usingClause, node.whereClause)
+        self.walk((node.whereClause, node.returningClause))
         del self.ctes[depth:]
 
-    def _tenant_value_ok(self, value: AstNode) -> bool:
-        inner = value.arg if isinstance(value, ast.TypeCast) else value
-        if isinstance(inner, ast.A_Const):
-            return isinstance(inner.val, ast.String) and inner.val.sval == self.tenant
-        return isinstance(inner, ast.ParamRef) and inner.number in self.tenant_params and not self.in_prepare
+    def _tenant_value_ok(self, value: AstNode, *, guarded: bool = False) -> bool:
+        """The proxy's own tenant value: its bare literal, its ``$n`` form (whatever is bound,
+        the literal is stored), or (``guarded``: INSERT ... SELECT) its run-time check of a
+        computed value."""
+        text = deparse(value)
+        if text == deparse(forced_value(self.tenant)):
+            return True
+        param = _case_param(value)
+        if param is not None and text == deparse(param_tenant_value(param, self.tenant)):
+            return True
+        computed = _case_operand(value) if guarded else None
+        return computed is not None and text == deparse(guarded_value(computed, self.tenant))
 
     def _v_InsertStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
@@ -293,12 +381,12 @@ class _Checker:
             targets = source.targetList or ()
             rows_ok = (source.op == enums.SetOperation.SETOP_NONE and index < len(targets)
                        and not any(is_star(t) for t in targets[:index + 1])
-                       and self._tenant_value_ok(targets[index].val))
+                       and self._tenant_value_ok(targets[index].val, guarded=True))
         if not rows_ok:
             raise self.fail(f"INSERT into {rel.name} does not force the tenant column")
         clause = node.onConflictClause
         if clause is not None and clause.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
-            self._no_assignment(clause.targetList, rel)
+            self._tenant_assignments(clause.targetList, rel)
             if not self._starts_with_predicate(clause.whereClause, rel, qualifier):
                 raise self.fail(f"ON CONFLICT DO UPDATE of {rel.name} without the tenant predicate")
         self.walk((source, clause, node.returningClause))
@@ -314,12 +402,28 @@ class _Checker:
                     and not self._starts_with_predicate(clause.condition, rel, qualifier)):
                 raise self.fail("MERGE ... NOT MATCHED BY SOURCE without the tenant predicate")
             if clause.commandType == enums.CmdType.CMD_UPDATE:
-                self._no_assignment(clause.targetList, rel)
+                self._tenant_assignments(clause.targetList, rel)
             if clause.commandType == enums.CmdType.CMD_INSERT and rel.kind != "owned":
                 names = [t.name for t in clause.targetList or ()]
                 if names.count(rel.column) != 1 or not self._tenant_value_ok(
                         clause.values[names.index(str(rel.column))]):
                     raise self.fail("MERGE ... INSERT does not force the tenant column")
             self.walk((clause.condition, clause.targetList, clause.values))
-        self.walk((node.sourceRelation, node.joinCondition, node.returningClause))
+        self._from_item(node.sourceRelation, None)  # unmatched source rows are inserted: no ON filters them
+        self.walk((node.joinCondition, node.returningClause))
         del self.ctes[depth:]
+
+
+def _case_param(value: AstNode) -> int | None:
+    """The n of ``CASE WHEN $n::text IS NULL ...``, else None."""
+    test = value.args[0].expr if isinstance(value, ast.CaseExpr) and value.args else None
+    cast = test.arg if isinstance(test, ast.NullTest) else None
+    param = cast.arg if isinstance(cast, ast.TypeCast) else None
+    return param.number if isinstance(param, ast.ParamRef) else None
+
+
+def _case_operand(value: AstNode) -> AstNode:
+    """The x of ``CASE WHEN x::text = ...``, else None."""
+    test = value.args[0].expr if isinstance(value, ast.CaseExpr) and value.args else None
+    cast = test.lexpr if isinstance(test, ast.A_Expr) else None
+    return cast.arg if isinstance(cast, ast.TypeCast) else None

@@ -57,27 +57,44 @@ def test_both_parsers_find_the_same_relations(sql: str, expected: set[str]) -> N
     "COPY (SELECT * FROM orders, localtime) TO STDOUT",
     "EXECUTE p1((SELECT count(*) FROM orders, localtime)::int)",
 ])
-def test_wrapped_queries_are_read_by_sqlglot(sql: str) -> None:
-    """sqlglot knows none of these commands: it reads the query inside (where it takes LOCALTIME
-    for a table, so a disagreement proves it did read it)."""
-    with pytest.raises(Refused) as info:
-        cc.crosscheck(sql, POLICY)
-    assert info.value.reason == "parser_disagreement"
-    cc.crosscheck(sql.replace(", localtime", ""), POLICY)
+def test_wrapped_queries_are_read_by_sqlglot(sql: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlglot knows none of these commands: it reads the query inside (and, since it learnt
+    that LOCALTIME in FROM is a function, agrees with PostgreSQL's parser about it)."""
+    read = misreading(monkeypatch)
+    cc.crosscheck(sql, POLICY)
+    assert read and all("FROM orders, localtime" in text and text.lstrip("(").startswith("SELECT") for text in read)
 
 
-def test_disagreement_names_both_sets_and_no_values() -> None:
+def misreading(monkeypatch: pytest.MonkeyPatch, marker: str = "ghost") -> list[str]:
+    """Make sqlglot see one more table in any text holding ``marker`` (a stand-in for a lexing
+    difference); returns the texts sqlglot was given."""
+    read: list[str] = []
+    real = cc._sqlglot_relations
+
+    def reading(text: str, policy: Policy) -> frozenset[str] | None:
+        read.append(text)
+        found = real(text, policy)
+        return found | {"public.current_user"} if found is not None and marker in text else found
+
+    monkeypatch.setattr(cc, "_sqlglot_relations", reading)
+    return read
+
+
+def test_disagreement_names_both_sets_and_no_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    misreading(monkeypatch)
     with pytest.raises(Refused) as info:
-        cc.crosscheck("SELECT 'very-secret-value' FROM customers, current_user", POLICY)
+        cc.crosscheck("SELECT 'very-secret-value' AS ghost FROM customers", POLICY)
     err = info.value
     assert (err.reason, err.sqlstate) == ("parser_disagreement", "42501")
     assert "{public.customers}" in err.message and "{public.current_user, public.customers}" in err.message
     assert "very-secret" not in err.message
 
 
-def test_every_statement_of_a_message_is_checked() -> None:
+def test_every_statement_of_a_message_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    misreading(monkeypatch)
+    cc.crosscheck("SELECT 1 FROM orders; SELECT * FROM customers, localtime, current_date", POLICY)
     with pytest.raises(Refused) as info:
-        cc.crosscheck("SELECT 1 FROM orders; SELECT * FROM customers, localtime", POLICY)
+        cc.crosscheck("SELECT 1 FROM orders; SELECT 1 AS ghost FROM customers", POLICY)
     assert info.value.reason == "parser_disagreement"
 
 
@@ -127,10 +144,11 @@ def test_rewriter_refuses_and_caches_the_refusal(monkeypatch: pytest.MonkeyPatch
         cc.crosscheck(sql, policy)
 
     monkeypatch.setattr(rewriter_module, "crosscheck", counting)
+    misreading(monkeypatch)
     rw = Rewriter(POLICY)
     for _ in range(2):
         with pytest.raises(Refused) as info:
-            rw.plan("SELECT id FROM orders, localtime", "acme")
+            rw.plan("SELECT id AS ghost FROM orders", "acme")
         assert info.value.reason == "parser_disagreement"
     assert len(calls) == 1
     # cache hits (exact text, and the literal-lifted digest) never run the second parser again

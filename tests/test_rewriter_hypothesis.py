@@ -94,15 +94,39 @@ def _scoped_references(node: object, parents: tuple[ast.Node, ...] = ()) -> list
     return found
 
 
+def _and_terms(node: Any) -> list[str]:
+    if type(node).__name__ == "BoolExpr" and node.boolop == enums.BoolExprType.AND_EXPR:
+        return [t for arg in node.args for t in _and_terms(arg)]
+    return [] if node is None else [deparse(node)]
+
+
 def _carries_predicate(rv: Any, parents: tuple[Any, ...]) -> bool:
-    """Independent of the verifier: the nearest statement around the reference filters it."""
+    """Independent of the verifier: the derived-table wrapper around the reference, or its
+    predicate in the condition that filters its rows (walking up through inner joins; the ON of
+    the outer join whose nullable side holds it; never a FULL JOIN side)."""
     owner: Any = parents[-1]
     column = SCOPED[rv.relname]
     kind = type(owner).__name__
-    if kind == "SelectStmt":
-        want = f"{rv.relname}.{column} = 'acme'"
-        return (rv.schemaname == "public" and len(owner.fromClause) == 1 and owner.whereClause is not None
-                and deparse(owner.whereClause) == want and deparse(owner).startswith("SELECT * FROM"))
+    qualifier = rv.alias.aliasname if rv.alias else rv.relname
+    want = f"{qualifier}.{column} = 'acme'"
+    if (len(parents) > 1 and type(parents[-2]).__name__ == "RangeSubselect" and not rv.alias
+            and kind == "SelectStmt" and len(owner.fromClause) == 1 and deparse(owner).startswith("SELECT * FROM")
+            and deparse(owner.whereClause) == f"{rv.relname}.{column} = 'acme'"):
+        return rv.schemaname == "public"  # the derived-table wrapper
+    child: Any = rv
+    for parent in reversed(parents):
+        name = type(parent).__name__
+        if name == "JoinExpr":
+            if parent.alias is not None or parent.jointype == enums.JoinType.JOIN_FULL:
+                return False
+            nullable = {enums.JoinType.JOIN_LEFT: parent.rarg, enums.JoinType.JOIN_RIGHT: parent.larg}
+            if child is nullable.get(parent.jointype):
+                return rv.schemaname == "public" and want in _and_terms(parent.quals)
+            child = parent
+        elif name == "SelectStmt" or (name in ("UpdateStmt", "DeleteStmt") and parent.relation is not rv):
+            return rv.schemaname == "public" and want in _and_terms(parent.whereClause)
+        else:
+            break
     if kind in ("UpdateStmt", "DeleteStmt") and owner.relation is rv:
         qualifier = rv.alias.aliasname if rv.alias else rv.relname
         where: Any = owner.whereClause

@@ -13,7 +13,7 @@ from tenantgate.rewriter.verifier import verify
 
 POLICY = Policy(scoped={("public", "orders"): "tenant_id", ("public", "invoices"): "org_id"},
                 reference=frozenset({("public", "countries")}))
-WRAPPED = "(SELECT * FROM public.orders WHERE orders.tenant_id = 'acme') AS orders"
+SCOPED = "public.orders WHERE orders.tenant_id = 'acme'"  # the predicate is injected, the table kept
 
 
 def refused(sql: str, *, tenant: str = "acme", extended: bool = False, rw: Rewriter | None = None) -> Refused:
@@ -24,7 +24,7 @@ def refused(sql: str, *, tenant: str = "acme", extended: bool = False, rw: Rewri
 
 def test_plan_is_frozen_and_complete() -> None:
     plan = Rewriter(POLICY).plan("SELECT id FROM orders", "acme")
-    assert plan == Plan(f"SELECT id FROM {WRAPPED}", ("select",))
+    assert plan == Plan(f"SELECT id FROM {SCOPED}", ("select",))
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.sql = "SELECT 1"  # type: ignore[misc]
 
@@ -80,7 +80,9 @@ def test_statements_other_parsers_trip_on(sql: str) -> None:
 def test_tenant_params_at_bind_time() -> None:
     plan = Rewriter(POLICY).plan("INSERT INTO orders (tenant_id, id) VALUES ($2, $1)", "acme", extended=True)
     assert plan.tenant_params == (2,)
-    assert plan.sql == "INSERT INTO public.orders (tenant_id, id) VALUES ($2, $1)"
+    # the statement does not depend on the bound value: $2 is kept only to be typed
+    assert plan.sql == ("INSERT INTO public.orders (tenant_id, id) VALUES "
+                        "(CASE WHEN CAST($2 AS pg_catalog.text) IS NULL THEN 'acme' ELSE 'acme' END, $1)")
     # the simple protocol has no Bind: a parameter there (PREPARE body) cannot be checked
     assert refused("PREPARE p(text) AS INSERT INTO orders (tenant_id) VALUES ($1)").reason == "tenant_column"
 
@@ -100,7 +102,7 @@ def test_literal_lifting_shares_one_plan() -> None:
     first = rw.plan("SELECT id FROM orders WHERE id = 17 AND note = 'a'", "acme")
     second = rw.plan("SELECT id FROM orders WHERE id = 42 AND note = E'b\\'c'", "acme")
     assert not first.cached and second.cached
-    assert second.sql == f"SELECT id FROM {WRAPPED} WHERE id = 42 AND note = E'b\\'c'"
+    assert second.sql == f"SELECT id FROM {SCOPED} AND id = 42 AND note = E'b\\'c'"
     assert rw.stats() == {"hits": 1, "misses": 1, "size": 1}
     assert rw.plan("SELECT id FROM orders WHERE id = 42 AND note = 'a'", "globex").cached is False
 
@@ -163,7 +165,7 @@ def test_cache_is_bounded_versioned_and_clearable() -> None:
 def test_multi_statement_refuses_as_a_whole_and_keeps_comments_harmless() -> None:
     assert refused("SELECT 1; SELECT 2; DROP TABLE orders").reason == "ddl"
     plan = Rewriter(POLICY).plan("SELECT 1 -- c\n; SELECT id FROM orders /* x */", "acme")
-    assert plan.sql == f"SELECT 1; SELECT id FROM {WRAPPED}"
+    assert plan.sql == f"SELECT 1; SELECT id FROM {SCOPED}"
     assert plan.kinds == ("select", "select")
 
 
@@ -198,6 +200,32 @@ def test_from_config_duck_types_scoping() -> None:
     'LISTEN "globex:x"',
     "SELECT * FROM countries",
     "COPY orders TO STDOUT",
+    # the injected predicate: only as a top-level conjunct of the right condition, for that very reference
+    "SELECT * FROM public.orders WHERE orders.tenant_id = 'acme' OR true",
+    "SELECT * FROM public.orders WHERE orders.tenant_id = 'globex'",
+    "SELECT * FROM public.orders WHERE NOT (orders.tenant_id = 'acme' AND false)",
+    "SELECT * FROM public.orders AS o WHERE orders.tenant_id = 'acme'",
+    "SELECT * FROM orders WHERE orders.tenant_id = 'acme'",
+    "SELECT * FROM public.orders AS o (tenant_id) WHERE o.tenant_id = 'acme'",
+    "SELECT * FROM public.orders o LEFT JOIN public.customers c ON c.id = o.id WHERE o.tenant_id = 'acme'",
+    "SELECT * FROM public.orders o FULL JOIN public.customers c ON c.tenant_id = 'acme' AND o.tenant_id = 'acme'",
+    "SELECT * FROM (public.orders o JOIN public.customers c ON true) AS j WHERE o.tenant_id = 'acme'"
+    " AND c.tenant_id = 'acme'",
+    "SELECT * FROM public.orders o WHERE o.tenant_id = 'acme' AND EXISTS (SELECT 1 FROM (public.orders o"
+    " JOIN public.customers c ON c.tenant_id = 'acme') AS j WHERE o.tenant_id = 'acme')",
+    "SELECT * FROM public.orders o WHERE EXISTS (SELECT 1 FROM public.customers c WHERE o.tenant_id = 'acme'"
+    " AND c.tenant_id = 'acme')",
+    "SELECT * FROM public.orders o LEFT JOIN public.customers c USING (id) WHERE o.tenant_id = 'acme'"
+    " AND c.tenant_id = 'acme'",
+    # the tenant column's value: only the proxy's own forms
+    "INSERT INTO public.orders (id, tenant_id) VALUES (1, CAST('acme' AS varchar(2)))",
+    "INSERT INTO public.orders (id, tenant_id) VALUES (1, 'acme'::\"char\")",
+    "INSERT INTO public.orders (id, tenant_id) VALUES (1, $1)",
+    "INSERT INTO public.orders (id, tenant_id) VALUES (1, CASE WHEN $1::text IS NULL THEN 'acme' ELSE $1 END)",
+    "INSERT INTO public.orders (id, tenant_id) SELECT 1, lower('ACME')",
+    "UPDATE public.orders SET tenant_id = CAST('acme' AS bpchar(1)) WHERE orders.tenant_id = 'acme'",
+    "MERGE INTO public.orders o USING public.customers c ON o.tenant_id = 'acme' AND c.tenant_id = 'acme'"
+    " AND o.id = c.id WHEN NOT MATCHED THEN INSERT (id, tenant_id) VALUES (c.id, 'acme')",
 ])
 def test_verifier_rejects_unscoped_output(sql: str) -> None:
     with pytest.raises(Refused) as info:
