@@ -163,8 +163,8 @@ def test_sql_execute_of_a_bound_statement_cannot_change_the_tenant(env: Env) -> 
     EXECUTE with another argument from SQL is refused or still stores 'acme'."""
     with env.tenant() as alice:
         alice.execute("INSERT INTO widgets (tenant_id, id) VALUES (%s, %s)", ("acme", 400), prepare=True)
-        names = [n for (n,) in alice.execute("SELECT name FROM pg_prepared_statements").fetchall()]
-        for name in names:
+        # pg_prepared_statements is denied to tenants: try the names psycopg gives its statements
+        for name in (f"_pg3_{i}" for i in range(4)):
             with contextlib.suppress(psycopg.Error):
                 alice.execute(f'EXECUTE "{name}"(\'globex\', 401)')
     with env.admin() as admin:
