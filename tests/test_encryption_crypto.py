@@ -135,6 +135,7 @@ def test_extended_protocol_parse_describe_bind_execute(ring: Keyring) -> None:
     assert sent == Parse("s1", parse.sql, (17, 25, 17))  # encrypted parameters are bytea for the backend
     assert client(crypto, Describe("S", "s1")) is None
     assert client(crypto, Sync()) is None
+    assert backend(crypto, codec.Simple(b"1")) is None  # ParseComplete: the record holds from here on
     described = backend(crypto, ParameterDescription((17, 25, 17)))
     assert decoded(described) == ParameterDescription((25, 25, 23))  # type: ignore[arg-type]
     rows = decoded(backend(crypto, RowDescription((field("ssn"), field("age"), field("name")))))  # type: ignore[arg-type]
