@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 from collections import deque
 from dataclasses import dataclass
 
@@ -155,14 +156,19 @@ class BackendPool:
         self.idle.clear()
 
 
+# Backend names are not computable from a statement's text outside this process: a tenant who
+# knows another's SQL still cannot name its statement (SQL EXECUTE tg_... is refused besides).
+_NAME_SALT = secrets.token_bytes(16)
+
+
 def backend_name(sql: str, param_types: tuple[int, ...]) -> str:
-    """The name a prepared statement gets on pooled backends: the same text and parameter
-    types give the same name, so sessions share it and nobody's name can collide with it.
+    """The name a prepared statement gets on backends: the same text and parameter types give the
+    same name in this process, so pooled sessions share it and nobody's name can collide with it.
 
     >>> backend_name("SELECT 1", ()) == backend_name("SELECT 1", ()) != backend_name("SELECT 1", (23,))
     True
     """
-    digest = hashlib.sha256(repr((sql, param_types)).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(_NAME_SALT + repr((sql, param_types)).encode()).hexdigest()[:24]
     return f"tg_{digest}"
 
 

@@ -1,5 +1,8 @@
 """Issue 12 families 3-5: protocol-level prepared statements through the real proxy.
 
+Needs engineer R2's half for one assertion (SQL-level EXECUTE of the proxy's ``tg_`` names refused,
+pg_prepared_statements denied): marked with an xfail until that branch is merged.
+
 Every attack runs in session and transaction pooling (a pool of ONE backend, so tenants share it),
 with the proxy's RLS policies installed and without them (the proxy alone must hold):
 
@@ -24,6 +27,7 @@ import pytest
 from tenantgate.proxy import codec
 from tenantgate.proxy.codec import Bind, Close, Describe, Execute, Parse, Sync
 from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.rewriter import Policy, Refused, Rewriter
 
 from .harness import USERS, Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
 
@@ -134,25 +138,35 @@ def test_a_name_the_session_did_not_prepare_does_not_exist(setup: Setup, name: s
         bob.close()
 
 
-def test_backend_name_of_another_session_is_out_of_reach(setup: Setup) -> None:
-    """The proxy-owned name of bob's statement (content-addressed, so computable) means nothing to alice."""
-    from tenantgate.proxy.pool import backend_name
-    from tenantgate.rewriter import Policy, Rewriter
+def sql_refuses_proxy_names() -> bool:
+    """Whether the rewriter refuses SQL-level EXECUTE of the proxy's names (engineer R2's half)."""
+    try:
+        Rewriter(Policy(scoped={})).plan("EXECUTE tg_0123(1)", "acme")
+    except Refused:
+        return True
+    return False
 
+
+def test_backend_name_of_another_session_is_out_of_reach(setup: Setup) -> None:
+    """The backend name of bob's statement, even when alice learns it, means nothing to her."""
     proxy, _backend, _mode = setup
-    sql = "SELECT id, note FROM orders WHERE id = $1::int"
-    plan = Rewriter(Policy(scoped={("public", "orders"): "tenant_id"})).plan(sql, "globex", extended=True)
-    foreign = backend_name(plan.sql, ())
     bob, alice = login(proxy, "bob"), login(proxy, "alice")
     try:
-        assert not errors(run(bob, Parse("b1", sql)))
+        assert not errors(run(bob, Parse("b1", "SELECT id, note FROM orders WHERE id = $1::int")))
+        listed = bob.query("SELECT name FROM pg_prepared_statements")  # refused for tenants once R2 is merged
+        names = [m.values[0].decode() for m in listed if isinstance(m, codec.DataRow) and m.values[0]]
+        assert not any(n == "b1" for n in names)  # the client's name is not the backend's
+        foreign = next((n for n in names if n.startswith("tg_")), "tg_" + "0" * 24)
         assert sqlstates(run(alice, Bind("", foreign, (), (b"1",)), Execute(""))) == ["26000"]
         assert sqlstates(run(alice, Describe("S", foreign))) == ["26000"]
-        assert sqlstates(alice.query(f"EXECUTE {foreign}(1)"))  # refused, or does not exist on alice's side
         closed = run(alice, Close("S", foreign), Close("S", "b1"))
         assert not errors(closed) and sum(1 for m in closed if m == codec.Simple(b"3")) == 2
         mine = run(bob, Bind("", "b1", (), (b"1",)), Execute(""))
         assert [m.values for m in mine if isinstance(m, codec.DataRow)] == [(b"1", b"g1")], mine
+        if not sql_refuses_proxy_names():
+            pytest.xfail("SQL-level EXECUTE of tg_ names is refused by the rewriter (engineer R2's branch)")
+        out = alice.query(f"EXECUTE {foreign}(1)")
+        assert sqlstates(out) and not [m for m in out if isinstance(m, codec.DataRow)], out
     finally:
         alice.close()
         bob.close()
@@ -175,14 +189,17 @@ def test_close_of_an_unknown_name_is_a_harmless_close_complete(setup: Setup) -> 
 
 # ---------------------------------------------------------------- family 4: only what the backend acknowledged
 
-BOOM = Parse("boom", "SELEC nonsense(")  # fails: the rest of its Sync cycle is skipped
+BOOM = Parse("boom", "SELECT no_such_column FROM orders")  # the backend rejects it: the rest of its cycle is skipped
+BAD = "SELECT no_such_column, $1::text, $2::int FROM orders"  # parses in the proxy, fails on the backend
 REJECTED = [
     pytest.param("s", [Parse("s", "SELECT $1::text, $2::int")], True, id="named-same-name-other-sql"),  # 42P05
-    pytest.param("s", [Parse("s", "SELEC nonsense(")], True, id="named-syntax-error"),
+    pytest.param("s", [Parse("s", BAD)], True, id="named-backend-error"),
+    pytest.param("s", [Parse("s", "SELEC nonsense(")], True, id="named-refused-by-proxy"),
     pytest.param("s", [BOOM, Parse("s", "SELECT $1::text, $2::int")], True, id="named-skipped-after-error"),
     pytest.param("", [BOOM, Parse("", "SELECT $1::text, $2::int")], True, id="unnamed-skipped-after-error"),
+    pytest.param("", [Parse("", "SELEC nonsense(")], True, id="unnamed-refused-by-proxy"),  # never reaches it
     # PostgreSQL drops the unnamed statement before parsing the new one: nothing runs afterwards
-    pytest.param("", [Parse("", "SELEC nonsense(")], False, id="unnamed-syntax-error"),
+    pytest.param("", [Parse("", BAD)], False, id="unnamed-backend-error"),
 ]
 
 
