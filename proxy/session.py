@@ -138,6 +138,7 @@ class Session:
         self._proxy_time = 0.0  # this busy period's time spent in the proxy (overhead histogram)
         self._portal = ("unknown", "allowed")  # what the next Execute runs
         self._bound: dict[bytes, Prepared | None] = {}  # portal -> its statement (transaction pooling)
+        self._kinds: dict[str, str] = {}  # trusted sessions: statement name -> kind (metrics)
         self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
         self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
@@ -444,8 +445,6 @@ class Session:
                     continue
                 replacement = buf[start:end]
             else:
-                if crypto is not None and mtype in (_DESCRIBE, _CLOSE) and self._named is None:
-                    crypto.on_client_message(mtype, codec.decode_frontend(mtype, buf[start + 5 : end]))
                 if mtype in _EXTENDED:
                     self._unsynced = True
                 if mtype not in special:
@@ -579,11 +578,11 @@ class Session:
                 rewritten, kinds = plan.sql, plan.kinds
                 sql = self._redacted
                 changes = self._setting_changes(plan)
+                if self.pool is not None:
+                    self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
+                    self._settings_sent(changes, self.cycles_sent)
                 for kind in kinds or (first_word(sql),):
                     self.metrics.statement(self.tenant, kind, "allowed")
-                if self.pool is not None:
-                    self._track_state(plan, changes)
-                    self._settings_sent(changes, self.cycles_sent)
                 if audit is not None:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
                 return None if rewritten == sql else Query(rewritten).encode()
@@ -665,6 +664,7 @@ class Session:
             except Refused as exc:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
         if named is None:
+            self._kinds[msg.name] = kind
             return data
         assert self.backend is not None
         resets = self._tracked is not None and self._tracked.resets_base(changes)
@@ -674,8 +674,12 @@ class Session:
     def _bind(self, body: bytes) -> bytes | None:
         """A client's Bind: checked against the statement the backend will run, under its backend name."""
         named = self._named
-        if named is None:  # a trusted session relays its own names
-            self._portal = ("unknown", "allowed")
+        if named is None:  # a trusted session relays its own names (SQL and protocol level share them)
+            self._portal = (self._kinds.get(codec.bind_statement(body), "unknown"), "allowed")
+            if self.audit is not None:
+                bind = codec.decode_frontend(_B, body)
+                assert isinstance(bind, Bind)
+                self.audit.bind(bind)
             return None
         name = codec.bind_statement(body)
         statement, pending = named.lookup(name)
