@@ -12,6 +12,14 @@ Sync as it would for any error, and the proxy swaps the backend's syntax error f
 its own ErrorResponse (SQLSTATE 42501 and the reason). Nothing of the refused
 statement reaches the backend, ordering is preserved in pipelines, and the
 transaction status the client sees is the one PostgreSQL really has.
+
+A tenant's protocol-level statements live on backends only under proxy-owned names
+(:class:`.pool.PreparedStatements`, both pool modes), and what the proxy knows of them
+follows the backend's acknowledgements; a transaction-pooled session's setting changes
+follow it from backend to backend (:mod:`.tracked`) or pin it.
+
+(Long module: the relay loops and the per-message decisions share one session's state
+and its hot path; the pieces without I/O live in pool.py, tracked.py and crypto.py.)
 """
 
 from __future__ import annotations
