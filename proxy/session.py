@@ -696,6 +696,8 @@ class Session:
             self._portal = (refused[1], "refused")
         else:
             self._portal = (statement.kind if statement is not None else "unknown", "allowed")
+        if self._tracked is not None:
+            self._bound[body.partition(b"\x00")[0]] = statement
         if statement is None and name:
             return codec.rename_bind(body, self._missing(name))
         frame = codec.rename_bind(body, statement.bname) if statement is not None and statement.bname != name else None
@@ -716,8 +718,6 @@ class Session:
                     assert isinstance(bind, Bind)
             if audit is not None:
                 audit.bind(bind)
-        if self._tracked is not None:
-            self._bound[body.partition(b"\x00")[0]] = statement
         prefix = self._prepare_for(name, statement, pending) if statement is not None else b""
         if not prefix and frame is None:
             return None

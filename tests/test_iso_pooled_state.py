@@ -189,14 +189,18 @@ def test_setting_changes_never_reach_the_next_tenant(one: ProxyProcess, sql: str
              "current_setting('default_transaction_read_only'), current_setting('application_name')")
     with psycopg.connect(one.dsn("bob"), autocommit=True) as bob:
         fresh = bob.execute(probe).fetchone()
+    pins = bool(Rewriter(Policy(scoped={})).plan(sql, "acme").pins)  # the rewriter may pin instead of tracking
     with psycopg.connect(one.dsn("alice"), autocommit=True) as alice:
         before = alice.execute(probe).fetchone()
         alice.execute(sql)
         mine = alice.execute(probe).fetchone()
         assert mine != before  # the change holds for alice ...
-        with psycopg.connect(one.dsn("bob"), autocommit=True) as bob:  # ... and bob gets the one backend next
-            assert bob.execute(probe).fetchone() == fresh
-        assert alice.execute(probe).fetchone() == mine  # ... back on alice's side after the hand-over
+        if not pins:
+            with psycopg.connect(one.dsn("bob"), autocommit=True) as bob:  # ... bob gets the one backend next
+                assert bob.execute(probe).fetchone() == fresh
+            assert alice.execute(probe).fetchone() == mine  # ... and it is alice's again after the hand-over
+    with psycopg.connect(one.dsn("bob"), autocommit=True) as bob:
+        assert bob.execute(probe).fetchone() == fresh
 
 
 @needs_r2
