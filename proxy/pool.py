@@ -227,6 +227,7 @@ class PreparedStatements:
         """The bytes that prepare the client's statement (the caller refused a duplicate name)."""
         if not name:
             self.sent.append(_Sent(cycle, False, name, statement, crypto=True))
+            backend.unnamed = statement
             return statement.parse
         # the same text may be prepared there already (another session's, or a DEALLOCATE ALL
         # that failed): replace it rather than fail
@@ -244,10 +245,15 @@ class PreparedStatements:
         self._assume(backend, statement.bname, cycle)
         return Close("S", statement.bname).encode() + statement.parse
 
-    def reparse_unnamed(self, statement: Prepared, cycle: int) -> bytes:
-        """The unnamed statement again, for a Bind in a later cycle than its Parse: if that Parse
-        fails or is skipped, this Bind must not run an older unnamed statement checked as this one."""
+    def unnamed(self, backend: Backend, statement: Prepared, pending: int | None, cycle: int) -> bytes:
+        """What to send before a Bind or Describe of the unnamed statement so that the backend runs
+        exactly ``statement``: its Parse again when the backend's unnamed statement is another
+        session's (pooled backends keep it across hand-overs) or when its own Parse is still in flight
+        in an earlier cycle, which may fail or be skipped and leave an older one there."""
+        if backend.unnamed is statement and (pending is None or pending >= cycle):
+            return b""
         self.sent.append(_Sent(cycle, True, "", statement, crypto=True))
+        backend.unnamed = statement
         return statement.parse
 
     def close(self, backend: Backend, name: str, cycle: int) -> str | None:
@@ -257,7 +263,16 @@ class PreparedStatements:
         if statement is None:
             return None
         backend.prepared.discard(statement.bname)  # re-prepared if another name needs it
+        if not name:
+            backend.unnamed = None
         return statement.bname
+
+    def query_sent(self, backend: Backend, *, by_client: bool) -> None:
+        """A simple Query went to the backend: PostgreSQL drops the unnamed statement then (the
+        client's too, when the Query is the client's; re-prepared on demand when it is the proxy's)."""
+        backend.unnamed = None
+        if by_client:
+            self.names.pop("", None)
 
     def sent_other(self, cycle: int) -> None:
         """A Parse or Close whose answer the client gets and that changes no name here."""
@@ -296,4 +311,5 @@ class PreparedStatements:
         """DEALLOCATE ALL / DISCARD ALL succeeded: every statement on the backend is gone, this
         session's names too (as in PostgreSQL); other sessions re-prepare theirs on demand."""
         backend.prepared.clear()
+        backend.unnamed = None
         self.names.clear()

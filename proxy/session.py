@@ -361,6 +361,8 @@ class Session:
         it may fail, in a transaction the client's statement aborted (see _swallowed_error)."""
         self.cycles_sent += 1
         self._swallow.add(self.cycles_sent)
+        if self._named is not None and self.backend is not None:
+            self._named.query_sent(self.backend, by_client=False)
         if tolerant:
             self._swallow_failing.add(self.cycles_sent)
         return Query(sql).encode()
@@ -589,6 +591,8 @@ class Session:
                 if self.pool is not None:
                     self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
                     self._settings_sent(changes, self.cycles_sent)
+                if self._named is not None and self.backend is not None:
+                    self._named.query_sent(self.backend, by_client=True)
                 for kind in kinds or (first_word(sql),):
                     self.metrics.statement(self.tenant, kind, "allowed")
                 if audit is not None:
@@ -698,7 +702,7 @@ class Session:
             self._portal = (statement.kind if statement is not None else "unknown", "allowed")
         if self._tracked is not None:
             self._bound[body.partition(b"\x00")[0]] = statement
-        if statement is None and name:
+        if statement is None:  # the unnamed one too: a pooled backend may hold another session's
             return codec.rename_bind(body, self._missing(name))
         frame = codec.rename_bind(body, statement.bname) if statement is not None and statement.bname != name else None
         crypto, audit = self.crypto, self.audit
@@ -730,17 +734,16 @@ class Session:
         cycle = self.cycles_sent + 1
         if name:
             return named.prepare(backend, statement, cycle)
-        if pending is not None and pending < cycle:
-            # its Parse is in an earlier cycle, which may fail and leave an older unnamed statement
-            if self.crypto is not None:
-                self.crypto.parse_again("")
-            return named.reparse_unnamed(statement, cycle)
-        return b""
+        prefix = named.unnamed(backend, statement, pending, cycle)
+        if prefix and self.crypto is not None:
+            self.crypto.parse_again("")
+        return prefix
 
     def _missing(self, name: str) -> str:
         """A statement name no backend has; its "does not exist" error becomes PostgreSQL's for ``name``."""
         marker = "tenantgate_missing_" + secrets.token_hex(8)
-        err = codec.error("26000", f'prepared statement "{name}" does not exist')
+        what = f'prepared statement "{name}"' if name else "unnamed prepared statement"
+        err = codec.error("26000", f"{what} does not exist")
         self._refusals.append((marker.encode(), err, self.cycles_sent))
         return marker
 
@@ -762,12 +765,12 @@ class Session:
             close = codec.Close("S", "tenantgate_none_" + secrets.token_hex(8) if bname is None else bname)
             return None if close == msg else close.encode()
         statement, pending = named.lookup(msg.name)
-        if statement is None and msg.name:
+        if statement is None:
             describe = codec.Describe("S", self._missing(msg.name))
             prefix = b""
         else:
-            describe = codec.Describe("S", statement.bname if statement is not None else "")
-            prefix = self._prepare_for(msg.name, statement, pending) if statement is not None else b""
+            describe = codec.Describe("S", statement.bname)
+            prefix = self._prepare_for(msg.name, statement, pending)
         if crypto is not None:
             crypto.on_client_message(mtype, describe)
         return None if describe == msg and not prefix else prefix + describe.encode()

@@ -172,6 +172,38 @@ def test_backend_name_of_another_session_is_out_of_reach(setup: Setup) -> None:
         bob.close()
 
 
+@pytest.mark.parametrize("other", ["bob", "alice"], ids=["other-tenant", "same-tenant"])
+@pytest.mark.parametrize("alice_has_one", [False, True], ids=["never-parsed", "own-unnamed"])
+def test_the_unnamed_statement_left_on_a_backend_is_nobody_elses(setup: Setup, alice_has_one: bool,
+                                                                 other: str) -> None:
+    """PostgreSQL keeps the unnamed statement after Sync, and a pooled backend handed over without a
+    settings query in between (same settings) would still hold another session's."""
+    proxy, _backend, _mode = setup
+    alice, bob = login(proxy, "alice"), login(proxy, other)
+    note = b"g1" if other == "bob" else b"a1"
+    tenant = b"globex" if other == "bob" else b"acme"
+    try:
+        if alice_has_one:
+            assert not errors(run(alice, Parse("", "SELECT 'alice-own'")))
+        got = run(bob, Parse("", "SELECT tenant_id, note FROM orders WHERE id = 1"), Bind("", ""), Execute(""))
+        assert values_of(got) == [(tenant, note)]  # the other's unnamed statement stays on the backend
+        described = run(alice, Describe("S", ""))
+        out = run(alice, Bind("", ""), Execute(""))
+        if alice_has_one:
+            assert not errors(described) and values_of(out) == [(b"alice-own",)], out
+        else:
+            assert sqlstates(described) == ["26000"] and sqlstates(out) == ["26000"], out
+            assert errors(out)[0].message == "unnamed prepared statement does not exist"
+        assert values_of(run(bob, Bind("", ""), Execute(""))) == [(tenant, note)]  # the other's, again
+    finally:
+        alice.close()
+        bob.close()
+
+
+def values_of(messages: list[object]) -> list[tuple[bytes | None, ...]]:
+    return [m.values for m in messages if isinstance(m, codec.DataRow)]
+
+
 def test_close_of_an_unknown_name_is_a_harmless_close_complete(setup: Setup) -> None:
     proxy, _backend, _mode = setup
     alice = login(proxy, "alice")
@@ -198,8 +230,9 @@ REJECTED = [
     pytest.param("s", [BOOM, Parse("s", "SELECT $1::text, $2::int")], True, id="named-skipped-after-error"),
     pytest.param("", [BOOM, Parse("", "SELECT $1::text, $2::int")], True, id="unnamed-skipped-after-error"),
     pytest.param("", [Parse("", "SELEC nonsense(")], True, id="unnamed-refused-by-proxy"),  # never reaches it
-    # PostgreSQL drops the unnamed statement before parsing the new one: nothing runs afterwards
-    pytest.param("", [Parse("", BAD)], False, id="unnamed-backend-error"),
+    # PostgreSQL drops the unnamed statement before parsing the new one; the proxy cannot tell that
+    # Parse's own error from an earlier one, and prepares the old statement again (what was checked runs)
+    pytest.param("", [Parse("", BAD)], True, id="unnamed-backend-error"),
 ]
 
 
