@@ -373,6 +373,8 @@ class Session:
         self.cycles_sent += 1
         self._swallow.add(self.cycles_sent)
         self._swallow_failing.add(self.cycles_sent)
+        if self._named is not None:
+            self._named.query_sent(self.backend, by_client=False)
         self.backend.conn.write(Query("tenantgate_decryption_failed_" + secrets.token_hex(8)).encode())
 
     def _maybe_release(self) -> None:
@@ -577,6 +579,8 @@ class Session:
             if mtype == _Q:
                 self.cycles_sent += 1
                 self.statements += 1
+                if self._named is not None and self.backend is not None:  # whatever it is, even refused
+                    self._named.query_sent(self.backend, by_client=True)
                 if self.crypto is not None:  # one answer cycle, whatever is sent in its place
                     self.crypto.on_client_message(_Q, None)
                 msg = codec.decode_frontend(mtype, body)
@@ -591,8 +595,6 @@ class Session:
                 if self.pool is not None:
                     self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
                     self._settings_sent(changes, self.cycles_sent)
-                if self._named is not None and self.backend is not None:
-                    self._named.query_sent(self.backend, by_client=True)
                 for kind in kinds or (first_word(sql),):
                     self.metrics.statement(self.tenant, kind, "allowed")
                 if audit is not None:
