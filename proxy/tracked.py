@@ -114,7 +114,11 @@ class TrackedSettings:
         """SETs/RESETs that make ``backend`` carry exactly this session's settings."""
         desired = self.desired()
         applied = backend.applied
-        parts = [f"SET {k} TO {v}" for k, v in desired.items() if applied.get(k) != v]
+        parts = []
+        if backend.unknown_settings:  # start from the backend's defaults, then apply everything
+            backend.unknown_settings, applied = False, {}
+            parts.append("RESET ALL")
+        parts += [f"SET {k} TO {v}" for k, v in desired.items() if applied.get(k) != v]
         removed = [k for k in applied if k not in desired]
         parts += [f"RESET {k}" for k in removed]
         self._removed.update(removed)

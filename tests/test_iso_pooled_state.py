@@ -222,6 +222,19 @@ def test_a_set_follows_its_transaction(one: ProxyProcess, end: str) -> None:
         alice.close()
 
 
+@pytest.mark.parametrize("sql", ["SET LOCAL TimeZone = 'Asia/Tokyo'", "SET TimeZone = 'Asia/Tokyo'",
+                                 "SET LOCAL DateStyle = 'German'", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"])
+def test_a_set_inside_a_transaction_neither_pins_nor_leaks(one: ProxyProcess, sql: str) -> None:
+    probe = "SELECT current_setting('TimeZone'), current_setting('DateStyle')"
+    with psycopg.connect(one.dsn("bob"), autocommit=True) as bob:
+        fresh = bob.execute(probe).fetchone()
+    with psycopg.connect(one.dsn("alice"), autocommit=True) as alice:
+        with alice.transaction():
+            alice.execute(sql)
+        with psycopg.connect(one.dsn("bob"), autocommit=True) as bob:  # alice idle: not pinned, one backend
+            assert bob.execute(probe).fetchone() == fresh
+
+
 # ---------------------------------------------------------------- the generic pooled-state test
 
 # statements whose state the proxy follows instead of pinning (the "tracked" mix leaves them alone)
