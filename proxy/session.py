@@ -688,31 +688,30 @@ class Session:
     def _bind(self, body: bytes) -> bytes | None:
         """A client's Bind: checked against the statement the backend will run, under its backend name."""
         named = self._named
-        if named is None:  # a trusted session relays its own names (SQL and protocol level share them)
-            self._portal = (self._kinds.get(codec.bind_statement(body), "unknown"), "allowed")
-            if self.audit is not None:
-                bind = codec.decode_frontend(_B, body)
-                assert isinstance(bind, Bind)
-                self.audit.bind(bind)
-            return None
         name = codec.bind_statement(body)
-        statement, pending = named.lookup(name)
+        statement, pending = named.lookup(name) if named is not None else (None, None)
         refused = self._refused_parse
-        if refused is not None and refused[0] == name:
+        if refused is not None and refused[0] == name:  # the backend skips it: the refused Parse failed first
             self._portal = (refused[1], "refused")
         else:
-            self._portal = (statement.kind if statement is not None else "unknown", "allowed")
+            self._portal = (statement.kind if statement is not None else self._kinds.get(name, "unknown"), "allowed")
+        if named is None:  # a trusted session relays its own names (SQL and protocol level share them)
+            if self.audit is not None:
+                self._audit_bind(body)
+            return None
         if self._tracked is not None:
             self._bound[body.partition(b"\x00")[0]] = statement
         if statement is None:  # the unnamed one too: a pooled backend may hold another session's
-            return codec.rename_bind(body, self._missing(name))
-        frame = codec.rename_bind(body, statement.bname) if statement is not None and statement.bname != name else None
+            missing = codec.rename_bind(body, self._missing(name))
+            if self.audit is not None:
+                self._audit_bind(missing[5:])
+            return missing
+        frame = codec.rename_bind(body, statement.bname) if statement.bname != name else None
         crypto, audit = self.crypto, self.audit
-        if (statement is not None and statement.tenant_params) or audit is not None or crypto is not None:
+        if statement.tenant_params or audit is not None or crypto is not None:
             bind = codec.decode_frontend(_B, body if frame is None else frame[5:])
             assert isinstance(bind, Bind)
-            if statement is not None:
-                self._check_bind(bind, statement.tenant_params)
+            self._check_bind(bind, statement.tenant_params)
             if crypto is not None:
                 try:
                     sealed = crypto.on_client_message(_B, bind)
@@ -724,10 +723,16 @@ class Session:
                     assert isinstance(bind, Bind)
             if audit is not None:
                 audit.bind(bind)
-        prefix = self._prepare_for(name, statement, pending) if statement is not None else b""
+        prefix = self._prepare_for(name, statement, pending)
         if not prefix and frame is None:
             return None
         return prefix + (codec.rename_bind(body, name) if frame is None else frame)
+
+    def _audit_bind(self, body: bytes) -> None:
+        assert self.audit is not None
+        bind = codec.decode_frontend(_B, body)
+        assert isinstance(bind, Bind)
+        self.audit.bind(bind)
 
     def _prepare_for(self, name: str, statement: Prepared, pending: int | None) -> bytes:
         """What goes before a Bind or Describe of ``statement`` so the backend runs exactly it."""
