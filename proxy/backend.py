@@ -75,7 +75,9 @@ class Backend:
     status: str = "I"
     # settings the proxy applied with SET since connect (transaction pooling hand-overs)
     applied: dict[str, str] = field(default_factory=dict)
-    prepared: set[str] = field(default_factory=set)  # pooled: content-addressed statements prepared here
+    unknown_settings: bool = False  # a setting the proxy could not name may differ: RESET ALL on hand-over
+    prepared: set[str] = field(default_factory=set)  # content-addressed statements prepared here
+    unnamed: object | None = None  # whose unnamed statement it holds (a pool.Prepared), if the proxy knows
     cancelled: bool = False  # a cancel was sent to it: never hand it to another client (it may land late)
 
     def __hash__(self) -> int:  # pooled backends live in sets

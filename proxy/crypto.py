@@ -17,7 +17,9 @@ Which RowDescription applies to which DataRows is tracked with a FIFO of what th
 for: a simple Query (each statement's own RowDescription), Describe of a statement or portal,
 Execute (rows use the portal's description, or its statement's with the Bind's result formats).
 An Execute of a portal nobody described gets a Describe injected in front of it, whose answer
-is dropped.
+is dropped. A Parse changes the record of its statement only on its ParseComplete: a Parse the
+backend rejected or skipped (an earlier error in its cycle) leaves the old record, as it leaves
+the old statement.
 
 A value that cannot be decrypted (tampered, copied from another tenant/table/column, key
 destroyed) becomes an ErrorResponse with the keyring's SQLSTATE (XX001 data_corrupted for damaged
@@ -60,7 +62,7 @@ from .codec import Bind, Describe, Execute, FieldDescription, Parse, ProtocolErr
 
 BYTEA_OID = 17
 _T, _PD, _D, _C, _E, _Z = ord("T"), ord("t"), ord("D"), ord("C"), ord("E"), ord("Z")
-_NODATA, _SUSPENDED, _EMPTY = ord("n"), ord("s"), ord("I")
+_NODATA, _SUSPENDED, _EMPTY, _PARSED = ord("n"), ord("s"), ord("I"), ord("1")
 _Q, _P, _B, _DESCRIBE, _EXECUTE, _S, _CLOSE = ord("Q"), ord("P"), ord("B"), ord("D"), ord("E"), ord("S"), ord("C")
 _INT2 = IntType("int2", 21, 2, "smallint")
 _FLOATS = {700: struct.Struct("!f"), 701: struct.Struct("!d")}
@@ -124,6 +126,10 @@ class SessionCrypto:
     _statements: dict[str, _Statement] = field(default_factory=dict)
     _portals: dict[str, _Portal] = field(default_factory=dict)
     _expect: deque[_Expect] = field(default_factory=deque)
+    # Parses sent and not yet acknowledged: (cycle, name, record), replacing the record on ParseComplete
+    _parses: deque[tuple[int, str, _Statement]] = field(default_factory=deque)
+    _cycles_sent: int = 0  # Sync/Query messages seen: each ends in one ReadyForQuery
+    _cycles_done: int = 0
     _rows: tuple[tuple[int, EncryptedColumn, int], ...] | None = None  # how to decrypt the rows now arriving
     _rows_of: _Expect | None = None  # the expectation _rows belongs to
     _dropping: bool = False
@@ -202,10 +208,27 @@ class SessionCrypto:
                              "0A000")
         return ctype.from_text(text, timezone=self.timezone())
 
+    def _statement(self, name: str) -> _Statement:
+        """What the backend runs under ``name``: the latest Parse sent, if the backend gets to it
+        (an error skips the rest of the cycle, Bind included), else the last one acknowledged."""
+        for _cycle, parsed, pending in reversed(self._parses):
+            if parsed == name:
+                return pending
+        statement = self._statements.get(name)
+        return _Statement() if statement is None else statement  # unknown: nothing of ours to encrypt
+
+    def parsed(self) -> None:
+        """The backend acknowledged (ParseComplete) the oldest Parse this session was told of."""
+        if self._parses:
+            _cycle, name, statement = self._parses.popleft()
+            self._statements[name] = statement
+
+    def parse_again(self, name: str) -> None:
+        """The proxy sends the statement ``name`` is about to be again (same text, same record)."""
+        self._parses.append((self._cycles_sent + 1, name, self._statement(name)))
+
     def _bind(self, bind: Bind) -> bytes | None:
-        statement = self._statements.get(bind.statement)
-        if statement is None:  # prepared with SQL PREPARE, or unknown: nothing of ours to encrypt
-            statement = self._statements[bind.statement] = _Statement()
+        statement = self._statement(bind.statement)
         self._portals[bind.portal] = _Portal(statement, bind.result_formats)
         if not statement.params:
             return None
@@ -224,28 +247,37 @@ class SessionCrypto:
             values[index] = ciphertext if fmt == 1 else b"\\x" + ciphertext.hex().encode()
         return Bind(bind.portal, bind.statement, bind.param_formats, tuple(values), bind.result_formats).encode()
 
-    def _parse(self, msg: Parse, encrypt_params: tuple[tuple[int, str, str, str], ...]) -> bytes | None:
-        types = list(msg.param_types)
+    def sealed_types(
+        self, types: tuple[int, ...], encrypt_params: tuple[tuple[int, str, str, str], ...]
+    ) -> tuple[tuple[int, ...], tuple[tuple[int, EncryptedColumn, int], ...]]:
+        """(the parameter types the backend is told: bytea for encrypted ones, those parameters)."""
+        sealed = list(types)
         params = []
         for number, table, column, _type in encrypt_params:
             col = self._column(table, column)
             index = number - 1
-            if index >= len(types):
-                types += [0] * (index + 1 - len(types))
-            params.append((index, col, types[index]))
-            types[index] = BYTEA_OID
-        self._statements[msg.name] = _Statement(tuple(params))
+            if index >= len(sealed):
+                sealed += [0] * (index + 1 - len(sealed))
+            params.append((index, col, sealed[index]))
+            sealed[index] = BYTEA_OID
+        return tuple(sealed), tuple(params)
+
+    def _parse(self, msg: Parse, encrypt_params: tuple[tuple[int, str, str, str], ...]) -> bytes | None:
+        types, params = self.sealed_types(msg.param_types, encrypt_params)
+        # the statement's record changes only once the backend acknowledges the Parse (ParseComplete)
+        self._parses.append((self._cycles_sent + 1, msg.name, _Statement(params)))
         if not params:
             return None
-        return Parse(msg.name, msg.sql, tuple(types)).encode()
+        return Parse(msg.name, msg.sql, types).encode()
 
     # ------------------------------------------------------------------ client -> backend
 
     def on_client_message(
         self, mtype: int, msg: object, encrypt_params: tuple[tuple[int, str, str, str], ...] = ()
     ) -> bytes | None:
-        """Note a message going to the backend (P B D E S Q C, exactly as sent, proxy-injected
-        ones included); return bytes to send instead of it, or None to send it as is.
+        """Note a message going to the backend (P B D E S Q C, under the names the backend sees;
+        the proxy's own re-prepares excluded; their ParseComplete answers must not reach here);
+        return bytes to send instead of it, or None to send it as is.
 
         ``encrypt_params`` (Parse only): the plan's. Raises Refused when a Bind value cannot be
         encrypted (refuse the Bind then).
@@ -262,7 +294,7 @@ class SessionCrypto:
         if mtype == _DESCRIBE:
             assert isinstance(msg, Describe)
             if msg.kind == "S":
-                statement = self._statements.setdefault(msg.name, _Statement())
+                statement = self._statement(msg.name)
                 statement.described = True
                 self._expect.append(_Expect(_DESCRIBE, statement=statement))
             else:
@@ -272,12 +304,13 @@ class SessionCrypto:
                 portal.described = True
                 self._expect.append(_Expect(_DESCRIBE, portal=portal))
         elif mtype in (_Q, _S):
+            self._cycles_sent += 1
             self._expect.append(_Expect(mtype))
         elif mtype == _CLOSE:
             assert isinstance(msg, codec.Close)
-            if msg.kind == "S":
-                self._statements.pop(msg.name, None)
-            else:
+            # a statement's record stays: a Bind of a closed name fails on the backend, and the
+            # content-addressed names of pooled sessions may be prepared again under the same name
+            if msg.kind == "P":
                 self._portals.pop(msg.name, None)
         return None
 
@@ -295,7 +328,7 @@ class SessionCrypto:
     # ------------------------------------------------------------------ backend -> client
 
     def on_backend_frame(self, mtype: int, body: bytes | memoryview) -> bytes | None:
-        """A backend message (T t D C E Z n s I) on its way to the client: None relays it, bytes
+        """A backend message (T t D C E Z n s I 1) on its way to the client: None relays it, bytes
         replace it (b"" drops it). Raises ProtocolError when the stream does not match what
         the client asked for (the session must end)."""
         if mtype == _D:
@@ -308,6 +341,9 @@ class SessionCrypto:
             return None if rows is None else self._decrypt_row(body, rows)
         if mtype == _Z:
             return self._ready(body)
+        if mtype == _PARSED:
+            self.parsed()
+            return None
         if self._dropping:
             return b""
         head = self._expect[0] if self._expect else None
@@ -333,11 +369,16 @@ class SessionCrypto:
             return None
         if mtype == _E:  # the backend skips the rest: of the Query, or up to the next Sync
             self._rows = None
+            failed = self._cycles_done + 1
+            self._parses = deque(p for p in self._parses if p[0] != failed)
             while self._expect and self._expect[0].kind not in (_Q, _S):
                 self._expect.popleft()
         return None
 
     def _ready(self, body: bytes | memoryview) -> bytes | None:
+        self._cycles_done += 1
+        while self._parses and self._parses[0][0] <= self._cycles_done:
+            self._parses.popleft()
         while self._expect:
             kind = self._expect.popleft().kind
             if kind in (_Q, _S):

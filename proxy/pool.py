@@ -6,9 +6,10 @@ settings (the tenant, search_path, the client's reported session parameters) are
 applied in one pipelined Query ahead of the client's own messages, and its answer is
 swallowed: no round trip, and no session state of one client survives into another
 client's transaction. Named prepared statements (protocol level) follow the session
-from backend to backend under content-addressed names (:class:`PreparedStatements`).
-What cannot be handed over safely (LISTEN, cursors, SQL PREPARE, session-level SET/RESET)
-pins the client to its backend for the rest of its session instead.
+from backend to backend under content-addressed names (:class:`PreparedStatements`), and the
+client's session-level setting changes are re-applied like its startup settings
+(:mod:`.tracked`). What cannot be handed over safely (LISTEN, cursors, SQL PREPARE, settings
+the rewriter cannot track) pins the client to its backend for the rest of its session instead.
 
 Waiting clients are served first come, first served; a client that waits longer than
 ``pool_timeout`` gets SQLSTATE 53300.
@@ -19,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 from collections import deque
+from dataclasses import dataclass
 
 from .backend import Backend, BackendTarget, connect
-from .codec import Close, Parse
+from .codec import Close
 
 log = logging.getLogger("tenantgate.pool")
 
@@ -153,83 +156,160 @@ class BackendPool:
         self.idle.clear()
 
 
+# Backend names are not computable from a statement's text outside this process: a tenant who
+# knows another's SQL still cannot name its statement (SQL EXECUTE tg_... is refused besides).
+_NAME_SALT = secrets.token_bytes(16)
+
+
 def backend_name(sql: str, param_types: tuple[int, ...]) -> str:
-    """The name a prepared statement gets on pooled backends: the same text and parameter
-    types give the same name, so sessions share it and nobody's name can collide with it.
+    """The name a prepared statement gets on backends: the same text and parameter types give the
+    same name in this process, so pooled sessions share it and nobody's name can collide with it.
 
     >>> backend_name("SELECT 1", ()) == backend_name("SELECT 1", ()) != backend_name("SELECT 1", (23,))
     True
     """
-    digest = hashlib.sha256(repr((sql, param_types)).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(_NAME_SALT + repr((sql, param_types)).encode()).hexdigest()[:24]
     return f"tg_{digest}"
 
 
-class PreparedStatements:
-    """Named prepared statements of one transaction-pooled session, on whichever backend it holds.
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What the proxy knows of one of the client's protocol-level prepared statements."""
 
-    The client's names map to content-addressed backend names. A statement is prepared on a
-    backend on demand (a Parse injected before the Bind or Describe that needs it); every
-    Parse and Close sent to the backend is remembered in order, so the ParseComplete and
-    CloseComplete answers of the proxy's own messages can be swallowed.
+    bname: str  # its name on backends: content-addressed, or "" for the unnamed statement
+    parse: bytes  # the Parse that prepares it on a backend (on demand: hand-over, DEALLOCATE ALL)
+    kind: str  # the statement kind (metrics)
+    tenant_params: tuple[int, ...] = ()  # $n whose Bind value must be the session's tenant
+    settings: tuple[tuple[str, str | None], ...] = ()  # session setting changes its Execute makes
+    resets: bool = False  # its Execute wipes the settings the proxy applied (RESET ALL, DISCARD ALL)
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A Parse or Close sent to the backend, waiting for its ParseComplete/CloseComplete."""
+
+    cycle: int
+    swallow: bool  # the proxy's own message: its answer goes to nobody
+    name: str | None = None  # the client's statement it creates or (``statement`` None) closes
+    statement: Prepared | None = None
+    crypto: bool = False  # field encryption was told of this Parse: its answer goes there too
+
+
+class PreparedStatements:
+    """Protocol-level prepared statements of one tenant session (both pool modes).
+
+    A named statement never lives on a backend under the client's name but under the
+    content-addressed name of :func:`backend_name`: SQL-level EXECUTE or DEALLOCATE cannot
+    reach it by the client's name, sessions sharing a pooled backend cannot collide, and it
+    is prepared on whichever backend the session holds, on demand (Close + Parse injected
+    before the Bind or Describe that needs it). A name this session did not prepare is
+    answered as PostgreSQL does (see the session), without reaching anybody's statement.
+
+    The view follows only what the backend acknowledged: a client's Parse or Close changes
+    ``names`` on its ParseComplete/CloseComplete; an error drops whatever of that cycle is still
+    in flight (the backend skipped it, up to Sync). Until then a lookup sees the pending change,
+    which is what the backend runs if it gets that far.
     """
 
     def __init__(self) -> None:
-        self.names: dict[str, tuple[str, bytes]] = {}  # client name -> (backend name, Parse bytes)
-        self.expect: deque[tuple[int, bool]] = deque()  # (cycle, swallow) per Parse/Close sent
+        self.names: dict[str, Prepared] = {}  # acknowledged: client name -> statement
+        self.sent: deque[_Sent] = deque()  # Parse/Close messages in flight, in order
         self.added: list[tuple[int, str]] = []  # (cycle, backend name) assumed prepared
 
-    def parse(self, backend: Backend, name: str, sql: str, types: tuple[int, ...], cycle: int) -> bytes:
-        """The bytes that prepare the client's named statement on ``backend``."""
-        bname = backend_name(sql, types)
-        parse = Parse(bname, sql, types).encode()
-        self.names[name] = (bname, parse)
-        # a statement of that name may be there already (same text, from another session): replace it
-        self.expect.append((cycle, True))
-        self.expect.append((cycle, False))
-        self._assume(backend, bname, cycle)
-        return Close("S", bname).encode() + parse
+    def lookup(self, name: str) -> tuple[Prepared | None, int | None]:
+        """(what a Bind of ``name`` would run, the cycle of its Parse if that is still in flight)."""
+        for sent in reversed(self.sent):
+            if sent.name == name:
+                return sent.statement, None if sent.statement is None else sent.cycle
+        return self.names.get(name), None
 
-    def unnamed_parse(self, cycle: int) -> None:
-        self.expect.append((cycle, False))
+    def parse(self, backend: Backend, name: str, statement: Prepared, cycle: int) -> bytes:
+        """The bytes that prepare the client's statement (the caller refused a duplicate name)."""
+        if not name:
+            self.sent.append(_Sent(cycle, False, name, statement, crypto=True))
+            backend.unnamed = statement
+            return statement.parse
+        # the same text may be prepared there already (another session's, or a DEALLOCATE ALL
+        # that failed): replace it rather than fail
+        self.sent.append(_Sent(cycle, True))
+        self.sent.append(_Sent(cycle, False, name, statement, crypto=True))
+        self._assume(backend, statement.bname, cycle)
+        return Close("S", statement.bname).encode() + statement.parse
 
-    def target(self, backend: Backend, name: str, cycle: int) -> tuple[str, bytes]:
-        """(backend name, bytes to send first) for a Bind or Describe of the client's statement."""
-        entry = self.names.get(name)
-        if entry is None:
-            return name, b""  # unknown: the backend answers "does not exist", as it should
-        bname, parse = entry
-        if bname in backend.prepared:
-            return bname, b""
-        self.expect.append((cycle, True))
-        self._assume(backend, bname, cycle)
-        return bname, parse
+    def prepare(self, backend: Backend, statement: Prepared, cycle: int) -> bytes:
+        """What to send before a Bind or Describe of ``statement`` so that the backend has it."""
+        if statement.bname in backend.prepared:
+            return b""
+        self.sent.append(_Sent(cycle, True))
+        self.sent.append(_Sent(cycle, True))
+        self._assume(backend, statement.bname, cycle)
+        return Close("S", statement.bname).encode() + statement.parse
 
-    def close(self, backend: Backend, name: str, cycle: int) -> str:
-        entry = self.names.pop(name, None)
-        self.expect.append((cycle, False))
-        if entry is None:
-            return name
-        backend.prepared.discard(entry[0])
-        return entry[0]
+    def unnamed(self, backend: Backend, statement: Prepared, pending: int | None, cycle: int) -> bytes:
+        """What to send before a Bind or Describe of the unnamed statement so that the backend runs
+        exactly ``statement``: its Parse again when the backend's unnamed statement is another
+        session's (pooled backends keep it across hand-overs) or when its own Parse is still in flight
+        in an earlier cycle, which may fail or be skipped and leave an older one there."""
+        if backend.unnamed is statement and (pending is None or pending >= cycle):
+            return b""
+        self.sent.append(_Sent(cycle, True, "", statement, crypto=True))
+        backend.unnamed = statement
+        return statement.parse
 
-    def close_portal(self, cycle: int) -> None:
-        self.expect.append((cycle, False))
+    def close(self, backend: Backend, name: str, cycle: int) -> str | None:
+        """The backend name a client's Close of ``name`` closes, or None: unknown, close nothing."""
+        statement, _ = self.lookup(name)
+        self.sent.append(_Sent(cycle, False, name, None))
+        if statement is None:
+            return None
+        backend.prepared.discard(statement.bname)  # re-prepared if another name needs it
+        if not name:
+            backend.unnamed = None
+        return statement.bname
+
+    def query_sent(self, backend: Backend, *, by_client: bool) -> None:
+        """A simple Query went to the backend: PostgreSQL drops the unnamed statement then (the
+        client's too, when the Query is the client's; re-prepared on demand when it is the proxy's)."""
+        backend.unnamed = None
+        if by_client:
+            self.names.pop("", None)
+
+    def sent_other(self, cycle: int) -> None:
+        """A Parse or Close whose answer the client gets and that changes no name here."""
+        self.sent.append(_Sent(cycle, False))
 
     def _assume(self, backend: Backend, bname: str, cycle: int) -> None:
         backend.prepared.add(bname)
         self.added.append((cycle, bname))
 
-    def answered(self) -> bool:
-        """A ParseComplete/CloseComplete arrived: True when it answers the proxy's own message."""
-        return self.expect.popleft()[1] if self.expect else False
+    def answered(self) -> tuple[bool, bool]:
+        """A ParseComplete/CloseComplete arrived: apply it. (Is it the answer to the proxy's own
+        message, was field encryption told of that Parse)."""
+        if not self.sent:
+            return False, False
+        sent = self.sent.popleft()
+        if sent.name is not None:
+            if sent.statement is None:
+                self.names.pop(sent.name, None)
+            else:
+                self.names[sent.name] = sent.statement
+        return sent.swallow, sent.crypto
 
     def failed(self, backend: Backend, cycle: int) -> None:
-        """An error in this cycle: the backend skipped the rest, so assume nothing it was sent."""
+        """An error in this cycle: the backend skipped the rest of it, so assume none of it happened."""
         for c, bname in self.added:
             if c >= cycle:
                 backend.prepared.discard(bname)
+        self.sent = deque(s for s in self.sent if s.cycle != cycle)
 
     def cycle_done(self, cycle: int) -> None:
-        while self.expect and self.expect[0][0] <= cycle:
-            self.expect.popleft()
+        while self.sent and self.sent[0].cycle <= cycle:
+            self.sent.popleft()
         self.added = [(c, b) for c, b in self.added if c > cycle]
+
+    def forget_all(self, backend: Backend) -> None:
+        """DEALLOCATE ALL / DISCARD ALL succeeded: every statement on the backend is gone, this
+        session's names too (as in PostgreSQL); other sessions re-prepare theirs on demand."""
+        backend.prepared.clear()
+        backend.unnamed = None
+        self.names.clear()

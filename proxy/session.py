@@ -12,6 +12,14 @@ Sync as it would for any error, and the proxy swaps the backend's syntax error f
 its own ErrorResponse (SQLSTATE 42501 and the reason). Nothing of the refused
 statement reaches the backend, ordering is preserved in pipelines, and the
 transaction status the client sees is the one PostgreSQL really has.
+
+A tenant's protocol-level statements live on backends only under proxy-owned names
+(:class:`.pool.PreparedStatements`, both pool modes), and what the proxy knows of them
+follows the backend's acknowledgements; a transaction-pooled session's setting changes
+follow it from backend to backend (:mod:`.tracked`) or pin it.
+
+(Long module: the relay loops and the per-message decisions share one session's state
+and its hot path; the pieces without I/O live in pool.py, tracked.py and crypto.py.)
 """
 
 from __future__ import annotations
@@ -24,15 +32,16 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from tenantgate.rewriter import Refused, strip_channel
+from tenantgate.rewriter import Plan, Refused, strip_channel
 
 from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, Parse, Query
 from .limits import LimitExceeded, TenantLimiter
-from .pool import BackendPool, PoolTimeout, PreparedStatements
+from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
 from .roles import read_only_violation
+from .tracked import RESET_ALL, Change, TrackedSettings
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -46,16 +55,23 @@ _Q, _P, _B, _F, _S, _EX = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S"), ord(
 _Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
 _CC, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
 _DESCRIBE, _CLOSE, _PARSE_DONE, _CLOSE_DONE = ord("D"), ord("C"), ord("1"), ord("3")
+_ACKS = frozenset((_PARSE_DONE, _CLOSE_DONE))
 _TERMINATE = ord("X")
 _D, _COPY_DATA = ord("D"), ord("d")
 _STATEMENTS = frozenset((_Q, _EX))  # what the statement rate limit counts
 _CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F, _EX))
-_CLIENT_POOLED = _CLIENT_SPECIAL | {_DESCRIBE, _CLOSE}  # statement names are translated
+_CLIENT_NAMED = _CLIENT_SPECIAL | {_DESCRIBE, _CLOSE}  # tenant sessions: statement names are translated
 _EXTENDED = frozenset((_P, _B, _DESCRIBE, _EX, _CLOSE, ord("H")))  # answered only up to the next Sync
 # Statement kinds whose session state cannot be handed to another client's transaction.
-_PINNING_KINDS = frozenset(("prepare", "listen", "declare", "set", "reset", "ddl"))  # ddl: CREATE TEMP ...
-# ... and those that wipe the settings the proxy applied (re-applied right after them).
-_RESETTING_KINDS = frozenset(("reset_all", "discard_all", "discard", "reset"))
+_PINNING_KINDS = frozenset(("prepare", "listen", "declare", "ddl"))  # ddl: CREATE TEMP ...
+# A SET/RESET the plan reports no setting change for (none it could track): pinned, in doubt.
+_SETTING_KINDS = frozenset(("set", "reset"))
+# ... those that wipe the settings the proxy applied (re-applied right after them),
+_RESETTING_KINDS = frozenset(("reset_all", "discard_all"))
+# ... those that can undo setting changes of the open transaction in part,
+_PARTIAL_UNDO = frozenset(("rollback_to", "rollback", "commit", "begin", "savepoint", "release"))
+# ... and the completion tags of statements that drop every prepared statement of the backend.
+_DROP_ALL_TAGS = frozenset((b"DEALLOCATE ALL", b"DISCARD ALL"))
 _BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
 _CRYPTO_BACKEND = frozenset(b"TtDCEZnsI")  # what field encryption looks at on the way back
 
@@ -102,20 +118,23 @@ class Session:
         self.pinned = pool is None
         self.settings = settings or {}
         self._waiting: list[tuple[bytes, list[tuple[int, int, int]]]] = []
-        self._named = PreparedStatements() if pool is not None else None
-        self._special = _CLIENT_POOLED if pool is not None else _CLIENT_SPECIAL
+        # tenant sessions (and every pooled one): statements live on backends under proxy-owned names
+        self._named = PreparedStatements() if pool is not None or planner is not None else None
+        self._special = _CLIENT_NAMED if self._named is not None else _CLIENT_SPECIAL
+        self._tracked = TrackedSettings(self.settings) if pool is not None else None
+        self._cycle_failed = False  # an ErrorResponse in the cycle being answered
+        self._rolled_back = False  # ... a ROLLBACK completed in it
         self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
         self._swallow_failing: set[int] = set()  # ... of which these are meant to fail
         self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
         self.crypto = crypto  # field-level encryption of this tenant session, or None
         self._redacted = ""  # the last planned statement with its encrypted literals masked
         self._refreshing: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
-        self._reassert = False  # a RESET ALL / DISCARD ALL went by: apply the settings again
+        self._reassert = False  # a RESET ALL / DISCARD ALL was executed: apply the settings after the next Sync
         self._unsynced = False  # extended-protocol messages sent since the last Sync (backend is busy)
         self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
         self.cycles_done = 0
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
-        self._tenant_params: dict[str, tuple[int, ...]] = {}
         self.statements = 0
         self.refused = 0
         self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
@@ -125,8 +144,10 @@ class Session:
         self.audit = audit
         self.metrics = metrics
         self._proxy_time = 0.0  # this busy period's time spent in the proxy (overhead histogram)
-        self._kinds: dict[str, tuple[str, str]] = {}  # prepared statement -> (kind, decision)
         self._portal = ("unknown", "allowed")  # what the next Execute runs
+        self._bound: dict[bytes, Prepared | None] = {}  # portal -> its statement (transaction pooling)
+        self._kinds: dict[str, str] = {}  # trusted sessions: statement name -> kind (metrics)
+        self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
         self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
         self._throttled: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None  # waiting for rate tokens
@@ -267,7 +288,7 @@ class Session:
         assert self.pool is not None
         limiter = self.limiter
         if not self._waiting and (limiter is None or limiter.take_backend()):
-            backend = self.pool.take_idle(self.settings)  # the common case: a backend is free right now
+            backend = self.pool.take_idle(self._desired())  # the common case: a backend is free right now
             if backend is not None:
                 self._hand_over(backend)
                 self._relay_client(buf, frames)
@@ -291,7 +312,7 @@ class Session:
                 self._end(codec.error(exc.sqlstate, exc.message, severity="FATAL"))
                 return
         try:
-            backend = await self.pool.acquire(self.settings)
+            backend = await self.pool.acquire(self._desired())
         except (PoolTimeout, BackendError) as exc:
             if limiter is not None:
                 limiter.release_backend()
@@ -322,22 +343,28 @@ class Session:
         backend.conn.on_lost = self._backend_lost
         backend.conn.enter_relay(self.on_backend)
 
+    def _desired(self) -> dict[str, str]:
+        assert self._tracked is not None
+        return self._tracked.desired()
+
     def setup_sql(self, backend: Backend) -> str:
         """SETs that make a handed-over backend carry exactly this session's settings."""
-        applied = backend.applied
-        parts = [f"SET {k} = {quote_literal(v)}" for k, v in self.settings.items() if applied.get(k) != v]
-        parts += [f"RESET {k}" for k in applied if k not in self.settings]
-        backend.applied = dict(self.settings)
-        return "; ".join(parts)
+        assert self._tracked is not None
+        return self._tracked.setup_sql(backend)
 
     def _inject_setup(self, sql: str) -> None:
         assert self.backend is not None
         self.backend.conn.write(self._setup_bytes(sql))
 
-    def _setup_bytes(self, sql: str) -> bytes:
-        """A query whose answer the proxy swallows (counted as one cycle of its own)."""
+    def _setup_bytes(self, sql: str, *, tolerant: bool = False) -> bytes:
+        """A query whose answer the proxy swallows (counted as one cycle of its own). ``tolerant``:
+        it may fail, in a transaction the client's statement aborted (see _swallowed_error)."""
         self.cycles_sent += 1
         self._swallow.add(self.cycles_sent)
+        if self._named is not None and self.backend is not None:
+            self._named.query_sent(self.backend, by_client=False)
+        if tolerant:
+            self._swallow_failing.add(self.cycles_sent)
         return Query(sql).encode()
 
     def _inject_abort(self) -> None:
@@ -346,6 +373,8 @@ class Session:
         self.cycles_sent += 1
         self._swallow.add(self.cycles_sent)
         self._swallow_failing.add(self.cycles_sent)
+        if self._named is not None:
+            self._named.query_sent(self.backend, by_client=False)
         self.backend.conn.write(Query("tenantgate_decryption_failed_" + secrets.token_hex(8)).encode())
 
     def _maybe_release(self) -> None:
@@ -421,18 +450,26 @@ class Session:
             if mtype == _S:
                 self.cycles_sent += 1
                 self._unsynced = False
+                self._refused_parse = None
                 if crypto is not None:
                     crypto.on_client_message(mtype, None)
-                continue
-            if crypto is not None and mtype in (_DESCRIBE, _CLOSE):
-                crypto.on_client_message(mtype, codec.decode_frontend(mtype, buf[start + 5 : end]))
-            if mtype in _EXTENDED:
-                self._unsynced = True
-            if mtype not in special:
-                continue
-            replacement = self._client_message(mtype, buf, start, end)
-            if replacement is None:
-                continue
+                if not self._reassert:
+                    continue
+                replacement = buf[start:end]
+            else:
+                if mtype in _EXTENDED:
+                    self._unsynced = True
+                if mtype not in special:
+                    continue
+                changed = self._client_message(mtype, buf, start, end)
+                if changed is None and not (self._reassert and mtype == _Q):
+                    continue
+                replacement = buf[start:end] if changed is None else changed
+            if self._reassert and not self._unsynced:
+                # the client wiped the session's settings: apply them again before its next statement
+                self._reassert = False
+                assert self.backend is not None
+                replacement += self._setup_bytes(self.setup_sql(self.backend), tolerant=True)
             if out is None:
                 out = bytearray()
             out += buf[mark:start]
@@ -441,10 +478,6 @@ class Session:
         backend = self.backend
         assert backend is not None
         data = buf if out is None else bytes(out + buf[mark:])
-        if self._reassert:  # the client wiped the session's settings: apply all of them again
-            self._reassert = False
-            backend.applied = {}
-            data += self._setup_bytes(self.setup_sql(backend))
         self._over_rate = False
         if self._gated or (self.audit is not None and self.audit.intents):
             self._gate(data)  # strict audit: only once the write-ahead records are durable
@@ -546,6 +579,8 @@ class Session:
             if mtype == _Q:
                 self.cycles_sent += 1
                 self.statements += 1
+                if self._named is not None and self.backend is not None:  # whatever it is, even refused
+                    self._named.query_sent(self.backend, by_client=True)
                 if self.crypto is not None:  # one answer cycle, whatever is sent in its place
                     self.crypto.on_client_message(_Q, None)
                 msg = codec.decode_frontend(mtype, body)
@@ -553,12 +588,15 @@ class Session:
                 sql = msg.sql
                 self._check_rate()
                 self._check_audit()
-                rewritten, _params, kinds, _enc = self._plan(sql, extended=False)
+                plan = self._plan(sql, extended=False)
+                rewritten, kinds = plan.sql, plan.kinds
                 sql = self._redacted
+                changes = self._setting_changes(plan)
+                if self.pool is not None:
+                    self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
+                    self._settings_sent(changes, self.cycles_sent)
                 for kind in kinds or (first_word(sql),):
                     self.metrics.statement(self.tenant, kind, "allowed")
-                if self.pool is not None:
-                    self._track_state(kinds)
                 if audit is not None:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
                 return None if rewritten == sql else Query(rewritten).encode()
@@ -566,62 +604,11 @@ class Session:
                 msg = codec.decode_frontend(mtype, body)
                 assert isinstance(msg, Parse)
                 sql = msg.sql
-                self._kinds[msg.name] = (first_word(sql), "refused")  # until the plan succeeds
-                rewritten, tenant_params, kinds, encrypt_params = self._plan(sql, extended=True)
-                sql = self._redacted
-                self._kinds[msg.name] = (kinds[0] if kinds else first_word(sql), "allowed")
-                if self.pool is not None:
-                    self._track_state(kinds)
-                if tenant_params:
-                    self._tenant_params[msg.name] = tenant_params
-                else:
-                    self._tenant_params.pop(msg.name, None)
-                if audit is not None:
-                    audit.parse(msg.name, sql, rewritten, kinds[0] if kinds else first_word(sql))
-                parse = Parse(msg.name, rewritten, msg.param_types)
-                if self.crypto is not None:  # encrypted parameters are declared bytea to the backend
-                    try:
-                        sealed = self.crypto.on_client_message(_P, parse, encrypt_params)
-                    except Refused as exc:
-                        raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
-                    if sealed is not None:
-                        parse = codec.decode_frontend(_P, sealed[5:])  # type: ignore[assignment]
-                if self._named is not None:
-                    assert self.backend is not None
-                    if msg.name:
-                        return self._named.parse(
-                            self.backend, msg.name, parse.sql, parse.param_types, self.cycles_sent + 1
-                        )
-                    self._named.unnamed_parse(self.cycles_sent + 1)
-                return None if parse == msg else parse.encode()
+                return self._parse(msg)
             if mtype == _B:
-                if self._tenant_params or audit is not None or self.crypto is not None:
-                    bind = codec.decode_frontend(_B, body)
-                    assert isinstance(bind, Bind)
-                    self._portal = self._kinds.get(bind.statement, ("unknown", "allowed"))
-                    self._check_bind(bind)
-                    sealed = None
-                    if self.crypto is not None:
-                        try:
-                            sealed = self.crypto.on_client_message(_B, bind)
-                        except Refused as exc:
-                            raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
-                    if sealed is not None:  # the audit sees the ciphertext of encrypted values
-                        body = sealed[5:]
-                        bind = codec.decode_frontend(_B, body)  # type: ignore[assignment]
-                        assert isinstance(bind, Bind)
-                    if audit is not None:
-                        audit.bind(bind)
-                    if self._named is not None:
-                        return self._pooled_bind(body) or sealed
-                    return sealed
-                else:  # only the statement name: no need to decode the values
-                    self._portal = self._kinds.get(codec.bind_statement(body), ("unknown", "allowed"))
-                if self._named is not None:
-                    return self._pooled_bind(body)
-                return None
-            if mtype in (_DESCRIBE, _CLOSE):  # pooled sessions only: translate statement names
-                return self._pooled_describe_close(mtype, body)
+                return self._bind(body)
+            if mtype in (_DESCRIBE, _CLOSE):  # tenant and pooled sessions only: translate statement names
+                return self._describe_close(mtype, body)
             if mtype == _EX:
                 self.statements += 1
                 self._check_rate()
@@ -632,6 +619,8 @@ class Session:
                     audit.execute(msg.portal, self.cycles_sent + 1)
                 kind, decision = self._portal
                 self.metrics.statement(self.tenant, kind, decision)
+                if self._tracked is not None:
+                    self._execute_settings(body.partition(b"\x00")[0])
                 if self.crypto is not None:  # may describe the portal first, to know what to decrypt
                     return self.crypto.on_client_message(_EX, codec.decode_frontend(mtype, body))
                 return None
@@ -645,42 +634,217 @@ class Session:
                 self._portal = (self._portal[0], "refused")
             elif mtype == _EX:
                 self.metrics.statement(self.tenant, self._portal[0], "refused")
-            elif mtype != _P:  # a refused Parse is counted at its Execute
+            elif mtype == _P:  # counted at its Execute (the backend skips it: the Parse failed first)
+                self._refused_parse = (self._parse_name(body), first_word(sql))
+            else:
                 self.metrics.statement(self.tenant, first_word(sql) if mtype == _Q else "function_call", "refused")
             if audit is not None:
                 audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
             return self._inject(refusal, simple=mtype in (_Q, _F))
 
-    def _pooled_bind(self, body: bytes) -> bytes | None:
-        assert self._named is not None and self.backend is not None
-        name = codec.bind_statement(body)
-        if not name:
-            return None
-        bname, prefix = self._named.target(self.backend, name, self.cycles_sent + 1)
-        return prefix + codec.rename_bind(body, bname)
+    @staticmethod
+    def _parse_name(body: bytes) -> str:
+        return body.partition(b"\x00")[0].decode("utf-8", "replace")
 
-    def _pooled_describe_close(self, mtype: int, body: bytes) -> bytes | None:
-        assert self._named is not None and self.backend is not None
+    def _parse(self, msg: Parse) -> bytes | None:
+        """A client's Parse: planned, sealed, and (tenant sessions) prepared under its backend name."""
+        named = self._named
+        if named is not None and msg.name and named.lookup(msg.name)[0] is not None:
+            # PostgreSQL's answer; the content-addressed names would otherwise let it pass
+            raise Refusal("42P05", f'prepared statement "{msg.name}" already exists', "duplicate_statement")
+        plan = self._plan(msg.sql, extended=True)
+        sql = self._redacted
+        kind = plan.kinds[0] if plan.kinds else first_word(sql)
+        changes = self._setting_changes(plan)
+        if self.pool is not None:
+            self._track_state(plan, changes)
+        crypto = self.crypto
+        bname = msg.name
+        if named is not None and msg.name:
+            types = msg.param_types
+            if crypto is not None:  # encrypted parameters are declared bytea to the backend
+                try:
+                    types = crypto.sealed_types(types, plan.encrypt_params)[0]
+                except Refused as exc:
+                    raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+            bname = backend_name(plan.sql, types)
+        if self.audit is not None:
+            self.audit.parse(bname, sql, plan.sql, kind)
+        parse = Parse(bname, plan.sql, msg.param_types)
+        data = None if parse == msg else parse.encode()
+        if crypto is not None:
+            try:
+                data = crypto.on_client_message(_P, parse, plan.encrypt_params) or data
+            except Refused as exc:
+                raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+        if named is None:
+            self._kinds[msg.name] = kind
+            return data
+        assert self.backend is not None
+        resets = self._tracked is not None and self._tracked.resets_base(changes)
+        statement = Prepared(bname, data or parse.encode(), kind, plan.tenant_params, tuple(changes), resets)
+        return named.parse(self.backend, msg.name, statement, self.cycles_sent + 1)
+
+    def _bind(self, body: bytes) -> bytes | None:
+        """A client's Bind: checked against the statement the backend will run, under its backend name."""
+        named = self._named
+        name = codec.bind_statement(body)
+        statement, pending = named.lookup(name) if named is not None else (None, None)
+        refused = self._refused_parse
+        if refused is not None and refused[0] == name:  # the backend skips it: the refused Parse failed first
+            self._portal = (refused[1], "refused")
+        else:
+            self._portal = (statement.kind if statement is not None else self._kinds.get(name, "unknown"), "allowed")
+        if named is None:  # a trusted session relays its own names (SQL and protocol level share them)
+            if self.audit is not None:
+                self._audit_bind(body)
+            return None
+        if self._tracked is not None:
+            self._bound[body.partition(b"\x00")[0]] = statement
+        if statement is None:  # the unnamed one too: a pooled backend may hold another session's
+            missing = codec.rename_bind(body, self._missing(name))
+            if self.audit is not None:
+                self._audit_bind(missing[5:])
+            return missing
+        frame = codec.rename_bind(body, statement.bname) if statement.bname != name else None
+        crypto, audit = self.crypto, self.audit
+        if statement.tenant_params or audit is not None or crypto is not None:
+            bind = codec.decode_frontend(_B, body if frame is None else frame[5:])
+            assert isinstance(bind, Bind)
+            self._check_bind(bind, statement.tenant_params)
+            if crypto is not None:
+                try:
+                    sealed = crypto.on_client_message(_B, bind)
+                except Refused as exc:
+                    raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+                if sealed is not None:  # the audit sees the ciphertext of encrypted values
+                    frame = sealed
+                    bind = codec.decode_frontend(_B, sealed[5:])  # type: ignore[assignment]
+                    assert isinstance(bind, Bind)
+            if audit is not None:
+                audit.bind(bind)
+        prefix = self._prepare_for(name, statement, pending)
+        if not prefix and frame is None:
+            return None
+        return prefix + (codec.rename_bind(body, name) if frame is None else frame)
+
+    def _audit_bind(self, body: bytes) -> None:
+        assert self.audit is not None
+        bind = codec.decode_frontend(_B, body)
+        assert isinstance(bind, Bind)
+        self.audit.bind(bind)
+
+    def _prepare_for(self, name: str, statement: Prepared, pending: int | None) -> bytes:
+        """What goes before a Bind or Describe of ``statement`` so the backend runs exactly it."""
+        named, backend = self._named, self.backend
+        assert named is not None and backend is not None
+        cycle = self.cycles_sent + 1
+        if name:
+            return named.prepare(backend, statement, cycle)
+        prefix = named.unnamed(backend, statement, pending, cycle)
+        if prefix and self.crypto is not None:
+            self.crypto.parse_again("")
+        return prefix
+
+    def _missing(self, name: str) -> str:
+        """A statement name no backend has; its "does not exist" error becomes PostgreSQL's for ``name``."""
+        marker = "tenantgate_missing_" + secrets.token_hex(8)
+        what = f'prepared statement "{name}"' if name else "unnamed prepared statement"
+        err = codec.error("26000", f"{what} does not exist")
+        self._refusals.append((marker.encode(), err, self.cycles_sent))
+        return marker
+
+    def _describe_close(self, mtype: int, body: bytes) -> bytes | None:
+        named, backend, crypto = self._named, self.backend, self.crypto
+        assert named is not None and backend is not None
         msg = codec.decode_frontend(mtype, body)
         assert isinstance(msg, codec.Describe | codec.Close)
         cycle = self.cycles_sent + 1
-        if isinstance(msg, codec.Close):
-            if msg.kind == "P":
-                self._named.close_portal(cycle)
-                return None
-            return codec.Close("S", self._named.close(self.backend, msg.name, cycle)).encode()
-        if msg.kind == "P" or not msg.name:
+        if msg.kind == "P":  # portals live in one transaction, on the backend it holds: names as they are
+            if isinstance(msg, codec.Close):
+                named.sent_other(cycle)
+            if crypto is not None:
+                crypto.on_client_message(mtype, msg)
             return None
-        bname, prefix = self._named.target(self.backend, msg.name, cycle)
-        return prefix + codec.Describe("S", bname).encode()
+        if isinstance(msg, codec.Close):
+            # a name this session never prepared closes nothing, as in PostgreSQL (CloseComplete)
+            bname = named.close(backend, msg.name, cycle)
+            close = codec.Close("S", "tenantgate_none_" + secrets.token_hex(8) if bname is None else bname)
+            return None if close == msg else close.encode()
+        statement, pending = named.lookup(msg.name)
+        if statement is None:
+            describe = codec.Describe("S", self._missing(msg.name))
+            prefix = b""
+        else:
+            describe = codec.Describe("S", statement.bname)
+            prefix = self._prepare_for(msg.name, statement, pending)
+        if crypto is not None:
+            crypto.on_client_message(mtype, describe)
+        return None if describe == msg and not prefix else prefix + describe.encode()
 
-    def _track_state(self, kinds: tuple[str, ...]) -> None:
+    def _setting_changes(self, plan: Plan) -> list[Change]:
+        """The session-level setting changes of a plan, RESET ALL / DISCARD ALL included."""
+        changes: list[Change] = list(plan.settings)
+        if _RESETTING_KINDS.intersection(plan.kinds):
+            changes.append(RESET_ALL)
+        return changes
+
+    def _track_state(self, plan: Plan, changes: list[Change]) -> None:
         """Transaction mode: session state that must not reach another client pins this one."""
-        pinning = _PINNING_KINDS.intersection(kinds)
+        kinds = plan.kinds
+        pinning = set(_PINNING_KINDS.intersection(kinds)) | set(plan.pins)
+        if _SETTING_KINDS.intersection(kinds) and not (plan.settings or plan.pins):
+            # the plan lists session-level changes only: inside a transaction block this is SET LOCAL
+            # or SET TRANSACTION (the next client's hand-over starts from RESET ALL, to be sure);
+            # outside one, an empty list from a rewriter that lists nothing is in doubt
+            if self._in_transaction(kinds) and self.backend is not None:
+                self.backend.unknown_settings = True
+            else:
+                pinning.add("untracked SET/RESET")
+        if changes and _PARTIAL_UNDO.intersection(kinds):
+            pinning.add("settings changed beside transaction control")  # which of them stick is unclear
+        if "rollback_to" in kinds and self._tracked is not None and self._tracked.in_doubt:
+            pinning.add("ROLLBACK TO SAVEPOINT after setting changes")
         if pinning:
             self._pin(", ".join(sorted(pinning)))
-        if _RESETTING_KINDS.intersection(kinds):
+        if (
+            self._tracked is not None
+            and len(kinds) > 1
+            and self._tracked.resets_base(changes)
+            and kinds[-1] not in _RESETTING_KINDS | {"reset"}
+        ):
+            raise Refusal(
+                "0A000",
+                "RESET ALL, DISCARD ALL or RESET of a setting must be the last statement of a query through "
+                "tenantgate (the session's settings are re-applied right after it)",
+                "reset_not_last",
+            )
+
+    def _in_transaction(self, kinds: tuple[str, ...]) -> bool:
+        """Inside a transaction block as far as the proxy knows (SET LOCAL lasts only that long)."""
+        return self.status != "I" or "begin" in kinds
+
+    def _settings_sent(self, changes: list[Change], cycle: int) -> None:
+        """Statements changing these settings were sent in ``cycle``: the backend is dirty for them."""
+        tracked = self._tracked
+        if tracked is None or not changes:
+            return
+        tracked.change(changes, cycle, self.backend)
+        if tracked.resets_base(changes):
             self._reassert = True
+
+    def _execute_settings(self, portal: bytes) -> None:
+        """An Execute: the setting changes of the portal's statement happen now."""
+        if self._reassert:  # a resetting statement ran before in this batch: settings are re-applied at Sync
+            raise Refusal(
+                "0A000",
+                "after RESET ALL, DISCARD ALL or RESET of a setting, send Sync before the next Execute through "
+                "tenantgate (the session's settings are re-applied there)",
+                "reset_not_last",
+            )
+        statement = self._bound.get(portal)
+        if statement is not None and statement.settings:
+            self._settings_sent(list(statement.settings), self.cycles_sent + 1)
 
     def _check_rate(self) -> None:
         if self._over_rate:
@@ -698,15 +862,12 @@ class Session:
                 "58030", "the audit log cannot be written: statement refused (audit on_failure = refuse)", "audit"
             )
 
-    def _plan(
-        self, sql: str, *, extended: bool
-    ) -> tuple[str, tuple[int, ...], tuple[str, ...], tuple[tuple[int, str, str, str], ...]]:
-        """(text for the backend, $n that must carry the tenant, statement kinds, $n to encrypt)."""
+    def _plan(self, sql: str, *, extended: bool) -> Plan:
+        """The plan for the backend (the client's text unchanged when there is no planner)."""
         planner = self.planner
         self._redacted = sql
         if planner is None:
-            planned: tuple[str, tuple[int, ...], tuple[str, ...], tuple[tuple[int, str, str, str], ...]]
-            planned = (sql, (), (), ())
+            plan = Plan(sql, ())
         else:
             encrypt = self.crypto.encrypt_literal if self.crypto is not None else None
             try:
@@ -715,15 +876,11 @@ class Session:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
             for start, end in sorted(plan.redactions, reverse=True):  # encrypted literals never reach the audit
                 self._redacted = self._redacted[:start] + "'***'" + self._redacted[end:]
-            planned = (plan.sql, plan.tenant_params, plan.kinds, plan.encrypt_params)
-        if self.readonly and (what := read_only_violation(sql, planned[2])) is not None:
+        if self.readonly and (what := read_only_violation(sql, plan.kinds)) is not None:
             raise Refusal("25006", f"cannot execute {what} in a read-only session", "read_only")
-        return planned
+        return plan
 
-    def _check_bind(self, bind: Bind) -> None:
-        wanted = self._tenant_params.get(bind.statement)
-        if not wanted:
-            return
+    def _check_bind(self, bind: Bind, wanted: tuple[int, ...]) -> None:
         tenant = (self.tenant or "").encode()
         for n in wanted:
             value = bind.params[n - 1] if n <= len(bind.params) else None
@@ -744,9 +901,8 @@ class Session:
         text = marker.decode()
         if simple:
             return Query(text).encode()
-        if self.crypto is not None:  # the unnamed statement is now this failing one
-            self.crypto.on_client_message(_P, Parse("", text))
-        return Parse("", text).encode()
+        return Parse(text, text).encode()  # a named statement that fails: the unnamed one stays as it was
+
 
     # ------------------------------------------------------------------ backend -> client
 
@@ -775,7 +931,10 @@ class Session:
                     self._swallow_failing.discard(self.cycles_done)
                     self.status = chr(buf[start + 5])
                 elif mtype == _E and (self.cycles_done + 1) in self._swallow_failing:
-                    pass  # the statement that makes a transaction fail after a decryption error
+                    # a transaction made to fail (decryption error), or settings re-applied in one the
+                    # client's statement aborted: what the backend carries is unknown now
+                    if self._tracked is not None and self.backend is not None:
+                        self._tracked.undone(self.backend)
                 elif mtype == _E:
                     log.error("applying session settings on a pooled backend failed: closing the session")
                     self._end(codec.error("08006", "tenantgate could not prepare a backend", severity="FATAL"))
@@ -783,6 +942,8 @@ class Session:
                 elif mtype == _PS:
                     self._parameter_status(buf[start + 5 : end])
                 continue
+            if mtype == _CC and self._named is not None:
+                self._completed(buf[start + 5 : end - 1])
             if row_cap is not None:
                 if mtype in (_D, _COPY_DATA):
                     self._rows += 1
@@ -834,10 +995,16 @@ class Session:
                     audit.cycle_done(self.cycles_done)
                 if self._named is not None:
                     self._named.cycle_done(self.cycles_done)
-            elif self._named is not None and mtype in (_PARSE_DONE, _CLOSE_DONE) and self._named.answered():
-                out = _splice(out, buf, mark, start)  # the answer to a Parse/Close the proxy added
-                mark = end
+                self._cycle_end()
+            elif mtype in _ACKS and self._named is not None:
+                swallow, told = self._named.answered()
+                if told and self.crypto is not None:
+                    self.crypto.parsed()
+                if swallow:  # the answer to a Parse/Close the proxy added
+                    out = _splice(out, buf, mark, start)
+                    mark = end
             elif mtype == _E:
+                self._cycle_failed = True
                 if self._named is not None and self.backend is not None:
                     self._named.failed(self.backend, self.cycles_done + 1)
                 replacement = self._swap_error(buf[start + 5 : end]) if self._refusals else None
@@ -878,6 +1045,29 @@ class Session:
         self._flush_backend(buf, out, mark, len(buf))
         if self.pool is not None:
             self._maybe_release()
+
+    def _completed(self, tag: bytes) -> None:
+        """A statement's CommandComplete: what it did to the session's state took effect."""
+        if tag == b"ROLLBACK":
+            self._rolled_back = True
+        elif tag in _DROP_ALL_TAGS and self._named is not None and self.backend is not None:
+            self._named.forget_all(self.backend)
+        elif tag == b"DEALLOCATE" and self.backend is not None:
+            self.backend.prepared.clear()  # it may have been one of ours: every statement is prepared again on demand
+
+    def _cycle_end(self) -> None:
+        """A ReadyForQuery: settings changed in that cycle stick, or are undone with their transaction."""
+        if self._tracked is not None:
+            self._tracked.cycle_done(
+                self.cycles_done,
+                failed=self._cycle_failed,
+                status=self.status,
+                rolled_back=self._rolled_back,
+                backend=self.backend,
+            )
+        if self.status == "I":
+            self._bound.clear()  # portals end with their transaction
+        self._cycle_failed = self._rolled_back = False
 
     def _flush_backend(self, buf: bytes, out: bytearray | None, mark: int, upto: int) -> None:
         if out is None:
@@ -951,7 +1141,3 @@ def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacemen
     out += replacement
     return out
 
-
-def quote_literal(value: str) -> str:
-    """A standard-conforming SQL string literal (the proxy requires standard_conforming_strings)."""
-    return "'" + value.replace("'", "''") + "'"
