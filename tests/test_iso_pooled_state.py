@@ -6,9 +6,8 @@ a fresh backend has. Includes the generic pooled-state test: a seeded random seq
 state-changing statements by tenant A on a pool of ONE backend, then tenant B (and the superuser,
 for what only it can read on that backend) compare the state with what a fresh backend showed.
 
-Parts need engineer R2's half (``Plan.settings`` / ``Plan.pins`` filled by the rewriter): they are
-marked with ``needs_r2`` and xfail until that branch is merged; the proxy half is tested here and
-unit-tested in proxy/tracked.py.
+The rewriter reports setting changes and pins in its plans (``Plan.settings`` / ``Plan.pins``); the
+proxy's tracking is also unit-tested in proxy/tracked.py.
 """
 
 from __future__ import annotations
@@ -36,16 +35,6 @@ from .harness import (
     errors,
     start_proxy,
 )
-
-
-def _rewriter_tracks_settings() -> bool:
-    rw = Rewriter(Policy(scoped={}))
-    plan = rw.plan("SELECT set_config('TimeZone', 'UTC', false)", "acme")
-    return bool(rw.plan("SET application_name = 'x'", "acme").settings) and bool(plan.settings or plan.pins)
-
-
-needs_r2 = pytest.mark.xfail(not _rewriter_tracks_settings(), strict=False,
-                             reason="needs Plan.settings/pins from the rewriter (engineer R2's branch)")
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +137,6 @@ STACKS = {
 }
 
 
-@needs_r2
 @pytest.mark.parametrize("stack", sorted(STACKS))
 def test_connect_time_sets_do_not_pin(two: ProxyProcess, stack: str) -> None:
     """Three connections on a pool of two, each with its connect-time SETs: no 53300, own values kept."""
@@ -182,7 +170,6 @@ SET_CONFIG = [
 ]
 
 
-@needs_r2
 @pytest.mark.parametrize("sql", SET_CONFIG)
 def test_setting_changes_never_reach_the_next_tenant(one: ProxyProcess, sql: str) -> None:
     probe = ("SELECT current_setting('TimeZone'), current_setting('DateStyle'), "
@@ -203,7 +190,6 @@ def test_setting_changes_never_reach_the_next_tenant(one: ProxyProcess, sql: str
         assert bob.execute(probe).fetchone() == fresh
 
 
-@needs_r2
 @pytest.mark.parametrize("end", ["ROLLBACK", "SELECT 1/0", "COMMIT"])
 def test_a_set_follows_its_transaction(one: ProxyProcess, end: str) -> None:
     alice = raw_login(one, "alice")
@@ -322,7 +308,6 @@ def probe(proxy: ProxyProcess, pg: PgServer, backend: Backend) -> dict[str, obje
 GENERIC = [("functions", 0), ("functions", 1), ("tracked", 2), ("tracked", 3), ("all", 4), ("all", 5)]
 
 
-@needs_r2
 @pytest.mark.parametrize(("mix", "seed"), GENERIC)
 def test_generic_pooled_state(one: ProxyProcess, pg: PgServer, backend: Backend, mix: str, seed: int) -> None:
     fresh = probe(one, pg, backend)

@@ -1,8 +1,5 @@
 """Issue 12 families 3-5: protocol-level prepared statements through the real proxy.
 
-Needs engineer R2's half for one assertion (SQL-level EXECUTE of the proxy's ``tg_`` names refused,
-pg_prepared_statements denied): marked with an xfail until that branch is merged.
-
 Every attack runs in session and transaction pooling (a pool of ONE backend, so tenants share it),
 with the proxy's RLS policies installed and without them (the proxy alone must hold):
 
@@ -27,7 +24,6 @@ import pytest
 from tenantgate.proxy import codec
 from tenantgate.proxy.codec import Bind, Close, Describe, Execute, Parse, Sync
 from tenantgate.proxy.pgcluster import PgServer, free_port
-from tenantgate.rewriter import Policy, Refused, Rewriter
 
 from .harness import USERS, Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
 
@@ -138,22 +134,13 @@ def test_a_name_the_session_did_not_prepare_does_not_exist(setup: Setup, name: s
         bob.close()
 
 
-def sql_refuses_proxy_names() -> bool:
-    """Whether the rewriter refuses SQL-level EXECUTE of the proxy's names (engineer R2's half)."""
-    try:
-        Rewriter(Policy(scoped={})).plan("EXECUTE tg_0123(1)", "acme")
-    except Refused:
-        return True
-    return False
-
-
 def test_backend_name_of_another_session_is_out_of_reach(setup: Setup) -> None:
     """The backend name of bob's statement, even when alice learns it, means nothing to her."""
     proxy, _backend, _mode = setup
     bob, alice = login(proxy, "bob"), login(proxy, "alice")
     try:
         assert not errors(run(bob, Parse("b1", "SELECT id, note FROM orders WHERE id = $1::int")))
-        listed = bob.query("SELECT name FROM pg_prepared_statements")  # refused for tenants once R2 is merged
+        listed = bob.query("SELECT name FROM pg_prepared_statements")  # refused for tenants: lists nothing
         names = [m.values[0].decode() for m in listed if isinstance(m, codec.DataRow) and m.values[0]]
         assert not any(n == "b1" for n in names)  # the client's name is not the backend's
         foreign = next((n for n in names if n.startswith("tg_")), "tg_" + "0" * 24)
@@ -163,8 +150,6 @@ def test_backend_name_of_another_session_is_out_of_reach(setup: Setup) -> None:
         assert not errors(closed) and sum(1 for m in closed if m == codec.Simple(b"3")) == 2
         mine = run(bob, Bind("", "b1", (), (b"1",)), Execute(""))
         assert [m.values for m in mine if isinstance(m, codec.DataRow)] == [(b"1", b"g1")], mine
-        if not sql_refuses_proxy_names():
-            pytest.xfail("SQL-level EXECUTE of tg_ names is refused by the rewriter (engineer R2's branch)")
         out = alice.query(f"EXECUTE {foreign}(1)")
         assert sqlstates(out) and not [m for m in out if isinstance(m, codec.DataRow)], out
     finally:

@@ -328,8 +328,6 @@ def test_one_and_two_key_forms_stay_apart() -> None:
 
 
 def test_session_advisory_locks_are_namespaced_and_released(site: Site) -> None:
-    if site.pool == "transaction":
-        pytest.skip("session-level locks pin the session: the proxy's pinning (Plan.pins) is engineer P's part")
     with site.connect() as alice, site.connect("bob") as bob:
         assert _try(alice, "SELECT pg_try_advisory_lock(99)") is True
         assert _try(bob, "SELECT pg_try_advisory_lock(99)") is True  # bob's 99 is another lock
