@@ -23,6 +23,7 @@ from collections import deque
 
 from .backend import Backend, BackendTarget, connect
 from .codec import Close, Parse
+from .encoding import UTF8, ClientEncoding
 
 log = logging.getLogger("tenantgate.pool")
 
@@ -173,7 +174,8 @@ class PreparedStatements:
     CloseComplete answers of the proxy's own messages can be swallowed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: ClientEncoding = UTF8) -> None:
+        self.encoding = encoding  # the session's: its Parse bytes are read in it on every backend
         self.names: dict[str, tuple[str, bytes]] = {}  # client name -> (backend name, Parse bytes)
         self.expect: deque[tuple[int, bool]] = deque()  # (cycle, swallow) per Parse/Close sent
         self.added: list[tuple[int, str]] = []  # (cycle, backend name) assumed prepared
@@ -181,7 +183,7 @@ class PreparedStatements:
     def parse(self, backend: Backend, name: str, sql: str, types: tuple[int, ...], cycle: int) -> bytes:
         """The bytes that prepare the client's named statement on ``backend``."""
         bname = backend_name(sql, types)
-        parse = Parse(bname, sql, types).encode()
+        parse = Parse(bname, sql, types).encode(self.encoding)
         self.names[name] = (bname, parse)
         # a statement of that name may be there already (same text, from another session): replace it
         self.expect.append((cycle, True))

@@ -30,6 +30,7 @@ from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, Parse, Query
+from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, encoding_changes
 from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, PreparedStatements
 from .roles import read_only_violation
@@ -90,8 +91,15 @@ class Session:
         metrics: Metrics,
         crypto: SessionCrypto | None = None,
         limiter: TenantLimiter | None = None,
+        encoding: ClientEncoding = UTF8,
+        reset_encoding: str = "UTF8",
     ) -> None:
         self.client = client
+        # the session's client_encoding, fixed at startup: every client text is decoded and sent in it
+        self.encoding = encoding
+        # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
+        self._reset_encoding = reset_encoding if pool is not None else encoding.name
+        self._said_goodbye = False  # the client sent Terminate: the backend's close is expected
         self.backend = backend  # None between transactions in transaction mode
         self.user = user
         self.tenant = tenant
@@ -102,7 +110,7 @@ class Session:
         self.pinned = pool is None
         self.settings = settings or {}
         self._waiting: list[tuple[bytes, list[tuple[int, int, int]]]] = []
-        self._named = PreparedStatements() if pool is not None else None
+        self._named = PreparedStatements(encoding) if pool is not None else None
         self._special = _CLIENT_POOLED if pool is not None else _CLIENT_SPECIAL
         self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
         self._swallow_failing: set[int] = set()  # ... of which these are meant to fail
@@ -200,15 +208,16 @@ class Session:
             if self.client.transport is not None:
                 self.client.transport.pause_reading()
             return
-        if self.pool is not None:
+        cut = next((i for i, f in enumerate(frames) if f[0] == _TERMINATE), None)
+        if cut is not None:
+            self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
+        if self.pool is not None and cut is not None:
             # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
-            cut = next((i for i, f in enumerate(frames) if f[0] == _TERMINATE), None)
-            if cut is not None:
-                self.client.close()
-                frames = frames[:cut]
-                if not frames:
-                    return
-                buf = buf[: frames[-1][2]]
+            self.client.close()
+            frames = frames[:cut]
+            if not frames:
+                return
+            buf = buf[: frames[-1][2]]
         if self._move is not None and self.at_boundary and not self._take_move():
             return
         crypto = self.crypto
@@ -387,7 +396,9 @@ class Session:
         self._end(codec.error("08006", "server closed the connection unexpectedly", severity="FATAL"))
 
     def _end(self, err: ErrorResponse) -> None:
-        if not self.client.is_closed:
+        if self._said_goodbye:  # the client is leaving: it expects no answer, and a FATAL crashes some drivers
+            self.client.close()
+        elif not self.client.is_closed:
             self.client.write(err.encode())
             self.client.close()
 
@@ -548,12 +559,13 @@ class Session:
                 self.statements += 1
                 if self.crypto is not None:  # one answer cycle, whatever is sent in its place
                     self.crypto.on_client_message(_Q, None)
-                msg = codec.decode_frontend(mtype, body)
+                msg = self._decode(mtype, body)
                 assert isinstance(msg, Query)
                 sql = msg.sql
                 self._check_rate()
                 self._check_audit()
                 rewritten, _params, kinds, _enc = self._plan(sql, extended=False)
+                self._check_encoding(msg.sql, kinds)
                 sql = self._redacted
                 for kind in kinds or (first_word(sql),):
                     self.metrics.statement(self.tenant, kind, "allowed")
@@ -561,13 +573,16 @@ class Session:
                     self._track_state(kinds)
                 if audit is not None:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
-                return None if rewritten == sql else Query(rewritten).encode()
+                # the backend gets the verified text in the session's encoding: the client's bytes only if identical
+                query = self._encode(Query(rewritten))
+                return None if query == buf[start:end] else query
             if mtype == _P:
-                msg = codec.decode_frontend(mtype, body)
+                msg = self._decode(mtype, body)
                 assert isinstance(msg, Parse)
                 sql = msg.sql
                 self._kinds[msg.name] = (first_word(sql), "refused")  # until the plan succeeds
                 rewritten, tenant_params, kinds, encrypt_params = self._plan(sql, extended=True)
+                self._check_encoding(msg.sql, kinds)
                 sql = self._redacted
                 self._kinds[msg.name] = (kinds[0] if kinds else first_word(sql), "allowed")
                 if self.pool is not None:
@@ -581,7 +596,7 @@ class Session:
                 parse = Parse(msg.name, rewritten, msg.param_types)
                 if self.crypto is not None:  # encrypted parameters are declared bytea to the backend
                     try:
-                        sealed = self.crypto.on_client_message(_P, parse, encrypt_params)
+                        sealed = self.crypto.on_client_message(_P, parse, encrypt_params)  # UTF8 sessions only
                     except Refused as exc:
                         raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
                     if sealed is not None:
@@ -593,10 +608,11 @@ class Session:
                             self.backend, msg.name, parse.sql, parse.param_types, self.cycles_sent + 1
                         )
                     self._named.unnamed_parse(self.cycles_sent + 1)
-                return None if parse == msg else parse.encode()
+                sent = self._encode(parse)
+                return None if sent == buf[start:end] else sent
             if mtype == _B:
                 if self._tenant_params or audit is not None or self.crypto is not None:
-                    bind = codec.decode_frontend(_B, body)
+                    bind = self._decode(_B, body)
                     assert isinstance(bind, Bind)
                     self._portal = self._kinds.get(bind.statement, ("unknown", "allowed"))
                     self._check_bind(bind)
@@ -616,7 +632,7 @@ class Session:
                         return self._pooled_bind(body) or sealed
                     return sealed
                 else:  # only the statement name: no need to decode the values
-                    self._portal = self._kinds.get(codec.bind_statement(body), ("unknown", "allowed"))
+                    self._portal = self._kinds.get(self._bind_statement(body), ("unknown", "allowed"))
                 if self._named is not None:
                     return self._pooled_bind(body)
                 return None
@@ -651,9 +667,44 @@ class Session:
                 audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
             return self._inject(refusal, simple=mtype in (_Q, _F))
 
+    def _decode(self, mtype: int, body: bytes) -> object:
+        """A client message whose text is decoded in the session's encoding, as the backend reads it."""
+        try:
+            return codec.decode_frontend(mtype, body, self.encoding)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+
+    def _bind_statement(self, body: bytes) -> str:
+        try:
+            return codec.bind_statement(body, self.encoding)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+
+    def _encode(self, msg: Query | Parse) -> bytes:
+        """What the backend is sent, in the session's encoding, proven to split as the proxy's text."""
+        try:
+            return msg.encode(self.encoding)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+
+    def _check_encoding(self, sql: str, kinds: tuple[str, ...]) -> None:
+        """client_encoding is fixed for the session: the proxy lexes in it, so the backend must read in it."""
+        changes = encoding_changes(sql)
+        if self._reset_encoding != self.encoding.name and ("reset_all" in kinds or "discard_all" in kinds):
+            changes.append(None)
+        for value in changes:
+            target = self._reset_encoding if value is None else canonical_name(value)
+            if target != self.encoding.name:
+                raise Refusal(
+                    "0A000",
+                    f"client_encoding is fixed for this session ({self.encoding.name}): "
+                    "set it in the connection string (client_encoding) instead",
+                    "client_encoding",
+                )
+
     def _pooled_bind(self, body: bytes) -> bytes | None:
         assert self._named is not None and self.backend is not None
-        name = codec.bind_statement(body)
+        name = self._bind_statement(body)
         if not name:
             return None
         bname, prefix = self._named.target(self.backend, name, self.cycles_sent + 1)
@@ -724,7 +775,7 @@ class Session:
         wanted = self._tenant_params.get(bind.statement)
         if not wanted:
             return
-        tenant = (self.tenant or "").encode()
+        tenant = self.encoding.encode(self.tenant or "")
         for n in wanted:
             value = bind.params[n - 1] if n <= len(bind.params) else None
             if value != tenant:
@@ -941,6 +992,18 @@ class Session:
         assert isinstance(msg, codec.ParameterStatus)
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value
+        # backstop: never another statement under a lexing the proxy did not verify
+        if msg.name == "client_encoding" and canonical_name(msg.value) != self.encoding.name:
+            self._lexing_changed(f"client_encoding changed to {msg.value} (the session's is {self.encoding.name})")
+        elif msg.name == "standard_conforming_strings" and msg.value != "on":
+            self._lexing_changed("standard_conforming_strings was turned off")
+
+    def _lexing_changed(self, why: str) -> None:
+        log.error("backend lexing changed: %s; closing the session", why)
+        if self.backend is not None:
+            self.backend.conn.on_lost = None
+            self.backend.conn.abort()
+        self._end(codec.error("08P01", f"the backend's {why}: tenantgate closed the session", severity="FATAL"))
 
 
 def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:
@@ -953,5 +1016,15 @@ def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacemen
 
 
 def quote_literal(value: str) -> str:
-    """A standard-conforming SQL string literal (the proxy requires standard_conforming_strings)."""
-    return "'" + value.replace("'", "''") + "'"
+    r"""A standard-conforming SQL string literal (the proxy requires standard_conforming_strings),
+    pure ASCII (U&'' escapes) so it reads the same in every client encoding a backend may be in.
+
+    >>> quote_literal("it's"), quote_literal("café\\")
+    ("'it''s'", "U&'caf\\+0000e9\\\\'")
+    """
+    if value.isascii():
+        return "'" + value.replace("'", "''") + "'"
+    escaped = "".join(
+        "''" if c == "'" else "\\\\" if c == "\\" else c if c.isascii() else f"\\+{ord(c):06x}" for c in value
+    )
+    return "U&'" + escaped + "'"
