@@ -4,8 +4,10 @@ The client's ``user`` is a proxy user and ``database`` is routed by config; ever
 other setting, given directly or through ``options=-c name=value``, must be on an
 allow-list of harmless session settings. Anything that could change identity,
 visibility or lexing (role, session_authorization, search_path, row_security,
-standard_conforming_strings, ``tenantgate.*``) is refused: the tenant comes from
-authentication only.
+standard_conforming_strings, ``tenantgate.*``) or the plans the backend chooses (planner
+switches: side channels on other tenants' volume) is refused: the tenant comes from
+authentication only. ``client_encoding`` is allowed here, and only here: it is fixed for the
+session (proxy/encoding.py).
 
 >>> filter_params({"user": "a", "database": "d", "application_name": "x", "options": "-c TimeZone=UTC"})
 ({'application_name': 'x', 'TimeZone': 'UTC'}, [])
@@ -14,6 +16,11 @@ authentication only.
 ... except StartupRefused as e:
 ...     print(e)
 setting "role" may not be set by a client (42501)
+>>> try:
+...     filter_params({"user": "a", "options": "-c enable_indexscan=off"})
+... except StartupRefused as e:
+...     print(e)
+setting "enable_indexscan" may not be set by a client (42501)
 """
 
 from __future__ import annotations
@@ -47,21 +54,14 @@ ALLOWED_SETTINGS = frozenset(
         "lc_monetary",
         "lc_numeric",
         "lc_time",
-        "geqo",
         "jit",
-        "enable_seqscan",
-        "enable_indexscan",
-        "enable_bitmapscan",
-        "enable_hashjoin",
-        "enable_mergejoin",
-        "enable_nestloop",
-        "random_page_cost",
         "xmloption",
         "timezone_abbreviations",
-        "vacuum_cost_delay",
-        "gin_fuzzy_search_limit",
     )
 )
+# Deliberately absent: planner switches and costs (enable_*, random_page_cost, geqo, ...) and
+# executor limits like gin_fuzzy_search_limit. They force plans whose timing or row counts measure
+# every tenant's rows, not just the session's (issue 12, family 7).
 
 # Startup keys that are protocol, not settings.
 _ROUTING = {"user", "database"}
