@@ -183,7 +183,8 @@ def canonical_literal(kind: str, token: str, before: str = "", after: str = "") 
     >>> canonical_literal("FCONST", "1.", " ", "..")
     Traceback (most recent call last):
     ...
-    rewriter.errors.Refused: the numeric literal 1. cannot be re-inserted as written; write it with digits after the point
+    rewriter.errors.Refused: the numeric literal 1. cannot be re-inserted as written; write it with digits ...
+
     """
     if _CANONICAL["SCONST"].fullmatch(token):
         # a number's slot may take the proxy's own string (a sealed value) unless it would continue a string

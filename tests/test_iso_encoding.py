@@ -1,0 +1,224 @@
+"""Issue 12 family 1 (and issue 20 item 4): the backend parses exactly the bytes, in exactly the
+encoding, that the proxy parsed and verified.
+
+Through the real proxy against PostgreSQL, in session and transaction pooling, with the RLS
+policies installed and without them (then the rewriter alone must hold). In SJIS, BIG5, GBK and
+GB18030 a backslash byte can be the second byte of a character: text the proxy once read (as
+UTF-8) as ``E'...\\' UNION SELECT ...'`` inside one literal ran on the backend as SQL.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tenantgate.proxy import codec
+from tenantgate.proxy.pgcluster import PgServer, free_port
+
+from .harness import Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
+
+SCOPING = '[scoping]\ncolumn = "tenant_id"\ntables = ["orders"]\n'
+SCHEMA = """
+CREATE TABLE orders (tenant_id text NOT NULL, id int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE internal_notes (id int PRIMARY KEY, body text);
+INSERT INTO orders VALUES ('acme', 1, 'acme one'), ('globex', 1, 'GLOBEX one'), ('globex', 2, 'GLOBEX two');
+INSERT INTO internal_notes VALUES (1, 'GLOBEX internal');
+"""
+MODES = [("session", False), ("session", True), ("transaction", False), ("transaction", True)]
+# A prefix whose UTF-8 bytes end in a lead byte of the encoding, so that the backslash after it is
+# the second byte of a character there ("’" is E2 80 99: [E2 80] [99 5C] in SJIS and GBK).
+SWALLOW = {"SJIS": "’", "GBK": "’", "GB18030": "’", "BIG5": "中"}
+
+
+def _make(pg: PgServer, name: str, rls: bool, mode: str, tmp: Path) -> ProxyProcess:
+    backend = Backend.create(pg, name, SCHEMA)
+    port = free_port()
+    text = config_text(backend, port, scoping=SCOPING)
+    if mode == "transaction":
+        text = text.replace('sslmode = "prefer"', 'sslmode = "prefer"\npool_mode = "transaction"\npool_size = 2', 1)
+    proxy = start_proxy(tmp, text, port)
+    if rls:
+        out = subprocess.run([sys.executable, "-m", "tenantgate.proxy.cli", "rls", "install", "--config",
+                              str(proxy.config_path), "--dsn", backend.direct_dsn()],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return proxy
+
+
+@pytest.fixture(scope="module", params=MODES, ids=[f"{m}-{'rls' if r else 'norls'}" for m, r in MODES])
+def gate(request: pytest.FixtureRequest, pg: PgServer,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, str]]:
+    mode, rls = request.param
+    name = f"iso_enc_{mode[:4]}_{'rls' if rls else 'plain'}"
+    proxy = _make(pg, name, rls, mode, tmp_path_factory.mktemp(name))
+    yield proxy, mode
+    proxy.stop()
+
+
+def _query(sql: bytes) -> bytes:
+    return b"Q" + struct.pack("!I", len(sql) + 5) + sql + b"\x00"
+
+
+def _extended(sql: bytes) -> bytes:
+    body = b"\x00" + sql + b"\x00\x00\x00"
+    bind = codec.Bind("", "").encode()
+    return b"P" + struct.pack("!I", len(body) + 4) + body + bind + codec.Execute().encode() + codec.Sync().encode()
+
+
+def _session(proxy: ProxyProcess, user: str = "alice", **startup: str) -> RawClient:
+    client = RawClient(proxy.port)
+    out = client.login(user, proxy.users[user][1], **startup)
+    assert not errors(out), errors(out)
+    return client
+
+
+def _rows(messages: list[object]) -> list[bytes | None]:
+    return [v for m in messages if isinstance(m, codec.DataRow) for v in m.values]
+
+
+# The injected text reads what a tenant may never read: an unlisted table, or every tenant's orders.
+INJECTIONS = ["UNION SELECT body FROM internal_notes", "UNION ALL SELECT note FROM public.orders",
+              "UNION SELECT string_agg(note, ',') FROM orders"]
+SHAPES = [
+    "SELECT E'{p}\\' {inj} --'",
+    "SELECT note FROM orders WHERE note = E'{p}\\' {inj} --'",
+    "SELECT upper(E'{p}\\') {inj} --')",
+    "SELECT E'x' || E'{p}\\' {inj} /* ' */ --'",
+]
+
+
+@pytest.mark.parametrize("encoding", sorted(SWALLOW))
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+@pytest.mark.parametrize("injection", range(len(INJECTIONS)))
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_trail_byte_backslash_never_ends_a_literal_the_proxy_saw(
+    gate: tuple[ProxyProcess, str], encoding: str, shape: int, injection: int, protocol: str
+) -> None:
+    proxy, _ = gate
+    text = SHAPES[shape].format(p=SWALLOW[encoding], inj=INJECTIONS[injection])
+    raw = text.encode()  # valid UTF-8: what the proxy used to lex, whatever the session's encoding
+    client = _session(proxy, client_encoding=encoding)
+    try:
+        client.send(_query(raw) if protocol == "simple" else _extended(raw))
+        out = client.until_ready()
+        assert not any(b"GLOBEX" in (v or b"") for v in _rows(out)), "another tenant's data came back"
+        # the session stays usable, in its encoding
+        again = client.query("SELECT count(*) FROM orders")
+        assert not errors(again) and _rows(again) == [b"1"]
+    finally:
+        client.close()
+
+
+def test_a_client_encoding_with_no_faithful_codec_is_refused_at_startup(gate: tuple[ProxyProcess, str]) -> None:
+    proxy, _ = gate
+    for name in ("MULE_INTERNAL", "euc_tw", "klingon"):
+        client = RawClient(proxy.port)
+        try:
+            out = client.login("alice", proxy.users["alice"][1], client_encoding=name)
+            assert [(e.sqlstate, e.severity) for e in errors(out)] == [("0A000", "FATAL")], out
+            assert "client_encoding" in errors(out)[0].message
+        finally:
+            client.close()
+
+
+CHANGES = [
+    "SET client_encoding = 'SJIS'", "SET client_encoding TO latin1", "SET SESSION client_encoding = 'BIG5'",
+    "SET NAMES 'GBK'", "SET LOCAL client_encoding = 'SJIS'", "SELECT set_config('client_encoding', 'SJIS', false)",
+    "SELECT set_config('client_encoding'::text, 'win1252'::text, true)",
+    "SELECT set_config(U&'client_\\0065ncoding', 'SJIS', false)", "SELECT 1; SET client_encoding = 'LATIN1'",
+    "BEGIN; SET client_encoding = 'SJIS'",
+]
+
+
+@pytest.mark.parametrize("statement", CHANGES)
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_client_encoding_cannot_change_during_a_session(
+    gate: tuple[ProxyProcess, str], statement: str, protocol: str
+) -> None:
+    proxy, _ = gate
+    if protocol == "extended" and ";" in statement:
+        pytest.skip("one statement per Parse")
+    client = _session(proxy)
+    try:
+        client.send(_query(statement.encode()) if protocol == "simple" else _extended(statement.encode()))
+        out = client.until_ready()
+        assert [e.sqlstate for e in errors(out)] == ["0A000"], out
+        assert "connection string" in errors(out)[0].message
+        client.query("ROLLBACK")
+        shown = client.query("SHOW client_encoding")
+        assert _rows(shown) == [b"UTF8"]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("statement", ["SET client_encoding = 'UTF8'", "SET NAMES 'utf-8'", "RESET client_encoding",
+                                       "SELECT set_config('client_encoding', 'unicode', false)",
+                                       "SET standard_conforming_strings = on"])
+def test_setting_client_encoding_to_its_own_value_succeeds(gate: tuple[ProxyProcess, str], statement: str) -> None:
+    proxy, _ = gate
+    client = _session(proxy)
+    try:
+        out = client.query(statement)
+        if statement.startswith("SET standard") and errors(out):
+            pytest.xfail("engineer R2 allows SET standard_conforming_strings = on")
+        assert not errors(out), errors(out)
+        assert _rows(client.query("SHOW client_encoding")) == [b"UTF8"]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("statement", ["RESET ALL", "DISCARD ALL", "RESET client_encoding", "SET NAMES DEFAULT"])
+def test_reset_never_leaves_a_pooled_backend_in_another_encoding(
+    gate: tuple[ProxyProcess, str], statement: str
+) -> None:
+    """A pooled backend's own encoding is UTF8: resetting a SJIS session's backend would make the next
+    statements (pipelined behind it) be read as UTF-8. Session pooling resets to the startup value."""
+    proxy, mode = gate
+    client = _session(proxy, client_encoding="SJIS")
+    try:
+        attack = SHAPES[0].format(p=SWALLOW["SJIS"], inj=INJECTIONS[0]).encode("utf-8")
+        client.send(_query(statement.encode()) + _query(attack))
+        first, second = client.until_ready(), client.until_ready()
+        if mode == "transaction":
+            assert [e.sqlstate for e in errors(first)] == ["0A000"], first
+        else:
+            assert not errors(first), first
+        assert not any(b"GLOBEX" in (v or b"") for v in _rows(second))
+        assert _rows(client.query("SHOW client_encoding")) == [b"SJIS"]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "WIN1252", "ISO_8859_15", "EUC_JP", "SJIS", "utf-8"])
+def test_a_non_utf8_client_round_trips_non_ascii_text(gate: tuple[ProxyProcess, str], encoding: str) -> None:
+    proxy, mode = gate
+    text = "Grüße, ça va? naïve" if encoding not in ("EUC_JP", "SJIS") else "日本語のテキスト ｶﾀｶﾅ ＼"
+    row_id = 100 + abs(hash((encoding, mode))) % 100_000
+    with psycopg.connect(proxy.dsn("alice", "", client_encoding=encoding), autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (id, note) VALUES (%s, %s)", (row_id, text))
+        assert conn.execute("SELECT note FROM orders WHERE id = %s", (row_id,)).fetchone() == (text,)
+        assert conn.execute(f"SELECT note FROM orders WHERE note = '{text}'").fetchone() == (text,)
+        assert conn.execute("SELECT count(*) FROM orders WHERE note LIKE 'GLOBEX%'").fetchone() == (0,)
+        with psycopg.connect(proxy.dsn("svc", ""), autocommit=True) as utf8:  # stored as the same characters
+            assert utf8.execute("SELECT note FROM orders WHERE id = %s", (row_id,)).fetchone() == (text,)
+        conn.execute("DELETE FROM orders WHERE id = %s", (row_id,))
+
+
+def test_text_the_session_encoding_cannot_read_is_refused_and_the_session_stays(
+    gate: tuple[ProxyProcess, str],
+) -> None:
+    proxy, _ = gate
+    client = _session(proxy, client_encoding="SJIS")
+    try:
+        client.send(_query(b"SELECT '\x95"))  # a lead byte with no second byte before the end
+        out = client.until_ready()
+        assert [e.sqlstate for e in errors(out)] == ["22021"], out
+        assert _rows(client.query("SELECT 1")) == [b"1"]
+    finally:
+        client.close()
