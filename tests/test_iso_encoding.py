@@ -32,12 +32,14 @@ INSERT INTO internal_notes VALUES (1, 'GLOBEX internal');
 """
 MODES = [("session", False), ("session", True), ("transaction", False), ("transaction", True)]
 # A prefix whose UTF-8 bytes end in a lead byte of the encoding, so that the backslash after it is
-# the second byte of a character there ("’" is E2 80 99: [E2 80] [99 5C] in SJIS and GBK).
-SWALLOW = {"SJIS": "’", "GBK": "’", "GB18030": "’", "BIG5": "中"}
+# the second byte of a character there (U+2019 is E2 80 99: [E2 80] [99 5C] in SJIS and GBK).
+SWALLOW = {"SJIS": "\u2019", "GBK": "\u2019", "GB18030": "\u2019", "BIG5": "中"}
 
 
 def _make(pg: PgServer, name: str, rls: bool, mode: str, tmp: Path) -> ProxyProcess:
-    backend = Backend.create(pg, name, SCHEMA)
+    backend = Backend.create(pg, name)
+    with psycopg.connect(backend.direct_dsn(), autocommit=True) as conn:  # the backend role owns the tables
+        conn.execute(SCHEMA)
     port = free_port()
     text = config_text(backend, port, scoping=SCOPING)
     if mode == "transaction":
@@ -83,8 +85,7 @@ def _rows(messages: list[object]) -> list[bytes | None]:
 
 
 # The injected text reads what a tenant may never read: an unlisted table, or every tenant's orders.
-INJECTIONS = ["UNION SELECT body FROM internal_notes", "UNION ALL SELECT note FROM public.orders",
-              "UNION SELECT string_agg(note, ',') FROM orders"]
+INJECTIONS = ["UNION SELECT body FROM internal_notes", "UNION ALL SELECT note FROM public.orders"]
 SHAPES = [
     "SELECT E'{p}\\' {inj} --'",
     "SELECT note FROM orders WHERE note = E'{p}\\' {inj} --'",
@@ -121,7 +122,7 @@ def test_a_client_encoding_with_no_faithful_codec_is_refused_at_startup(gate: tu
         client = RawClient(proxy.port)
         try:
             out = client.login("alice", proxy.users["alice"][1], client_encoding=name)
-            assert [(e.sqlstate, e.severity) for e in errors(out)] == [("0A000", "FATAL")], out
+            assert [(e.sqlstate, dict(e.fields)["S"]) for e in errors(out)] == [("0A000", "FATAL")], out
             assert "client_encoding" in errors(out)[0].message
         finally:
             client.close()
@@ -198,7 +199,7 @@ def test_reset_never_leaves_a_pooled_backend_in_another_encoding(
 @pytest.mark.parametrize("encoding", ["LATIN1", "WIN1252", "ISO_8859_15", "EUC_JP", "SJIS", "utf-8"])
 def test_a_non_utf8_client_round_trips_non_ascii_text(gate: tuple[ProxyProcess, str], encoding: str) -> None:
     proxy, mode = gate
-    text = "Grüße, ça va? naïve" if encoding not in ("EUC_JP", "SJIS") else "日本語のテキスト ｶﾀｶﾅ ＼"
+    text = "Grüße, ça va? naïve" if encoding not in ("EUC_JP", "SJIS") else "日本語のテキスト ｶﾀｶﾅ \uff3c"
     row_id = 100 + abs(hash((encoding, mode))) % 100_000
     with psycopg.connect(proxy.dsn("alice", "", client_encoding=encoding), autocommit=True) as conn:
         conn.execute("INSERT INTO orders (id, note) VALUES (%s, %s)", (row_id, text))
