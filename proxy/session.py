@@ -17,6 +17,7 @@ transaction status the client sees is the one PostgreSQL really has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -30,7 +31,7 @@ from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, Parse, Query
-from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, encoding_changes
+from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding, encoding_changes
 from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, PreparedStatements
 from .roles import read_only_violation
@@ -688,7 +689,10 @@ class Session:
             raise Refusal(exc.sqlstate, str(exc), "encoding") from None
 
     def _check_encoding(self, sql: str, kinds: tuple[str, ...]) -> None:
-        """client_encoding is fixed for the session: the proxy lexes in it, so the backend must read in it."""
+        """client_encoding is fixed for a tenant session: the proxy lexes in it, so the backend must read in it.
+        (Trusted sessions are not rewritten: they may change it, and the proxy follows, see _parameter_status.)"""
+        if self.tenant is None:
+            return
         changes = encoding_changes(sql)
         if self._reset_encoding != self.encoding.name and ("reset_all" in kinds or "discard_all" in kinds):
             changes.append(None)
@@ -993,7 +997,10 @@ class Session:
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value
         # backstop: never another statement under a lexing the proxy did not verify
-        if msg.name == "client_encoding" and canonical_name(msg.value) != self.encoding.name:
+        if msg.name == "client_encoding" and self.tenant is None:
+            with contextlib.suppress(EncodingError):  # unsupported: its statements are refused (22021)
+                self.encoding = client_encoding(msg.value)
+        elif msg.name == "client_encoding" and canonical_name(msg.value) != self.encoding.name:
             self._lexing_changed(f"client_encoding changed to {msg.value} (the session's is {self.encoding.name})")
         elif msg.name == "standard_conforming_strings" and msg.value != "on":
             self._lexing_changed("standard_conforming_strings was turned off")

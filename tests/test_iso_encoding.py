@@ -84,8 +84,10 @@ def _rows(messages: list[object]) -> list[bytes | None]:
     return [v for m in messages if isinstance(m, codec.DataRow) for v in m.values]
 
 
-# The injected text reads what a tenant may never read: an unlisted table, or every tenant's orders.
-INJECTIONS = ["UNION SELECT body FROM internal_notes", "UNION ALL SELECT note FROM public.orders"]
+# The injected text reads what a tenant may never read (an unlisted table, every tenant's orders) or
+# switches the tenant RLS reads (the next statement then sees nothing of its own).
+INJECTIONS = ["UNION SELECT body FROM internal_notes", "UNION ALL SELECT note FROM public.orders",
+              "UNION SELECT set_config('tenantgate.tenant', 'globex', false)"]
 SHAPES = [
     "SELECT E'{p}\\' {inj} --'",
     "SELECT note FROM orders WHERE note = E'{p}\\' {inj} --'",
@@ -223,3 +225,33 @@ def test_text_the_session_encoding_cannot_read_is_refused_and_the_session_stays(
         assert _rows(client.query("SELECT 1")) == [b"1"]
     finally:
         client.close()
+
+
+def test_a_trusted_session_may_change_its_encoding_and_the_proxy_follows(gate: tuple[ProxyProcess, str]) -> None:
+    """Trusted users are not rewritten (fidelity for drivers' own suites): SET client_encoding works."""
+    proxy, _ = gate
+    with psycopg.connect(proxy.dsn("svc", ""), autocommit=True) as conn:
+        conn.execute("SET client_encoding = 'LATIN1'")
+        assert conn.execute("SELECT 'Grüße'").fetchone() == ("Grüße",)
+        conn.execute("RESET client_encoding")
+        assert conn.execute("SELECT '日本'").fetchone() == ("日本",)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_backend_without_standard_conforming_strings_is_refused(
+    pg: PgServer, tmp_path: Path, mode: str
+) -> None:
+    """The proxy lexes with standard_conforming_strings on: a backend that reads otherwise is refused."""
+    name = f"iso_enc_scs_{mode[:4]}"
+    proxy = _make(pg, name, False, mode, tmp_path)
+    pg.execute(f'ALTER DATABASE "{name}" SET standard_conforming_strings = off')
+    try:
+        for user in ("alice", "svc"):
+            client = RawClient(proxy.port)
+            try:
+                out = client.login(user, proxy.users[user][1])
+                assert [e.sqlstate for e in errors(out)] == ["55000"], out
+            finally:
+                client.close()
+    finally:
+        proxy.stop()
