@@ -195,6 +195,10 @@ class ClientConnection(FrontendConnection):
             raise Fatal("08006", f"the backend chose client_encoding {default}, not the session's {encoding.name}")
         if pool is not None and requested_encoding is None:  # hand-overs set it like every session setting
             session_settings["client_encoding"] = encoding.name
+        crypto = await self._session_crypto(server_params, placement)
+        if crypto is not None and crypto.columns and encoding.name != "UTF8":
+            # ciphertext binds the plaintext's bytes: they must not depend on the client's encoding
+            raise Fatal("0A000", "field encryption requires client_encoding UTF8 for this tenant")
 
         self.key = self.proxy.cancels.register(self)
         out = bytearray(reply)
@@ -223,10 +227,6 @@ class ClientConnection(FrontendConnection):
                 session=str(self.id),
                 database=database,
             )
-        crypto = await self._session_crypto(server_params, placement)
-        if crypto is not None and crypto.columns and encoding.name != "UTF8":
-            # ciphertext binds the plaintext's bytes: they must not depend on the client's encoding
-            raise Fatal("0A000", "field encryption requires client_encoding UTF8 for this tenant")
         self.session = session = Session(
             self,
             None,

@@ -255,3 +255,27 @@ def test_a_backend_without_standard_conforming_strings_is_refused(
                 client.close()
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("name", ["LATIN1", "SJIS", "win1252"])
+def test_field_encryption_refuses_a_non_utf8_session_at_startup(pg: PgServer, tmp_path: Path, name: str) -> None:
+    """Ciphertext binds the plaintext's bytes: a tenant with encrypted columns must send UTF-8."""
+    from .test_encryption_proxy import SETUP as ENCRYPTED_SETUP
+    from .test_encryption_proxy import launch as launch_encrypted
+
+    backend = Backend.create(pg, f"iso_enc_crypto_{name.lower()}", ENCRYPTED_SETUP, owner=False)
+    proxy = launch_encrypted(backend, tmp_path)
+    try:
+        client = RawClient(proxy.port)
+        try:
+            out = client.login("alice", proxy.users["alice"][1], client_encoding=name)
+            assert [(e.sqlstate, dict(e.fields)["S"]) for e in errors(out)] == [("0A000", "FATAL")], out
+            assert "UTF8" in errors(out)[0].message
+        finally:
+            client.close()
+        with psycopg.connect(proxy.dsn("alice", "", client_encoding="UTF8"), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() is not None
+        with psycopg.connect(proxy.dsn("svc", "", client_encoding=name), autocommit=True) as conn:
+            assert conn.execute("SELECT 'ok'").fetchone() == ("ok",)
+    finally:
+        proxy.stop()
