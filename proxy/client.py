@@ -185,7 +185,7 @@ class ClientConnection(FrontendConnection):
         if backend is not None:
             await self.proxy.check_backend_role(backend, placement.backend.allow_superuser)
         server_params = backend.params if backend is not None else dict(pool.params or {} if pool else {})
-        if server_params.get("standard_conforming_strings", "on") != "on":
+        if self.tenant is not None and server_params.get("standard_conforming_strings", "on") != "on":
             raise Fatal("55000", "the backend has standard_conforming_strings off; tenantgate requires it on")
         # the backend's own encoding at connect: the session's when the client names none, and
         # what RESET ALL / DISCARD ALL return a pooled backend to
@@ -345,9 +345,10 @@ def _supported(name: str) -> ClientEncoding:
 
 def _requested_encoding(settings: dict[str, str]) -> ClientEncoding | None:
     """The client_encoding the client asked for at startup, now spelled as PostgreSQL spells it."""
-    for key in settings:
+    for key in list(settings):
         if key.lower() == "client_encoding":
-            encoding = _supported(settings[key])
-            settings[key] = encoding.name
+            encoding = _supported(settings.pop(key))
+            # one spelling of the name, so that a pooled hand-over never SETs it and RESETs it again
+            settings["client_encoding"] = encoding.name
             return encoding
     return None

@@ -168,7 +168,7 @@ class ClientEncoding:
             raw = text.encode(self.codec)
         except UnicodeEncodeError as exc:
             raise EncodingError(
-                f'character {text[exc.start]!r} has no equivalent in encoding "{self.name}"'
+                f'character {text[exc.start]!a} has no equivalent in encoding "{self.name}"'
             ) from None
         if self.mblen is not None and self.decode(raw) != text:
             raise EncodingError(f'text does not round-trip through encoding "{self.name}"')

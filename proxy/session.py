@@ -716,7 +716,7 @@ class Session:
 
     def _pooled_describe_close(self, mtype: int, body: bytes) -> bytes | None:
         assert self._named is not None and self.backend is not None
-        msg = codec.decode_frontend(mtype, body)
+        msg = self._decode(mtype, body)
         assert isinstance(msg, codec.Describe | codec.Close)
         cycle = self.cycles_sent + 1
         if isinstance(msg, codec.Close):
@@ -779,7 +779,10 @@ class Session:
         wanted = self._tenant_params.get(bind.statement)
         if not wanted:
             return
-        tenant = self.encoding.encode(self.tenant or "")
+        try:
+            tenant: bytes | None = self.encoding.encode(self.tenant or "")
+        except EncodingError:  # the session cannot even spell its tenant: no value can match it
+            tenant = None
         for n in wanted:
             value = bind.params[n - 1] if n <= len(bind.params) else None
             if value != tenant:
@@ -997,9 +1000,10 @@ class Session:
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value
         # backstop: never another statement under a lexing the proxy did not verify
-        if msg.name == "client_encoding" and self.tenant is None:
-            with contextlib.suppress(EncodingError):  # unsupported: its statements are refused (22021)
-                self.encoding = client_encoding(msg.value)
+        if self.tenant is None:  # trusted sessions are not rewritten: the proxy only follows their encoding
+            if msg.name == "client_encoding":
+                with contextlib.suppress(EncodingError):  # unsupported: its statements are refused (22021)
+                    self.encoding = client_encoding(msg.value)
         elif msg.name == "client_encoding" and canonical_name(msg.value) != self.encoding.name:
             self._lexing_changed(f"client_encoding changed to {msg.value} (the session's is {self.encoding.name})")
         elif msg.name == "standard_conforming_strings" and msg.value != "on":

@@ -21,6 +21,11 @@ setting "role" may not be set by a client (42501)
 ... except StartupRefused as e:
 ...     print(e)
 setting "enable_indexscan" may not be set by a client (42501)
+>>> try:
+...     filter_params({"user": "a", "Client_Encoding": "UTF8", "options": "-c client_encoding=SJIS"})
+... except StartupRefused as e:
+...     print(e)
+setting "client_encoding" is given more than once with different values (08P01)
 """
 
 from __future__ import annotations
@@ -117,8 +122,14 @@ def filter_params(params: dict[str, str]) -> tuple[dict[str, str], list[str]]:
                 raise StartupRefused("replication connections are not allowed through tenantgate", "42501")
         else:
             pairs.append((key, value))
+    seen: dict[str, str] = {}
     for name, value in pairs:
-        if name.lower() not in ALLOWED_SETTINGS:
+        key = name.lower()
+        if key not in ALLOWED_SETTINGS:
             raise StartupRefused(f'setting "{name}" may not be set by a client', "42501")
-        settings[name] = value
+        if key in seen and settings[seen[key]] != value:
+            # which one the backend applies depends on its processing order: never guess (client_encoding!)
+            raise StartupRefused(f'setting "{name}" is given more than once with different values', "08P01")
+        seen.setdefault(key, name)
+        settings[seen[key]] = value
     return settings, extensions

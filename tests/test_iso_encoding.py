@@ -241,18 +241,21 @@ def test_a_trusted_session_may_change_its_encoding_and_the_proxy_follows(gate: t
 def test_a_backend_without_standard_conforming_strings_is_refused(
     pg: PgServer, tmp_path: Path, mode: str
 ) -> None:
-    """The proxy lexes with standard_conforming_strings on: a backend that reads otherwise is refused."""
+    """The proxy lexes tenant statements with standard_conforming_strings on: a backend that reads
+    otherwise is refused for tenants (trusted sessions are relayed unchanged and may use it)."""
     name = f"iso_enc_scs_{mode[:4]}"
     proxy = _make(pg, name, False, mode, tmp_path)
     pg.execute(f'ALTER DATABASE "{name}" SET standard_conforming_strings = off')
     try:
-        for user in ("alice", "svc"):
+        for user in ("alice", "bob"):
             client = RawClient(proxy.port)
             try:
                 out = client.login(user, proxy.users[user][1])
                 assert [e.sqlstate for e in errors(out)] == ["55000"], out
             finally:
                 client.close()
+        with psycopg.connect(proxy.dsn("svc", ""), autocommit=True) as conn:
+            assert conn.execute("SHOW standard_conforming_strings").fetchone() == ("off",)
     finally:
         proxy.stop()
 
@@ -279,3 +282,34 @@ def test_field_encryption_refuses_a_non_utf8_session_at_startup(pg: PgServer, tm
             assert conn.execute("SELECT 'ok'").fetchone() == ("ok",)
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("startup", [{"options": "-c client_encoding=SJIS"}, {"options": "--client-encoding=sjis"},
+                                     {"CLIENT_ENCODING": "shift_jis"}, {"client_encoding": "Windows932"}])
+def test_client_encoding_from_options_or_any_spelling_is_the_one_the_proxy_reads(
+    gate: tuple[ProxyProcess, str], startup: dict[str, str]
+) -> None:
+    proxy, _ = gate
+    client = _session(proxy, **startup)
+    try:
+        shown = client.query("SHOW client_encoding")
+        assert _rows(shown) == [b"SJIS"], shown
+        client.send(_query(SHAPES[1].format(p=SWALLOW["SJIS"], inj=INJECTIONS[0]).encode()))
+        out = client.until_ready()
+        assert [e.sqlstate for e in errors(out)] == ["42501"], out  # the proxy saw the UNION: refused
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("startup", [{"client_encoding": "UTF8", "options": "-c client_encoding=SJIS"},
+                                     {"client_encoding": "SJIS", "Client_Encoding": "UTF8"}])
+def test_conflicting_client_encodings_at_startup_are_refused(
+    gate: tuple[ProxyProcess, str], startup: dict[str, str]
+) -> None:
+    proxy, _ = gate
+    client = RawClient(proxy.port)
+    try:
+        out = client.login("alice", proxy.users["alice"][1], **startup)
+        assert [e.sqlstate for e in errors(out)] == ["08P01"], out
+    finally:
+        client.close()
