@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .encoding import UTF8, ClientEncoding
+from .encoding import UTF8, ClientEncoding, EncodingError
 
 PROTOCOL_V3 = 196608  # 3.0
 SSL_REQUEST_CODE = 80877103
@@ -716,8 +716,8 @@ class NotificationResponse:
     channel: str
     payload: str
 
-    def encode(self) -> bytes:
-        return _frame(b"A", _I32.pack(self.pid) + _cstr(self.channel) + _cstr(self.payload))
+    def encode(self, enc: ClientEncoding = UTF8) -> bytes:
+        return _frame(b"A", _I32.pack(self.pid) + _cstr(self.channel, enc) + _cstr(self.payload, enc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -851,13 +851,17 @@ _BACKEND: dict[int, Callable[[_Reader], object]] = {
 }
 
 
-def decode_backend(mtype: int, body: bytes | memoryview) -> object:
-    """Decode one backend message body (without its 5-byte header)."""
+def decode_backend(mtype: int, body: bytes | memoryview, enc: ClientEncoding | None = None) -> object:
+    """Decode one backend message body (without its 5-byte header); strings in the client
+    encoding ``enc`` if given (what a backend sends a client session is in its encoding)."""
     dec = _BACKEND.get(mtype)
     if dec is None:
         raise ProtocolError("server", f"invalid backend message type {chr(mtype)!r}")
-    r = _Reader(body, "server")
-    msg = dec(r)
+    r = _Reader(body, "server", enc)
+    try:
+        msg = dec(r)
+    except EncodingError as exc:
+        raise ProtocolError("server", str(exc)) from None
     if mtype == ord("Z") and msg.status not in ("I", "T", "E"):  # type: ignore[attr-defined]
         raise r.fail("invalid transaction status in ReadyForQuery")
     r.end()

@@ -903,7 +903,7 @@ class Session:
                     out = _splice(out, buf, mark, start, replacement)
                     mark = end
                 else:
-                    err = codec.decode_backend(_E, buf[start + 5 : end])
+                    err = codec.decode_backend(_E, buf[start + 5 : end], self.encoding)
                     assert isinstance(err, ErrorResponse)
                     self.metrics.error(err.sqlstate)
                     if audit is not None:
@@ -987,15 +987,15 @@ class Session:
         return None
 
     def _notification(self, body: bytes) -> bytes:
-        note = codec.decode_backend(_A, body)
+        note = codec.decode_backend(_A, body, self.encoding)
         assert isinstance(note, codec.NotificationResponse)
         channel = strip_channel(self.tenant or "", note.channel)
         if channel is None:
             return b""
-        return codec.NotificationResponse(note.pid, channel, note.payload).encode()
+        return codec.NotificationResponse(note.pid, channel, note.payload).encode(self.encoding)
 
     def _parameter_status(self, body: bytes) -> None:
-        msg = codec.decode_backend(_PS, body)
+        msg = codec.decode_backend(_PS, body, self.encoding)
         assert isinstance(msg, codec.ParameterStatus)
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value

@@ -208,6 +208,14 @@ def test_a_non_utf8_client_round_trips_non_ascii_text(gate: tuple[ProxyProcess, 
         assert conn.execute("SELECT note FROM orders WHERE id = %s", (row_id,)).fetchone() == (text,)
         assert conn.execute(f"SELECT note FROM orders WHERE note = '{text}'").fetchone() == (text,)
         assert conn.execute("SELECT count(*) FROM orders WHERE note LIKE 'GLOBEX%'").fetchone() == (0,)
+        # what the backend sends in the session's encoding is read in it too: errors, notifications
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as info:
+            conn.execute(f"SELECT '{text}'::int")
+        assert text in str(info.value)
+        conn.execute("LISTEN news")
+        conn.execute("SELECT pg_notify('news', %s)", (text,))
+        assert [n.payload for n in conn.notifies(timeout=5, stop_after=1)] == [text]
+        conn.execute("UNLISTEN news")
         with psycopg.connect(proxy.dsn("svc", ""), autocommit=True) as utf8:  # stored as the same characters
             assert utf8.execute("SELECT note FROM orders WHERE id = %s", (row_id,)).fetchone() == (text,)
         conn.execute("DELETE FROM orders WHERE id = %s", (row_id,))
