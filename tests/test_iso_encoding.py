@@ -321,3 +321,47 @@ def test_conflicting_client_encodings_at_startup_are_refused(
         assert [e.sqlstate for e in errors(out)] == ["08P01"], out
     finally:
         client.close()
+
+
+class _Client:
+    """The client side of a session, recording what the proxy writes to it."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.is_closed = False
+        self.backpressure_peer = None
+
+    def write(self, data: bytes) -> None:
+        if not self.is_closed:
+            self.written += data
+
+    def close(self) -> None:
+        self.is_closed = True
+
+
+@pytest.mark.parametrize(("name", "value"), [("client_encoding", "LATIN1"), ("client_encoding", "SQL_ASCII"),
+                                             ("standard_conforming_strings", "off")])
+@pytest.mark.parametrize("goodbye", [False, True])
+def test_a_parameter_status_changing_the_lexing_ends_a_tenant_session(name: str, value: str, goodbye: bool) -> None:
+    """Backstop (no tenant statement can reach it any more): the session ends with a FATAL, unless
+    the client already said goodbye, in which case nothing is written at all."""
+    from tenantgate.proxy.encoding import client_encoding as lookup
+    from tenantgate.proxy.metrics import Metrics
+    from tenantgate.proxy.session import Session
+
+    client = _Client()
+    session = Session(client, None, user="alice", tenant="acme", planner=None, paused=set(),  # type: ignore[arg-type]
+                      metrics=Metrics(), encoding=lookup("SJIS"))
+    session._said_goodbye = goodbye
+    same = codec.ParameterStatus("client_encoding", "SJIS").encode()
+    session._parameter_status(same[5:])
+    assert not client.is_closed
+    session._parameter_status(codec.ParameterStatus(name, value).encode()[5:])
+    assert client.is_closed
+    if goodbye:
+        assert client.written == b""
+    else:
+        framer = codec.Framer("server")
+        buf, frames = framer.feed(client.written)
+        (fatal,) = [codec.decode_backend(t, buf[s + 5 : e]) for t, s, e in frames]
+        assert isinstance(fatal, codec.ErrorResponse) and fatal.sqlstate == "08P01" and name in fatal.message
