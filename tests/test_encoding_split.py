@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tenantgate.proxy import encoding
 from tenantgate.proxy.encoding import EncodingError, canonical_name, client_encoding
@@ -84,3 +86,15 @@ def test_multibyte_bytes_split_as_postgresql_splits_them(pg: PgServer, db: str, 
 @pytest.mark.parametrize("name", SINGLE_BYTE)
 def test_single_byte_encodings_keep_ascii_where_postgresql_does(pg: PgServer, db: str, name: str) -> None:
     _agree(pg, db, name, [bytes([b]) + b"'\\" for b in range(1, 256)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(encoding._SUPPORTED)),
+       st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20))
+def test_what_the_proxy_sends_decodes_back_to_exactly_the_verified_text(name: str, text: str) -> None:
+    enc = client_encoding(name)
+    try:
+        raw = enc.encode(text)
+    except EncodingError:
+        return  # not representable: the statement is refused, nothing is sent
+    assert enc.decode(raw) == text
