@@ -279,19 +279,15 @@ class ClientConnection(FrontendConnection):
         return crypto
 
     def _route(self, placement: Placement) -> str:
-        """The backend database of this session. A tenant's is its configured one, whatever the
-        client asked for, like a PgBouncer database entry: the client may name that database, the
-        main backend's (the application's one connection string, mapped to the tenant's tier), its
-        user name (libpq's default) or nothing. Any other name is refused, so no tenant reaches
-        another tier's database through the backend role."""
-        requested = self._requested_database
+        """The backend database of this session. A tenant's is always its configured one: the name
+        the client gives is mapped to it, like a PgBouncer database entry (one connection string,
+        e.g. ``/app``, serves every tier), so no tenant reaches another tier's database through the
+        backend role. A tenant whose backend has no database configured is refused."""
         if self.tenant is None:
-            return placement.database(requested, self.user)
+            return placement.database(self._requested_database, self.user)
         configured = placement.backend.database
         if configured is None:
             raise Fatal("3D000", f"no database is configured for tenant {self.tenant}")
-        if requested not in (None, "", configured, self.proxy.config.backend.database, self.user):
-            raise Fatal("3D000", f'database "{requested}" is not available to tenant {self.tenant}')
         return configured
 
     def placement_changed(self) -> None:

@@ -97,8 +97,7 @@ def proxy(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def connect(proxy: ProxyProcess, user: str = "alice") -> psycopg.Connection:
-    # no database name: a tenant always lands in its configured one, and naming another is refused
-    return psycopg.connect(proxy.dsn(user), autocommit=True)
+    return psycopg.connect(proxy.dsn(user, "encrypted"), autocommit=True)
 
 
 def stored(backend: Backend, table: str = "customers", where: str = "true") -> list[tuple[Any, ...]]:
