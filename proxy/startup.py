@@ -62,11 +62,12 @@ ALLOWED_SETTINGS = frozenset(
         "jit",
         "xmloption",
         "timezone_abbreviations",
+        "vacuum_cost_delay",
     )
 )
 # Deliberately absent: planner switches and costs (enable_*, random_page_cost, geqo, ...) and
-# executor limits like gin_fuzzy_search_limit. They force plans whose timing or row counts measure
-# every tenant's rows, not just the session's (issue 12, family 7).
+# gin_fuzzy_search_limit (it caps index matches of every tenant before the tenant filter). They force
+# plans whose timing or row counts measure every tenant's rows, not just the session's (issue 12, family 7).
 
 # Startup keys that are protocol, not settings.
 _ROUTING = {"user", "database"}
