@@ -27,6 +27,7 @@ from .codec import (
     StartupMessage,
 )
 from .crypto import CryptoSetupError, SessionCrypto
+from .encoding import ClientEncoding, EncodingError, canonical_name, client_encoding
 from .frontend import Fatal, FrontendConnection, fatal_bytes
 from .limits import LimitExceeded, TenantLimiter
 from .oidc import jwt_verifier
@@ -139,8 +140,9 @@ class ClientConnection(FrontendConnection):
 
         placement = Placement.of(cfg, self.tenant)
         self._requested_database = startup.params.get("database")
-        database = placement.database(self._requested_database, name)
+        database = self._route(placement)
         self.database = database
+        requested_encoding = _requested_encoding(settings)
         session_settings = dict(settings)
         if self.tenant is not None:
             # defence in depth: RLS policies read it; the session's reset value, so RESET ALL keeps it
@@ -185,6 +187,18 @@ class ClientConnection(FrontendConnection):
         server_params = backend.params if backend is not None else dict(pool.params or {} if pool else {})
         if self.tenant is not None and server_params.get("standard_conforming_strings", "on") != "on":
             raise Fatal("55000", "the backend has standard_conforming_strings off; tenantgate requires it on")
+        # the backend's own encoding at connect: the session's when the client names none, and
+        # what RESET ALL / DISCARD ALL return a pooled backend to
+        default = canonical_name(server_params.get("client_encoding", "UTF8")) or "?"
+        encoding = requested_encoding or _supported(default)
+        if backend is not None and pool is None and default != encoding.name:
+            raise Fatal("08006", f"the backend chose client_encoding {default}, not the session's {encoding.name}")
+        if pool is not None and requested_encoding is None:  # hand-overs set it like every session setting
+            session_settings["client_encoding"] = encoding.name
+        crypto = await self._session_crypto(server_params, placement)
+        if crypto is not None and crypto.columns and encoding.name != "UTF8":
+            # ciphertext binds the plaintext's bytes: they must not depend on the client's encoding
+            raise Fatal("0A000", "field encryption requires client_encoding UTF8 for this tenant")
 
         self.key = self.proxy.cancels.register(self)
         out = bytearray(reply)
@@ -213,7 +227,6 @@ class ClientConnection(FrontendConnection):
                 session=str(self.id),
                 database=database,
             )
-        crypto = await self._session_crypto(server_params, placement)
         self.session = session = Session(
             self,
             None,
@@ -227,6 +240,8 @@ class ClientConnection(FrontendConnection):
             metrics=self.proxy.metrics,
             crypto=crypto,
             limiter=self.limiter,
+            encoding=encoding,
+            reset_encoding=default,
         )
         session.readonly = readonly
         self._login_backend = None
@@ -263,12 +278,28 @@ class ClientConnection(FrontendConnection):
             raise Fatal(exc.sqlstate, "the encryption keys of this tenant cannot be loaded") from None
         return crypto
 
+    def _route(self, placement: Placement) -> str:
+        """The backend database of this session. A tenant's is always its configured one: the name
+        the client gives is mapped to it, like a PgBouncer database entry (one connection string,
+        e.g. ``/app``, serves every tier), so no tenant reaches another tier's database through the
+        backend role. A tenant whose backend has no database configured is refused."""
+        if self.tenant is None:
+            return placement.database(self._requested_database, self.user)
+        configured = placement.backend.database
+        if configured is None:
+            raise Fatal("3D000", f"no database is configured for tenant {self.tenant}")
+        return configured
+
     def placement_changed(self) -> None:
         """The tenant moved (reload): its session follows at its next transaction boundary."""
         if self.session is None or self.tenant is None:
             return
         placement = Placement.of(self.proxy.config, self.tenant)
-        database = placement.database(self._requested_database, self.user)
+        try:
+            database = self._route(placement)
+        except Fatal as exc:
+            self.terminate(exc.error.sqlstate, exc.error.message)
+            return
         self.database = database
         # encrypted columns are resolved per placement at login: such sessions reconnect instead
         pool = self.proxy.pool_for(database, placement) if self.proxy.keyring is None else None
@@ -298,3 +329,22 @@ class ClientConnection(FrontendConnection):
     def terminate(self, sqlstate: str, message: str) -> None:
         """Close this session now with a FATAL error (shutdown, KILL)."""
         self.fatal(codec.error(sqlstate, message))
+
+
+def _supported(name: str) -> ClientEncoding:
+    """The session's encoding, or a clear refusal at startup (no faithful codec, unknown name)."""
+    try:
+        return client_encoding(name)
+    except EncodingError as exc:
+        raise Fatal("0A000", f"{exc}; connect with a supported client_encoding (for example UTF8)") from None
+
+
+def _requested_encoding(settings: dict[str, str]) -> ClientEncoding | None:
+    """The client_encoding the client asked for at startup, now spelled as PostgreSQL spells it."""
+    for key in list(settings):
+        if key.lower() == "client_encoding":
+            encoding = _supported(settings.pop(key))
+            # one spelling of the name, so that a pooled hand-over never SETs it and RESETs it again
+            settings["client_encoding"] = encoding.name
+            return encoding
+    return None

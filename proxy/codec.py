@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .encoding import UTF8, ClientEncoding, EncodingError
+
 PROTOCOL_V3 = 196608  # 3.0
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -50,14 +52,19 @@ class ProtocolError(Exception):
 
 
 class _Reader:
-    """Cursor over one message body; every overrun is a ProtocolError of ``side``."""
+    """Cursor over one message body; every overrun is a ProtocolError of ``side``.
 
-    __slots__ = ("buf", "pos", "side")
+    Strings are UTF-8 unless ``enc`` (a client session's encoding) says otherwise; text that does
+    not split as PostgreSQL would split it raises its EncodingError (the statement is refused).
+    """
 
-    def __init__(self, buf: bytes | memoryview, side: str) -> None:
+    __slots__ = ("buf", "enc", "pos", "side")
+
+    def __init__(self, buf: bytes | memoryview, side: str, enc: ClientEncoding | None = None) -> None:
         self.buf = bytes(buf)
         self.pos = 0
         self.side = side
+        self.enc = enc
 
     def fail(self, what: str) -> ProtocolError:
         return ProtocolError(self.side, what)
@@ -96,6 +103,8 @@ class _Reader:
             raise self.fail("unterminated string")
         raw = self.buf[self.pos : end]
         self.pos = end + 1
+        if self.enc is not None:
+            return self.enc.decode(raw)
         try:
             return raw.decode()
         except UnicodeDecodeError:
@@ -117,8 +126,8 @@ class _Reader:
             raise self.fail("trailing bytes after the message")
 
 
-def _cstr(s: str) -> bytes:
-    b = s.encode()
+def _cstr(s: str, enc: ClientEncoding = UTF8) -> bytes:
+    b = enc.encode(s)
     if b"\x00" in b:
         raise ValueError("strings on the wire cannot contain NUL")
     return b + b"\x00"
@@ -298,8 +307,8 @@ class Query:
     TYPE: ClassVar[bytes] = b"Q"
     sql: str
 
-    def encode(self) -> bytes:
-        return _frame(b"Q", _cstr(self.sql))
+    def encode(self, enc: ClientEncoding = UTF8) -> bytes:
+        return _frame(b"Q", _cstr(self.sql, enc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +318,10 @@ class Parse:
     sql: str
     param_types: tuple[int, ...] = ()
 
-    def encode(self) -> bytes:
+    def encode(self, enc: ClientEncoding = UTF8) -> bytes:
         oids = list(self.param_types)
-        return _frame(b"P", _cstr(self.name) + _cstr(self.sql) + struct.pack(f"!h{len(oids)}I", len(oids), *oids))
+        types = struct.pack(f"!h{len(oids)}I", len(oids), *oids)
+        return _frame(b"P", _cstr(self.name, enc) + _cstr(self.sql, enc) + types)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,11 +490,13 @@ def _dec_bind(r: _Reader) -> Bind:
     return Bind(portal, stmt, pf, params, rf)
 
 
-def bind_statement(body: bytes) -> str:
+def bind_statement(body: bytes, enc: ClientEncoding | None = None) -> str:
     """The prepared statement a Bind body names, without decoding its parameter values."""
     parts = body.split(b"\x00", 2)
     if len(parts) < 3:
         raise ProtocolError("client", "malformed Bind message")
+    if enc is not None:
+        return enc.decode(parts[1])
     try:
         return parts[1].decode()
     except UnicodeDecodeError:
@@ -530,12 +542,12 @@ _FRONTEND: dict[int, Callable[[_Reader], object]] = {
 }
 
 
-def decode_frontend(mtype: int, body: bytes | memoryview) -> object:
-    """Decode one frontend message body (without its 5-byte header)."""
+def decode_frontend(mtype: int, body: bytes | memoryview, enc: ClientEncoding | None = None) -> object:
+    """Decode one frontend message body (without its 5-byte header); strings in ``enc`` if given."""
     dec = _FRONTEND.get(mtype)
     if dec is None:
         raise ProtocolError("client", f"invalid frontend message type {chr(mtype)!r}")
-    r = _Reader(body, "client")
+    r = _Reader(body, "client", enc)
     msg = dec(r)
     r.end()
     return msg
@@ -704,8 +716,8 @@ class NotificationResponse:
     channel: str
     payload: str
 
-    def encode(self) -> bytes:
-        return _frame(b"A", _I32.pack(self.pid) + _cstr(self.channel) + _cstr(self.payload))
+    def encode(self, enc: ClientEncoding = UTF8) -> bytes:
+        return _frame(b"A", _I32.pack(self.pid) + _cstr(self.channel, enc) + _cstr(self.payload, enc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -839,13 +851,17 @@ _BACKEND: dict[int, Callable[[_Reader], object]] = {
 }
 
 
-def decode_backend(mtype: int, body: bytes | memoryview) -> object:
-    """Decode one backend message body (without its 5-byte header)."""
+def decode_backend(mtype: int, body: bytes | memoryview, enc: ClientEncoding | None = None) -> object:
+    """Decode one backend message body (without its 5-byte header); strings in the client
+    encoding ``enc`` if given (what a backend sends a client session is in its encoding)."""
     dec = _BACKEND.get(mtype)
     if dec is None:
         raise ProtocolError("server", f"invalid backend message type {chr(mtype)!r}")
-    r = _Reader(body, "server")
-    msg = dec(r)
+    r = _Reader(body, "server", enc)
+    try:
+        msg = dec(r)
+    except EncodingError as exc:
+        raise ProtocolError("server", str(exc)) from None
     if mtype == ord("Z") and msg.status not in ("I", "T", "E"):  # type: ignore[attr-defined]
         raise r.fail("invalid transaction status in ReadyForQuery")
     r.end()

@@ -25,6 +25,7 @@ and its hot path; the pieces without I/O live in pool.py, tracked.py and crypto.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -38,6 +39,7 @@ from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, Parse, Query
+from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding, encoding_changes
 from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
 from .roles import read_only_violation
@@ -106,8 +108,15 @@ class Session:
         metrics: Metrics,
         crypto: SessionCrypto | None = None,
         limiter: TenantLimiter | None = None,
+        encoding: ClientEncoding = UTF8,
+        reset_encoding: str = "UTF8",
     ) -> None:
         self.client = client
+        # the session's client_encoding, fixed at startup: every client text is decoded and sent in it
+        self.encoding = encoding
+        # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
+        self._reset_encoding = reset_encoding if pool is not None else encoding.name
+        self._said_goodbye = False  # the client sent Terminate: the backend's close is expected
         self.backend = backend  # None between transactions in transaction mode
         self.user = user
         self.tenant = tenant
@@ -221,15 +230,16 @@ class Session:
             if self.client.transport is not None:
                 self.client.transport.pause_reading()
             return
-        if self.pool is not None:
+        cut = next((i for i, f in enumerate(frames) if f[0] == _TERMINATE), None)
+        if cut is not None:
+            self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
+        if self.pool is not None and cut is not None:
             # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
-            cut = next((i for i, f in enumerate(frames) if f[0] == _TERMINATE), None)
-            if cut is not None:
-                self.client.close()
-                frames = frames[:cut]
-                if not frames:
-                    return
-                buf = buf[: frames[-1][2]]
+            self.client.close()
+            frames = frames[:cut]
+            if not frames:
+                return
+            buf = buf[: frames[-1][2]]
         if self._move is not None and self.at_boundary and not self._take_move():
             return
         crypto = self.crypto
@@ -416,7 +426,9 @@ class Session:
         self._end(codec.error("08006", "server closed the connection unexpectedly", severity="FATAL"))
 
     def _end(self, err: ErrorResponse) -> None:
-        if not self.client.is_closed:
+        if self._said_goodbye:  # the client is leaving: it expects no answer, and a FATAL crashes some drivers
+            self.client.close()
+        elif not self.client.is_closed:
             self.client.write(err.encode())
             self.client.close()
 
@@ -583,13 +595,14 @@ class Session:
                     self._named.query_sent(self.backend, by_client=True)
                 if self.crypto is not None:  # one answer cycle, whatever is sent in its place
                     self.crypto.on_client_message(_Q, None)
-                msg = codec.decode_frontend(mtype, body)
+                msg = self._decode(mtype, body)
                 assert isinstance(msg, Query)
                 sql = msg.sql
                 self._check_rate()
                 self._check_audit()
                 plan = self._plan(sql, extended=False)
                 rewritten, kinds = plan.sql, plan.kinds
+                self._check_encoding(msg.sql, kinds)
                 sql = self._redacted
                 changes = self._setting_changes(plan)
                 if self.pool is not None:
@@ -599,12 +612,14 @@ class Session:
                     self.metrics.statement(self.tenant, kind, "allowed")
                 if audit is not None:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
-                return None if rewritten == sql else Query(rewritten).encode()
+                # the backend gets the verified text in the session's encoding: the client's bytes only if identical
+                query = self._encode(Query(rewritten))
+                return None if query == buf[start:end] else query
             if mtype == _P:
-                msg = codec.decode_frontend(mtype, body)
+                msg = self._decode(mtype, body)
                 assert isinstance(msg, Parse)
                 sql = msg.sql
-                return self._parse(msg)
+                return self._parse(msg, buf[start:end])
             if mtype == _B:
                 return self._bind(body)
             if mtype in (_DESCRIBE, _CLOSE):  # tenant and pooled sessions only: translate statement names
@@ -642,17 +657,56 @@ class Session:
                 audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
             return self._inject(refusal, simple=mtype in (_Q, _F))
 
+    def _decode(self, mtype: int, body: bytes) -> object:
+        """A client message whose text is decoded in the session's encoding, as the backend reads it."""
+        try:
+            return codec.decode_frontend(mtype, body, self.encoding)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+
+    def _bind_statement(self, body: bytes) -> str:
+        try:
+            return codec.bind_statement(body, self.encoding)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+
+    def _encode(self, msg: Query | Parse) -> bytes:
+        """What the backend is sent, in the session's encoding, proven to split as the proxy's text."""
+        try:
+            return msg.encode(self.encoding)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+
+    def _check_encoding(self, sql: str, kinds: tuple[str, ...]) -> None:
+        """client_encoding is fixed for a tenant session: the proxy lexes in it, so the backend must read in it.
+        (Trusted sessions are not rewritten: they may change it, and the proxy follows, see _parameter_status.)"""
+        if self.tenant is None:
+            return
+        changes = encoding_changes(sql)
+        if self._reset_encoding != self.encoding.name and ("reset_all" in kinds or "discard_all" in kinds):
+            changes.append(None)
+        for value in changes:
+            target = self._reset_encoding if value is None else canonical_name(value)
+            if target != self.encoding.name:
+                raise Refusal(
+                    "0A000",
+                    f"client_encoding is fixed for this session ({self.encoding.name}): "
+                    "set it in the connection string (client_encoding) instead",
+                    "client_encoding",
+                )
+
     @staticmethod
     def _parse_name(body: bytes) -> str:
         return body.partition(b"\x00")[0].decode("utf-8", "replace")
 
-    def _parse(self, msg: Parse) -> bytes | None:
+    def _parse(self, msg: Parse, raw: bytes) -> bytes | None:
         """A client's Parse: planned, sealed, and (tenant sessions) prepared under its backend name."""
         named = self._named
         if named is not None and msg.name and named.lookup(msg.name)[0] is not None:
             # PostgreSQL's answer; the content-addressed names would otherwise let it pass
             raise Refusal("42P05", f'prepared statement "{msg.name}" already exists', "duplicate_statement")
         plan = self._plan(msg.sql, extended=True)
+        self._check_encoding(msg.sql, plan.kinds)
         sql = self._redacted
         kind = plan.kinds[0] if plan.kinds else first_word(sql)
         changes = self._setting_changes(plan)
@@ -671,7 +725,9 @@ class Session:
         if self.audit is not None:
             self.audit.parse(bname, sql, plan.sql, kind)
         parse = Parse(bname, plan.sql, msg.param_types)
-        data = None if parse == msg else parse.encode()
+        # the backend gets the verified text in the session's encoding: the client's bytes only if identical
+        sent = self._encode(parse)
+        data = None if sent == raw else sent
         if crypto is not None:
             try:
                 data = crypto.on_client_message(_P, parse, plan.encrypt_params) or data
@@ -682,13 +738,13 @@ class Session:
             return data
         assert self.backend is not None
         resets = self._tracked is not None and self._tracked.resets_base(changes)
-        statement = Prepared(bname, data or parse.encode(), kind, plan.tenant_params, tuple(changes), resets)
+        statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets)
         return named.parse(self.backend, msg.name, statement, self.cycles_sent + 1)
 
     def _bind(self, body: bytes) -> bytes | None:
         """A client's Bind: checked against the statement the backend will run, under its backend name."""
         named = self._named
-        name = codec.bind_statement(body)
+        name = self._bind_statement(body)
         statement, pending = named.lookup(name) if named is not None else (None, None)
         refused = self._refused_parse
         if refused is not None and refused[0] == name:  # the backend skips it: the refused Parse failed first
@@ -709,7 +765,7 @@ class Session:
         frame = codec.rename_bind(body, statement.bname) if statement.bname != name else None
         crypto, audit = self.crypto, self.audit
         if statement.tenant_params or audit is not None or crypto is not None:
-            bind = codec.decode_frontend(_B, body if frame is None else frame[5:])
+            bind = self._decode(_B, body if frame is None else frame[5:])
             assert isinstance(bind, Bind)
             self._check_bind(bind, statement.tenant_params)
             if crypto is not None:
@@ -730,7 +786,7 @@ class Session:
 
     def _audit_bind(self, body: bytes) -> None:
         assert self.audit is not None
-        bind = codec.decode_frontend(_B, body)
+        bind = self._decode(_B, body)
         assert isinstance(bind, Bind)
         self.audit.bind(bind)
 
@@ -757,7 +813,7 @@ class Session:
     def _describe_close(self, mtype: int, body: bytes) -> bytes | None:
         named, backend, crypto = self._named, self.backend, self.crypto
         assert named is not None and backend is not None
-        msg = codec.decode_frontend(mtype, body)
+        msg = self._decode(mtype, body)
         assert isinstance(msg, codec.Describe | codec.Close)
         cycle = self.cycles_sent + 1
         if msg.kind == "P":  # portals live in one transaction, on the backend it holds: names as they are
@@ -881,7 +937,10 @@ class Session:
         return plan
 
     def _check_bind(self, bind: Bind, wanted: tuple[int, ...]) -> None:
-        tenant = (self.tenant or "").encode()
+        try:
+            tenant: bytes | None = self.encoding.encode(self.tenant or "")
+        except EncodingError:  # the session cannot even spell its tenant: no value can match it
+            tenant = None
         for n in wanted:
             value = bind.params[n - 1] if n <= len(bind.params) else None
             if value != tenant:
@@ -1012,7 +1071,7 @@ class Session:
                     out = _splice(out, buf, mark, start, replacement)
                     mark = end
                 else:
-                    err = codec.decode_backend(_E, buf[start + 5 : end])
+                    err = codec.decode_backend(_E, buf[start + 5 : end], self.encoding)
                     assert isinstance(err, ErrorResponse)
                     self.metrics.error(err.sqlstate)
                     if audit is not None:
@@ -1119,18 +1178,34 @@ class Session:
         return None
 
     def _notification(self, body: bytes) -> bytes:
-        note = codec.decode_backend(_A, body)
+        note = codec.decode_backend(_A, body, self.encoding)
         assert isinstance(note, codec.NotificationResponse)
         channel = strip_channel(self.tenant or "", note.channel)
         if channel is None:
             return b""
-        return codec.NotificationResponse(note.pid, channel, note.payload).encode()
+        return codec.NotificationResponse(note.pid, channel, note.payload).encode(self.encoding)
 
     def _parameter_status(self, body: bytes) -> None:
-        msg = codec.decode_backend(_PS, body)
+        msg = codec.decode_backend(_PS, body, self.encoding)
         assert isinstance(msg, codec.ParameterStatus)
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value
+        # backstop: never another statement under a lexing the proxy did not verify
+        if self.tenant is None:  # trusted sessions are not rewritten: the proxy only follows their encoding
+            if msg.name == "client_encoding":
+                with contextlib.suppress(EncodingError):  # unsupported: its statements are refused (22021)
+                    self.encoding = client_encoding(msg.value)
+        elif msg.name == "client_encoding" and canonical_name(msg.value) != self.encoding.name:
+            self._lexing_changed(f"client_encoding changed to {msg.value} (the session's is {self.encoding.name})")
+        elif msg.name == "standard_conforming_strings" and msg.value != "on":
+            self._lexing_changed("standard_conforming_strings was turned off")
+
+    def _lexing_changed(self, why: str) -> None:
+        log.error("backend lexing changed: %s; closing the session", why)
+        if self.backend is not None:
+            self.backend.conn.on_lost = None
+            self.backend.conn.abort()
+        self._end(codec.error("08P01", f"the backend's {why}: tenantgate closed the session", severity="FATAL"))
 
 
 def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:

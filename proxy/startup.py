@@ -4,8 +4,10 @@ The client's ``user`` is a proxy user and ``database`` is routed by config; ever
 other setting, given directly or through ``options=-c name=value``, must be on an
 allow-list of harmless session settings. Anything that could change identity,
 visibility or lexing (role, session_authorization, search_path, row_security,
-standard_conforming_strings, ``tenantgate.*``) is refused: the tenant comes from
-authentication only.
+standard_conforming_strings, ``tenantgate.*``) or the plans the backend chooses (planner
+switches: side channels on other tenants' volume) is refused: the tenant comes from
+authentication only. ``client_encoding`` is allowed here, and only here: it is fixed for the
+session (proxy/encoding.py).
 
 >>> filter_params({"user": "a", "database": "d", "application_name": "x", "options": "-c TimeZone=UTC"})
 ({'application_name': 'x', 'TimeZone': 'UTC'}, [])
@@ -14,6 +16,16 @@ authentication only.
 ... except StartupRefused as e:
 ...     print(e)
 setting "role" may not be set by a client (42501)
+>>> try:
+...     filter_params({"user": "a", "options": "-c enable_indexscan=off"})
+... except StartupRefused as e:
+...     print(e)
+setting "enable_indexscan" may not be set by a client (42501)
+>>> try:
+...     filter_params({"user": "a", "Client_Encoding": "UTF8", "options": "-c client_encoding=SJIS"})
+... except StartupRefused as e:
+...     print(e)
+setting "client_encoding" is given more than once with different values (08P01)
 """
 
 from __future__ import annotations
@@ -47,21 +59,15 @@ ALLOWED_SETTINGS = frozenset(
         "lc_monetary",
         "lc_numeric",
         "lc_time",
-        "geqo",
         "jit",
-        "enable_seqscan",
-        "enable_indexscan",
-        "enable_bitmapscan",
-        "enable_hashjoin",
-        "enable_mergejoin",
-        "enable_nestloop",
-        "random_page_cost",
         "xmloption",
         "timezone_abbreviations",
         "vacuum_cost_delay",
-        "gin_fuzzy_search_limit",
     )
 )
+# Deliberately absent: planner switches and costs (enable_*, random_page_cost, geqo, ...) and
+# gin_fuzzy_search_limit (it caps index matches of every tenant before the tenant filter). They force
+# plans whose timing or row counts measure every tenant's rows, not just the session's (issue 12, family 7).
 
 # Startup keys that are protocol, not settings.
 _ROUTING = {"user", "database"}
@@ -117,8 +123,14 @@ def filter_params(params: dict[str, str]) -> tuple[dict[str, str], list[str]]:
                 raise StartupRefused("replication connections are not allowed through tenantgate", "42501")
         else:
             pairs.append((key, value))
+    seen: dict[str, str] = {}
     for name, value in pairs:
-        if name.lower() not in ALLOWED_SETTINGS:
+        key = name.lower()
+        if key not in ALLOWED_SETTINGS:
             raise StartupRefused(f'setting "{name}" may not be set by a client', "42501")
-        settings[name] = value
+        if key in seen and settings[seen[key]] != value:
+            # which one the backend applies depends on its processing order: never guess (client_encoding!)
+            raise StartupRefused(f'setting "{name}" is given more than once with different values', "08P01")
+        seen.setdefault(key, name)
+        settings[seen[key]] = value
     return settings, extensions

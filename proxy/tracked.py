@@ -39,8 +39,18 @@ DIRTY = "\x00dirty"  # a Backend.applied value no setting has: set or reset on t
 
 
 def quote_literal(value: str) -> str:
-    """A standard-conforming SQL string literal (the proxy requires standard_conforming_strings)."""
-    return "'" + value.replace("'", "''") + "'"
+    r"""A standard-conforming SQL string literal (the proxy requires standard_conforming_strings),
+    pure ASCII (U&'' escapes) so it reads the same in every client encoding a backend may be in.
+
+    >>> quote_literal("it's"), quote_literal("café\\")
+    ("'it''s'", "U&'caf\\+0000e9\\\\'")
+    """
+    if value.isascii():
+        return "'" + value.replace("'", "''") + "'"
+    escaped = "".join(
+        "''" if c == "'" else "\\\\" if c == "\\" else c if c.isascii() else f"\\+{ord(c):06x}" for c in value
+    )
+    return "U&'" + escaped + "'"
 
 
 def _apply(state: dict[str, str], changes: Iterable[Change]) -> None:

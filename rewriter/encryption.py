@@ -121,10 +121,10 @@ def fill_sealed(template: Template, literals: tuple[str, ...], sealed: Mapping[i
     if encrypt is None:
         raise Refused("encryption_unavailable", "encrypted values cannot be encrypted in this session", "55000")
     out = [template.parts[0]]
-    for slot, part in zip(template.slots, template.parts[1:], strict=True):
+    for i, (slot, part) in enumerate(zip(template.slots, template.parts[1:], strict=True)):
         ref = sealed.get(slot)
         if ref is None:
-            out.append(literals[slot])
+            out.append(template.literal(i, literals[slot]))  # canonical, never the client's token text
         else:
             out.append(bytea_literal(encrypt(ref.table, ref.column, literal_value(literals[slot]))))
         out.append(part)

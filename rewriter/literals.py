@@ -1,9 +1,10 @@
 """Literal lifting for the plan cache, with PostgreSQL's own scanner (ProxySQL's digest idea).
 
 ``WHERE aid = 17`` and ``WHERE aid = 42`` share one digest; the cached plan is a template whose
-slots take the original literal tokens back. A literal token is self-contained (with
-standard_conforming_strings on, which the proxy enforces), so putting another token of the same
-class into the same slot cannot change how the rest of the statement parses.
+slots take the literals back. The client's token text is never re-inserted as such: each literal
+is rendered in the proxy's canonical form (a standard-conforming ``'...'`` string with doubled
+quotes, an ASCII number as scanned), which lexes as one token of the slot's class wherever the
+sentinel did, so filling a slot cannot change how the rest of the statement parses.
 
 >>> lifted = lift("SELECT abalance FROM accounts WHERE aid = 17 AND note = 'it''s'")
 >>> lifted.digest
@@ -15,6 +16,8 @@ class into the same slot cannot change how the rest of the statement parses.
 >>> t = Template.build("SELECT x FROM t WHERE aid = 700000000 AND note = '$tg1$'", 2)
 >>> t.fill(("42", "'b'"))
 "SELECT x FROM t WHERE aid = 42 AND note = 'b'"
+>>> t.fill(("42", "E'it\\\\'s'"))  # an escape string comes back as its value, in canonical form
+"SELECT x FROM t WHERE aid = 42 AND note = 'it''s'"
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pglast import parser
+import pglast
+from pglast import ast, parser
+
+from .errors import Refused
 
 _PLACEHOLDER = {"SCONST": "?s", "ICONST": "?i", "FCONST": "?f"}
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
@@ -61,7 +67,7 @@ class Lifted:
 _IDENT_CHARS = "A-Za-z0-9_$\\x80-\\U0010ffff"
 _FAST_TOKEN = re.compile(
     r"""'(?:[^']++|'')*+'|"(?:[^"]++|"")*+"|['"]"""
-    rf"|(?<![{_IDENT_CHARS}])(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+    rf"|(?<![{_IDENT_CHARS}])(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"  # ASCII digits, as PostgreSQL
 )
 _CONTINUATION = re.compile(r"[ \t\n\r\f\v]*'")
 
@@ -143,12 +149,70 @@ def lift_with_scanner(sql: str) -> Lifted | None:
     return _assemble(sql, spans)
 
 
+# The canonical forms: a token of exactly one class, whose text is its value as PostgreSQL reads it.
+_CANONICAL = {
+    "SCONST": re.compile(r"'(?:[^']|'')*'"),
+    "ICONST": re.compile(r"[0-9]+"),
+    "FCONST": re.compile(r"(?:[0-9]+\.[0-9]+|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?"),
+}
+
+
+def string_value(token: str) -> str:
+    r"""The value of one string literal token (E'', $$ $$, U&'', continuations), as PostgreSQL's
+    parser reads it.
+
+    >>> string_value("E'a\\tb\\''"), string_value("$q$it's$q$"), string_value("'a'\n'b'")
+    ("a\tb'", "it's", 'ab')
+    """
+    try:
+        stmt = pglast.parse_sql("SELECT " + token)[0].stmt
+        const = stmt.targetList[0].val  # type: ignore[union-attr,index]
+    except (parser.ParseError, AttributeError, IndexError, TypeError):
+        const = None
+    if not isinstance(const, ast.A_Const) or not isinstance(const.val, ast.String):
+        raise Refused("literal_form", "a string literal could not be read back", "0A000")
+    return str(const.val.sval)
+
+
+def canonical_literal(kind: str, token: str, before: str = "", after: str = "") -> str:
+    """``token`` (a literal of class ``kind`` between the texts ``before`` and ``after``) in the
+    proxy's canonical form; Refused when a number cannot be written so that it lexes alone.
+
+    >>> canonical_literal("SCONST", "$$it's$$"), canonical_literal("ICONST", "42", " ", ")")
+    ("'it''s'", '42')
+    >>> canonical_literal("FCONST", "1.", " ", "..")
+    Traceback (most recent call last):
+    ...
+    rewriter.errors.Refused: the numeric literal 1. cannot be re-inserted as written; write it with digits ...
+
+    """
+    if _CANONICAL["SCONST"].fullmatch(token):
+        # a number's slot may take the proxy's own string (a sealed value) unless it would continue a string
+        if kind == "SCONST" or not _CONTINUATION.match(after):
+            return token
+    elif kind == "SCONST":
+        return "'" + string_value(token).replace("'", "''") + "'"
+    # a number must not run into the text around it (x.5, 1..2, 1e) and is ASCII digits only
+    glued = (after[:1] and (after[0] == "." or _is_ident_char(after[0]))) or (
+        token.startswith(".") and before[-1:] and (before[-1] == "." or _is_ident_char(before[-1])))
+    if _CANONICAL[kind].fullmatch(token) and not glued:
+        return token
+    raise Refused(
+        "literal_form",
+        f"the numeric literal {token} cannot be re-inserted as written; write it with digits after the point"
+        if token.endswith(".") else f"the numeric literal {token} is not in a form tenantgate re-inserts",
+        "0A000",
+    )
+
+
 @dataclass(frozen=True)
 class Template:
-    """Rewritten SQL with slots where the sentinels of the lifted literals came out."""
+    """Rewritten SQL with slots where the sentinels of the lifted literals came out; ``kinds`` is
+    the token class of each slot."""
 
     parts: tuple[str, ...]
     slots: tuple[int, ...]
+    kinds: tuple[str, ...]
 
     @classmethod
     def build(cls, rewritten: str, count: int) -> Template | None:
@@ -163,6 +227,7 @@ class Template:
             return None
         parts: list[str] = []
         slots: list[int] = []
+        kinds: list[str] = []
         pos = 0
         for token in tokens:
             if token.name not in _PLACEHOLDER:
@@ -172,16 +237,21 @@ class Template:
                 continue
             parts.append(rewritten[pos:token.start])
             slots.append(index)
+            kinds.append(token.name)
             pos = token.end + 1
         parts.append(rewritten[pos:])
         if sorted(slots) != list(range(count)):
             return None
-        return cls(tuple(parts), tuple(slots))
+        return cls(tuple(parts), tuple(slots), tuple(kinds))
+
+    def literal(self, i: int, token: str) -> str:
+        """The canonical text of ``token`` for the template's ``i``-th slot (see canonical_literal)."""
+        return canonical_literal(self.kinds[i], token, self.parts[i], self.parts[i + 1])
 
     def fill(self, literals: tuple[str, ...]) -> str:
         out = [self.parts[0]]
-        for slot, part in zip(self.slots, self.parts[1:], strict=True):
-            out.append(literals[slot])
+        for i, (slot, part) in enumerate(zip(self.slots, self.parts[1:], strict=True)):
+            out.append(self.literal(i, literals[slot]))
             out.append(part)
         return "".join(out)
 

@@ -230,8 +230,9 @@ class RawClient:
             return False
         return True
 
-    def login(self, user: str, password: str, database: str = "") -> list[object]:
-        params = {"user": user, **({"database": database} if database else {})}
+    def login(self, user: str, password: str, database: str = "", **startup: str) -> list[object]:
+        """SCRAM login; ``startup`` adds startup parameters (client_encoding, options, ...)."""
+        params = {"user": user, **({"database": database} if database else {}), **startup}
         self.send(codec.StartupMessage(params).encode())
         request = self.recv_message()
         if isinstance(request, codec.ErrorResponse):
