@@ -328,6 +328,9 @@ def test_one_and_two_key_forms_stay_apart() -> None:
 
 
 def test_session_advisory_locks_are_namespaced_and_released(site: Site) -> None:
+    if site.pool == "transaction":  # a session lock pins: one backend per client, this pool has one
+        _session_lock_pins_and_dies_with_its_client(site)
+        return
     with site.connect() as alice, site.connect("bob") as bob:
         assert _try(alice, "SELECT pg_try_advisory_lock(99)") is True
         assert _try(bob, "SELECT pg_try_advisory_lock(99)") is True  # bob's 99 is another lock
@@ -335,4 +338,18 @@ def test_session_advisory_locks_are_namespaced_and_released(site: Site) -> None:
             assert _try(twin, "SELECT pg_try_advisory_lock(99)") is False
         assert _try(alice, "SELECT pg_advisory_unlock(99)") is True
         alice.execute("SELECT pg_advisory_unlock_all()")
+        bob.execute("SELECT pg_advisory_unlock_all()")
+
+
+def _session_lock_pins_and_dies_with_its_client(site: Site) -> None:
+    """Transaction pooling: the lock pins alice's backend; when she leaves the backend is dropped
+    (not handed on), so bob never finds her lock, and bob's own key 99 is another lock."""
+    with site.connect() as alice:
+        assert _try(alice, "SELECT pg_try_advisory_lock(99)") is True
+        assert _try(alice, "SELECT pg_try_advisory_lock(99)") is True  # the same backend: re-entrant
+    with site.connect("bob") as bob:
+        assert _try(bob, "SELECT pg_try_advisory_lock(99)") is True
+        with psycopg.connect(site.backend.direct_dsn(), autocommit=True) as direct:
+            held = direct.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+            assert held is not None and held[0] == 1  # bob's alone: alice's went with her backend
         bob.execute("SELECT pg_advisory_unlock_all()")
