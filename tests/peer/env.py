@@ -32,7 +32,8 @@ _TENANT_COL = "tenant_id text NOT NULL DEFAULT current_setting('tenantgate.tenan
 SCOPED = ["peer_items", "shop_customer", "shop_product", "shop_order", "shop_orderline", "sa_account"]
 SCHEMA = f"""
 CREATE TABLE peer_items (id serial PRIMARY KEY, {_TENANT_COL}, name text NOT NULL);
-CREATE TABLE shop_customer (id serial PRIMARY KEY, {_TENANT_COL}, name text NOT NULL, vip boolean NOT NULL DEFAULT false);
+CREATE TABLE shop_customer (id serial PRIMARY KEY, {_TENANT_COL}, name text NOT NULL,
+                            vip boolean NOT NULL DEFAULT false);
 CREATE TABLE shop_product (id serial PRIMARY KEY, {_TENANT_COL}, sku text NOT NULL, price numeric(10,2) NOT NULL,
                            stock int NOT NULL DEFAULT 0);
 CREATE TABLE shop_order (id serial PRIMARY KEY, {_TENANT_COL},
@@ -50,7 +51,8 @@ INSERT INTO peer_items (tenant_id, name) VALUES ('{TENANT}', 'acme one'), ('{TEN
 INSERT INTO shop_customer (tenant_id, name) VALUES ('{TENANT}', 'ann'), ('{TENANT}', 'art'), ('{OTHER}', 'GREG');
 INSERT INTO shop_product (tenant_id, sku, price, stock) VALUES ('{TENANT}', 'apple', 1.50, 10),
   ('{TENANT}', 'anvil', 99.00, 2), ('{OTHER}', 'GLUE', 3.00, 100);
-INSERT INTO shop_order (tenant_id, customer_id) VALUES ('{TENANT}', 1), ('{TENANT}', 1), ('{TENANT}', 2), ('{OTHER}', 3);
+INSERT INTO shop_order (tenant_id, customer_id) VALUES ('{TENANT}', 1), ('{TENANT}', 1), ('{TENANT}', 2),
+  ('{OTHER}', 3);
 INSERT INTO shop_orderline (tenant_id, order_id, product_id, qty) VALUES ('{TENANT}', 1, 1, 3), ('{TENANT}', 1, 2, 1),
   ('{TENANT}', 2, 1, 5), ('{TENANT}', 3, 2, 1), ('{OTHER}', 4, 3, 7);
 INSERT INTO sa_account (tenant_id, owner, balance) VALUES ('{TENANT}', 'ann', 100), ('{OTHER}', 'GREG', 900);

@@ -36,7 +36,6 @@ django.setup()
 
 from django.db import IntegrityError, transaction  # noqa: E402
 from django.db.models import Count, F, Prefetch, Sum  # noqa: E402
-
 from shop.models import TENANT, Customer, Order, OrderLine, Product  # noqa: E402
 
 OTHER = "globex"

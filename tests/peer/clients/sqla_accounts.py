@@ -27,7 +27,7 @@ class Account(Base):
     owner: Mapped[str]
     balance: Mapped[int]
     xmin: Mapped[int] = mapped_column(Integer, system=True, server_default=FetchedValue())
-    __mapper_args__ = {"version_id_col": xmin, "version_id_generator": False}  # noqa: RUF012
+    __mapper_args__ = {"version_id_col": xmin, "version_id_generator": False}
 
 
 options = os.environ.get("PEER_OPTIONS")
