@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from tenantgate.proxy.pgcluster import ThrowawayCluster, free_port
+from tenantgate.proxy.pgcluster import PgServer, ThrowawayCluster, free_port
 
 from ..harness import USERS, Backend, ProxyProcess, config_text, start_proxy
 
@@ -113,11 +113,32 @@ class PeerEnv:
         return out
 
 
-def _pooled(text: str, mode: str, pool_size: int) -> str:
+def proxy_config(backend: Backend, port: int, mode: str, pool_size: int = 4, pool_timeout: float = 10) -> str:
+    """The proxy's config text for the peer tables in ``mode`` (session or transaction pooling)."""
+    text = config_text(backend, port, scoping=SCOPING)
     if mode == "session":
         return text
-    pool = f'pool_mode = "transaction"\npool_size = {pool_size}\npool_timeout = 10'
+    pool = f'pool_mode = "transaction"\npool_size = {pool_size}\npool_timeout = {pool_timeout}'
     return text.replace('sslmode = "prefer"', f'sslmode = "prefer"\n{pool}', 1)
+
+
+def create_backend(pg: PgServer, database: str) -> Backend:
+    """The peer database with its tables and rows, owned by its application role."""
+    backend = Backend.create(pg, database)
+    with psycopg.connect(backend.direct_dsn(), autocommit=True) as conn:  # the role owns its tables (RLS)
+        conn.execute(SCHEMA)
+        conn.execute(DATA)
+    return backend
+
+
+def install_rls(proxy: ProxyProcess, backend: Backend) -> None:
+    """``tenantgate rls install`` for the peer tables: the second lock, and what direct runs rely on."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tenantgate.proxy.cli", "rls", "install",
+         "--config", str(proxy.config_path), "--dsn", backend.direct_dsn()],
+        capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"rls install failed: {done.stdout}{done.stderr}")
 
 
 @contextmanager
@@ -127,23 +148,14 @@ def peer_env(work: Path, pool_size: int = 4) -> Iterator[PeerEnv]:
     with ExitStack() as stack:
         cluster = stack.enter_context(ThrowawayCluster(log_to=work / "postgres.log",
                                                        settings={"max_connections": 200}))
-        backend = Backend.create(cluster, "peer")
-        with psycopg.connect(backend.direct_dsn(), autocommit=True) as conn:  # the role owns its tables (RLS)
-            conn.execute(SCHEMA)
+        backend = create_backend(cluster, "peer")
         proxies: dict[str, ProxyProcess] = {}
         for mode in POOL_MODES:
             folder = work / f"proxy-{mode}"
             folder.mkdir(exist_ok=True)
             port = free_port()
-            proxy = start_proxy(folder, _pooled(config_text(backend, port, scoping=SCOPING), mode, pool_size), port)
+            proxy = start_proxy(folder, proxy_config(backend, port, mode, pool_size), port)
             stack.callback(proxy.stop)
             proxies[mode] = proxy
-        installed = subprocess.run(
-            [sys.executable, "-m", "tenantgate.proxy.cli", "rls", "install",
-             "--config", str(proxies["session"].config_path), "--dsn", backend.direct_dsn()],
-            capture_output=True, text=True, timeout=60, check=False)
-        if installed.returncode != 0:
-            raise RuntimeError(f"rls install failed: {installed.stdout}{installed.stderr}")
-        env = PeerEnv(cluster, backend, proxies)
-        env.reset_data()
-        yield env
+        install_rls(proxies["session"], backend)
+        yield PeerEnv(cluster, backend, proxies)

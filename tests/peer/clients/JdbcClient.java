@@ -1,7 +1,9 @@
 // pgJDBC with its default settings against PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE (direct or
 // through tenantgate). PEER_TENANT set: the session is that tenant's and must see only its rows of
 // peer_items; PEER_OPTIONS: startup options (direct runs set tenantgate.tenant for RLS this way).
-// Prints one line per check: "ok NAME" or "FAIL NAME: reason". Compiled at run time by the runner:
+// Prints one line per check: "ok NAME" or "FAIL NAME: reason". With the argument "connections N":
+// only N connections with default settings held open at once, each running a query (pooling).
+// Compiled at run time by the runner:
 //   javac -cp /usr/share/java/postgresql.jar JdbcClient.java && java -cp .:postgresql.jar JdbcClient
 import java.io.StringWriter;
 import java.sql.*;
@@ -66,7 +68,32 @@ public class JdbcClient {
         return out;
     }
 
+    // N connections open together: pgJDBC's connect-time SETs must not pin each to its own backend.
+    static void connections(int n) {
+        List<Connection> open = new ArrayList<>();
+        try {
+            for (int i = 0; i < n; i++) {
+                Connection c = connect();
+                open.add(c);
+                try (ResultSet rs = c.createStatement().executeQuery("SELECT count(*) FROM peer_items")) { rs.next(); }
+            }
+            for (Connection c : open) {
+                try (ResultSet rs = c.createStatement().executeQuery("SELECT 1")) { rs.next(); }
+            }
+            System.out.println("ok connections");
+        } catch (SQLException e) {
+            System.out.println("FAIL connections: " + e.getSQLState() + " at connection " + (open.size() + 1) + ": "
+                    + e.getMessage().replace('\n', ' '));
+            failures++;
+        }
+        for (Connection c : open) { try { c.close(); } catch (SQLException ignored) { } }
+    }
+
     public static void main(String[] args) throws Exception {
+        if (args.length == 2 && args[0].equals("connections")) {
+            connections(Integer.parseInt(args[1]));
+            System.exit(failures == 0 ? 0 : 2);
+        }
         Connection c;
         try {
             c = connect();
