@@ -117,7 +117,7 @@ def check_lines(done: subprocess.CompletedProcess[str]) -> None:
 
 # -- ActiveRecord ---------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=ITEM1)
+@pytest.mark.xfail(strict=True, reason=ITEM1, raises=psycopg.errors.InsufficientPrivilege)
 def test_activerecord_connect_sequence_replica(proxy: Gate) -> None:
     with proxy.connect() as conn:
         for sql in ACTIVERECORD_SETS:
@@ -145,7 +145,8 @@ def test_activerecord_connects(proxy: Gate) -> None:
     check_lines(done)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{ITEM1}; {ITEM2}")
+@pytest.mark.xfail(strict=True, reason=f"{ITEM1}; {ITEM2}",
+                   raises=(psycopg.errors.InsufficientPrivilege, psycopg.OperationalError))
 def test_activerecord_connections_share_backends(small_pool: Gate) -> None:
     conns = []
     try:
@@ -164,7 +165,7 @@ def test_activerecord_connections_share_backends(small_pool: Gate) -> None:
 
 # -- pgJDBC ---------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=ITEM2)
+@pytest.mark.xfail(strict=True, reason=ITEM2, raises=psycopg.OperationalError)
 def test_jdbc_connect_sequence_replica_shares_backends(small_pool: Gate) -> None:
     """Three clients doing pgJDBC's connect-time SETs, held open together on a pool of two."""
     conns = []
@@ -207,7 +208,7 @@ def test_jdbc_three_connections_on_a_pool_of_two(small_pool: Gate, jdbc_classes:
 ENCODED = {"LATIN1": "café", "WIN1252": "œuvre €5", "LATIN9": "€ façade", "SJIS": "表示"}
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM4)
+@pytest.mark.xfail(strict=True, reason=ITEM4, raises=psycopg.errors.ProtocolViolation)
 @pytest.mark.parametrize("how", ["startup", "set"])
 @pytest.mark.parametrize("encoding", sorted(ENCODED))
 def test_non_utf8_session(proxy: Gate, encoding: str, how: str) -> None:

@@ -113,9 +113,14 @@ class PeerEnv:
         return out
 
 
-def proxy_config(backend: Backend, port: int, mode: str, pool_size: int = 4, pool_timeout: float = 10) -> str:
-    """The proxy's config text for the peer tables in ``mode`` (session or transaction pooling)."""
+def proxy_config(backend: Backend, port: int, mode: str, pool_size: int = 4, pool_timeout: float = 10,
+                 *, any_database: bool = False) -> str:
+    """The proxy's config text for the peer tables in ``mode`` (session or transaction pooling).
+    ``any_database``: no [backend] database, so a client reaches the one it names (Django's test
+    runner creates and drops its own test databases)."""
     text = config_text(backend, port, scoping=SCOPING)
+    if any_database:
+        text = text.replace(f'database = "{backend.database}"\n', "", 1)
     if mode == "session":
         return text
     pool = f'pool_mode = "transaction"\npool_size = {pool_size}\npool_timeout = {pool_timeout}'
@@ -149,12 +154,13 @@ def peer_env(work: Path, pool_size: int = 4) -> Iterator[PeerEnv]:
         cluster = stack.enter_context(ThrowawayCluster(log_to=work / "postgres.log",
                                                        settings={"max_connections": 200}))
         backend = create_backend(cluster, "peer")
+        cluster.execute(f'ALTER ROLE "{backend.role}" CREATEDB')  # test runners make their own databases
         proxies: dict[str, ProxyProcess] = {}
         for mode in POOL_MODES:
             folder = work / f"proxy-{mode}"
             folder.mkdir(exist_ok=True)
             port = free_port()
-            proxy = start_proxy(folder, proxy_config(backend, port, mode, pool_size), port)
+            proxy = start_proxy(folder, proxy_config(backend, port, mode, pool_size, any_database=True), port)
             stack.callback(proxy.stop)
             proxies[mode] = proxy
         install_rls(proxies["session"], backend)

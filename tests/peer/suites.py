@@ -131,8 +131,8 @@ def _python_program(script: str) -> Callable[[Target, float, bool], Outcomes]:
 # -- psycopg's own test suite --------------------------------------------------------------------
 
 PSYCOPG_SRC = CACHE / "psycopg-src"  # a checkout with tests/ (the PyPI sdist has none): --psycopg-src
-PSYCOPG_QUICK = ["tests/test_connection.py", "tests/test_cursor.py", "tests/test_prepared.py",
-                 "tests/test_copy.py", "tests/test_notify.py", "tests/test_errors.py", "tests/test_encodings.py"]
+PSYCOPG_QUICK = [f"tests/test_{name}.py" for name in ("connection", "cursor", "cursor_server", "prepared", "copy",
+                                                      "notify", "errors", "encodings", "pipeline", "transaction")]
 
 
 def _psycopg_src() -> Path:
@@ -172,8 +172,9 @@ def _run_psycopg(target: Target, timeout: float, quick: bool) -> Outcomes:
     report.unlink(missing_ok=True)
     dsn = (f"host={target.host} port={target.port} user={target.user} password={target.password} "
            f"dbname={target.database} sslmode=disable" + (f" options='{target.options}'" if target.options else ""))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header",
-           f"--junitxml={report}", "--test-dsn", dsn, *(["-m", "not slow", *PSYCOPG_QUICK] if quick else ["tests"])]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--no-header", "-o",
+           f"cache_dir={CACHE / 'pytest'}", f"--junitxml={report}", "--test-dsn", dsn,
+           *(["-m", "not slow", *PSYCOPG_QUICK] if quick else ["tests"])]
     extra = {"PYTHONPATH": str(PYLIB)}
     code, out, err = _run(cmd, target, timeout, cwd=src, extra_env=extra)
     outcomes = parse_junit(report)
@@ -186,8 +187,8 @@ def _run_psycopg(target: Target, timeout: float, quick: bool) -> Outcomes:
 
 # -- Django's own test suite ---------------------------------------------------------------------
 
-DJANGO_QUICK = ["basic", "queries", "aggregation", "select_related", "prefetch_related", "transactions",
-                "bulk_create", "update", "backends", "expressions"]
+DJANGO_QUICK = ["basic", "aggregation", "annotations", "select_related", "prefetch_related", "transactions",
+                "bulk_create", "update", "select_for_update", "get_or_create"]
 
 
 def _prepare_django_tests(quick: bool) -> None:
