@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import suites
 from .env import POOL_MODES, PeerEnv, peer_env
 from .suites import SUITES, Outcomes, Suite, SuiteUnavailable
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [SUITES[n] for n in args.suite] if args.suite else list(SUITES.values())
     modes = tuple(args.mode or POOL_MODES)
     work = args.work or Path(tempfile.mkdtemp(prefix="tenantgate-peer-"))
+    suites.LOGS = work / "logs"
     ready: list[Suite] = []
     unavailable: list[str] = []
     for suite in chosen:

@@ -29,6 +29,7 @@ PYLIB = CACHE / "pylib"  # Django and the psycopg suite's test requirements (pip
 NODE_MODULES = HERE / "node" / "node_modules"
 JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 Outcomes = dict[str, str]
+LOGS = CACHE / "logs"  # each run's whole output; the runner points it at its --work folder
 _LINE = re.compile(r"^(ok|FAIL) (\S+)(?:: (.*))?$")
 
 
@@ -49,15 +50,20 @@ def _install_clients() -> None:
 
 def _run(cmd: list[str], target: Target, timeout: float, cwd: Path | None = None,
          extra_env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
-    """(exit code or None on timeout, stdout, stderr)."""
+    """(exit code or None on timeout, stdout, stderr); both kept in LOGS/<program>-<target>.log."""
     env = target.env() | (extra_env or {})
+    code: int | None
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, check=False)
+        code, out, err = done.returncode, done.stdout, done.stderr
     except subprocess.TimeoutExpired as exc:
+        code = None
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-        return None, out, err
-    return done.returncode, done.stdout, done.stderr
+    program = Path(next((a for a in cmd[1:] if not a.startswith("-")), cmd[0])).stem
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / f"{program}-{target.name.replace('/', '-')}.log").write_text(f"$ {' '.join(cmd)}\n{out}\n{err}")
+    return code, out, err
 
 
 def parse_lines(code: int | None, out: str, err: str, timeout: float) -> Outcomes:
@@ -219,22 +225,29 @@ def _django_settings(target: Target) -> str:
             "DEFAULT_AUTO_FIELD = 'django.db.models.AutoField'\nUSE_TZ = False\n")
 
 
-_DJANGO_LINE = re.compile(
-    r"^(\S+) \((\S+)\)(?: \S.*)? \.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$")
+_DJANGO_ID = re.compile(r"^\S+ \(([\w.]+)\)")
+_DJANGO_WORD = re.compile(r" \.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$")
 
 
 def parse_django(out: str) -> Outcomes:
-    """Django's runner at -v 2: ``test_x (app.tests.Case.test_x) ... ok``.
+    """Django's runner at -v 2: ``test_x (app.tests.Case.test_x) ... ok``, or the test's docstring on
+    a line of its own before `` ... ok``.
 
-    >>> parse_django("test_a (basic.tests.T.test_a) ... ok\\ntest_b (basic.tests.T.test_b) ... FAIL")
+    >>> parse_django("test_a (basic.tests.T.test_a) ... ok\\ntest_b (basic.tests.T.test_b)\\nDoc. ... FAIL")
     {'basic.tests.T.test_a': 'ok', 'basic.tests.T.test_b': 'FAIL'}
     """
     outcomes: Outcomes = {}
+    current = None
     for line in out.splitlines():
-        m = _DJANGO_LINE.match(line.strip())
-        if m:
-            word = m[3]
-            outcomes[m[2]] = "ok" if word in ("ok", "expected failure") else "skip" if word.startswith("skip") else word
+        line = line.strip()
+        named = _DJANGO_ID.match(line)
+        if named:
+            current = named[1]
+        word = _DJANGO_WORD.search(line)
+        if word and current:
+            w = word[1]
+            outcomes[current] = "ok" if w in ("ok", "expected failure") else "skip" if w.startswith("skip") else w
+            current = None
     return outcomes
 
 
