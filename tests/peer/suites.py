@@ -17,7 +17,7 @@ import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .env import Target
@@ -48,9 +48,9 @@ def _install_clients() -> None:
         raise SuiteUnavailable(f"install_clients.sh: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def _run(cmd: list[str], target: Target, timeout: float, cwd: Path | None = None,
+def _run(name: str, cmd: list[str], target: Target, timeout: float, cwd: Path | None = None,
          extra_env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
-    """(exit code or None on timeout, stdout, stderr); both kept in LOGS/<program>-<target>.log."""
+    """(exit code or None on timeout, stdout, stderr); both kept in LOGS/<name>-<target>.log."""
     env = target.env() | (extra_env or {})
     code: int | None
     try:
@@ -60,9 +60,8 @@ def _run(cmd: list[str], target: Target, timeout: float, cwd: Path | None = None
         code = None
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-    program = Path(next((a for a in cmd[1:] if not a.startswith("-")), cmd[0])).stem
     LOGS.mkdir(parents=True, exist_ok=True)
-    (LOGS / f"{program}-{target.name.replace('/', '-')}.log").write_text(f"$ {' '.join(cmd)}\n{out}\n{err}")
+    (LOGS / f"{name}-{target.name.replace('/', '-')}.log").write_text(f"$ {' '.join(cmd)}\n{out}\n{err}")
     return code, out, err
 
 
@@ -94,8 +93,7 @@ class Suite:
     prepare: Callable[[bool], None]  # (quick) -> None; raises SuiteUnavailable
     run: Callable[[Target, float, bool], Outcomes]  # (target, timeout, quick)
     timeout: float = 120.0
-    heavy: bool = False  # a large foreign suite: run once per target, never part of --quick defaults
-    notes: list[str] = field(default_factory=list)
+    heavy: bool = False  # a large foreign suite (minutes per target): --quick runs a slice of it
 
 
 # -- our client programs -------------------------------------------------------------------------
@@ -109,16 +107,16 @@ def _prepare_jdbc(quick: bool) -> None:
 
 def _run_jdbc(target: Target, timeout: float, quick: bool) -> Outcomes:
     cmd = ["java", "-cp", f"{CACHE / 'jdbc'}:{JDBC_JAR}", "JdbcClient"]
-    return parse_lines(*_run(cmd, target, timeout), timeout)
+    return parse_lines(*_run("jdbc", cmd, target, timeout), timeout)
 
 
 def _run_node(target: Target, timeout: float, quick: bool) -> Outcomes:
     cmd = ["node", "--no-deprecation", str(CLIENTS / "node_client.js")]
-    return parse_lines(*_run(cmd, target, timeout, extra_env={"NODE_PATH": str(NODE_MODULES)}), timeout)
+    return parse_lines(*_run("node", cmd, target, timeout, extra_env={"NODE_PATH": str(NODE_MODULES)}), timeout)
 
 
 def _run_ruby(target: Target, timeout: float, quick: bool) -> Outcomes:
-    return parse_lines(*_run(["ruby", str(CLIENTS / "ar_client.rb")], target, timeout), timeout)
+    return parse_lines(*_run("activerecord", ["ruby", str(CLIENTS / "ar_client.rb")], target, timeout), timeout)
 
 
 def _prepare_django(quick: bool) -> None:
@@ -129,7 +127,8 @@ def _prepare_django(quick: bool) -> None:
 def _python_program(script: str) -> Callable[[Target, float, bool], Outcomes]:
     def run(target: Target, timeout: float, quick: bool) -> Outcomes:
         extra = {"PYTHONPATH": os.pathsep.join([str(PYLIB), os.environ.get("PYTHONPATH", "")])}
-        return parse_lines(*_run([sys.executable, str(CLIENTS / script)], target, timeout, extra_env=extra), timeout)
+        cmd = [sys.executable, str(CLIENTS / script)]
+        return parse_lines(*_run(Path(script).stem, cmd, target, timeout, extra_env=extra), timeout)
 
     return run
 
@@ -182,7 +181,7 @@ def _run_psycopg(target: Target, timeout: float, quick: bool) -> Outcomes:
            f"cache_dir={CACHE / 'pytest'}", f"--junitxml={report}", "--test-dsn", dsn,
            *(["-m", "not slow", *PSYCOPG_QUICK] if quick else ["tests"])]
     extra = {"PYTHONPATH": str(PYLIB)}
-    code, out, err = _run(cmd, target, timeout, cwd=src, extra_env=extra)
+    code, out, err = _run("psycopg", cmd, target, timeout, cwd=src, extra_env=extra)
     outcomes = parse_junit(report)
     if code is None:
         outcomes["pytest"] = f"timed out after {timeout:.0f} s"
@@ -211,7 +210,6 @@ def _prepare_django_tests(quick: bool) -> None:
     with tarfile.open(sdist) as tar:
         tar.extractall(CACHE / "django-extract", filter="data")
     shutil.move(str(CACHE / "django-extract" / f"django-{version}"), CACHE / "django-src")
-    _pip("--target", str(PYLIB), "--no-deps", "asgiref", "sqlparse")
 
 
 def _django_settings(target: Target) -> str:
@@ -258,7 +256,7 @@ def _run_django_tests(target: Target, timeout: float, quick: bool) -> Outcomes:
     cmd = [sys.executable, "runtests.py", f"--settings={settings.stem}", "-v", "2", "--noinput", "--parallel", "1",
            *(DJANGO_QUICK if quick else [])]
     extra = {"PYTHONPATH": os.pathsep.join([str(PYLIB), str(src)])}
-    code, out, err = _run(cmd, target, timeout, cwd=src, extra_env=extra)
+    code, out, err = _run("django-tests", cmd, target, timeout, cwd=src, extra_env=extra)
     outcomes = parse_django(out + "\n" + err)
     if code is None:
         outcomes["runtests"] = f"timed out after {timeout:.0f} s"
