@@ -135,12 +135,25 @@ def test_activerecord_refuses_turning_off_standard_strings(proxy: Gate) -> None:
         assert conn.execute("SHOW standard_conforming_strings").fetchone() == ("on",)
 
 
-@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed (tests/peer/install_clients.sh)")
-@pytest.mark.xfail(strict=True, reason=ITEM1)
-def test_activerecord_connects(proxy: Gate) -> None:
+@pytest.fixture(scope="module")
+def ruby() -> str:
+    if shutil.which("ruby") is None:
+        pytest.skip("ruby is not installed (tests/peer/install_clients.sh)")
     if subprocess.run(["ruby", "-e", 'require "active_record"; require "pg"'], capture_output=True).returncode:
         pytest.skip("ruby-activerecord / ruby-pg are not installed (tests/peer/install_clients.sh)")
-    done = subprocess.run(["ruby", str(CLIENTS / "ar_client.rb")], env=proxy.env() | {"CONNECT_ONLY": "1"},
+    return "ruby"
+
+
+@pytest.mark.xfail(strict=True, reason=ITEM1)
+def test_activerecord_connects(proxy: Gate, ruby: str) -> None:
+    done = subprocess.run([ruby, str(CLIENTS / "ar_client.rb")], env=proxy.env() | {"CONNECT_ONLY": "1"},
+                          capture_output=True, text=True, timeout=60)
+    check_lines(done)
+
+
+@pytest.mark.xfail(strict=True, reason=f"{ITEM1}; {ITEM2}")
+def test_activerecord_three_connections_on_a_pool_of_two(small_pool: Gate, ruby: str) -> None:
+    done = subprocess.run([ruby, str(CLIENTS / "ar_client.rb")], env=small_pool.env() | {"CONNECTIONS": "3"},
                           capture_output=True, text=True, timeout=60)
     check_lines(done)
 

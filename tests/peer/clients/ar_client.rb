@@ -3,6 +3,7 @@
 # that must see only its rows of peer_items (direct runs pass tenantgate.tenant in PGOPTIONS, which
 # libpq sends at startup). One line per check: "ok NAME" or "FAIL NAME: reason".
 # CONNECT_ONLY=1: only the connect sequence (the always-on test), then "ok connect".
+# CONNECTIONS=N: N pooled connections checked out at once, each running a query (transaction pooling).
 require "active_record"
 
 TENANT = ENV["PEER_TENANT"]
@@ -58,6 +59,16 @@ rescue StandardError => e
   exit 1
 end
 exit 0 if ENV["CONNECT_ONLY"]
+
+if ENV["CONNECTIONS"]
+  check("connections") do
+    pool = ActiveRecord::Base.connection_pool
+    held = (1...ENV["CONNECTIONS"].to_i).map { pool.checkout }  # each one new: its own connect sequence
+    (held + [ActiveRecord::Base.connection]).each { |c| c.select_value("SELECT count(*) FROM peer_items") }
+    held.each { |c| pool.checkin(c) }
+  end
+  exit($failures.zero? ? 0 : 2)
+end
 
 raw = ActiveRecord::Base.connection.raw_connection
 
