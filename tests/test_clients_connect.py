@@ -24,7 +24,7 @@ from tenantgate.proxy import codec
 from tenantgate.proxy.pgcluster import PgServer, free_port
 
 from .harness import USERS, Backend, ProxyProcess, RawClient, errors, start_proxy
-from .peer.env import TENANT, TENANT_USER, create_backend, install_rls, proxy_config
+from .peer.env import TENANT, TENANT_USER, TRUSTED_USER, create_backend, install_rls, proxy_config
 
 CLIENTS = Path(__file__).parent / "peer" / "clients"
 NODE_MODULES = Path(__file__).parent / "peer" / "node" / "node_modules"
@@ -221,21 +221,26 @@ def test_jdbc_three_connections_on_a_pool_of_two(small_pool: Gate, jdbc_classes:
 ENCODED = {"LATIN1": "café", "WIN1252": "œuvre €5", "LATIN9": "€ façade", "SJIS": "表示"}
 
 
+ENCODING_CASES = [(enc, how, TENANT_USER) for enc in sorted(ENCODED) for how in ("startup", "set")] + [
+    ("LATIN1", how, TRUSTED_USER) for how in ("startup", "set")]
+
+
 @pytest.mark.xfail(strict=True, reason=ITEM4, raises=psycopg.errors.ProtocolViolation)
-@pytest.mark.parametrize("how", ["startup", "set"])
-@pytest.mark.parametrize("encoding", sorted(ENCODED))
-def test_non_utf8_session(proxy: Gate, encoding: str, how: str) -> None:
+@pytest.mark.parametrize(("encoding", "how", "user"), ENCODING_CASES, ids=["-".join(c) for c in ENCODING_CASES])
+def test_non_utf8_session(proxy: Gate, encoding: str, how: str, user: str) -> None:
     text = ENCODED[encoding]
     kw = {"client_encoding": encoding} if how == "startup" else {}
-    with proxy.connect(**kw) as conn:
+    with proxy.connect(user, **kw) as conn:
         if how == "set":
             conn.execute(f"SET client_encoding = '{encoding}'")
         assert conn.execute("SHOW client_encoding").fetchone() == (encoding,)
         assert conn.execute(f"SELECT '{text}', length('{text}')").fetchone() == (text, len(text))
         with conn.transaction():
-            conn.execute("INSERT INTO peer_items (name) VALUES (%s)", [text])
-            assert conn.execute("SELECT name FROM peer_items WHERE name = %s", [text]).fetchone() == (text,)
-            assert tenants_seen(conn) == [TENANT]
+            if user == TENANT_USER:
+                conn.execute("INSERT INTO peer_items (name) VALUES (%s)", [text])
+            else:
+                conn.execute("INSERT INTO peer_items (tenant_id, name) VALUES (%s, %s)", [TENANT, text])
+            assert conn.execute("SELECT tenant_id FROM peer_items WHERE name = %s", [text]).fetchall() == [(TENANT,)]
             conn.execute("DELETE FROM peer_items WHERE name = %s", [text])
 
 
