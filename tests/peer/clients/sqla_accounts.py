@@ -1,7 +1,8 @@
 """SQLAlchemy 2 (psycopg) as a tenant (PEER_TENANT) against PGHOST/PGPORT/...: optimistic locking with
 ``version_id_col`` on PostgreSQL's ``xmin`` system column (SQLAlchemy's recipe; typed Integer since
 xid = int4 exists and xid = varchar does not), reflection, and each tenant seeing only its rows of
-sa_account (acme: ann 100). One line per check."""
+sa_account (acme: ann 100); also set_config() with bound parameters and the ParameterStatus values
+a client sees. One line per check."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 
+import psycopg
 from sqlalchemy import FetchedValue, Integer, create_engine, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
@@ -107,6 +109,28 @@ def _() -> None:
         expect(s.scalar(text("SELECT tenant_id FROM sa_account WHERE owner = 'amy'")) == TENANT, "stored tenant")
         s.delete(acct)
         s.commit()
+
+
+@check("set_config_params")
+def _() -> None:
+    with engine.connect() as conn:  # psycopg binds server-side: set_config($1, $2, false)
+        conn.execute(text("SELECT set_config(:name, :value, false)"), {"name": "application_name", "value": "accounts"})
+        expect(conn.scalar(text("SHOW application_name")) == "accounts", "application_name not set")
+
+
+@check("parameter_status")
+def _() -> None:
+    # The client sees in ParameterStatus what it asked for at startup, in PostgreSQL's spelling,
+    # whichever backend serves each transaction.
+    params = {"application_name": "accounts", "client_encoding": "utf8",
+              "options": f"{options or ''} -c DateStyle=iso,dmy"}
+    with psycopg.connect(engine.url.render_as_string(hide_password=False).replace("+psycopg", ""), **params) as conn:
+        for _ in range(3):
+            conn.execute("SELECT 1")
+            conn.commit()
+        got = {k: conn.info.parameter_status(k) for k in ("application_name", "client_encoding", "DateStyle")}
+    want = {"application_name": "accounts", "client_encoding": "UTF8", "DateStyle": "ISO, DMY"}
+    expect(got == want, f"{got}")
 
 
 sys.exit(0 if failures == 0 else 2)
