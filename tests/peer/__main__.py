@@ -9,12 +9,15 @@ never part of ``make test``. Exit status 1 when there is any difference, 0 when 
     python -m tests.peer --quick                      # our programs + small slices of the big suites
     python -m tests.peer --suite jdbc --suite node
     python -m tests.peer --suite psycopg --psycopg-src ~/src/psycopg   # a checkout: tests/ + pyproject.toml
+    python -m tests.peer --suite psycopg --psycopg-args "-m 'not slow and not timing' --ignore=tests/pool"
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", action="append", choices=POOL_MODES, help="only this pool mode (repeatable)")
     p.add_argument("--timeout", type=float, help="seconds per suite and target (default: each suite's own)")
     p.add_argument("--psycopg-src", type=Path, help="a psycopg source checkout (tests/ and pyproject.toml)")
+    p.add_argument("--psycopg-args", default="", help="more pytest arguments for psycopg's suite (one string)")
     p.add_argument("--work", type=Path, help="where logs go (default: a temporary folder, kept)")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     args = p.parse_args(argv)
@@ -80,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in SUITES.values():
             print(f"{s.name:13} roles={','.join(s.roles):15} {'heavy' if s.heavy else ''}")
         return 0
+    suites.PSYCOPG_ARGS[:] = shlex.split(args.psycopg_args)
+    # SIGTERM unwinds like Ctrl-C: the proxies and the cluster are stopped, the running suite killed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.psycopg_src:
         os.environ["PEER_PSYCOPG_SRC"] = str(args.psycopg_src.resolve())
     # Default: everything; --quick: everything too, with the heavy suites cut to their slices.

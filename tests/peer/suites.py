@@ -136,6 +136,7 @@ def _python_program(script: str) -> Callable[[Target, float, bool], Outcomes]:
 # -- psycopg's own test suite --------------------------------------------------------------------
 
 PSYCOPG_SRC = CACHE / "psycopg-src"  # a checkout with tests/ (the PyPI sdist has none): --psycopg-src
+PSYCOPG_ARGS: list[str] = []  # extra pytest arguments (--psycopg-args), e.g. -m "not slow"
 PSYCOPG_QUICK = [f"tests/test_{name}.py" for name in ("connection", "cursor", "cursor_server", "prepared", "copy",
                                                       "notify", "errors", "encodings", "pipeline", "transaction")]
 
@@ -179,7 +180,7 @@ def _run_psycopg(target: Target, timeout: float, quick: bool) -> Outcomes:
            f"dbname={target.database} sslmode=disable" + (f" options='{target.options}'" if target.options else ""))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--no-header", "-o",
            f"cache_dir={CACHE / 'pytest'}", f"--junitxml={report}", "--test-dsn", dsn,
-           *(["-m", "not slow", *PSYCOPG_QUICK] if quick else ["tests"])]
+           *(["-m", "not slow", *PSYCOPG_QUICK] if quick else ["tests"]), *PSYCOPG_ARGS]
     extra = {"PYTHONPATH": str(PYLIB)}
     code, out, err = _run("psycopg", cmd, target, timeout, cwd=src, extra_env=extra)
     outcomes = parse_junit(report)
