@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import psycopg
 
 from tenantgate.proxy.pgcluster import PgServer, ThrowawayCluster, free_port
@@ -59,6 +60,9 @@ INSERT INTO sa_account (tenant_id, owner, balance) VALUES ('{TENANT}', 'ann', 10
 """
 SCOPING = f'[scoping]\ncolumn = "tenant_id"\ntables = {SCOPED!r}\n'.replace("'", '"')
 POOL_MODES = ("session", "transaction")
+# What Django's postgres_tests create with CREATE EXTENSION IF NOT EXISTS, which needs a superuser
+# unless the extension exists already: the throwaway cluster's template1 carries them.
+TEMPLATE_EXTENSIONS = ("bloom", "btree_gin", "btree_gist", "citext", "hstore", "pg_trgm", "unaccent", "pgcrypto")
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,11 @@ def peer_env(work: Path, pool_size: int = 4) -> Iterator[PeerEnv]:
                                                        settings={"max_connections": 200}))
         backend = create_backend(cluster, "peer")
         cluster.execute(f'ALTER ROLE "{backend.role}" CREATEDB')  # test runners make their own databases
+        for extension in TEMPLATE_EXTENSIONS:  # new databases inherit them; a missing contrib fails both ways
+            try:
+                cluster.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}", dbname="template1")
+            except asyncpg.PostgresError as exc:
+                print(f"extension {extension} unavailable: {exc}", file=sys.stderr)
         proxies: dict[str, ProxyProcess] = {}
         for mode in POOL_MODES:
             folder = work / f"proxy-{mode}"
