@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := proxy rewriter keyring config audit
 
-.PHONY: demo test lint bench install postgres
+.PHONY: demo test lint bench install postgres peer
 
 demo: install
 	$(VENV)/bin/tenantgate demo
@@ -40,3 +40,10 @@ postgres:
 		echo "installing:$$missing (apt-get)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+
+# Opt-in, not part of `make test`: real clients (pgJDBC, node-postgres, ActiveRecord, Django,
+# SQLAlchemy, psycopg's and Django's own suites) direct and through the proxy in both pool modes;
+# prints the differences. PEER_ARGS e.g. "--quick" or "--suite jdbc --suite node".
+peer: install
+	bash tests/peer/install_clients.sh
+	$(PY) -m tests.peer $(PEER_ARGS)
