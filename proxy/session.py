@@ -849,14 +849,11 @@ class Session:
         """Transaction mode: session state that must not reach another client pins this one."""
         kinds = plan.kinds
         pinning = set(_PINNING_KINDS.intersection(kinds)) | set(plan.pins)
-        if _SETTING_KINDS.intersection(kinds) and not (plan.settings or plan.pins):
-            # the plan lists session-level changes only: inside a transaction block this is SET LOCAL
-            # or SET TRANSACTION (the next client's hand-over starts from RESET ALL, to be sure);
-            # outside one, an empty list from a rewriter that lists nothing is in doubt
-            if self._in_transaction(kinds) and self.backend is not None:
-                self.backend.unknown_settings = True
-            else:
-                pinning.add("untracked SET/RESET")
+        if _SETTING_KINDS.intersection(kinds) and not (plan.settings or plan.pins) and self.backend is not None:
+            # the plan lists session-level changes only, and the rewriter reports the rest as pins: this is
+            # SET LOCAL / SET TRANSACTION or a no-op of a pinned setting (standard_conforming_strings = on,
+            # the pinned search_path). The next client's hand-over starts from RESET ALL all the same.
+            self.backend.unknown_settings = True
         if changes and _PARTIAL_UNDO.intersection(kinds):
             pinning.add("settings changed beside transaction control")  # which of them stick is unclear
         if "rollback_to" in kinds and self._tracked is not None and self._tracked.in_doubt:
@@ -875,10 +872,6 @@ class Session:
                 "tenantgate (the session's settings are re-applied right after it)",
                 "reset_not_last",
             )
-
-    def _in_transaction(self, kinds: tuple[str, ...]) -> bool:
-        """Inside a transaction block as far as the proxy knows (SET LOCAL lasts only that long)."""
-        return self.status != "I" or "begin" in kinds
 
     def _settings_sent(self, changes: list[Change], cycle: int) -> None:
         """Statements changing these settings were sent in ``cycle``: the backend is dirty for them."""

@@ -3,7 +3,7 @@ every run: what ActiveRecord and pgJDBC send at connect time, a LATIN1 session, 
 a client's Terminate. Each real client (ruby, javac, node) is skipped with a reason when missing
 (tests/peer/install_clients.sh installs them); the replicas in Python always run.
 
-The xfail(strict) marks name the issue 20 item whose fix makes the test pass: flip them then.
+Each test names the issue 20 item it guards (items 1-4: they failed before those fixes).
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ NODE_MODULES = Path(__file__).parent / "peer" / "node" / "node_modules"
 JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 MODES = ["session", "transaction"]
 
-ITEM1 = "issue 20 item 1: SET standard_conforming_strings = on (ActiveRecord) is refused for tenants (42501)"
-ITEM2 = "issue 20 item 2: connect-time SETs pin the client to a backend in transaction pooling (53300)"
-ITEM3 = "issue 20 item 3: session pooling writes FATAL 08006 after the client's Terminate"
-ITEM4 = "issue 20 item 4: a non-UTF-8 client_encoding closes the session ('string is not valid UTF-8')"
 
 # ActiveRecord 6.1's PostgreSQLAdapter#configure_connection, statement by statement (USE_TZ: UTC).
 ACTIVERECORD_SETS = [
@@ -117,7 +113,6 @@ def check_lines(done: subprocess.CompletedProcess[str]) -> None:
 
 # -- ActiveRecord ---------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=ITEM1, raises=psycopg.errors.InsufficientPrivilege)
 def test_activerecord_connect_sequence_replica(proxy: Gate) -> None:
     with proxy.connect() as conn:
         for sql in ACTIVERECORD_SETS:
@@ -144,22 +139,18 @@ def ruby() -> str:
     return "ruby"
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM1)
 def test_activerecord_connects(proxy: Gate, ruby: str) -> None:
     done = subprocess.run([ruby, str(CLIENTS / "ar_client.rb")], env=proxy.env() | {"CONNECT_ONLY": "1"},
                           capture_output=True, text=True, timeout=60)
     check_lines(done)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{ITEM1}; {ITEM2}")
 def test_activerecord_three_connections_on_a_pool_of_two(small_pool: Gate, ruby: str) -> None:
     done = subprocess.run([ruby, str(CLIENTS / "ar_client.rb")], env=small_pool.env() | {"CONNECTIONS": "3"},
                           capture_output=True, text=True, timeout=60)
     check_lines(done)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{ITEM1}; {ITEM2}",
-                   raises=(psycopg.errors.InsufficientPrivilege, psycopg.OperationalError))
 def test_activerecord_connections_share_backends(small_pool: Gate) -> None:
     conns = []
     try:
@@ -178,7 +169,6 @@ def test_activerecord_connections_share_backends(small_pool: Gate) -> None:
 
 # -- pgJDBC ---------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=ITEM2, raises=psycopg.OperationalError)
 def test_jdbc_connect_sequence_replica_shares_backends(small_pool: Gate) -> None:
     """Three clients doing pgJDBC's connect-time SETs, held open together on a pool of two."""
     conns = []
@@ -207,7 +197,6 @@ def jdbc_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM2)
 def test_jdbc_three_connections_on_a_pool_of_two(small_pool: Gate, jdbc_classes: Path) -> None:
     done = subprocess.run(["java", "-cp", f"{jdbc_classes}:{JDBC_JAR}", "JdbcClient", "connections", "3"],
                           env=small_pool.env(), capture_output=True, text=True, timeout=60)
@@ -225,13 +214,20 @@ ENCODING_CASES = [(enc, how, TENANT_USER) for enc in sorted(ENCODED) for how in 
     ("LATIN1", how, TRUSTED_USER) for how in ("startup", "set")]
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM4, raises=psycopg.errors.ProtocolViolation)
 @pytest.mark.parametrize(("encoding", "how", "user"), ENCODING_CASES, ids=["-".join(c) for c in ENCODING_CASES])
 def test_non_utf8_session(proxy: Gate, encoding: str, how: str, user: str) -> None:
+    """Issue 20 item 4. A tenant session's encoding is fixed at connect (README "The encoding rule"):
+    a SET to another one is refused cleanly and the session goes on in its own; trusted users may SET it."""
     text = ENCODED[encoding]
-    kw = {"client_encoding": encoding} if how == "startup" else {}
+    kw = {"client_encoding": encoding} if how == "startup" or user == TENANT_USER else {}
+    if how == "set" and user == TENANT_USER:
+        with proxy.connect(user) as conn:
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="connection string"):
+                conn.execute(f"SET client_encoding = '{encoding}'")
+            conn.rollback()
+            assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
     with proxy.connect(user, **kw) as conn:
-        if how == "set":
+        if how == "set" and user != TENANT_USER:
             conn.execute(f"SET client_encoding = '{encoding}'")
         assert conn.execute("SHOW client_encoding").fetchone() == (encoding,)
         assert conn.execute(f"SELECT '{text}', length('{text}')").fetchone() == (text, len(text))
@@ -268,8 +264,7 @@ def _goodbyes(g: Gate, rounds: int) -> list[str]:
     return stray
 
 
-@pytest.mark.parametrize("mode", [pytest.param("session", marks=pytest.mark.xfail(strict=True, reason=ITEM3)),
-                                  "transaction"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_nothing_after_terminate(backend: Backend, tmp_path: Path, mode: str) -> None:
     with gate(tmp_path, backend, mode) as g:
         stray = _goodbyes(g, 200)
@@ -278,8 +273,7 @@ def test_nothing_after_terminate(backend: Backend, tmp_path: Path, mode: str) ->
 
 @pytest.mark.skipif(shutil.which("node") is None or not (NODE_MODULES / "pg").is_dir(),
                     reason="node or node-postgres is not installed (tests/peer/install_clients.sh)")
-@pytest.mark.parametrize("mode", [pytest.param("session", marks=pytest.mark.xfail(strict=True, reason=ITEM3)),
-                                  "transaction"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_node_postgres_terminate_race(backend: Backend, tmp_path: Path, mode: str) -> None:
     """200 node-postgres clients (10 at a time) connect, query, end(): no 'error' event after end()."""
     with gate(tmp_path, backend, mode) as g:
