@@ -49,6 +49,9 @@ DENIED_FUNCTIONS = frozenset({
     "pg_prepared_statement", "pg_cursor",
     # file nodes change when a relation is rewritten (sizes read as NULL: sidechannels.SIZE_FUNCTIONS)
     "pg_relation_filenode", "pg_relation_filepath", "pg_filenode_relation",
+    # follows any row's update chain by physical address (another tenant's updates; the table's
+    # size in pages by probing block numbers); replication origins are server-wide state
+    "currtid2", "currtid", "pg_show_replication_origin_status",
     # sequence state: shared sequences count every tenant's rows; currval/lastval of a pooled backend
     # are the previous session's
     "pg_sequence_last_value", "currval", "lastval",

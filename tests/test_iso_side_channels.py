@@ -273,6 +273,11 @@ def test_filters_on_sizes_match_nothing(site: Site, sql: str) -> None:
 VOLUME_FUNCTIONS = [
     "SELECT pg_relation_filenode('orders')",
     "SELECT pg_relation_filepath('orders')",
+    "SELECT * FROM currtid2('orders', '(0,6)')",  # red team: another tenant's update chain, page count
+    "SELECT currtid2('public.orders'::text, '(1,1)'::tid)",
+    "SELECT pg_catalog.currtid2('orders', ctid) FROM orders",
+    "SELECT * FROM orders o WHERE EXISTS (SELECT FROM pg_catalog.currtid2('orders', '(5,1)'))",
+    "SELECT * FROM pg_show_replication_origin_status()",
     "SELECT pg_sequence_last_value('shared_seq')",
     "SELECT * FROM pg_sequences",
     "SELECT last_value FROM pg_catalog.pg_sequences WHERE sequencename = 'shared_seq'",

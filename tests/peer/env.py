@@ -99,7 +99,8 @@ class Target:
 class PeerEnv:
     cluster: ThrowawayCluster
     backend: Backend
-    proxies: dict[str, ProxyProcess]  # pool mode -> proxy
+    proxies: dict[str, ProxyProcess]  # pool mode -> proxy for trusted users (any database)
+    tenant_proxies: dict[str, ProxyProcess]  # pool mode -> proxy with the database tenants are routed to
 
     def reset_data(self) -> None:
         self.cluster.execute(DATA, dbname=self.backend.database)
@@ -112,7 +113,7 @@ class PeerEnv:
         out = [Target(f"direct/{role}", b.pg.host, b.pg.port, b.role, b.password, b.database, tenant, setting)]
         user = TENANT_USER if tenant else TRUSTED_USER
         for mode in modes:
-            proxy = self.proxies[mode]
+            proxy = (self.tenant_proxies if tenant else self.proxies)[mode]
             out.append(Target(f"{mode}/{role}", "127.0.0.1", proxy.port, user, USERS[user][1], b.database, tenant))
         return out
 
@@ -164,13 +165,17 @@ def peer_env(work: Path, pool_size: int = 4) -> Iterator[PeerEnv]:
                 cluster.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}", dbname="template1")
             except asyncpg.PostgresError as exc:
                 print(f"extension {extension} unavailable: {exc}", file=sys.stderr)
-        proxies: dict[str, ProxyProcess] = {}
-        for mode in POOL_MODES:
-            folder = work / f"proxy-{mode}"
-            folder.mkdir(exist_ok=True)
-            port = free_port()
-            proxy = start_proxy(folder, proxy_config(backend, port, mode, pool_size, any_database=True), port)
-            stack.callback(proxy.stop)
-            proxies[mode] = proxy
-        install_rls(proxies["session"], backend)
-        yield PeerEnv(cluster, backend, proxies)
+        # Trusted users reach any database (Django's test runner makes its own); tenant sessions are
+        # only ever routed to a configured database, so they get proxies that name one.
+        started: dict[bool, dict[str, ProxyProcess]] = {True: {}, False: {}}
+        for any_database, proxies in started.items():
+            for mode in POOL_MODES:
+                folder = work / f"proxy-{mode}{'' if any_database else '-tenant'}"
+                folder.mkdir(exist_ok=True)
+                port = free_port()
+                config = proxy_config(backend, port, mode, pool_size, any_database=any_database)
+                proxy = start_proxy(folder, config, port)
+                stack.callback(proxy.stop)
+                proxies[mode] = proxy
+        install_rls(started[True]["session"], backend)
+        yield PeerEnv(cluster, backend, started[True], started[False])
