@@ -39,7 +39,7 @@ from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, Parse, Query
-from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding, encoding_changes
+from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
 from .roles import read_only_violation
@@ -602,7 +602,7 @@ class Session:
                 self._check_audit()
                 plan = self._plan(sql, extended=False)
                 rewritten, kinds = plan.sql, plan.kinds
-                self._check_encoding(msg.sql, kinds)
+                self._check_encoding(plan)
                 sql = self._redacted
                 changes = self._setting_changes(plan)
                 if self.pool is not None:
@@ -677,16 +677,18 @@ class Session:
         except EncodingError as exc:
             raise Refusal(exc.sqlstate, str(exc), "encoding") from None
 
-    def _check_encoding(self, sql: str, kinds: tuple[str, ...]) -> None:
+    def _check_encoding(self, plan: Plan) -> None:
         """client_encoding is fixed for a tenant session: the proxy lexes in it, so the backend must read in it.
+        The rewriter lists every session-level change (SET, SET NAMES, RESET, literal set_config) in
+        ``plan.settings`` as a quoted literal and refuses the other forms (LOCAL, non-literal values).
         (Trusted sessions are not rewritten: they may change it, and the proxy follows, see _parameter_status.)"""
         if self.tenant is None:
             return
-        changes = encoding_changes(sql)
-        if self._reset_encoding != self.encoding.name and ("reset_all" in kinds or "discard_all" in kinds):
+        changes = [value for name, value in plan.settings if name == "client_encoding"]
+        if self._reset_encoding != self.encoding.name and ("reset_all" in plan.kinds or "discard_all" in plan.kinds):
             changes.append(None)
         for value in changes:
-            target = self._reset_encoding if value is None else canonical_name(value)
+            target = self._reset_encoding if value is None else canonical_name(_literal_text(value))
             if target != self.encoding.name:
                 raise Refusal(
                     "0A000",
@@ -706,7 +708,7 @@ class Session:
             # PostgreSQL's answer; the content-addressed names would otherwise let it pass
             raise Refusal("42P05", f'prepared statement "{msg.name}" already exists', "duplicate_statement")
         plan = self._plan(msg.sql, extended=True)
-        self._check_encoding(msg.sql, plan.kinds)
+        self._check_encoding(plan)
         sql = self._redacted
         kind = plan.kinds[0] if plan.kinds else first_word(sql)
         changes = self._setting_changes(plan)
@@ -1209,3 +1211,14 @@ def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacemen
     out += replacement
     return out
 
+
+def _literal_text(value: str) -> str:
+    """The text of a standard-conforming literal as the rewriter renders values (``'it''s'``);
+    anything else is no encoding name at all ("" never matches one).
+
+    >>> _literal_text("'SJIS'"), _literal_text("'it''s'"), _literal_text("sjis")
+    ('SJIS', "it's", '')
+    """
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("''", "'")
+    return ""
