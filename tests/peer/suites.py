@@ -181,7 +181,10 @@ def _run_psycopg(target: Target, timeout: float, quick: bool) -> Outcomes:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--no-header", "-o",
            f"cache_dir={CACHE / 'pytest'}", f"--junitxml={report}", "--test-dsn", dsn,
            *(["-m", "not slow", *PSYCOPG_QUICK] if quick else ["tests"]), *PSYCOPG_ARGS]
-    extra = {"PYTHONPATH": str(PYLIB)}
+    # The checkout's psycopg_pool/ project folder holds the pool package its pool tests import (it is
+    # not on the registries); without it on the path the folder itself is a namespace package.
+    pool = src / "psycopg_pool"
+    extra = {"PYTHONPATH": os.pathsep.join([str(PYLIB), *([str(pool)] if (pool / "psycopg_pool").is_dir() else [])])}
     code, out, err = _run("psycopg", cmd, target, timeout, cwd=src, extra_env=extra)
     outcomes = parse_junit(report)
     if code is None:
