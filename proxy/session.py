@@ -48,8 +48,8 @@ from .tracked import RESET_ALL, Change, TrackedSettings
 if TYPE_CHECKING:
     from .backend import Backend
     from .conn import PgConnection
+    from .counters import Metrics
     from .crypto import SessionCrypto
-    from .metrics import Metrics
 
 log = logging.getLogger("tenantgate.session")
 

@@ -30,21 +30,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import TYPE_CHECKING
 
 from tenantgate.config.schema import LIMIT_KEYS
+from tenantgate.keyring.errors import KeyringError
+from tenantgate.proxy import codec
+from tenantgate.proxy.auth import AuthFailed, ClientAuth
+from tenantgate.proxy.client import ClientConnection
+from tenantgate.proxy.codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
+from tenantgate.proxy.frontend import FrontendConnection
+from tenantgate.proxy.placement import Placement
+from tenantgate.proxy.pool import BackendPool
+from tenantgate.proxy.process import Proxy
 
-from . import codec
-from .auth import AuthFailed, ClientAuth
-from .codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
-from .conn import Listener
-from .frontend import FrontendConnection
-from .placement import Placement
-
-if TYPE_CHECKING:
-    from .client import ClientConnection
-    from .listener import Proxy
-    from .pool import BackendPool
+from .port import ConsolePort
 
 log = logging.getLogger("tenantgate.admin")
 
@@ -430,8 +428,6 @@ async def rotate_key(conn: AdminConnection, args: list[str]) -> Result:
     if keyring is None:
         raise AdminError("0A000", "no keyring configured")
     tenant = _tenant_arg(conn.proxy, args[0])
-    from tenantgate.keyring.errors import KeyringError
-
     try:
         new_version = await keyring.rotate(tenant)
     except KeyringError as exc:  # its messages name tenants and versions, never key material
@@ -472,7 +468,7 @@ COMMANDS: tuple[Command, ...] = (
 # ---------------------------------------------------------------------- connections
 
 
-class AdminConnection(FrontendConnection):
+class AdminConnection(FrontendConnection[Proxy]):
     """One psql session on the admin port (await mode throughout: low traffic, clarity first)."""
 
     kind = "admin"
@@ -611,7 +607,7 @@ class AdminConnection(FrontendConnection):
             await outcome
 
 
-class AdminServer(Listener):
+class AdminServer(ConsolePort):
     """The admin port's listening socket and its open connections."""
 
     def __init__(self, proxy: Proxy) -> None:
