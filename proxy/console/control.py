@@ -6,8 +6,8 @@ request per connection, each way one frame of length-prefixed JSON (audit/framin
 Traffic is low (admin commands, scrapes, forwarded cancels), so clarity wins over
 connection reuse.
 
->>> encode({"op": "ping"})
-b'\x00\x00\x00\r{"op":"ping"}'
+>>> encode({"op": "ping"})[4:], len(encode({"op": "ping"}))
+(b'{"op":"ping"}', 17)
 """
 
 from __future__ import annotations
