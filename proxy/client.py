@@ -62,7 +62,7 @@ class Process(Host, Protocol):
     @property
     def paused(self) -> set[str]: ...
     @property
-    def planner(self) -> Rewriter: ...
+    def rewriter(self) -> Rewriter: ...
     def record(self, event: AuditEvent) -> None: ...
     def pool_for(self, database: str, placement: Placement) -> BackendPool | None: ...
     def limiter(self, tenant: str) -> TenantLimiter: ...
@@ -246,7 +246,7 @@ class ClientConnection(FrontendConnection[Process]):
         out += codec.ready("I")
         self.write(bytes(out))
 
-        planner = self.proxy.planner if self.tenant is not None else None
+        rewriter = self.proxy.rewriter if self.tenant is not None else None
         audit = None
         if self.proxy.audit is not None:
             audit = SessionAudit(
@@ -262,7 +262,7 @@ class ClientConnection(FrontendConnection[Process]):
             None,
             user=name,
             tenant=self.tenant,
-            planner=planner,
+            rewriter=rewriter,
             paused=self.proxy.paused,
             audit=audit,
             pool=pool,

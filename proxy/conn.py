@@ -165,9 +165,6 @@ class PgConnection(asyncio.Protocol):
                 return mtype, body
             await self._wait()
 
-    def has_buffered(self) -> bool:
-        return bool(self._raw)
-
     async def start_tls(
         self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
     ) -> None:

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from tenantgate.config.schema import LIMIT_KEYS
 
-from .state import ProxyView
+from .state import LimiterView, ProxyView
 
 log = logging.getLogger("tenantgate.metrics")
 
@@ -350,8 +350,9 @@ class _ProxyCollector(Collector):
             ),
         ]
 
-    def _limiters(self) -> list[Any]:
-        return list(getattr(self.metrics.proxy, "limiters", {}).values())
+    def _limiters(self) -> list[LimiterView]:
+        proxy = self.metrics.proxy
+        return [] if proxy is None else list(proxy.limiters.values())
 
     def _tenant_backends(self, family: Any) -> None:
         counts: dict[str, int] = {}
@@ -379,7 +380,8 @@ class _ProxyCollector(Collector):
     def _backends(self, family: Any) -> None:
         held = sum(1 for c in self._live() if c.backend is not None and not c.backend.conn.is_closed)
         # transaction mode: the pools' idle backends are held by no session
-        pooled = sum(len(p.idle) for p in getattr(self.metrics.proxy, "pools", {}).values())
+        proxy = self.metrics.proxy
+        pooled = 0 if proxy is None else sum(len(p.idle) for p in proxy.pools.values())
         family.add_metric([], held + pooled)
 
     def _sessions(self, family: Any) -> None:
@@ -409,13 +411,14 @@ class _ProxyCollector(Collector):
         def fill(family: Any) -> None:
             proxy = self.metrics.proxy
             if proxy is not None:
-                family.add_metric([], proxy.planner.stats()[key])
+                family.add_metric([], proxy.rewriter.stats()[key])
 
         return fill
 
     def _audit(self, field: str) -> Callable[[Any], None]:
         def fill(family: Any) -> None:
-            audit = getattr(self.metrics.proxy, "audit", None)
+            proxy = self.metrics.proxy
+            audit = proxy.audit if proxy is not None else None
             if audit is not None:
                 family.add_metric([], float(getattr(audit.stats(), field)))
 

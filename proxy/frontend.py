@@ -127,13 +127,13 @@ class FrontendConnection(PgConnection, Generic[H]):
                     raise ProtocolError("client", "SSL request after TLS is already established")
                 ctx = self.proxy.client_tls
                 if ctx is None:
-                    self.write(b"N")
+                    self.write(codec.MsgType.REFUSE.byte)
                 else:
-                    self.write(b"S")
+                    self.write(codec.MsgType.ACCEPT.byte)
                     await self.start_tls(ctx, server_side=True)
                     tls_done = True
             elif isinstance(packet, GSSENCRequest):
-                self.write(b"N")
+                self.write(codec.MsgType.REFUSE.byte)
             elif isinstance(packet, CancelRequest):
                 self.close()  # a cancel connection gets no answer either way
                 await self.cancel(packet)
@@ -154,7 +154,7 @@ class FrontendConnection(PgConnection, Generic[H]):
         self.write(auth.start())
         while True:
             mtype, body = await self.read_message()
-            if mtype != ord("p"):
+            if mtype != codec.MsgType.PASSWORD:
                 raise ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
             msg = codec.decode_frontend(mtype, body)
             assert isinstance(msg, PasswordMessage)

@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import ssl
-import time
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
@@ -36,7 +35,7 @@ from .tls import client_context
 log = logging.getLogger("tenantgate")
 
 
-def make_planner(config: Config, columns: dict[tuple[str, str], tuple[str, ...]] | None = None) -> Rewriter:
+def make_rewriter(config: Config, columns: dict[tuple[str, str], tuple[str, ...]] | None = None) -> Rewriter:
     """The rewriter for tenant sessions; ``columns``: the scoped tables' column names as the
     backend's catalog lists them (INSERT without a column list)."""
     policy = Policy.from_config(config.scoping, config.encryption, tenants=config.tenants.values())
@@ -97,13 +96,12 @@ class Proxy:
         self.secret = self._load_secret()
         self.cancels = CancelRegistry(worker_index, worker_count)
         self.sessions: set[ClientConnection] = set()
-        self._planner: Rewriter | None = None
+        self._rewriter: Rewriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._roles_checked: set[str] = set()  # backend targets whose role passed check_backend_role
         self.limiters: dict[str, TenantLimiter] = {}
         self.stopping = asyncio.Event()
-        self.started_at = time.time()
         self.config_path: str | None = None
         self.paused: set[str] = set()  # tenants whose new statements wait; "*" = all
         self.pools: dict[tuple[str, str], BackendPool] = {}
@@ -157,11 +155,11 @@ class Proxy:
         return found
 
     @property
-    def planner(self) -> Rewriter:
+    def rewriter(self) -> Rewriter:
         """The tenant sessions' rewriter, built on first use and after each reload."""
-        if self._planner is None:
-            self._planner = make_planner(self.config, self.table_columns)
-        return self._planner
+        if self._rewriter is None:
+            self._rewriter = make_rewriter(self.config, self.table_columns)
+        return self._rewriter
 
     # ------------------------------------------------------------------ checks
 
@@ -271,7 +269,7 @@ class Proxy:
             self.table_columns = await scoped_columns(backend, tables)
         finally:
             backend.conn.close()
-        self._planner = None
+        self._rewriter = None
 
     async def columns_for(self, placement: Placement, database: str) -> dict[tuple[int, int], EncryptedColumn]:
         """The encrypted columns as (table OID, attnum) in the database a placement's sessions use.
@@ -325,7 +323,7 @@ class Proxy:
         }
         self.config = new
         self.backend_target = backend_target(new.backend)
-        self._planner = None
+        self._rewriter = None
         self._roles_checked.clear()
         self._columns.clear()
         for name, limiter in self.limiters.items():
@@ -333,7 +331,7 @@ class Proxy:
         for client in self.sessions:  # existing sessions follow the new rules from their next statement
             session = client.session
             if session is not None and client.tenant is not None:
-                session.planner = self.planner
+                session.rewriter = self.rewriter
                 if client.tenant in moved:
                     client.placement_changed()
         if moved:

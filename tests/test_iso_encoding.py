@@ -352,7 +352,7 @@ def test_a_parameter_status_changing_the_lexing_ends_a_tenant_session(name: str,
     from tenantgate.proxy.session import Session
 
     client = _Client()
-    session = Session(client, None, user="alice", tenant="acme", planner=None, paused=set(),  # type: ignore[arg-type]
+    session = Session(client, None, user="alice", tenant="acme", rewriter=None, paused=set(),  # type: ignore[arg-type]
                       metrics=Metrics(), encoding=lookup("SJIS"))
     session._said_goodbye = goodbye
     same = codec.ParameterStatus("client_encoding", "SJIS").encode()
