@@ -11,6 +11,9 @@ JSON, never pickle: a frame is data, whatever sends it.
 >>> FrameReader(4, ValueError).feed(frame(b'{"op":"ping"}'))
 Traceback (most recent call last):
 ValueError: frame of 13 bytes exceeds the limit of 4
+>>> FrameReader(64, ValueError).feed(frame(b"[1]"))
+Traceback (most recent call last):
+ValueError: frame is not a JSON object
 """
 
 from __future__ import annotations
