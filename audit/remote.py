@@ -43,6 +43,7 @@ from functools import partial
 from typing import Any, cast
 
 from .errors import AuditConfigError, AuditError, AuditUnavailable
+from .framing import FrameReader, frame
 from .keys import Signer
 from .record import AuditEvent
 from .settings import AuditSettings
@@ -59,7 +60,6 @@ WIRE_FIELDS = ("kind", "tenant", "user", "client", "session", "database", "sql",
                "encrypted_columns", "details", "ts")
 _TEXT_FIELDS = ("tenant", "user", "client", "session", "database", "sql", "rewritten", "decision", "reason",
                 "sqlstate")
-_HEADER = struct.Struct(">I")
 _PEERCRED = struct.Struct("3i")
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
@@ -156,40 +156,6 @@ def decode_event(raw: object) -> AuditEvent:
         raise AuditProtocolError(str(exc)) from None
 
 
-# ---------------------------------------------------------------------- framing
-
-def _frame(payload: bytes) -> bytes:
-    return _HEADER.pack(len(payload)) + payload
-
-
-class _FrameReader:
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """The complete frames received so far, decoded; raises AuditProtocolError."""
-        buf = self._buf
-        buf += data
-        messages: list[dict[str, Any]] = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            (size,) = _HEADER.unpack_from(buf, pos)
-            if size > MAX_FRAME:
-                raise AuditProtocolError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME}")
-            if len(buf) - pos - 4 < size:
-                break
-            try:
-                message = json.loads(buf[pos + 4:pos + 4 + size])
-            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-                raise AuditProtocolError(f"frame is not JSON: {exc}") from None
-            if not isinstance(message, dict):
-                raise AuditProtocolError("frame is not a JSON object")
-            messages.append(message)
-            pos += 4 + size
-        del buf[:pos]
-        return messages
-
-
 # ---------------------------------------------------------------------- server
 
 class _ServerLog(AuditLog):
@@ -250,7 +216,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: AuditServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.reader = _FrameReader()
+        self.reader = FrameReader(MAX_FRAME, AuditProtocolError)
         self.peer = "?"
         self.received = 0  # events taken from this worker (their indexes are 0 .. received-1)
         self.sent_received = 0
@@ -279,7 +245,7 @@ class _Connection(asyncio.Protocol):
                  "sink": audit.sink.name}
         self.sent_status = audit.status_key()
         self.status_due = False
-        transport.write(_frame(_dumps({"hello": hello, **audit.status()}).encode("ascii")))
+        transport.write(frame(_dumps({"hello": hello, **audit.status()}).encode("ascii")))
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -370,7 +336,7 @@ class _Connection(asyncio.Protocol):
         if self.flushed:
             message["flushed"], self.flushed = self.flushed, []
         if message:
-            self.transport.write(_frame(_dumps(message).encode("ascii")))
+            self.transport.write(frame(_dumps(message).encode("ascii")))
 
     def close(self, *, abort: bool = False) -> None:
         self.closed = True
@@ -470,7 +436,7 @@ class _Channel(asyncio.Protocol):
         self.owner = owner
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.reader = _FrameReader()
+        self.reader = FrameReader(MAX_FRAME, AuditProtocolError)
         self.hello: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.next_index = 0
         self.taken = 0  # events the server has taken ("n")
@@ -561,18 +527,18 @@ class _Channel(asyncio.Protocol):
         for i, data in enumerate(outbox):
             size += len(data) + 1
             if size >= FRAME_TARGET and i + 1 < len(outbox):
-                frames.append(_frame(b'{"events":[' + b",".join(outbox[start:i + 1]) + b"]}"))
+                frames.append(frame(b'{"events":[' + b",".join(outbox[start:i + 1]) + b"]}"))
                 start, size = i + 1, 0
         tail = [b'"events":[' + b",".join(outbox[start:]) + b"]"] if start < len(outbox) else []
         if self.lost:
             tail.append(b'"lost":%d' % self.lost)
             self.lost = 0
         for token in self.flush_tokens:  # one token per frame: the flush covers everything before it
-            frames.append(_frame(b"{" + b",".join([*tail, b'"flush":%d' % token]) + b"}"))
+            frames.append(frame(b"{" + b",".join([*tail, b'"flush":%d' % token]) + b"}"))
             tail = []
         self.flush_tokens = []
         if tail:
-            frames.append(_frame(b"{" + b",".join(tail) + b"}"))
+            frames.append(frame(b"{" + b",".join(tail) + b"}"))
         if frames:
             self.transport.write(b"".join(frames))
 

@@ -49,7 +49,7 @@ _RULES: tuple[tuple[str, str | None], ...] = (
     # The Protocol that moves bytes: its write() is the socket send, which on loopback runs the
     # receiver's TCP path too; framing itself is codec.Framer.
     ("/proxy/conn.py", "uvloop/transport"),
-    ("/proxy/metrics.py", "metrics"),
+    ("/proxy/counters.py", "metrics"),
     ("/prometheus_client/", "metrics"),
     ("/proxy/auditing.py", "audit"),
     ("/audit/", "audit"),

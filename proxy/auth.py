@@ -63,7 +63,6 @@ class ClientAuth:
         verify: Callable[[str], JwtIdentity] | None = None,
     ) -> None:
         self.username = username
-        self._known = creds is not None
         self._verify = verify
         self.identity: JwtIdentity | None = None  # jwt: what the token granted
         if method == JWT:

@@ -105,7 +105,7 @@ async def _negotiate_tls(conn: PgConnection, target: BackendTarget) -> None:
         return
     conn.write(codec.SSLRequest().encode())
     answer = await conn.read_byte()
-    if answer == b"S":
+    if answer == codec.MsgType.ACCEPT.byte:
         try:
             await conn.start_tls(
                 backend_context(target.sslmode, target.sslrootcert),
@@ -114,7 +114,7 @@ async def _negotiate_tls(conn: PgConnection, target: BackendTarget) -> None:
             )
         except (ssl.SSLError, OSError) as exc:
             raise unreachable(f"SSL connection to the backend failed: {exc}") from None
-    elif answer == b"N":
+    elif answer == codec.MsgType.REFUSE.byte:
         if target.sslmode != "prefer":
             raise unreachable("the backend does not support SSL, but sslmode requires it")
     else:
@@ -125,11 +125,11 @@ async def _authenticate(conn: PgConnection, target: BackendTarget) -> None:
     scram: ScramClient | None = None
     while True:
         mtype, body = await conn.read_message()
-        if mtype == ord("E"):
+        if mtype == codec.MsgType.ERROR_RESPONSE:
             raise BackendError(codec.decode_backend(mtype, body))  # type: ignore[arg-type]
-        if mtype == ord("v"):  # NegotiateProtocolVersion: we ask for nothing optional
+        if mtype == codec.MsgType.NEGOTIATE_PROTOCOL_VERSION:  # NegotiateProtocolVersion: we ask for nothing optional
             continue
-        if mtype != ord("R"):
+        if mtype != codec.MsgType.AUTHENTICATION:
             raise ProtocolError("server", f"unexpected message {chr(mtype)!r} during authentication")
         auth = codec.decode_backend(mtype, body)
         assert isinstance(auth, Authentication)

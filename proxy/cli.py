@@ -25,7 +25,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from tenantgate.config import ConfigError, load_config
 
-    from .listener import serve
+    from .console.serve import serve
 
     try:
         cfg = load_config(args.config)
@@ -35,11 +35,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     level, json_lines = args.log_level or cfg.logging.level, args.log_json or cfg.logging.json
     log.setup(level, json_lines)
     if args.worker is not None:  # started by the supervisor below
-        from .workers import WorkerSpec, run_worker
+        from .console.workers import WorkerSpec, run_worker
 
         return _run(run_worker(args.config, WorkerSpec.from_json(args.worker)))
     if cfg.listen.workers > 1:
-        from .workers import supervise
+        from .console.workers import supervise
 
         return _run(supervise(args.config, level, json_lines))
     return _run(serve(args.config))

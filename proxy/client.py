@@ -10,15 +10,20 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tenantgate.audit.record import AuditEvent
-from tenantgate.keyring import KeyringError
+from tenantgate.audit.remote import RemoteAuditLog
+from tenantgate.audit.writer import AuditLog
+from tenantgate.keyring import Keyring, KeyringError
+from tenantgate.keyring.settings import EncryptedColumn
+from tenantgate.rewriter import Rewriter
 
 from . import codec
 from .auditing import SessionAudit
 from .auth import JWT, AuthFailed, ClientAuth
 from .backend import Backend, BackendError, connect, send_cancel
+from .cancel import CancelRegistry
 from .codec import (
     BackendKeyData,
     CancelRequest,
@@ -26,18 +31,43 @@ from .codec import (
     ProtocolError,
     StartupMessage,
 )
+from .counters import Metrics
 from .crypto import CryptoSetupError, SessionCrypto
 from .encoding import ClientEncoding, EncodingError, canonical_name, client_encoding
-from .frontend import Fatal, FrontendConnection, fatal_bytes
+from .frontend import Fatal, FrontendConnection, Host, fatal_bytes
 from .limits import LimitExceeded, TenantLimiter
 from .oidc import jwt_verifier
 from .placement import Placement
+from .pool import BackendPool
 from .roles import read_only_settings
 from .session import Session
 from .startup import filter_params
 
-if TYPE_CHECKING:
-    from .listener import Proxy
+
+class Process(Host, Protocol):
+    """What a client connection needs of its serving process (process.Proxy)."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def cancels(self) -> CancelRegistry: ...
+    @property
+    def sessions(self) -> set[ClientConnection]: ...
+    @property
+    def secret(self) -> bytes: ...
+    @property
+    def audit(self) -> AuditLog | RemoteAuditLog | None: ...
+    @property
+    def keyring(self) -> Keyring | None: ...
+    @property
+    def paused(self) -> set[str]: ...
+    @property
+    def rewriter(self) -> Rewriter: ...
+    def record(self, event: AuditEvent) -> None: ...
+    def pool_for(self, database: str, placement: Placement) -> BackendPool | None: ...
+    def limiter(self, tenant: str) -> TenantLimiter: ...
+    async def check_backend_role(self, backend: Backend, allow_superuser: bool) -> None: ...
+    async def columns_for(self, placement: Placement, database: str) -> dict[tuple[int, int], EncryptedColumn]: ...
 
 log = logging.getLogger("tenantgate.client")
 
@@ -51,8 +81,8 @@ def number_sessions(first: int, step: int) -> None:
     _ids = itertools.count(first, step)
 
 
-class ClientConnection(FrontendConnection):
-    def __init__(self, proxy: Proxy) -> None:
+class ClientConnection(FrontendConnection[Process]):
+    def __init__(self, proxy: Process) -> None:
         super().__init__(proxy)
         self.id = next(_ids)
         self.connected_at = time.time()
@@ -216,7 +246,7 @@ class ClientConnection(FrontendConnection):
         out += codec.ready("I")
         self.write(bytes(out))
 
-        planner = self.proxy.planner if self.tenant is not None else None
+        rewriter = self.proxy.rewriter if self.tenant is not None else None
         audit = None
         if self.proxy.audit is not None:
             audit = SessionAudit(
@@ -232,7 +262,7 @@ class ClientConnection(FrontendConnection):
             None,
             user=name,
             tenant=self.tenant,
-            planner=planner,
+            rewriter=rewriter,
             paused=self.proxy.paused,
             audit=audit,
             pool=pool,

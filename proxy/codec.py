@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import ClassVar
 
 from .encoding import UTF8, ClientEncoding, EncodingError
@@ -36,6 +37,64 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _I16 = struct.Struct("!h")
 _HDR = struct.Struct("!cI")
+
+
+class MsgType(IntEnum):
+    """Every v3 message type byte, by name: the one place the wire's type letters are spelled.
+
+    Frontend and backend reuse letters ('D' is Describe from a client and DataRow from a server),
+    so a backend name can be an alias of a frontend one; compare with the name of the direction
+    you read. A frame's type (an int) compares equal to its member; ``.byte`` is the letter.
+
+    >>> MsgType.DATA_ROW == ord("D") == MsgType.DESCRIBE, MsgType.READY_FOR_QUERY.byte
+    (True, b'Z')
+    """
+
+    # frontend
+    QUERY = ord("Q")
+    PARSE = ord("P")
+    BIND = ord("B")
+    DESCRIBE = ord("D")
+    CLOSE = ord("C")
+    EXECUTE = ord("E")
+    SYNC = ord("S")
+    FLUSH = ord("H")
+    TERMINATE = ord("X")
+    COPY_DATA = ord("d")
+    COPY_DONE = ord("c")
+    COPY_FAIL = ord("f")
+    FUNCTION_CALL = ord("F")
+    PASSWORD = ord("p")
+    # backend
+    AUTHENTICATION = ord("R")
+    PARAMETER_STATUS = ord("S")
+    BACKEND_KEY_DATA = ord("K")
+    READY_FOR_QUERY = ord("Z")
+    ROW_DESCRIPTION = ord("T")
+    DATA_ROW = ord("D")
+    COMMAND_COMPLETE = ord("C")
+    ERROR_RESPONSE = ord("E")
+    NOTICE_RESPONSE = ord("N")
+    NOTIFICATION_RESPONSE = ord("A")
+    PARAMETER_DESCRIPTION = ord("t")
+    COPY_IN_RESPONSE = ord("G")
+    COPY_OUT_RESPONSE = ord("H")
+    COPY_BOTH_RESPONSE = ord("W")
+    PARSE_COMPLETE = ord("1")
+    BIND_COMPLETE = ord("2")
+    CLOSE_COMPLETE = ord("3")
+    NO_DATA = ord("n")
+    PORTAL_SUSPENDED = ord("s")
+    EMPTY_QUERY_RESPONSE = ord("I")
+    NEGOTIATE_PROTOCOL_VERSION = ord("v")
+    FUNCTION_CALL_RESPONSE = ord("V")
+    # the one-byte answers to SSLRequest and GSSENCRequest
+    ACCEPT = ord("S")
+    REFUSE = ord("N")
+
+    @property
+    def byte(self) -> bytes:
+        return bytes((self,))
 
 
 class ProtocolError(Exception):
@@ -304,16 +363,16 @@ def decode_startup(packet: bytes) -> StartupPacket:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    TYPE: ClassVar[bytes] = b"Q"
+    TYPE: ClassVar[bytes] = MsgType.QUERY.byte
     sql: str
 
     def encode(self, enc: ClientEncoding = UTF8) -> bytes:
-        return _frame(b"Q", _cstr(self.sql, enc))
+        return _frame(self.TYPE, _cstr(self.sql, enc))
 
 
 @dataclass(frozen=True, slots=True)
 class Parse:
-    TYPE: ClassVar[bytes] = b"P"
+    TYPE: ClassVar[bytes] = MsgType.PARSE.byte
     name: str
     sql: str
     param_types: tuple[int, ...] = ()
@@ -321,12 +380,12 @@ class Parse:
     def encode(self, enc: ClientEncoding = UTF8) -> bytes:
         oids = list(self.param_types)
         types = struct.pack(f"!h{len(oids)}I", len(oids), *oids)
-        return _frame(b"P", _cstr(self.name, enc) + _cstr(self.sql, enc) + types)
+        return _frame(self.TYPE, _cstr(self.name, enc) + _cstr(self.sql, enc) + types)
 
 
 @dataclass(frozen=True, slots=True)
 class Bind:
-    TYPE: ClassVar[bytes] = b"B"
+    TYPE: ClassVar[bytes] = MsgType.BIND.byte
     portal: str
     statement: str
     param_formats: tuple[int, ...] = ()
@@ -335,7 +394,7 @@ class Bind:
 
     def encode(self) -> bytes:
         return _frame(
-            b"B",
+            self.TYPE,
             _cstr(self.portal)
             + _cstr(self.statement)
             + _int16s(self.param_formats)
@@ -352,87 +411,87 @@ class Bind:
 
 @dataclass(frozen=True, slots=True)
 class Describe:
-    TYPE: ClassVar[bytes] = b"D"
+    TYPE: ClassVar[bytes] = MsgType.DESCRIBE.byte
     kind: str  # 'S' statement or 'P' portal
     name: str
 
     def encode(self) -> bytes:
-        return _frame(b"D", self.kind.encode() + _cstr(self.name))
+        return _frame(self.TYPE, self.kind.encode() + _cstr(self.name))
 
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    TYPE: ClassVar[bytes] = b"C"
+    TYPE: ClassVar[bytes] = MsgType.CLOSE.byte
     kind: str
     name: str
 
     def encode(self) -> bytes:
-        return _frame(b"C", self.kind.encode() + _cstr(self.name))
+        return _frame(self.TYPE, self.kind.encode() + _cstr(self.name))
 
 
 @dataclass(frozen=True, slots=True)
 class Execute:
-    TYPE: ClassVar[bytes] = b"E"
+    TYPE: ClassVar[bytes] = MsgType.EXECUTE.byte
     portal: str = ""
     max_rows: int = 0
 
     def encode(self) -> bytes:
-        return _frame(b"E", _cstr(self.portal) + _I32.pack(self.max_rows))
+        return _frame(self.TYPE, _cstr(self.portal) + _I32.pack(self.max_rows))
 
 
 @dataclass(frozen=True, slots=True)
 class Sync:
-    TYPE: ClassVar[bytes] = b"S"
+    TYPE: ClassVar[bytes] = MsgType.SYNC.byte
 
     def encode(self) -> bytes:
-        return b"S\x00\x00\x00\x04"
+        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
 class Flush:
-    TYPE: ClassVar[bytes] = b"H"
+    TYPE: ClassVar[bytes] = MsgType.FLUSH.byte
 
     def encode(self) -> bytes:
-        return b"H\x00\x00\x00\x04"
+        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
 class Terminate:
-    TYPE: ClassVar[bytes] = b"X"
+    TYPE: ClassVar[bytes] = MsgType.TERMINATE.byte
 
     def encode(self) -> bytes:
-        return b"X\x00\x00\x00\x04"
+        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
 class CopyData:
-    TYPE: ClassVar[bytes] = b"d"
+    TYPE: ClassVar[bytes] = MsgType.COPY_DATA.byte
     data: bytes
 
     def encode(self) -> bytes:
-        return _frame(b"d", self.data)
+        return _frame(self.TYPE, self.data)
 
 
 @dataclass(frozen=True, slots=True)
 class CopyDone:
-    TYPE: ClassVar[bytes] = b"c"
+    TYPE: ClassVar[bytes] = MsgType.COPY_DONE.byte
 
     def encode(self) -> bytes:
-        return b"c\x00\x00\x00\x04"
+        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
 class CopyFail:
-    TYPE: ClassVar[bytes] = b"f"
+    TYPE: ClassVar[bytes] = MsgType.COPY_FAIL.byte
     message: str
 
     def encode(self) -> bytes:
-        return _frame(b"f", _cstr(self.message))
+        return _frame(self.TYPE, _cstr(self.message))
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionCall:
-    TYPE: ClassVar[bytes] = b"F"
+    TYPE: ClassVar[bytes] = MsgType.FUNCTION_CALL.byte
     oid: int
     arg_formats: tuple[int, ...] = ()
     args: tuple[bytes | None, ...] = ()
@@ -440,7 +499,8 @@ class FunctionCall:
 
     def encode(self) -> bytes:
         return _frame(
-            b"F", _I32.pack(self.oid) + _int16s(self.arg_formats) + _values(self.args) + _I16.pack(self.result_format)
+            self.TYPE,
+            _I32.pack(self.oid) + _int16s(self.arg_formats) + _values(self.args) + _I16.pack(self.result_format),
         )
 
 
@@ -448,11 +508,11 @@ class FunctionCall:
 class PasswordMessage:
     """Type 'p': a password, md5 response, or SASL message; the auth state says which."""
 
-    TYPE: ClassVar[bytes] = b"p"
+    TYPE: ClassVar[bytes] = MsgType.PASSWORD.byte
     data: bytes
 
     def encode(self) -> bytes:
-        return _frame(b"p", self.data)
+        return _frame(self.TYPE, self.data)
 
     def password(self) -> bytes:
         if not self.data.endswith(b"\x00") or b"\x00" in self.data[:-1]:
@@ -507,7 +567,7 @@ def rename_bind(body: bytes, statement: str) -> bytes:
     """A Bind message (header included) for another prepared statement, values untouched."""
     portal, _, rest = body.partition(b"\x00")
     _, _, rest = rest.partition(b"\x00")
-    return _frame(b"B", portal + b"\x00" + _cstr(statement) + rest)
+    return _frame(Bind.TYPE, portal + b"\x00" + _cstr(statement) + rest)
 
 
 def _dec_kind_name(r: _Reader, cls: type[Describe] | type[Close]) -> Describe | Close:
@@ -525,20 +585,20 @@ def _dec_function_call(r: _Reader) -> FunctionCall:
 
 
 _FRONTEND: dict[int, Callable[[_Reader], object]] = {
-    ord("Q"): lambda r: Query(r.cstring()),
-    ord("P"): _dec_parse,
-    ord("B"): _dec_bind,
-    ord("D"): lambda r: _dec_kind_name(r, Describe),
-    ord("C"): lambda r: _dec_kind_name(r, Close),
-    ord("E"): lambda r: Execute(r.cstring(), r.int32()),
-    ord("S"): lambda r: Sync(),
-    ord("H"): lambda r: Flush(),
-    ord("X"): lambda r: Terminate(),
-    ord("d"): lambda r: CopyData(r.rest()),
-    ord("c"): lambda r: CopyDone(),
-    ord("f"): lambda r: CopyFail(r.cstring()),
-    ord("F"): _dec_function_call,
-    ord("p"): lambda r: PasswordMessage(r.rest()),
+    MsgType.QUERY: lambda r: Query(r.cstring()),
+    MsgType.PARSE: _dec_parse,
+    MsgType.BIND: _dec_bind,
+    MsgType.DESCRIBE: lambda r: _dec_kind_name(r, Describe),
+    MsgType.CLOSE: lambda r: _dec_kind_name(r, Close),
+    MsgType.EXECUTE: lambda r: Execute(r.cstring(), r.int32()),
+    MsgType.SYNC: lambda r: Sync(),
+    MsgType.FLUSH: lambda r: Flush(),
+    MsgType.TERMINATE: lambda r: Terminate(),
+    MsgType.COPY_DATA: lambda r: CopyData(r.rest()),
+    MsgType.COPY_DONE: lambda r: CopyDone(),
+    MsgType.COPY_FAIL: lambda r: CopyFail(r.cstring()),
+    MsgType.FUNCTION_CALL: _dec_function_call,
+    MsgType.PASSWORD: lambda r: PasswordMessage(r.rest()),
 }
 
 
@@ -560,12 +620,12 @@ AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINA
 
 @dataclass(frozen=True, slots=True)
 class Authentication:
-    TYPE: ClassVar[bytes] = b"R"
+    TYPE: ClassVar[bytes] = MsgType.AUTHENTICATION.byte
     code: int
     data: bytes = b""
 
     def encode(self) -> bytes:
-        return _frame(b"R", _I32.pack(self.code) + self.data)
+        return _frame(self.TYPE, _I32.pack(self.code) + self.data)
 
     def mechanisms(self) -> list[str]:
         """Mechanisms of an AuthenticationSASL message."""
@@ -578,31 +638,31 @@ def auth_sasl(mechanisms: Iterable[str]) -> Authentication:
 
 @dataclass(frozen=True, slots=True)
 class ParameterStatus:
-    TYPE: ClassVar[bytes] = b"S"
+    TYPE: ClassVar[bytes] = MsgType.PARAMETER_STATUS.byte
     name: str
     value: str
 
     def encode(self) -> bytes:
-        return _frame(b"S", _cstr(self.name) + _cstr(self.value))
+        return _frame(self.TYPE, _cstr(self.name) + _cstr(self.value))
 
 
 @dataclass(frozen=True, slots=True)
 class BackendKeyData:
-    TYPE: ClassVar[bytes] = b"K"
+    TYPE: ClassVar[bytes] = MsgType.BACKEND_KEY_DATA.byte
     pid: int
     secret: int
 
     def encode(self) -> bytes:
-        return _frame(b"K", _I32.pack(self.pid) + _I32.pack(self.secret))
+        return _frame(self.TYPE, _I32.pack(self.pid) + _I32.pack(self.secret))
 
 
 @dataclass(frozen=True, slots=True)
 class ReadyForQuery:
-    TYPE: ClassVar[bytes] = b"Z"
+    TYPE: ClassVar[bytes] = MsgType.READY_FOR_QUERY.byte
     status: str  # 'I' idle, 'T' in transaction, 'E' failed transaction
 
     def encode(self) -> bytes:
-        return _frame(b"Z", self.status.encode())
+        return _frame(self.TYPE, self.status.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,7 +678,7 @@ class FieldDescription:
 
 @dataclass(frozen=True, slots=True)
 class RowDescription:
-    TYPE: ClassVar[bytes] = b"T"
+    TYPE: ClassVar[bytes] = MsgType.ROW_DESCRIPTION.byte
     fields: tuple[FieldDescription, ...]
 
     def encode(self) -> bytes:
@@ -627,53 +687,30 @@ class RowDescription:
             body += _cstr(f.name) + struct.pack(
                 "!IhIhih", f.table_oid, f.column, f.type_oid, f.type_size, f.type_mod, f.format
             )
-        return _frame(b"T", bytes(body))
+        return _frame(self.TYPE, bytes(body))
 
 
 @dataclass(frozen=True, slots=True)
 class DataRow:
-    TYPE: ClassVar[bytes] = b"D"
+    TYPE: ClassVar[bytes] = MsgType.DATA_ROW.byte
     values: tuple[bytes | None, ...]
 
     def encode(self) -> bytes:
-        return _frame(b"D", _values(self.values))
+        return _frame(self.TYPE, _values(self.values))
 
 
 @dataclass(frozen=True, slots=True)
 class CommandComplete:
-    TYPE: ClassVar[bytes] = b"C"
+    TYPE: ClassVar[bytes] = MsgType.COMMAND_COMPLETE.byte
     tag: str
 
     def encode(self) -> bytes:
-        return _frame(b"C", _cstr(self.tag))
-
-
-# ErrorResponse / NoticeResponse field codes (protocol-error-fields).
-ERROR_FIELDS = {
-    "S": "severity",
-    "V": "severity_nonlocalized",
-    "C": "sqlstate",
-    "M": "message",
-    "D": "detail",
-    "H": "hint",
-    "P": "position",
-    "p": "internal_position",
-    "q": "internal_query",
-    "W": "where",
-    "s": "schema",
-    "t": "table",
-    "c": "column",
-    "d": "data_type",
-    "n": "constraint",
-    "F": "file",
-    "L": "line",
-    "R": "routine",
-}
+        return _frame(self.TYPE, _cstr(self.tag))
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
-    TYPE: ClassVar[bytes] = b"E"
+    TYPE: ClassVar[bytes] = MsgType.ERROR_RESPONSE.byte
     fields: tuple[tuple[str, str], ...]
 
     def encode(self) -> bytes:
@@ -696,7 +733,7 @@ class ErrorResponse:
 
 @dataclass(frozen=True, slots=True)
 class NoticeResponse(ErrorResponse):
-    TYPE: ClassVar[bytes] = b"N"
+    TYPE: ClassVar[bytes] = MsgType.NOTICE_RESPONSE.byte
 
 
 def error(sqlstate: str, message: str, *, severity: str = "ERROR", detail: str = "", hint: str = "") -> ErrorResponse:
@@ -711,23 +748,23 @@ def error(sqlstate: str, message: str, *, severity: str = "ERROR", detail: str =
 
 @dataclass(frozen=True, slots=True)
 class NotificationResponse:
-    TYPE: ClassVar[bytes] = b"A"
+    TYPE: ClassVar[bytes] = MsgType.NOTIFICATION_RESPONSE.byte
     pid: int
     channel: str
     payload: str
 
     def encode(self, enc: ClientEncoding = UTF8) -> bytes:
-        return _frame(b"A", _I32.pack(self.pid) + _cstr(self.channel, enc) + _cstr(self.payload, enc))
+        return _frame(self.TYPE, _I32.pack(self.pid) + _cstr(self.channel, enc) + _cstr(self.payload, enc))
 
 
 @dataclass(frozen=True, slots=True)
 class ParameterDescription:
-    TYPE: ClassVar[bytes] = b"t"
+    TYPE: ClassVar[bytes] = MsgType.PARAMETER_DESCRIPTION.byte
     type_oids: tuple[int, ...]
 
     def encode(self) -> bytes:
         oids = list(self.type_oids)
-        return _frame(b"t", struct.pack(f"!h{len(oids)}I", len(oids), *oids))
+        return _frame(self.TYPE, struct.pack(f"!h{len(oids)}I", len(oids), *oids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -758,28 +795,28 @@ class BackendCopyData:
     data: bytes
 
     def encode(self) -> bytes:
-        return _frame(b"d", self.data)
+        return _frame(MsgType.COPY_DATA.byte, self.data)
 
 
 @dataclass(frozen=True, slots=True)
 class NegotiateProtocolVersion:
-    TYPE: ClassVar[bytes] = b"v"
+    TYPE: ClassVar[bytes] = MsgType.NEGOTIATE_PROTOCOL_VERSION.byte
     newest_minor: int
     unrecognized: tuple[str, ...]
 
     def encode(self) -> bytes:
         body = _I32.pack(self.newest_minor) + _I32.pack(len(self.unrecognized))
-        return _frame(b"v", body + b"".join(_cstr(o) for o in self.unrecognized))
+        return _frame(self.TYPE, body + b"".join(_cstr(o) for o in self.unrecognized))
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionCallResponse:
-    TYPE: ClassVar[bytes] = b"V"
+    TYPE: ClassVar[bytes] = MsgType.FUNCTION_CALL_RESPONSE.byte
     value: bytes | None
 
     def encode(self) -> bytes:
         v = self.value
-        return _frame(b"V", _I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
+        return _frame(self.TYPE, _I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
 
 
 def _dec_fields(r: _Reader) -> tuple[tuple[str, str], ...]:
@@ -824,30 +861,32 @@ def _dec_negotiate(r: _Reader) -> NegotiateProtocolVersion:
 
 
 _BACKEND: dict[int, Callable[[_Reader], object]] = {
-    ord("R"): lambda r: Authentication(r.int32(), r.rest()),
-    ord("S"): lambda r: ParameterStatus(r.cstring(), r.cstring()),
-    ord("K"): lambda r: BackendKeyData(r.int32(), r.int32()),
-    ord("Z"): lambda r: ReadyForQuery(r.byte().decode("latin-1")),
-    ord("T"): _dec_row_description,
-    ord("D"): lambda r: DataRow(_read_values(r)),
-    ord("C"): lambda r: CommandComplete(r.cstring()),
-    ord("E"): lambda r: ErrorResponse(_dec_fields(r)),
-    ord("N"): lambda r: NoticeResponse(_dec_fields(r)),
-    ord("A"): lambda r: NotificationResponse(r.int32(), r.cstring(), r.cstring()),
-    ord("t"): lambda r: ParameterDescription(tuple(r.int32() & 0xFFFFFFFF for _ in range(r.count()))),
-    ord("G"): _dec_copy_response(b"G"),
-    ord("H"): _dec_copy_response(b"H"),
-    ord("W"): _dec_copy_response(b"W"),
-    ord("d"): lambda r: BackendCopyData(r.rest()),
-    ord("c"): lambda r: Simple(b"c"),
-    ord("1"): lambda r: Simple(b"1"),
-    ord("2"): lambda r: Simple(b"2"),
-    ord("3"): lambda r: Simple(b"3"),
-    ord("n"): lambda r: Simple(b"n"),
-    ord("s"): lambda r: Simple(b"s"),
-    ord("I"): lambda r: Simple(b"I"),
-    ord("v"): _dec_negotiate,
-    ord("V"): _dec_function_result,
+    MsgType.AUTHENTICATION: lambda r: Authentication(r.int32(), r.rest()),
+    MsgType.PARAMETER_STATUS: lambda r: ParameterStatus(r.cstring(), r.cstring()),
+    MsgType.BACKEND_KEY_DATA: lambda r: BackendKeyData(r.int32(), r.int32()),
+    MsgType.READY_FOR_QUERY: lambda r: ReadyForQuery(r.byte().decode("latin-1")),
+    MsgType.ROW_DESCRIPTION: _dec_row_description,
+    MsgType.DATA_ROW: lambda r: DataRow(_read_values(r)),
+    MsgType.COMMAND_COMPLETE: lambda r: CommandComplete(r.cstring()),
+    MsgType.ERROR_RESPONSE: lambda r: ErrorResponse(_dec_fields(r)),
+    MsgType.NOTICE_RESPONSE: lambda r: NoticeResponse(_dec_fields(r)),
+    MsgType.NOTIFICATION_RESPONSE: lambda r: NotificationResponse(r.int32(), r.cstring(), r.cstring()),
+    MsgType.PARAMETER_DESCRIPTION: lambda r: ParameterDescription(
+        tuple(r.int32() & 0xFFFFFFFF for _ in range(r.count()))
+    ),
+    MsgType.COPY_IN_RESPONSE: _dec_copy_response(MsgType.COPY_IN_RESPONSE.byte),
+    MsgType.COPY_OUT_RESPONSE: _dec_copy_response(MsgType.COPY_OUT_RESPONSE.byte),
+    MsgType.COPY_BOTH_RESPONSE: _dec_copy_response(MsgType.COPY_BOTH_RESPONSE.byte),
+    MsgType.COPY_DATA: lambda r: BackendCopyData(r.rest()),
+    MsgType.COPY_DONE: lambda r: Simple(MsgType.COPY_DONE.byte),
+    MsgType.PARSE_COMPLETE: lambda r: Simple(MsgType.PARSE_COMPLETE.byte),
+    MsgType.BIND_COMPLETE: lambda r: Simple(MsgType.BIND_COMPLETE.byte),
+    MsgType.CLOSE_COMPLETE: lambda r: Simple(MsgType.CLOSE_COMPLETE.byte),
+    MsgType.NO_DATA: lambda r: Simple(MsgType.NO_DATA.byte),
+    MsgType.PORTAL_SUSPENDED: lambda r: Simple(MsgType.PORTAL_SUSPENDED.byte),
+    MsgType.EMPTY_QUERY_RESPONSE: lambda r: Simple(MsgType.EMPTY_QUERY_RESPONSE.byte),
+    MsgType.NEGOTIATE_PROTOCOL_VERSION: _dec_negotiate,
+    MsgType.FUNCTION_CALL_RESPONSE: _dec_function_result,
 }
 
 
@@ -862,11 +901,11 @@ def decode_backend(mtype: int, body: bytes | memoryview, enc: ClientEncoding | N
         msg = dec(r)
     except EncodingError as exc:
         raise ProtocolError("server", str(exc)) from None
-    if mtype == ord("Z") and msg.status not in ("I", "T", "E"):  # type: ignore[attr-defined]
+    if mtype == MsgType.READY_FOR_QUERY and msg.status not in ("I", "T", "E"):  # type: ignore[attr-defined]
         raise r.fail("invalid transaction status in ReadyForQuery")
     r.end()
     return msg
 
 
 def ready(status: str) -> bytes:
-    return b"Z\x00\x00\x00\x05" + status.encode()
+    return ReadyForQuery.TYPE + b"\x00\x00\x00\x05" + status.encode()

@@ -165,9 +165,6 @@ class PgConnection(asyncio.Protocol):
                 return mtype, body
             await self._wait()
 
-    def has_buffered(self) -> bool:
-        return bool(self._raw)
-
     async def start_tls(
         self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
     ) -> None:
@@ -194,25 +191,3 @@ class PgConnection(asyncio.Protocol):
     @property
     def ssl_in_use(self) -> bool:
         return self.transport is not None and self.transport.get_extra_info("ssl_object") is not None
-
-
-class Listener:
-    """A listening socket of the proxy's own (admin console, metrics): bound port and closing."""
-
-    _server: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (the config may ask for port 0)."""
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    def close(self) -> None:
-        """Stop accepting."""
-        if self._server is not None:
-            self._server.close()
-
-    async def wait_closed(self) -> None:
-        self.close()
-        if self._server is not None:
-            await self._server.wait_closed()

@@ -58,12 +58,9 @@ from tenantgate.rewriter import Refused
 
 from . import codec
 from .backend import Backend, BackendTarget, simple_query
-from .codec import Bind, Describe, Execute, FieldDescription, Parse, ProtocolError, RowDescription
+from .codec import Bind, Describe, Execute, FieldDescription, MsgType, Parse, ProtocolError, RowDescription
 
 BYTEA_OID = 17
-_T, _PD, _D, _C, _E, _Z = ord("T"), ord("t"), ord("D"), ord("C"), ord("E"), ord("Z")
-_NODATA, _SUSPENDED, _EMPTY, _PARSED = ord("n"), ord("s"), ord("I"), ord("1")
-_Q, _P, _B, _DESCRIBE, _EXECUTE, _S, _CLOSE = ord("Q"), ord("P"), ord("B"), ord("D"), ord("E"), ord("S"), ord("C")
 _INT2 = IntType("int2", 21, 2, "smallint")
 _FLOATS = {700: struct.Struct("!f"), 701: struct.Struct("!d")}
 _TEXT_LIKE = frozenset({18, 19, 25, 114, 705, 1042, 1043})  # char, name, text, json, unknown, bpchar, varchar
@@ -282,31 +279,31 @@ class SessionCrypto:
         ``encrypt_params`` (Parse only): the plan's. Raises Refused when a Bind value cannot be
         encrypted (refuse the Bind then).
         """
-        if mtype == _B:
+        if mtype == MsgType.BIND:
             assert isinstance(msg, Bind)
             return self._bind(msg)
-        if mtype == _EXECUTE:
+        if mtype == MsgType.EXECUTE:
             assert isinstance(msg, Execute)
             return self._execute(msg)
-        if mtype == _P:
+        if mtype == MsgType.PARSE:
             assert isinstance(msg, Parse)
             return self._parse(msg, encrypt_params)
-        if mtype == _DESCRIBE:
+        if mtype == MsgType.DESCRIBE:
             assert isinstance(msg, Describe)
             if msg.kind == "S":
                 statement = self._statement(msg.name)
                 statement.described = True
-                self._expect.append(_Expect(_DESCRIBE, statement=statement))
+                self._expect.append(_Expect(MsgType.DESCRIBE, statement=statement))
             else:
                 portal = self._portals.get(msg.name)
                 if portal is None:  # a cursor's portal, or an unknown one (the backend will say)
                     portal = self._portals[msg.name] = _Portal(_Statement(), ())
                 portal.described = True
-                self._expect.append(_Expect(_DESCRIBE, portal=portal))
-        elif mtype in (_Q, _S):
+                self._expect.append(_Expect(MsgType.DESCRIBE, portal=portal))
+        elif mtype in (MsgType.QUERY, MsgType.SYNC):
             self._cycles_sent += 1
             self._expect.append(_Expect(mtype))
-        elif mtype == _CLOSE:
+        elif mtype == MsgType.CLOSE:
             assert isinstance(msg, codec.Close)
             # a statement's record stays: a Bind of a closed name fails on the backend, and the
             # content-addressed names of pooled sessions may be prepared again under the same name
@@ -321,8 +318,8 @@ class SessionCrypto:
         injected = not (portal.described or portal.statement.described)
         if injected:
             portal.described = True
-            self._expect.append(_Expect(_DESCRIBE, portal=portal, injected=True))
-        self._expect.append(_Expect(_EXECUTE, portal=portal))
+            self._expect.append(_Expect(MsgType.DESCRIBE, portal=portal, injected=True))
+        self._expect.append(_Expect(MsgType.EXECUTE, portal=portal))
         return Describe("P", msg.portal).encode() + msg.encode() if injected else None
 
     # ------------------------------------------------------------------ backend -> client
@@ -331,7 +328,7 @@ class SessionCrypto:
         """A backend message (T t D C E Z n s I 1) on its way to the client: None relays it, bytes
         replace it (b"" drops it). Raises ProtocolError when the stream does not match what
         the client asked for (the session must end)."""
-        if mtype == _D:
+        if mtype == MsgType.DATA_ROW:
             if self._dropping:
                 return b""
             head = self._expect[0] if self._expect else None
@@ -339,22 +336,22 @@ class SessionCrypto:
                 self._rows, self._rows_of = self._execute_rows(head), head
             rows = self._rows
             return None if rows is None else self._decrypt_row(body, rows)
-        if mtype == _Z:
+        if mtype == MsgType.READY_FOR_QUERY:
             return self._ready(body)
-        if mtype == _PARSED:
+        if mtype == MsgType.PARSE_COMPLETE:
             self.parsed()
             return None
         if self._dropping:
             return b""
         head = self._expect[0] if self._expect else None
-        if mtype == _T:
+        if mtype == MsgType.ROW_DESCRIPTION:
             return self._row_description(head, body)
-        if mtype == _PD:
-            if head is None or head.kind != _DESCRIBE or head.statement is None:
+        if mtype == MsgType.PARAMETER_DESCRIPTION:
+            if head is None or head.kind != MsgType.DESCRIBE or head.statement is None:
                 raise ProtocolError("server", "ParameterDescription without a Describe statement")
             return self._parameter_description(head.statement, body)
-        if mtype == _NODATA:
-            if head is None or head.kind != _DESCRIBE:
+        if mtype == MsgType.NO_DATA:
+            if head is None or head.kind != MsgType.DESCRIBE:
                 raise ProtocolError("server", "NoData without a Describe")
             self._expect.popleft()
             if head.statement is not None:
@@ -362,16 +359,16 @@ class SessionCrypto:
             elif head.portal is not None:
                 head.portal.rows = ()
             return b"" if head.injected else None
-        if mtype in (_C, _SUSPENDED, _EMPTY):
-            if head is not None and head.kind == _EXECUTE:
+        if mtype in (MsgType.COMMAND_COMPLETE, MsgType.PORTAL_SUSPENDED, MsgType.EMPTY_QUERY_RESPONSE):
+            if head is not None and head.kind == MsgType.EXECUTE:
                 self._expect.popleft()
             self._rows = None  # a simple Query's next statement brings its own RowDescription
             return None
-        if mtype == _E:  # the backend skips the rest: of the Query, or up to the next Sync
+        if mtype == MsgType.ERROR_RESPONSE:  # the backend skips the rest: of the Query, or up to the next Sync
             self._rows = None
             failed = self._cycles_done + 1
             self._parses = deque(p for p in self._parses if p[0] != failed)
-            while self._expect and self._expect[0].kind not in (_Q, _S):
+            while self._expect and self._expect[0].kind not in (MsgType.QUERY, MsgType.SYNC):
                 self._expect.popleft()
         return None
 
@@ -381,13 +378,13 @@ class SessionCrypto:
             self._parses.popleft()
         while self._expect:
             kind = self._expect.popleft().kind
-            if kind in (_Q, _S):
+            if kind in (MsgType.QUERY, MsgType.SYNC):
                 break
         self._rows = None
         if not self._dropping:
             return None
         self._dropping = False
-        if bytes(body[:1]) == b"T":
+        if bytes(body[:1]) == RowDescription.TYPE:
             self.abort_pending = True
             return codec.ready("E")
         return None
@@ -396,7 +393,7 @@ class SessionCrypto:
     def _execute_rows(head: _Expect | None) -> tuple[tuple[int, EncryptedColumn, int], ...] | None:
         """How to decrypt the rows of the Execute at the head: its portal's description, or its
         statement's with the Bind's result formats (one for all, or one per column)."""
-        if head is None or head.kind != _EXECUTE or head.portal is None:
+        if head is None or head.kind != MsgType.EXECUTE or head.portal is None:
             return None
         portal = head.portal
         if portal.rows is not None:
@@ -417,13 +414,13 @@ class SessionCrypto:
         )
 
     def _row_description(self, head: _Expect | None, body: bytes | memoryview) -> bytes | None:
-        desc = codec.decode_backend(_T, body)
+        desc = codec.decode_backend(MsgType.ROW_DESCRIPTION, body)
         assert isinstance(desc, RowDescription)
         encrypted = self._encrypted_fields(desc)
-        if head is not None and head.kind == _Q:
+        if head is not None and head.kind == MsgType.QUERY:
             self._rows = tuple((i, col, desc.fields[i].format) for i, col in encrypted) or None
             self._rows_of = head
-        elif head is not None and head.kind == _DESCRIBE:
+        elif head is not None and head.kind == MsgType.DESCRIBE:
             self._expect.popleft()
             if head.statement is not None:
                 head.statement.encrypted = encrypted
@@ -444,7 +441,7 @@ class SessionCrypto:
     def _parameter_description(self, statement: _Statement, body: bytes | memoryview) -> bytes | None:
         if not statement.params:
             return None
-        desc = codec.decode_backend(_PD, body)
+        desc = codec.decode_backend(MsgType.PARAMETER_DESCRIPTION, body)
         assert isinstance(desc, codec.ParameterDescription)
         oids = list(desc.type_oids)
         for index, col, declared in statement.params:
@@ -453,7 +450,7 @@ class SessionCrypto:
         return codec.ParameterDescription(tuple(oids)).encode()
 
     def _decrypt_row(self, body: bytes | memoryview, rows: tuple[tuple[int, EncryptedColumn, int], ...]) -> bytes:
-        row = codec.decode_backend(_D, body)
+        row = codec.decode_backend(MsgType.DATA_ROW, body)
         assert isinstance(row, codec.DataRow)
         values = list(row.values)
         timezone = self.timezone()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tenantgate.config import load_config
 
-from .listener import Proxy
 from .pgcluster import ThrowawayCluster, free_port
+from .process import Proxy
 
 SCHEMA = """
 CREATE TABLE customers (

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, Protocol, TypeVar
+
+from tenantgate.config import Config
 
 from . import codec
 from .auth import AuthFailed, ClientAuth
@@ -20,8 +23,18 @@ from .codec import CancelRequest, GSSENCRequest, PasswordMessage, ProtocolError,
 from .conn import ConnectionLost, PgConnection
 from .startup import StartupRefused
 
-if TYPE_CHECKING:
-    from .listener import Proxy
+
+class Host(Protocol):
+    """What a frontend connection needs of the process that accepted it (process.Proxy)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def client_tls(self) -> ssl.SSLContext | None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+
+H = TypeVar("H", bound=Host)
 
 log = logging.getLogger("tenantgate.frontend")
 
@@ -39,10 +52,10 @@ def fatal_bytes(err: codec.ErrorResponse) -> bytes:
     return codec.ErrorResponse(fields).encode()
 
 
-class FrontendConnection(PgConnection):
+class FrontendConnection(PgConnection, Generic[H]):
     kind = "client"
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: H) -> None:
         super().__init__("client", proxy.config.server.max_message_size)
         self.proxy = proxy
         self.peer = ""
@@ -114,13 +127,13 @@ class FrontendConnection(PgConnection):
                     raise ProtocolError("client", "SSL request after TLS is already established")
                 ctx = self.proxy.client_tls
                 if ctx is None:
-                    self.write(b"N")
+                    self.write(codec.MsgType.REFUSE.byte)
                 else:
-                    self.write(b"S")
+                    self.write(codec.MsgType.ACCEPT.byte)
                     await self.start_tls(ctx, server_side=True)
                     tls_done = True
             elif isinstance(packet, GSSENCRequest):
-                self.write(b"N")
+                self.write(codec.MsgType.REFUSE.byte)
             elif isinstance(packet, CancelRequest):
                 self.close()  # a cancel connection gets no answer either way
                 await self.cancel(packet)
@@ -141,7 +154,7 @@ class FrontendConnection(PgConnection):
         self.write(auth.start())
         while True:
             mtype, body = await self.read_message()
-            if mtype != ord("p"):
+            if mtype != codec.MsgType.PASSWORD:
                 raise ProtocolError("client", f"expected password response, got message type {chr(mtype)!r}")
             msg = codec.decode_frontend(mtype, body)
             assert isinstance(msg, PasswordMessage)

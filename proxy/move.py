@@ -45,7 +45,7 @@ from tenantgate.config import Config, ConfigError, Tenant, load_config
 from tenantgate.config.values import parse_host, parse_identifier
 
 from .admin_client import AdminClient, AdminCommandError
-from .placement_config import Placement, backup_path, replace_config, validate_text, with_placement
+from .placement_config import PlacementSpec, backup_path, replace_config, validate_text, with_placement
 from .placement_copy import (
     TEXT_SETTINGS,
     CopyError,
@@ -84,14 +84,14 @@ class MoveError(Exception):
 class MoveRequest:
     config: pathlib.Path
     tenant: str
-    target: Placement  # as given on the command line (tier "" only with abort); placement() checks it
+    target: PlacementSpec  # as given on the command line (tier "" only with abort); placement() checks it
     admin_user: str | None = None
     delete_old: bool = False
     batch_rows: int = 10000
     pause_timeout: float = 30.0
     abort: bool = False
 
-    def placement(self) -> Placement:
+    def placement(self) -> PlacementSpec:
         """The target placement, checked; UsageError naming the missing or bad option."""
         t = self.target
         if t.tier == "schema":
@@ -103,7 +103,7 @@ class MoveRequest:
                 parse_identifier(schema)
             except ValueError as exc:
                 raise UsageError(f"--schema {schema!r}: {exc}") from None
-            return Placement("schema", schema=schema)
+            return PlacementSpec("schema", schema=schema)
         if t.tier != "dedicated":
             raise UsageError("--to-tier must be schema or dedicated")
         options = (("--host", t.host), ("--port", t.port), ("--database", t.database), ("--user", t.user))
@@ -134,7 +134,7 @@ class MoveState:
 
     path: pathlib.Path
     tenant: str
-    placement: Placement
+    placement: PlacementSpec
     phase: str = "started"
     created_schemas: list[str] = field(default_factory=list)
     created_tables: list[str] = field(default_factory=list)  # qualified names in the target
@@ -153,7 +153,7 @@ class MoveState:
             return cls(
                 path,
                 data["tenant"],
-                Placement.from_dict(data["placement"]),
+                PlacementSpec.from_dict(data["placement"]),
                 data["phase"],
                 list(data["created_schemas"]),
                 list(data["created_tables"]),
@@ -240,7 +240,7 @@ def _shared_endpoint(cfg: Config) -> Endpoint:
     return Endpoint(b.host, b.port, b.user, b.database, b.sslmode, b.sslrootcert, b.connect_timeout, password)
 
 
-def _read_password(placement: Placement) -> str:
+def _read_password(placement: PlacementSpec) -> str:
     if placement.password_env is not None:
         value = os.environ.get(placement.password_env)
         if not value:
@@ -257,7 +257,7 @@ def _read_password(placement: Placement) -> str:
     return text
 
 
-def _target_endpoint(cfg: Config, placement: Placement) -> Endpoint:
+def _target_endpoint(cfg: Config, placement: PlacementSpec) -> Endpoint:
     if placement.tier == "schema":
         return _shared_endpoint(cfg)
     assert placement.host and placement.port and placement.user and placement.database
@@ -314,7 +314,7 @@ async def _command(admin: AdminClient, command: str) -> list[dict[str, str | Non
 # ---------------------------------------------------------------------- the move
 
 
-def moved_tables(cfg: Config, placement: Placement) -> list[MovedTable]:
+def moved_tables(cfg: Config, placement: PlacementSpec) -> list[MovedTable]:
     """Scoped tables (the tenant's rows) and reference tables (all rows), paired with their copies."""
     pairs: list[tuple[tuple[str, str], str | None]] = [
         ((t.schema or "public", t.name), t.column) for t in cfg.scoping.tables
@@ -333,7 +333,7 @@ def moved_tables(cfg: Config, placement: Placement) -> list[MovedTable]:
     return tables
 
 
-def _check_residency(tenant: Tenant, placement: Placement) -> None:
+def _check_residency(tenant: Tenant, placement: PlacementSpec) -> None:
     if placement.tier != "dedicated" or tenant.region is None:
         return
     if placement.region is None:
@@ -683,7 +683,7 @@ def cmd_tenant_move(args: argparse.Namespace) -> int:
     req = MoveRequest(
         config=pathlib.Path(args.config),
         tenant=args.tenant,
-        target=Placement(
+        target=PlacementSpec(
             args.to_tier or "",
             schema=args.schema,
             host=args.host,

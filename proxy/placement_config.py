@@ -1,13 +1,13 @@
 """Rewrite a tenant's placement in the config file, keeping the rest of it (comments included).
 
-A `Placement` is where a tenant's data lives: ``schema`` (its own schema in the shared
+A `PlacementSpec` is where a tenant's data lives: ``schema`` (its own schema in the shared
 database) or ``dedicated`` (its own database, reached with the credentials in
 ``[tenants.T.backend]``, whose password is only ever referenced: password_env or
 password_file). A new file is validated with `load_config` (residency rules
 included) before it replaces the old one by an atomic rename.
 
 >>> text = '[tenants.acme]  # the first customer\\ntier = "shared"\\n'
->>> print(with_placement(text, "acme", Placement("schema", schema="t_acme")), end="")
+>>> print(with_placement(text, "acme", PlacementSpec("schema", schema="t_acme")), end="")
 [tenants.acme]  # the first customer
 tier = "schema"
 schema = "t_acme"
@@ -27,11 +27,11 @@ from tomlkit.items import Table
 
 from tenantgate.config import Config, ConfigError, Problem, load_config
 
-__all__ = ["Placement", "backup_path", "replace_config", "validate_text", "with_placement"]
+__all__ = ["PlacementSpec", "backup_path", "replace_config", "validate_text", "with_placement"]
 
 
 @dataclass(frozen=True)
-class Placement:
+class PlacementSpec:
     tier: str  # "schema" | "dedicated"
     schema: str | None = None
     host: str | None = None
@@ -47,7 +47,7 @@ class Placement:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Placement:
+    def from_dict(cls, data: dict[str, Any]) -> PlacementSpec:
         return cls(**data)
 
     def backend_table(self) -> dict[str, Any]:
@@ -57,7 +57,7 @@ class Placement:
         return {k: values[k] for k in keys if k in values}
 
 
-def with_placement(text: str, tenant: str, placement: Placement) -> str:
+def with_placement(text: str, tenant: str, placement: PlacementSpec) -> str:
     """The config text with ``[tenants.<tenant>]`` switched to ``placement``."""
     doc = tomlkit.parse(text)
     entry = doc["tenants"][tenant]  # type: ignore[index]

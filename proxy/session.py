@@ -38,7 +38,7 @@ from tenantgate.rewriter import Plan, Refused, strip_channel
 from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
-from .codec import Bind, ErrorResponse, Parse, Query
+from .codec import Bind, ErrorResponse, MsgType, Parse, Query
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
@@ -48,22 +48,18 @@ from .tracked import RESET_ALL, Change, TrackedSettings
 if TYPE_CHECKING:
     from .backend import Backend
     from .conn import PgConnection
+    from .counters import Metrics
     from .crypto import SessionCrypto
-    from .metrics import Metrics
 
 log = logging.getLogger("tenantgate.session")
 
-_Q, _P, _B, _F, _S, _EX = ord("Q"), ord("P"), ord("B"), ord("F"), ord("S"), ord("E")
-_Z, _E, _PS, _A = ord("Z"), ord("E"), ord("S"), ord("A")
-_CC, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
-_DESCRIBE, _CLOSE, _PARSE_DONE, _CLOSE_DONE = ord("D"), ord("C"), ord("1"), ord("3")
-_ACKS = frozenset((_PARSE_DONE, _CLOSE_DONE))
-_TERMINATE = ord("X")
-_D, _COPY_DATA = ord("D"), ord("d")
-_STATEMENTS = frozenset((_Q, _EX))  # what the statement rate limit counts
-_CLIENT_SPECIAL = frozenset((_Q, _P, _B, _F, _EX))
-_CLIENT_NAMED = _CLIENT_SPECIAL | {_DESCRIBE, _CLOSE}  # tenant sessions: statement names are translated
-_EXTENDED = frozenset((_P, _B, _DESCRIBE, _EX, _CLOSE, ord("H")))  # answered only up to the next Sync
+_ACKS = frozenset((MsgType.PARSE_COMPLETE, MsgType.CLOSE_COMPLETE))
+_STATEMENTS = frozenset((MsgType.QUERY, MsgType.EXECUTE))  # what the statement rate limit counts
+_CLIENT_SPECIAL = frozenset((MsgType.QUERY, MsgType.PARSE, MsgType.BIND, MsgType.FUNCTION_CALL, MsgType.EXECUTE))
+_CLIENT_NAMED = _CLIENT_SPECIAL | {MsgType.DESCRIBE, MsgType.CLOSE}  # tenant sessions: statement names are translated
+_EXTENDED = frozenset(  # answered only up to the next Sync
+    (MsgType.PARSE, MsgType.BIND, MsgType.DESCRIBE, MsgType.EXECUTE, MsgType.CLOSE, MsgType.FLUSH)
+)
 # Statement kinds whose session state cannot be handed to another client's transaction.
 _PINNING_KINDS = frozenset(("prepare", "listen", "declare", "ddl"))  # ddl: CREATE TEMP ...
 # A SET/RESET the plan reports no setting change for (none it could track): pinned, in doubt.
@@ -74,8 +70,15 @@ _RESETTING_KINDS = frozenset(("reset_all", "discard_all"))
 _PARTIAL_UNDO = frozenset(("rollback_to", "rollback", "commit", "begin", "savepoint", "release"))
 # ... and the completion tags of statements that drop every prepared statement of the backend.
 _DROP_ALL_TAGS = frozenset((b"DEALLOCATE ALL", b"DISCARD ALL"))
-_BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
-_CRYPTO_BACKEND = frozenset(b"TtDCEZnsI")  # what field encryption looks at on the way back
+_BACKEND_AUDITED = frozenset(
+    (MsgType.COMMAND_COMPLETE, MsgType.EMPTY_QUERY_RESPONSE, MsgType.PORTAL_SUSPENDED, MsgType.ERROR_RESPONSE,
+     MsgType.READY_FOR_QUERY)
+)
+_CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
+    (MsgType.ROW_DESCRIPTION, MsgType.PARAMETER_DESCRIPTION, MsgType.DATA_ROW, MsgType.COMMAND_COMPLETE,
+     MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY, MsgType.NO_DATA, MsgType.PORTAL_SUSPENDED,
+     MsgType.EMPTY_QUERY_RESPONSE)
+)
 
 
 class Refusal(Exception):
@@ -100,7 +103,7 @@ class Session:
         *,
         user: str,
         tenant: str | None,
-        planner: Any | None,
+        rewriter: Any | None,
         paused: set[str],
         audit: SessionAudit | None = None,
         pool: BackendPool | None = None,
@@ -120,7 +123,7 @@ class Session:
         self.backend = backend  # None between transactions in transaction mode
         self.user = user
         self.tenant = tenant
-        self.planner = planner  # tenantgate.rewriter.Rewriter, or None: relay SQL unchanged
+        self.rewriter = rewriter  # tenantgate.rewriter.Rewriter, or None: relay SQL unchanged
         self.status = backend.status if backend is not None else "I"
         # transaction mode: the pool, and the settings applied to each backend we are handed
         self.pool = pool
@@ -128,7 +131,7 @@ class Session:
         self.settings = settings or {}
         self._waiting: list[tuple[bytes, list[tuple[int, int, int]]]] = []
         # tenant sessions (and every pooled one): statements live on backends under proxy-owned names
-        self._named = PreparedStatements() if pool is not None or planner is not None else None
+        self._named = PreparedStatements() if pool is not None or rewriter is not None else None
         self._special = _CLIENT_NAMED if self._named is not None else _CLIENT_SPECIAL
         self._tracked = TrackedSettings(self.settings) if pool is not None else None
         self._cycle_failed = False  # an ErrorResponse in the cycle being answered
@@ -230,7 +233,7 @@ class Session:
             if self.client.transport is not None:
                 self.client.transport.pause_reading()
             return
-        cut = next((i for i, f in enumerate(frames) if f[0] == _TERMINATE), None)
+        cut = next((i for i, f in enumerate(frames) if f[0] == MsgType.TERMINATE), None)
         if cut is not None:
             self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
         if self.pool is not None and cut is not None:
@@ -459,7 +462,7 @@ class Session:
         out: bytearray | None = None
         mark = 0
         for mtype, start, end in frames:
-            if mtype == _S:
+            if mtype == MsgType.SYNC:
                 self.cycles_sent += 1
                 self._unsynced = False
                 self._refused_parse = None
@@ -474,7 +477,7 @@ class Session:
                 if mtype not in special:
                     continue
                 changed = self._client_message(mtype, buf, start, end)
-                if changed is None and not (self._reassert and mtype == _Q):
+                if changed is None and not (self._reassert and mtype == MsgType.QUERY):
                     continue
                 replacement = buf[start:end] if changed is None else changed
             if self._reassert and not self._unsynced:
@@ -544,8 +547,8 @@ class Session:
         if self.limiter.limits.max_rows_action == "truncate":
             message = f"result truncated to {cap} rows (tenant limit max_rows)"
             notice = codec.NoticeResponse(codec.error("01000", message, severity="WARNING").fields).encode()
-            if mtype == _SUSPENDED:
-                return notice + b"s\x00\x00\x00\x04"
+            if mtype == MsgType.PORTAL_SUSPENDED:
+                return notice + MsgType.PORTAL_SUSPENDED.byte + b"\x00\x00\x00\x04"
             verb, _, count = body[:-1].decode().rpartition(" ")
             tag = f"{verb} {cap}" if verb in ("SELECT", "FETCH", "COPY") and count.isdigit() else body[:-1].decode()
             return notice + codec.CommandComplete(tag).encode()
@@ -588,13 +591,13 @@ class Session:
         audit = self.audit
         sql = ""
         try:
-            if mtype == _Q:
+            if mtype == MsgType.QUERY:
                 self.cycles_sent += 1
                 self.statements += 1
                 if self._named is not None and self.backend is not None:  # whatever it is, even refused
                     self._named.query_sent(self.backend, by_client=True)
                 if self.crypto is not None:  # one answer cycle, whatever is sent in its place
-                    self.crypto.on_client_message(_Q, None)
+                    self.crypto.on_client_message(MsgType.QUERY, None)
                 msg = self._decode(mtype, body)
                 assert isinstance(msg, Query)
                 sql = msg.sql
@@ -615,16 +618,16 @@ class Session:
                 # the backend gets the verified text in the session's encoding: the client's bytes only if identical
                 query = self._encode(Query(rewritten))
                 return None if query == buf[start:end] else query
-            if mtype == _P:
+            if mtype == MsgType.PARSE:
                 msg = self._decode(mtype, body)
                 assert isinstance(msg, Parse)
                 sql = msg.sql
                 return self._parse(msg, buf[start:end])
-            if mtype == _B:
+            if mtype == MsgType.BIND:
                 return self._bind(body)
-            if mtype in (_DESCRIBE, _CLOSE):  # tenant and pooled sessions only: translate statement names
+            if mtype in (MsgType.DESCRIBE, MsgType.CLOSE):  # tenant and pooled sessions only: translate statement names
                 return self._describe_close(mtype, body)
-            if mtype == _EX:
+            if mtype == MsgType.EXECUTE:
                 self.statements += 1
                 self._check_rate()
                 if audit is not None:
@@ -637,7 +640,7 @@ class Session:
                 if self._tracked is not None:
                     self._execute_settings(body.partition(b"\x00")[0])
                 if self.crypto is not None:  # may describe the portal first, to know what to decrypt
-                    return self.crypto.on_client_message(_EX, codec.decode_frontend(mtype, body))
+                    return self.crypto.on_client_message(MsgType.EXECUTE, codec.decode_frontend(mtype, body))
                 return None
             # FunctionCall: the fast-path protocol bypasses every SQL check
             self.cycles_sent += 1
@@ -645,17 +648,18 @@ class Session:
         except Refusal as refusal:
             self.refused += 1
             self.metrics.error(refusal.sqlstate)
-            if mtype == _B:
+            if mtype == MsgType.BIND:
                 self._portal = (self._portal[0], "refused")
-            elif mtype == _EX:
+            elif mtype == MsgType.EXECUTE:
                 self.metrics.statement(self.tenant, self._portal[0], "refused")
-            elif mtype == _P:  # counted at its Execute (the backend skips it: the Parse failed first)
+            elif mtype == MsgType.PARSE:  # counted at its Execute (the backend skips it: the Parse failed first)
                 self._refused_parse = (self._parse_name(body), first_word(sql))
             else:
-                self.metrics.statement(self.tenant, first_word(sql) if mtype == _Q else "function_call", "refused")
+                kind = first_word(sql) if mtype == MsgType.QUERY else "function_call"
+                self.metrics.statement(self.tenant, kind, "refused")
             if audit is not None:
                 audit.refused(sql, refusal.sqlstate, refusal.reason, refusal.message)
-            return self._inject(refusal, simple=mtype in (_Q, _F))
+            return self._inject(refusal, simple=mtype in (MsgType.QUERY, MsgType.FUNCTION_CALL))
 
     def _decode(self, mtype: int, body: bytes) -> object:
         """A client message whose text is decoded in the session's encoding, as the backend reads it."""
@@ -732,7 +736,7 @@ class Session:
         data = None if sent == raw else sent
         if crypto is not None:
             try:
-                data = crypto.on_client_message(_P, parse, plan.encrypt_params) or data
+                data = crypto.on_client_message(MsgType.PARSE, parse, plan.encrypt_params) or data
             except Refused as exc:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
         if named is None:
@@ -767,17 +771,17 @@ class Session:
         frame = codec.rename_bind(body, statement.bname) if statement.bname != name else None
         crypto, audit = self.crypto, self.audit
         if statement.tenant_params or audit is not None or crypto is not None:
-            bind = self._decode(_B, body if frame is None else frame[5:])
+            bind = self._decode(MsgType.BIND, body if frame is None else frame[5:])
             assert isinstance(bind, Bind)
             self._check_bind(bind, statement.tenant_params)
             if crypto is not None:
                 try:
-                    sealed = crypto.on_client_message(_B, bind)
+                    sealed = crypto.on_client_message(MsgType.BIND, bind)
                 except Refused as exc:
                     raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
                 if sealed is not None:  # the audit sees the ciphertext of encrypted values
                     frame = sealed
-                    bind = codec.decode_frontend(_B, sealed[5:])  # type: ignore[assignment]
+                    bind = codec.decode_frontend(MsgType.BIND, sealed[5:])  # type: ignore[assignment]
                     assert isinstance(bind, Bind)
             if audit is not None:
                 audit.bind(bind)
@@ -788,7 +792,7 @@ class Session:
 
     def _audit_bind(self, body: bytes) -> None:
         assert self.audit is not None
-        bind = self._decode(_B, body)
+        bind = self._decode(MsgType.BIND, body)
         assert isinstance(bind, Bind)
         self.audit.bind(bind)
 
@@ -914,15 +918,15 @@ class Session:
             )
 
     def _plan(self, sql: str, *, extended: bool) -> Plan:
-        """The plan for the backend (the client's text unchanged when there is no planner)."""
-        planner = self.planner
+        """The plan for the backend (the client's text unchanged when there is no rewriter)."""
+        rewriter = self.rewriter
         self._redacted = sql
-        if planner is None:
+        if rewriter is None:
             plan = Plan(sql, ())
         else:
             encrypt = self.crypto.encrypt_literal if self.crypto is not None else None
             try:
-                plan = planner.plan(sql, self.tenant, extended=extended, encrypt=encrypt)
+                plan = rewriter.plan(sql, self.tenant, extended=extended, encrypt=encrypt)
             except Refused as exc:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
             for start, end in sorted(plan.redactions, reverse=True):  # encrypted literals never reach the audit
@@ -979,40 +983,45 @@ class Session:
                 # the answer to a statement the proxy injected: nobody's business but ours
                 out = _splice(out, buf, mark, start)
                 mark = end
-                if mtype == _Z:
+                if mtype == MsgType.READY_FOR_QUERY:
                     self.cycles_done += 1
                     self._swallow.discard(self.cycles_done)
                     self._swallow_failing.discard(self.cycles_done)
                     self.status = chr(buf[start + 5])
-                elif mtype == _E and (self.cycles_done + 1) in self._swallow_failing:
+                elif mtype == MsgType.ERROR_RESPONSE and (self.cycles_done + 1) in self._swallow_failing:
                     # a transaction made to fail (decryption error), or settings re-applied in one the
                     # client's statement aborted: what the backend carries is unknown now
                     if self._tracked is not None and self.backend is not None:
                         self._tracked.undone(self.backend)
-                elif mtype == _E:
+                elif mtype == MsgType.ERROR_RESPONSE:
                     log.error("applying session settings on a pooled backend failed: closing the session")
                     self._end(codec.error("08006", "tenantgate could not prepare a backend", severity="FATAL"))
                     return
-                elif mtype == _PS:
+                elif mtype == MsgType.PARAMETER_STATUS:
                     self._parameter_status(buf[start + 5 : end])
                 continue
-            if mtype == _CC and self._named is not None:
+            if mtype == MsgType.COMMAND_COMPLETE and self._named is not None:
                 self._completed(buf[start + 5 : end - 1])
             if row_cap is not None:
-                if mtype in (_D, _COPY_DATA):
+                if mtype in (MsgType.DATA_ROW, MsgType.COPY_DATA):
                     self._rows += 1
                     if self._rows > row_cap:  # past the tenant's max_rows: not relayed
                         self._rows_over = True
                         out = _splice(out, buf, mark, start)
                         mark = end
                         continue
-                elif mtype in (_CC, _SUSPENDED, _E, _EMPTY):
+                elif mtype in (
+                    MsgType.COMMAND_COMPLETE,
+                    MsgType.PORTAL_SUSPENDED,
+                    MsgType.ERROR_RESPONSE,
+                    MsgType.EMPTY_QUERY_RESPONSE,
+                ):
                     over, self._rows, self._rows_over = self._rows_over, 0, False
-                    if over and mtype != _E:
+                    if over and mtype != MsgType.ERROR_RESPONSE:
                         limited = self._row_limit(mtype, buf[start + 5 : end], row_cap)
                         out = _splice(out, buf, mark, start, limited)
                         mark = end
-                        if limited[:1] == b"E":
+                        if limited[:1] == ErrorResponse.TYPE:
                             if audit is not None:
                                 audit.complete(None, "54000")
                             continue
@@ -1022,16 +1031,16 @@ class Session:
                 if replacement is not None:
                     out = _splice(out, buf, mark, start, replacement)
                     mark = end
-                    if mtype != _Z:
-                        if replacement[:1] == b"E":
-                            err = codec.decode_backend(_E, replacement[5:])
+                    if mtype != MsgType.READY_FOR_QUERY:
+                        if replacement[:1] == ErrorResponse.TYPE:
+                            err = codec.decode_backend(MsgType.ERROR_RESPONSE, replacement[5:])
                             assert isinstance(err, ErrorResponse)
                             self.metrics.error(err.sqlstate)
                         continue
                 if crypto.abort_pending:
                     crypto.abort_pending = False
                     self._inject_abort()
-            if mtype == _Z:
+            if mtype == MsgType.READY_FOR_QUERY:
                 self.status = chr(buf[start + 5])
                 self.cycles_done += 1
                 if self.cycles_done >= self.cycles_sent:
@@ -1057,7 +1066,7 @@ class Session:
                 if swallow:  # the answer to a Parse/Close the proxy added
                     out = _splice(out, buf, mark, start)
                     mark = end
-            elif mtype == _E:
+            elif mtype == MsgType.ERROR_RESPONSE:
                 self._cycle_failed = True
                 if self._named is not None and self.backend is not None:
                     self._named.failed(self.backend, self.cycles_done + 1)
@@ -1066,7 +1075,7 @@ class Session:
                     out = _splice(out, buf, mark, start, replacement)
                     mark = end
                 else:
-                    err = codec.decode_backend(_E, buf[start + 5 : end], self.encoding)
+                    err = codec.decode_backend(MsgType.ERROR_RESPONSE, buf[start + 5 : end], self.encoding)
                     assert isinstance(err, ErrorResponse)
                     self.metrics.error(err.sqlstate)
                     if audit is not None:
@@ -1074,14 +1083,14 @@ class Session:
                     if err.sqlstate == "57014" and (timed_out := self._timeout_error(err)) is not None:
                         out = _splice(out, buf, mark, start, timed_out)
                         mark = end
-            elif mtype == _PS:
+            elif mtype == MsgType.PARAMETER_STATUS:
                 self._parameter_status(buf[start + 5 : end])
-            elif mtype == _A and self.tenant is not None:
+            elif mtype == MsgType.NOTIFICATION_RESPONSE and self.tenant is not None:
                 # channels are namespaced per tenant: show the tenant its own name, drop others'
                 out = _splice(out, buf, mark, start, self._notification(buf[start + 5 : end]))
                 mark = end
             elif audit is not None and mtype in _BACKEND_AUDITED:
-                tag = buf[start + 5 : end - 1].decode() if mtype == _CC else None
+                tag = buf[start + 5 : end - 1].decode() if mtype == MsgType.COMMAND_COMPLETE else None
                 durable = audit.complete(tag, None)
                 # a completion the row limit rewrote is already in ``out``: resume after it
                 at = max(start, mark)
@@ -1173,7 +1182,7 @@ class Session:
         return None
 
     def _notification(self, body: bytes) -> bytes:
-        note = codec.decode_backend(_A, body, self.encoding)
+        note = codec.decode_backend(MsgType.NOTIFICATION_RESPONSE, body, self.encoding)
         assert isinstance(note, codec.NotificationResponse)
         channel = strip_channel(self.tenant or "", note.channel)
         if channel is None:
@@ -1181,7 +1190,7 @@ class Session:
         return codec.NotificationResponse(note.pid, channel, note.payload).encode(self.encoding)
 
     def _parameter_status(self, body: bytes) -> None:
-        msg = codec.decode_backend(_PS, body, self.encoding)
+        msg = codec.decode_backend(MsgType.PARAMETER_STATUS, body, self.encoding)
         assert isinstance(msg, codec.ParameterStatus)
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value

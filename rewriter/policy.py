@@ -28,7 +28,7 @@ class Relation:
 
 @dataclass(frozen=True)
 class Policy:
-    """Tenant scoping configuration; ``version`` changes on every reload and keys the plan cache.
+    """Tenant scoping configuration (one Rewriter, and so one plan cache, per Policy).
 
     >>> p = Policy(scoped={("public", "invoices"): "org_id"}, reference=frozenset({("public", "countries")}))
     >>> p.resolve(None, "INVOICES".lower())
@@ -42,7 +42,6 @@ class Policy:
     column: str = "tenant_id"
     scoped: dict[tuple[str, str], str] = field(default_factory=dict)
     reference: frozenset[tuple[str, str]] = frozenset()
-    version: int = 1
     encrypted: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
     homes: dict[str, str] = field(default_factory=dict)  # schema-tier tenant -> its schema
     home: str | None = None  # set on the per-tenant policy of a schema-tier tenant (for_tenant)
@@ -54,7 +53,7 @@ class Policy:
     dedicated: frozenset[str] = frozenset()  # tenants in their own database (whose columns may differ)
 
     def __hash__(self) -> int:
-        return hash((self.column, tuple(sorted(self.scoped.items())), self.reference, self.version,
+        return hash((self.column, tuple(sorted(self.scoped.items())), self.reference,
                      tuple(sorted(self.encrypted.items())), tuple(sorted(self.homes.items())), self.home,
                      self.ddl_tenants, self.allow_explain, tuple(sorted(self.columns.items())), self.dedicated))
 
@@ -85,7 +84,7 @@ class Policy:
             found = replace(self, columns={}, dedicated=frozenset())
         else:
             encrypted = {(home, table, column): spec for (_, table, column), spec in self.encrypted.items()}
-            found = Policy(column=self.column, version=self.version, encrypted=encrypted, home=home,
+            found = Policy(column=self.column, encrypted=encrypted, home=home,
                            allow_explain=self.allow_explain)
         cache[tenant] = found
         return found
@@ -103,7 +102,7 @@ class Policy:
         return tables
 
     @classmethod
-    def from_config(cls, scoping: Any, encryption: Any = None, version: int = 1, tenants: Any = None) -> Policy:
+    def from_config(cls, scoping: Any, encryption: Any = None, tenants: Any = None) -> Policy:
         """Build from tenantgate.config's Scoping (column, tables, reference) and EncryptionSettings
         (columns: table as [schema.]name, column, mode, type); schema None = public. ``tenants``
         (config Tenant objects) gives the schema-tier tenants' schemas.
@@ -131,7 +130,7 @@ class Policy:
         homes = {t.name: t.schema for t in tenants if t.tier == "schema" and t.schema}
         ddl = frozenset(t.name for t in tenants if t.tier == "dedicated" and getattr(t, "allow_ddl", False))
         dedicated = frozenset(t.name for t in tenants if t.tier == "dedicated")
-        return cls(column=scoping.column, scoped=scoped, reference=reference, version=version, encrypted=encrypted,
+        return cls(column=scoping.column, scoped=scoped, reference=reference, encrypted=encrypted,
                    homes=homes, ddl_tenants=ddl, dedicated=dedicated,
                    allow_explain=bool(getattr(scoping, "allow_explain", False)))
 

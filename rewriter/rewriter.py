@@ -64,7 +64,7 @@ class Plan:
     ``sql``: the statement(s) for the backend (a simple Query may hold several, '; '-separated).
     ``kinds``: one kind per statement (select, insert, set, reset_all, discard_all, begin, ...).
     ``tenant_params``: 1-based $n whose Bind value must equal the tenant id.
-    ``cached``: served from the plan cache. ``listen_channels``: backend channel names LISTENed.
+    ``cached``: served from the plan cache.
     ``encrypt_params``: ($n, "schema.table", column, type name) of Bind values bound to encrypted
     columns. ``redactions``: [start, end) spans of the original text holding literals that were
     encrypted (``sql`` has only their ciphertext); the audit log masks them.
@@ -82,7 +82,6 @@ class Plan:
     kinds: tuple[str, ...]
     tenant_params: tuple[int, ...] = ()
     cached: bool = False
-    listen_channels: tuple[str, ...] = ()
     encrypt_params: tuple[tuple[int, str, str, str], ...] = ()
     redactions: tuple[tuple[int, int], ...] = ()
     settings: tuple[tuple[str, str | None], ...] = ()
@@ -125,10 +124,16 @@ class Rewriter:
     """Plans statements for tenants under one Policy, with an LRU plan cache."""
 
     def __init__(self, policy: Policy, cache_size: int = 10_000) -> None:
-        self.policy = policy
+        self._policy = policy
         self._cache: LRUCache[Plan | _Digest | _Refusal | _Sealed] = LRUCache(cache_size)
         self._hits = 0
         self._misses = 0
+
+    @property
+    def policy(self) -> Policy:
+        """Fixed for the Rewriter's life: its cache holds plans of this policy only (a reload
+        builds a new Rewriter)."""
+        return self._policy
 
     def stats(self) -> dict[str, int]:
         return {"hits": self._hits, "misses": self._misses, "size": len(self._cache)}
@@ -146,15 +151,14 @@ class Rewriter:
         """
         if not tenant or "\x00" in tenant:
             raise ValueError("tenant id must be a non-empty string without NUL")
-        version = self.policy.version
-        exact_key = (version, tenant, extended, sql)
+        exact_key = (tenant, extended, sql)
         entry = self._cache.get(exact_key)
         lifted: Lifted | None = None
         digest_key: tuple[object, ...] | None = None
         if entry is None and not extended:
             lifted = lift(sql)
             if lifted is not None and lifted.literals:
-                digest_key = (version, tenant, "digest", lifted.digest)
+                digest_key = (tenant, "digest", lifted.digest)
                 digest = self._cache.get(digest_key)
                 if isinstance(digest, _Digest) and digest.template is not None:
                     self._hits += 1
@@ -223,14 +227,11 @@ class Rewriter:
         seals: list[Seal] = []
         texts: list[str] = []
         kinds: list[str] = []
-        listens: list[str] = []
         any_modified = False
         for raw in raws:  # every statement is checked before anything is produced
             stmt: Any = raw.stmt
             kind = scoper.statement(stmt)
             kinds.append(kind)
-            if kind == "listen":
-                listens.append(stmt.conditionname)
             first_seal = len(seals)
             if analyzer is not None and not scoper.relations.isdisjoint(policy.encrypted_tables):
                 analyzer.statement(stmt)
@@ -253,7 +254,7 @@ class Rewriter:
         encrypt_params = tuple(sorted((n, ref.table, ref.column, ref.type)
                                       for n, ref in (analyzer.params.items() if analyzer else ())))
         redactions = literal_redactions(sql, [s.value for s in seals]) if seals and sentinels is None else ()
-        plan = Plan(out, tuple(kinds), tuple(sorted(params)), listen_channels=tuple(listens),
+        plan = Plan(out, tuple(kinds), tuple(sorted(params)),
                     encrypt_params=encrypt_params, redactions=redactions,
                     settings=tuple(scoper.changes.settings), pins=tuple(scoper.changes.pins))
         return _Built(plan, scoper.value_dependent, tuple(seals))

@@ -55,7 +55,7 @@ data_received (proxy/conn.py:141);Session.on_client (proxy/session.py:312);Audit
 new (hmac.py:184) 25
 process 42:"python -m tenantgate.audit.remote";<module> (audit/remote.py:10);Server.write (audit/writer.py:99) 5
 process 41:"python -m tenantgate.proxy.cli serve";<module> (proxy/cli.py:30);run (uvloop/__init__.py:82);\
-Session.on_client (proxy/session.py:315);Registry.observe (proxy/metrics.py:70) 6
+Session.on_client (proxy/session.py:315);Registry.observe (proxy/counters.py:70) 6
 process 41:"python -m tenantgate.proxy.cli serve";<module> (proxy/cli.py:30);run (uvloop/__init__.py:82) 3
 <module> (threading.py:1000) 1
 """

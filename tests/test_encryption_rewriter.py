@@ -215,10 +215,10 @@ def test_policy_from_config_validates_encrypted_tables() -> None:
         return EncryptionSettings("file:/k", "database", None, 300.0, tuple(
             EncryptedColumn(t, c, Mode.DETERMINISTIC, TYPES["text"], "org") for t, c in cols), None)  # type: ignore[arg-type]
 
-    policy = Policy.from_config(scoping, settings_for(("customers", "ssn")), version=3)
+    policy = Policy.from_config(scoping, settings_for(("customers", "ssn")))
     assert policy.encrypted == {("public", "customers", "ssn"): ("deterministic", "text")}
     assert policy.encrypted_tables == {("public", "customers"): {"ssn": ("deterministic", "text")}}
-    assert hash(policy) != hash(Policy.from_config(scoping, None, version=3))
+    assert hash(policy) != hash(Policy.from_config(scoping, None))
     with pytest.raises(ValueError, match="not a scoped table"):
         Policy.from_config(scoping, settings_for(("countries", "name")))
     with pytest.raises(ValueError, match="tenant column"):

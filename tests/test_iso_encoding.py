@@ -347,12 +347,12 @@ class _Client:
 def test_a_parameter_status_changing_the_lexing_ends_a_tenant_session(name: str, value: str, goodbye: bool) -> None:
     """Backstop (no tenant statement can reach it any more): the session ends with a FATAL, unless
     the client already said goodbye, in which case nothing is written at all."""
+    from tenantgate.proxy.counters import Metrics
     from tenantgate.proxy.encoding import client_encoding as lookup
-    from tenantgate.proxy.metrics import Metrics
     from tenantgate.proxy.session import Session
 
     client = _Client()
-    session = Session(client, None, user="alice", tenant="acme", planner=None, paused=set(),  # type: ignore[arg-type]
+    session = Session(client, None, user="alice", tenant="acme", rewriter=None, paused=set(),  # type: ignore[arg-type]
                       metrics=Metrics(), encoding=lookup("SJIS"))
     session._said_goodbye = goodbye
     same = codec.ParameterStatus("client_encoding", "SJIS").encode()

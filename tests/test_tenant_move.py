@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy.pgcluster import PgServer, free_port
-from tenantgate.proxy.placement_config import Placement, with_placement
+from tenantgate.proxy.placement_config import PlacementSpec, with_placement
 from tenantgate.proxy.placement_copy import (
     TEXT_SETTINGS,
     Checksum,
@@ -426,7 +426,7 @@ def test_placement_rewrite_keeps_comments_and_writes_no_password() -> None:
         '# tenants of the EU cluster\n[tenants.acme]  # first customer\ntier = "shared"\n'
         'region = "eu"\n\n[tenants.globex]\ntier = "shared"\n'
     )
-    placement = Placement(
+    placement = PlacementSpec(
         "dedicated", host="db2.internal", port=5433, database="acme", user="acme_app",
         password_env="ACME_DB_PASSWORD", sslmode="require", region="eu",
     )  # fmt: skip
@@ -447,7 +447,7 @@ def test_placement_rewrite_keeps_comments_and_writes_no_password() -> None:
         },
     }
     assert data["tenants"]["globex"] == {"tier": "shared"}
-    back = with_placement(out, "acme", Placement("schema", schema="t_acme"))
+    back = with_placement(out, "acme", PlacementSpec("schema", schema="t_acme"))
     assert tomllib.loads(back)["tenants"]["acme"] == {"tier": "schema", "region": "eu", "schema": "t_acme"}
 
 

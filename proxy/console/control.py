@@ -2,12 +2,12 @@
 
 Each worker listens on ``<runtime dir>/worker-<index>.sock``; the runtime dir is the
 supervisor's private 0700 directory, so only processes of the same user reach it. One
-request per connection, each way one frame: a 4-byte big-endian length, then a JSON
-object. JSON, never pickle: a frame is data, whatever sends it. Traffic is low (admin
-commands, scrapes, forwarded cancels), so clarity wins over connection reuse.
+request per connection, each way one frame of length-prefixed JSON (audit/framing.py).
+Traffic is low (admin commands, scrapes, forwarded cancels), so clarity wins over
+connection reuse.
 
->>> decode(encode({"op": "ping"})[4:])
-{'op': 'ping'}
+>>> encode({"op": "ping"})[4:], len(encode({"op": "ping"}))
+(b'{"op":"ping"}', 17)
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import asyncio
 import json
 import logging
 import os
-import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+
+from tenantgate.audit import framing
+from tenantgate.audit.framing import Message
 
 log = logging.getLogger("tenantgate.control")
 
 MAX_FRAME = 64 << 20  # a /metrics exposition or SHOW SESSIONS of many thousand sessions fits
 CALL_TIMEOUT = 10.0
 
-Message = dict[str, Any]
 Handler = Callable[[Message], Awaitable[Message]]
 
 
@@ -41,21 +41,11 @@ def encode(message: Message) -> bytes:
     body = json.dumps(message, separators=(",", ":"), default=str).encode()  # admin cells are shown as text
     if len(body) > MAX_FRAME:
         raise ControlError(f"control message of {len(body)} bytes is over the {MAX_FRAME} byte limit")
-    return struct.pack("!I", len(body)) + body
-
-
-def decode(body: bytes) -> Message:
-    message = json.loads(body)
-    if not isinstance(message, dict):
-        raise ControlError("control message is not a JSON object")
-    return message
+    return framing.frame(body)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Message:
-    (length,) = struct.unpack("!I", await reader.readexactly(4))
-    if length > MAX_FRAME:
-        raise ControlError(f"control frame of {length} bytes is over the {MAX_FRAME} byte limit")
-    return decode(await reader.readexactly(length))
+    return await framing.read_frame(reader, MAX_FRAME, ControlError)
 
 
 async def call(path: str, request: Message, timeout: float = CALL_TIMEOUT) -> Message:

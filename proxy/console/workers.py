@@ -52,25 +52,22 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tenantgate.audit.errors import AuditUnavailable
+from tenantgate.audit.remote import AuditServer
 from tenantgate.config import Config, load_config
+from tenantgate.proxy import client
+from tenantgate.proxy.process import BackendRoleRefused, Proxy
 
-from . import client
-from .admin import AdminError, AdminServer, Command, Result, parse
+from .admin import AdminConnection, AdminError, AdminServer, Command, Result, parse
 from .control import ControlError, ControlServer, Message, call, socket_path
-from .listener import BackendRoleRefused, Proxy
 from .metrics import MetricsServer, readiness
-
-if TYPE_CHECKING:
-    from tenantgate.audit.remote import AuditServer
-
-    from .admin import AdminConnection
+from .serve import Ports, open_ports
 
 log = logging.getLogger("tenantgate.workers")
 
@@ -399,6 +396,7 @@ class Supervisor:
         self.start_failed = asyncio.Event()
         self.wake = asyncio.Event()  # ends back-off sleeps at shutdown
         self.audit_server: AuditServer | None = None
+        self.ports = Ports()
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
@@ -430,8 +428,6 @@ class Supervisor:
         try:
             await console.preflight()
             if self.config.audit is not None:
-                from tenantgate.audit.remote import AuditServer
-
                 self.audit_server = AuditServer(self.config.audit, audit_path)
                 await self.audit_server.start()
                 assert console.audit is not None
@@ -445,10 +441,7 @@ class Supervisor:
         self.started = await self._wait_started(console.stop_requested)
         if self.started:
             listen = self.config.listen
-            if listen.admin is not None:
-                console.admin_server = await AggregatingAdminServer.start(console, *listen.admin)
-            if listen.metrics is not None:
-                console.metrics_server = await AggregatingMetricsServer.start(console, *listen.metrics)
+            self.ports = await open_ports(console, AggregatingAdminServer, AggregatingMetricsServer)
             log.info("%d workers serving %s:%d", self.count, listen.address[0], self.port)
         elif not console.stop_requested.is_set():
             await self._stop(console, wait=False)
@@ -513,8 +506,7 @@ class Supervisor:
         self.stopping = True
         self.wake.set()
         console.stopping.set()
-        if console.admin_server is not None:
-            console.admin_server.close()  # admins already connected can watch the drain
+        self.ports.stop_accepting()
         timeout = self.config.server.shutdown_timeout if wait else 0.0
         log.info("shutting down %d workers: waiting up to %.0fs for sessions", self.count, timeout)
         live = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
@@ -536,11 +528,7 @@ class Supervisor:
                 await proc.wait()
         if self._watchers:
             await asyncio.wait(self._watchers, timeout=2)
-        if console.admin_server is not None:
-            await console.admin_server.wait_closed()
-        if console.metrics_server is not None:
-            console.metrics_server.close()
-            await console.metrics_server.wait_closed()
+        await self.ports.close()
         await self._close_audit(console)
         return 0 if all(proc.returncode == 0 for proc in live) else 1
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the HTTP endpoint that serves them (/metrics, /healthz, /readyz).
+"""Prometheus metrics of one serving process (console/metrics.py serves them over HTTP).
 
 `Metrics` owns its own CollectorRegistry (several proxies can live in one process, e.g. in
 tests). The hot path calls its plain methods, which cache the labelled children so a call
@@ -17,14 +17,11 @@ cannot start with ``_``, so neither can be mistaken for a real tenant.
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,10 +34,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .conn import Listener
+from tenantgate.config.schema import LIMIT_KEYS
 
-if TYPE_CHECKING:
-    from .listener import Proxy
+from .state import LimiterView, ProxyView
 
 log = logging.getLogger("tenantgate.metrics")
 
@@ -53,9 +49,6 @@ TRUSTED = "_trusted"
 OTHER_KIND = "other"
 MAX_KINDS = 64
 _KIND_RE = re.compile(r"[a-z_]{1,32}")
-# The classic text format every Prometheus version reads; our names need none of 1.0.0's escaping.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-TOKEN_ENV = "TENANTGATE_METRICS_TOKEN"  # noqa: S105 - the variable name, not a token
 
 # Seconds. The client-visible time spans network and database; the proxy's own share is small.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -81,7 +74,7 @@ class TenantStats:
 class Metrics:
     """Every tenantgate metric, in one registry."""
 
-    def __init__(self, top_n: int = 100, proxy: Proxy | None = None) -> None:
+    def __init__(self, top_n: int = 100, proxy: ProxyView | None = None) -> None:
         if top_n < 1:
             raise ValueError("top_n must be at least 1")
         self.top_n = top_n
@@ -357,8 +350,9 @@ class _ProxyCollector(Collector):
             ),
         ]
 
-    def _limiters(self) -> list[Any]:
-        return list(getattr(self.metrics.proxy, "limiters", {}).values())
+    def _limiters(self) -> list[LimiterView]:
+        proxy = self.metrics.proxy
+        return [] if proxy is None else list(proxy.limiters.values())
 
     def _tenant_backends(self, family: Any) -> None:
         counts: dict[str, int] = {}
@@ -369,8 +363,6 @@ class _ProxyCollector(Collector):
             family.add_metric([label], n)
 
     def _tenant_limits(self, family: Any) -> None:
-        from tenantgate.config.schema import LIMIT_KEYS
-
         proxy = self.metrics.proxy
         if proxy is None:
             return
@@ -388,7 +380,8 @@ class _ProxyCollector(Collector):
     def _backends(self, family: Any) -> None:
         held = sum(1 for c in self._live() if c.backend is not None and not c.backend.conn.is_closed)
         # transaction mode: the pools' idle backends are held by no session
-        pooled = sum(len(p.idle) for p in getattr(self.metrics.proxy, "pools", {}).values())
+        proxy = self.metrics.proxy
+        pooled = 0 if proxy is None else sum(len(p.idle) for p in proxy.pools.values())
         family.add_metric([], held + pooled)
 
     def _sessions(self, family: Any) -> None:
@@ -418,130 +411,15 @@ class _ProxyCollector(Collector):
         def fill(family: Any) -> None:
             proxy = self.metrics.proxy
             if proxy is not None:
-                family.add_metric([], proxy.planner.stats()[key])
+                family.add_metric([], proxy.rewriter.stats()[key])
 
         return fill
 
     def _audit(self, field: str) -> Callable[[Any], None]:
         def fill(family: Any) -> None:
-            audit = getattr(self.metrics.proxy, "audit", None)
+            proxy = self.metrics.proxy
+            audit = proxy.audit if proxy is not None else None
             if audit is not None:
                 family.add_metric([], float(getattr(audit.stats(), field)))
 
         return fill
-
-
-# ---------------------------------------------------------------------- HTTP endpoint
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    503: "Service Unavailable",
-}
-MAX_REQUEST_HEAD = 16 * 1024
-REQUEST_TIMEOUT = 10.0
-PROBE_TIMEOUT = 1.0
-
-
-class MetricsServer(Listener):
-    """A minimal asyncio HTTP/1.1 server: one request per connection, GET/HEAD only.
-
-    /metrics needs ``Authorization: Bearer <token>`` when TENANTGATE_METRICS_TOKEN is set;
-    /healthz and /readyz stay open for orchestrator probes (they reveal nothing).
-    """
-
-    def __init__(self, proxy: Proxy, metrics: Metrics, token: str | None) -> None:
-        self.proxy = proxy
-        self.metrics = metrics
-        self._token = token.encode() if token else None
-
-    @classmethod
-    async def start(cls, proxy: Proxy, host: str, port: int) -> MetricsServer:
-        token = os.environ.get(TOKEN_ENV)
-        if token is not None and not token:
-            log.warning("%s is set but empty: /metrics is served without a token", TOKEN_ENV)
-        self = cls(proxy, proxy.metrics, token)
-        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_HEAD, reuse_address=True)
-        log.info("metrics on http://%s:%d/metrics%s", host, self.port, " (bearer token required)" if token else "")
-        return self
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-                status, headers, body, method = await self._respond(head)
-                writer.write(_response(status, headers, b"" if method == "HEAD" else body, len(body)))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("metrics endpoint failed")
-        finally:
-            writer.close()
-
-    async def _respond(self, head: bytes) -> tuple[int, dict[str, str], bytes, str]:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            return 400, {}, b"bad request\n", "GET"
-        method, target = parts[0], parts[1].split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            return 405, {"Allow": "GET, HEAD"}, b"method not allowed\n", method
-        if target == "/healthz":
-            return 200, {}, b"ok\n", method
-        if target == "/readyz":
-            problems = await self.readiness()
-            if problems:
-                return 503, {}, ("not ready: " + "; ".join(problems) + "\n").encode(), method
-            return 200, {}, b"ready\n", method
-        if target == "/metrics":
-            if self._token is not None and not self._authorized(lines[1:]):
-                return 401, {"WWW-Authenticate": 'Bearer realm="tenantgate"'}, b"unauthorized\n", method
-            return 200, {"Content-Type": CONTENT_TYPE}, await self.exposition(), method
-        return 404, {}, b"not found: try /metrics, /healthz or /readyz\n", method
-
-    def _authorized(self, header_lines: list[str]) -> bool:
-        assert self._token is not None
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "authorization":
-                scheme, _, credential = value.strip().partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self._token)
-        return False
-
-    async def exposition(self) -> bytes:
-        """The /metrics body (the supervisor of several workers merges theirs instead)."""
-        return self.metrics.exposition()
-
-    async def readiness(self) -> list[str]:
-        """Why the proxy cannot serve statements now; empty when it can."""
-        return await readiness(self.proxy)
-
-
-async def readiness(proxy: Proxy) -> list[str]:
-    """Why a proxy process cannot serve statements now; empty when it can."""
-    problems = []
-    if proxy.stopping.is_set():
-        problems.append("shutting down")
-    target = proxy.backend_target
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            _, writer = await asyncio.open_connection(target.host, target.port)
-        writer.close()  # no bytes sent: PostgreSQL does not log an empty connection
-    except (OSError, TimeoutError) as exc:
-        why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        problems.append(f"backend {target.host}:{target.port} not reachable ({why})")
-    audit = getattr(proxy, "audit", None)
-    if audit is not None and not audit.stats().available:
-        problems.append("audit log not writable")
-    return problems
-
-
-def _response(status: int, headers: dict[str, str], body: bytes, length: int) -> bytes:
-    head = [f"HTTP/1.1 {status} {_REASONS[status]}", f"Content-Length: {length}", "Connection: close"]
-    headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

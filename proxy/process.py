@@ -1,4 +1,5 @@
-"""The proxy process: listening sockets, shared state, startup checks, shutdown."""
+"""One serving process of the data plane: client listening sockets, shared state, startup checks,
+reload, drain. The console (proxy/console/) starts its admin and metrics ports around it."""
 
 from __future__ import annotations
 
@@ -6,41 +7,37 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import ssl
-import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
+from tenantgate.audit.remote import RemoteAuditLog
 from tenantgate.audit.writer import AuditLog
 from tenantgate.config import Config, ConfigError, load_config
 from tenantgate.keyring import Keyring
 from tenantgate.keyring.settings import EncryptedColumn
+from tenantgate.rewriter import Policy, Rewriter
 
-from .backend import Backend, BackendError, simple_query
+from .backend import Backend, BackendError, connect, simple_query
 from .cancel import CancelRegistry
+from .client import ClientConnection
+from .counters import Metrics
+from .crypto import build_keyring, resolve_columns
+from .frontend import Fatal
 from .limits import TenantLimiter
 from .placement import Placement, backend_target
 from .pool import BackendPool
 from .tls import client_context
 
-if TYPE_CHECKING:
-    from tenantgate.audit.remote import RemoteAuditLog
-
-    from .client import ClientConnection
-
 log = logging.getLogger("tenantgate")
 
 
-def make_planner(config: Config, columns: dict[tuple[str, str], tuple[str, ...]] | None = None) -> Any:
+def make_rewriter(config: Config, columns: dict[tuple[str, str], tuple[str, ...]] | None = None) -> Rewriter:
     """The rewriter for tenant sessions; ``columns``: the scoped tables' column names as the
     backend's catalog lists them (INSERT without a column list)."""
-    from dataclasses import replace
-
-    from tenantgate.rewriter import Policy, Rewriter
-
     policy = Policy.from_config(config.scoping, config.encryption, tenants=config.tenants.values())
     return Rewriter(replace(policy, columns=dict(columns or {})))
 
@@ -73,7 +70,7 @@ class BackendRoleRefused(Exception):
 
 
 class Proxy:
-    """One serving process: with ``[listen] workers`` > 1, one of several (see workers.py).
+    """One serving process: with ``[listen] workers`` > 1, one of several (see console/workers.py).
 
     ``port`` overrides the configured client port (the supervisor's resolved port 0);
     ``audit_socket`` sends audit events to the supervisor's AuditServer instead of a local log.
@@ -99,22 +96,16 @@ class Proxy:
         self.secret = self._load_secret()
         self.cancels = CancelRegistry(worker_index, worker_count)
         self.sessions: set[ClientConnection] = set()
-        self._planner: Any | None = None
+        self._rewriter: Rewriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._roles_checked: set[str] = set()  # backend targets whose role passed check_backend_role
         self.limiters: dict[str, TenantLimiter] = {}
         self.stopping = asyncio.Event()
-        self.started_at = time.time()
         self.config_path: str | None = None
         self.paused: set[str] = set()  # tenants whose new statements wait; "*" = all
         self.pools: dict[tuple[str, str], BackendPool] = {}
-        from .admin import AdminServer
-        from .metrics import Metrics, MetricsServer
-
         self.metrics = Metrics(proxy=self)
-        self.admin_server: AdminServer | None = None
-        self.metrics_server: MetricsServer | None = None
         # set by SIGTERM/SIGINT and the admin SHUTDOWN command; serve() then drains for stop_timeout
         self.stop_requested = asyncio.Event()
         self.stop_timeout = config.server.shutdown_timeout
@@ -123,8 +114,6 @@ class Proxy:
             if audit_socket is None:
                 self.audit = AuditLog(config.audit)
             else:  # one hash chain for all workers: the supervisor seals and writes
-                from tenantgate.audit.remote import RemoteAuditLog
-
                 self.audit = RemoteAuditLog(config.audit, audit_socket)
         self.keyring: Keyring | None = None  # when [encryption] is configured (built at start)
         self.encrypted_columns: dict[tuple[int, int], EncryptedColumn] = {}  # in [backend]'s database
@@ -166,11 +155,11 @@ class Proxy:
         return found
 
     @property
-    def planner(self) -> Any:
+    def rewriter(self) -> Rewriter:
         """The tenant sessions' rewriter, built on first use and after each reload."""
-        if self._planner is None:
-            self._planner = make_planner(self.config, self.table_columns)
-        return self._planner
+        if self._rewriter is None:
+            self._rewriter = make_rewriter(self.config, self.table_columns)
+        return self._rewriter
 
     # ------------------------------------------------------------------ checks
 
@@ -184,8 +173,6 @@ class Proxy:
         )
         if rows and "t" in rows[0]:
             if not allow_superuser:
-                from .client import Fatal
-
                 log.error(
                     "backend role of %r is superuser or BYPASSRLS: refusing"
                     " (set allow_superuser = true on that backend to override)",
@@ -197,9 +184,6 @@ class Proxy:
 
     async def preflight(self) -> None:
         """Connect once at start; a superuser backend role stops the proxy, an unreachable one is a warning."""
-        from .backend import connect
-        from .client import Fatal
-
         try:
             backend = await connect(self.backend_target, self.config.backend.database or "postgres", {})
         except BackendError as exc:
@@ -235,8 +219,6 @@ class Proxy:
         )
 
     async def start(self) -> None:
-        from .client import ClientConnection
-
         if self.audit is not None:
             await self.audit.start()  # a log that cannot be written stops the start (AuditUnavailable)
         if self.config.encryption is not None:
@@ -257,21 +239,9 @@ class Proxy:
                 os.unlink(sock)
             self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), sock))
         log.info("listening on %s:%d%s", host, self.port, f" and {sock}" if sock else "")
-        from .admin import AdminServer
-        from .metrics import MetricsServer
-
-        if several:  # the supervisor serves both ports for all workers
-            return
-        if self.config.listen.admin is not None:
-            self.admin_server = await AdminServer.start(self, *self.config.listen.admin)
-        if self.config.listen.metrics is not None:
-            self.metrics_server = await MetricsServer.start(self, *self.config.listen.metrics)
 
     async def start_encryption(self) -> None:
         """Build the keyring and find the encrypted columns' (table oid, attnum) on the backend."""
-        from .backend import connect
-        from .crypto import build_keyring, resolve_columns
-
         settings = self.config.encryption
         assert settings is not None
 
@@ -288,8 +258,6 @@ class Proxy:
 
     async def load_table_columns(self) -> None:
         """Read the scoped tables' column lists; without them, an INSERT needs its own column list."""
-        from .backend import connect
-
         scoping = self.config.scoping
         tables = sorted({(t.schema or "public", t.name) for t in scoping.tables})
         try:
@@ -301,7 +269,7 @@ class Proxy:
             self.table_columns = await scoped_columns(backend, tables)
         finally:
             backend.conn.close()
-        self._planner = None
+        self._rewriter = None
 
     async def columns_for(self, placement: Placement, database: str) -> dict[tuple[int, int], EncryptedColumn]:
         """The encrypted columns as (table OID, attnum) in the database a placement's sessions use.
@@ -317,9 +285,6 @@ class Proxy:
         key = (repr(placement.target), database, placement.schema)
         found = self._columns.get(key)
         if found is None:
-            from .backend import connect
-            from .crypto import resolve_columns
-
             backend = await connect(placement.target, database, {})
             try:
                 found = self._columns[key] = await resolve_columns(backend, settings, placement.schema)
@@ -358,7 +323,7 @@ class Proxy:
         }
         self.config = new
         self.backend_target = backend_target(new.backend)
-        self._planner = None
+        self._rewriter = None
         self._roles_checked.clear()
         self._columns.clear()
         for name, limiter in self.limiters.items():
@@ -366,7 +331,7 @@ class Proxy:
         for client in self.sessions:  # existing sessions follow the new rules from their next statement
             session = client.session
             if session is not None and client.tenant is not None:
-                session.planner = self.planner
+                session.rewriter = self.rewriter
                 if client.tenant in moved:
                     client.placement_changed()
         if moved:
@@ -402,12 +367,15 @@ class Proxy:
         self.stop_requested.set()
 
     async def shutdown(self, timeout: float) -> None:
+        """Drain (see drain), then close (see close)."""
+        await self.drain(timeout)
+        await self.close()
+
+    async def drain(self, timeout: float) -> None:
         """Stop accepting; idle sessions end now, busy ones when idle or at the timeout (57P01)."""
         self.stopping.set()
         for server in self._servers:
             server.close()
-        if self.admin_server is not None:
-            self.admin_server.close()  # admins already connected can watch the drain
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.sessions and loop.time() < deadline:
@@ -418,11 +386,9 @@ class Proxy:
             await asyncio.sleep(0.05)
         for client in list(self.sessions):
             client.terminate("57P01", "terminating connection due to administrator command")
-        if self.admin_server is not None:
-            await self.admin_server.wait_closed()
-        if self.metrics_server is not None:  # last: /readyz says "shutting down" while draining
-            self.metrics_server.close()
-            await self.metrics_server.wait_closed()
+
+    async def close(self) -> None:
+        """After drain: wait for the listening sockets and tasks, close the pools and the audit log."""
         for server in self._servers:
             await server.wait_closed()
         if self._tasks:
@@ -432,22 +398,3 @@ class Proxy:
         if self.audit is not None:
             await self.audit.close()
 
-
-async def serve(config_path: str) -> int:
-    config = load_config(config_path)
-    proxy = Proxy(config)
-    proxy.config_path = config_path
-    try:
-        await proxy.preflight()
-        await proxy.start()
-    except (BackendRoleRefused, AuditUnavailable) as exc:
-        log.error("%s", exc)
-        return 1
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, proxy.request_stop, True)
-    loop.add_signal_handler(signal.SIGINT, proxy.request_stop, True)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
-    await proxy.stop_requested.wait()
-    log.info("shutting down: waiting up to %.0fs for sessions", proxy.stop_timeout)
-    await proxy.shutdown(proxy.stop_timeout)
-    return 0

@@ -30,21 +30,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import TYPE_CHECKING
 
 from tenantgate.config.schema import LIMIT_KEYS
+from tenantgate.keyring.errors import KeyringError
+from tenantgate.proxy import codec
+from tenantgate.proxy.auth import AuthFailed, ClientAuth
+from tenantgate.proxy.codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
+from tenantgate.proxy.frontend import FrontendConnection
+from tenantgate.proxy.placement import Placement
+from tenantgate.proxy.process import Proxy
+from tenantgate.proxy.state import ClientView, PoolView, ProxyView
 
-from . import codec
-from .auth import AuthFailed, ClientAuth
-from .codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
-from .conn import Listener
-from .frontend import FrontendConnection
-from .placement import Placement
-
-if TYPE_CHECKING:
-    from .client import ClientConnection
-    from .listener import Proxy
-    from .pool import BackendPool
+from .port import ConsolePort
 
 log = logging.getLogger("tenantgate.admin")
 
@@ -53,8 +50,9 @@ MAX_ADMIN_MESSAGE = 1 << 20  # a command is a few words; nothing legitimate come
 # a fixed supported major plus our own name is as honest as any value can be.
 SERVER_VERSION_BASE = "15.0"
 
-_Q, _X, _S, _H, _F = (ord(c) for c in "QXSHF")
-_EXTENDED = frozenset(ord(c) for c in "PBDEC")
+_EXTENDED = frozenset(
+    (codec.MsgType.PARSE, codec.MsgType.BIND, codec.MsgType.DESCRIBE, codec.MsgType.EXECUTE, codec.MsgType.CLOSE)
+)
 
 
 class AdminError(Exception):
@@ -160,7 +158,7 @@ def flatten(data: object, prefix: str = "") -> list[tuple[str, str | None]]:
     return [(prefix, str(data))]
 
 
-def session_state(client: ClientConnection) -> str:
+def session_state(client: ClientView) -> str:
     """pg_stat_activity's words for what a session is doing."""
     session = client.session
     if session is None:
@@ -177,14 +175,14 @@ def session_state(client: ClientConnection) -> str:
 # ---------------------------------------------------------------------- commands
 
 
-def _tenant_arg(proxy: Proxy, tenant: str) -> str:
+def _tenant_arg(proxy: ProxyView, tenant: str) -> str:
     known = set(proxy.config.tenants) | {c.tenant for c in proxy.sessions if c.tenant is not None}
     if tenant not in known:
         raise AdminError("42704", f'unknown tenant "{tenant}"; valid tenants: {", ".join(sorted(known)) or "(none)"}')
     return tenant
 
 
-def _sessions(proxy: Proxy) -> list[ClientConnection]:
+def _sessions(proxy: ProxyView) -> list[ClientView]:
     return sorted(proxy.sessions, key=lambda c: c.id)
 
 
@@ -197,13 +195,13 @@ async def show_version(conn: AdminConnection, args: list[str]) -> Result:
 
 
 async def show_tenants(conn: AdminConnection, args: list[str]) -> Result:
-    proxy = conn.proxy
+    proxy: ProxyView = conn.proxy
     config = proxy.config
-    live: dict[str, list[ClientConnection]] = {}
+    live: dict[str, list[ClientView]] = {}
     for c in proxy.sessions:
         if c.tenant is not None:
             live.setdefault(c.tenant, []).append(c)
-    limiters = getattr(proxy, "limiters", {})
+    limiters = proxy.limiters
     rows: list[tuple[object, ...]] = []
     for name in sorted(set(config.tenants) | set(live)):
         t = config.tenant(name)
@@ -316,9 +314,9 @@ async def show_servers(conn: AdminConnection, args: list[str]) -> Result:
     return Result("SHOW", ("id", "database", "user", "addr", "port", "pid", "state", "tls"), rows)
 
 
-def _pools(proxy: Proxy) -> list[BackendPool]:
+def _pools(proxy: ProxyView) -> list[PoolView]:
     """The transaction-mode pools (proxy.pool_for); none in session mode."""
-    return list(getattr(proxy, "pools", {}).values())
+    return list(proxy.pools.values())
 
 
 async def show_pools(conn: AdminConnection, args: list[str]) -> Result:
@@ -326,16 +324,17 @@ async def show_pools(conn: AdminConnection, args: list[str]) -> Result:
     Transaction pools are shared by tenant users: one row each, under the backend role."""
     now = time.monotonic()
     pools: dict[tuple[str, str], list[int | float]] = {}
-    shared = _pools(conn.proxy)
+    proxy: ProxyView = conn.proxy
+    shared = _pools(proxy)
     clients: dict[int, int] = {}
-    for c in conn.proxy.sessions:
+    for c in proxy.sessions:
         s = c.session
-        pool = getattr(s, "pool", None)
+        pool = s.pool if s is not None else None
         if pool is not None:
             clients[id(pool)] = clients.get(id(pool), 0) + 1
             continue
         p = pools.setdefault((c.database, c.user), [0, 0, 0, 0, 0.0])  # cl_active, cl_waiting, sv_active, sv_idle
-        held_since = getattr(s, "held_since", None)
+        held_since = s.held_since if s is not None else None
         if held_since is not None:  # paused with statements held back
             p[1] += 1
             p[4] = max(p[4], now - held_since)
@@ -430,8 +429,6 @@ async def rotate_key(conn: AdminConnection, args: list[str]) -> Result:
     if keyring is None:
         raise AdminError("0A000", "no keyring configured")
     tenant = _tenant_arg(conn.proxy, args[0])
-    from tenantgate.keyring.errors import KeyringError
-
     try:
         new_version = await keyring.rotate(tenant)
     except KeyringError as exc:  # its messages name tenants and versions, never key material
@@ -472,7 +469,7 @@ COMMANDS: tuple[Command, ...] = (
 # ---------------------------------------------------------------------- connections
 
 
-class AdminConnection(FrontendConnection):
+class AdminConnection(FrontendConnection[Proxy]):
     """One psql session on the admin port (await mode throughout: low traffic, clarity first)."""
 
     kind = "admin"
@@ -529,25 +526,25 @@ class AdminConnection(FrontendConnection):
         failed_extended = False  # after an extended-protocol error, skip to Sync like PostgreSQL
         while True:
             mtype, body = await self.read_message()
-            if mtype == _Q:
+            if mtype == codec.MsgType.QUERY:
                 msg = codec.decode_frontend(mtype, body)
                 assert isinstance(msg, codec.Query)
                 after = await self._simple_query(msg.sql)
                 self.write(codec.ready("I"))
                 if after is not None:
                     after()
-            elif mtype == _X:
+            elif mtype == codec.MsgType.TERMINATE:
                 return
-            elif mtype == _S:
+            elif mtype == codec.MsgType.SYNC:
                 failed_extended = False
                 self.write(codec.ready("I"))
-            elif mtype == _H:
+            elif mtype == codec.MsgType.FLUSH:
                 continue
             elif mtype in _EXTENDED:
                 if not failed_extended:
                     failed_extended = True
                     self.write(self._unsupported().encode())
-            elif mtype == _F:
+            elif mtype == codec.MsgType.FUNCTION_CALL:
                 self.write(self._unsupported().encode() + codec.ready("I"))
             else:
                 raise codec.ProtocolError("client", f"unexpected message type {chr(mtype)!r} on the admin port")
@@ -562,7 +559,7 @@ class AdminConnection(FrontendConnection):
         """Run each ';'-separated command in order, stopping at the first error (like PostgreSQL)."""
         statements = [s.strip() for s in sql.split(";") if s.strip()]
         if not statements:
-            self.write(codec.Simple(b"I").encode())  # EmptyQueryResponse
+            self.write(codec.Simple(codec.MsgType.EMPTY_QUERY_RESPONSE.byte).encode())  # EmptyQueryResponse
             return None
         after: Callable[[], None] | None = None
         for text in statements:
@@ -611,7 +608,7 @@ class AdminConnection(FrontendConnection):
             await outcome
 
 
-class AdminServer(Listener):
+class AdminServer(ConsolePort):
     """The admin port's listening socket and its open connections."""
 
     def __init__(self, proxy: Proxy) -> None:
