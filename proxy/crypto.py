@@ -54,6 +54,7 @@ from tenantgate.keyring import (
     provider_from_uri,
 )
 from tenantgate.keyring.pgtypes import BYTEA, IntType
+from tenantgate.keyring.quoting import quote_literal, quote_qualified
 from tenantgate.rewriter import Refused
 
 from . import codec
@@ -486,14 +487,10 @@ class SessionCrypto:
 # ----------------------------------------------------------------------------- startup
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _quote_table(table: str, home: str | None = None) -> str:
     """The table as a quoted name; ``home``: a schema-tier tenant's copy of it, in its own schema."""
     schema, _, name = qualified(table).partition(".")
-    return ".".join('"' + part.replace('"', '""') + '"' for part in (home or schema, name))
+    return quote_qualified(home or schema, name)
 
 
 async def resolve_columns(
@@ -505,7 +502,8 @@ async def resolve_columns(
     if not settings.columns:
         return {}
     rows_sql = ", ".join(
-        f"({i}, {_literal(_quote_table(c.table, home))}, {_literal(c.column)})" for i, c in enumerate(settings.columns)
+        f"({i}, {quote_literal(_quote_table(c.table, home))}, {quote_literal(c.column)})"
+        for i, c in enumerate(settings.columns)
     )
     rows = await simple_query(
         backend,

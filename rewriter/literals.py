@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import pglast
 from pglast import ast, parser
 
+from tenantgate.keyring.quoting import quote_literal
+
 from .errors import Refused
 
 _PLACEHOLDER = {"SCONST": "?s", "ICONST": "?i", "FCONST": "?f"}
@@ -191,7 +193,7 @@ def canonical_literal(kind: str, token: str, before: str = "", after: str = "") 
         if kind == "SCONST" or not _CONTINUATION.match(after):
             return token
     elif kind == "SCONST":
-        return "'" + string_value(token).replace("'", "''") + "'"
+        return quote_literal(string_value(token))
     # a number must not run into the text around it (x.5, 1..2, 1e) and is ASCII digits only
     glued = (after[:1] and (after[0] == "." or _is_ident_char(after[0]))) or (
         token.startswith(".") and before[-1:] and (before[-1] == "." or _is_ident_char(before[-1])))

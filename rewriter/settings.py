@@ -29,10 +29,11 @@ set_forbidden SET standard_conforming_strings is not allowed for tenants except 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pglast import ast, enums
+
+from tenantgate.keyring.quoting import render_identifier
 
 from .errors import Refused
 from .transforms import deparse, string_literal
@@ -67,15 +68,6 @@ def setting_allowed(name: str) -> bool:
     (True, True, False)
     """
     return name.lower() in ALLOWED_SETTINGS or name.lower() in PINNED
-
-
-def render_identifier(name: str) -> str:
-    """A schema name as the backend prints it in a list setting (quoted only when it must be).
-
-    >>> render_identifier("public"), render_identifier("T_Acme")
-    ('public', '"T_Acme"')
-    """
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def split_identifiers(text: str) -> list[str] | None:
