@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tenantgate.audit.record import AuditEvent
 from tenantgate.keyring import KeyringError
+from tenantgate.rewriter.roles import read_only_settings
 
 from . import codec
 from .auditing import SessionAudit
@@ -32,7 +33,6 @@ from .frontend import Fatal, FrontendConnection, fatal_bytes
 from .limits import LimitExceeded, TenantLimiter
 from .oidc import jwt_verifier
 from .placement import Placement
-from .roles import read_only_settings
 from .session import Session
 from .startup import filter_params
 

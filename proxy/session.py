@@ -34,6 +34,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from tenantgate.rewriter import Plan, Refused, strip_channel
+from tenantgate.rewriter.roles import read_only_violation
 
 from . import codec
 from .auditing import SessionAudit, first_word
@@ -42,7 +43,6 @@ from .codec import Bind, ErrorResponse, Parse, Query
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
-from .roles import read_only_violation
 from .tracked import RESET_ALL, Change, TrackedSettings
 
 if TYPE_CHECKING:

@@ -42,6 +42,7 @@ from sqlglot import exp
 from .catalog import CATALOG_SCHEMAS, function_denial
 from .errors import Refused
 from .policy import Policy
+from .scope import CteScope
 from .transforms import deparse, node_fields
 
 # sqlglot logs the text of statements it falls back on; statements may carry tenants' values.
@@ -140,7 +141,7 @@ class _PgRelations:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.found: set[str] = set()
-        self.ctes: list[frozenset[str]] = []
+        self.ctes = CteScope()
 
     def walk(self, node: object) -> None:
         if isinstance(node, tuple | list):
@@ -153,33 +154,20 @@ class _PgRelations:
             self.add(node, cte_visible=True)
             return
         if isinstance(node, (ast.SelectStmt, *_WRITES)):
-            depth = self.with_clause(node.withClause)
+            depth = self.ctes.enter_pg(node.withClause, lambda cte: self.walk(cte.ctequery))
             target = getattr(node, "relation", None)
             if target is not None:  # a write target is never a CTE
                 self.add(target, cte_visible=False)
             for field in node_fields(node):
                 if field not in ("withClause", "relation"):
                     self.walk(getattr(node, field))
-            del self.ctes[depth:]
+            self.ctes.leave(depth)
             return
         for field in node_fields(node):
             self.walk(getattr(node, field))
 
-    def with_clause(self, clause: AstNode) -> int:
-        depth = len(self.ctes)
-        if clause is None:
-            return depth
-        if clause.recursive:
-            self.ctes.append(frozenset(cte.ctename for cte in clause.ctes))
-        for cte in clause.ctes:
-            self.walk(cte.ctequery)
-            if not clause.recursive:
-                self.ctes.append(frozenset({cte.ctename}))
-        return depth
-
     def add(self, rv: AstNode, *, cte_visible: bool) -> None:
-        if cte_visible and rv.schemaname is None and rv.catalogname is None and any(
-                rv.relname in names for names in self.ctes):
+        if cte_visible and self.ctes.is_cte_ref(rv):
             return
         self.found.add(_key(self.policy, rv.catalogname, rv.schemaname, rv.relname))
 
@@ -332,7 +320,7 @@ class _SqlglotRelations:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.found: set[str] = set()
-        self.ctes: list[frozenset[str]] = []
+        self.ctes = CteScope()
 
     def walk(self, node: exp.Expr) -> None:
         if isinstance(node, exp.Lock):
@@ -352,21 +340,13 @@ class _SqlglotRelations:
             for child in value if isinstance(value, list) else [value]:
                 if isinstance(child, exp.Expr) and child is not target:
                     self.walk(child)
-        del self.ctes[depth:]
+        self.ctes.leave(depth)
 
     def with_clause(self, clause: exp.Expr | None) -> int:
-        depth = len(self.ctes)
         if clause is None:
-            return depth
-        ctes = list(clause.expressions)
-        names = [_ident(cte.args["alias"].this) for cte in ctes]
-        if clause.args.get("recursive"):
-            self.ctes.append(frozenset(n for n in names if n))
-        for cte, name in zip(ctes, names, strict=True):
-            self.walk(cte.this)
-            if not clause.args.get("recursive") and name:
-                self.ctes.append(frozenset({name}))
-        return depth
+            return self.ctes.depth
+        ctes = [(_ident(cte.args["alias"].this), cte.this) for cte in clause.expressions]
+        return self.ctes.enter(ctes, recursive=bool(clause.args.get("recursive")), walk=self.walk)
 
     def table(self, node: exp.Table, *, cte_visible: bool) -> None:
         for key, value in node.args.items():
@@ -383,7 +363,7 @@ class _SqlglotRelations:
         assert name is not None
         if not node.this.quoted and schema is None and catalog is None and name in _VALUE_FUNCTIONS:
             return  # a reserved word PostgreSQL reads as a function (FROM t, localtime)
-        if cte_visible and schema is None and catalog is None and any(name in s for s in self.ctes):
+        if cte_visible and self.ctes.is_cte(name, schema=schema, catalog=catalog):
             return
         self.found.add(_key(self.policy, catalog, schema, name))
 

@@ -32,6 +32,7 @@ from .catalog import function_denial, operator_denial
 from .classify import discard_kind, refusal, transaction_kind
 from .errors import Refused
 from .policy import Policy, Relation
+from .scope import CteScope
 from .settings import Changes
 from .transforms import (
     add_tenant_column,
@@ -108,7 +109,7 @@ class Scoper:
         self.value_dependent = False
         self.modified = False
         self.relations: set[tuple[str, str]] = set()
-        self._ctes: list[frozenset[str]] = []
+        self._ctes = CteScope()
         self._in_prepare = False
         self._deferred = False  # inside PREPARE or DECLARE: functions run later, at EXECUTE or FETCH
         self.changes = Changes(policy.search_path)
@@ -278,31 +279,17 @@ class Scoper:
 
     @contextmanager
     def with_clause(self, clause: AstNode) -> Iterator[None]:
-        """Scope CTE bodies and make their names visible as PostgreSQL does.
+        """Scope CTE bodies and make their names visible as PostgreSQL does (scope.CteScope)."""
+        with self._ctes.within_pg(clause, self._cte_body):
+            yield
 
-        Without RECURSIVE a CTE sees only the CTEs before it (its own name inside its body is the
-        table); with RECURSIVE every CTE of the list is visible in every body.
-        """
-        if clause is None:
-            yield
-            return
-        depth = len(self._ctes)
-        names = [cte.ctename for cte in clause.ctes]
-        if clause.recursive:
-            self._ctes.append(frozenset(names))
-        for cte in clause.ctes:
-            self.dml(cte.ctequery)
-            self.expr(cte.search_clause)
-            self.expr(cte.cycle_clause)
-            if not clause.recursive:
-                self._ctes.append(frozenset({cte.ctename}))
-        try:
-            yield
-        finally:
-            del self._ctes[depth:]
+    def _cte_body(self, cte: AstNode) -> None:
+        self.dml(cte.ctequery)
+        self.expr(cte.search_clause)
+        self.expr(cte.cycle_clause)
 
     def is_cte(self, rv: AstNode) -> bool:
-        return rv.schemaname is None and rv.catalogname is None and any(rv.relname in s for s in self._ctes)
+        return self._ctes.is_cte_ref(rv)
 
     def select(self, sel: AstNode) -> None:
         if sel.intoClause is not None:
