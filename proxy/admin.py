@@ -33,6 +33,7 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 from tenantgate.config.schema import LIMIT_KEYS
+from tenantgate.keyring.errors import SqlStateError
 
 from . import codec
 from .auth import AuthFailed, ClientAuth
@@ -57,13 +58,8 @@ _Q, _X, _S, _H, _F = (ord(c) for c in "QXSHF")
 _EXTENDED = frozenset(ord(c) for c in "PBDEC")
 
 
-class AdminError(Exception):
+class AdminError(SqlStateError):
     """A command that failed: answered with an ErrorResponse, the session goes on."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
 
 
 @dataclass

@@ -170,7 +170,7 @@ class SessionCrypto:
     def _column(self, table: str, column: str) -> EncryptedColumn:
         col = self._by_name.get((table, column))
         if col is None:  # the rewriter's policy and this map come from one config: a mismatch is a bug
-            raise Refused("encryption_unavailable", f"encrypted column {table}.{column} is not served", "55000")
+            raise Refused("55000", f"encrypted column {table}.{column} is not served", "encryption_unavailable")
         return col
 
     def _seal(self, col: EncryptedColumn, plaintext: bytes) -> bytes:
@@ -178,8 +178,8 @@ class SessionCrypto:
             ciphertext = self.keyring.encrypt(self.tenant, col.table, col.column, col.mode, plaintext)
         except KeyringError as exc:
             self._count("encrypt", False)
-            raise Refused("encryption", f"cannot encrypt a value for {col.table}.{col.column}: {exc}",
-                          exc.sqlstate) from None
+            raise Refused(exc.sqlstate, f"cannot encrypt a value for {col.table}.{col.column}: {exc}",
+                          "encryption") from None
         self._count("encrypt", True)
         return ciphertext
 
@@ -189,7 +189,7 @@ class SessionCrypto:
         try:
             canonical = col.type.from_text(text.encode(), timezone=self.timezone())
         except CodecError as exc:
-            raise Refused("encryption", f"{col.table}.{col.column}: {exc}", exc.sqlstate) from None
+            raise Refused(exc.sqlstate, f"{col.table}.{col.column}: {exc}", "encryption") from None
         return self._seal(col, canonical)
 
     def _canonical(self, col: EncryptedColumn, declared: int, value: bytes, fmt: int) -> bytes:
@@ -242,8 +242,8 @@ class SessionCrypto:
             try:
                 canonical = self._canonical(col, declared, value, fmt)
             except CodecError as exc:
-                raise Refused("encryption", f"parameter ${index + 1} for {col.table}.{col.column}: {exc}",
-                              exc.sqlstate) from None
+                raise Refused(exc.sqlstate, f"parameter ${index + 1} for {col.table}.{col.column}: {exc}",
+                              "encryption") from None
             ciphertext = self._seal(col, canonical)
             values[index] = ciphertext if fmt == 1 else b"\\x" + ciphertext.hex().encode()
         return Bind(bind.portal, bind.statement, bind.param_formats, tuple(values), bind.result_formats).encode()

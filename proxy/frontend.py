@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from tenantgate.keyring.errors import SqlStateError
+
 from . import codec
 from .auth import AuthFailed, ClientAuth
 from .backend import BackendError
@@ -26,11 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("tenantgate.frontend")
 
 
-class Fatal(Exception):
+class Fatal(SqlStateError):
     """End the connection with this error."""
 
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, sqlstate: str, message: str, reason: str = "") -> None:
+        super().__init__(sqlstate, message, reason)
         self.error = codec.error(sqlstate, message, severity="FATAL")
 
 

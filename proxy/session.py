@@ -33,6 +33,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from tenantgate.keyring.errors import SqlStateError
 from tenantgate.rewriter import Plan, Refused, strip_channel
 from tenantgate.rewriter.roles import read_only_violation
 
@@ -78,14 +79,8 @@ _BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
 _CRYPTO_BACKEND = frozenset(b"TtDCEZnsI")  # what field encryption looks at on the way back
 
 
-class Refusal(Exception):
-    """A statement the proxy will not run: SQLSTATE, message and a short reason code."""
-
-    def __init__(self, sqlstate: str, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-        self.reason = reason
+class Refusal(SqlStateError):
+    """A statement the proxy (not the rewriter) will not run: SQLSTATE, message and a reason code."""
 
 
 class Session:

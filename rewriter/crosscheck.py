@@ -75,9 +75,9 @@ def crosscheck(sql: str, policy: Policy) -> None:
     except Refused:
         raise
     except parser.ParseError as exc:
-        raise Refused("unparseable", str(exc), "42601") from None
+        raise Refused("42601", str(exc), "unparseable") from None
     except Exception:  # fail closed: what could not be cross-checked does not run
-        raise Refused("internal", "the statement could not be cross-checked by tenantgate") from None
+        raise Refused("42501", "the statement could not be cross-checked by tenantgate", "internal") from None
 
 
 def relations(sql: str, policy: Policy) -> frozenset[str]:
@@ -104,12 +104,12 @@ def _statement(text: str, stmt: AstNode, policy: Policy) -> None:
         retry = normalised(text)
         theirs = None if retry is None else _sqlglot_relations(retry, policy)
         if theirs is None:
-            raise Refused("unparseable_secondary", "the statement cannot be read by tenantgate's second SQL "
-                          "parser (sqlglot), so its table references cannot be confirmed")
+            raise Refused("42501", "the statement cannot be read by tenantgate's second SQL "
+                          "parser (sqlglot), so its table references cannot be confirmed", "unparseable_secondary")
     # sqlglot misreads some drivers' catalog queries: tolerated where neither side names a user table
     if theirs != ours and not (_catalog_only(ours) and _catalog_only(theirs) and _functions_allowed(stmt)):
-        raise Refused("parser_disagreement", "two SQL parsers read the statement differently: PostgreSQL's "
-                      f"parser found tables {_names(ours)}, sqlglot found {_names(theirs)}")
+        raise Refused("42501", "two SQL parsers read the statement differently: PostgreSQL's "
+                      f"parser found tables {_names(ours)}, sqlglot found {_names(theirs)}", "parser_disagreement")
 
 
 def _names(found: Iterable[str]) -> str:

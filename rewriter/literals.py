@@ -172,7 +172,7 @@ def string_value(token: str) -> str:
     except (parser.ParseError, AttributeError, IndexError, TypeError):
         const = None
     if not isinstance(const, ast.A_Const) or not isinstance(const.val, ast.String):
-        raise Refused("literal_form", "a string literal could not be read back", "0A000")
+        raise Refused("0A000", "a string literal could not be read back", "literal_form")
     return str(const.val.sval)
 
 
@@ -200,10 +200,10 @@ def canonical_literal(kind: str, token: str, before: str = "", after: str = "") 
     if _CANONICAL[kind].fullmatch(token) and not glued:
         return token
     raise Refused(
-        "literal_form",
+        "0A000",
         f"the numeric literal {token} cannot be re-inserted as written; write it with digits after the point"
         if token.endswith(".") else f"the numeric literal {token} is not in a form tenantgate re-inserts",
-        "0A000",
+        "literal_form",
     )
 
 

@@ -80,9 +80,9 @@ def verify(sql: str, policy: Policy, tenant: str, tenant_params: frozenset[int])
             _Checker(policy, tenant, tenant_params).statement(raw.stmt)
         return len(stmts)
     except VerificationError as exc:
-        raise Refused("verification_failed", f"rewritten SQL failed verification: {exc}") from None
+        raise Refused("42501", f"rewritten SQL failed verification: {exc}", "verification_failed") from None
     except pglast.parser.ParseError as exc:
-        raise Refused("verification_failed", f"rewritten SQL does not parse: {exc}") from None
+        raise Refused("42501", f"rewritten SQL does not parse: {exc}", "verification_failed") from None
 
 
 class _Checker:
