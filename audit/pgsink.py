@@ -12,13 +12,15 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from tenantgate.keyring.quoting import quote_qualified
+
 from .errors import AuditUnavailable
 from .record import SealedRecord
 from .sink import Head, OpenResult
 
 
 def quote_table(table: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in table.split("."))
+    return quote_qualified(*table.split("."))
 
 
 def create_table_sql(table: str) -> str:

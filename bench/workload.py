@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tenantgate.keyring.quoting import quote_literal
+
 WORKLOADS = ("select-only", "tpcb-like")
 # Statements per transaction (BEGIN and END count: the proxy handles each one).
 STATEMENTS = {"select-only": 1, "tpcb-like": 7}
@@ -85,12 +87,12 @@ def script(workload: str, scale: Scale, tenant: str, *, predicate: bool, table: 
     PgBouncer, the unscoped relay); without it tenantgate adds the predicate itself and
     forces the tenant into the INSERT.
     """
-    where = f"tenant_id = '{tenant}' AND " if predicate else ""
+    where = f"tenant_id = {quote_literal(tenant)} AND " if predicate else ""
     if workload == "select-only":
         return f"\\set aid random(1, {scale.accounts})\nSELECT abalance FROM {table} WHERE {where}aid = :aid;\n"
     if workload != "tpcb-like":
         raise ValueError(f"unknown workload {workload!r}; one of {', '.join(WORKLOADS)}")
-    columns, values = ("tenant_id, ", f"'{tenant}', ") if predicate else ("", "")
+    columns, values = ("tenant_id, ", f"{quote_literal(tenant)}, ") if predicate else ("", "")
     return "\n".join([
         f"\\set aid random(1, {scale.accounts})",
         f"\\set bid random(1, {scale.branches})",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from tenantgate.keyring.quoting import render_identifier
+
 __all__ = ["parse_address", "parse_host", "parse_identifier", "parse_qualified_name", "render_identifier"]
 
 NAMEDATALEN = 64  # PostgreSQL truncates identifiers beyond NAMEDATALEN - 1 bytes
@@ -16,7 +18,6 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\.?")
 _DOTTED_DIGITS_RE = re.compile(r"[0-9.]+")
 _UNQUOTED_RE = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
-_PLAIN_RE = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 def parse_host(text: str) -> str:
@@ -88,15 +89,6 @@ def parse_qualified_name(text: str) -> tuple[str | None, str]:
     if len(names) > 2:
         raise ValueError(f"{text!r} has more than one schema prefix")
     return (None, names[0]) if len(names) == 1 else (names[0], names[1])
-
-
-def render_identifier(name: str) -> str:
-    """The identifier as it would be written in SQL (quoted only when it must be).
-
-    >>> render_identifier("orders"), render_identifier("MixedCase"), render_identifier('a"b')
-    ('orders', '"MixedCase"', '"a""b"')
-    """
-    return name if _PLAIN_RE.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
 def _split_names(text: str) -> list[str]:

@@ -36,6 +36,7 @@ import asyncpg
 from .errors import KeyringError
 from .format import make_header
 from .keyring import Keyring
+from .quoting import quote_ident, quote_literal, quote_qualified
 from .settings import EncryptedColumn
 
 Progress = Callable[[str], None]
@@ -43,14 +44,10 @@ ENCRYPTED_COMMENT = "tenantgate:encrypted"
 SHADOW_SUFFIX = "__tg_enc"
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def quote_table(table: str) -> str:
     """``schema.table`` (already folded) quoted part by part."""
     schema, _, name = table.rpartition(".")
-    return (quote_ident(schema) + "." if schema else "") + quote_ident(name)
+    return quote_qualified(schema or None, name)
 
 
 async def _table_oid(conn: asyncpg.Connection, table: str) -> int:
@@ -190,7 +187,7 @@ async def encrypt_column(
         await conn.execute(
             f"CREATE OR REPLACE TRIGGER {quote_ident(trigger)} BEFORE UPDATE OF {value} ON {target} FOR EACH ROW "
             f"WHEN (OLD.{value} IS DISTINCT FROM NEW.{value}) "
-            f"EXECUTE FUNCTION tenantgate.encmig_reset({_sql_literal(shadow)})"
+            f"EXECUTE FUNCTION tenantgate.encmig_reset({quote_literal(shadow)})"
         )
     keys = await _key_columns(conn, oid)
     n = len(keys)
@@ -242,12 +239,8 @@ async def encrypt_column(
         if info["attnotnull"]:
             await conn.execute(f"ALTER TABLE {target} ALTER COLUMN {value} SET NOT NULL")
         comment = f"{ENCRYPTED_COMMENT} mode={col.mode.value} type={col.type.name}"
-        await conn.execute(f"COMMENT ON COLUMN {target}.{value} IS {_sql_literal(comment)}")
+        await conn.execute(f"COMMENT ON COLUMN {target}.{value} IS {quote_literal(comment)}")
     if progress:
         progress(f"{name}: done, {total} rows encrypted; column is now bytea ciphertext")
     return total
-
-
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 

@@ -27,13 +27,10 @@ from typing import Any
 import asyncpg
 
 from .errors import KeyStoreError
+from .quoting import quote_ident
 from .store import KeyRecord
 
 _COLUMNS = "tenant, version, wrapped, kek_id, created_at, destroyed_at"
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class DatabaseKeyStore:
@@ -43,7 +40,7 @@ class DatabaseKeyStore:
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
         self.schema = schema
-        self._table = f"{_quote_ident(schema)}.keys"
+        self._table = f"{quote_ident(schema)}.keys"
 
     def __repr__(self) -> str:
         return f"DatabaseKeyStore(table={self.schema}.keys)"
@@ -68,7 +65,7 @@ class DatabaseKeyStore:
         async with self._conn() as conn, conn.transaction():
             # Serialise concurrent inits: IF NOT EXISTS alone races on the catalogs.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tenantgate.keys'))")
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(self.schema)}")
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
             await conn.execute(
                 f"""CREATE TABLE IF NOT EXISTS {self._table} (
                     tenant text NOT NULL,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from tenantgate.keyring.errors import SqlStateError
+
 from . import codec
 from .backend import Backend, BackendError, BackendTarget, connect
 from .codec import DataRow, ErrorResponse, ReadyForQuery, RowDescription
@@ -17,12 +19,11 @@ from .conn import ConnectionLost
 __all__ = ["AdminClient", "AdminCommandError"]
 
 
-class AdminCommandError(Exception):
+class AdminCommandError(SqlStateError):
     """The admin console refused a command (its SQLSTATE and message) or could not be reached."""
 
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(f"{message} (SQLSTATE {sqlstate})")
-        self.sqlstate = sqlstate
+    def __str__(self) -> str:
+        return f"{self.message} (SQLSTATE {self.sqlstate})"
 
 
 class AdminClient:

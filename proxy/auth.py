@@ -18,6 +18,8 @@ import secrets
 from collections.abc import Callable
 from typing import Protocol
 
+from tenantgate.keyring.errors import SqlStateError
+
 from . import codec
 from .codec import (
     AUTH_CLEARTEXT,
@@ -44,13 +46,14 @@ class Credentials(Protocol):
     md5: str | None
 
 
-class AuthFailed(Exception):
-    """Authentication failed; ``error`` is the ErrorResponse to send before closing."""
+class AuthFailed(SqlStateError):
+    """Authentication failed; ``error`` is the ErrorResponse to send before closing; ``reason``
+    is for the log and audit, never for the client."""
 
     def __init__(self, user: str, sqlstate: str = "28P01", message: str | None = None, reason: str = "") -> None:
-        self.error = codec.error(sqlstate, message or f'password authentication failed for user "{user}"')
-        super().__init__(self.error.message)
-        self.reason = reason or self.error.message  # for the log and audit, never for the client
+        message = message or f'password authentication failed for user "{user}"'
+        super().__init__(sqlstate, message, reason or message)
+        self.error = codec.error(sqlstate, message)
 
 
 class ClientAuth:

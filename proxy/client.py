@@ -18,6 +18,7 @@ from tenantgate.audit.writer import AuditLog
 from tenantgate.keyring import Keyring, KeyringError
 from tenantgate.keyring.settings import EncryptedColumn
 from tenantgate.rewriter import Rewriter
+from tenantgate.rewriter.roles import read_only_settings
 
 from . import codec
 from .auditing import SessionAudit
@@ -39,7 +40,6 @@ from .limits import LimitExceeded, TenantLimiter
 from .oidc import jwt_verifier
 from .placement import Placement
 from .pool import BackendPool
-from .roles import read_only_settings
 from .session import Session
 from .startup import filter_params
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar
 
+from tenantgate.keyring.errors import SqlStateError
+
 from .encoding import UTF8, ClientEncoding, EncodingError
 
 PROTOCOL_V3 = 196608  # 3.0
@@ -97,14 +99,14 @@ class MsgType(IntEnum):
         return bytes((self,))
 
 
-class ProtocolError(Exception):
-    """A malformed or oversized message; ``side`` is who sent it ("client" or "server")."""
+class ProtocolError(SqlStateError):
+    """A malformed or oversized message; ``side`` is who sent it ("client" or "server"),
+    ``detail`` what was wrong with it."""
 
     def __init__(self, side: str, message: str, sqlstate: str = "08P01") -> None:
-        super().__init__(f"protocol violation by {side}: {message}")
+        super().__init__(sqlstate, f"protocol violation by {side}: {message}", "protocol")
         self.side = side
         self.detail = message
-        self.sqlstate = sqlstate
 
 
 # --------------------------------------------------------------------------- reading

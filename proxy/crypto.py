@@ -54,6 +54,7 @@ from tenantgate.keyring import (
     provider_from_uri,
 )
 from tenantgate.keyring.pgtypes import BYTEA, IntType
+from tenantgate.keyring.quoting import quote_literal, quote_qualified
 from tenantgate.rewriter import Refused
 
 from . import codec
@@ -166,7 +167,7 @@ class SessionCrypto:
     def _column(self, table: str, column: str) -> EncryptedColumn:
         col = self._by_name.get((table, column))
         if col is None:  # the rewriter's policy and this map come from one config: a mismatch is a bug
-            raise Refused("encryption_unavailable", f"encrypted column {table}.{column} is not served", "55000")
+            raise Refused("55000", f"encrypted column {table}.{column} is not served", "encryption_unavailable")
         return col
 
     def _seal(self, col: EncryptedColumn, plaintext: bytes) -> bytes:
@@ -174,8 +175,8 @@ class SessionCrypto:
             ciphertext = self.keyring.encrypt(self.tenant, col.table, col.column, col.mode, plaintext)
         except KeyringError as exc:
             self._count("encrypt", False)
-            raise Refused("encryption", f"cannot encrypt a value for {col.table}.{col.column}: {exc}",
-                          exc.sqlstate) from None
+            raise Refused(exc.sqlstate, f"cannot encrypt a value for {col.table}.{col.column}: {exc}",
+                          "encryption") from None
         self._count("encrypt", True)
         return ciphertext
 
@@ -185,7 +186,7 @@ class SessionCrypto:
         try:
             canonical = col.type.from_text(text.encode(), timezone=self.timezone())
         except CodecError as exc:
-            raise Refused("encryption", f"{col.table}.{col.column}: {exc}", exc.sqlstate) from None
+            raise Refused(exc.sqlstate, f"{col.table}.{col.column}: {exc}", "encryption") from None
         return self._seal(col, canonical)
 
     def _canonical(self, col: EncryptedColumn, declared: int, value: bytes, fmt: int) -> bytes:
@@ -238,8 +239,8 @@ class SessionCrypto:
             try:
                 canonical = self._canonical(col, declared, value, fmt)
             except CodecError as exc:
-                raise Refused("encryption", f"parameter ${index + 1} for {col.table}.{col.column}: {exc}",
-                              exc.sqlstate) from None
+                raise Refused(exc.sqlstate, f"parameter ${index + 1} for {col.table}.{col.column}: {exc}",
+                              "encryption") from None
             ciphertext = self._seal(col, canonical)
             values[index] = ciphertext if fmt == 1 else b"\\x" + ciphertext.hex().encode()
         return Bind(bind.portal, bind.statement, bind.param_formats, tuple(values), bind.result_formats).encode()
@@ -483,14 +484,10 @@ class SessionCrypto:
 # ----------------------------------------------------------------------------- startup
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _quote_table(table: str, home: str | None = None) -> str:
     """The table as a quoted name; ``home``: a schema-tier tenant's copy of it, in its own schema."""
     schema, _, name = qualified(table).partition(".")
-    return ".".join('"' + part.replace('"', '""') + '"' for part in (home or schema, name))
+    return quote_qualified(home or schema, name)
 
 
 async def resolve_columns(
@@ -502,7 +499,8 @@ async def resolve_columns(
     if not settings.columns:
         return {}
     rows_sql = ", ".join(
-        f"({i}, {_literal(_quote_table(c.table, home))}, {_literal(c.column)})" for i, c in enumerate(settings.columns)
+        f"({i}, {quote_literal(_quote_table(c.table, home))}, {quote_literal(c.column)})"
+        for i, c in enumerate(settings.columns)
     )
     rows = await simple_query(
         backend,

@@ -32,6 +32,8 @@ import codecs
 import re
 from collections.abc import Callable
 
+from tenantgate.keyring.errors import SqlStateError
+
 # PostgreSQL's encoding name -> Python codec (None: no codec that splits and maps as PostgreSQL does).
 _CODECS: dict[str, str | None] = {
     "UTF8": "utf-8",
@@ -98,11 +100,12 @@ _MBLEN: dict[str, Callable[[int, int], int]] = {
 }
 
 
-class EncodingError(ValueError):
+class EncodingError(SqlStateError, ValueError):
     """Bytes that do not split into characters exactly as PostgreSQL would split them, or text
     the session's encoding cannot represent (SQLSTATE 22021)."""
 
-    sqlstate = "22021"
+    def __init__(self, message: str) -> None:
+        super().__init__("22021", message, "encoding")
 
 
 def _single_byte_faithful(codec: str) -> bool:

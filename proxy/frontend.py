@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
 from tenantgate.config import Config
+from tenantgate.keyring.errors import SqlStateError
 
 from . import codec
 from .auth import AuthFailed, ClientAuth
@@ -39,11 +40,11 @@ H = TypeVar("H", bound=Host)
 log = logging.getLogger("tenantgate.frontend")
 
 
-class Fatal(Exception):
+class Fatal(SqlStateError):
     """End the connection with this error."""
 
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, sqlstate: str, message: str, reason: str = "") -> None:
+        super().__init__(sqlstate, message, reason)
         self.error = codec.error(sqlstate, message, severity="FATAL")
 
 

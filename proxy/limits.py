@@ -25,16 +25,16 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from tenantgate.config.schema import Limits
+from tenantgate.keyring.errors import SqlStateError
 
 
-class LimitExceeded(Exception):
-    """A limit refused a connection or statement: SQLSTATE and a message for the client."""
+class LimitExceeded(SqlStateError):
+    """A limit refused a connection or statement: SQLSTATE, a message for the client, and the
+    limit's name as the reason."""
 
-    def __init__(self, sqlstate: str, message: str, limit: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-        self.limit = limit
+    @property
+    def limit(self) -> str:
+        return self.reason
 
 
 class TenantLimiter:

@@ -43,6 +43,7 @@ import asyncpg
 
 from tenantgate.config import Config, ConfigError, Tenant, load_config
 from tenantgate.config.values import parse_host, parse_identifier
+from tenantgate.keyring.quoting import quote_ident, quote_literal
 
 from .admin_client import AdminClient, AdminCommandError
 from .placement_config import PlacementSpec, backup_path, replace_config, validate_text, with_placement
@@ -60,7 +61,6 @@ from .placement_copy import (
     dump_ddl,
     fk_order,
     qualified,
-    quote_ident,
     sync_sequences,
 )
 
@@ -419,7 +419,7 @@ class Mover:
             schema = self.placement.schema
             assert schema is not None
             await self._claim(dst, [schema])
-            literal = "'" + self.tenant.replace("'", "''") + "'"
+            literal = quote_literal(self.tenant)
             async with dst.transaction():
                 await dst.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
                 for t in self.tables:

@@ -41,6 +41,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import asyncpg
 
+from tenantgate.keyring.quoting import quote_literal
+
 __all__ = [
     "AuthMethod",
     "ExternalServer",
@@ -107,13 +109,6 @@ def _run_async(make: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, main()).result()
-
-
-def _sql_literal(value: str) -> str:
-    """A standard-conforming string literal (the server default: backslashes are literal)."""
-    if "\x00" in value:
-        raise ValueError("SQL literal must not contain NUL characters")
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _check_role_name(name: str) -> None:
@@ -231,7 +226,7 @@ class PgServer:
         if bypassrls:
             options.append("BYPASSRLS")
         if password is not None:
-            options.append("PASSWORD " + _sql_literal(password))
+            options.append("PASSWORD " + quote_literal(password))
         encryption = "md5" if method == "md5" else "scram-sha-256"
         # One session: password_encryption must be in effect when CREATE ROLE hashes the password.
         self.execute(f"SET password_encryption = '{encryption}'; CREATE ROLE \"{name}\" " + " ".join(options))
@@ -364,7 +359,7 @@ def _render_setting(value: object) -> str:
         return "on" if value else "off"
     if isinstance(value, int | float):
         return str(value)
-    return _sql_literal(str(value))
+    return quote_literal(str(value))
 
 
 class ThrowawayCluster(PgServer):
@@ -537,7 +532,7 @@ class ThrowawayCluster(PgServer):
             "",
             "# tenantgate throwaway cluster: durability is off on purpose, the data dies at stop().",
             "listen_addresses = '127.0.0.1'",
-            f"unix_socket_directories = {_sql_literal(str(tmp))}",
+            f"unix_socket_directories = {quote_literal(str(tmp))}",
             "fsync = off",
             "synchronous_commit = off",
             "full_page_writes = off",

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from tenantgate.keyring.quoting import quote_ident, quote_qualified
+
 from .pgcluster import find_pg_bin
 
 __all__ = [
@@ -37,7 +39,6 @@ __all__ = [
     "dump_ddl",
     "fk_order",
     "qualified",
-    "quote_ident",
     "sync_sequences",
 ]
 
@@ -61,12 +62,8 @@ class CopyError(Exception):
     """A copy step that failed; the message names the table and what went wrong."""
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def qualified(name: Name) -> str:
-    return f"{quote_ident(name[0])}.{quote_ident(name[1])}"
+    return quote_qualified(*name)
 
 
 @dataclass(frozen=True)

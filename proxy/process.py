@@ -18,6 +18,7 @@ from tenantgate.audit.remote import RemoteAuditLog
 from tenantgate.audit.writer import AuditLog
 from tenantgate.config import Config, ConfigError, load_config
 from tenantgate.keyring import Keyring
+from tenantgate.keyring.quoting import quote_literal
 from tenantgate.keyring.settings import EncryptedColumn
 from tenantgate.rewriter import Policy, Rewriter
 
@@ -46,7 +47,7 @@ async def scoped_columns(backend: Backend, tables: list[tuple[str, str]]) -> dic
     """(schema, table) -> its live column names in order, for the scoped tables that exist."""
     if not tables:
         return {}
-    values = ", ".join(f"({_literal(schema)}, {_literal(name)})" for schema, name in tables)
+    values = ", ".join(f"({quote_literal(schema)}, {quote_literal(name)})" for schema, name in tables)
     rows = await simple_query(
         backend,
         "SELECT n.nspname, c.relname, a.attname FROM (VALUES " + values + ") AS v(s, t) "
@@ -59,10 +60,6 @@ async def scoped_columns(backend: Backend, tables: list[tuple[str, str]]) -> dic
         key = (str(schema), str(table))
         found[key] = (*found.get(key, ()), str(column))
     return found
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class BackendRoleRefused(Exception):

@@ -24,12 +24,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from tenantgate.config import Config, ConfigError, load_config
+from tenantgate.keyring.quoting import quote_ident, quote_qualified
 
 POLICY = "tenantgate_tenant"
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def policy_expression(column: str) -> str:
@@ -65,7 +62,7 @@ class TableState:
 
 def scoped_tables(config: Config) -> list[tuple[str, str]]:
     """(qualified, quoted table name, tenant column) of every scoped table."""
-    return [(f"{quote_ident(t.schema or 'public')}.{quote_ident(t.name)}", t.column) for t in config.scoping.tables]
+    return [(quote_qualified(t.schema or "public", t.name), t.column) for t in config.scoping.tables]
 
 
 async def table_state(conn: asyncpg.Connection, table: str) -> TableState:

@@ -33,7 +33,9 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from tenantgate.keyring.errors import SqlStateError
 from tenantgate.rewriter import Plan, Refused, strip_channel
+from tenantgate.rewriter.roles import read_only_violation
 
 from . import codec
 from .auditing import SessionAudit, first_word
@@ -42,7 +44,6 @@ from .codec import Bind, ErrorResponse, MsgType, Parse, Query
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .limits import LimitExceeded, TenantLimiter
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
-from .roles import read_only_violation
 from .tracked import RESET_ALL, Change, TrackedSettings
 
 if TYPE_CHECKING:
@@ -81,14 +82,8 @@ _CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
 )
 
 
-class Refusal(Exception):
-    """A statement the proxy will not run: SQLSTATE, message and a short reason code."""
-
-    def __init__(self, sqlstate: str, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-        self.reason = reason
+class Refusal(SqlStateError):
+    """A statement the proxy (not the rewriter) will not run: SQLSTATE, message and a reason code."""
 
 
 class Session:

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import shlex
 
+from tenantgate.keyring.errors import SqlStateError
+
 # Session settings a tenant may choose; compared case-insensitively like PostgreSQL does.
 ALLOWED_SETTINGS = frozenset(
     s.lower()
@@ -73,11 +75,11 @@ ALLOWED_SETTINGS = frozenset(
 _ROUTING = {"user", "database"}
 
 
-class StartupRefused(Exception):
-    def __init__(self, message: str, sqlstate: str) -> None:
-        super().__init__(f"{message} ({sqlstate})")
-        self.message = message
-        self.sqlstate = sqlstate
+class StartupRefused(SqlStateError):
+    """A startup packet refused before any backend is involved."""
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.sqlstate})"
 
 
 def _parse_options(options: str) -> list[tuple[str, str]]:
@@ -85,7 +87,7 @@ def _parse_options(options: str) -> list[tuple[str, str]]:
     try:
         words = shlex.split(options.replace("\\ ", "\x00"), posix=True)
     except ValueError:
-        raise StartupRefused("invalid command-line options in startup packet", "08P01") from None
+        raise StartupRefused("08P01", "invalid command-line options in startup packet") from None
     words = [w.replace("\x00", " ") for w in words]
     out: list[tuple[str, str]] = []
     i = 0
@@ -98,10 +100,10 @@ def _parse_options(options: str) -> list[tuple[str, str]]:
             setting = w[2:]
             i += 1
         else:
-            raise StartupRefused(f"invalid command-line option {w!r} in startup packet", "08P01")
+            raise StartupRefused("08P01", f"invalid command-line option {w!r} in startup packet")
         name, sep, value = setting.partition("=")
         if not sep:
-            raise StartupRefused(f"option {name!r} requires a value", "08P01")
+            raise StartupRefused("08P01", f"option {name!r} requires a value")
         out.append((name.replace("-", "_"), value))
     return out
 
@@ -120,17 +122,17 @@ def filter_params(params: dict[str, str]) -> tuple[dict[str, str], list[str]]:
             pairs.extend(_parse_options(value))
         elif key == "replication":
             if value.lower() not in ("false", "off", "no", "0"):
-                raise StartupRefused("replication connections are not allowed through tenantgate", "42501")
+                raise StartupRefused("42501", "replication connections are not allowed through tenantgate")
         else:
             pairs.append((key, value))
     seen: dict[str, str] = {}
     for name, value in pairs:
         key = name.lower()
         if key not in ALLOWED_SETTINGS:
-            raise StartupRefused(f'setting "{name}" may not be set by a client', "42501")
+            raise StartupRefused("42501", f'setting "{name}" may not be set by a client')
         if key in seen and settings[seen[key]] != value:
             # which one the backend applies depends on its processing order: never guess (client_encoding!)
-            raise StartupRefused(f'setting "{name}" is given more than once with different values', "08P01")
+            raise StartupRefused("08P01", f'setting "{name}" is given more than once with different values')
         seen.setdefault(key, name)
         settings[seen[key]] = value
     return settings, extensions

@@ -31,26 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tenantgate.keyring.quoting import quote_literal_ascii
+
 from .backend import Backend
 
 Change = tuple[str, str | None]  # (lower-case name, SQL text after "SET name TO", or None: RESET)
 RESET_ALL: Change = ("", None)  # RESET ALL / DISCARD ALL: every client change is gone
 DIRTY = "\x00dirty"  # a Backend.applied value no setting has: set or reset on the next hand-over
-
-
-def quote_literal(value: str) -> str:
-    r"""A standard-conforming SQL string literal (the proxy requires standard_conforming_strings),
-    pure ASCII (U&'' escapes) so it reads the same in every client encoding a backend may be in.
-
-    >>> quote_literal("it's"), quote_literal("café\\")
-    ("'it''s'", "U&'caf\\+0000e9\\\\'")
-    """
-    if value.isascii():
-        return "'" + value.replace("'", "''") + "'"
-    escaped = "".join(
-        "''" if c == "'" else "\\\\" if c == "\\" else c if c.isascii() else f"\\+{ord(c):06x}" for c in value
-    )
-    return "U&'" + escaped + "'"
 
 
 def _apply(state: dict[str, str], changes: Iterable[Change]) -> None:
@@ -80,7 +67,7 @@ class TrackedSettings:
         _apply(state, self._transaction)
         for changes in self._pending.values():
             _apply(state, changes)
-        return {k.lower(): quote_literal(v) for k, v in self.base.items()} | state
+        return {k.lower(): quote_literal_ascii(v) for k, v in self.base.items()} | state
 
     def resets_base(self, changes: Iterable[Change]) -> bool:
         """True when the changes put a setting the proxy applied back to the backend's default."""

@@ -26,7 +26,7 @@ def channel_prefix(tenant: str) -> str:
     0A000 LISTEN/NOTIFY is not available to tenant ids containing ':'
     """
     if ":" in tenant:
-        raise Refused("channel", "LISTEN/NOTIFY is not available to tenant ids containing ':'", "0A000")
+        raise Refused("0A000", "LISTEN/NOTIFY is not available to tenant ids containing ':'", "channel")
     return f"{tenant}:"
 
 
@@ -34,8 +34,8 @@ def namespaced(tenant: str, channel: str) -> str:
     """The backend channel for a tenant's channel name (refused when it would be truncated)."""
     name = channel_prefix(tenant) + channel
     if len(name.encode()) >= NAMEDATALEN:
-        raise Refused("channel", f"channel name is too long: at most {NAMEDATALEN - 1} bytes "
-                      "including the tenant prefix", "42622")
+        raise Refused("42622", f"channel name is too long: at most {NAMEDATALEN - 1} bytes "
+                      "including the tenant prefix", "channel")
     return name
 
 

@@ -55,7 +55,7 @@ def refusal(stmt: AstNode) -> Refused:
     """The refusal for a statement type no handler accepts (DDL unless known otherwise)."""
     name = type(stmt).__name__
     reason, label = _REFUSED.get(name, ("ddl", _label(name)))
-    return Refused(reason, f"{label} is not allowed for tenants")
+    return Refused("42501", f"{label} is not allowed for tenants", reason)
 
 
 def transaction_kind(stmt: AstNode) -> str:
@@ -68,7 +68,7 @@ def transaction_kind(stmt: AstNode) -> str:
     }
     kind = kinds.get(stmt.kind)
     if kind is None:  # PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED act on shared state
-        raise Refused("two_phase", "two-phase commit statements are not allowed for tenants")
+        raise Refused("42501", "two-phase commit statements are not allowed for tenants", "two_phase")
     return kind
 
 

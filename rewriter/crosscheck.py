@@ -42,6 +42,7 @@ from sqlglot import exp
 from .catalog import CATALOG_SCHEMAS, function_denial
 from .errors import Refused
 from .policy import Policy
+from .scope import CteScope
 from .transforms import deparse, node_fields
 
 # sqlglot logs the text of statements it falls back on; statements may carry tenants' values.
@@ -74,9 +75,9 @@ def crosscheck(sql: str, policy: Policy) -> None:
     except Refused:
         raise
     except parser.ParseError as exc:
-        raise Refused("unparseable", str(exc), "42601") from None
+        raise Refused("42601", str(exc), "unparseable") from None
     except Exception:  # fail closed: what could not be cross-checked does not run
-        raise Refused("internal", "the statement could not be cross-checked by tenantgate") from None
+        raise Refused("42501", "the statement could not be cross-checked by tenantgate", "internal") from None
 
 
 def relations(sql: str, policy: Policy) -> frozenset[str]:
@@ -103,12 +104,12 @@ def _statement(text: str, stmt: AstNode, policy: Policy) -> None:
         retry = normalised(text)
         theirs = None if retry is None else _sqlglot_relations(retry, policy)
         if theirs is None:
-            raise Refused("unparseable_secondary", "the statement cannot be read by tenantgate's second SQL "
-                          "parser (sqlglot), so its table references cannot be confirmed")
+            raise Refused("42501", "the statement cannot be read by tenantgate's second SQL "
+                          "parser (sqlglot), so its table references cannot be confirmed", "unparseable_secondary")
     # sqlglot misreads some drivers' catalog queries: tolerated where neither side names a user table
     if theirs != ours and not (_catalog_only(ours) and _catalog_only(theirs) and _functions_allowed(stmt)):
-        raise Refused("parser_disagreement", "two SQL parsers read the statement differently: PostgreSQL's "
-                      f"parser found tables {_names(ours)}, sqlglot found {_names(theirs)}")
+        raise Refused("42501", "two SQL parsers read the statement differently: PostgreSQL's "
+                      f"parser found tables {_names(ours)}, sqlglot found {_names(theirs)}", "parser_disagreement")
 
 
 def _names(found: Iterable[str]) -> str:
@@ -140,7 +141,7 @@ class _PgRelations:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.found: set[str] = set()
-        self.ctes: list[frozenset[str]] = []
+        self.ctes = CteScope()
 
     def walk(self, node: object) -> None:
         if isinstance(node, tuple | list):
@@ -153,33 +154,20 @@ class _PgRelations:
             self.add(node, cte_visible=True)
             return
         if isinstance(node, (ast.SelectStmt, *_WRITES)):
-            depth = self.with_clause(node.withClause)
+            depth = self.ctes.enter_pg(node.withClause, lambda cte: self.walk(cte.ctequery))
             target = getattr(node, "relation", None)
             if target is not None:  # a write target is never a CTE
                 self.add(target, cte_visible=False)
             for field in node_fields(node):
                 if field not in ("withClause", "relation"):
                     self.walk(getattr(node, field))
-            del self.ctes[depth:]
+            self.ctes.leave(depth)
             return
         for field in node_fields(node):
             self.walk(getattr(node, field))
 
-    def with_clause(self, clause: AstNode) -> int:
-        depth = len(self.ctes)
-        if clause is None:
-            return depth
-        if clause.recursive:
-            self.ctes.append(frozenset(cte.ctename for cte in clause.ctes))
-        for cte in clause.ctes:
-            self.walk(cte.ctequery)
-            if not clause.recursive:
-                self.ctes.append(frozenset({cte.ctename}))
-        return depth
-
     def add(self, rv: AstNode, *, cte_visible: bool) -> None:
-        if cte_visible and rv.schemaname is None and rv.catalogname is None and any(
-                rv.relname in names for names in self.ctes):
+        if cte_visible and self.ctes.is_cte_ref(rv):
             return
         self.found.add(_key(self.policy, rv.catalogname, rv.schemaname, rv.relname))
 
@@ -332,7 +320,7 @@ class _SqlglotRelations:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.found: set[str] = set()
-        self.ctes: list[frozenset[str]] = []
+        self.ctes = CteScope()
 
     def walk(self, node: exp.Expr) -> None:
         if isinstance(node, exp.Lock):
@@ -352,21 +340,13 @@ class _SqlglotRelations:
             for child in value if isinstance(value, list) else [value]:
                 if isinstance(child, exp.Expr) and child is not target:
                     self.walk(child)
-        del self.ctes[depth:]
+        self.ctes.leave(depth)
 
     def with_clause(self, clause: exp.Expr | None) -> int:
-        depth = len(self.ctes)
         if clause is None:
-            return depth
-        ctes = list(clause.expressions)
-        names = [_ident(cte.args["alias"].this) for cte in ctes]
-        if clause.args.get("recursive"):
-            self.ctes.append(frozenset(n for n in names if n))
-        for cte, name in zip(ctes, names, strict=True):
-            self.walk(cte.this)
-            if not clause.args.get("recursive") and name:
-                self.ctes.append(frozenset({name}))
-        return depth
+            return self.ctes.depth
+        ctes = [(_ident(cte.args["alias"].this), cte.this) for cte in clause.expressions]
+        return self.ctes.enter(ctes, recursive=bool(clause.args.get("recursive")), walk=self.walk)
 
     def table(self, node: exp.Table, *, cte_visible: bool) -> None:
         for key, value in node.args.items():
@@ -383,7 +363,7 @@ class _SqlglotRelations:
         assert name is not None
         if not node.this.quoted and schema is None and catalog is None and name in _VALUE_FUNCTIONS:
             return  # a reserved word PostgreSQL reads as a function (FROM t, localtime)
-        if cte_visible and schema is None and catalog is None and any(name in s for s in self.ctes):
+        if cte_visible and self.ctes.is_cte(name, schema=schema, catalog=catalog):
             return
         self.found.add(_key(self.policy, catalog, schema, name))
 

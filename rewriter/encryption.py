@@ -108,8 +108,8 @@ def seal_sql(sql: str, seals: tuple[Seal, ...], encrypt: Encrypt | None) -> str:
     if not seals:
         return sql
     if encrypt is None:
-        raise Refused("encryption_unavailable",
-                      f"a value for encrypted column {seals[0].ref} cannot be encrypted in this session", "55000")
+        raise Refused("55000", f"a value for encrypted column {seals[0].ref} cannot be encrypted in this session",
+                      "encryption_unavailable")
     for seal in seals:
         sql = sql.replace(seal.marker, bytea_literal(encrypt(seal.ref.table, seal.ref.column, seal.value)), 1)
     return sql
@@ -119,7 +119,7 @@ def fill_sealed(template: Template, literals: tuple[str, ...], sealed: Mapping[i
                 encrypt: Encrypt | None) -> str:
     """Template.fill, with the literals of ``sealed`` slots encrypted for their columns."""
     if encrypt is None:
-        raise Refused("encryption_unavailable", "encrypted values cannot be encrypted in this session", "55000")
+        raise Refused("55000", "encrypted values cannot be encrypted in this session", "encryption_unavailable")
     out = [template.parts[0]]
     for i, (slot, part) in enumerate(zip(template.slots, template.parts[1:], strict=True)):
         ref = sealed.get(slot)
@@ -148,7 +148,7 @@ def literal_value(token: str) -> str:
     select: AstNode = pglast.parse_sql("SELECT " + token)[0].stmt
     value = const_text(select.targetList[0].val)
     if value is None:
-        raise Refused("encrypted_column", "this kind of literal cannot be stored in an encrypted column", "0A000")
+        raise Refused("0A000", "this kind of literal cannot be stored in an encrypted column", "encrypted_column")
     return value
 
 
@@ -212,13 +212,13 @@ def _is_star(node: AstNode) -> bool:
 
 
 def refuse(ref: EncryptedRef, what: str) -> Refused:
-    return Refused("encrypted_column", f"encrypted column {ref} is not supported in {what}: encrypted columns "
+    return Refused("0A000", f"encrypted column {ref} is not supported in {what}: encrypted columns "
                    "allow plain selection, =, <>, IN with literals or parameters, IS [NOT] NULL and "
-                   "assignment of a literal, parameter or NULL", "0A000")
+                   "assignment of a literal, parameter or NULL", "encrypted_column")
 
 
 def _unsupported(message: str) -> Refused:
-    return Refused("encrypted_column", message, "0A000")
+    return Refused("0A000", message, "encrypted_column")
 
 
 @dataclass(slots=True)
@@ -295,7 +295,7 @@ class Analyzer:
             return self.delete(stmt, mode)
         if isinstance(stmt, ast.MergeStmt):
             return self.merge(stmt)
-        raise Refused("internal", f"{type(stmt).__name__} cannot be analysed for encrypted columns")
+        raise Refused("42501", f"{type(stmt).__name__} cannot be analysed for encrypted columns", "internal")
 
     @contextmanager
     def level(self, entries: list[_Entry]) -> Iterator[list[_Entry]]:
@@ -440,7 +440,8 @@ class Analyzer:
             self.expr(tuple(getattr(item, f) for f in node_fields(item) if f != "alias"), "a function in FROM")
             entries.append(_Entry(item.alias.aliasname if item.alias else None, {}))
         else:
-            raise Refused("internal", f"{type(item).__name__} in FROM cannot be analysed for encrypted columns")
+            raise Refused("42501", f"{type(item).__name__} in FROM cannot be analysed for encrypted columns",
+                          "internal")
 
     def range_var(self, rv: AstNode) -> _Entry:
         name = rv.alias.aliasname if rv.alias else rv.relname

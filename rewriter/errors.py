@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tenantgate.keyring.errors import SqlStateError
 
-class Refused(Exception):
+
+class Refused(SqlStateError):
     """A statement (or whole message) refused before anything reaches the backend.
 
     ``sqlstate`` is what the proxy puts in the ErrorResponse: 42501 for policy refusals, 42601
@@ -11,16 +13,7 @@ class Refused(Exception):
     ``reason`` is a short stable code for metrics and audit; ``message`` one sentence saying why
     (it names tables, functions and settings, never values).
 
-    >>> err = Refused("ddl", "CREATE TABLE is not allowed for tenants")
+    >>> err = Refused("42501", "CREATE TABLE is not allowed for tenants", "ddl")
     >>> (err.sqlstate, err.reason, str(err))
     ('42501', 'ddl', 'CREATE TABLE is not allowed for tenants')
     """
-
-    def __init__(self, reason: str, message: str, sqlstate: str = "42501") -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.sqlstate = sqlstate
-
-    def __repr__(self) -> str:
-        return f"Refused({self.reason!r}, {self.message!r}, sqlstate={self.sqlstate!r})"

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import pglast
 from pglast import ast, parser
 
+from tenantgate.keyring.quoting import quote_literal
+
 from .errors import Refused
 
 _PLACEHOLDER = {"SCONST": "?s", "ICONST": "?i", "FCONST": "?f"}
@@ -170,7 +172,7 @@ def string_value(token: str) -> str:
     except (parser.ParseError, AttributeError, IndexError, TypeError):
         const = None
     if not isinstance(const, ast.A_Const) or not isinstance(const.val, ast.String):
-        raise Refused("literal_form", "a string literal could not be read back", "0A000")
+        raise Refused("0A000", "a string literal could not be read back", "literal_form")
     return str(const.val.sval)
 
 
@@ -191,17 +193,17 @@ def canonical_literal(kind: str, token: str, before: str = "", after: str = "") 
         if kind == "SCONST" or not _CONTINUATION.match(after):
             return token
     elif kind == "SCONST":
-        return "'" + string_value(token).replace("'", "''") + "'"
+        return quote_literal(string_value(token))
     # a number must not run into the text around it (x.5, 1..2, 1e) and is ASCII digits only
     glued = (after[:1] and (after[0] == "." or _is_ident_char(after[0]))) or (
         token.startswith(".") and before[-1:] and (before[-1] == "." or _is_ident_char(before[-1])))
     if _CANONICAL[kind].fullmatch(token) and not glued:
         return token
     raise Refused(
-        "literal_form",
+        "0A000",
         f"the numeric literal {token} cannot be re-inserted as written; write it with digits after the point"
         if token.endswith(".") else f"the numeric literal {token} is not in a form tenantgate re-inserts",
-        "0A000",
+        "literal_form",
     )
 
 

@@ -170,7 +170,7 @@ class Rewriter:
         if entry is not None:
             self._hits += 1
             if isinstance(entry, _Refusal):
-                raise Refused(entry.reason, entry.message, entry.sqlstate)
+                raise Refused(entry.sqlstate, entry.message, entry.reason)
             if isinstance(entry, _Sealed):
                 return replace(entry.plan, sql=seal_sql(entry.plan.sql, entry.seals, encrypt))
             assert isinstance(entry, Plan)
@@ -205,20 +205,20 @@ class Rewriter:
         except Refused:
             raise
         except pglast.parser.ParseError as exc:
-            raise Refused("unparseable", str(exc), "42601") from None
+            raise Refused("42601", str(exc), "unparseable") from None
         except Exception:  # fail closed: whatever could not be analysed does not run
-            raise Refused("internal", "the statement could not be analysed by tenantgate") from None
+            raise Refused("42501", "the statement could not be analysed by tenantgate", "internal") from None
 
     def _rewrite(self, sql: str, tenant: str, extended: bool, sentinels: Mapping[str, int] | None) -> _Built:
         """``sentinels`` (template probes): literal token -> lifted index; the seals then name their
         slots and the literals stay in place."""
         raws = pglast.parse_sql(sql)
         if version_dependent_number(sql):
-            raise Refused("unparseable", "numeric literals with a base prefix or underscores are not "
-                          "supported by the backend", "42601")
+            raise Refused("42601", "numeric literals with a base prefix or underscores are not "
+                          "supported by the backend", "unparseable")
         if extended and len(raws) > 1:
-            raise Refused("multi_statement_extended",
-                          "cannot insert multiple commands into a prepared statement", "42601")
+            raise Refused("42601", "cannot insert multiple commands into a prepared statement",
+                          "multi_statement_extended")
         policy = self.policy.for_tenant(tenant)
         scoper = Scoper(policy, tenant, extended=extended)
         analyzer = Analyzer(policy, extended, sentinels) if policy.encrypted else None
@@ -250,7 +250,7 @@ class Rewriter:
         out = "; ".join(texts) if any_modified or len(raws) > 1 else sql
         params = frozenset(scoper.tenant_params)
         if raws and verify(out, policy, tenant, params) != len(raws):
-            raise Refused("verification_failed", "rewritten SQL has a different number of statements")
+            raise Refused("42501", "rewritten SQL has a different number of statements", "verification_failed")
         encrypt_params = tuple(sorted((n, ref.table, ref.column, ref.type)
                                       for n, ref in (analyzer.params.items() if analyzer else ())))
         redactions = literal_redactions(sql, [s.value for s in seals]) if seals and sentinels is None else ()

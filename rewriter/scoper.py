@@ -32,6 +32,7 @@ from .catalog import function_denial, operator_denial
 from .classify import discard_kind, refusal, transaction_kind
 from .errors import Refused
 from .policy import Policy, Relation
+from .scope import CteScope
 from .settings import Changes
 from .transforms import (
     add_tenant_column,
@@ -87,7 +88,7 @@ def _is_plain_select(select: AstNode) -> bool:
 
 
 def unsupported(what: str) -> Refused:
-    return Refused("unsupported", f"{what} is not supported by tenantgate", "0A000")
+    return Refused("0A000", f"{what} is not supported by tenantgate", "unsupported")
 
 
 class Scoper:
@@ -108,7 +109,7 @@ class Scoper:
         self.value_dependent = False
         self.modified = False
         self.relations: set[tuple[str, str]] = set()
-        self._ctes: list[frozenset[str]] = []
+        self._ctes = CteScope()
         self._in_prepare = False
         self._deferred = False  # inside PREPARE or DECLARE: functions run later, at EXECUTE or FETCH
         self.changes = Changes(policy.search_path)
@@ -240,7 +241,7 @@ class Scoper:
 
     def _stmt_CopyStmt(self, stmt: AstNode) -> str:
         if stmt.filename is not None or stmt.is_program:
-            raise Refused("copy_file", "COPY to a server file or program is not allowed for tenants")
+            raise Refused("42501", "COPY to a server file or program is not allowed for tenants", "copy_file")
         if stmt.is_from:
             return self._copy_from(stmt)
         if stmt.query is not None:
@@ -278,35 +279,21 @@ class Scoper:
 
     @contextmanager
     def with_clause(self, clause: AstNode) -> Iterator[None]:
-        """Scope CTE bodies and make their names visible as PostgreSQL does.
+        """Scope CTE bodies and make their names visible as PostgreSQL does (scope.CteScope)."""
+        with self._ctes.within_pg(clause, self._cte_body):
+            yield
 
-        Without RECURSIVE a CTE sees only the CTEs before it (its own name inside its body is the
-        table); with RECURSIVE every CTE of the list is visible in every body.
-        """
-        if clause is None:
-            yield
-            return
-        depth = len(self._ctes)
-        names = [cte.ctename for cte in clause.ctes]
-        if clause.recursive:
-            self._ctes.append(frozenset(names))
-        for cte in clause.ctes:
-            self.dml(cte.ctequery)
-            self.expr(cte.search_clause)
-            self.expr(cte.cycle_clause)
-            if not clause.recursive:
-                self._ctes.append(frozenset({cte.ctename}))
-        try:
-            yield
-        finally:
-            del self._ctes[depth:]
+    def _cte_body(self, cte: AstNode) -> None:
+        self.dml(cte.ctequery)
+        self.expr(cte.search_clause)
+        self.expr(cte.cycle_clause)
 
     def is_cte(self, rv: AstNode) -> bool:
-        return rv.schemaname is None and rv.catalogname is None and any(rv.relname in s for s in self._ctes)
+        return self._ctes.is_cte_ref(rv)
 
     def select(self, sel: AstNode) -> None:
         if sel.intoClause is not None:
-            raise Refused("ddl", "SELECT INTO is not allowed for tenants")
+            raise Refused("42501", "SELECT INTO is not allowed for tenants", "ddl")
         with self.with_clause(sel.withClause):
             if sel.op != enums.SetOperation.SETOP_NONE:
                 self.select(sel.larg)
@@ -399,12 +386,12 @@ class Scoper:
         rel = self.policy.resolve(rv.schemaname, rv.relname)
         self.relations.add((rel.schema, rel.name))
         if rel.kind == "foreign":
-            raise Refused("other_schema", f"table {rel.schema}.{rel.name} is outside this tenant's schema "
-                          f"{self.policy.home}")
+            raise Refused("42501", f"table {rel.schema}.{rel.name} is outside this tenant's schema "
+                          f"{self.policy.home}", "other_schema")
         if rel.kind == "unlisted":
-            raise Refused("unlisted_table", f"table {rel.schema}.{rel.name} is not available to tenants")
+            raise Refused("42501", f"table {rel.schema}.{rel.name} is not available to tenants", "unlisted_table")
         if rel.kind == "catalog" and rel.denial is not None:
-            raise Refused(rel.denial, f"catalog relation {rel.schema}.{rel.name} is not available to tenants")
+            raise Refused("42501", f"catalog relation {rel.schema}.{rel.name} is not available to tenants", rel.denial)
         return rel
 
     def range_var(self, rv: AstNode, where: list[AstNode] | None) -> AstNode:
@@ -429,10 +416,10 @@ class Scoper:
         """The table an INSERT/UPDATE/DELETE/MERGE writes (never a CTE): must be scoped."""
         rel = self.relation(rv)
         if rel.kind == "reference":
-            raise Refused("reference_write", f"{verb} on reference table {rel.schema}.{rel.name} is not "
-                          "allowed: reference tables are read-only for tenants")
+            raise Refused("42501", f"{verb} on reference table {rel.schema}.{rel.name} is not "
+                          "allowed: reference tables are read-only for tenants", "reference_write")
         if rel.kind not in ("scoped", "owned"):
-            raise Refused("catalog", f"{verb} on catalog relation {rel.schema}.{rel.name} is not allowed")
+            raise Refused("42501", f"{verb} on catalog relation {rel.schema}.{rel.name} is not allowed", "catalog")
         qualify(rv, rel.schema)
         self.modified = True
         return rel, rv.alias.aliasname if rv.alias else rv.relname
@@ -446,8 +433,8 @@ class Scoper:
         for t in targets:
             if t.name == rel.column:
                 if t.indirection or isinstance(t.val, ast.MultiAssignRef):
-                    raise Refused("tenant_column", f"the tenant column {rel.column} of {rel.schema}.{rel.name} "
-                                  "can only be set to the session's tenant, by a plain value")
+                    raise Refused("42501", f"the tenant column {rel.column} of {rel.schema}.{rel.name} "
+                                  "can only be set to the session's tenant, by a plain value", "tenant_column")
                 t = ast.ResTarget(name=t.name, val=self.tenant_value(t.val, rel, "UPDATE"))
             out.append(t)
         return tuple(out)
@@ -499,8 +486,8 @@ class Scoper:
             else:
                 index = names.index(column)
                 if names.count(column) > 1 or stmt.cols[index].indirection:
-                    raise Refused("tenant_column", f"INSERT names the tenant column {column} in an "
-                                  "unsupported way")
+                    raise Refused("42501", f"INSERT names the tenant column {column} in an "
+                                  "unsupported way", "tenant_column")
                 if is_plain_values(source):
                     source.valuesLists = tuple(self._values_row(row, index, rel) for row in source.valuesLists)
                 elif not self._select_tenant_literal(source, index, rel):
@@ -527,7 +514,7 @@ class Scoper:
 
     def _values_row(self, row: AstNode, index: int, rel: Relation) -> tuple[ast.Node, ...]:
         if index >= len(row):
-            raise Refused("syntax", "INSERT has more target columns than expressions", "42601")
+            raise Refused("42601", "INSERT has more target columns than expressions", "syntax")
         value = self.tenant_value(row[index], rel, "INSERT")
         return (*row[:index], value, *row[index + 1:])
 
@@ -564,7 +551,7 @@ class Scoper:
             self.tenant_params.add(core.number or 0)
             return param_tenant_value(core.number or 0, self.tenant)
         target = f"{verb} {'into' if verb == 'INSERT' else 'of'} {rel.schema}.{rel.name}"
-        raise Refused("tenant_column", f"{target} may only set {rel.column} to the session's tenant")
+        raise Refused("42501", f"{target} may only set {rel.column} to the session's tenant", "tenant_column")
 
     def _on_conflict(self, clause: AstNode, rel: Relation, qualifier: str) -> None:
         if clause is None:
@@ -661,7 +648,7 @@ class Scoper:
             schema = names[-2] if len(names) > 1 else None
             reason = operator_denial(schema, names[-1])
             if reason is not None or len(names) > 2:
-                raise Refused("unlisted_operator", f"operator {'.'.join(names)} is not available to tenants")
+                raise Refused("42501", f"operator {'.'.join(names)} is not available to tenants", "unlisted_operator")
         self.expr(node.lexpr)
         self.expr(node.rexpr)
 
@@ -672,13 +659,13 @@ class Scoper:
         schema, name = (names[0], names[1]) if len(names) == 2 else (None, names[0])
         reason = function_denial(schema, name)
         if reason is not None:
-            raise Refused(reason, f"function {'.'.join(names)}() is not allowed for tenants")
+            raise Refused("42501", f"function {'.'.join(names)}() is not allowed for tenants", reason)
         if self.policy.home is not None and name in RELATION_TEXT_FUNCTIONS:
             side.own_relation_text(name, (node.args or (None,))[0], self.policy.home)
             self.value_dependent = True
         args = tuple(node.args or ())
         if name in _POSITIONAL and (node.func_variadic or any(isinstance(a, ast.NamedArgExpr) for a in args)):
-            raise Refused("denied_function", f"{name}() must be called with positional arguments")
+            raise Refused("42501", f"{name}() must be called with positional arguments", "denied_function")
         if name == "set_config":
             self.value_dependent = True
             sent = self.changes.set_config(args, deferred=self._deferred)

@@ -29,10 +29,11 @@ set_forbidden SET standard_conforming_strings is not allowed for tenants except 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pglast import ast, enums
+
+from tenantgate.keyring.quoting import render_identifier
 
 from .errors import Refused
 from .transforms import deparse, string_literal
@@ -67,15 +68,6 @@ def setting_allowed(name: str) -> bool:
     (True, True, False)
     """
     return name.lower() in ALLOWED_SETTINGS or name.lower() in PINNED
-
-
-def render_identifier(name: str) -> str:
-    """A schema name as the backend prints it in a list setting (quoted only when it must be).
-
-    >>> render_identifier("public"), render_identifier("T_Acme")
-    ('public', '"T_Acme"')
-    """
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def split_identifiers(text: str) -> list[str] | None:
@@ -191,7 +183,7 @@ class Changes:
         if stmt.kind != k.VAR_SET_VALUE or not all(isinstance(a, ast.A_Const) for a in args):
             # SET ... FROM CURRENT, SET TIME ZONE INTERVAL '...': no value to re-apply as SET name TO
             if name in PINNED or name == "client_encoding" or not setting_allowed(name):
-                raise Refused("set_forbidden", f"{verb} {stmt.name} is not allowed for tenants in this form")
+                raise Refused("42501", f"{verb} {stmt.name} is not allowed for tenants in this form", "set_forbidden")
             if not stmt.is_local and name not in TRANSACTION_SETTINGS:
                 self.pin("set")
             return kind
@@ -213,10 +205,10 @@ class Changes:
         "'public'"
         """
         if len(args) != 3:
-            raise Refused("set_forbidden", "set_config() takes a setting name, a value and is_local")
+            raise Refused("42501", "set_config() takes a setting name, a value and is_local", "set_forbidden")
         name = _const_text(args[0])
         if name is None:
-            raise Refused("set_forbidden", "set_config() needs a literal setting name")
+            raise Refused("42501", "set_config() needs a literal setting name", "set_forbidden")
         name = name.lower()
         value, local = _const_text(args[1]), _const_bool(args[2])
         if value is None:
@@ -252,18 +244,18 @@ class Changes:
         """
         if name == "search_path":
             if change is None or change[0] != [self.search_path]:
-                raise Refused("set_forbidden", f"{how} search_path is not allowed for tenants except to the "
-                              f"schema the proxy pins ({self.search_path})")
+                raise Refused("42501", f"{how} search_path is not allowed for tenants except to the "
+                              f"schema the proxy pins ({self.search_path})", "set_forbidden")
             return
         if name == "standard_conforming_strings":
             if change is None or len(change[0]) != 1 or change[0][0].lower() not in _TRUE:
-                raise Refused("set_forbidden", f"{how} standard_conforming_strings is not allowed for tenants "
-                              "except to on (statements are lexed that way)")
+                raise Refused("42501", f"{how} standard_conforming_strings is not allowed for tenants "
+                              "except to on (statements are lexed that way)", "set_forbidden")
             return
         if name not in ALLOWED_SETTINGS:
-            raise Refused("set_forbidden", f"{how} {name} is not allowed for tenants")
+            raise Refused("42501", f"{how} {name} is not allowed for tenants", "set_forbidden")
         if name == "client_encoding" and (local or not known):
-            raise Refused("set_forbidden", f"{how} client_encoding is allowed only for the session and with a "
-                          "literal value (statements are lexed in it)")
+            raise Refused("42501", f"{how} client_encoding is allowed only for the session and with a "
+                          "literal value (statements are lexed in it)", "set_forbidden")
         if known and not local and name not in TRANSACTION_SETTINGS:
             self.settings.append((name, None if change is None else change[1]))

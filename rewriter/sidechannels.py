@@ -92,8 +92,8 @@ def refuse_reserved_name(name: str | None, what: str) -> None:
     42501 EXECUTE of TG_1a2b is not allowed: names starting with tg_ belong to the proxy's protocol-level statements
     """
     if name is not None and name.lower().startswith(RESERVED_PREFIX):
-        raise Refused("reserved_name", f"{what} of {name} is not allowed: names starting with {RESERVED_PREFIX} "
-                      "belong to the proxy's protocol-level statements")
+        raise Refused("42501", f"{what} of {name} is not allowed: names starting with {RESERVED_PREFIX} "
+                      "belong to the proxy's protocol-level statements", "reserved_name")
 
 
 def explain_refusal(options: AstNode, allowed: bool) -> Refused | None:
@@ -112,11 +112,11 @@ def explain_refusal(options: AstNode, allowed: bool) -> Refused | None:
     for option in options or ():
         if option.defname == "analyze" and (option.arg is None or deparse(option.arg).strip("'").lower()
                                             not in ("off", "false", "0", "no")):
-            return Refused("explain", "EXPLAIN ANALYZE is not allowed for tenants: it counts rows of other "
-                           "tenants that the tenant filter removes")
+            return Refused("42501", "EXPLAIN ANALYZE is not allowed for tenants: it counts rows of other "
+                           "tenants that the tenant filter removes", "explain")
     if not allowed:
-        return Refused("explain", "EXPLAIN is not allowed for tenants: its estimates come from statistics over "
-                       "every tenant's rows (the operator may allow it: [scoping] allow_explain)")
+        return Refused("42501", "EXPLAIN is not allowed for tenants: its estimates come from statistics over "
+                       "every tenant's rows (the operator may allow it: [scoping] allow_explain)", "explain")
     return None
 
 
@@ -133,7 +133,7 @@ def _lock_prefix(tenant: str, arity: int) -> str:
 def namespaced_lock_args(args: tuple[AstNode, ...], tenant: str) -> tuple[AstNode, ...]:
     """The one bigint key of a tenant's advisory lock: a 64-bit hash of tenant and key(s)."""
     if len(args) not in (1, 2):
-        raise Refused("denied_function", "advisory lock functions take one bigint key or two integer keys")
+        raise Refused("42501", "advisory lock functions take one bigint key or two integer keys", "denied_function")
     key: AstNode = string_literal(_lock_prefix(tenant, len(args)))
     for i, arg in enumerate(args):
         part = _expr(f"CAST(CAST(NULL AS {'bigint' if len(args) == 1 else 'integer'}) AS text)")
@@ -257,7 +257,7 @@ def _reads(node: object, level: AstNode, aliases: frozenset[str]) -> bool:
 def null_size_args(name: str, args: tuple[AstNode, ...]) -> tuple[AstNode, ...]:
     """The arguments of a size function that make it answer NULL (strict: NULL in, NULL out)."""
     if not args:
-        raise Refused("denied_function", f"{name}() needs the relation, database or tablespace it measures")
+        raise Refused("42501", f"{name}() needs the relation, database or tablespace it measures", "denied_function")
     return (_expr(f"CAST(NULL AS {SIZE_FUNCTIONS[name]})"), *args[1:])
 
 
@@ -303,15 +303,15 @@ def own_relation_text(function: str, first: AstNode, home: str) -> None:
     if isinstance(first, ast.TypeCast):
         first = first.arg
     if not (isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)):
-        raise Refused("other_schema", f"{function}() needs a literal relation name in a schema-tier session")
+        raise Refused("42501", f"{function}() needs a literal relation name in a schema-tier session", "other_schema")
     text = first.val.sval or ""
     try:
         select: AstNode = pglast.parser.parse_sql(f"SELECT * FROM {text}")[0].stmt
         names = select.fromClause[0]
     except (pglast.parser.ParseError, AttributeError, IndexError, TypeError):
-        raise Refused("other_schema", f"{function}() names a relation tenantgate cannot read") from None
+        raise Refused("42501", f"{function}() names a relation tenantgate cannot read", "other_schema") from None
     schema = getattr(names, "schemaname", None)
     if not isinstance(names, ast.RangeVar) or names.catalogname is not None or (
         schema is not None and schema != home
     ):
-        raise Refused("other_schema", f"{function}() names {text}, outside this tenant's schema {home}")
+        raise Refused("42501", f"{function}() names {text}, outside this tenant's schema {home}", "other_schema")

@@ -36,6 +36,7 @@ from .catalog import function_denial, operator_denial
 from .channels import channel_prefix
 from .errors import Refused
 from .policy import Policy, Relation
+from .scope import CteScope
 from .settings import Changes
 from .transforms import (
     conjuncts,
@@ -79,9 +80,9 @@ def verify(sql: str, policy: Policy, tenant: str, tenant_params: frozenset[int])
             _Checker(policy, tenant, tenant_params).statement(raw.stmt)
         return len(stmts)
     except VerificationError as exc:
-        raise Refused("verification_failed", f"rewritten SQL failed verification: {exc}") from None
+        raise Refused("42501", f"rewritten SQL failed verification: {exc}", "verification_failed") from None
     except pglast.parser.ParseError as exc:
-        raise Refused("verification_failed", f"rewritten SQL does not parse: {exc}") from None
+        raise Refused("42501", f"rewritten SQL does not parse: {exc}", "verification_failed") from None
 
 
 class _Checker:
@@ -89,7 +90,7 @@ class _Checker:
         self.policy = policy
         self.tenant = tenant
         self.tenant_params = tenant_params
-        self.ctes: list[frozenset[str]] = []
+        self.ctes = CteScope()
         self.in_prepare = False
         self.mask = False
 
@@ -152,16 +153,7 @@ class _Checker:
             self.walk(getattr(node, field))
 
     def _with(self, clause: AstNode) -> int:
-        depth = len(self.ctes)
-        if clause is None:
-            return depth
-        if clause.recursive:
-            self.ctes.append(frozenset(c.ctename for c in clause.ctes))
-        for cte in clause.ctes:
-            self.walk(cte.ctequery)
-            if not clause.recursive:
-                self.ctes.append(frozenset({cte.ctename}))
-        return depth
+        return self.ctes.enter_pg(clause, lambda cte: self.walk(cte.ctequery))
 
     def _v_SelectStmt(self, node: AstNode) -> None:
         if node.intoClause is not None:
@@ -171,7 +163,7 @@ class _Checker:
         for field in node_fields(node):
             if field not in ("withClause", "lockingClause", "fromClause"):
                 self.walk(getattr(node, field))
-        del self.ctes[depth:]
+        self.ctes.leave(depth)
 
     # -- FROM items: where each scoped reference's predicate must be ---------------------------------
 
@@ -211,7 +203,7 @@ class _Checker:
     def _scoped_in_place(self, rv: AstNode, terms: frozenset[str] | None) -> bool:
         """A scoped table referenced directly, with its predicate among ``terms``; fails for a
         scoped table without it. False for any other relation (checked as a plain RangeVar)."""
-        if rv.schemaname is None and any(rv.relname in s for s in self.ctes):
+        if self.ctes.is_cte_ref(rv):
             return False
         rel = self._resolve(rv)
         if rel.kind != "scoped":
@@ -245,7 +237,7 @@ class _Checker:
 
     def _v_RangeVar(self, node: AstNode) -> None:
         """A relation outside any scoped form: only CTEs, reference tables and allowed catalogs."""
-        if node.schemaname is None and any(node.relname in s for s in self.ctes):
+        if self.ctes.is_cte_ref(node):
             return
         rel = self._resolve(node)
         if rel.kind == "scoped":
@@ -339,7 +331,7 @@ class _Checker:
         self._tenant_assignments(node.targetList, rel)
         self._from_list(node.fromClause, node.whereClause)
         self.walk((node.targetList, node.whereClause, node.returningClause))
-        del self.ctes[depth:]
+        self.ctes.leave(depth)
 
     def _v_DeleteStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
@@ -348,7 +340,7 @@ class _Checker:
             raise self.fail(f"DELETE from {rel.name} without the tenant predicate")
         self._from_list(node.usingClause, node.whereClause)
         self.walk((node.whereClause, node.returningClause))
-        del self.ctes[depth:]
+        self.ctes.leave(depth)
 
     def _tenant_value_ok(self, value: AstNode, *, guarded: bool = False) -> bool:
         """The proxy's own tenant value: its bare literal, its ``$n`` form (whatever is bound,
@@ -368,7 +360,7 @@ class _Checker:
         rel, qualifier = self._target(node.relation)
         if rel.kind == "owned":
             self.walk((node.selectStmt, node.onConflictClause, node.returningClause))
-            del self.ctes[depth:]
+            self.ctes.leave(depth)
             return
         names = [c.name for c in node.cols or ()]
         if names.count(rel.column) != 1 or node.selectStmt is None:
@@ -390,7 +382,7 @@ class _Checker:
             if not self._starts_with_predicate(clause.whereClause, rel, qualifier):
                 raise self.fail(f"ON CONFLICT DO UPDATE of {rel.name} without the tenant predicate")
         self.walk((source, clause, node.returningClause))
-        del self.ctes[depth:]
+        self.ctes.leave(depth)
 
     def _v_MergeStmt(self, node: AstNode) -> None:
         depth = self._with(node.withClause)
@@ -411,7 +403,7 @@ class _Checker:
             self.walk((clause.condition, clause.targetList, clause.values))
         self._from_item(node.sourceRelation, None)  # unmatched source rows are inserted: no ON filters them
         self.walk((node.joinCondition, node.returningClause))
-        del self.ctes[depth:]
+        self.ctes.leave(depth)
 
 
 def _case_param(value: AstNode) -> int | None:

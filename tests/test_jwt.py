@@ -30,7 +30,7 @@ from tenantgate.proxy.auth import JWT, AuthFailed, ClientAuth
 from tenantgate.proxy.jwt import JwksError, JwkSet, JwtError, parse_jwks, verify_jwt
 from tenantgate.proxy.oidc import REFETCH_INTERVAL, JwksCache, JwtIdentity, jwt_verifier
 from tenantgate.proxy.pgcluster import PgServer, free_port
-from tenantgate.proxy.roles import read_only_settings, read_only_violation
+from tenantgate.rewriter.roles import read_only_settings, read_only_violation
 
 from .certs import Pki
 from .harness import Backend, ProxyProcess, config_text, start_proxy

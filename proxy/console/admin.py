@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 
 from tenantgate.config.schema import LIMIT_KEYS
-from tenantgate.keyring.errors import KeyringError
+from tenantgate.keyring.errors import KeyringError, SqlStateError
 from tenantgate.proxy import codec
 from tenantgate.proxy.auth import AuthFailed, ClientAuth
 from tenantgate.proxy.codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
@@ -55,13 +55,8 @@ _EXTENDED = frozenset(
 )
 
 
-class AdminError(Exception):
+class AdminError(SqlStateError):
     """A command that failed: answered with an ErrorResponse, the session goes on."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
 
 
 @dataclass
