@@ -110,14 +110,15 @@ class ClientConnection(FrontendConnection):
         settings, extensions = filter_params(startup.params)
         method = user.auth if user is not None else cfg.server.auth_method
         oidc = cfg.oidc
-        verify = None
+        verify = before = None
         if oidc is not None and (method == JWT or (user is None and oidc.dynamic_users)):
             if not self.ssl_in_use:  # the token goes in cleartext: never without TLS
                 raise Fatal("28000", "JWT login requires TLS")
-            method, verify = JWT, jwt_verifier(cfg, name)
+            jwks = self.proxy.jwks
+            assert jwks is not None  # the Proxy opens the JWKS of every config with an [oidc]
+            method, verify = JWT, jwt_verifier(cfg, jwks, name)
+            before = jwks.refresh_for  # a token naming a kid the cached JWKS lacks: the IdP rotated its keys
         auth = ClientAuth(name, user, method, self.proxy.secret, verify)
-        # a token naming a kid the cached JWKS lacks: the IdP rotated its keys
-        before = oidc.jwks.refresh_for if oidc is not None and verify is not None else None
         try:
             reply = await self.authenticate(auth, before)
         except (AuthFailed, ProtocolError) as exc:

@@ -22,6 +22,7 @@ from tenantgate.keyring.settings import EncryptedColumn
 from .backend import Backend, BackendError, simple_query
 from .cancel import CancelRegistry
 from .limits import TenantLimiter
+from .oidc import JwksCache, load_serving_config, open_jwks
 from .placement import Placement, backend_target
 from .pool import BackendPool
 from .tls import client_context
@@ -89,6 +90,7 @@ class Proxy:
         audit_socket: str | None = None,
     ) -> None:
         self.config = config
+        self.jwks: JwksCache | None = open_jwks(config)  # fetched now for a jwks_url: fails closed
         self.worker_index = worker_index
         self.worker_count = worker_count
         self.listen_port = port
@@ -341,7 +343,7 @@ class Proxy:
         if self.config_path is None:
             return False, ["no config file to reload"]
         try:
-            new = load_config(self.config_path)
+            new, jwks = load_serving_config(self.config_path)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the old configuration:\n%s", exc)
             self.record(AuditEvent(kind="reload", decision="refused", reason=str(exc)))
@@ -356,7 +358,7 @@ class Proxy:
             for name in set(self.config.tenants) | set(new.tenants)
             if Placement.of(self.config, name).key != Placement.of(new, name).key
         }
-        self.config = new
+        self.config, self.jwks = new, jwks
         self.backend_target = backend_target(new.backend)
         self._planner = None
         self._roles_checked.clear()

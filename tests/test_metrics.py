@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tenantgate.config import load_config
 from tenantgate.proxy.listener import Proxy
 from tenantgate.proxy.metrics import MAX_KINDS, OTHER, OTHER_KIND, TRUSTED, Metrics, MetricsServer
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, launch_with_ports
 

@@ -27,8 +27,8 @@ from tenantgate.config import load_config
 from tenantgate.proxy import codec
 from tenantgate.proxy.cancel import MAX_PID, CancelRegistry
 from tenantgate.proxy.listener import Proxy
-from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
 from tenantgate.proxy.placement import Placement
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin
 from tenantgate.proxy.workers import merge_expositions
 
 from .harness import ORDERS_SCOPING, ORDERS_SETUP, Backend, ProxyProcess, config_text, launch_with_ports

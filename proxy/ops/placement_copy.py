@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .pgcluster import find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import find_pg_bin
 
 __all__ = [
     "TEXT_SETTINGS",
