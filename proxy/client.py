@@ -153,7 +153,7 @@ class ClientConnection(FrontendConnection):
             if timeout is not None:  # the backend enforces it too; the session cancels past it regardless
                 session_settings["statement_timeout"] = str(max(1, round(timeout * 1000)))
         else:
-            session_settings["tenantgate.trusted"] = "on"  # see proxy/rls.py
+            session_settings["tenantgate.trusted"] = "on"  # see proxy/ops/rls.py
         if readonly:  # second lock: the backend itself refuses what the proxy lets through
             session_settings = read_only_settings(session_settings)
         # trusted service users always hold their backend (session pooling)
