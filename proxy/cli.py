@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .oidc import load_serving_config
 
     try:
-        cfg, _ = load_serving_config(args.config)  # as every process will: a bad JWKS URL stops here
+        cfg, _ = load_serving_config(args.config)  # as the serving process loads it: a dead jwks_url stops here
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
