@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tenantgate.proxy.pgcluster import find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import find_pg_bin
 
 from . import stacks
 from .pgbench import Point, connect_allowance, run_point, split_clients

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tenantgate.config import ConfigError, load_config
-from tenantgate.proxy.pgcluster import ThrowawayCluster, find_pg_bin, free_port
+from tenantgate.proxy.sandbox.pgcluster import ThrowawayCluster, find_pg_bin, free_port
 
 from . import encryption, micro, pgbouncer, report
 from .environment import describe

@@ -20,10 +20,9 @@ from typing import Any, TypeVar
 
 from tenantgate.audit.errors import AuditConfigError
 from tenantgate.audit.settings import AuditSettings, parse_audit_settings
+from tenantgate.keyring.auth.jwt import JwksError, JwkSet, check_algorithm, parse_jwks
+from tenantgate.keyring.auth.scram import ScramVerifier, make_verifier, md5_hash
 from tenantgate.keyring.settings import EncryptionSettings, SettingsError, parse_encryption
-from tenantgate.proxy.jwt import JwksError, JwkSet, check_algorithm, parse_jwks
-from tenantgate.proxy.oidc import JwksCache, fetch_jwks
-from tenantgate.proxy.scram import ScramVerifier, make_verifier, md5_hash
 
 from .schema import (
     AUTH_METHODS,
@@ -736,15 +735,11 @@ class _Loader:
             if jwks_file is not None:
                 keys = self.jwks(_join(p, "jwks_file"), jwks_file)
         else:
+            # only named here: the serving process fetches it (tenantgate.proxy.oidc.open_jwks)
             jwks_url = self.parsed(tbl, "jwks_url", p, parse_http_url)
-            if jwks_url is not None:
-                try:
-                    keys = fetch_jwks(jwks_url)  # at start and on every reload
-                except JwksError as exc:
-                    self.problem(_join(p, "jwks_url"), f"no usable JWKS: {exc}")
-        if issuer is None or audience is None or keys is None:
+        if issuer is None or audience is None or (keys is None and jwks_url is None):
             return None
-        return Oidc(issuer, audience, jwks_file, jwks_url, JwksCache(keys, jwks_url), **options)
+        return Oidc(issuer, audience, jwks_file, jwks_url, keys, **options)
 
     def algorithms(self, tbl: Mapping[str, Any], p: str) -> tuple[str, ...] | None:
         """oidc.algorithms when set and valid: asymmetric algorithms only (none and HS* are refused)."""

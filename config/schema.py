@@ -6,16 +6,15 @@ import hmac
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tenantgate.audit.settings import AuditSettings
+from tenantgate.keyring.auth.jwt import JwkSet
+from tenantgate.keyring.auth.oidc import ROLES
+from tenantgate.keyring.auth.scram import ScramVerifier
 from tenantgate.keyring.settings import EncryptionSettings
-from tenantgate.proxy.scram import ScramVerifier
 
 from .values import render_identifier
-
-if TYPE_CHECKING:
-    from tenantgate.proxy.oidc import JwksCache
 
 __all__ = [
     "AUTH_METHODS",
@@ -52,7 +51,6 @@ AUTH_METHODS = ("scram-sha-256", "md5")
 JWT = "jwt"  # the password is an OIDC token ([oidc]); users only
 USER_AUTH_METHODS = (*AUTH_METHODS, JWT)
 TIERS = ("shared", "schema", "dedicated")
-ROLES = ("readwrite", "readonly")
 ROW_LIMIT_ACTIONS = ("refuse", "truncate")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -229,13 +227,14 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Oidc:
-    """[oidc]: tokens of one issuer as passwords; ``jwks`` holds the current keys (file or URL)."""
+    """[oidc]: tokens of one issuer as passwords; ``keys``: a jwks_file's keys (None for a jwks_url,
+    which the serving process fetches: tenantgate.proxy.oidc)."""
 
     issuer: str
     audience: str
     jwks_file: str | None
     jwks_url: str | None
-    jwks: JwksCache = field(compare=False, repr=False)
+    keys: JwkSet | None = field(compare=False, repr=False)
     tenant_claim: str = "tenant"
     role_claim: str = "tenantgate_role"
     user_claim: str = "sub"

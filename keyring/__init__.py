@@ -9,10 +9,11 @@ table and column.
 
 from .errors import CodecError, DecryptError, KekError, KeyringError, KeysNotLoadedError, KeyStoreError, ShreddedError
 from .format import Mode
-from .kek import AesKwKek, KekProvider, provider_from_uri
+from .kek import AesKwKek, provider_from_uri
 from .keyring import Keyring
 from .migrate import encrypt_column, reencrypt
 from .pgtypes import BY_OID, TYPES, PgType
+from .provider import KekProvider
 from .settings import EncryptedColumn, EncryptionSettings, SettingsError, load_encryption, parse_encryption
 from .store import KeyRecord, KeyStore
 from .store_db import DatabaseKeyStore

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from .errors import KekError
-from .kek import ALG_AES_GCM
 from .primitives import GCM_NONCE_SIZE, KEY_SIZE, TAG_SIZE, random_bytes
+from .provider import ALG_AES_GCM
 
 _AAD = b"tenantgate-dek-v1"
 _DEFAULT_MODULES = (

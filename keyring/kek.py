@@ -27,26 +27,12 @@ import stat
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from .errors import KekError
 from .primitives import KEY_SIZE, AuthenticationFailed, key_unwrap, key_wrap, random_bytes
+from .provider import ALG_AES_KW, KekProvider
 
 ENTRY_POINT_GROUP = "tenantgate.kek_providers"
-ALG_AES_KW = 0x01
-ALG_AES_GCM = 0x02
-
-
-@runtime_checkable
-class KekProvider(Protocol):
-    """Wraps and unwraps DEKs. ``key_id`` names the KEK (never its material)."""
-
-    @property
-    def key_id(self) -> str: ...
-
-    def wrap(self, dek: bytes) -> bytes: ...
-
-    def unwrap(self, blob: bytes) -> bytes: ...
 
 
 def kek_fingerprint(kek: bytes) -> str:

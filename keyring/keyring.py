@@ -20,8 +20,8 @@ from typing import Any
 
 from .errors import DecryptError, KekError, KeysNotLoadedError, ShreddedError
 from .format import DataKey, Mode, decrypt_value, encrypt_value, parse_header
-from .kek import KekProvider
 from .primitives import KEY_SIZE, random_bytes
+from .provider import KekProvider
 from .store import KeyRecord, KeyStore
 
 EventCallback = Callable[..., None]

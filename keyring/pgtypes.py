@@ -1,5 +1,8 @@
 """Typed plaintexts: PostgreSQL text and binary formats <-> canonical plaintext bytes.
 
+Stays in keyring/ (layer 1): the canonical bytes are what the keyring seals, so the keyring
+owns them; the proxy imports this codec downward to decode DataRow fields, never the reverse.
+
 An encrypted column is stored as ``bytea`` but presented to clients as its
 plaintext type. What gets encrypted is the value's *canonical* bytes, so that a
 text-format client and a binary-format client, or ``'00042'`` and ``42``, produce

@@ -18,6 +18,9 @@ import secrets
 from collections.abc import Callable
 from typing import Protocol
 
+from tenantgate.keyring.auth.jwt import JwtError
+from tenantgate.keyring.auth.oidc import JwtIdentity
+from tenantgate.keyring.auth.scram import AuthError, ScramServer, ScramVerifier, fake_verifier, md5_check
 from tenantgate.keyring.errors import SqlStateError
 
 from . import codec
@@ -30,9 +33,6 @@ from .codec import (
     Authentication,
     PasswordMessage,
 )
-from .jwt import JwtError
-from .oidc import JwtIdentity
-from .scram import AuthError, ScramServer, ScramVerifier, fake_verifier, md5_check
 
 SCRAM = "scram-sha-256"
 MD5 = "md5"

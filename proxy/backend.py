@@ -12,6 +12,8 @@ import secrets
 import ssl
 from dataclasses import dataclass, field
 
+from tenantgate.keyring.auth.scram import AuthError, ScramClient, md5_hash, md5_response
+
 from . import codec
 from .codec import (
     AUTH_CLEARTEXT,
@@ -30,7 +32,6 @@ from .codec import (
     StartupMessage,
 )
 from .conn import ConnectionLost, PgConnection
-from .scram import AuthError, ScramClient, md5_hash, md5_response
 from .tls import backend_context
 
 

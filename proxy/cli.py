@@ -23,12 +23,13 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tenantgate.config import ConfigError, load_config
+    from tenantgate.config import ConfigError
 
     from .console.serve import serve
+    from .oidc import load_serving_config
 
     try:
-        cfg = load_config(args.config)
+        cfg, _ = load_serving_config(args.config)  # as the serving process loads it: a dead jwks_url stops here
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -46,10 +47,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from tenantgate.config import ConfigError, load_config
+    from tenantgate.config import ConfigError
+
+    from .oidc import load_serving_config
 
     try:
-        cfg = load_config(args.config)
+        cfg, _ = load_serving_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -64,7 +67,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    from .scram import make_verifier, md5_hash
+    from tenantgate.keyring.auth.scram import make_verifier, md5_hash
 
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -87,10 +90,11 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .process import Proxy
+    from .sandbox.demo import run_demo
 
     log.setup(args.log_level or "info", False)
-    return _run(run_demo(port=args.port))
+    return _run(run_demo(Proxy, port=args.port))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tenantgate.audit.cli import register as register_audit
     from tenantgate.keyring.cli import register as register_keys
 
-    from .move import register as register_tenant
-    from .rls import register as register_rls
+    from .ops.move import register as register_tenant
+    from .ops.rls import register as register_rls
 
     register_audit(sub)
     register_keys(sub)

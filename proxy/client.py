@@ -37,7 +37,7 @@ from .crypto import CryptoSetupError, SessionCrypto
 from .encoding import ClientEncoding, EncodingError, canonical_name, client_encoding
 from .frontend import Fatal, FrontendConnection, Host, fatal_bytes
 from .limits import LimitExceeded, TenantLimiter
-from .oidc import jwt_verifier
+from .oidc import JwksCache, jwt_verifier
 from .placement import Placement
 from .pool import BackendPool
 from .session import Session
@@ -63,6 +63,8 @@ class Process(Host, Protocol):
     def paused(self) -> set[str]: ...
     @property
     def rewriter(self) -> Rewriter: ...
+    @property
+    def jwks(self) -> JwksCache | None: ...
     def record(self, event: AuditEvent) -> None: ...
     def pool_for(self, database: str, placement: Placement) -> BackendPool | None: ...
     def limiter(self, tenant: str) -> TenantLimiter: ...
@@ -140,14 +142,15 @@ class ClientConnection(FrontendConnection[Process]):
         settings, extensions = filter_params(startup.params)
         method = user.auth if user is not None else cfg.server.auth_method
         oidc = cfg.oidc
-        verify = None
+        verify = before = None
         if oidc is not None and (method == JWT or (user is None and oidc.dynamic_users)):
             if not self.ssl_in_use:  # the token goes in cleartext: never without TLS
                 raise Fatal("28000", "JWT login requires TLS")
-            method, verify = JWT, jwt_verifier(cfg, name)
+            jwks = self.proxy.jwks
+            assert jwks is not None  # the Proxy opens the JWKS of every config with an [oidc]
+            method, verify = JWT, jwt_verifier(cfg, jwks, name)
+            before = jwks.refresh_for  # a token naming a kid the cached JWKS lacks: the IdP rotated its keys
         auth = ClientAuth(name, user, method, self.proxy.secret, verify)
-        # a token naming a kid the cached JWKS lacks: the IdP rotated its keys
-        before = oidc.jwks.refresh_for if oidc is not None and verify is not None else None
         try:
             reply = await self.authenticate(auth, before)
         except (AuthFailed, ProtocolError) as exc:
@@ -182,7 +185,7 @@ class ClientConnection(FrontendConnection[Process]):
             if timeout is not None:  # the backend enforces it too; the session cancels past it regardless
                 session_settings["statement_timeout"] = str(max(1, round(timeout * 1000)))
         else:
-            session_settings["tenantgate.trusted"] = "on"  # see proxy/rls.py
+            session_settings["tenantgate.trusted"] = "on"  # see proxy/ops/rls.py
         if readonly:  # second lock: the backend itself refuses what the proxy lets through
             session_settings = read_only_settings(session_settings)
         # trusted service users always hold their backend (session pooling)

@@ -1,12 +1,11 @@
-"""Logins with an OIDC token as the password: where the keys come from, and what a token grants.
+"""Logins with an OIDC token as the password: the serving process's JWKS, and the token check.
 
-The JWKS of ``[oidc]`` is read (``jwks_file``) or fetched (``jwks_url``) whenever the config
-loads, so at start and on every reload. A URL source is fetched once more when a token names
-a kid the cached set lacks (an IdP rotating its keys), at most once per REFETCH_INTERVAL.
-
-A verified token becomes a tenant session: the user claim must be the login name, the tenant
-claim a tenant of [tenants] (and, for a configured user, that user's tenant); the role claim
-or the user's configured role may make the session read-only.
+config/ reads a ``jwks_file`` when it loads and only names a ``jwks_url``; the serving
+process fetches the URL (``open_jwks``) whenever it loads the config, so at start and on
+every reload, and fails closed as a config problem when the URL gives no usable JWKS. A URL
+source is fetched once more when a token names a kid the cached set lacks (an IdP rotating
+its keys), at most once per REFETCH_INTERVAL. What verified claims grant is
+:mod:`tenantgate.keyring.auth.oidc`.
 """
 
 from __future__ import annotations
@@ -15,26 +14,32 @@ import asyncio
 import http.client
 import logging
 import math
+import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from .jwt import JwksError, JwkSet, JwtError, parse_jwks, token_kid, verify_jwt
+from tenantgate.config import Config, ConfigError, Problem, load_config
+from tenantgate.keyring.auth.jwt import JwksError, JwkSet, parse_jwks, token_kid, verify_jwt
+from tenantgate.keyring.auth.oidc import JwtIdentity, identify
 
-if TYPE_CHECKING:
-    from tenantgate.config.schema import Config, Oidc, User
-
-__all__ = ["FETCH_TIMEOUT", "REFETCH_INTERVAL", "JwksCache", "JwtIdentity", "fetch_jwks", "identify", "jwt_verifier"]
+__all__ = [
+    "FETCH_TIMEOUT",
+    "REFETCH_INTERVAL",
+    "JwksCache",
+    "fetch_jwks",
+    "jwt_verifier",
+    "load_serving_config",
+    "open_jwks",
+]
 
 log = logging.getLogger("tenantgate.oidc")
 
 FETCH_TIMEOUT = 5.0  # seconds for one JWKS request
 REFETCH_INTERVAL = 30.0  # seconds between refetches that unknown kids trigger: tokens cannot hammer the IdP
 MAX_JWKS_BYTES = 1 << 20
-ROLES = ("readwrite", "readonly")  # as config.schema.ROLES (importing it here would be circular)
 
 
 class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
@@ -111,35 +116,32 @@ class JwksCache:
             self._inflight = None
 
 
-@dataclass(frozen=True, slots=True)
-class JwtIdentity:
-    """What a verified token grants: the session's tenant, and whether it may only read."""
-
-    tenant: str
-    readonly: bool
-
-
-def identify(
-    oidc: Oidc, tenants: Mapping[str, object], user: User | None, name: str, claims: Mapping[str, Any]
-) -> JwtIdentity:
-    """Map verified claims to a session for login ``name`` (``user``: its [users] entry, None if dynamic)."""
-    if claims.get(oidc.user_claim) != name:
-        raise JwtError(f"claim {oidc.user_claim!r} does not name user {name!r}")
-    tenant = claims.get(oidc.tenant_claim)
-    if not isinstance(tenant, str) or not tenant:
-        raise JwtError(f"the token has no {oidc.tenant_claim!r} claim (a string)")
-    if tenant not in tenants:
-        raise JwtError(f"claim {oidc.tenant_claim!r} names a tenant that is not in [tenants]")
-    if user is not None and tenant != user.tenant:
-        raise JwtError(f"claim {oidc.tenant_claim!r} is not the tenant of user {name!r}")
-    role = claims.get(oidc.role_claim)
-    if role is not None and role not in ROLES:
-        raise JwtError(f"claim {oidc.role_claim!r} must be one of {', '.join(ROLES)}")
-    # the stricter of the two wins: a token cannot lift a read-only user's restriction
-    return JwtIdentity(tenant, role == "readonly" or (user is not None and user.role == "readonly"))
+def open_jwks(config: Config, file: str | os.PathLike[str] | None = None) -> JwksCache | None:
+    """The keys of config's [oidc] for the serving process (None without one): a file source's keys
+    as config read them, a URL source fetched now. ConfigError naming the config ``file`` (default:
+    config.source) and key when the URL gives no usable JWKS."""
+    oidc = config.oidc
+    if oidc is None:
+        return None
+    if oidc.jwks_url is None:
+        assert oidc.keys is not None  # config refuses a file source without usable keys
+        return JwksCache(oidc.keys)
+    try:
+        return JwksCache(fetch_jwks(oidc.jwks_url), oidc.jwks_url)
+    except JwksError as exc:
+        where = os.fspath(config.source if file is None else file)
+        raise ConfigError([Problem(where, "oidc.jwks_url", f"no usable JWKS: {exc}")]) from None
 
 
-def jwt_verifier(config: Config, name: str, clock: Callable[[], float] = time.time) -> Callable[[str], JwtIdentity]:
+def load_serving_config(path: str | os.PathLike[str]) -> tuple[Config, JwksCache | None]:
+    """What the serving process loads at start and on every reload: the config, then its JWKS."""
+    config = load_config(path)
+    return config, open_jwks(config, path)
+
+
+def jwt_verifier(
+    config: Config, jwks: JwksCache, name: str, clock: Callable[[], float] = time.time
+) -> Callable[[str], JwtIdentity]:
     """The verifier ClientAuth calls with the token that user ``name`` sent as password."""
     oidc = config.oidc
     assert oidc is not None
@@ -148,7 +150,7 @@ def jwt_verifier(config: Config, name: str, clock: Callable[[], float] = time.ti
     def verify(token: str) -> JwtIdentity:
         claims = verify_jwt(
             token,
-            oidc.jwks.keys,
+            jwks.keys,
             issuer=oidc.issuer,
             audience=oidc.audience,
             algorithms=oidc.algorithms,

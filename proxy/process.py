@@ -16,7 +16,7 @@ from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.remote import RemoteAuditLog
 from tenantgate.audit.writer import AuditLog
-from tenantgate.config import Config, ConfigError, load_config
+from tenantgate.config import Config, ConfigError
 from tenantgate.keyring import Keyring
 from tenantgate.keyring.quoting import quote_literal
 from tenantgate.keyring.settings import EncryptedColumn
@@ -29,6 +29,7 @@ from .counters import Metrics
 from .crypto import build_keyring, resolve_columns
 from .frontend import Fatal
 from .limits import TenantLimiter
+from .oidc import JwksCache, load_serving_config, open_jwks
 from .placement import Placement, backend_target
 from .pool import BackendPool
 from .tls import client_context
@@ -83,6 +84,7 @@ class Proxy:
         audit_socket: str | None = None,
     ) -> None:
         self.config = config
+        self.jwks: JwksCache | None = open_jwks(config)  # fetched now for a jwks_url: fails closed
         self.worker_index = worker_index
         self.worker_count = worker_count
         self.listen_port = port
@@ -303,7 +305,7 @@ class Proxy:
         if self.config_path is None:
             return False, ["no config file to reload"]
         try:
-            new = load_config(self.config_path)
+            new, jwks = load_serving_config(self.config_path)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the old configuration:\n%s", exc)
             self.record(AuditEvent(kind="reload", decision="refused", reason=str(exc)))
@@ -318,7 +320,7 @@ class Proxy:
             for name in set(self.config.tenants) | set(new.tenants)
             if Placement.of(self.config, name).key != Placement.of(new, name).key
         }
-        self.config = new
+        self.config, self.jwks = new, jwks
         self.backend_target = backend_target(new.backend)
         self._rewriter = None
         self._roles_checked.clear()

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tenantgate.proxy.pgcluster import ExternalServer, PgServer, ThrowawayCluster
-from tenantgate.proxy.pgcluster import free_port as _free_port
+from tenantgate.proxy.sandbox.pgcluster import ExternalServer, PgServer, ThrowawayCluster
+from tenantgate.proxy.sandbox.pgcluster import free_port as _free_port
 
 from .certs import Pki, make_pki
 

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tenantgate.keyring.auth.scram import ScramClient
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import AuthMethod, PgServer, free_port
-from tenantgate.proxy.scram import ScramClient
+from tenantgate.proxy.sandbox.pgcluster import AuthMethod, PgServer, free_port
 
 # A small two-tenant table, and the scoping that covers it (audit and pooling tests).
 ORDERS_SETUP = """

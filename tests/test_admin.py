@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin
 
 from .certs import Pki
 from .harness import Backend, ProxyProcess, RawClient, errors, launch_with_ports

@@ -18,7 +18,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import (
     ORDERS_SCOPING,

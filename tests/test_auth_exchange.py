@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tenantgate.keyring.auth.scram import ScramClient, ScramVerifier, make_verifier, md5_hash, md5_response
 from tenantgate.proxy import codec
 from tenantgate.proxy.auth import MD5, SCRAM, AuthFailed, ClientAuth
 from tenantgate.proxy.codec import (
@@ -30,7 +31,6 @@ from tenantgate.proxy.codec import (
     ProtocolError,
     sasl_initial_response,
 )
-from tenantgate.proxy.scram import ScramClient, ScramVerifier, make_verifier, md5_hash, md5_response
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import stacks
-from tenantgate.proxy.pgcluster import PgBinaryNotFound, find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import PgBinaryNotFound, find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["encryption", "environment", "memory", "micro", "pgbench", "pgbouncer", "procs", "profile", "report",

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import USERS, Backend, ProxyProcess, RawClient, errors, start_proxy
 from .peer.env import TENANT, TENANT_USER, TRUSTED_USER, create_backend, install_rls, proxy_config

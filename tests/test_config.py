@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tenantgate.config import ConfigError, Secret, check_config, load_config
 from tenantgate.config.values import parse_identifier, parse_qualified_name, render_identifier
-from tenantgate.proxy.scram import AuthError, ScramClient, ScramServer, md5_hash
+from tenantgate.keyring.auth.scram import AuthError, ScramClient, ScramServer, md5_hash
 
 MINIMAL = """
 [backend]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tenantgate.proxy import encoding
 from tenantgate.proxy.encoding import EncodingError, canonical_name, client_encoding
-from tenantgate.proxy.pgcluster import PgServer
+from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 TRY_CONVERT = """
 CREATE FUNCTION try_convert(b bytea, enc name) RETURNS text LANGUAGE plpgsql AS $$

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from tenantgate.keyring.cli import register
 from tenantgate.keyring.kek import create_kek_file
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
 

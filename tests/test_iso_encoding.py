@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
 

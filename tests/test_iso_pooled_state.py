@@ -21,7 +21,7 @@ import pytest
 
 from tenantgate.proxy import codec
 from tenantgate.proxy.codec import Bind, Execute, Parse, Sync
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 from tenantgate.rewriter import Policy, Rewriter
 
 from .harness import (

@@ -23,7 +23,7 @@ import pytest
 
 from tenantgate.proxy import codec
 from tenantgate.proxy.codec import Bind, Close, Describe, Execute, Parse, Sync
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import USERS, Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import ORDERS_SCOPING, ORDERS_SETUP, Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tenantgate.config import ConfigError, load_config
-from tenantgate.proxy.pgcluster import find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import find_pg_bin
 from tenantgate.rewriter import Policy, Refused
 from tenantgate.rewriter.sidechannels import PG_CLASS_COLUMNS, PG_CLASS_MASKS
 from tenantgate.rewriter.verifier import verify

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer
+from tenantgate.proxy.sandbox.pgcluster import PgServer
 from tenantgate.rewriter.transforms import MISMATCH_MARKER
 
 from .harness import USERS, RawClient, errors

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, config_text, start_proxy
 

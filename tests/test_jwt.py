@@ -25,11 +25,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tenantgate.config import ConfigError, load_config
+from tenantgate.keyring.auth.jwt import JwksError, JwkSet, JwtError, parse_jwks, verify_jwt
+from tenantgate.keyring.auth.oidc import JwtIdentity
 from tenantgate.proxy import codec
 from tenantgate.proxy.auth import JWT, AuthFailed, ClientAuth
-from tenantgate.proxy.jwt import JwksError, JwkSet, JwtError, parse_jwks, verify_jwt
-from tenantgate.proxy.oidc import REFETCH_INTERVAL, JwksCache, JwtIdentity, jwt_verifier
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.oidc import REFETCH_INTERVAL, JwksCache, jwt_verifier, load_serving_config, open_jwks
+from tenantgate.proxy.process import Proxy
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 from tenantgate.rewriter.roles import read_only_settings, read_only_violation
 
 from .certs import Pki
@@ -302,8 +304,9 @@ def oidc_config(tmp: Path, oidc: str, users: str = "") -> Path:
 
 
 def problems(path: Path) -> list[str]:
+    """What the serving process reports when it loads ``path`` (config, then a jwks_url fetched)."""
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_serving_config(path)
     return [str(p) for p in info.value.problems]
 
 
@@ -319,7 +322,7 @@ def test_config_defaults_and_file_source(tmp_path: Path, signers: dict[str, Sign
     o = cfg.oidc
     assert (o.tenant_claim, o.role_claim, o.user_claim) == ("tenant", "tenantgate_role", "sub")
     assert (o.algorithms, o.leeway, o.dynamic_users) == (("RS256", "ES256", "EdDSA"), 30.0, False)
-    assert o.jwks_file == str(tmp_path / "jwks.json") and o.jwks.keys.kids() == {signers["ES256"].kid}
+    assert o.jwks_file == str(tmp_path / "jwks.json") and o.keys is not None and o.keys.kids() == {signers["ES256"].kid}
     assert cfg.users["carol"].auth == JWT and cfg.users["carol"].role == "readonly"
     assert cfg.redacted()["oidc"]["issuer"] == ISSUER
 
@@ -369,6 +372,28 @@ def test_config_source_choice_and_url_checks(tmp_path: Path) -> None:
     )
 
 
+def test_config_only_names_a_jwks_url_the_serving_process_fetches_it(tmp_path: Path, jwks_server: JwksServer) -> None:
+    base = f'issuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
+    dead = f"http://127.0.0.1:{free_port()}/j"  # nothing listens there
+    path = oidc_config(tmp_path, base + f'jwks_url = "{dead}"\n')
+    oidc = load_config(path).oidc  # config/ does no network I/O
+    assert oidc is not None and oidc.jwks_url == dead and oidc.keys is None
+    with pytest.raises(ConfigError, match=r"oidc\.jwks_url: no usable JWKS: cannot fetch it"):
+        open_jwks(load_config(path), path)
+    # a running proxy fetches on reload too: a dead URL refuses the reload and keeps the old keys
+    path.write_text(path.read_text().replace(dead, jwks_server.url))
+    proxy = Proxy(load_config(path))
+    proxy.config_path = str(path)
+    before, hits = proxy.jwks, jwks_server.hits
+    assert before is not None and hits == 1
+    assert proxy.reload()[0] and jwks_server.hits == 2 and proxy.jwks is not before
+    kept = proxy.jwks
+    path.write_text(path.read_text().replace(jwks_server.url, dead))
+    applied, messages = proxy.reload()
+    assert not applied and messages[0].startswith(f"{path}: oidc.jwks_url: no usable JWKS: cannot fetch it")
+    assert proxy.jwks is kept and proxy.config.oidc is not None and proxy.config.oidc.jwks_url == jwks_server.url
+
+
 def test_jwt_user_needs_oidc_section(tmp_path: Path) -> None:
     path = tmp_path / "tg.toml"
     path.write_text('[backend]\nuser = "app"\n[tenants.acme]\n[users.carol]\ntenant = "acme"\nauth = "jwt"\n')
@@ -383,11 +408,11 @@ def test_file_rotation_on_reload(tmp_path: Path, signers: dict[str, Signer]) -> 
     first = load_config(path).oidc
     assert first is not None
     with pytest.raises(JwtError, match="unknown kid"):
-        verify(token, first.jwks.keys)
+        verify(token, first.keys)
     (tmp_path / "jwks.json").write_bytes(jwks_of(old, new))  # the IdP publishes its next key
     second = load_config(path).oidc  # what RELOAD / SIGHUP does
     assert second is not None
-    assert verify(token, second.jwks.keys)["sub"] == "carol"
+    assert verify(token, second.keys)["sub"] == "carol"
 
 
 class JwksServer:
@@ -429,9 +454,8 @@ def jwks_server(signers: dict[str, Signer]) -> Iterator[JwksServer]:
 
 def test_url_source_refetches_once_for_a_new_kid(tmp_path: Path, jwks_server: JwksServer) -> None:
     path = oidc_config(tmp_path, f'issuer = "{ISSUER}"\naudience = "{AUDIENCE}"\njwks_url = "{jwks_server.url}"\n')
-    oidc = load_config(path).oidc
-    assert oidc is not None and jwks_server.hits == 1  # fetched when the config loads
-    cache = oidc.jwks
+    _, cache = load_serving_config(path)
+    assert cache is not None and jwks_server.hits == 1  # fetched when the serving process loads the config
     rotated = Signer.new("ES256", kid="rotated")
     token = rotated.token(claims())
     with pytest.raises(JwtError, match="unknown kid"):
@@ -457,12 +481,12 @@ def test_url_source_refetches_once_for_a_new_kid(tmp_path: Path, jwks_server: Jw
 
 def test_failed_refetch_keeps_the_cached_keys(tmp_path: Path, jwks_server: JwksServer, keys: JwkSet) -> None:
     path = oidc_config(tmp_path, f'issuer = "{ISSUER}"\naudience = "{AUDIENCE}"\njwks_url = "{jwks_server.url}"\n')
-    oidc = load_config(path).oidc
-    assert oidc is not None
-    before = oidc.jwks.keys
+    _, cache = load_serving_config(path)
+    assert cache is not None
+    before = cache.keys
     jwks_server.body = b"not json"
-    asyncio.run(oidc.jwks.refresh_for(Signer.new("ES256", kid="zz").token(claims()).encode()))
-    assert jwks_server.hits == 2 and oidc.jwks.keys is before
+    asyncio.run(cache.refresh_for(Signer.new("ES256", kid="zz").token(claims()).encode()))
+    assert jwks_server.hits == 2 and cache.keys is before
 
 
 # ---------------------------------------------------------------------------------- identity & auth exchange
@@ -476,10 +500,12 @@ def test_claims_map_to_identity(tmp_path: Path, signers: dict[str, Signer]) -> N
         '[users.carol]\ntenant = "acme"\nauth = "jwt"\n[users.ro]\ntenant = "acme"\nauth = "jwt"\nrole = "readonly"\n',
     )
     cfg = load_config(path)
+    jwks = open_jwks(cfg)
+    assert jwks is not None
     s = signers["ES256"]
 
     def check(name: str, **over: Any) -> JwtIdentity:
-        return jwt_verifier(cfg, name, clock=lambda: NOW)(s.token(claims(sub=name, **over)))
+        return jwt_verifier(cfg, jwks, name, clock=lambda: NOW)(s.token(claims(sub=name, **over)))
 
     assert check("carol") == JwtIdentity("acme", readonly=False)
     assert check("carol", tenantgate_role="readonly") == JwtIdentity("acme", readonly=True)
@@ -494,7 +520,7 @@ def test_claims_map_to_identity(tmp_path: Path, signers: dict[str, Signer]) -> N
         with pytest.raises(JwtError, match=reason):
             check(name, **over)
     with pytest.raises(JwtError, match="does not name user 'carol'"):
-        jwt_verifier(cfg, "carol", clock=lambda: NOW)(s.token(claims(sub="mallory")))
+        jwt_verifier(cfg, jwks, "carol", clock=lambda: NOW)(s.token(claims(sub="mallory")))
 
 
 def test_client_auth_jwt_exchange() -> None:

@@ -1,6 +1,6 @@
 """Metrics: bounded labels, the HTTP endpoint in-process, and counters after a real workload.
 
-The tests marked "wired" below depend on the hot-path calls into `proxy.metrics` in
+The tests marked "wired" below depend on the hot-path calls into `proxy.counters` in
 proxy/client.py and proxy/session.py (see the Metrics method docstrings).
 """
 
@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tenantgate.config import load_config
 from tenantgate.proxy.console.metrics import MetricsServer
 from tenantgate.proxy.counters import MAX_KINDS, OTHER, OTHER_KIND, TRUSTED, Metrics
-from tenantgate.proxy.pgcluster import PgServer, free_port
 from tenantgate.proxy.process import Proxy
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, launch_with_ports
 

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import ExternalServer, ThrowawayCluster, find_pg_bin, free_port
+from tenantgate.proxy.sandbox.pgcluster import ExternalServer, ThrowawayCluster, find_pg_bin, free_port
 
 from .certs import Pki, make_ca
 
@@ -208,7 +208,7 @@ def test_interpreter_exit_and_sigterm_clean_up(ending: str, tmp_path: Path) -> N
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from tenantgate.proxy.pgcluster import ThrowawayCluster
+        from tenantgate.proxy.sandbox.pgcluster import ThrowawayCluster
         c = ThrowawayCluster()
         c.start()
         print(c.socket_dir, c.port, flush=True)

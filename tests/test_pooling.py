@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, find_pg_bin, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin, free_port
 
 from .harness import (
     ORDERS_SCOPING,

@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tenantgate.keyring.auth.scram import ScramServer, ScramVerifier
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, find_pg_bin, free_port
-from tenantgate.proxy.scram import ScramServer, ScramVerifier
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin, free_port
 
 from .harness import Backend, ProxyProcess, RawClient, config_text, launch, start_proxy
 

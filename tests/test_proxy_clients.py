@@ -16,7 +16,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin
 
 from .harness import Backend, ProxyProcess, launch
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, RawClient, config_text, errors, launch, start_proxy
 

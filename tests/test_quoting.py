@@ -20,7 +20,7 @@ from tenantgate.keyring.quoting import (
     quote_qualified,
     render_identifier,
 )
-from tenantgate.proxy.pgcluster import PgServer
+from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 NAMEDATALEN = 64
 # NUL-free text that leans on what quoting must get right (quotes, backslashes, U&/E prefixes,

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer
+from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 from .harness import Backend, ProxyProcess, launch
 

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer
+from tenantgate.proxy.sandbox.pgcluster import PgServer
 from tenantgate.rewriter import Policy, Rewriter
 from tenantgate.rewriter import crosscheck as cc
 

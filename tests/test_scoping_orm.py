@@ -13,7 +13,7 @@ from sqlalchemy import ForeignKey, create_engine, delete, func, inspect, select,
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, joinedload, mapped_column, relationship, selectinload
 
-from tenantgate.proxy.pgcluster import PgServer
+from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 from .harness import USERS, Backend, ProxyProcess, launch
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-from tenantgate.proxy.pgcluster import PgServer
+from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 from .harness import Backend, ProxyProcess, launch
 

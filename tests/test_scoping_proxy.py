@@ -20,7 +20,7 @@ import pytest
 from psycopg import pq
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin
 
 from .harness import USERS, Backend, ProxyProcess, RawClient, errors, launch
 

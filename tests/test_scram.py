@@ -1,4 +1,4 @@
-"""SCRAM-SHA-256 and md5 authentication (tenantgate.proxy.scram)."""
+"""SCRAM-SHA-256 and md5 authentication (tenantgate.keyring.auth.scram)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tenantgate.proxy.scram import (
+from tenantgate.keyring.auth.scram import (
     MAX_CLIENT_ITERATIONS,
     AuthError,
     ScramClient,

@@ -21,9 +21,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer, free_port
-from tenantgate.proxy.placement_config import PlacementSpec, with_placement
-from tenantgate.proxy.placement_copy import (
+from tenantgate.proxy.ops.placement_config import PlacementSpec, with_placement
+from tenantgate.proxy.ops.placement_copy import (
     TEXT_SETTINGS,
     Checksum,
     MovedTable,
@@ -32,6 +31,7 @@ from tenantgate.proxy.placement_copy import (
     delta_sync,
     describe,
 )
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, config_text, launch_with_ports
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tenantgate.proxy import codec
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import ORDERS_SCOPING, ORDERS_SETUP, Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tenantgate.config import ConfigError, load_config
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import ORDERS_SCOPING, Backend, ProxyProcess, config_text, start_proxy, wait_port
 from .test_admin import admin_dsn, psql, table

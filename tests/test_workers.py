@@ -27,9 +27,9 @@ from tenantgate.config import load_config
 from tenantgate.proxy import codec
 from tenantgate.proxy.cancel import MAX_PID, CancelRegistry
 from tenantgate.proxy.console.workers import merge_expositions
-from tenantgate.proxy.pgcluster import PgServer, find_pg_bin
 from tenantgate.proxy.placement import Placement
 from tenantgate.proxy.process import Proxy
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin
 
 from .harness import ORDERS_SCOPING, ORDERS_SETUP, Backend, ProxyProcess, config_text, launch_with_ports
 

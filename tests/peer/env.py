@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from tenantgate.proxy.pgcluster import PgServer, ThrowawayCluster, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, ThrowawayCluster, free_port
 
 from ..harness import USERS, Backend, ProxyProcess, config_text, start_proxy
 

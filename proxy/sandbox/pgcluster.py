@@ -554,7 +554,7 @@ class ThrowawayCluster(PgServer):
 
     def _write_hba(self) -> None:
         lines = [
-            "# Written by tenantgate.proxy.pgcluster; first match wins.",
+            "# Written by tenantgate.proxy.sandbox.pgcluster; first match wins.",
             *self._role_hba,
             *self._extra_hba,
             "local all all trust",

@@ -1,6 +1,7 @@
 """``tenantgate demo``: a throwaway PostgreSQL, two sample tenants, the proxy in front.
 
-The cluster and the written config live in temporary directories that Ctrl-C removes.
+The cluster and the written config live in temporary directories that Ctrl-C removes. The
+CLI hands in the proxy to start (``serving``), so this sandbox never imports the serving process.
 """
 
 from __future__ import annotations
@@ -10,12 +11,24 @@ import secrets
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from tenantgate.config import load_config
+from tenantgate.config import Config, load_config
 
 from .pgcluster import ThrowawayCluster, free_port
-from .process import Proxy
+
+
+class Serving(Protocol):
+    """What the demo needs of tenantgate.proxy.process.Proxy."""
+
+    @property
+    def port(self) -> int: ...
+    async def preflight(self) -> None: ...
+    async def start(self) -> None: ...
+    async def shutdown(self, timeout: float) -> None: ...
+
 
 SCHEMA = """
 CREATE TABLE customers (
@@ -152,13 +165,13 @@ def banner(port: int, config: Path, pg_port: int) -> str:
     )
 
 
-async def run_demo(port: int = 6432) -> int:
+async def run_demo(serving: Callable[[Config], Serving], port: int = 6432) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tenantgate-demo-"))
     port = port or free_port()
     loop = asyncio.get_running_loop()
     cluster, config_path = await loop.run_in_executor(None, prepare, workdir, port)
     try:
-        proxy = Proxy(load_config(config_path))
+        proxy = serving(load_config(config_path))
         await proxy.preflight()
         await proxy.start()
         print(banner(proxy.port, config_path, cluster.port), flush=True)

@@ -10,11 +10,10 @@ from __future__ import annotations
 from types import TracebackType
 
 from tenantgate.keyring.errors import SqlStateError
-
-from . import codec
-from .backend import Backend, BackendError, BackendTarget, connect
-from .codec import DataRow, ErrorResponse, ReadyForQuery, RowDescription
-from .conn import ConnectionLost
+from tenantgate.proxy import codec
+from tenantgate.proxy.backend import Backend, BackendError, BackendTarget, connect
+from tenantgate.proxy.codec import DataRow, ErrorResponse, ReadyForQuery, RowDescription
+from tenantgate.proxy.conn import ConnectionLost
 
 __all__ = ["AdminClient", "AdminCommandError"]
 

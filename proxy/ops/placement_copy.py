@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from tenantgate.keyring.quoting import quote_ident, quote_qualified
-
-from .pgcluster import find_pg_bin
+from tenantgate.proxy.sandbox.pgcluster import find_pg_bin
 
 __all__ = [
     "TEXT_SETTINGS",
