@@ -146,7 +146,7 @@ class Session:
         self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
         self.cycles_done = 0
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
-        self._rewritten: dict[int, tuple[str, str]] = {}  # cycle -> (client's Query text, the text sent)
+        self._rewritten: dict[int, tuple[str, str]] = {}  # cycle -> (client's text, backend's): Query or Bind
         self.statements = 0
         self.refused = 0
         self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
@@ -771,6 +771,10 @@ class Session:
                 self._audit_bind(missing[5:])
             return missing
         frame = codec.rename_bind(body, statement.bname) if statement.bname != name else None
+        # what an error of its Execute points into (utility statements are analysed then: PREPARE, EXPLAIN)
+        self._rewritten.pop(self.cycles_sent + 1, None)
+        if statement.texts is not None:
+            self._rewritten[self.cycles_sent + 1] = statement.texts
         crypto, audit = self.crypto, self.audit
         if statement.tenant_params or audit is not None or crypto is not None:
             bind = self._decode(_B, body if frame is None else frame[5:])
@@ -1187,13 +1191,15 @@ class Session:
 
     def _texts_answered(self) -> tuple[str, str] | None:
         """(client's text, backend's) of the rewritten statement an ErrorResponse answers, if any:
-        the cycle's simple Query, or the first Parse of the cycle still waiting for its answer."""
+        the first Parse of the cycle still waiting for its answer, else the cycle's simple Query or
+        last Bind. (An Execute failing before a later Parse of the same pipeline is taken for that
+        Parse: PostgreSQL reports no positions for execution errors but of utility statements.)"""
         cycle = self.cycles_done + 1
-        texts = self._rewritten.get(cycle)
-        if texts is None and self._named is not None:
+        if self._named is not None:
             parsing = next((s.statement for s in self._named.sent if s.cycle == cycle and s.statement), None)
-            texts = parsing.texts if parsing is not None else None
-        return texts
+            if parsing is not None:
+                return parsing.texts
+        return self._rewritten.get(cycle)
 
     def _notification(self, body: bytes) -> bytes:
         note = codec.decode_backend(_A, body, self.encoding)

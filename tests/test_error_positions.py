@@ -10,6 +10,7 @@ multibyte client encodings, single and multi-statement simple Query texts.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,8 @@ BACKEND = [
     "SELECT id + 'x'::text FROM orders WHERE note = '{c}'",
     "SELECT count(*) FROM orders   GROUP BY nosuch",
     "SELECT id FROM orders WHERE id = 1 ORDER BY   '{c}' || nosuch",
+    "PREPARE pos_{n} AS SELECT note FROM orders WHERE note = '{c}' AND  nosuch = $1",
+    "UPDATE orders SET note = '{c}' WHERE id =  'one'::int",
 ]
 MULTI = [
     "SELECT 1; SELEC 2",
@@ -51,28 +54,36 @@ MULTI = [
     "/* {c} */ SELECT 1;   select nosuch from orders",
     "SELECT note FROM orders WHERE note = '{c}';\n  SELECT id FROM orders o WHERE o.id = 'zz'::int",
 ]
-MODES = ["session", "transaction"]
+# RLS changes nothing the client's text says; both ways the rewriter's own text is what runs.
+MODES = [("session", False), ("transaction", False), ("transaction", True)]
+PROTOCOLS = ["simple", "extended", "prepared"]
 
 
-@pytest.fixture(scope="module", params=MODES)
+@pytest.fixture(scope="module", params=MODES, ids=[f"{m}-{'rls' if r else 'norls'}" for m, r in MODES])
 def gate(request: pytest.FixtureRequest, pg: PgServer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, Backend]]:
-    mode = request.param
-    name = f"errpos_{mode[:4]}"
+    mode, rls = request.param
+    name = f"errpos_{mode[:4]}_{'rls' if rls else 'plain'}"
     backend = Backend.create(pg, name)
     with psycopg.connect(backend.direct_dsn(), autocommit=True) as conn:
         conn.execute(SCHEMA)
     port = free_port()
     text = config_text(backend, port, scoping=SCOPING)
     if mode == "transaction":
-        text = text.replace('sslmode = "prefer"', 'sslmode = "prefer"\npool_mode = "transaction"\npool_size = 2', 1)
+        text = text.replace('sslmode = "prefer"', 'sslmode = "prefer"\npool_mode = "transaction"\npool_size = 8', 1)
     proxy = start_proxy(tmp_path_factory.mktemp(name), text, port)
+    if rls:
+        out = subprocess.run([sys.executable, "-m", "tenantgate.proxy.cli", "rls", "install", "--config",
+                              str(proxy.config_path), "--dsn", backend.direct_dsn()],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
     yield proxy, backend
     proxy.stop()
 
 
 class Conns:
-    """Connections kept open for the module (an error leaves an autocommit session usable)."""
+    """Connections kept open for the module (an error leaves an autocommit session usable); a SQL
+    PREPARE pins its session in transaction pooling, hence a pool as large as the connections."""
 
     def __init__(self) -> None:
         self.open: dict[tuple[str, str], psycopg.Connection] = {}
@@ -94,11 +105,20 @@ def conns(gate: tuple[ProxyProcess, Backend]) -> Iterator[Conns]:
 
 
 def _error(conn: psycopg.Connection, sql: str, protocol: str) -> tuple[str, str, str, str | None]:
+    """The error's fields; ``prepared``: a named protocol-level statement, ``pipeline``: the failing
+    Parse comes after another statement's in the same Sync."""
     cursor = psycopg.ClientCursor(conn) if protocol == "simple" else conn.cursor()
     with pytest.raises(psycopg.Error) as info:
-        cursor.execute(sql.encode(conn.info.encoding) if protocol == "simple" else sql)  # type: ignore[call-overload]
-        while cursor.nextset():
-            pass
+        if protocol == "simple":
+            cursor.execute(sql.encode(conn.info.encoding))  # type: ignore[call-overload]
+            while cursor.nextset():
+                pass
+        elif protocol == "pipeline":
+            with conn.pipeline():
+                cursor.execute("SELECT id FROM orders WHERE id = %s", (1,))
+                cursor.execute(sql)  # type: ignore[call-overload]
+        else:
+            cursor.execute(sql, prepare=protocol == "prepared")  # type: ignore[call-overload]
     diag = info.value.diag
     assert diag.sqlstate, info.value
     return (diag.severity or "", diag.sqlstate or "", diag.message_primary or "", diag.statement_position)
@@ -115,12 +135,20 @@ def _compare(gate: tuple[ProxyProcess, Backend], conns: Conns, user: str, encodi
 
 @pytest.mark.parametrize("encoding", sorted(CHARS))
 @pytest.mark.parametrize("user", ["alice", "svc"])
-@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("shape", SYNTAX + BACKEND)
 def test_a_single_statement_error_points_where_postgresql_points(
     gate: tuple[ProxyProcess, Backend], conns: Conns, shape: str, protocol: str, user: str, encoding: str
 ) -> None:
-    _compare(gate, conns, user, encoding, shape.format(c=CHARS[encoding]), protocol)
+    _compare(gate, conns, user, encoding, shape.format(c=CHARS[encoding], n=protocol), protocol)
+
+
+@pytest.mark.parametrize("user", ["alice", "svc"])
+@pytest.mark.parametrize("shape", SYNTAX + BACKEND)
+def test_a_pipelined_parse_error_points_into_its_own_text(
+    gate: tuple[ProxyProcess, Backend], conns: Conns, shape: str, user: str
+) -> None:
+    _compare(gate, conns, user, "UTF8", shape.format(c="ü", n="pipe"), "pipeline")
 
 
 @pytest.mark.parametrize("encoding", sorted(CHARS))
@@ -143,6 +171,6 @@ def _psql(dsn: str, sql: str, tmp: Path) -> str:
 def test_psql_shows_the_same_caret(gate: tuple[ProxyProcess, Backend], sql: str, tmp_path: Path) -> None:
     proxy, backend = gate
     direct = _psql(backend.direct_dsn(), sql, tmp_path)
-    through = _psql(proxy.dsn("alice") , sql, tmp_path)
+    through = _psql(proxy.dsn("alice"), sql, tmp_path)
     assert "^" in direct
     assert through == direct
