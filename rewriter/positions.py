@@ -29,11 +29,18 @@ from pglast import parser
 from .errors import Refused
 
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+# Literals the proxy may re-render (E'\\x41' as 'A', 1e3 as 1000): aligned by class, not spelling.
+_LITERALS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
 
 
 def _tokens(sql: str) -> tuple[list[int], list[int], list[tuple[str, str]]]:
     """Starts, ends (exclusive, character offsets) and comparable keys of the tokens of ``sql``:
-    keywords and plain identifiers compare case-insensitively, as the parser reads them."""
+    keywords and plain identifiers compare case-folded and quoted ones unquoted, as the parser
+    reads them; literals by their class.
+
+    >>> _tokens('SELECT "Ö", ö, ' + "E'a'")[2]
+    [('SELECT', 'select'), ('IDENT', 'Ö'), ('ASCII_44', ','), ('IDENT', 'ö'), ('ASCII_44', ','), ('SCONST', '')]
+    """
     starts: list[int] = []
     ends: list[int] = []
     keys: list[tuple[str, str]] = []
@@ -41,10 +48,17 @@ def _tokens(sql: str) -> tuple[list[int], list[int], list[tuple[str, str]]]:
         if tok.name in _COMMENTS:
             continue
         text = sql[tok.start : tok.end + 1]
-        folds = tok.kind != "NO_KEYWORD" or tok.name == "IDENT"
+        if tok.name in _LITERALS:
+            key = ""
+        elif tok.name == "IDENT" and text.startswith('"'):
+            key = text[1:-1].replace('""', '"')
+        elif tok.kind != "NO_KEYWORD" or tok.name == "IDENT":
+            key = text.lower()
+        else:
+            key = text
         starts.append(tok.start)
         ends.append(tok.end + 1)
-        keys.append((tok.name, text.lower() if folds else text))
+        keys.append((tok.name, key))
     return starts, ends, keys
 
 
@@ -98,10 +112,10 @@ def map_position(client: str, sent: str, position: int) -> int | None:
     for tag, i1, _, j1, j2 in SequenceMatcher(None, ckeys, skeys, autojunk=False).get_opcodes():
         if not j1 <= j < j2:
             continue
-        if tag == "equal":
+        if tag == "equal":  # the same token; inside it only where both spell it alike
             i = i1 + j - j1
-            inside = offset - sstarts[j]
-            return cstarts[i] + (inside if inside < cends[i] - cstarts[i] else 0) + 1
+            same = client[cstarts[i] : cends[i]] == sent[sstarts[j] : sends[j]]
+            return cstarts[i] + (offset - sstarts[j] if same else 0) + 1
         if tag == "replace":  # the client's spelling of the same thing (a re-rendered literal, a cast)
             return cstarts[i1] + 1
         return None  # inserted by the proxy
