@@ -715,8 +715,8 @@ class ErrorResponse:
     TYPE: ClassVar[bytes] = MsgType.ERROR_RESPONSE.byte
     fields: tuple[tuple[str, str], ...]
 
-    def encode(self) -> bytes:
-        return _frame(self.TYPE, b"".join(k.encode("latin-1") + _cstr(v) for k, v in self.fields) + b"\x00")
+    def encode(self, enc: ClientEncoding = UTF8) -> bytes:
+        return _frame(self.TYPE, b"".join(k.encode("latin-1") + _cstr(v, enc) for k, v in self.fields) + b"\x00")
 
     def get(self, code: str, default: str = "") -> str:
         for k, v in self.fields:
@@ -738,14 +738,46 @@ class NoticeResponse(ErrorResponse):
     TYPE: ClassVar[bytes] = MsgType.NOTICE_RESPONSE.byte
 
 
-def error(sqlstate: str, message: str, *, severity: str = "ERROR", detail: str = "", hint: str = "") -> ErrorResponse:
-    """An ErrorResponse as PostgreSQL would build it (both severity fields)."""
+def error(sqlstate: str, message: str, *, severity: str = "ERROR", detail: str = "", hint: str = "",
+          position: int | None = None) -> ErrorResponse:
+    """An ErrorResponse as PostgreSQL would build it (both severity fields, its field order)."""
     fields = [("S", severity), ("V", severity), ("C", sqlstate), ("M", message)]
     if detail:
         fields.append(("D", detail))
     if hint:
         fields.append(("H", hint))
+    if position is not None:
+        fields.append(("P", str(position)))
     return ErrorResponse(tuple(fields))
+
+
+def with_error_field(body: bytes, code: str, value: str | None) -> bytes:
+    """The ErrorResponse frame of ``body`` with field ``code`` set to the ASCII ``value`` (or left
+    out when None); every other field's bytes stay as the backend sent them, in its encoding.
+
+    >>> body = b"SERROR\\x00C42703\\x00Mno\\x00P30\\x00\\x00"
+    >>> with_error_field(body, "P", "8")[5:], with_error_field(body, "P", None)[5:]
+    (b'SERROR\\x00C42703\\x00Mno\\x00P8\\x00\\x00', b'SERROR\\x00C42703\\x00Mno\\x00\\x00')
+    """
+    new = None if value is None else value.encode("ascii")
+    fields = [(k, new if k == code else v) for k, v in raw_fields(body)]
+    out = b"".join(k.encode("latin-1") + v + b"\x00" for k, v in fields if v is not None)
+    return _frame(b"E", out + b"\x00")
+
+
+def raw_fields(body: bytes) -> list[tuple[str, bytes]]:
+    """The (code, undecoded value) fields of an ErrorResponse/NoticeResponse body.
+
+    >>> raw_fields(b"SERROR\\x00P7\\x00\\x00")
+    [('S', b'ERROR'), ('P', b'7')]
+    """
+    out: list[tuple[str, bytes]] = []
+    i = 0
+    while i < len(body) and body[i] != 0:
+        end = body.index(b"\x00", i + 1)
+        out.append((chr(body[i]), body[i + 1 : end]))
+        i = end + 1
+    return out
 
 
 @dataclass(frozen=True, slots=True)

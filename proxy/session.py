@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenantgate.keyring.errors import SqlStateError
 from tenantgate.rewriter import Plan, Refused, strip_channel
+from tenantgate.rewriter.positions import map_position
 from tenantgate.rewriter.roles import read_only_violation
 
 from . import codec
@@ -84,6 +85,10 @@ _CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
 
 class Refusal(SqlStateError):
     """A statement the proxy (not the rewriter) will not run: SQLSTATE, message and a reason code."""
+
+    def __init__(self, sqlstate: str, message: str, reason: str = "", position: int | None = None) -> None:
+        super().__init__(sqlstate, message, reason)
+        self.position = position  # 1-based character index into the client's text (field P)
 
 
 class Session:
@@ -142,6 +147,7 @@ class Session:
         self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
         self.cycles_done = 0
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
+        self._rewritten: dict[int, tuple[str, str]] = {}  # cycle -> (client's text, backend's): Query or Bind
         self.statements = 0
         self.refused = 0
         self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
@@ -612,6 +618,8 @@ class Session:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
                 # the backend gets the verified text in the session's encoding: the client's bytes only if identical
                 query = self._encode(Query(rewritten))
+                if rewritten != msg.sql:
+                    self._rewritten[self.cycles_sent] = (msg.sql, rewritten)
                 return None if query == buf[start:end] else query
             if mtype == MsgType.PARSE:
                 msg = self._decode(mtype, body)
@@ -739,7 +747,8 @@ class Session:
             return data
         assert self.backend is not None
         resets = self._tracked is not None and self._tracked.resets_base(changes)
-        statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets)
+        texts = (msg.sql, plan.sql) if plan.sql != msg.sql else None
+        statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets, texts)
         return named.parse(self.backend, msg.name, statement, self.cycles_sent + 1)
 
     def _bind(self, body: bytes) -> bytes | None:
@@ -764,6 +773,10 @@ class Session:
                 self._audit_bind(missing[5:])
             return missing
         frame = codec.rename_bind(body, statement.bname) if statement.bname != name else None
+        # what an error of its Execute points into (utility statements are analysed then: PREPARE, EXPLAIN)
+        self._rewritten.pop(self.cycles_sent + 1, None)
+        if statement.texts is not None:
+            self._rewritten[self.cycles_sent + 1] = statement.texts
         crypto, audit = self.crypto, self.audit
         if statement.tenant_params or audit is not None or crypto is not None:
             bind = self._decode(MsgType.BIND, body if frame is None else frame[5:])
@@ -923,7 +936,7 @@ class Session:
             try:
                 plan = rewriter.plan(sql, self.tenant, extended=extended, encrypt=encrypt)
             except Refused as exc:
-                raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+                raise Refusal(exc.sqlstate, exc.message, exc.reason, exc.position) from None
             for start, end in sorted(plan.redactions, reverse=True):  # encrypted literals never reach the audit
                 self._redacted = self._redacted[:start] + "'***'" + self._redacted[end:]
         if self.readonly and (what := read_only_violation(sql, plan.kinds)) is not None:
@@ -947,7 +960,7 @@ class Session:
     def _inject(self, refusal: Refusal, *, simple: bool) -> bytes:
         """A message that fails to parse on the backend; its error is swapped for ours."""
         marker = b"tenantgate_refused_" + secrets.token_hex(8).encode()
-        err = codec.error(refusal.sqlstate, refusal.message)
+        err = codec.error(refusal.sqlstate, refusal.message, position=refusal.position)
         # Query-type refusals are their own cycle (already counted); Parse/Bind belong to the next Sync's
         self._refusals.append((marker, err, self.cycles_sent - (1 if simple else 0)))
         log.info("refused statement: %s (%s)", refusal.reason, refusal.sqlstate)
@@ -1038,6 +1051,7 @@ class Session:
             if mtype == MsgType.READY_FOR_QUERY:
                 self.status = chr(buf[start + 5])
                 self.cycles_done += 1
+                self._rewritten.pop(self.cycles_done, None)
                 if self.cycles_done >= self.cycles_sent:
                     if self.busy_since is not None:
                         self.metrics.timing(self.tenant, time.monotonic() - self.busy_since, self._proxy_time)
@@ -1063,9 +1077,12 @@ class Session:
                     mark = end
             elif mtype == MsgType.ERROR_RESPONSE:
                 self._cycle_failed = True
+                texts = self._texts_answered()
                 if self._named is not None and self.backend is not None:
                     self._named.failed(self.backend, self.cycles_done + 1)
                 replacement = self._swap_error(buf[start + 5 : end]) if self._refusals else None
+                if replacement is None and texts is not None:
+                    replacement = _client_position(buf[start + 5 : end], *texts)
                 if replacement is not None:
                     out = _splice(out, buf, mark, start, replacement)
                     mark = end
@@ -1173,8 +1190,23 @@ class Session:
         for i, (marker, err, _gen) in enumerate(self._refusals):
             if marker in body:
                 del self._refusals[i]
-                return err.encode()
+                try:
+                    return err.encode(self.encoding)  # it quotes the client's text: in the client's encoding
+                except EncodingError:
+                    return err.encode()
         return None
+
+    def _texts_answered(self) -> tuple[str, str] | None:
+        """(client's text, backend's) of the rewritten statement an ErrorResponse answers, if any:
+        the first Parse of the cycle still waiting for its answer, else the cycle's simple Query or
+        last Bind. (An Execute failing before a later Parse of the same pipeline is taken for that
+        Parse: PostgreSQL reports no positions for execution errors but of utility statements.)"""
+        cycle = self.cycles_done + 1
+        if self._named is not None:
+            parsing = next((s.statement for s in self._named.sent if s.cycle == cycle and s.statement), None)
+            if parsing is not None:
+                return parsing.texts
+        return self._rewritten.get(cycle)
 
     def _notification(self, body: bytes) -> bytes:
         note = codec.decode_backend(MsgType.NOTIFICATION_RESPONSE, body, self.encoding)
@@ -1205,6 +1237,15 @@ class Session:
             self.backend.conn.on_lost = None
             self.backend.conn.abort()
         self._end(codec.error("08P01", f"the backend's {why}: tenantgate closed the session", severity="FATAL"))
+
+
+def _client_position(body: bytes, client: str, sent: str) -> bytes | None:
+    """The error frame with its position moved into the client's text (or dropped), None if it has none."""
+    position = dict(codec.raw_fields(body)).get("P")
+    if position is None or not position.isdigit():
+        return None
+    mapped = map_position(client, sent, int(position))
+    return codec.with_error_field(body, "P", None if mapped is None else str(mapped))
 
 
 def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:

@@ -40,6 +40,7 @@ from .encryption import Analyzer, Encrypt, EncryptedRef, Seal, fill_sealed, lite
 from .errors import Refused
 from .literals import Lifted, Template, lift, trim_comments, version_dependent_number
 from .policy import Policy
+from .positions import syntax_error
 from .scoper import Scoper, deparse
 from .verifier import verify
 
@@ -103,6 +104,7 @@ class _Refusal:
     reason: str
     message: str
     sqlstate: str
+    position: int | None
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ class Rewriter:
         if entry is not None:
             self._hits += 1
             if isinstance(entry, _Refusal):
-                raise Refused(entry.sqlstate, entry.message, entry.reason)
+                raise Refused(entry.sqlstate, entry.message, entry.reason, entry.position)
             if isinstance(entry, _Sealed):
                 return replace(entry.plan, sql=seal_sql(entry.plan.sql, entry.seals, encrypt))
             assert isinstance(entry, Plan)
@@ -184,7 +186,7 @@ class Rewriter:
             if allowed is not None:
                 self._cache.put(exact_key, allowed)
                 return allowed
-            self._cache.put(exact_key, _Refusal(err.reason, err.message, err.sqlstate))
+            self._cache.put(exact_key, _Refusal(err.reason, err.message, err.sqlstate, err.position))
             raise
         plan = built.plan
         sealed = replace(plan, sql=seal_sql(plan.sql, built.seals, encrypt)) if built.seals else plan
@@ -212,7 +214,10 @@ class Rewriter:
     def _rewrite(self, sql: str, tenant: str, extended: bool, sentinels: Mapping[str, int] | None) -> _Built:
         """``sentinels`` (template probes): literal token -> lifted index; the seals then name their
         slots and the literals stay in place."""
-        raws = pglast.parse_sql(sql)
+        try:
+            raws = pglast.parse_sql(sql)
+        except parser.ParseError as exc:  # the client's own text: PostgreSQL's message and position
+            raise syntax_error(sql, exc) from None
         if version_dependent_number(sql):
             raise Refused("42601", "numeric literals with a base prefix or underscores are not "
                           "supported by the backend", "unparseable")
