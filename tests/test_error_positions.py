@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tenantgate.proxy.pgcluster import PgServer, free_port
+from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, config_text, start_proxy
 
