@@ -110,8 +110,11 @@ class Session:
         limiter: TenantLimiter | None = None,
         encoding: ClientEncoding = UTF8,
         reset_encoding: str = "UTF8",
+        client_pid: int = 0,
     ) -> None:
         self.client = client
+        self.client_pid = client_pid  # the pid of the client's BackendKeyData
+        self._backend_fatal = False  # the backend's own FATAL went to the client: its close is no surprise
         # the session's client_encoding, fixed at startup: every client text is decoded and sent in it
         self.encoding = encoding
         # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
@@ -423,6 +426,9 @@ class Session:
     def _backend_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, codec.ProtocolError):
             log.warning("backend protocol error: %s", exc)
+        if self._backend_fatal:  # the client was told why, in PostgreSQL's words (57P01, 25P03, ...)
+            self.client.close()
+            return
         self._end(codec.error("08006", "server closed the connection unexpectedly", severity="FATAL"))
 
     def _end(self, err: ErrorResponse) -> None:
@@ -975,6 +981,12 @@ class Session:
         row_cap = self.limiter.limits.max_rows if self.limiter is not None else None
         for i in range(first, len(frames)):
             mtype, start, end = frames[i]
+            if mtype == _E and not self._backend_fatal and ends_session(buf[start + 5 : end]):
+                # the backend's last word (terminated, shut down, timed out): relayed as it is, even in
+                # a cycle the proxy injected, then the connection closes (see _backend_lost)
+                self._backend_fatal = True
+                if self._swallow and (self.cycles_done + 1) in self._swallow:
+                    continue
             if self._swallow and (self.cycles_done + 1) in self._swallow:
                 # the answer to a statement the proxy injected: nobody's business but ours
                 out = _splice(out, buf, mark, start)
@@ -1076,8 +1088,9 @@ class Session:
                         mark = end
             elif mtype == _PS:
                 self._parameter_status(buf[start + 5 : end])
-            elif mtype == _A and self.tenant is not None:
-                # channels are namespaced per tenant: show the tenant its own name, drop others'
+            elif mtype == _A and (self.tenant is not None or self._backend_pid() != self.client_pid):
+                # channels are namespaced per tenant: show the tenant its own name, drop others'; the
+                # client's own backend notifies under the client's pid
                 out = _splice(out, buf, mark, start, self._notification(buf[start + 5 : end]))
                 mark = end
             elif audit is not None and mtype in _BACKEND_AUDITED:
@@ -1175,10 +1188,14 @@ class Session:
     def _notification(self, body: bytes) -> bytes:
         note = codec.decode_backend(_A, body, self.encoding)
         assert isinstance(note, codec.NotificationResponse)
-        channel = strip_channel(self.tenant or "", note.channel)
+        channel = strip_channel(self.tenant or "", note.channel) if self.tenant is not None else note.channel
         if channel is None:
             return b""
-        return codec.NotificationResponse(note.pid, channel, note.payload).encode(self.encoding)
+        pid = self.client_pid if note.pid == self._backend_pid() else note.pid
+        return codec.NotificationResponse(pid, channel, note.payload).encode(self.encoding)
+
+    def _backend_pid(self) -> int:
+        return self.backend.pid if self.backend is not None else 0
 
     def _parameter_status(self, body: bytes) -> None:
         msg = codec.decode_backend(_PS, body, self.encoding)
@@ -1201,6 +1218,19 @@ class Session:
             self.backend.conn.on_lost = None
             self.backend.conn.abort()
         self._end(codec.error("08P01", f"the backend's {why}: tenantgate closed the session", severity="FATAL"))
+
+
+def ends_session(body: bytes) -> bool:
+    """Whether an ErrorResponse body has severity FATAL or PANIC (the non-localized V field:
+    fields end in NUL, so a field boundary cannot be forged inside a message).
+
+    >>> ends_session(codec.error("57P01", "terminating connection", severity="FATAL").encode()[5:])
+    True
+    >>> ends_session(codec.error("42601", "VFATAL").encode()[5:])
+    False
+    """
+    fields = b"\x00" + body
+    return b"\x00VFATAL\x00" in fields or b"\x00VPANIC\x00" in fields
 
 
 def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:
