@@ -10,6 +10,7 @@ the pool. Cancel keys are (pid, secret) pairs whose secret names the owning work
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,13 +19,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tenantgate.proxy import codec
 from tenantgate.proxy.cancel import MAX_PID, CancelRegistry
 from tenantgate.proxy.pgcluster import PgServer, free_port
 
-from .harness import ORDERS_SCOPING, ORDERS_SETUP, Backend, ProxyProcess, config_text, start_proxy
+from .harness import (
+    ORDERS_SCOPING,
+    ORDERS_SETUP,
+    USERS,
+    Backend,
+    ProxyProcess,
+    RawClient,
+    config_text,
+    errors,
+    start_proxy,
+)
 
 MODES = ("session", "transaction")
-USERS = ("svc", "alice")  # trusted (always holds its backend) and a tenant
+WHO = ("svc", "alice")  # trusted (always holds its backend) and a tenant
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +65,7 @@ def wait_gone(pg: PgServer, pid: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("user", WHO)
 @pytest.mark.parametrize("mode", MODES)
 def test_backend_key_pid(proxies: dict[str, ProxyProcess], backend: Backend, mode: str, user: str) -> None:
     with psycopg.connect(proxies[mode].dsn(user), autocommit=True) as conn:
@@ -66,7 +78,7 @@ def test_backend_key_pid(proxies: dict[str, ProxyProcess], backend: Backend, mod
             assert conn.info.backend_pid != real
 
 
-@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("user", WHO)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("how", ["NOTIFY ch, 'mine'", "SELECT pg_notify('ch', 'mine')"])
 def test_own_notification_carries_the_clients_pid(
@@ -102,21 +114,70 @@ def terminate_by_dba(pg: PgServer, pid: int) -> None:
     wait_gone(pg, pid)
 
 
-@pytest.mark.parametrize("user", USERS)
+def running_pid(pg: PgServer, role: str) -> int:
+    deadline = time.monotonic() + 10
+    while True:
+        rows = pg.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND query LIKE '%pg_sleep%'", role
+        )
+        if rows:
+            return int(rows[0][0])
+        assert time.monotonic() < deadline, "the statement never ran"
+        time.sleep(0.05)
+
+
+def kill_when_running(pg: PgServer, role: str) -> threading.Thread:
+    killer = threading.Thread(target=lambda: terminate_by_dba(pg, running_pid(pg, role)))
+    killer.start()
+    return killer
+
+
+@pytest.mark.parametrize("user", WHO)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("held_by", ["transaction", "listen"])
+@pytest.mark.parametrize("held_by", ["running", "transaction", "listen"])
+def test_terminated_backend_sends_its_own_fatal_only(
+    proxies: dict[str, ProxyProcess], backend: Backend, mode: str, user: str, held_by: str
+) -> None:
+    """On the wire: the client holding the backend (a statement running, a transaction open, LISTEN)
+    gets exactly PostgreSQL's FATAL 57P01, with the server's own fields, then the close."""
+    raw = RawClient(proxies[mode].port)
+    assert not errors(raw.login(user, USERS[user][1]))
+    if held_by == "running":
+        killer = kill_when_running(backend.pg, backend.role)
+        raw.send(codec.Query("SELECT pg_sleep(30)").encode())
+        killer.join(10)
+    else:
+        raw.query("BEGIN" if held_by == "transaction" else "LISTEN held")
+        pid = next(m for m in raw.query("SELECT pg_backend_pid()") if isinstance(m, codec.DataRow)).values[0]
+        assert pid is not None
+        terminate_by_dba(backend.pg, int(pid))
+    got = errors(raw.until_ready())  # up to the close: no ReadyForQuery comes
+    assert raw.closed()
+    assert [(e.get("V"), e.sqlstate, e.message) for e in got] == [
+        ("FATAL", "57P01", "terminating connection due to administrator command")
+    ]
+    assert got[0].get("R")  # the server's routine field: PostgreSQL's ErrorResponse, not a proxy copy
+    raw.close()
+
+
+@pytest.mark.parametrize("user", WHO)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("held_by", ["running", "transaction"])
 def test_terminated_backend_is_admin_shutdown(
     proxies: dict[str, ProxyProcess], backend: Backend, mode: str, user: str, held_by: str
 ) -> None:
-    """The client holding the backend gets PostgreSQL's FATAL 57P01 (psycopg: AdminShutdown)."""
-    conn = psycopg.connect(proxies[mode].dsn(user), autocommit=held_by == "listen")
-    if held_by == "listen":
-        conn.execute("LISTEN held")
-    real = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-    terminate_by_dba(backend.pg, real)
+    conn = psycopg.connect(proxies[mode].dsn(user))
+    statement = "SELECT 1"
+    if held_by == "running":
+        killer = kill_when_running(backend.pg, backend.role)
+        statement = "SELECT pg_sleep(30)"
+    else:
+        terminate_by_dba(backend.pg, conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
     with pytest.raises(psycopg.errors.AdminShutdown, match="terminating connection due to administrator command"):
-        conn.execute("SELECT 1")
+        conn.execute(statement)
     assert conn.closed and conn.broken
+    if held_by == "running":
+        killer.join(10)
 
 
 def test_self_terminate_is_admin_shutdown(proxies: dict[str, ProxyProcess]) -> None:
@@ -129,13 +190,18 @@ def test_self_terminate_is_admin_shutdown(proxies: dict[str, ProxyProcess]) -> N
 
 @pytest.mark.parametrize("mode", MODES)
 def test_idle_in_transaction_timeout_is_reported(proxies: dict[str, ProxyProcess], mode: str) -> None:
-    """Another FATAL of the same family: 25P03 with PostgreSQL's message, not the proxy's 08006."""
+    """Another FATAL of the family: 25P03 with PostgreSQL's message, alone, not followed by the proxy's 08006."""
     with psycopg.connect(proxies[mode].dsn("svc")) as conn:
         conn.execute("SET idle_in_transaction_session_timeout = 100")
         conn.execute("SELECT 1")  # a transaction open, then idle
         time.sleep(1)
         with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout, match="idle-in-transaction timeout"):
             conn.execute("SELECT 1")
+    raw = RawClient(proxies[mode].port)
+    assert not errors(raw.login("svc", USERS["svc"][1]))
+    raw.query("SET idle_in_transaction_session_timeout = 100; BEGIN")
+    got = errors(raw.until_ready())  # the backend's unsolicited FATAL, then the close
+    assert [(e.get("V"), e.sqlstate) for e in got] == [("FATAL", "25P03")] and raw.closed()
 
 
 def test_idle_pooled_backend_that_dies_leaves_the_pool(proxies: dict[str, ProxyProcess], backend: Backend) -> None:
