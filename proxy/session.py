@@ -115,6 +115,7 @@ class Session:
         self.client = client
         self.client_pid = client_pid  # the pid of the client's BackendKeyData
         self._backend_fatal = False  # the backend's own FATAL went to the client: its close is no surprise
+        self._lost_behind = False  # the backend closed while a strict-audit result was withheld
         # the session's client_encoding, fixed at startup: every client text is decoded and sent in it
         self.encoding = encoding
         # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
@@ -426,6 +427,9 @@ class Session:
     def _backend_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, codec.ProtocolError):
             log.warning("backend protocol error: %s", exc)
+        if self._withheld is not None and not self.client.is_closed:
+            self._lost_behind = True  # what it said before closing (its FATAL, say) is released first
+            return
         if self._backend_fatal:  # the client was told why, in PostgreSQL's words (57P01, 25P03, ...)
             self.client.close()
             return
@@ -1159,6 +1163,8 @@ class Session:
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
         self._relay_backend(buf, frames, first, at)
+        if self._lost_behind and self._withheld is None:
+            self._backend_lost(None)
 
     def _backend_transport_pause(self) -> None:
         if self.backend is not None and self.backend.conn.transport is not None:

@@ -10,9 +10,11 @@ the pool. Cancel keys are (pid, secret) pairs whose secret names the owning work
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -202,6 +204,30 @@ def test_idle_in_transaction_timeout_is_reported(proxies: dict[str, ProxyProcess
     raw.query("SET idle_in_transaction_session_timeout = 100; BEGIN")
     got = errors(raw.until_ready())  # the backend's unsolicited FATAL, then the close
     assert [(e.get("V"), e.sqlstate) for e in got] == [("FATAL", "25P03")] and raw.closed()
+
+
+def test_fatal_behind_a_withheld_result_under_strict_audit(backend: Backend, tmp_path: Path) -> None:
+    """Strict audit withholds a result until its record is durable; the backend's FATAL and close
+    right behind it are released in order (the result, then 57P01), never replaced by 08006."""
+    key = tmp_path / "audit.key"
+    key.write_text(secrets.token_hex(32))
+    key.chmod(0o600)
+    audit = f'[audit]\npath = "{tmp_path}/audit.jsonl"\nkey = "file:{key}"\ndurability = "strict"\n'
+    port = free_port()
+    proxy = start_proxy(tmp_path, config_text(backend, port, scoping=ORDERS_SCOPING, extra=audit), port)
+    try:
+        for _ in range(10):  # the close comes within a millisecond or so of the withheld result: a race
+            raw = RawClient(port)
+            assert not errors(raw.login("svc", USERS["svc"][1]))
+            got = raw.query("SELECT 1; SELECT pg_terminate_backend(pg_backend_pid())")
+            assert [m.values for m in got if isinstance(m, codec.DataRow)][:1] == [(b"1",)]
+            assert [(e.sqlstate, e.message) for e in errors(got)] == [
+                ("57P01", "terminating connection due to administrator command")
+            ]
+            assert raw.closed()
+            raw.close()
+    finally:
+        proxy.stop()
 
 
 def test_idle_pooled_backend_that_dies_leaves_the_pool(proxies: dict[str, ProxyProcess], backend: Backend) -> None:
