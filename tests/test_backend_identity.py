@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from tenantgate.proxy import codec
 from tenantgate.proxy.cancel import MAX_PID, CancelRegistry
+from tenantgate.proxy.codec import Bind, Execute, Parse, Sync
 from tenantgate.proxy.pgcluster import PgServer, free_port
 
 from .harness import (
@@ -136,7 +137,7 @@ def kill_when_running(pg: PgServer, role: str) -> threading.Thread:
 
 @pytest.mark.parametrize("user", WHO)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("held_by", ["running", "transaction", "listen"])
+@pytest.mark.parametrize("held_by", ["running", "running-extended", "transaction", "listen"])
 def test_terminated_backend_sends_its_own_fatal_only(
     proxies: dict[str, ProxyProcess], backend: Backend, mode: str, user: str, held_by: str
 ) -> None:
@@ -144,9 +145,13 @@ def test_terminated_backend_sends_its_own_fatal_only(
     gets exactly PostgreSQL's FATAL 57P01, with the server's own fields, then the close."""
     raw = RawClient(proxies[mode].port)
     assert not errors(raw.login(user, USERS[user][1]))
-    if held_by == "running":
+    if held_by.startswith("running"):
         killer = kill_when_running(backend.pg, backend.role)
-        raw.send(codec.Query("SELECT pg_sleep(30)").encode())
+        sleep = "SELECT pg_sleep(30)"
+        if held_by == "running":
+            raw.send(codec.Query(sleep).encode())
+        else:
+            raw.send(b"".join(m.encode() for m in (Parse("", sleep), Bind("", ""), Execute(""), Sync())))
         killer.join(10)
     else:
         raw.query("BEGIN" if held_by == "transaction" else "LISTEN held")
