@@ -225,4 +225,3 @@ async def simple_query(backend: Backend, sql: str) -> list[tuple[str | None, ...
             if failure is not None:
                 raise BackendError(failure)
             return rows
-

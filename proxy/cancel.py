@@ -22,6 +22,8 @@ to the owner), which does the constant-time check itself.
 True
 >>> reg.register(object(), pid=4242)[0]  # type: ignore[arg-type]
 4242
+>>> MIN_ISSUED_PID <= reg.register(object())[0] <= MAX_PID  # type: ignore[arg-type]
+True
 >>> reg.owner(7), reg.owner(-2)  # -2 is 2**32 - 2 unsigned
 (1, 2)
 """
@@ -34,6 +36,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 MAX_PID = 2**31 - 1
+# Proxy-issued pids lie above every pid a Linux backend can have (pid_max is at most 2**22), so
+# one is never mistaken for a real backend's (e.g. in a notification).
+MIN_ISSUED_PID = 2**22 + 1
 
 Forward = Callable[[int, int, int], Awaitable[None]]  # (owner worker, pid, secret)
 
@@ -88,7 +93,7 @@ class CancelRegistry:
         """A new key for ``session``: with its backend's real ``pid`` (session pooling), else a
         proxy-issued one. The secret is always new, so a reused pid never revives an old key."""
         while True:
-            key_pid = pid if pid is not None else secrets.randbelow(MAX_PID) + 1
+            key_pid = pid if pid is not None else MIN_ISSUED_PID + secrets.randbelow(MAX_PID - MIN_ISSUED_PID + 1)
             secret = self._new_secret()
             by_secret = self._sessions.setdefault(key_pid, {})
             if secret not in by_secret:

@@ -157,7 +157,8 @@ class BackendPool:
 
 
 def _usable(backend: Backend) -> bool:
-    """An idle backend says nothing until asked; one that did (its FATAL before it closes) is dropped."""
+    """An idle backend says nothing until asked; one that did (its FATAL before it closes, a
+    notice) is closed here and left behind, so nobody is handed what it said."""
     if backend.conn.has_buffered():
         backend.conn.abort()
     return not backend.conn.is_closed

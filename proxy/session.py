@@ -1092,9 +1092,9 @@ class Session:
                         mark = end
             elif mtype == _PS:
                 self._parameter_status(buf[start + 5 : end])
-            elif mtype == _A and (self.tenant is not None or self._backend_pid() != self.client_pid):
+            elif mtype == _A and self.tenant is not None:
                 # channels are namespaced per tenant: show the tenant its own name, drop others'; the
-                # client's own backend notifies under the client's pid
+                # backend the client holds notifies under the client's pid (trusted users: the same)
                 out = _splice(out, buf, mark, start, self._notification(buf[start + 5 : end]))
                 mark = end
             elif audit is not None and mtype in _BACKEND_AUDITED:
@@ -1194,14 +1194,13 @@ class Session:
     def _notification(self, body: bytes) -> bytes:
         note = codec.decode_backend(_A, body, self.encoding)
         assert isinstance(note, codec.NotificationResponse)
-        channel = strip_channel(self.tenant or "", note.channel) if self.tenant is not None else note.channel
+        channel = strip_channel(self.tenant or "", note.channel)
         if channel is None:
             return b""
-        pid = self.client_pid if note.pid == self._backend_pid() else note.pid
-        return codec.NotificationResponse(pid, channel, note.payload).encode(self.encoding)
-
-    def _backend_pid(self) -> int:
-        return self.backend.pid if self.backend is not None else 0
+        own = self.backend is not None and note.pid == self.backend.pid
+        return codec.NotificationResponse(self.client_pid if own else note.pid, channel, note.payload).encode(
+            self.encoding
+        )
 
     def _parameter_status(self, body: bytes) -> None:
         msg = codec.decode_backend(_PS, body, self.encoding)
