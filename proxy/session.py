@@ -391,23 +391,31 @@ class Session:
             self._named.query_sent(self.backend, by_client=False)
         self.backend.conn.write(Query("tenantgate_decryption_failed_" + secrets.token_hex(8)).encode())
 
-    def _maybe_release(self) -> None:
-        """Hand the backend back once the transaction is over and nothing is outstanding."""
-        backend = self.backend
-        if (
+    def _between_transactions(self) -> bool:
+        """Transaction pooling, the transaction over and nothing outstanding: the backend can go."""
+        return not (
             self.pinned
-            or backend is None
+            or self.backend is None
             or self.status != "I"
             or self.cycles_done != self.cycles_sent
             or self._unsynced
             or self._withheld is not None
             or self._gated
             or self._waiting
-        ):
-            return
+        )
+
+    def _maybe_release(self) -> None:
+        """Hand the backend back once the transaction is over and nothing is outstanding."""
+        if self._between_transactions():
+            self._drop_backend(release=True)
+
+    def _drop_backend(self, *, release: bool = False) -> None:
+        """Let go of the backend between transactions: back to the pool, or closed (it is dying)."""
+        backend = self.backend
+        assert backend is not None
         self.backend = None
         self.client.backpressure_peer = None
-        self._release_backend(backend)
+        self._release_backend(backend, discard=not release)
 
     def _release_backend(self, backend: Backend, *, discard: bool = False) -> None:
         """Give a pooled backend back (or close it: mid-transaction, pinned) and free the tenant's slot."""
@@ -986,8 +994,13 @@ class Session:
         for i in range(first, len(frames)):
             mtype, start, end = frames[i]
             if mtype == _E and not self._backend_fatal and ends_session(buf[start + 5 : end]):
-                # the backend's last word (terminated, shut down, timed out): relayed as it is, even in
-                # a cycle the proxy injected, then the connection closes (see _backend_lost)
+                if self._between_transactions():  # pooled, right behind its last ReadyForQuery: nobody's
+                    out = _splice(out, buf, mark, start)
+                    mark = end
+                    self._drop_backend()
+                    continue
+                # the backend's last word (terminated, shut down, timed out) to the client it serves:
+                # relayed as it is, even in a cycle the proxy injected, then the connection closes
                 self._backend_fatal = True
                 if self._swallow and (self.cycles_done + 1) in self._swallow:
                     continue

@@ -245,6 +245,33 @@ def test_idle_pooled_backend_that_dies_leaves_the_pool(proxies: dict[str, ProxyP
         assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != first  # type: ignore[index]
 
 
+def test_pooled_backends_dying_idle_tell_nobody(pg: PgServer, tmp_path: Path) -> None:
+    """Every backend ends itself (FATAL 57P05) 30 ms into being idle in the pool: the tenants' queries
+    go on (on new backends), no error reaches anyone. (Much shorter timeouts also kill backends just
+    handed over, before the query arrives: that client is told, as the promise says.)"""
+    timeout_ms = 30
+    dying = Backend.create(pg, "dying", ORDERS_SETUP, owner=False)
+    pg.execute(f'ALTER ROLE "{dying.role}" SET idle_session_timeout = {timeout_ms}')
+    port = free_port()
+    text = config_text(dying, port, scoping=ORDERS_SCOPING).replace(
+        'sslmode = "prefer"', 'sslmode = "prefer"\npool_mode = "transaction"\npool_size = 2'
+    )
+    proxy = start_proxy(tmp_path, text, port)
+    try:
+        with (
+            psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice,
+            psycopg.connect(proxy.dsn("bob"), autocommit=True) as bob,
+        ):
+            for i in range(40):
+                for conn, rows in ((alice, 2), (bob, 1)):
+                    assert conn.execute("SELECT count(*) FROM orders").fetchone() == (rows,)
+                    assert not conn.pgconn.notifies() and not conn.closed
+                if i % 8 == 0:
+                    time.sleep(timeout_ms / 500)  # every idle backend dies in the pool
+    finally:
+        proxy.stop()
+
+
 # ---------------------------------------------------------------------------- the registry
 
 
