@@ -8,7 +8,6 @@ SQLSTATE), or 08006 when the server cannot be reached at all.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import ssl
 from dataclasses import dataclass, field
 
@@ -227,8 +226,3 @@ async def simple_query(backend: Backend, sql: str) -> list[tuple[str | None, ...
             if failure is not None:
                 raise BackendError(failure)
             return rows
-
-
-def new_key() -> tuple[int, int]:
-    """A proxy-side BackendKeyData pair (positive pid, random secret)."""
-    return secrets.randbelow(2**31 - 2) + 1, secrets.randbits(32) - 2**31

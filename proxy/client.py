@@ -115,7 +115,7 @@ class ClientConnection(FrontendConnection[Process]):
             self.limiter.client_closed(self._holds_backend)
             self.limiter = None
         if self.key is not None:
-            self.proxy.cancels.unregister(self.key[0])
+            self.proxy.cancels.unregister(self.key)
         if self in self.proxy.sessions:
             self.proxy.sessions.discard(self)
             self.proxy.metrics.session_ended(self.tenant, self.bytes_in, self.bytes_out)
@@ -233,7 +233,8 @@ class ClientConnection(FrontendConnection[Process]):
             # ciphertext binds the plaintext's bytes: they must not depend on the client's encoding
             raise Fatal("0A000", "field encryption requires client_encoding UTF8 for this tenant")
 
-        self.key = self.proxy.cancels.register(self)
+        # session pooling: the backend's real pid, as PostgreSQL would report it (see proxy/cancel.py)
+        self.key = self.proxy.cancels.register(self, pid=backend.pid if pool is None and backend is not None else None)
         out = bytearray(reply)
         if extensions:
             out += codec.NegotiateProtocolVersion(0, tuple(extensions)).encode()
@@ -275,6 +276,7 @@ class ClientConnection(FrontendConnection[Process]):
             limiter=self.limiter,
             encoding=encoding,
             reset_encoding=default,
+            client_pid=self.key[0],
         )
         session.readonly = readonly
         self._login_backend = None

@@ -123,6 +123,10 @@ class PgConnection(asyncio.Protocol):
     def is_closed(self) -> bool:
         return self._closed or self.transport is None or self.transport.is_closing()
 
+    def has_buffered(self) -> bool:
+        """Bytes received and not yet read (an idle backend that spoke: see pool._usable)."""
+        return bool(self._raw)
+
     def write(self, data: bytes) -> None:
         t = self.transport
         if t is not None and not t.is_closing():

@@ -57,13 +57,13 @@ class BackendPool:
         settings then need no SET on hand-over); None when every backend is busy."""
         if settings is not None:
             for backend in reversed(self.idle):
-                if backend.applied == settings and not backend.conn.is_closed:
+                if backend.applied == settings and _usable(backend):
                     self.idle.remove(backend)
                     self.busy.add(backend)
                     return backend
         while self.idle:
             backend = self.idle.popleft()
-            if not backend.conn.is_closed:
+            if _usable(backend):
                 self.busy.add(backend)
                 return backend
         return None
@@ -154,6 +154,14 @@ class BackendPool:
         for backend in list(self.idle):
             backend.conn.close()
         self.idle.clear()
+
+
+def _usable(backend: Backend) -> bool:
+    """An idle backend says nothing until asked; one that did (its FATAL before it closes, a
+    notice) is closed here and left behind, so nobody is handed what it said."""
+    if backend.conn.has_buffered():
+        backend.conn.abort()
+    return not backend.conn.is_closed
 
 
 # Backend names are not computable from a statement's text outside this process: a tenant who

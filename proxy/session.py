@@ -113,8 +113,12 @@ class Session:
         limiter: TenantLimiter | None = None,
         encoding: ClientEncoding = UTF8,
         reset_encoding: str = "UTF8",
+        client_pid: int = 0,
     ) -> None:
         self.client = client
+        self.client_pid = client_pid  # the pid of the client's BackendKeyData
+        self._backend_fatal = False  # the backend's own FATAL went to the client: its close is no surprise
+        self._lost_behind = False  # the backend closed while a strict-audit result was withheld
         # the session's client_encoding, fixed at startup: every client text is decoded and sent in it
         self.encoding = encoding
         # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
@@ -391,23 +395,31 @@ class Session:
             self._named.query_sent(self.backend, by_client=False)
         self.backend.conn.write(Query("tenantgate_decryption_failed_" + secrets.token_hex(8)).encode())
 
-    def _maybe_release(self) -> None:
-        """Hand the backend back once the transaction is over and nothing is outstanding."""
-        backend = self.backend
-        if (
+    def _between_transactions(self) -> bool:
+        """Transaction pooling, the transaction over and nothing outstanding: the backend can go."""
+        return not (
             self.pinned
-            or backend is None
+            or self.backend is None
             or self.status != "I"
             or self.cycles_done != self.cycles_sent
             or self._unsynced
             or self._withheld is not None
             or self._gated
             or self._waiting
-        ):
-            return
+        )
+
+    def _maybe_release(self) -> None:
+        """Hand the backend back once the transaction is over and nothing is outstanding."""
+        if self._between_transactions():
+            self._drop_backend(release=True)
+
+    def _drop_backend(self, *, release: bool = False) -> None:
+        """Let go of the backend between transactions: back to the pool, or closed (it is dying)."""
+        backend = self.backend
+        assert backend is not None
         self.backend = None
         self.client.backpressure_peer = None
-        self._release_backend(backend)
+        self._release_backend(backend, discard=not release)
 
     def _release_backend(self, backend: Backend, *, discard: bool = False) -> None:
         """Give a pooled backend back (or close it: mid-transaction, pinned) and free the tenant's slot."""
@@ -427,6 +439,12 @@ class Session:
     def _backend_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, codec.ProtocolError):
             log.warning("backend protocol error: %s", exc)
+        if self._withheld is not None and not self.client.is_closed:
+            self._lost_behind = True  # what it said before closing (its FATAL, say) is released first
+            return
+        if self._backend_fatal:  # the client was told why, in PostgreSQL's words (57P01, 25P03, ...)
+            self.client.close()
+            return
         self._end(codec.error("08006", "server closed the connection unexpectedly", severity="FATAL"))
 
     def _end(self, err: ErrorResponse) -> None:
@@ -987,6 +1005,17 @@ class Session:
         row_cap = self.limiter.limits.max_rows if self.limiter is not None else None
         for i in range(first, len(frames)):
             mtype, start, end = frames[i]
+            if mtype == MsgType.ERROR_RESPONSE and not self._backend_fatal and ends_session(buf[start + 5 : end]):
+                if self._between_transactions():  # pooled, right behind its last ReadyForQuery: nobody's
+                    out = _splice(out, buf, mark, start)
+                    mark = end
+                    self._drop_backend()
+                    continue
+                # the backend's last word (terminated, shut down, timed out) to the client it serves:
+                # relayed as it is, even in a cycle the proxy injected, then the connection closes
+                self._backend_fatal = True
+                if self._swallow and (self.cycles_done + 1) in self._swallow:
+                    continue
             if self._swallow and (self.cycles_done + 1) in self._swallow:
                 # the answer to a statement the proxy injected: nobody's business but ours
                 out = _splice(out, buf, mark, start)
@@ -1098,7 +1127,8 @@ class Session:
             elif mtype == MsgType.PARAMETER_STATUS:
                 self._parameter_status(buf[start + 5 : end])
             elif mtype == MsgType.NOTIFICATION_RESPONSE and self.tenant is not None:
-                # channels are namespaced per tenant: show the tenant its own name, drop others'
+                # channels are namespaced per tenant: show the tenant its own name, drop others'; the
+                # backend the client holds notifies under the client's pid (trusted users: the same)
                 out = _splice(out, buf, mark, start, self._notification(buf[start + 5 : end]))
                 mark = end
             elif audit is not None and mtype in _BACKEND_AUDITED:
@@ -1167,6 +1197,8 @@ class Session:
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
         self._relay_backend(buf, frames, first, at)
+        if self._lost_behind and self._withheld is None:
+            self._backend_lost(None)
 
     def _backend_transport_pause(self) -> None:
         if self.backend is not None and self.backend.conn.transport is not None:
@@ -1214,7 +1246,10 @@ class Session:
         channel = strip_channel(self.tenant or "", note.channel)
         if channel is None:
             return b""
-        return codec.NotificationResponse(note.pid, channel, note.payload).encode(self.encoding)
+        own = self.backend is not None and note.pid == self.backend.pid
+        return codec.NotificationResponse(self.client_pid if own else note.pid, channel, note.payload).encode(
+            self.encoding
+        )
 
     def _parameter_status(self, body: bytes) -> None:
         msg = codec.decode_backend(MsgType.PARAMETER_STATUS, body, self.encoding)
@@ -1246,6 +1281,19 @@ def _client_position(body: bytes, client: str, sent: str) -> bytes | None:
         return None
     mapped = map_position(client, sent, int(position))
     return codec.with_error_field(body, "P", None if mapped is None else str(mapped))
+
+
+def ends_session(body: bytes) -> bool:
+    """Whether an ErrorResponse body has severity FATAL or PANIC (the non-localized V field:
+    fields end in NUL, so a field boundary cannot be forged inside a message).
+
+    >>> ends_session(codec.error("57P01", "terminating connection", severity="FATAL").encode()[5:])
+    True
+    >>> ends_session(codec.error("42601", "VFATAL").encode()[5:])
+    False
+    """
+    fields = b"\x00" + body
+    return b"\x00VFATAL\x00" in fields or b"\x00VPANIC\x00" in fields
 
 
 def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:

@@ -43,10 +43,17 @@ def backend(pg: PgServer) -> Backend:
     return Backend.create(pg, "workers", ORDERS_SETUP, owner=False)
 
 
-def launch(tmp: Path, backend: Backend, extra: str = "") -> tuple[ProxyProcess, int, int]:
+def launch(tmp: Path, backend: Backend, extra: str = "", backend_extra: str = "") -> tuple[ProxyProcess, int, int]:
     """A two-worker proxy with admin and metrics ports, once every worker is ready."""
     proxy, ports = launch_with_ports(
-        tmp, backend, "admin", "metrics", listen=WORKERS, scoping=ORDERS_SCOPING, extra=extra
+        tmp,
+        backend,
+        "admin",
+        "metrics",
+        listen=WORKERS,
+        scoping=ORDERS_SCOPING,
+        extra=extra,
+        backend_extra=backend_extra,
     )
     wait_for(lambda: ready(ports["metrics"]), "both workers ready")
     return proxy, ports["admin"], ports["metrics"]
@@ -138,9 +145,10 @@ def supervisor_children(proxy: ProxyProcess) -> set[int]:
 
 @given(
     st.integers(1, 16).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))),
-    st.integers(1, MAX_PID),
+    st.integers(-(2**31), 2**31 - 1),
 )
-def test_pids_name_their_worker_and_foreign_ones_are_forwarded(shape: tuple[int, int], foreign: int) -> None:
+def test_secrets_name_their_worker_and_foreign_ones_are_forwarded(shape: tuple[int, int], foreign: int) -> None:
+    """The owner is encoded in the secret (the pid may be a backend's real one, issue 20 item 5)."""
     count, index = shape
     forwarded: list[tuple[int, int, int]] = []
 
@@ -150,17 +158,18 @@ def test_pids_name_their_worker_and_foreign_ones_are_forwarded(shape: tuple[int,
     registry = CancelRegistry(index, count, forward)
     session = object()
     pid, key = registry.register(session)  # type: ignore[arg-type]
-    assert 1 <= pid <= MAX_PID and pid % count == index == registry.owner(pid)
+    assert 1 <= pid <= MAX_PID and (key & 0xFFFFFFFF) % count == index == registry.owner(key)
     assert registry.lookup(pid, key) is session
-    assert registry.lookup(pid, key ^ 1) is None
-    secret = -1234567891  # negative: no pid in the repr can contain it
-    found = registry.lookup(foreign, secret)
-    if foreign % count == index:
+    assert registry.lookup(pid, key ^ 1) is not session
+    found = registry.lookup(4242, foreign)
+    if (foreign & 0xFFFFFFFF) % count == index:
         assert found is None
     else:
-        assert found is not None and str(secret) not in repr(found)
+        owner = (foreign & 0xFFFFFFFF) % count
+        assert repr(found) == f"_Forwarded(owner={owner}, pid=4242)"  # the secret stays out of logs
+        assert found is not None
         asyncio.run(found.cancel_backend())
-        assert forwarded == [(foreign % count, foreign, secret)]
+        assert forwarded == [(owner, 4242, foreign)]
 
 
 @given(st.lists(st.lists(st.integers(0, 10**6), min_size=3, max_size=3), min_size=1, max_size=5))
@@ -252,6 +261,26 @@ def test_cancels_reach_the_owning_worker(two: tuple[ProxyProcess, int, int], pg:
         assert total(metrics_port, "tenantgate_cancel_forwarded_total") > forwarded
     finally:
         close_all(conns)
+
+
+def test_cancels_reach_the_owning_worker_in_transaction_pooling(backend: Backend, tmp_path: Path) -> None:
+    """Proxy-issued pids there: the secret still names the worker, whichever one gets the cancel."""
+    pooled = 'sslmode = "prefer"\npool_mode = "transaction"\npool_size = 4\n'
+    proxy, _, metrics_port = launch(tmp_path, backend, backend_extra=pooled)
+    try:
+        tries = 0
+        while total(metrics_port, "tenantgate_cancel_forwarded_total") == 0:
+            assert tries < 32, "no cancel request landed on the other worker"
+            tries += 1
+            with connect(proxy, "alice", "txcancel") as conn:
+                timer = threading.Timer(0.3, conn.cancel)
+                timer.start()
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    conn.execute(SLEEP)
+                timer.join()
+                assert conn.execute("SELECT count(*) FROM orders").fetchone() == (2,)  # the session goes on
+    finally:
+        assert proxy.stop() == 0, proxy.log()
 
 
 def test_a_wrong_secret_cancels_nothing_on_either_worker(two: tuple[ProxyProcess, int, int], pg: PgServer) -> None:

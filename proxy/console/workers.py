@@ -252,7 +252,7 @@ class Worker:
             return {"pid": os.getpid()}
         if op == "cancel":
             pid, secret = int(request["pid"]), int(request["secret"])
-            target = proxy.cancels.lookup(pid, secret) if proxy.cancels.owner(pid) == self.spec.index else None
+            target = proxy.cancels.lookup(pid, secret) if proxy.cancels.owner(secret) == self.spec.index else None
             if target is None:
                 log.info("forwarded cancel request with an unknown key ignored")
             else:
