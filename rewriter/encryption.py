@@ -28,7 +28,6 @@ Literals to encrypt are returned as :class:`Seal` s; the rewriter renders each a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from typing import Any
 
 import pglast
 from pglast import ast, enums, parser
+
+from tenantgate.keyring.quoting import unquote_literal
 
 from .errors import Refused
 from .literals import Template
@@ -49,7 +50,6 @@ Encrypt = Callable[[str, str, str], bytes]
 _DETERMINISTIC = "deterministic"
 _EQUALITY = frozenset({"=", "<>"})
 _LITERAL_TOKENS = frozenset({"SCONST", "ICONST", "FCONST"})
-_PLAIN_STRING = re.compile(r"'(?:[^']|'')*'", re.DOTALL)  # not 'a' 'b' continuations, E'', U&
 _KIND_NAMES = {
     enums.A_Expr_Kind.AEXPR_LIKE: "LIKE", enums.A_Expr_Kind.AEXPR_ILIKE: "ILIKE",
     enums.A_Expr_Kind.AEXPR_SIMILAR: "SIMILAR TO", enums.A_Expr_Kind.AEXPR_BETWEEN: "BETWEEN",
@@ -139,8 +139,9 @@ def literal_value(token: str) -> str:
     >>> literal_value("'a'\\n'b'")
     'ab'
     """
-    if _PLAIN_STRING.fullmatch(token):
-        return token[1:-1].replace("''", "'")
+    plain = unquote_literal(token)
+    if plain is not None:
+        return plain
     if token.isdigit():
         return str(int(token))
     if token[:1].isdigit() or token[:1] == ".":
