@@ -39,6 +39,7 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _I16 = struct.Struct("!h")
 _HDR = struct.Struct("!cI")
+_EMPTY_BODY = b"\x00\x00\x00\x04"  # the length word of a message with no body
 
 
 class MsgType(IntEnum):
@@ -441,28 +442,29 @@ class Execute:
         return _frame(self.TYPE, _cstr(self.portal) + _I32.pack(self.max_rows))
 
 
+class _NoBody:
+    """A frontend message whose body is empty: its type byte and the length 4."""
+
+    __slots__ = ()
+    TYPE: ClassVar[bytes]
+
+    def encode(self) -> bytes:
+        return self.TYPE + _EMPTY_BODY
+
+
 @dataclass(frozen=True, slots=True)
-class Sync:
+class Sync(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.SYNC.byte
 
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class Flush:
+class Flush(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.FLUSH.byte
 
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class Terminate:
+class Terminate(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.TERMINATE.byte
-
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,11 +477,8 @@ class CopyData:
 
 
 @dataclass(frozen=True, slots=True)
-class CopyDone:
+class CopyDone(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.COPY_DONE.byte
-
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -821,7 +820,7 @@ class Simple:
     kind: bytes
 
     def encode(self) -> bytes:
-        return self.kind + b"\x00\x00\x00\x04"
+        return self.kind + _EMPTY_BODY
 
 
 @dataclass(frozen=True, slots=True)

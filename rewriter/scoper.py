@@ -224,20 +224,22 @@ class Scoper:
         return "close"
 
     def _stmt_ListenStmt(self, stmt: AstNode) -> str:
-        stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
-        self.modified = self.value_dependent = True
+        self._namespace_channel(stmt)
         return "listen"
 
     def _stmt_UnlistenStmt(self, stmt: AstNode) -> str:
         if stmt.conditionname is not None:  # UNLISTEN * only concerns this session
-            stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
-            self.modified = self.value_dependent = True
+            self._namespace_channel(stmt)
         return "unlisten"
 
     def _stmt_NotifyStmt(self, stmt: AstNode) -> str:
+        self._namespace_channel(stmt)
+        return "notify"
+
+    def _namespace_channel(self, stmt: AstNode) -> None:
+        """LISTEN/UNLISTEN/NOTIFY name the tenant's own channel; the text then depends on the tenant."""
         stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
         self.modified = self.value_dependent = True
-        return "notify"
 
     def _stmt_CopyStmt(self, stmt: AstNode) -> str:
         if stmt.filename is not None or stmt.is_program:
