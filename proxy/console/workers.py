@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import Metric
@@ -64,7 +64,8 @@ from tenantgate.config import Config, load_config
 from tenantgate.proxy import client
 from tenantgate.proxy.process import BackendRoleRefused, Proxy
 
-from .admin import AdminConnection, AdminError, AdminServer, Command, Result, parse
+from .admin import AdminConnection, AdminServer
+from .commands import AdminError, Command, Result, parse
 from .control import ControlError, ControlServer, Message, call, socket_path
 from .metrics import MetricsServer, readiness
 from .serve import Ports, open_ports
@@ -216,7 +217,7 @@ class WorkerSpec:
 
 
 class _Caller:
-    """Stands in for an AdminConnection: admin command handlers only use its proxy."""
+    """The commands.Caller a worker runs its supervisor's admin commands as: they only use its proxy."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -276,7 +277,7 @@ class Worker:
     async def admin(self, text: str) -> Message:
         try:
             cmd, args = parse(text)
-            result = await cmd.run(cast("AdminConnection", _Caller(self.proxy)), args)
+            result = await cmd.run(_Caller(self.proxy), args)
         except AdminError as exc:
             return {"error": [exc.sqlstate, exc.message]}
         answer: Message = {
