@@ -1,5 +1,8 @@
 """Typed plaintexts: PostgreSQL text and binary formats <-> canonical plaintext bytes.
 
+Longer than most modules on purpose: one table of per-type codecs (text and binary form of each
+supported type) whose date/time types share the calendar arithmetic and range checks.
+
 Stays in keyring/ (layer 1): the canonical bytes are what the keyring seals, so the keyring
 owns them; the proxy imports this codec downward to decode DataRow fields, never the reverse.
 

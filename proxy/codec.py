@@ -1,5 +1,10 @@
 """Sans-IO PostgreSQL v3 wire codec: framing plus (de)serialising of every message.
 
+Longer than most modules on purpose: it is the protocol's one message catalogue (the MsgType enum,
+every message's dataclass and both directions' decode tables) around one body reader and one set
+of encoders; split by direction or into framing and messages, each part would import the other's
+privates (_Reader, _cstr, _frame, ProtocolError) and importers would pick between two codecs.
+
 No sockets here: the asyncio layer feeds bytes in and writes bytes out. Every decode
 error is a :class:`ProtocolError` naming the side at fault, so the caller can answer
 with an ErrorResponse (SQLSTATE 08P01) and close only that connection.

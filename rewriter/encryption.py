@@ -1,5 +1,9 @@
 """Encrypted columns in SQL: where they may appear, and which literals and $n get encrypted.
 
+Longer than most modules on purpose: one walker (Analyzer) whose statement, FROM-item and
+expression handlers share its state (the FROM items in scope, the CTEs, the seals it collects); the
+small helpers before it are what the rewriter calls around that walk.
+
 Runs on a statement after the scoper (scoped tables are then derived tables
 ``(SELECT * FROM schema.t WHERE ...) AS t``, whose output columns carry the table's encrypted
 columns outwards). Column references are resolved by name against the FROM items in scope,
