@@ -51,7 +51,7 @@ class PostgresSource:
         return 0
 
     def lines(self) -> Iterator[RawLine]:
-        import asyncpg
+        import asyncpg  # lazy for start-up time: `tenantgate audit verify` of a file never needs it
 
         loop = asyncio.new_event_loop()
         try:

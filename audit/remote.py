@@ -1,5 +1,8 @@
 """The audit log in its own process: one `AuditServer` seals and writes, worker processes submit to it.
 
+Longer than most modules on purpose: both ends of one private protocol (the event encoding, the
+AuditServer and the worker's RemoteAuditLog), kept together so the two sides cannot drift apart.
+
 With several proxy worker processes the audit log must stay ONE hash chain under one HMAC key, and
 sealing is the largest cost of the statement path, so it moves out of the workers: each worker holds
 a `RemoteAuditLog` (the same API as `AuditLog`, without any key) that ships events over a unix

@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .errors import AuditUnavailable
+from .filesink import FileSink
 from .keys import Signer, load_hmac_key, load_signing_key
 from .record import GENESIS, AuditEvent, SealedRecord, Sealer, param_hash_key, utc_timestamp
 from .settings import AuditSettings
@@ -56,13 +57,12 @@ class _Pending:
 
 
 def make_sink(settings: AuditSettings) -> Sink:
+    # Lazy for start-up time: a file-sink proxy or CLI never loads asyncpg (pgsink imports it).
     if settings.sink == "postgres":
         from .pgsink import PostgresSink
 
         assert settings.dsn is not None
         return PostgresSink(settings.dsn, table=settings.table)
-    from .filesink import FileSink
-
     return FileSink(settings.path, rotate_bytes=settings.rotate_bytes, rotate_seconds=settings.rotate_seconds)
 
 

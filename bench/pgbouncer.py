@@ -25,7 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import wait_listening
+from .procs import listening_or_stopped
 from .targets import POOL_SIZE
 
 OS_USER = "postgres"
@@ -127,13 +127,7 @@ class PgBouncer:
         with open(workdir / "pgbouncer.out", "wb") as out:
             proc = subprocess.Popen([binary, str(workdir / "pgbouncer.ini")], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=workdir, **kwargs)  # type: ignore[call-overload]
-        bouncer = cls(binary, workdir, port, proc, ver)
-        try:
-            wait_listening(port, proc, workdir / "pgbouncer.log")
-        except BaseException:
-            bouncer.stop()
-            raise
-        return bouncer
+        return listening_or_stopped(cls(binary, workdir, port, proc, ver), port, proc, workdir / "pgbouncer.log")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

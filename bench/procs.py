@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 # 10,000 idle clients: the bench holds one socket per client and the proxy one more, plus its backends.
@@ -116,6 +116,22 @@ def raise_nofile(wanted: int = NOFILE_WANTED) -> int:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Stoppable)
+
+def listening_or_stopped(started: _S, port: int, proc: subprocess.Popen[bytes], log: Path) -> _S:
+    """``started`` once its process listens on ``port``; stopped (and the error raised) if it never does."""
+    try:
+        wait_listening(port, proc, log)
+    except BaseException:
+        started.stop()
+        raise
+    return started
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:

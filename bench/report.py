@@ -214,7 +214,7 @@ def memory_table(memory: dict[str, dict[str, Any]]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Grouped bars: TPS per target, one group per protocol/clients, one panel per workload."""
-    import matplotlib
+    import matplotlib  # lazy: an optional dependency (the bench extra), and Agg must precede pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import process_tree, raise_nofile, wait_listening
+from .procs import listening_or_stopped, process_tree, raise_nofile
 from .workload import SCOPED_TABLES, WORKLOADS
 
 PROTOCOLS = ("simple", "extended", "prepared")
@@ -169,13 +169,7 @@ class ProxyProcess:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=raise_nofile,
             )
-        proxy = cls(name, port, proc, log_path)
-        try:
-            wait_listening(port, proc, log_path)
-        except BaseException:
-            proxy.stop()
-            raise
-        return proxy
+        return listening_or_stopped(cls(name, port, proc, log_path), port, proc, log_path)
 
     def stop(self) -> None:
         """SIGTERM (idle sessions close at once); SIGKILL to the whole tree if it does not exit."""

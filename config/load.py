@@ -1,5 +1,9 @@
 """Load a tenantgate TOML file into a validated, immutable `Config`.
 
+Longer than most modules on purpose: one loader (_Loader) that checks the sections against each other
+(a user's tenant must be one of [tenants], for one) and collects every problem in one pass; the
+section types are schema.py, the value parsers values.py.
+
 Every problem in the file is collected and raised together in one `ConfigError`; values of
 secret keys (passwords, verifiers, hashes, secret files) never appear in messages.
 Relative file paths in the config are resolved against the config file's directory.

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -60,6 +61,4 @@ def run(*, value_sizes: tuple[int, ...] = (16, 256), seconds: float = 0.3) -> di
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(run(), indent=1))

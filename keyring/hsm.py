@@ -120,7 +120,7 @@ class Pkcs11Kek:
 
     def __init__(self, module: str, token_label: str, key_label: str, pin: str) -> None:
         try:
-            import pkcs11
+            import pkcs11  # lazy: python-pkcs11 is the optional hsm extra
         except ImportError:
             raise KekError("pkcs11: KEK needs python-pkcs11 (pip install python-pkcs11)") from None
         self._pkcs11 = pkcs11
@@ -144,7 +144,7 @@ class Pkcs11Kek:
         return f"Pkcs11Kek(key_id={self.key_id!r})"
 
     def _gcm(self, iv: bytes) -> object:
-        from pkcs11.mechanisms import GCMParams
+        from pkcs11.mechanisms import GCMParams  # lazy: python-pkcs11 is optional (see __init__)
 
         return GCMParams(iv, _AAD, TAG_SIZE * 8)
 

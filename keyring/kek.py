@@ -29,6 +29,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .errors import KekError
+from .hsm import Pkcs11Kek  # importable without python-pkcs11: hsm loads it only when a token is opened
 from .primitives import KEY_SIZE, AuthenticationFailed, key_unwrap, key_wrap, random_bytes
 from .provider import ALG_AES_KW, KekProvider
 
@@ -146,8 +147,6 @@ def _env_provider(uri: str) -> KekProvider:
 
 
 def _pkcs11_provider(uri: str) -> KekProvider:
-    from .hsm import Pkcs11Kek  # imported on demand: python-pkcs11 is optional
-
     return Pkcs11Kek.from_uri(uri)
 
 

@@ -1,5 +1,8 @@
 """Typed plaintexts: PostgreSQL text and binary formats <-> canonical plaintext bytes.
 
+Longer than most modules on purpose: one table of per-type codecs (text and binary form of each
+supported type) whose date/time types share the calendar arithmetic and range checks.
+
 Stays in keyring/ (layer 1): the canonical bytes are what the keyring seals, so the keyring
 owns them; the proxy imports this codec downward to decode DataRow fields, never the reverse.
 
@@ -330,6 +333,9 @@ _MIN_TIMESTAMP = -211813488000000000  # 4714-11-24 00:00:00 UTC BC
 _END_TIMESTAMP = 9224318016000000000  # 294277-01-01 00:00:00 UTC
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+# PostgreSQL's binary infinities are the extreme values of the type's integer.
+_DATE_INFINITY = {_INT32_MAX: b"infinity", _INT32_MIN: b"-infinity"}
+_TIMESTAMP_INFINITY = {_INT64_MAX: b"infinity", _INT64_MIN: b"-infinity"}
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -422,10 +428,8 @@ class DateType(PgType):
     def from_binary(self, data: bytes) -> bytes:
         _need_len(data, 4, "date")
         days = int.from_bytes(data, "big", signed=True)
-        if days == _INT32_MAX:
-            return b"infinity"
-        if days == _INT32_MIN:
-            return b"-infinity"
+        if days in _DATE_INFINITY:
+            return _DATE_INFINITY[days]
         jd = days + _EPOCH_JDATE
         if not 0 <= jd < _DATE_END_JDATE:
             raise CodecError("date out of range", "22008")
@@ -555,10 +559,8 @@ class TimestamptzType(PgType):
     def from_binary(self, data: bytes) -> bytes:
         _need_len(data, 8, "timestamp with time zone")
         us = int.from_bytes(data, "big", signed=True)
-        if us == _INT64_MAX:
-            return b"infinity"
-        if us == _INT64_MIN:
-            return b"-infinity"
+        if us in _TIMESTAMP_INFINITY:
+            return _TIMESTAMP_INFINITY[us]
         if not _MIN_TIMESTAMP <= us < _END_TIMESTAMP:
             raise CodecError("timestamp out of range", "22008")
         return self._format(us, "UTC")

@@ -16,6 +16,11 @@ protocol's strings end at it), so a NUL is refused here rather than truncated th
 ('"public"."orders"', '"orders"')
 >>> render_identifier("orders"), render_identifier("Orders"), quote_literal_ascii("café")
 ('orders', '"Orders"', "U&'caf\\+0000e9'")
+
+The way back, for the tokens these functions (and PostgreSQL's own output) write:
+
+>>> unquote_ident('"Order ""lines"" 2"'), unquote_ident("Orders"), unquote_literal("'it''s'")
+('Order "lines" 2', 'orders', "it's")
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import re
 # keywords are not looked up: render_identifier mirrors the backend's list-setting and the config's
 # rendering, which never meet a keyword as a bare name.
 _PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+# One standard-conforming literal token: not 'a' 'b' continuations, E'', U&'' or $$ (the parser's job).
+_PLAIN_STRING = re.compile(r"'(?:[^']|'')*'", re.DOTALL)
 
 
 def _no_nul(text: str, what: str) -> str:
@@ -90,3 +97,25 @@ def quote_literal_ascii(value: str) -> str:
         for c in _no_nul(value, "literal")
     )
     return "U&'" + escaped + "'"
+
+
+def unquote_ident(token: str) -> str:
+    """The name one identifier token stands for: a quoted one with its ``""`` undoubled (case kept),
+    a bare one folded to lower case as PostgreSQL folds it.
+
+    >>> unquote_ident('"a""b"'), unquote_ident('"Ä b"'), unquote_ident("Public")
+    ('a"b', 'Ä b', 'public')
+    """
+    return token[1:-1].replace('""', '"') if token.startswith('"') else token.lower()
+
+
+def unquote_literal(token: str) -> str | None:
+    """The value of one standard-conforming string literal token (``'it''s'`` -> ``it's``); None
+    for any other token (E'', U&'', $$, continuations, numbers), which only the parser reads right.
+
+    >>> unquote_literal("'SJIS'"), unquote_literal("''"), unquote_literal("'a\\\\b'")
+    ('SJIS', '', 'a\\\\b')
+    >>> unquote_literal("sjis"), unquote_literal("E'a'"), unquote_literal("'a'\\n'b'"), unquote_literal("'")
+    (None, None, None, None)
+    """
+    return token[1:-1].replace("''", "'") if _PLAIN_STRING.fullmatch(token) else None

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 from .format import Mode
 from .pgtypes import TYPES, PgType
+from .quoting import unquote_ident
 
 _IDENT = re.compile(r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"')
 _ENCRYPTION_KEYS = frozenset({"kek", "store", "cache_ttl", "columns"})
@@ -92,7 +93,7 @@ def _split_qualified(name: str) -> list[str] | None:
         if m is None:
             return None
         token = m.group()
-        parts.append(token[1:-1].replace('""', '"') if token.startswith('"') else token.lower())
+        parts.append(unquote_ident(token))
         pos = m.end()
         if pos == len(name):
             return parts if len(parts) <= 2 else None

@@ -1,4 +1,9 @@
-"""The ``tenantgate`` command line."""
+"""The ``tenantgate`` command line.
+
+The imports inside the ``cmd_*`` functions (and uvloop in ``_run``) are lazy on purpose, for
+start-up time: ``tenantgate hash-password`` or ``check-config`` must not load the serving process,
+the console and uvloop. None of them dodges a cycle (tests/test_layout.py checks the graph).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,12 @@ from collections.abc import Coroutine
 from importlib.metadata import version
 from typing import Any
 
+from tenantgate.audit.cli import register as register_audit
+from tenantgate.keyring.cli import register as register_keys
+
 from . import log
+from .ops.move import register as register_tenant
+from .ops.rls import register as register_rls
 
 
 def _version() -> str:
@@ -130,12 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--user", help="user name (needed for --md5)")
     h.add_argument("--iterations", type=int, default=4096)
     h.set_defaults(func=cmd_hash_password)
-
-    from tenantgate.audit.cli import register as register_audit
-    from tenantgate.keyring.cli import register as register_keys
-
-    from .ops.move import register as register_tenant
-    from .ops.rls import register as register_rls
 
     register_audit(sub)
     register_keys(sub)

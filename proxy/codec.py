@@ -1,5 +1,10 @@
 """Sans-IO PostgreSQL v3 wire codec: framing plus (de)serialising of every message.
 
+Longer than most modules on purpose: it is the protocol's one message catalogue (the MsgType enum,
+every message's dataclass and both directions' decode tables) around one body reader and one set
+of encoders; split by direction or into framing and messages, each part would import the other's
+privates (_Reader, _cstr, _frame, ProtocolError) and importers would pick between two codecs.
+
 No sockets here: the asyncio layer feeds bytes in and writes bytes out. Every decode
 error is a :class:`ProtocolError` naming the side at fault, so the caller can answer
 with an ErrorResponse (SQLSTATE 08P01) and close only that connection.
@@ -39,6 +44,7 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _I16 = struct.Struct("!h")
 _HDR = struct.Struct("!cI")
+_EMPTY_BODY = b"\x00\x00\x00\x04"  # the length word of a message with no body
 
 
 class MsgType(IntEnum):
@@ -441,28 +447,29 @@ class Execute:
         return _frame(self.TYPE, _cstr(self.portal) + _I32.pack(self.max_rows))
 
 
+class _NoBody:
+    """A frontend message whose body is empty: its type byte and the length 4."""
+
+    __slots__ = ()
+    TYPE: ClassVar[bytes]
+
+    def encode(self) -> bytes:
+        return self.TYPE + _EMPTY_BODY
+
+
 @dataclass(frozen=True, slots=True)
-class Sync:
+class Sync(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.SYNC.byte
 
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class Flush:
+class Flush(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.FLUSH.byte
 
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class Terminate:
+class Terminate(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.TERMINATE.byte
-
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,11 +482,8 @@ class CopyData:
 
 
 @dataclass(frozen=True, slots=True)
-class CopyDone:
+class CopyDone(_NoBody):
     TYPE: ClassVar[bytes] = MsgType.COPY_DONE.byte
-
-    def encode(self) -> bytes:
-        return self.TYPE + b"\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -821,7 +825,7 @@ class Simple:
     kind: bytes
 
     def encode(self) -> bytes:
-        return self.kind + b"\x00\x00\x00\x04"
+        return self.kind + _EMPTY_BODY
 
 
 @dataclass(frozen=True, slots=True)

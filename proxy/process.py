@@ -181,12 +181,19 @@ class Proxy:
             log.warning("backend role of %r is superuser or BYPASSRLS (allowed by config)", backend.target)
         self._roles_checked.add(key)
 
+    async def _startup_backend(self, unreachable: str) -> Backend | None:
+        """One backend connection for a start-up check; None, with ``unreachable % error`` logged, if
+        the backend cannot be reached (a warning, not a stop: sessions connect on their own later)."""
+        try:
+            return await connect(self.backend_target, self.config.backend.database or "postgres", {})
+        except BackendError as exc:
+            log.warning(unreachable, exc)
+            return None
+
     async def preflight(self) -> None:
         """Connect once at start; a superuser backend role stops the proxy, an unreachable one is a warning."""
-        try:
-            backend = await connect(self.backend_target, self.config.backend.database or "postgres", {})
-        except BackendError as exc:
-            log.warning("backend not reachable at start (%s); sessions will retry", exc)
+        backend = await self._startup_backend("backend not reachable at start (%s); sessions will retry")
+        if backend is None:
             return
         try:
             await self.check_backend_role(backend, self.config.backend.allow_superuser)
@@ -259,10 +266,10 @@ class Proxy:
         """Read the scoped tables' column lists; without them, an INSERT needs its own column list."""
         scoping = self.config.scoping
         tables = sorted({(t.schema or "public", t.name) for t in scoping.tables})
-        try:
-            backend = await connect(self.backend_target, self.config.backend.database or "postgres", {})
-        except BackendError as exc:
-            log.warning("scoped tables' columns not read (%s): INSERT without a column list is refused", exc)
+        backend = await self._startup_backend(
+            "scoped tables' columns not read (%s): INSERT without a column list is refused"
+        )
+        if backend is None:
             return
         try:
             self.table_columns = await scoped_columns(backend, tables)

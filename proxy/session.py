@@ -34,6 +34,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from tenantgate.keyring.errors import SqlStateError
+from tenantgate.keyring.quoting import unquote_literal
 from tenantgate.rewriter import Plan, Refused, strip_channel
 from tenantgate.rewriter.positions import map_position
 from tenantgate.rewriter.roles import read_only_violation
@@ -713,7 +714,7 @@ class Session:
         if self._reset_encoding != self.encoding.name and ("reset_all" in plan.kinds or "discard_all" in plan.kinds):
             changes.append(None)
         for value in changes:
-            target = self._reset_encoding if value is None else canonical_name(_literal_text(value))
+            target = self._reset_encoding if value is None else canonical_name(unquote_literal(value) or "")
             if target != self.encoding.name:
                 raise Refusal(
                     "0A000",
@@ -1304,14 +1305,3 @@ def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacemen
     out += replacement
     return out
 
-
-def _literal_text(value: str) -> str:
-    """The text of a standard-conforming literal as the rewriter renders values (``'it''s'``);
-    anything else is no encoding name at all ("" never matches one).
-
-    >>> _literal_text("'SJIS'"), _literal_text("'it''s'"), _literal_text("sjis")
-    ('SJIS', "it's", '')
-    """
-    if len(value) >= 2 and value[0] == value[-1] == "'":
-        return value[1:-1].replace("''", "'")
-    return ""

@@ -1,5 +1,9 @@
 """Encrypted columns in SQL: where they may appear, and which literals and $n get encrypted.
 
+Longer than most modules on purpose: one walker (Analyzer) whose statement, FROM-item and
+expression handlers share its state (the FROM items in scope, the CTEs, the seals it collects); the
+small helpers before it are what the rewriter calls around that walk.
+
 Runs on a statement after the scoper (scoped tables are then derived tables
 ``(SELECT * FROM schema.t WHERE ...) AS t``, whose output columns carry the table's encrypted
 columns outwards). Column references are resolved by name against the FROM items in scope,
@@ -28,7 +32,6 @@ Literals to encrypt are returned as :class:`Seal` s; the rewriter renders each a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +39,8 @@ from typing import Any
 
 import pglast
 from pglast import ast, enums, parser
+
+from tenantgate.keyring.quoting import unquote_literal
 
 from .errors import Refused
 from .literals import Template
@@ -49,7 +54,6 @@ Encrypt = Callable[[str, str, str], bytes]
 _DETERMINISTIC = "deterministic"
 _EQUALITY = frozenset({"=", "<>"})
 _LITERAL_TOKENS = frozenset({"SCONST", "ICONST", "FCONST"})
-_PLAIN_STRING = re.compile(r"'(?:[^']|'')*'", re.DOTALL)  # not 'a' 'b' continuations, E'', U&
 _KIND_NAMES = {
     enums.A_Expr_Kind.AEXPR_LIKE: "LIKE", enums.A_Expr_Kind.AEXPR_ILIKE: "ILIKE",
     enums.A_Expr_Kind.AEXPR_SIMILAR: "SIMILAR TO", enums.A_Expr_Kind.AEXPR_BETWEEN: "BETWEEN",
@@ -139,8 +143,9 @@ def literal_value(token: str) -> str:
     >>> literal_value("'a'\\n'b'")
     'ab'
     """
-    if _PLAIN_STRING.fullmatch(token):
-        return token[1:-1].replace("''", "'")
+    plain = unquote_literal(token)
+    if plain is not None:
+        return plain
     if token.isdigit():
         return str(int(token))
     if token[:1].isdigit() or token[:1] == ".":

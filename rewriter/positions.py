@@ -26,6 +26,8 @@ from difflib import SequenceMatcher
 
 from pglast import parser
 
+from tenantgate.keyring.quoting import unquote_ident
+
 from .errors import Refused
 
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
@@ -51,7 +53,7 @@ def _tokens(sql: str) -> tuple[list[int], list[int], list[tuple[str, str]]]:
         if tok.name in _LITERALS:
             key = ""
         elif tok.name == "IDENT" and text.startswith('"'):
-            key = text[1:-1].replace('""', '"')
+            key = unquote_ident(text)
         elif tok.kind != "NO_KEYWORD" or tok.name == "IDENT":
             key = text.lower()
         else:

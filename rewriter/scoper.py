@@ -224,20 +224,22 @@ class Scoper:
         return "close"
 
     def _stmt_ListenStmt(self, stmt: AstNode) -> str:
-        stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
-        self.modified = self.value_dependent = True
+        self._namespace_channel(stmt)
         return "listen"
 
     def _stmt_UnlistenStmt(self, stmt: AstNode) -> str:
         if stmt.conditionname is not None:  # UNLISTEN * only concerns this session
-            stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
-            self.modified = self.value_dependent = True
+            self._namespace_channel(stmt)
         return "unlisten"
 
     def _stmt_NotifyStmt(self, stmt: AstNode) -> str:
+        self._namespace_channel(stmt)
+        return "notify"
+
+    def _namespace_channel(self, stmt: AstNode) -> None:
+        """LISTEN/UNLISTEN/NOTIFY name the tenant's own channel; the text then depends on the tenant."""
         stmt.conditionname = channels.namespaced(self.tenant, stmt.conditionname)
         self.modified = self.value_dependent = True
-        return "notify"
 
     def _stmt_CopyStmt(self, stmt: AstNode) -> str:
         if stmt.filename is not None or stmt.is_program:
@@ -444,22 +446,24 @@ class Scoper:
             rel, qualifier = self.target(stmt.relation, "UPDATE")
             self.expr(stmt.targetList)
             stmt.targetList = self._tenant_assignments(stmt.targetList, rel)
-            predicates: list[AstNode] = []
-            if stmt.fromClause:
-                stmt.fromClause = tuple(self.from_item(item, predicates) for item in stmt.fromClause)
-            self.expr(stmt.whereClause)
-            self.expr(stmt.returningClause)
-            stmt.whereClause = self._scoped_where(and_predicates(predicates, stmt.whereClause), rel, qualifier)
+            stmt.fromClause = self._scoped_rest(stmt, stmt.fromClause, rel, qualifier)
 
     def delete(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
             rel, qualifier = self.target(stmt.relation, "DELETE")
-            predicates: list[AstNode] = []
-            if stmt.usingClause:
-                stmt.usingClause = tuple(self.from_item(item, predicates) for item in stmt.usingClause)
-            self.expr(stmt.whereClause)
-            self.expr(stmt.returningClause)
-            stmt.whereClause = self._scoped_where(and_predicates(predicates, stmt.whereClause), rel, qualifier)
+            stmt.usingClause = self._scoped_rest(stmt, stmt.usingClause, rel, qualifier)
+
+    def _scoped_rest(
+        self, stmt: AstNode, items: tuple[AstNode, ...] | None, rel: Relation, qualifier: str
+    ) -> tuple[AstNode, ...] | None:
+        """UPDATE's FROM or DELETE's USING items scoped (in order, before WHERE and RETURNING are
+        walked), and the WHERE given the target's tenant predicate and the items' predicates."""
+        predicates: list[AstNode] = []
+        scoped = tuple(self.from_item(item, predicates) for item in items) if items else items
+        self.expr(stmt.whereClause)
+        self.expr(stmt.returningClause)
+        stmt.whereClause = self._scoped_where(and_predicates(predicates, stmt.whereClause), rel, qualifier)
+        return scoped
 
     def _scoped_where(self, where: AstNode, rel: Relation, qualifier: str) -> AstNode:
         """WHERE (or ON) with the tenant predicate first; a schema-tier tenant's own table needs none."""

@@ -9,10 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procs import wait_listening as wait_port
 from tenantgate.keyring.auth.scram import ScramClient
 from tenantgate.proxy import codec
 from tenantgate.proxy.sandbox.pgcluster import AuthMethod, PgServer, free_port
@@ -132,19 +132,6 @@ def config_text(
             extra,
         ]
     )
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"proxy did not listen on {port}:\n{log_path.read_text(errors='replace')}")
 
 
 def start_proxy(tmp: Path, text: str, port: int) -> ProxyProcess:

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tenantgate.config import load_config
 from tenantgate.proxy import codec
 from tenantgate.proxy.cancel import MAX_PID, CancelRegistry
-from tenantgate.proxy.console.workers import merge_expositions
+from tenantgate.proxy.console.merge import merge_expositions
 from tenantgate.proxy.placement import Placement
 from tenantgate.proxy.process import Proxy
 from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin

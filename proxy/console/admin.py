@@ -5,42 +5,28 @@ port; anyone else (tenant users included) gets the same 28P01 as a wrong passwor
 TLS follows ``[tls]`` like the main port. Only the simple query protocol is served:
 extended-protocol messages get 0A000 and, after Sync, ReadyForQuery as usual.
 
-Commands are case-insensitive, a trailing ``;`` is allowed and several may be sent
-in one query string. Every command is reported to ``proxy.record_admin(user,
+The command table is commands.py; this module is the connection that logs in, splits a
+query string into commands and writes their answers. Every command is reported to ``proxy.record_admin(user,
 command, ok, detail)`` when the proxy has one (the audit log) and counted in
 ``tenantgate_admin_commands_total``.
-
->>> parse("show  tenants;")[0].name, parse("kill session 12")[1]
-('SHOW TENANTS', ['12'])
->>> try:
-...     parse("SHOW NOTHING")
-... except AdminError as exc:
-...     print(exc.sqlstate, str(exc)[:60])
-42601 unknown command "SHOW NOTHING"; valid commands: SHOW HELP, S
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import secrets
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from importlib.metadata import version
 
-from tenantgate.config.schema import LIMIT_KEYS
-from tenantgate.keyring.errors import KeyringError, SqlStateError
 from tenantgate.proxy import codec
 from tenantgate.proxy.auth import AuthFailed, ClientAuth
 from tenantgate.proxy.codec import CommandComplete, DataRow, FieldDescription, RowDescription, StartupMessage
 from tenantgate.proxy.frontend import FrontendConnection
-from tenantgate.proxy.placement import Placement
 from tenantgate.proxy.process import Proxy
-from tenantgate.proxy.state import ClientView, PoolView, ProxyView
 
+from .commands import AdminError, Command, Result, parse
 from .port import ConsolePort
 
 log = logging.getLogger("tenantgate.admin")
@@ -53,64 +39,6 @@ SERVER_VERSION_BASE = "15.0"
 _EXTENDED = frozenset(
     (codec.MsgType.PARSE, codec.MsgType.BIND, codec.MsgType.DESCRIBE, codec.MsgType.EXECUTE, codec.MsgType.CLOSE)
 )
-
-
-class AdminError(SqlStateError):
-    """A command that failed: answered with an ErrorResponse, the session goes on."""
-
-
-@dataclass
-class Result:
-    """What a command answers: an optional result set, its tag, notices and a follow-up action."""
-
-    tag: str
-    columns: tuple[str, ...] = ()
-    rows: list[tuple[object, ...]] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    after: Callable[[], None] | None = None  # runs once the reply (and ReadyForQuery) is written
-
-
-Handler = Callable[["AdminConnection", list[str]], Awaitable[Result]]
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str  # the keywords, e.g. "KILL SESSION"
-    usage: str  # argument syntax for help and errors: "", "[tenant]", "<id>", "[WAIT]"
-    help: str
-    run: Handler
-
-    @property
-    def words(self) -> tuple[str, ...]:
-        return tuple(self.name.split())
-
-    @property
-    def max_args(self) -> int:
-        return len(self.usage.split())
-
-    @property
-    def min_args(self) -> int:
-        return sum(1 for a in self.usage.split() if a.startswith("<"))
-
-    @property
-    def synopsis(self) -> str:
-        return f"{self.name} {self.usage}".strip()
-
-
-def parse(text: str) -> tuple[Command, list[str]]:
-    """The command and its arguments in one statement; AdminError 42601 when neither fits."""
-    tokens = text.strip().rstrip(";").split()
-    upper = tuple(t.upper() for t in tokens)
-    for cmd in sorted(COMMANDS, key=lambda c: -len(c.words)):
-        n = len(cmd.words)
-        if upper[:n] == cmd.words:
-            args = tokens[n:]
-            if not cmd.min_args <= len(args) <= cmd.max_args:
-                raise AdminError("42601", f"wrong number of arguments: usage is {cmd.synopsis}")
-            return cmd, args
-    valid = ", ".join(c.synopsis for c in COMMANDS)
-    raise AdminError("42601", f'unknown command "{" ".join(tokens)}"; valid commands: {valid}')
-
 
 # ---------------------------------------------------------------------- formatting
 
@@ -125,343 +53,10 @@ def _cell(value: object) -> bytes | None:
     return str(value).encode()
 
 
-def _timestamp(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(epoch))
-
 
 def _notice(message: str) -> bytes:
     return codec.NoticeResponse(codec.error("01000", message, severity="WARNING").fields).encode()
 
-
-def flatten(data: object, prefix: str = "") -> list[tuple[str, str | None]]:
-    """Nested config data as (dotted key, text value) rows, in order.
-
-    >>> flatten({"a": {"b": 1, "c": None}, "d": [1, "x"], "e": True})
-    [('a.b', '1'), ('a.c', None), ('d', '[1, "x"]'), ('e', 'true')]
-    """
-    if isinstance(data, dict):
-        rows: list[tuple[str, str | None]] = []
-        for key, value in data.items():
-            rows += flatten(value, f"{prefix}.{key}" if prefix else str(key))
-        return rows
-    if data is None:
-        return [(prefix, None)]
-    if isinstance(data, bool):
-        return [(prefix, "true" if data else "false")]
-    if isinstance(data, list | tuple):
-        return [(prefix, json.dumps(data))]
-    return [(prefix, str(data))]
-
-
-def session_state(client: ClientView) -> str:
-    """pg_stat_activity's words for what a session is doing."""
-    session = client.session
-    if session is None:
-        return "starting"
-    if session.busy_since is not None:
-        return "active"
-    if session.status == "T":
-        return "idle in transaction"
-    if session.status == "E":
-        return "idle in transaction (aborted)"
-    return "idle"
-
-
-# ---------------------------------------------------------------------- commands
-
-
-def _tenant_arg(proxy: ProxyView, tenant: str) -> str:
-    known = set(proxy.config.tenants) | {c.tenant for c in proxy.sessions if c.tenant is not None}
-    if tenant not in known:
-        raise AdminError("42704", f'unknown tenant "{tenant}"; valid tenants: {", ".join(sorted(known)) or "(none)"}')
-    return tenant
-
-
-def _sessions(proxy: ProxyView) -> list[ClientView]:
-    return sorted(proxy.sessions, key=lambda c: c.id)
-
-
-async def show_help(conn: AdminConnection, args: list[str]) -> Result:
-    return Result("SHOW", ("command", "description"), [(c.synopsis, c.help) for c in COMMANDS])
-
-
-async def show_version(conn: AdminConnection, args: list[str]) -> Result:
-    return Result("SHOW", ("version",), [(f"tenantgate {version('tenantgate')}",)])
-
-
-async def show_tenants(conn: AdminConnection, args: list[str]) -> Result:
-    proxy: ProxyView = conn.proxy
-    config = proxy.config
-    live: dict[str, list[ClientView]] = {}
-    for c in proxy.sessions:
-        if c.tenant is not None:
-            live.setdefault(c.tenant, []).append(c)
-    limiters = proxy.limiters
-    rows: list[tuple[object, ...]] = []
-    for name in sorted(set(config.tenants) | set(live)):
-        t = config.tenant(name)
-        placement = Placement.of(config, name)
-        clients = live.get(name, [])
-        limiter = limiters.get(name)
-        limits = ", ".join(
-            f"{key} = {getattr(t.limits, key):g}" for key in LIMIT_KEYS if getattr(t.limits, key) is not None
-        )
-        if t.limits.max_rows is not None:
-            limits += f" ({t.limits.max_rows_action})"
-        rows.append(
-            (
-                name,
-                t.tier,
-                t.schema,
-                placement.describe(),
-                t.region or placement.backend.region,
-                len(clients),
-                limiter.backends if limiter is not None else 0,
-                sum(c.session.statements for c in clients if c.session is not None),
-                sum(c.session.refused for c in clients if c.session is not None),
-                sum(c.bytes_in for c in clients),
-                sum(c.bytes_out for c in clients),
-                "*" in proxy.paused or name in proxy.paused,
-                limits or None,
-                sum(limiter.hits.values()) if limiter is not None else 0,
-            )
-        )
-    columns = (
-        "tenant",
-        "tier",
-        "schema",
-        "backend",
-        "region",
-        "sessions",
-        "backend_connections",
-        "statements",
-        "refusals",
-        "bytes_in",
-        "bytes_out",
-        "paused",
-        "limits",
-        "limit_hits",
-    )
-    return Result("SHOW", columns, rows)
-
-
-async def show_users(conn: AdminConnection, args: list[str]) -> Result:
-    users = conn.proxy.config.users
-    rows: list[tuple[object, ...]] = [(u.name, u.tenant, u.trusted, u.role, u.auth) for u in users.values()]
-    return Result("SHOW", ("user", "tenant", "trusted", "role", "auth"), sorted(rows, key=lambda r: str(r[0])))
-
-
-async def show_sessions(conn: AdminConnection, args: list[str]) -> Result:
-    now = time.monotonic()
-    rows: list[tuple[object, ...]] = []
-    for c in _sessions(conn.proxy):
-        s = c.session
-        busy = s.busy_since if s is not None else None
-        rows.append(
-            (
-                c.id,
-                c.user,
-                c.tenant,
-                c.database,
-                c.peer,
-                session_state(c),
-                s.status if s is not None else None,
-                now - busy if busy is not None else None,
-                c.params.get("application_name"),
-                c.ssl_in_use,
-                _timestamp(c.connected_at),
-                s.statements if s is not None else 0,
-                s.refused if s is not None else 0,
-            )
-        )
-    columns = (
-        "id",
-        "user",
-        "tenant",
-        "database",
-        "addr",
-        "state",
-        "tx",
-        "statement_age_s",
-        "application_name",
-        "tls",
-        "connected_at",
-        "statements",
-        "refused",
-    )
-    return Result("SHOW", columns, rows)
-
-
-async def show_servers(conn: AdminConnection, args: list[str]) -> Result:
-    rows: list[tuple[object, ...]] = []
-    for c in _sessions(conn.proxy):
-        b = c.backend
-        if b is None or b.conn.is_closed:
-            continue
-        rows.append(
-            (c.id, b.database, b.target.user, b.target.host, b.target.port, b.pid, session_state(c), b.conn.ssl_in_use)
-        )
-    for pool in _pools(conn.proxy):  # transaction mode: backends no session holds right now
-        for b in pool.idle:
-            rows.append(
-                (None, b.database, b.target.user, b.target.host, b.target.port, b.pid, "idle", b.conn.ssl_in_use)
-            )
-    return Result("SHOW", ("id", "database", "user", "addr", "port", "pid", "state", "tls"), rows)
-
-
-def _pools(proxy: ProxyView) -> list[PoolView]:
-    """The transaction-mode pools (proxy.pool_for); none in session mode."""
-    return list(proxy.pools.values())
-
-
-async def show_pools(conn: AdminConnection, args: list[str]) -> Result:
-    """Session pooling: every client owns one backend, so a pool is a (database, user) pair.
-    Transaction pools are shared by tenant users: one row each, under the backend role."""
-    now = time.monotonic()
-    pools: dict[tuple[str, str], list[int | float]] = {}
-    proxy: ProxyView = conn.proxy
-    shared = _pools(proxy)
-    clients: dict[int, int] = {}
-    for c in proxy.sessions:
-        s = c.session
-        pool = s.pool if s is not None else None
-        if pool is not None:
-            clients[id(pool)] = clients.get(id(pool), 0) + 1
-            continue
-        p = pools.setdefault((c.database, c.user), [0, 0, 0, 0, 0.0])  # cl_active, cl_waiting, sv_active, sv_idle
-        held_since = s.held_since if s is not None else None
-        if held_since is not None:  # paused with statements held back
-            p[1] += 1
-            p[4] = max(p[4], now - held_since)
-        else:
-            p[0] += 1
-        if s is not None and (s.busy_since is not None or s.status != "I"):
-            p[2] += 1
-        else:
-            p[3] += 1
-    rows: list[tuple[object, ...]] = [
-        (db, user, int(a), int(w), int(sa), int(si), 0, wait, "session")
-        for (db, user), (a, w, sa, si, wait) in sorted(pools.items())
-    ]
-    for pool in shared:
-        waiting = len(pool.waiters)
-        active = clients.get(id(pool), 0)
-        row = (pool.database, pool.target.user, active - min(waiting, active), waiting)
-        rows.append((*row, len(pool.busy), len(pool.idle), 0, pool.max_wait, "transaction"))
-    columns = ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "maxwait", "pool_mode")
-    return Result("SHOW", columns, rows)
-
-
-async def show_stats(conn: AdminConnection, args: list[str]) -> Result:
-    rows: list[tuple[object, ...]] = []
-    for label, st in sorted(conn.proxy.metrics.tenant_stats().items()):
-        avg = st.avg_seconds
-        rows.append((label, st.statements, st.refused, st.bytes_in, st.bytes_out, None if avg is None else avg * 1000))
-    return Result("SHOW", ("tenant", "statements", "refused", "bytes_in", "bytes_out", "avg_statement_ms"), rows)
-
-
-async def show_config(conn: AdminConnection, args: list[str]) -> Result:
-    rows: list[tuple[object, ...]] = list(flatten(conn.proxy.config.redacted()))
-    return Result("SHOW", ("key", "value"), rows)
-
-
-async def show_keys(conn: AdminConnection, args: list[str]) -> Result:
-    keyring = getattr(conn.proxy, "keyring", None)
-    rows: list[tuple[object, ...]] = []
-    if keyring is not None:
-        for k in await keyring.list_keys():
-            destroyed = k.destroyed_at.isoformat(sep=" ", timespec="seconds") if k.destroyed_at else None
-            rows.append((k.tenant, k.version, k.created_at.isoformat(sep=" ", timespec="seconds"), destroyed))
-    return Result("SHOW", ("tenant", "version", "created_at", "destroyed_at"), rows)
-
-
-async def show_audit(conn: AdminConnection, args: list[str]) -> Result:
-    columns = ("sink", "path", "queue_depth", "last_seq", "records_written", "records_dropped", "lag_s")
-    audit = getattr(conn.proxy, "audit", None)
-    if audit is None:
-        return Result("SHOW", columns, [("disabled", None, None, None, None, None, None)])
-    settings, st = audit.settings, audit.stats()
-    # the postgres sink is named by its table: its DSN may hold a password
-    where = str(settings.path) if settings.sink == "file" else settings.table
-    row = (settings.sink, where, st.queue_depth, st.last_seq, st.records_written, st.records_dropped, float(st.lag))
-    return Result("SHOW", columns, [row])
-
-
-async def reload(conn: AdminConnection, args: list[str]) -> Result:
-    applied, messages = conn.proxy.reload()
-    if not applied:
-        raise AdminError("F0000", "reload refused, the old configuration stays in effect:\n" + "\n".join(messages))
-    return Result("RELOAD", notices=messages)
-
-
-async def pause(conn: AdminConnection, args: list[str]) -> Result:
-    conn.proxy.pause(_tenant_arg(conn.proxy, args[0]) if args else None)
-    return Result("PAUSE")
-
-
-async def resume(conn: AdminConnection, args: list[str]) -> Result:
-    conn.proxy.resume(_tenant_arg(conn.proxy, args[0]) if args else None)
-    return Result("RESUME")
-
-
-async def kill_session(conn: AdminConnection, args: list[str]) -> Result:
-    if not args[0].isdigit():
-        raise AdminError("22P02", f'invalid session id "{args[0]}": SHOW SESSIONS lists the ids')
-    wanted = int(args[0])
-    clients = [c for c in conn.proxy.sessions if c.id == wanted]
-    if not clients:
-        raise AdminError("42704", f"no session with id {wanted}: SHOW SESSIONS lists the ids")
-    return Result(f"KILL {conn.proxy.kill(clients)}")
-
-
-async def kill_tenant(conn: AdminConnection, args: list[str]) -> Result:
-    tenant = _tenant_arg(conn.proxy, args[0])
-    return Result(f"KILL {conn.proxy.kill(conn.proxy.sessions_of(tenant))}")
-
-
-async def rotate_key(conn: AdminConnection, args: list[str]) -> Result:
-    keyring = getattr(conn.proxy, "keyring", None)
-    if keyring is None:
-        raise AdminError("0A000", "no keyring configured")
-    tenant = _tenant_arg(conn.proxy, args[0])
-    try:
-        new_version = await keyring.rotate(tenant)
-    except KeyringError as exc:  # its messages name tenants and versions, never key material
-        raise AdminError(exc.sqlstate, str(exc)) from None
-    return Result("ROTATE", ("tenant", "version"), [(tenant, new_version)])
-
-
-async def shutdown(conn: AdminConnection, args: list[str]) -> Result:
-    if args and args[0].upper() != "WAIT":
-        raise AdminError("42601", "usage is SHUTDOWN [WAIT]")
-    wait = bool(args)
-    return Result("SHUTDOWN", after=lambda: conn.proxy.request_stop(wait))
-
-
-COMMANDS: tuple[Command, ...] = (
-    Command("SHOW HELP", "", "this list", show_help),
-    Command("SHOW VERSION", "", "the tenantgate version", show_version),
-    Command("SHOW TENANTS", "", "configured tenants, their open sessions and pause state", show_tenants),
-    Command("SHOW USERS", "", "tenant and trusted users from the config", show_users),
-    Command("SHOW SESSIONS", "", "open client sessions", show_sessions),
-    Command("SHOW CLIENTS", "", "same as SHOW SESSIONS", show_sessions),
-    Command("SHOW SERVERS", "", "backend connections, one per session", show_servers),
-    Command("SHOW POOLS", "", "sessions and backends per (database, user)", show_pools),
-    Command("SHOW STATS", "", "cumulative statements, refusals, bytes, average time per tenant", show_stats),
-    Command("SHOW CONFIG", "", "the running configuration, secrets masked", show_config),
-    Command("SHOW KEYS", "", "data key versions per tenant (no key material)", show_keys),
-    Command("SHOW AUDIT", "", "audit sink and writer counters", show_audit),
-    Command("RELOAD", "", "re-read the config file; a bad file is refused and the old one kept", reload),
-    Command("PAUSE", "[tenant]", "hold new statements of a tenant (or everyone) until RESUME", pause),
-    Command("RESUME", "[tenant]", "release what PAUSE held", resume),
-    Command("KILL SESSION", "<id>", "end one session (57P01)", kill_session),
-    Command("KILL TENANT", "<tenant>", "end every session of a tenant (57P01)", kill_tenant),
-    Command("ROTATE KEY", "<tenant>", "add a new data key version for a tenant's new writes", rotate_key),
-    Command("SHUTDOWN", "[WAIT]", "stop the proxy now, or after draining sessions (WAIT)", shutdown),
-)
-
-
-# ---------------------------------------------------------------------- connections
 
 
 class AdminConnection(FrontendConnection[Proxy]):

@@ -18,7 +18,7 @@ over the control channel:
 
 - list commands (SHOW SESSIONS, SERVERS, POOLS ...) concatenate the rows of every
   worker, with a ``worker`` column; SHOW STATS and SHOW TENANTS add up their numeric
-  cells per row key (the non-numeric cells) — see :func:`merge_results`;
+  cells per row key (the non-numeric cells) — see merge.py;
 - SHOW HELP/VERSION/CONFIG/USERS run in the supervisor (same config file), SHOW
   KEYS/AUDIT in one worker; SHUTDOWN stops the supervisor, which stops every worker;
   RELOAD reloads the supervisor's copy and every worker's; KILL SESSION goes to the
@@ -29,7 +29,7 @@ over the control channel:
 /metrics merges the workers' expositions (and the supervisor's own admin counters)
 sample by sample: parsed with prometheus_client's text parser, every sample with the
 same name and labels is summed — counters, gauges, histogram buckets, sums and counts
-alike (:func:`merge_expositions`). Prometheus' multiprocess mode was the alternative,
+alike (merge.py). Prometheus' multiprocess mode was the alternative,
 but it only covers the library's own metric types through mmap files, while our
 Metrics reads live figures (sessions, backends, bytes, audit state) with custom
 collectors at scrape time; merging expositions keeps one code path for both modes.
@@ -43,20 +43,15 @@ import ctypes
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import Counter
 
 from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.remote import AuditServer
@@ -64,8 +59,10 @@ from tenantgate.config import Config, load_config
 from tenantgate.proxy import client
 from tenantgate.proxy.process import BackendRoleRefused, Proxy
 
-from .admin import AdminConnection, AdminError, AdminServer, Command, Result, parse
+from .admin import AdminConnection, AdminServer
+from .commands import AdminError, Command, Result, parse
 from .control import ControlError, ControlServer, Message, call, socket_path
+from .merge import merge_expositions, merge_results, unique
 from .metrics import MetricsServer, readiness
 from .serve import Ports, open_ports
 
@@ -81,117 +78,6 @@ KILL_GRACE = 10.0  # after shutdown_timeout, a worker still running is killed
 LOCAL = frozenset({"SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW USERS", "SHUTDOWN"})
 ONE_WORKER = frozenset({"SHOW KEYS", "SHOW AUDIT"})  # the same answer in every worker
 SUMMED = frozenset({"SHOW STATS", "SHOW TENANTS"})  # per-row-key figures that add up
-
-_TAG_COUNT = re.compile(r"([A-Z]+) (\d+)")
-
-
-# ---------------------------------------------------------------------- merging
-
-
-def merge_results(answers: list[tuple[int, Message]], summed: bool) -> Result:
-    """One admin Result from the answers of several workers, whatever the columns are.
-
-    Lists are concatenated with a ``worker`` column; ``summed`` tables add up their integer
-    cells per row key (the non-numeric cells) and average their float cells (averages, like
-    avg_statement_ms) weighted by the row's first integer cell. Tags such as "KILL 2" add up.
-
-    >>> a = {"tag": "SHOW", "columns": ["tenant", "statements", "avg_ms"], "rows": [["acme", 1, 4.0]], "notices": []}
-    >>> b = {"tag": "SHOW", "columns": ["tenant", "statements", "avg_ms"],
-    ...      "rows": [["acme", 3, 8.0], ["globex", 2, None]], "notices": []}
-    >>> merge_results([(0, a), (1, b)], summed=True).rows
-    [('acme', 4, 7.0), ('globex', 2, None)]
-    >>> merge_results([(0, a), (1, b)], summed=False).rows[-1]
-    ('globex', 2, None, 1)
-    >>> merge_results([(0, {"tag": "KILL 1"}), (1, {"tag": "KILL 2"})], summed=False).tag
-    'KILL 3'
-    """
-    first = answers[0][1]
-    columns = tuple(first.get("columns", ()))
-    notices = _unique(n for _, a in answers for n in a.get("notices", ()))
-    tags = [a["tag"] for _, a in answers]
-    counts = [_TAG_COUNT.fullmatch(t) for t in tags]
-    word = counts[0].group(1) if counts[0] else None
-    if word is not None and all(m is not None and m.group(1) == word for m in counts):
-        tag = f"{word} {sum(int(m.group(2)) for m in counts if m is not None)}"
-    else:
-        tag = tags[0]
-    if not columns:
-        return Result(tag, notices=notices)
-    if not summed:
-        rows = [(*row, index) for index, a in answers for row in a.get("rows", ())]
-        return Result(tag, (*columns, "worker"), rows, notices)
-    all_rows = [tuple(row) for _, a in answers for row in a.get("rows", ())]
-    numeric = [any(_is_number(row[i]) for row in all_rows) for i in range(len(columns))]
-    groups: dict[tuple[object, ...], list[tuple[object, ...]]] = {}
-    for row in all_rows:
-        groups.setdefault(tuple(v for v, n in zip(row, numeric, strict=True) if not n), []).append(row)
-    weight = next((i for i, n in enumerate(numeric) if n and isinstance(all_rows[0][i], int)), None)
-    merged = []
-    for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
-        group, keys = groups[key], iter(key)
-        weights = [r[weight] for r in group] if weight is not None else [1] * len(group)
-        merged.append(
-            tuple(_combine([r[i] for r in group], weights) if n else next(keys) for i, n in enumerate(numeric))
-        )
-    return Result(tag, columns, merged, notices)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _combine(values: list[Any], weights: list[Any]) -> object:
-    present = [(v, w) for v, w in zip(values, weights, strict=True) if v is not None]
-    if not present:
-        return None
-    if all(isinstance(v, int) for v, _ in present):
-        return sum(v for v, _ in present)
-    total = sum(w for _, w in present if _is_number(w))
-    if not total:
-        return sum(v for v, _ in present) / len(present)
-    return sum(v * w for v, w in present if _is_number(w)) / total
-
-
-def _unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
-def merge_expositions(texts: Iterable[str]) -> bytes:
-    """Sum the samples of several text expositions that share a name and labels.
-
-    >>> one = '# HELP x_total X\\n# TYPE x_total counter\\nx_total{t="a"} 2.0\\n'
-    >>> two = '# HELP x_total X\\n# TYPE x_total counter\\nx_total{t="a"} 3.0\\nx_total{t="b"} 1.0\\n'
-    >>> print(merge_expositions([one, two]).decode().strip())
-    # HELP x_total X
-    # TYPE x_total counter
-    x_total{t="a"} 5.0
-    x_total{t="b"} 1.0
-    """
-    families: dict[str, Metric] = {}
-    sums: dict[str, dict[tuple[str, frozenset[tuple[str, str]]], list[Any]]] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            if family.name not in families:
-                families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-            samples = sums.setdefault(family.name, {})
-            for s in family.samples:
-                key = (s.name, frozenset(s.labels.items()))
-                entry = samples.get(key)
-                if entry is None:
-                    samples[key] = [s.name, s.labels, s.value]
-                else:
-                    entry[2] += s.value
-    for name, family in families.items():
-        for sample_name, labels, value in sums[name].values():
-            family.add_sample(sample_name, labels, value)
-
-    class _Merged:
-        def collect(self) -> Iterable[Metric]:
-            return families.values()
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged())  # type: ignore[arg-type]
-    return generate_latest(registry)
 
 
 # ---------------------------------------------------------------------- the worker side
@@ -216,7 +102,7 @@ class WorkerSpec:
 
 
 class _Caller:
-    """Stands in for an AdminConnection: admin command handlers only use its proxy."""
+    """The commands.Caller a worker runs its supervisor's admin commands as: they only use its proxy."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -276,7 +162,7 @@ class Worker:
     async def admin(self, text: str) -> Message:
         try:
             cmd, args = parse(text)
-            result = await cmd.run(cast("AdminConnection", _Caller(self.proxy)), args)
+            result = await cmd.run(_Caller(self.proxy), args)
         except AdminError as exc:
             return {"error": [exc.sqlstate, exc.message]}
         answer: Message = {
@@ -626,7 +512,7 @@ class AggregatingAdminServer(AdminServer):
         if name == "RELOAD":
             local = await cmd.run(conn, args)  # the supervisor's copy; a bad file is refused here
             result = await sup.admin_all(text, summed=False)
-            result.notices = _unique([*local.notices, *result.notices])
+            result.notices = unique([*local.notices, *result.notices])
             return result
         if name in ONE_WORKER:
             return await sup.admin_one(sup.first_live(), text)

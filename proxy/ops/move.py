@@ -1,5 +1,8 @@
 """``tenantgate tenant move``: move a shared-tier tenant into its own schema or database, online.
 
+Longer than most modules on purpose: one tool whose steps (the Mover below) run in order on one
+resumable state file; the copying of rows itself is placement_copy.py.
+
 The steps, each printed as it goes:
 
 1. check the request against the config (the new file must pass `load_config`, residency

@@ -1,5 +1,8 @@
 """Throwaway PostgreSQL clusters (and handles on existing servers) for the demo, tests and bench.
 
+Longer than most modules on purpose: PgServer's one API (roles, databases, hba, DSNs) with its two
+backings, an existing server and a throwaway cluster, which share everything but start and stop.
+
 A :class:`ThrowawayCluster` is a private cluster made with the machine's ``initdb``: it
 listens on 127.0.0.1 only, keeps its unix socket and data in a fresh temporary
 directory, and runs with durability switched off (``fsync``, ``synchronous_commit``,
