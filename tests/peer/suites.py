@@ -174,7 +174,7 @@ def parse_junit(path: Path) -> Outcomes:
 
 def _run_psycopg(target: Target, timeout: float, quick: bool) -> Outcomes:
     src = _psycopg_src()
-    report = CACHE / f"psycopg-{target.name.replace('/', '-')}.xml"
+    report = LOGS / f"psycopg-{target.name.replace('/', '-')}.xml"
     report.unlink(missing_ok=True)
     dsn = (f"host={target.host} port={target.port} user={target.user} password={target.password} "
            f"dbname={target.database} sslmode=disable" + (f" options='{target.options}'" if target.options else ""))
