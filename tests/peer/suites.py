@@ -176,10 +176,14 @@ def _run_psycopg(target: Target, timeout: float, quick: bool) -> Outcomes:
     src = _psycopg_src()
     report = LOGS / f"psycopg-{target.name.replace('/', '-')}.xml"
     report.unlink(missing_ok=True)
+    # A cache of this run's own: the suite's conftest refuses to start while another run's
+    # "segfault" marker (set at start, cleared at a clean end) is in a shared cache.
+    cache = LOGS / f"pytest-cache-{target.name.replace('/', '-')}"
+    shutil.rmtree(cache, ignore_errors=True)
     dsn = (f"host={target.host} port={target.port} user={target.user} password={target.password} "
            f"dbname={target.database} sslmode=disable" + (f" options='{target.options}'" if target.options else ""))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--no-header", "-o",
-           f"cache_dir={CACHE / 'pytest'}", f"--junitxml={report}", "--test-dsn", dsn,
+           f"cache_dir={cache}", f"--junitxml={report}", "--test-dsn", dsn,
            *(["-m", "not slow", *PSYCOPG_QUICK] if quick else ["tests"]), *PSYCOPG_ARGS]
     # The checkout's psycopg_pool/ project folder holds the pool package its pool tests import (it is
     # not on the registries); without it on the path the folder itself is a namespace package.
