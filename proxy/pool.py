@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .backend import Backend, BackendTarget, connect
-from .codec import Close
+from .codec import Close, Parse
 
 log = logging.getLogger("tenantgate.pool")
 
@@ -266,6 +266,17 @@ class PreparedStatements:
         if not name:
             backend.unnamed = None
         return statement.bname
+
+    def deallocate(self, name: str, cycle: int) -> tuple[bytes, str]:
+        """A client's SQL ``DEALLOCATE name`` of its protocol-level statement (one namespace, as in
+        PostgreSQL): (what goes before ``DEALLOCATE <backend name>`` in the same message, that name).
+        The backend may not hold the statement (prepared on demand): a stand-in under its name gives
+        the DEALLOCATE something to drop. The client's name goes on the DEALLOCATE's CommandComplete."""
+        statement, _ = self.lookup(name)
+        assert statement is not None and statement.bname
+        self.sent.append(_Sent(cycle, True))
+        self.sent.append(_Sent(cycle, True))
+        return Close("S", statement.bname).encode() + Parse(statement.bname, "SELECT NULL").encode(), statement.bname
 
     def query_sent(self, backend: Backend, *, by_client: bool) -> None:
         """A simple Query went to the backend: PostgreSQL drops the unnamed statement then (the

@@ -28,12 +28,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from tenantgate.rewriter import Plan, Refused, strip_channel
+from tenantgate.rewriter import Plan, Refused, statement_names, strip_channel
 
 from . import codec
 from .auditing import SessionAudit, first_word
@@ -72,6 +73,10 @@ _SETTING_KINDS = frozenset(("set", "reset"))
 _RESETTING_KINDS = frozenset(("reset_all", "discard_all"))
 # ... those that can undo setting changes of the open transaction in part,
 _PARTIAL_UNDO = frozenset(("rollback_to", "rollback", "commit", "begin", "savepoint", "release"))
+# Statements that name a prepared statement (SQL and protocol level share one namespace), and the
+# words that make a trusted session's unplanned text worth a closer look for them.
+_NAMING_KINDS = frozenset(("prepare", "execute", "deallocate"))
+_NAMING_WORDS = re.compile(r"prepare|execute|deallocate", re.IGNORECASE)
 # ... and the completion tags of statements that drop every prepared statement of the backend.
 _DROP_ALL_TAGS = frozenset((b"DEALLOCATE ALL", b"DISCARD ALL"))
 _BACKEND_AUDITED = frozenset((_CC, _EMPTY, _SUSPENDED, _E, _Z))
@@ -156,6 +161,8 @@ class Session:
         self._portal = ("unknown", "allowed")  # what the next Execute runs
         self._bound: dict[bytes, Prepared | None] = {}  # portal -> its statement (transaction pooling)
         self._kinds: dict[str, str] = {}  # trusted sessions: statement name -> kind (metrics)
+        self._sql_names: set[str] = set()  # SQL-level prepared statements (one namespace with protocol ones)
+        self._name_ops: deque[tuple[int, str, str]] = deque()  # (cycle, prepare/deallocate[_protocol], name) sent
         self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
         self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
@@ -605,6 +612,7 @@ class Session:
                 self._check_encoding(plan)
                 sql = self._redacted
                 changes = self._setting_changes(plan)
+                dropped = self._sql_statement_names(msg.sql, kinds)
                 if self.pool is not None:
                     self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
                     self._settings_sent(changes, self.cycles_sent)
@@ -612,9 +620,14 @@ class Session:
                     self.metrics.statement(self.tenant, kind, "allowed")
                 if audit is not None:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
+                prefix = b""
+                if dropped is not None and self._named is not None:  # last: it queues messages
+                    prefix, bname = self._named.deallocate(dropped, self.cycles_sent)
+                    self._name_ops.append((self.cycles_sent, "deallocate_protocol", dropped))
+                    rewritten = f"DEALLOCATE {bname}"
                 # the backend gets the verified text in the session's encoding: the client's bytes only if identical
                 query = self._encode(Query(rewritten))
-                return None if query == buf[start:end] else query
+                return None if query == buf[start:end] else prefix + query
             if mtype == _P:
                 msg = self._decode(mtype, body)
                 assert isinstance(msg, Parse)
@@ -704,7 +717,7 @@ class Session:
     def _parse(self, msg: Parse, raw: bytes) -> bytes | None:
         """A client's Parse: planned, sealed, and (tenant sessions) prepared under its backend name."""
         named = self._named
-        if named is not None and msg.name and named.lookup(msg.name)[0] is not None:
+        if named is not None and msg.name and (named.lookup(msg.name)[0] is not None or msg.name in self._sql_names):
             # PostgreSQL's answer; the content-addressed names would otherwise let it pass
             raise Refusal("42P05", f'prepared statement "{msg.name}" already exists', "duplicate_statement")
         plan = self._plan(msg.sql, extended=True)
@@ -839,6 +852,35 @@ class Session:
         if crypto is not None:
             crypto.on_client_message(mtype, describe)
         return None if describe == msg and not prefix else prefix + describe.encode()
+
+    def _sql_statement_names(self, sql: str, kinds: tuple[str, ...]) -> str | None:
+        """SQL PREPARE/EXECUTE/DEALLOCATE share one namespace with the client's protocol-level names, as
+        in PostgreSQL, although those live on backends under other names. The name of the client's
+        protocol-level statement a lone DEALLOCATE drops (translated by the caller), else None.
+        Only this session's own names are ever translated, never to anybody else's."""
+        named = self._named
+        if named is None or self.backend is None or self.status == "E":  # aborted: the backend refuses it (25P02)
+            return None
+        if kinds and not _NAMING_KINDS.intersection(kinds):
+            return None
+        if not kinds and not _NAMING_WORDS.search(sql):  # trusted sessions: not planned, look closer only then
+            return None
+        refs = statement_names(sql)
+        protocol = [(kind, name) for kind, name in refs if kind and named.lookup(name)[0] is not None]
+        if not protocol:
+            self._name_ops.extend((self.cycles_sent, k, name) for k, name in refs if k in ("prepare", "deallocate"))
+            return None
+        kind, name = protocol[0]
+        if kind == "prepare":
+            raise Refusal("42P05", f'prepared statement "{name}" already exists', "duplicate_statement")
+        if kind == "execute":
+            raise Refusal("0A000", f'EXECUTE of "{name}", a statement prepared with the extended protocol, is not '
+                          "supported through tenantgate: bind it with the extended protocol instead",
+                          "execute_protocol_statement")
+        if len(refs) > 1:
+            raise Refusal("0A000", f'DEALLOCATE of "{name}", a statement prepared with the extended protocol, must be '
+                          "alone in its query through tenantgate", "deallocate_not_alone")
+        return name
 
     def _setting_changes(self, plan: Plan) -> list[Change]:
         """The session-level setting changes of a plan, RESET ALL / DISCARD ALL included."""
@@ -1106,8 +1148,28 @@ class Session:
             self._rolled_back = True
         elif tag in _DROP_ALL_TAGS and self._named is not None and self.backend is not None:
             self._named.forget_all(self.backend)
-        elif tag == b"DEALLOCATE" and self.backend is not None:
+        elif tag in (b"DEALLOCATE", b"PREPARE") and self._named is not None:
+            self._named_statement_done(tag.decode().lower())
+        if tag == b"DEALLOCATE" and self.backend is not None:
             self.backend.prepared.clear()  # it may have been one of ours: every statement is prepared again on demand
+        if tag in _DROP_ALL_TAGS:
+            self._sql_names.clear()
+
+    def _named_statement_done(self, kind: str) -> None:
+        """A PREPARE or DEALLOCATE of this cycle succeeded: the name it prepared or dropped follows."""
+        ops, cycle = self._name_ops, self.cycles_done + 1
+        while ops and ops[0][0] < cycle:  # a failed statement's cycle: nothing after it ran
+            ops.popleft()
+        if not ops or ops[0][0] != cycle or not ops[0][1].startswith(kind):
+            return
+        _, op, name = ops.popleft()
+        if op == "prepare":
+            self._sql_names.add(name)
+        elif op == "deallocate":
+            self._sql_names.discard(name)
+        else:
+            assert self._named is not None
+            self._named.names.pop(name, None)
 
     def _cycle_end(self) -> None:
         """A ReadyForQuery: settings changed in that cycle stick, or are undone with their transaction."""
