@@ -9,7 +9,6 @@ as a trusted user.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -162,3 +161,22 @@ def test_reserved_names_stay_refused(proxy: Gate) -> None:
     with proxy.connect(TENANT_USER) as conn:
         assert prepare(conn, b"r1", b"SELECT 1") is None
         assert sqlstate(conn, "DEALLOCATE tg_0123456789abcdef01234567") == "42501"
+
+
+# -- an interrupted COPY OUT ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("user", USERS_)
+@pytest.mark.parametrize("rows", [1_000_000, 1_000_001, 1_000_002])
+def test_interrupted_copy_out_is_cancelled(proxy: Gate, user: str, rows: int) -> None:
+    """psycopg's test_copy_out_error_with_copy_not_finished: a client that stops reading a COPY TO and
+    cancels it finds its transaction failed (57014), as directly: the proxy must not soak up the
+    rest of the output (letting the backend finish first) while the client is not reading."""
+    with proxy.connect(user) as conn:
+        conn.autocommit = False
+        cur = conn.cursor()
+        with pytest.raises(ZeroDivisionError), cur.copy(f"COPY (SELECT generate_series(1, {rows})) TO STDOUT") as copy:
+            copy.read_row()
+            1 / 0  # noqa: B018
+        assert conn.info.transaction_status == pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
