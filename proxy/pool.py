@@ -182,6 +182,7 @@ class Prepared:
     tenant_params: tuple[int, ...] = ()  # $n whose Bind value must be the session's tenant
     settings: tuple[tuple[str, str | None], ...] = ()  # session setting changes its Execute makes
     resets: bool = False  # its Execute wipes the settings the proxy applied (RESET ALL, DISCARD ALL)
+    bound_settings: tuple[tuple[int | str, int | str, int | str], ...] = ()  # set_config($n...): Plan's
 
 
 @dataclass(slots=True)

@@ -32,9 +32,11 @@ import re
 import secrets
 import time
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tenantgate.rewriter import Plan, Refused, statement_names, strip_channel
+from tenantgate.rewriter.settings import Changes
 
 from . import codec
 from .auditing import SessionAudit, first_word
@@ -753,7 +755,9 @@ class Session:
             return data
         assert self.backend is not None
         resets = self._tracked is not None and self._tracked.resets_base(changes)
-        statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets)
+        _check_bound_types(plan, msg.param_types)
+        statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets,
+                             plan.bound_settings)
         return named.parse(self.backend, msg.name, statement, self.cycles_sent + 1)
 
     def _bind(self, body: bytes) -> bytes | None:
@@ -770,6 +774,10 @@ class Session:
             if self.audit is not None:
                 self._audit_bind(body)
             return None
+        if statement is not None and statement.bound_settings:
+            bound = self._decode(_B, body)
+            assert isinstance(bound, Bind)
+            statement = self._bind_settings(statement, bound)
         if self._tracked is not None:
             self._bound[body.partition(b"\x00")[0]] = statement
         if statement is None:  # the unnamed one too: a pooled backend may hold another session's
@@ -798,6 +806,42 @@ class Session:
         if not prefix and frame is None:
             return None
         return prefix + (codec.rename_bind(body, name) if frame is None else frame)
+
+    def _bind_settings(self, statement: Prepared, bind: Bind) -> Prepared:
+        """The statement with the setting changes its set_config($n, ...) calls make with these values,
+        checked as their literal form would be (refused the same way); the Bind reaches the backend
+        unchanged, so the backend holds exactly the values checked here."""
+        assert self.planner is not None
+        assert self.tenant is not None
+        changes = Changes(self.planner.policy.for_tenant(self.tenant).search_path)
+        try:
+            for spec in statement.bound_settings:
+                name, value, local = (self._bound_text(bind, arg, is_local=i == 2) for i, arg in enumerate(spec))
+                changes.bind_set_config(name, value, local)
+        except Refused as exc:
+            raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+        if changes.pins and self.pool is not None:
+            self._pin(", ".join(changes.pins))
+        return replace(statement, settings=statement.settings + tuple(changes.settings))
+
+    def _bound_text(self, bind: Bind, arg: int | str, *, is_local: bool) -> str:
+        """A set_config() argument: a literal's text, or the value the Bind gives its $n (as text)."""
+        if isinstance(arg, str):
+            return arg
+        formats = bind.param_formats
+        binary = bool(formats) and formats[0 if len(formats) == 1 else min(arg, len(formats)) - 1] != 0
+        value = bind.params[arg - 1] if arg <= len(bind.params) else None
+        if value is None:
+            raise Refusal("0A000", f"set_config() needs ${arg} as a non-NULL value through tenantgate",
+                          "set_config_bind")
+        if binary and is_local:  # a boolean's binary form (the only type is_local takes)
+            if value not in (b"\x00", b"\x01"):
+                raise Refusal("22P03", f"incorrect binary data format in bind parameter {arg}", "set_config_bind")
+            return "true" if value == b"\x01" else "false"
+        try:  # a text (or varchar) value's binary form is its text: the same bytes
+            return self.encoding.decode(value)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
 
     def _audit_bind(self, body: bytes) -> None:
         assert self.audit is not None
@@ -1263,6 +1307,20 @@ class Session:
             self.backend.conn.on_lost = None
             self.backend.conn.abort()
         self._end(codec.error("08P01", f"the backend's {why}: tenantgate closed the session", severity="FATAL"))
+
+
+# What a set_config() parameter may be declared as: its text reaches set_config() unchanged
+# (a name-typed one would be cut to 63 bytes after the check, other types converted).
+_TEXT_TYPES = frozenset((0, 25, 705, 1043))  # unspecified, text, unknown, varchar
+
+
+def _check_bound_types(plan: Plan, param_types: tuple[int, ...]) -> None:
+    for spec in plan.bound_settings:
+        for i, arg in enumerate(spec):
+            allowed = _TEXT_TYPES | {16} if i == 2 else _TEXT_TYPES  # is_local may be declared boolean
+            if isinstance(arg, int) and arg <= len(param_types) and param_types[arg - 1] not in allowed:
+                raise Refusal("0A000", f"set_config() needs ${arg} declared as text (or unspecified) through "
+                              "tenantgate", "set_config_bind")
 
 
 def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:

@@ -4,6 +4,9 @@ as a trusted user.
 
 - One namespace of prepared statements: SQL DEALLOCATE of a protocol-level statement drops it
   (ActiveRecord's statement-cache eviction, psycopg with libpq < 17), PREPARE and Parse collide.
+- ``set_config($1, $2, false)`` (SQLAlchemy, asyncpg): the Bind's values are checked as the literal
+  form's and tracked like it; a forbidden setting is refused the same way.
+- A COPY TO the client stops reading and cancels fails as directly (psycopg's own test).
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from psycopg import pq
 
 from tenantgate.proxy.pgcluster import PgServer
 
-from .harness import Backend
-from .peer.env import TENANT_USER, TRUSTED_USER, create_backend
+from .harness import USERS, Backend
+from .peer.env import TENANT, TENANT_USER, TRUSTED_USER, create_backend
 from .test_clients_connect import MODES, Gate, gate
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -180,3 +184,106 @@ def test_interrupted_copy_out_is_cancelled(proxy: Gate, user: str, rows: int) ->
         assert conn.info.transaction_status == pq.TransactionStatus.INERROR
         conn.rollback()
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# -- set_config() with parameters ---------------------------------------------------------------------
+
+def settings_of(conn: Conn) -> tuple[Any, ...]:
+    row = conn.execute("SELECT current_setting('TimeZone'), current_setting('DateStyle'), "
+                       "current_setting('search_path'), current_setting('tenantgate.tenant', true)").fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@pytest.mark.parametrize("local", [False, "false", "off", "0"])
+def test_set_config_with_parameters_is_tracked(proxy: Gate, local: object) -> None:
+    with proxy.connect() as conn, proxy.connect() as other:
+        other.execute("SET TimeZone = 'America/Lima'")
+        before = settings_of(conn)
+        sql = "SELECT set_config(%s, %s, %s)" if local is not False else "SELECT set_config(%s, %s, false)"
+        args = ["TimeZone", "Asia/Tokyo"] + ([local] if local is not False else [])
+        assert conn.execute(sql, args).fetchone() == ("Asia/Tokyo",)
+        conn.execute("SELECT set_config('datestyle', %s, false)", ["SQL, DMY"])
+        for _ in range(4):  # other clients' transactions in between: a pooled session moves, its settings follow
+            assert other.execute("SHOW TimeZone").fetchone() == ("America/Lima",)
+            assert settings_of(conn) == ("Asia/Tokyo", "SQL, DMY", *before[2:])
+        assert conn.execute("SELECT count(*) FROM peer_items WHERE tenant_id <> %s", [TENANT]).fetchone() == (0,)
+
+
+def test_set_config_local_with_parameters_lasts_one_transaction(proxy: Gate) -> None:
+    with proxy.connect() as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config(%s, %s, %s)", ["TimeZone", "Asia/Tokyo", True])
+            assert conn.execute("SHOW TimeZone").fetchone() == ("Asia/Tokyo",)
+        assert conn.execute("SHOW TimeZone").fetchone() != ("Asia/Tokyo",)
+
+
+FORBIDDEN = [
+    ("search_path", "pg_catalog, public", "42501"),
+    ("search_path", '"$user", public', "42501"),
+    ("SEARCH_PATH", " public", "42501"),  # the pinned schema, but not as the proxy spells it
+    ("role", "postgres", "42501"),
+    ("session_authorization", "postgres", "42501"),
+    ("tenantgate.tenant", "globex", "42501"),
+    ("TenantGate.Trusted", "on", "42501"),
+    ("row_security", "off", "42501"),
+    ("standard_conforming_strings", "off", "42501"),
+    ("backslash_quote", "on", "42501"),
+    ("client_encoding", "LATIN1", "0A000"),
+    ("client_encoding", "UTF8", "0A000"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "state"), FORBIDDEN, ids=[f"{n}={v}" for n, v, _ in FORBIDDEN])
+def test_set_config_with_parameters_refuses_what_literals_may_not(proxy: Gate, name: str, value: str,
+                                                                  state: str) -> None:
+    with proxy.connect() as conn:
+        before = settings_of(conn)
+        for sql, args in [("SELECT set_config(%s, %s, false)", [name, value]),
+                          ("SELECT set_config(%s, %s, true)", [name, value]),
+                          ("SELECT set_config(%s, %s, %s)", [name, value, False]),
+                          (f"SELECT set_config('{name}', %s, false)", [value])]:
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(sql, args)
+            literal = sqlstate(conn, f"SELECT set_config('{name}', '{value}', false)")
+            assert err.value.sqlstate in (state, literal), sql
+            assert settings_of(conn) == before
+            assert conn.execute("SELECT current_setting('standard_conforming_strings'), "
+                                "current_setting('client_encoding')").fetchone() == ("on", "UTF8")
+
+
+@pytest.mark.parametrize(("sql", "args"), [
+    ("SELECT set_config(%s, %s || '', false)", ["TimeZone", "UTC"]),  # not a bare parameter
+    ("SELECT set_config(%s::name, %s, false)", ["TimeZone", "UTC"]),  # a type that changes the text
+    ("SELECT set_config(%s, %s, false)", ["TimeZone", None]),  # NULL: a reset the proxy does not follow
+    ("SELECT set_config(%s, %s, %s)", ["TimeZone", "UTC", "maybe"]),
+    ("SELECT set_config(%s, %s, %s)", ["TimeZone", "UTC", None]),
+])
+def test_set_config_with_parameters_unsupported_forms_fail_closed(proxy: Gate, sql: str, args: list[Any]) -> None:
+    with proxy.connect() as conn:
+        before = settings_of(conn)
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(sql, args)
+        assert err.value.sqlstate in ("0A000", "42501")
+        assert settings_of(conn) == before
+
+
+def test_set_config_with_parameters_asyncpg_binary(proxy: Gate) -> None:
+    """asyncpg binds text and booleans in binary format: the same checks on the same values."""
+    import asyncio
+
+    async def main() -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=proxy.proxy.port, user=TENANT_USER,
+                                     password=USERS[TENANT_USER][1], database=proxy.backend.database, ssl=False)
+        try:
+            assert await conn.fetchval("SELECT set_config($1, $2, $3)", "TimeZone", "Asia/Tokyo", False) == "Asia/Tokyo"
+            for _ in range(3):
+                assert await conn.fetchval("SHOW TimeZone") == "Asia/Tokyo"
+            with pytest.raises(asyncpg.PostgresError) as err:
+                await conn.fetchval("SELECT set_config($1, $2, $3)", "search_path", "pg_catalog", False)
+            assert err.value.sqlstate == "42501"
+            assert await conn.fetchval("SELECT current_setting('search_path')") != "pg_catalog"
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
