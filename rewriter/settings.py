@@ -304,7 +304,7 @@ class Changes:
         42501 is not allowed for tenants
         0A000 parameter for is_local takes true/false/on/off/yes/no/1/0/t/f
         42501 with a parameter is allowed
-        0A000 with a parameter is not
+        42501 with a parameter is not
         """
         how = "set_config() of"
         scope = _bool_word(local)
@@ -319,8 +319,8 @@ class Changes:
                               f"the pinned schema spelled {render_identifier(self.search_path)!r}")
             return
         if name == "client_encoding":  # the proxy lexes in it: only a literal it can check at Parse
-            raise Refused("set_forbidden", "set_config() of client_encoding with a parameter is not supported for "
-                          "tenants: set it in the connection string", "0A000")
+            raise Refused("set_forbidden", "set_config() of client_encoding with a parameter is not allowed for "
+                          "tenants (statements are lexed in it): set it in the connection string")
         self._known(name, ([value], deparse(string_literal(value))), scope, how)
 
     def _change(self, name: str, change: tuple[list[str], str] | None, *, known: bool, local: bool,

@@ -229,8 +229,8 @@ FORBIDDEN = [
     ("row_security", "off", "42501"),
     ("standard_conforming_strings", "off", "42501"),
     ("backslash_quote", "on", "42501"),
-    ("client_encoding", "LATIN1", "0A000"),
-    ("client_encoding", "UTF8", "0A000"),
+    ("client_encoding", "LATIN1", "42501"),
+    ("client_encoding", "UTF8", "42501"),
 ]
 
 
