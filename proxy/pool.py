@@ -47,6 +47,8 @@ class BackendPool:
         self.max_wait = 0.0
         # what the server reported at startup: later logins answer with it without a backend
         self.params: dict[str, str] | None = None
+        # (setting, value as SQL text) -> how backends report it (ParameterStatus): logins answer in it
+        self.spellings: dict[tuple[str, str], str] = {}
 
     @property
     def total(self) -> int:

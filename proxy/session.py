@@ -175,6 +175,8 @@ class Session:
         self._rows = 0  # rows relayed for the current statement (max_rows)
         self._rows_over = False
         self._move: tuple[BackendPool | None, str] | None = None  # a new placement, taken at the next boundary
+        # transaction pooling: the reported settings as the client was last told them (ParameterStatus)
+        self.told: dict[str, str] = {}
 
     # ------------------------------------------------------------------ client -> backend
 
@@ -1079,8 +1081,8 @@ class Session:
                     log.error("applying session settings on a pooled backend failed: closing the session")
                     self._end(codec.error("08006", "tenantgate could not prepare a backend", severity="FATAL"))
                     return
-                elif mtype == _PS:
-                    self._parameter_status(buf[start + 5 : end])
+                elif mtype == _PS and self._parameter_status(buf[start + 5 : end], setup=True):
+                    out += buf[start:end]  # the client's own value, now in the backend's spelling
                 continue
             if mtype == _CC and self._named is not None:
                 self._completed(buf[start + 5 : end - 1])
@@ -1161,7 +1163,9 @@ class Session:
                         out = _splice(out, buf, mark, start, timed_out)
                         mark = end
             elif mtype == _PS:
-                self._parameter_status(buf[start + 5 : end])
+                if not self._parameter_status(buf[start + 5 : end], setup=False):
+                    out = _splice(out, buf, mark, start)
+                    mark = end
             elif mtype == _A and self.tenant is not None:
                 # channels are namespaced per tenant: show the tenant its own name, drop others'
                 out = _splice(out, buf, mark, start, self._notification(buf[start + 5 : end]))
@@ -1286,11 +1290,31 @@ class Session:
             return b""
         return codec.NotificationResponse(note.pid, channel, note.payload).encode(self.encoding)
 
-    def _parameter_status(self, body: bytes) -> None:
+    def _parameter_status(self, body: bytes, *, setup: bool) -> bool:
+        """A backend's ParameterStatus: follow it; whether the client is to see it. A pooled session's
+        client sees a value only when it differs from what it was told: a hand-over re-applying its
+        settings (``setup``) changes nothing it did not ask for, and what it never changed keeps
+        the value it saw at connect."""
         msg = codec.decode_backend(_PS, body, self.encoding)
         assert isinstance(msg, codec.ParameterStatus)
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value
+        self._check_lexing(msg)
+        if self.pool is None:
+            return True
+        if setup:  # the value the session desires, as the backend spells it: later logins answer with it
+            assert self._tracked is not None
+            value = self._tracked.desired().get(msg.name.lower())
+            if value is None:
+                return False
+            if len(self.pool.spellings) < 1024:
+                self.pool.spellings[(msg.name.lower(), value)] = msg.value
+        if self.told.get(msg.name) == msg.value:
+            return False
+        self.told[msg.name] = msg.value
+        return True
+
+    def _check_lexing(self, msg: codec.ParameterStatus) -> None:
         # backstop: never another statement under a lexing the proxy did not verify
         if self.tenant is None:  # trusted sessions are not rewritten: the proxy only follows their encoding
             if msg.name == "client_encoding":

@@ -287,3 +287,52 @@ def test_set_config_with_parameters_asyncpg_binary(proxy: Gate) -> None:
             await conn.close()
 
     asyncio.run(main())
+
+
+# -- ParameterStatus after pooled hand-overs ----------------------------------------------------------
+
+REPORTED = ("DateStyle", "IntervalStyle", "TimeZone", "application_name", "client_encoding",
+            "standard_conforming_strings", "integer_datetimes")
+# (startup options, SETs): each client's own, the two interleave on a pool of two
+CLIENT_SETTINGS = [
+    ({"options": "-c DateStyle=iso,dmy -c TimeZone=europe/paris"}, ["SET IntervalStyle = sql_standard"]),
+    ({"application_name": "mine"}, ["SET datestyle = 'sql,mdy'", "SET application_name = 'later'",
+                                    "SET TIME ZONE 'utc'"]),
+    ({}, ["SET datestyle = german", "RESET ALL"]),
+]
+
+
+def reported(conn: Conn) -> dict[str, str | None]:
+    return {k: conn.info.parameter_status(k) for k in REPORTED}
+
+
+def direct(gate_: Gate, **kw: str) -> Conn:
+    b = gate_.backend
+    return psycopg.connect(b.pg.dsn(b.role, b.password, b.database), autocommit=True,
+                           options=kw.pop("options", "") + " -c tenantgate.tenant=acme", **kw)
+
+
+@pytest.mark.parametrize("user", USERS_)
+def test_parameter_status_as_postgresql_reports_it(proxy: Gate, user: str) -> None:
+    """What each client was told of its reported settings equals what PostgreSQL tells it directly, after
+    many transactions moving between two backends, in PostgreSQL's spelling."""
+    want, clients = [], []
+    for startup, sets in CLIENT_SETTINGS:
+        with direct(proxy, **startup) as ref:
+            for sql in sets:
+                ref.execute(sql)
+            want.append(reported(ref))
+        clients.append((proxy.connect(user, **startup), sets))
+    try:
+        for conn, sets in clients:
+            for sql in sets:
+                conn.execute(sql)
+                for other, _ in clients:
+                    other.execute("SELECT 1")
+        for _ in range(3):
+            for conn, _ in clients:
+                conn.execute("SELECT 1")
+        assert [reported(conn) for conn, _ in clients] == want
+    finally:
+        for conn, _ in clients:
+            conn.close()
