@@ -16,6 +16,7 @@ from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.remote import RemoteAuditLog
 from tenantgate.audit.writer import AuditLog
 from tenantgate.keyring import Keyring, KeyringError
+from tenantgate.keyring.quoting import quote_literal
 from tenantgate.keyring.settings import EncryptedColumn
 from tenantgate.rewriter import Rewriter
 from tenantgate.rewriter.roles import read_only_settings
@@ -190,6 +191,8 @@ class ClientConnection(FrontendConnection[Process]):
             session_settings = read_only_settings(session_settings)
         # trusted service users always hold their backend (session pooling)
         pool = self.proxy.pool_for(database, placement) if self.tenant is not None else None
+        if pool is not None and not any(k.lower() == "application_name" for k in session_settings):
+            session_settings["application_name"] = ""  # PostgreSQL's default for the client, not the pool's name
         if self.tenant is not None:
             limiter = self.proxy.limiter(self.tenant)
             try:
@@ -239,11 +242,11 @@ class ClientConnection(FrontendConnection[Process]):
         if extensions:
             out += codec.NegotiateProtocolVersion(0, tuple(extensions)).encode()
         reported = dict(server_params)
-        if pool is not None:  # the client's own values of reported settings, not the pooled backend's
+        if pool is not None:  # the client's own values of reported settings (as the backends spell them)
             by_lower = {k.lower(): k for k in reported}
-            for k, v in settings.items():
+            for k, v in session_settings.items():
                 if k.lower() in by_lower:
-                    reported[by_lower[k.lower()]] = v
+                    reported[by_lower[k.lower()]] = pool.spellings.get((k.lower(), quote_literal(v)), v)
         for k, v in reported.items():
             out += ParameterStatus(k, v).encode()
         out += BackendKeyData(*self.key).encode()
@@ -279,6 +282,7 @@ class ClientConnection(FrontendConnection[Process]):
             client_pid=self.key[0],
         )
         session.readonly = readonly
+        session.told = reported
         self._login_backend = None
         if pool is None:
             assert backend is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -22,6 +23,11 @@ FrameHandler = Callable[[bytes, list[tuple[int, int, int]]], None]
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# The kernel's buffers on the proxy's side of a result's path (backend socket: receive, client socket:
+# send). Left to autotuning they grow to megabytes each, so a backend could finish a big result the
+# client stopped reading, and a cancel the client sends then (psycopg, leaving a COPY TO early) finds
+# nothing to cancel where it would directly. Capped, the proxy holds about what one socket would.
+RESULT_SOCKET_BUFFER = 128 * 1024
 
 
 class ConnectionLost(Exception):
@@ -53,6 +59,10 @@ class PgConnection(asyncio.Protocol):
         assert hasattr(transport, "set_write_buffer_limits")  # uvloop's transports are not subclasses
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            option = socket.SO_RCVBUF if self.side == "server" else socket.SO_SNDBUF
+            sock.setsockopt(socket.SOL_SOCKET, option, RESULT_SOCKET_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .backend import Backend, BackendTarget, connect
-from .codec import Close
+from .codec import Close, Parse
 
 log = logging.getLogger("tenantgate.pool")
 
@@ -47,6 +47,8 @@ class BackendPool:
         self.max_wait = 0.0
         # what the server reported at startup: later logins answer with it without a backend
         self.params: dict[str, str] | None = None
+        # (setting, value as SQL text) -> how backends report it (ParameterStatus): logins answer in it
+        self.spellings: dict[tuple[str, str], str] = {}
 
     @property
     def total(self) -> int:
@@ -191,6 +193,7 @@ class Prepared:
     settings: tuple[tuple[str, str | None], ...] = ()  # session setting changes its Execute makes
     resets: bool = False  # its Execute wipes the settings the proxy applied (RESET ALL, DISCARD ALL)
     texts: tuple[str, str] | None = None  # (client's text, backend's) when rewritten: error positions map back
+    bound_settings: tuple[tuple[int | str, int | str, int | str], ...] = ()  # set_config($n...): Plan's
 
 
 @dataclass(slots=True)
@@ -275,6 +278,17 @@ class PreparedStatements:
         if not name:
             backend.unnamed = None
         return statement.bname
+
+    def deallocate(self, name: str, cycle: int) -> tuple[bytes, str]:
+        """A client's SQL ``DEALLOCATE name`` of its protocol-level statement (one namespace, as in
+        PostgreSQL): (what goes before ``DEALLOCATE <backend name>`` in the same message, that name).
+        The backend may not hold the statement (prepared on demand): a stand-in under its name gives
+        the DEALLOCATE something to drop. The client's name goes on the DEALLOCATE's CommandComplete."""
+        statement, _ = self.lookup(name)
+        assert statement is not None and statement.bname
+        self.sent.append(_Sent(cycle, True))
+        self.sent.append(_Sent(cycle, True))
+        return Close("S", statement.bname).encode() + Parse(statement.bname, "SELECT NULL").encode(), statement.bname
 
     def query_sent(self, backend: Backend, *, by_client: bool) -> None:
         """A simple Query went to the backend: PostgreSQL drops the unnamed statement then (the

@@ -28,16 +28,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import secrets
 import time
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tenantgate.keyring.errors import SqlStateError
 from tenantgate.keyring.quoting import unquote_literal
-from tenantgate.rewriter import Plan, Refused, strip_channel
+from tenantgate.rewriter import Plan, Refused, statement_names, strip_channel
 from tenantgate.rewriter.positions import map_position
 from tenantgate.rewriter.roles import read_only_violation
+from tenantgate.rewriter.settings import Changes
 
 from . import codec
 from .auditing import SessionAudit, first_word
@@ -71,6 +74,10 @@ _SETTING_KINDS = frozenset(("set", "reset"))
 _RESETTING_KINDS = frozenset(("reset_all", "discard_all"))
 # ... those that can undo setting changes of the open transaction in part,
 _PARTIAL_UNDO = frozenset(("rollback_to", "rollback", "commit", "begin", "savepoint", "release"))
+# Statements that name a prepared statement (SQL and protocol level share one namespace), and the
+# words that make a trusted session's unplanned text worth a closer look for them.
+_NAMING_KINDS = frozenset(("prepare", "execute", "deallocate"))
+_NAMING_WORDS = re.compile(r"prepare|execute|deallocate", re.IGNORECASE)
 # ... and the completion tags of statements that drop every prepared statement of the backend.
 _DROP_ALL_TAGS = frozenset((b"DEALLOCATE ALL", b"DISCARD ALL"))
 _BACKEND_AUDITED = frozenset(
@@ -165,6 +172,8 @@ class Session:
         self._portal = ("unknown", "allowed")  # what the next Execute runs
         self._bound: dict[bytes, Prepared | None] = {}  # portal -> its statement (transaction pooling)
         self._kinds: dict[str, str] = {}  # trusted sessions: statement name -> kind (metrics)
+        self._sql_names: set[str] = set()  # SQL-level prepared statements (one namespace with protocol ones)
+        self._name_ops: deque[tuple[int, str, str]] = deque()  # (cycle, prepare/deallocate[_protocol], name) sent
         self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
         self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
@@ -175,6 +184,8 @@ class Session:
         self._rows = 0  # rows relayed for the current statement (max_rows)
         self._rows_over = False
         self._move: tuple[BackendPool | None, str] | None = None  # a new placement, taken at the next boundary
+        # transaction pooling: the reported settings as the client was last told them (ParameterStatus)
+        self.told: dict[str, str] = {}
 
     # ------------------------------------------------------------------ client -> backend
 
@@ -628,6 +639,7 @@ class Session:
                 self._check_encoding(plan)
                 sql = self._redacted
                 changes = self._setting_changes(plan)
+                dropped = self._sql_statement_names(msg.sql, kinds)
                 if self.pool is not None:
                     self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
                     self._settings_sent(changes, self.cycles_sent)
@@ -635,11 +647,16 @@ class Session:
                     self.metrics.statement(self.tenant, kind, "allowed")
                 if audit is not None:
                     audit.query(sql, rewritten, kinds, self.cycles_sent)
+                prefix = b""
+                if dropped is not None and self._named is not None:  # last: it queues messages
+                    prefix, bname = self._named.deallocate(dropped, self.cycles_sent)
+                    self._name_ops.append((self.cycles_sent, "deallocate_protocol", dropped))
+                    rewritten = f"DEALLOCATE {bname}"
                 # the backend gets the verified text in the session's encoding: the client's bytes only if identical
                 query = self._encode(Query(rewritten))
                 if rewritten != msg.sql:
                     self._rewritten[self.cycles_sent] = (msg.sql, rewritten)
-                return None if query == buf[start:end] else query
+                return None if query == buf[start:end] else prefix + query
             if mtype == MsgType.PARSE:
                 msg = self._decode(mtype, body)
                 assert isinstance(msg, Parse)
@@ -730,7 +747,7 @@ class Session:
     def _parse(self, msg: Parse, raw: bytes) -> bytes | None:
         """A client's Parse: planned, sealed, and (tenant sessions) prepared under its backend name."""
         named = self._named
-        if named is not None and msg.name and named.lookup(msg.name)[0] is not None:
+        if named is not None and msg.name and (named.lookup(msg.name)[0] is not None or msg.name in self._sql_names):
             # PostgreSQL's answer; the content-addressed names would otherwise let it pass
             raise Refusal("42P05", f'prepared statement "{msg.name}" already exists', "duplicate_statement")
         plan = self._plan(msg.sql, extended=True)
@@ -766,8 +783,10 @@ class Session:
             return data
         assert self.backend is not None
         resets = self._tracked is not None and self._tracked.resets_base(changes)
+        _check_bound_types(plan, msg.param_types)
         texts = (msg.sql, plan.sql) if plan.sql != msg.sql else None
-        statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets, texts)
+        statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets, texts,
+                             plan.bound_settings)
         return named.parse(self.backend, msg.name, statement, self.cycles_sent + 1)
 
     def _bind(self, body: bytes) -> bytes | None:
@@ -784,6 +803,10 @@ class Session:
             if self.audit is not None:
                 self._audit_bind(body)
             return None
+        if statement is not None and statement.bound_settings:
+            bound = self._decode(MsgType.BIND, body)
+            assert isinstance(bound, Bind)
+            statement = self._bind_settings(statement, bound)
         if self._tracked is not None:
             self._bound[body.partition(b"\x00")[0]] = statement
         if statement is None:  # the unnamed one too: a pooled backend may hold another session's
@@ -816,6 +839,42 @@ class Session:
         if not prefix and frame is None:
             return None
         return prefix + (codec.rename_bind(body, name) if frame is None else frame)
+
+    def _bind_settings(self, statement: Prepared, bind: Bind) -> Prepared:
+        """The statement with the setting changes its set_config($n, ...) calls make with these values,
+        checked as their literal form would be (refused the same way); the Bind reaches the backend
+        unchanged, so the backend holds exactly the values checked here."""
+        assert self.rewriter is not None
+        assert self.tenant is not None
+        changes = Changes(self.rewriter.policy.for_tenant(self.tenant).search_path)
+        try:
+            for spec in statement.bound_settings:
+                name, value, local = (self._bound_text(bind, arg, is_local=i == 2) for i, arg in enumerate(spec))
+                changes.bind_set_config(name, value, local)
+        except Refused as exc:
+            raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
+        if changes.pins and self.pool is not None:
+            self._pin(", ".join(changes.pins))
+        return replace(statement, settings=statement.settings + tuple(changes.settings))
+
+    def _bound_text(self, bind: Bind, arg: int | str, *, is_local: bool) -> str:
+        """A set_config() argument: a literal's text, or the value the Bind gives its $n (as text)."""
+        if isinstance(arg, str):
+            return arg
+        formats = bind.param_formats
+        binary = bool(formats) and formats[0 if len(formats) == 1 else min(arg, len(formats)) - 1] != 0
+        value = bind.params[arg - 1] if arg <= len(bind.params) else None
+        if value is None:
+            raise Refusal("0A000", f"set_config() needs ${arg} as a non-NULL value through tenantgate",
+                          "set_config_bind")
+        if binary and is_local:  # a boolean's binary form (the only type is_local takes)
+            if value not in (b"\x00", b"\x01"):
+                raise Refusal("22P03", f"incorrect binary data format in bind parameter {arg}", "set_config_bind")
+            return "true" if value == b"\x01" else "false"
+        try:  # a text (or varchar) value's binary form is its text: the same bytes
+            return self.encoding.decode(value)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
 
     def _audit_bind(self, body: bytes) -> None:
         assert self.audit is not None
@@ -870,6 +929,35 @@ class Session:
         if crypto is not None:
             crypto.on_client_message(mtype, describe)
         return None if describe == msg and not prefix else prefix + describe.encode()
+
+    def _sql_statement_names(self, sql: str, kinds: tuple[str, ...]) -> str | None:
+        """SQL PREPARE/EXECUTE/DEALLOCATE share one namespace with the client's protocol-level names, as
+        in PostgreSQL, although those live on backends under other names. The name of the client's
+        protocol-level statement a lone DEALLOCATE drops (translated by the caller), else None.
+        Only this session's own names are ever translated, never to anybody else's."""
+        named = self._named
+        if named is None or self.backend is None or self.status == "E":  # aborted: the backend refuses it (25P02)
+            return None
+        if kinds and not _NAMING_KINDS.intersection(kinds):
+            return None
+        if not kinds and not _NAMING_WORDS.search(sql):  # trusted sessions: not planned, look closer only then
+            return None
+        refs = statement_names(sql)
+        protocol = [(kind, name) for kind, name in refs if kind and named.lookup(name)[0] is not None]
+        if not protocol:
+            self._name_ops.extend((self.cycles_sent, k, name) for k, name in refs if k in ("prepare", "deallocate"))
+            return None
+        kind, name = protocol[0]
+        if kind == "prepare":
+            raise Refusal("42P05", f'prepared statement "{name}" already exists', "duplicate_statement")
+        if kind == "execute":
+            raise Refusal("0A000", f'EXECUTE of "{name}", a statement prepared with the extended protocol, is not '
+                          "supported through tenantgate: bind it with the extended protocol instead",
+                          "execute_protocol_statement")
+        if len(refs) > 1:
+            raise Refusal("0A000", f'DEALLOCATE of "{name}", a statement prepared with the extended protocol, must be '
+                          "alone in its query through tenantgate", "deallocate_not_alone")
+        return name
 
     def _setting_changes(self, plan: Plan) -> list[Change]:
         """The session-level setting changes of a plan, RESET ALL / DISCARD ALL included."""
@@ -1035,8 +1123,8 @@ class Session:
                     log.error("applying session settings on a pooled backend failed: closing the session")
                     self._end(codec.error("08006", "tenantgate could not prepare a backend", severity="FATAL"))
                     return
-                elif mtype == MsgType.PARAMETER_STATUS:
-                    self._parameter_status(buf[start + 5 : end])
+                elif mtype == MsgType.PARAMETER_STATUS and self._parameter_status(buf[start + 5 : end], setup=True):
+                    out += buf[start:end]  # the client's own value, now in the backend's spelling
                 continue
             if mtype == MsgType.COMMAND_COMPLETE and self._named is not None:
                 self._completed(buf[start + 5 : end - 1])
@@ -1126,7 +1214,9 @@ class Session:
                         out = _splice(out, buf, mark, start, timed_out)
                         mark = end
             elif mtype == MsgType.PARAMETER_STATUS:
-                self._parameter_status(buf[start + 5 : end])
+                if not self._parameter_status(buf[start + 5 : end], setup=False):
+                    out = _splice(out, buf, mark, start)
+                    mark = end
             elif mtype == MsgType.NOTIFICATION_RESPONSE and self.tenant is not None:
                 # channels are namespaced per tenant: show the tenant its own name, drop others'; the
                 # backend the client holds notifies under the client's pid (trusted users: the same)
@@ -1158,8 +1248,28 @@ class Session:
             self._rolled_back = True
         elif tag in _DROP_ALL_TAGS and self._named is not None and self.backend is not None:
             self._named.forget_all(self.backend)
-        elif tag == b"DEALLOCATE" and self.backend is not None:
+        elif tag in (b"DEALLOCATE", b"PREPARE") and self._named is not None:
+            self._named_statement_done(tag.decode().lower())
+        if tag == b"DEALLOCATE" and self.backend is not None:
             self.backend.prepared.clear()  # it may have been one of ours: every statement is prepared again on demand
+        if tag in _DROP_ALL_TAGS:
+            self._sql_names.clear()
+
+    def _named_statement_done(self, kind: str) -> None:
+        """A PREPARE or DEALLOCATE of this cycle succeeded: the name it prepared or dropped follows."""
+        ops, cycle = self._name_ops, self.cycles_done + 1
+        while ops and ops[0][0] < cycle:  # a failed statement's cycle: nothing after it ran
+            ops.popleft()
+        if not ops or ops[0][0] != cycle or not ops[0][1].startswith(kind):
+            return
+        _, op, name = ops.popleft()
+        if op == "prepare":
+            self._sql_names.add(name)
+        elif op == "deallocate":
+            self._sql_names.discard(name)
+        else:
+            assert self._named is not None
+            self._named.names.pop(name, None)
 
     def _cycle_end(self) -> None:
         """A ReadyForQuery: settings changed in that cycle stick, or are undone with their transaction."""
@@ -1252,11 +1362,31 @@ class Session:
             self.encoding
         )
 
-    def _parameter_status(self, body: bytes) -> None:
+    def _parameter_status(self, body: bytes, *, setup: bool) -> bool:
+        """A backend's ParameterStatus: follow it; whether the client is to see it. A pooled session's
+        client sees a value only when it differs from what it was told: a hand-over re-applying its
+        settings (``setup``) changes nothing it did not ask for, and what it never changed keeps
+        the value it saw at connect."""
         msg = codec.decode_backend(MsgType.PARAMETER_STATUS, body, self.encoding)
         assert isinstance(msg, codec.ParameterStatus)
         if self.backend is not None:
             self.backend.params[msg.name] = msg.value
+        self._check_lexing(msg)
+        if self.pool is None:
+            return True
+        if setup:  # the value the session desires, as the backend spells it: later logins answer with it
+            assert self._tracked is not None
+            value = self._tracked.desired().get(msg.name.lower())
+            if value is None:
+                return False
+            if len(self.pool.spellings) < 1024:
+                self.pool.spellings[(msg.name.lower(), value)] = msg.value
+        if self.told.get(msg.name) == msg.value:
+            return False
+        self.told[msg.name] = msg.value
+        return True
+
+    def _check_lexing(self, msg: codec.ParameterStatus) -> None:
         # backstop: never another statement under a lexing the proxy did not verify
         if self.tenant is None:  # trusted sessions are not rewritten: the proxy only follows their encoding
             if msg.name == "client_encoding":
@@ -1295,6 +1425,20 @@ def ends_session(body: bytes) -> bool:
     """
     fields = b"\x00" + body
     return b"\x00VFATAL\x00" in fields or b"\x00VPANIC\x00" in fields
+
+
+# What a set_config() parameter may be declared as: its text reaches set_config() unchanged
+# (a name-typed one would be cut to 63 bytes after the check, other types converted).
+_TEXT_TYPES = frozenset((0, 25, 705, 1043))  # unspecified, text, unknown, varchar
+
+
+def _check_bound_types(plan: Plan, param_types: tuple[int, ...]) -> None:
+    for spec in plan.bound_settings:
+        for i, arg in enumerate(spec):
+            allowed = _TEXT_TYPES | {16} if i == 2 else _TEXT_TYPES  # is_local may be declared boolean
+            if isinstance(arg, int) and arg <= len(param_types) and param_types[arg - 1] not in allowed:
+                raise Refusal("0A000", f"set_config() needs ${arg} declared as text (or unspecified) through "
+                              "tenantgate", "set_config_bind")
 
 
 def _splice(out: bytearray | None, buf: bytes, mark: int, start: int, replacement: bytes = b"") -> bytearray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pglast
 from pglast import enums
 
 from .errors import Refused
@@ -74,3 +75,28 @@ def transaction_kind(stmt: AstNode) -> str:
 
 def discard_kind(stmt: AstNode) -> str:
     return "discard_all" if stmt.target == enums.DiscardMode.DISCARD_ALL else "discard"
+
+
+_NAMED_STATEMENTS = {"PrepareStmt": "prepare", "ExecuteStmt": "execute", "DeallocateStmt": "deallocate"}
+
+
+def statement_names(sql: str) -> list[tuple[str, str]]:
+    """(kind, name) of each statement of ``sql`` that names a prepared statement ("" for the
+    others, "deallocate_all" for DEALLOCATE ALL); [] when it does not parse (the backend says why).
+
+    >>> statement_names("PREPARE Q1 AS SELECT 1; SELECT 2; EXECUTE q1; DEALLOCATE PREPARE \\"Q1\\"; DEALLOCATE ALL")
+    [('prepare', 'q1'), ('', ''), ('execute', 'q1'), ('deallocate', 'Q1'), ('deallocate_all', '')]
+    """
+    try:
+        stmts = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return []
+    names: list[tuple[str, str]] = []
+    for raw in stmts:
+        stmt: AstNode = raw.stmt
+        kind = _NAMED_STATEMENTS.get(type(stmt).__name__, "")
+        if kind == "deallocate" and stmt.isall:
+            names.append(("deallocate_all", ""))
+        else:
+            names.append((kind, str(stmt.name) if kind else ""))
+    return names

@@ -18,7 +18,10 @@ Session-level setting changes and pins, for the proxy to track (see Plan):
 >>> p = rw.plan("SET TimeZone = 'UTC'; SELECT set_config('datestyle', 'ISO', false) FROM orders", "acme")
 >>> p.kinds, p.settings, p.pins
 (('set', 'select'), (('timezone', "'UTC'"), ('datestyle', "'ISO'")), ())
->>> rw.plan("SELECT set_config('timezone', $1, false)", "acme", extended=True).pins
+>>> p = rw.plan("SELECT set_config($1, $2, false)", "acme", extended=True)  # checked at Bind: no pin
+>>> p.pins, p.bound_settings
+((), ((1, 2, 'false'),))
+>>> rw.plan("PREPARE q AS SELECT set_config('timezone', $1, false)", "acme").pins  # a value known only later
 ('set_config',)
 >>> rw.plan("SET LOCAL timezone = 'UTC'", "acme").settings, rw.plan("DEALLOCATE ALL", "acme").kinds
 ((), ('deallocate_all',))
@@ -42,6 +45,7 @@ from .literals import Lifted, Template, lift, trim_comments, version_dependent_n
 from .policy import Policy
 from .positions import syntax_error
 from .scoper import Scoper, deparse
+from .settings import BoundSetConfig
 from .verifier import verify
 
 # Statement kinds whose rewrite never depends on a literal's value unless the scoper says so
@@ -77,6 +81,9 @@ class Plan:
     A "set" kind with neither settings nor pins changes nothing that outlives its transaction
     (SET LOCAL, SET TRANSACTION, or the value the proxy pins anyway: search_path,
     standard_conforming_strings). Kind "deallocate_all": DEALLOCATE ALL.
+    ``bound_settings``: set_config() calls of a Parse with $n arguments, (name, value, is_local) each
+    a parameter number or a literal's text: the proxy checks the Bind's values with
+    ``settings.Changes.bind_set_config`` (the same rules as the literal form) before they reach the backend.
     """
 
     sql: str
@@ -87,6 +94,7 @@ class Plan:
     redactions: tuple[tuple[int, int], ...] = ()
     settings: tuple[tuple[str, str | None], ...] = ()
     pins: tuple[str, ...] = ()
+    bound_settings: tuple[BoundSetConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -261,7 +269,8 @@ class Rewriter:
         redactions = literal_redactions(sql, [s.value for s in seals]) if seals and sentinels is None else ()
         plan = Plan(out, tuple(kinds), tuple(sorted(params)),
                     encrypt_params=encrypt_params, redactions=redactions,
-                    settings=tuple(scoper.changes.settings), pins=tuple(scoper.changes.pins))
+                    settings=tuple(scoper.changes.settings), pins=tuple(scoper.changes.pins),
+                    bound_settings=tuple(scoper.changes.bound))
         return _Built(plan, scoper.value_dependent, tuple(seals))
 
     def _template(self, lifted: Lifted, tenant: str,

@@ -130,14 +130,30 @@ def _const_word(node: AstNode) -> str:
     return str(val.sval if isinstance(val, ast.String) else val.fval if isinstance(val, ast.Float) else val.ival)
 
 
+def _param(node: AstNode) -> int | None:
+    """The n of a bare $n (also cast to text), None for anything else."""
+    if isinstance(node, ast.TypeCast) and type_names(node)[-1] in ("text", "varchar"):
+        node = node.arg
+    return int(node.number or 0) if isinstance(node, ast.ParamRef) else None
+
+
+def _bool_word(text: str) -> bool | None:
+    """A boolean's text in the forms the proxy accepts (a subset of PostgreSQL's: no prefixes, no blanks)."""
+    word = text.lower()
+    return True if word in _TRUE | {"t"} else False if word in _FALSE | {"f"} else None
+
+
 def _const_bool(node: AstNode) -> bool | None:
     """A literal boolean (true, 'off', 'yes'::boolean ...), None when not known before run time."""
     if isinstance(node, ast.TypeCast) and type_names(node)[-1] == "bool":
         node = node.arg
     if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Boolean):
         return bool(node.val.boolval)
-    word = (_const_text(node) or "").lower()
-    return True if word in _TRUE else False if word in _FALSE else None
+    return _bool_word(_const_text(node) or "")
+
+
+BoundArg = int | str  # a set_config() argument: $n (known at Bind), or a literal's text
+BoundSetConfig = tuple[BoundArg, BoundArg, BoundArg]  # (name, value, is_local)
 
 
 class Changes:
@@ -151,6 +167,7 @@ class Changes:
         self.settings: list[tuple[str, str | None]] = []
         self.pins: list[str] = []
         self._statement: dict[str, str | None] = {}  # this statement's set_config values by name
+        self.bound: list[BoundSetConfig] = []  # set_config() calls with $n arguments: checked at Bind
 
     def begin(self) -> None:
         """A new statement starts (set_config calls within one run in no defined order)."""
@@ -206,6 +223,10 @@ class Changes:
         """
         if len(args) != 3:
             raise Refused("42501", "set_config() takes a setting name, a value and is_local", "set_forbidden")
+        params = [_param(a) for a in args]
+        if not deferred and any(n is not None for n in params):
+            self._bound_call(args, params)
+            return args
         name = _const_text(args[0])
         if name is None:
             raise Refused("42501", "set_config() needs a literal setting name", "set_forbidden")
@@ -227,13 +248,73 @@ class Changes:
             if name not in PINNED:
                 self.pin("set_config")
             return args
+        self._known(name, change, local, how)
+        return args
+
+    def _known(self, name: str, change: tuple[list[str], str] | None, local: bool, how: str) -> None:
+        """A set_config() whose scope is known (the value too, unless ``change`` is None)."""
         self._change(name, change, known=change is not None, local=local, how=how)
         if local or name in TRANSACTION_SETTINGS or name in PINNED:
-            return args
+            return
         text = None if change is None else change[1]
         if change is None or self._statement.setdefault(name, text) != text:
             self.pin("set_config")  # a run-time value, or two values in an undefined order
-        return args
+
+    def _bound_call(self, args: tuple[AstNode, ...], params: list[int | None]) -> None:
+        """set_config() with $n arguments (a Parse): checked when the Bind supplies them (bind_set_config);
+        the other arguments must be literals, and a literal name must be one a tenant may set at all."""
+        spec: list[BoundArg] = []
+        for i, (arg, n) in enumerate(zip(args, params, strict=True)):
+            if n is not None:
+                spec.append(n)
+                continue
+            text = _const_text(arg) if i < 2 else (None if (b := _const_bool(arg)) is None else str(b).lower())
+            if text is None:
+                raise Refused("42501", "set_config() with parameters needs its other arguments as literals",
+                              "set_forbidden")
+            spec.append(text)
+        if isinstance(spec[0], str) and not setting_allowed(spec[0]):
+            raise Refused("42501", f"set_config() of {spec[0].lower()} is not allowed for tenants", "set_forbidden")
+        self.bound.append((spec[0], spec[1], spec[2]))
+
+    def bind_set_config(self, name: str, value: str, local: str) -> None:
+        """A set_config() of a Bind's values, with the rules of its literal form (the backend gets these
+        values as they are: nothing is substituted, so what is accepted is exactly what it will hold).
+
+        >>> c = Changes("public")
+        >>> c.bind_set_config("TimeZone", "UTC", "false"); c.bind_set_config("datestyle", "ISO", "t"); c.settings
+        [('timezone', "'UTC'")]
+        >>> for args in [("search_path", "evil", "false"), ("tenantgate.tenant", "x", "false"), ("role", "x", "f"),
+        ...              ("standard_conforming_strings", "off", "false"), ("timezone", "UTC", "maybe"),
+        ...              ("search_path", " PUBLIC", "true"), ("client_encoding", "UTF8", "false")]:
+        ...     try:
+        ...         c.bind_set_config(*args)
+        ...     except Refused as err:
+        ...         print(err.sqlstate, " ".join(err.message.split()[3:8]))
+        42501 is not allowed for tenants
+        42501 is not allowed for tenants
+        42501 is not allowed for tenants
+        42501 is not allowed for tenants
+        0A000 parameter for is_local takes true/false/on/off/yes/no/1/0/t/f
+        42501 with a parameter is allowed
+        42501 with a parameter is not
+        """
+        how = "set_config() of"
+        scope = _bool_word(local)
+        if scope is None:
+            raise Refused("0A000", "set_config() with a parameter for is_local takes "
+                          "true/false/on/off/yes/no/1/0/t/f only", "set_forbidden")
+        name = name.lower()
+        if name == "search_path":
+            self._change(name, (split_identifiers(value) or [], ""), known=True, local=True, how=how)
+            if value != render_identifier(self.search_path):
+                raise Refused("42501", "set_config() of search_path with a parameter is allowed only as "
+                              f"the pinned schema spelled {render_identifier(self.search_path)!r}", "set_forbidden")
+            return
+        if name == "client_encoding":  # the proxy lexes in it: only a literal it can check at Parse
+            raise Refused("42501", "set_config() of client_encoding with a parameter is not allowed for "
+                          "tenants (statements are lexed in it): set it in the connection string", "set_forbidden")
+        self._known(name, ([value], deparse(string_literal(value))), scope, how)
 
     def _change(self, name: str, change: tuple[list[str], str] | None, *, known: bool, local: bool,
                 how: str) -> None:

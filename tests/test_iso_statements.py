@@ -193,14 +193,29 @@ def test_settings_that_change_lexing_or_name_resolution_are_refused(site: Site, 
 
 @pytest.mark.parametrize(("sql", "params"), [
     ("SELECT set_config('client_encoding', %s, false)", ["SJIS"]),
-    ("SELECT set_config('search_path', %s, false)", ["public"]),
-    ("SELECT set_config('standard_conforming_strings', %s, false)", ["on"]),
+    ("SELECT set_config('search_path', %s, false)", ["pg_catalog, public"]),
+    ("SELECT set_config('standard_conforming_strings', %s, false)", ["off"]),
     ("SELECT set_config('backslash_quote', %s, false)", ["on"]),
 ])
 def test_bound_values_for_lexer_settings_are_refused(site: Site, sql: str, params: list[str]) -> None:
-    """A value only known at Bind time cannot be checked: refused, not pinned."""
+    """A value known only at Bind time is checked there, by the literal form's rules (issue 20 item 7:
+    they were refused whatever the value before); these change how the proxy lexes: refused."""
     with site.connect() as conn:
         refused(conn, sql, params)
+        assert conn.execute("SHOW standard_conforming_strings").fetchone() == ("on",)
+        assert conn.execute("SHOW search_path").fetchone() == ("public",)
+
+
+@pytest.mark.parametrize(("sql", "params"), [
+    ("SELECT set_config('search_path', %s, false)", ["public"]),
+    ("SELECT set_config('standard_conforming_strings', %s, false)", ["on"]),
+])
+def test_bound_pinned_values_are_no_ops(site: Site, sql: str, params: list[str]) -> None:
+    """The value the proxy pins anyway, bound: accepted like its literal form."""
+    with site.connect() as conn:
+        conn.execute(sql, params)
+        assert conn.execute("SHOW standard_conforming_strings").fetchone() == ("on",)
+        assert conn.execute("SHOW search_path").fetchone() == ("public",)
 
 
 def test_set_config_of_an_allowed_setting_works(site: Site) -> None:
@@ -266,7 +281,8 @@ def test_settings_and_pins_survive_every_cache_path() -> None:
         extended = "$1" in sql
         first = rw.plan(sql, "acme", extended=extended)
         again = rw.plan(sql, "acme", extended=extended)  # exact cache
-        assert again.cached and (again.settings, again.pins) == (first.settings, first.pins) != ((), ())
+        fields = (first.settings, first.pins, first.bound_settings)
+        assert again.cached and (again.settings, again.pins, again.bound_settings) == fields != ((), (), ())
     rw.plan("SELECT pg_advisory_lock(5) FROM orders WHERE id = 1", "acme")
     templated = rw.plan("SELECT pg_advisory_lock(6) FROM orders WHERE id = 2", "acme")  # digest template
     assert templated.cached and templated.pins == ("advisory_lock",) and "6" in templated.sql
