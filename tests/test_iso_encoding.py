@@ -356,9 +356,9 @@ def test_a_parameter_status_changing_the_lexing_ends_a_tenant_session(name: str,
                       metrics=Metrics(), encoding=lookup("SJIS"))
     session._said_goodbye = goodbye
     same = codec.ParameterStatus("client_encoding", "SJIS").encode()
-    session._parameter_status(same[5:])
+    session._parameter_status(same[5:], setup=False)
     assert not client.is_closed
-    session._parameter_status(codec.ParameterStatus(name, value).encode()[5:])
+    session._parameter_status(codec.ParameterStatus(name, value).encode()[5:], setup=False)
     assert client.is_closed
     if goodbye:
         assert client.written == b""
