@@ -18,6 +18,7 @@ from tenantgate.audit.cli import register as register_audit
 from tenantgate.keyring.cli import register as register_keys
 
 from . import log
+from .ops.compliance.cli import register as register_compliance
 from .ops.move import register as register_tenant
 from .ops.rls import register as register_rls
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_keys(sub)
     register_rls(sub)
     register_tenant(sub)
+    register_compliance(sub)
     return p
 
 
