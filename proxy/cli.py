@@ -101,11 +101,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .ops.rls import install_configured
     from .process import Proxy
     from .sandbox.demo import run_demo
 
     log.setup(args.log_level or "info", False)
-    return _run(run_demo(Proxy, port=args.port))
+    return _run(run_demo(Proxy, port=args.port, secure=install_configured))
 
 
 def build_parser() -> argparse.ArgumentParser:

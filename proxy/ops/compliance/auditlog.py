@@ -5,6 +5,8 @@ a change to audit's reader API (issue 16: segments, retention, a columnar reader
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -61,15 +63,35 @@ def verify(config: Config) -> Integrity:
         return Integrity(False, f"no audit log at {settings.path}")
     result = verify_log(found, hmac_key=key, verifier=verifier)
     problem = result.problem
-    if problem is not None and "truncated or still open" in problem.message and problem.line > 0:
-        # The writer holds the log open: everything up to the open tail verified (issue 16 makes the
-        # reader tell a live log from a cut one; until then a live proxy's log always ends open).
+    if problem is not None and "truncated or still open" in problem.message and _writer_alive(config):
+        # A live proxy's log always ends open: everything up to its last record verified. A log that
+        # ends open with no writer holding it was cut, and stays a failure.
         return Integrity(True, f"verified through seq {result.last_seq} ({result.records} records), log open",
                          result.records, result.first_seq, result.last_seq, result.signatures_checked)
     if problem is not None:
         return Integrity(False, f"VERIFICATION FAILED: {problem}", result.records)
     return Integrity(True, f"verified: {result.records} records (seq {result.first_seq}..{result.last_seq})",
                      result.records, result.first_seq, result.last_seq, result.signatures_checked)
+
+
+def _writer_alive(config: Config) -> bool:
+    """True while a proxy holds the file sink's writer lock (audit/filesink.py: one flock per log)."""
+    settings = config.audit
+    assert settings is not None
+    if settings.sink == "postgres":
+        return True  # rows are committed one by one; the table has no tail to cut
+    lock = settings.path.with_name(settings.path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we may have taken
+    return False
 
 
 def records(config: Config) -> Iterator[dict[str, object]]:
