@@ -215,6 +215,17 @@ def banner(port: int, config: Path, pg_port: int) -> str:
     )
 
 
+async def ready(config_path: Path, secure: Callable[[Config], Awaitable[object]] | None) -> Config:
+    """Load the written config, create the key file (`tenantgate keys init`) and install RLS
+    (``secure``: the second lock that `compliance check` verifies)."""
+    config = load_config(config_path)
+    assert config.encryption is not None and config.encryption.store_path is not None
+    await FileKeyStore(config.encryption.store_path).initialize()
+    if secure is not None:
+        await secure(config)
+    return config
+
+
 async def run_demo(
     serving: Callable[[Config], Serving], port: int = 6432, secure: Callable[[Config], Awaitable[object]] | None = None
 ) -> int:
@@ -223,11 +234,7 @@ async def run_demo(
     loop = asyncio.get_running_loop()
     cluster, config_path = await loop.run_in_executor(None, prepare, workdir, port)
     try:
-        config = load_config(config_path)
-        assert config.encryption is not None and config.encryption.store_path is not None
-        await FileKeyStore(config.encryption.store_path).initialize()  # `tenantgate keys init`
-        if secure is not None:
-            await secure(config)  # RLS: the second lock that `compliance check` verifies
+        config = await ready(config_path, secure)
         proxy = serving(config)
         await proxy.preflight()
         await proxy.start()

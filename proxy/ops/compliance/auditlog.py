@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -145,16 +146,39 @@ def _reason_code(reason: object) -> str:
     return str(reason or "(no reason)").split(":", 1)[0]
 
 
+def _encrypted_names(config: Config) -> list[tuple[str, re.Pattern[str], re.Pattern[str]]]:
+    if config.encryption is None:
+        return []
+    return [(f"{c.table}.{c.column}", re.compile(rf"\b{re.escape(c.table.rpartition('.')[2])}\b", re.I),
+             re.compile(rf"\b{re.escape(c.column)}\b|\*", re.I)) for c in config.encryption.columns]
+
+
+def _encrypted_touched(rec: dict[str, object], encrypted: list[tuple[str, re.Pattern[str], re.Pattern[str]]]
+                       ) -> list[str]:
+    """The record's encrypted_columns when the writer filled them in; otherwise the encrypted columns
+    whose table and column (or *) the statement's text names (an over-count at worst, never an under-count
+    of a named reference)."""
+    listed = rec.get("encrypted_columns")
+    if isinstance(listed, list):
+        return [str(c) for c in listed]
+    sql = str(rec.get("sql") or "")
+    return [name for name, table, column in encrypted if table.search(sql) and column.search(sql)]
+
+
 def summarize(recs: Iterable[dict[str, object]], config: Config, *, tenant: str | None = None,
               since: datetime | None = None, until: datetime | None = None) -> Activity:
     trusted = {u.name for u in config.users.values() if u.trusted}
+    owner = {u.name: u.tenant for u in config.users.values()}
+    encrypted = _encrypted_names(config)
     act = Activity(tenant, since, until)
     per_second: Counter[tuple[str, str]] = Counter()
     for rec in recs:
         kind = rec.get("kind")
         if kind not in EVENT_KINDS:
             continue
-        rec_tenant, user = rec.get("tenant"), str(rec.get("user") or "-")
+        user = str(rec.get("user") or "-")
+        # a failed login has no tenant yet: it belongs to the tenant of the user it tried
+        rec_tenant = rec.get("tenant") or (owner.get(user) if kind == "auth_fail" else None)
         is_trusted = rec_tenant is None and user in trusted
         # a tenant's pack holds its own records, trusted users' statements (they reach every tenant's rows),
         # admin actions and reloads (they change every tenant's rules) and key events of that tenant
@@ -185,8 +209,8 @@ def summarize(recs: Iterable[dict[str, object]], config: Config, *, tenant: str 
             if stmt in _WRITES:
                 act.writes_by_user[user] += 1
             per_second[(str(rec_tenant or "-"), ts_text[:19])] += 1
-            for column in rec.get("encrypted_columns") or []:  # type: ignore[attr-defined]
-                act.encrypted_access[str(column)] += 1
+            for column in _encrypted_touched(rec, encrypted):
+                act.encrypted_access[column] += 1
         elif kind == "auth_fail":
             act.auth_failure_count += 1
             if len(act.auth_failures) < _MAX_LISTED:
