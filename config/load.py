@@ -11,6 +11,7 @@ Relative file paths in the config are resolved against the config file's directo
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pathlib
@@ -180,6 +181,7 @@ class _Loader:
         self.file = os.fspath(path)
         self.path = pathlib.Path(self.file).absolute()
         self.problems: list[Problem] = []
+        self.digest = ""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -392,6 +394,7 @@ class _Loader:
             oidc=oidc,
             limits=defaults,
             compliance=compliance,
+            digest=self.digest,
         )
         # Only a config valid on its own is measured against the enabled frameworks.
         config, weaker = enforce(config) if self.enforce_compliance else (config, [])
@@ -435,6 +438,7 @@ class _Loader:
             data = self.path.read_bytes()
         except OSError as exc:
             raise ConfigError([Problem(self.file, "", f"cannot read config file: {exc.strerror or exc}")]) from None
+        self.digest = hashlib.sha256(data).hexdigest()
         try:
             return tomllib.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:

@@ -285,6 +285,7 @@ class Config:
     oidc: Oidc | None = None  # None: no token logins
     limits: Limits = Limits()  # [limits]: defaults for every tenant (also tenants known only from a token)
     compliance: ComplianceSettings | None = None  # [compliance]: enabled frameworks (config/compliance.py)
+    digest: str = ""  # SHA-256 of the file as loaded: audit `reload` records carry it before and after
 
     def tenant(self, name: str) -> Tenant:
         """A tenant's placement and limits; a tenant known only from a JWT claim is shared with [limits]."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -115,7 +117,8 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         try:
             demo = Demo(workdir, cluster, config, proxy, request.param)
             workload(demo)
-            time.sleep(0.5)  # batched durability: the records are on disk within flush_interval_ms
+            proxy.proc.send_signal(signal.SIGHUP)  # a reload: a configuration change on record
+            time.sleep(1.0)  # batched durability: the records are on disk within flush_interval_ms
             yield demo
         finally:
             proxy.stop()
@@ -213,7 +216,7 @@ def pack(demo: Demo) -> tuple[Path, dict[str, Any]]:
     return out, json.loads((out / "evidence.json").read_text())
 
 
-def test_evidence_pack_counts_the_workload(pack: tuple[Path, dict[str, Any]]) -> None:
+def test_evidence_pack_counts_the_workload(demo: Demo, pack: tuple[Path, dict[str, Any]]) -> None:
     _, data = pack
     access = data["access"]
     assert data["tenant"] == "acme" and data["integrity"]["ok"], data["integrity"]
@@ -227,6 +230,8 @@ def test_evidence_pack_counts_the_workload(pack: tuple[Path, dict[str, Any]]) ->
     assert sum(data["refusals"].values()) == EXPECTED["refusals"]
     assert data["key_events"] == EXPECTED["key_events"]
     assert data["limit_hits"] == {}
+    digest = hashlib.sha256(demo.config.read_bytes()).hexdigest()
+    assert [(c["decision"], c["change"]) for c in data["config_changes"]] == [("allowed", f"{digest} -> {digest}")]
     assert sum(d["allowed"] + d["refused"] for d in data["daily"]) == access["events"]
     assert {c["status"] for c in data["controls"]} <= {"pass", "manual"}
 
