@@ -60,7 +60,7 @@ VALUE_RULES: dict[str, Callable[[str], bool]] = {
     "national id": lambda v: re.fullmatch(r"\d{3}-\d{2}-\d{4}|[A-Z]{2}\d{6}[A-D]", v) is not None,
     "email address": lambda v: re.fullmatch(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}", v) is not None,
     "phone number": lambda v: re.fullmatch(r"\+?[\d ()./-]{7,20}", v) is not None and len(re.sub(r"\D", "", v)) >= 8
-    and not v.isdigit(),
+    and not v.isdigit() and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) is None,
     "date of birth": _birth,
     "health code (ICD-10)": lambda v: re.fullmatch(r"[A-TV-Z]\d[0-9AB](\.[0-9A-TV-Z]{1,4})?", v) is not None,
 }
