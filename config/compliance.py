@@ -69,6 +69,15 @@ class ControlFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
+    """One config requirement of a control; a missing value (None) never holds.
+
+    >>> r = Requirement("backend.sslmode", "one_of", ["require", "verify-full"])
+    >>> r.holds("verify-full"), r.holds("prefer"), r.holds(None), r.describe()
+    (True, False, False, "backend.sslmode one of ['require', 'verify-full']")
+    >>> Requirement("audit.flush_interval_ms", "at_most", 200).holds(50)
+    True
+    """
+
     fact: str
     op: str
     value: Any

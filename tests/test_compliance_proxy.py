@@ -245,6 +245,24 @@ def test_evidence_pack_window_excludes_everything_before_since(demo: Demo) -> No
     assert data["access"]["statements"] == 0 and data["auth_failures"]["count"] == 0
 
 
+def test_reload_with_weaker_config_is_refused(demo: Demo) -> None:
+    """RELOAD (SIGHUP) with a file weaker than an enabled framework keeps the old config and says why."""
+    original = demo.config.read_text()
+    doc = tomlkit.parse(original)
+    doc["tls"]["mode"] = "allow"  # type: ignore[index]
+    demo.config.write_text(tomlkit.dumps(doc))
+    try:
+        demo.proxy.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reload refused" not in demo.proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "tls.mode: weaker than pci-dss-4.0 4.2.1 requires" in demo.proxy.log()
+    finally:
+        demo.config.write_text(original)
+    with pytest.raises(psycopg.OperationalError, match="requires an SSL connection"):  # still TLS-only
+        psycopg.connect(demo.dsn("alice", "alice-secret").replace("sslmode=require", "sslmode=disable")).close()
+
+
 # ---------------------------------------------------------------- headless Chromium over DevTools
 
 

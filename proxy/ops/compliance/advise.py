@@ -36,8 +36,11 @@ class Proposal:
 
 
 def luhn(digits: str) -> bool:
-    """>>> luhn("4111111111111111"), luhn("4111111111111112")
-    (True, False)"""
+    """The Luhn check digit test that every payment card number passes.
+
+    >>> luhn("4111111111111111"), luhn("4111111111111112")
+    (True, False)
+    """
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = int(ch) * (2 if i % 2 else 1)
