@@ -16,12 +16,21 @@ import pytest
 
 from tenantgate.audit.keys import generate_hmac_key_file
 from tenantgate.config import load_config
+from tenantgate.config.compliance import builtin_frameworks, load_framework_file
 from tenantgate.keyring.kek import create_kek_file
-from tenantgate.proxy.ops.compliance.advise import Proposal, advise, luhn
+from tenantgate.proxy.ops.compliance.advise import (
+    CAPACITY,
+    ENCRYPTION,
+    ISOLATION,
+    LEAST_PRIVILEGE,
+    Proposal,
+    advise,
+    luhn,
+)
 from tenantgate.proxy.ops.rls import install_configured
 from tenantgate.proxy.sandbox.pgcluster import PgServer
 
-from .harness import Backend, ProxyProcess, launch
+from .harness import Backend, ProxyProcess, config_text, launch
 
 CLI = [sys.executable, "-m", "tenantgate.proxy.cli"]
 
@@ -192,8 +201,6 @@ def clean(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with psycopg.connect(backend.direct_dsn(), autocommit=True) as conn:
         conn.execute(CLEAN_SCHEMA)
     tmp = tmp_path_factory.mktemp("advise-clean")
-    from .harness import config_text
-
     path = tmp / "tg.toml"
     path.write_text(config_text(backend, 6432, scoping=CLEAN_SCOPING))
     asyncio.run(install_configured(load_config(path)))
@@ -203,6 +210,11 @@ def clean(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_advise_finds_nothing_in_control_schema(clean: Path) -> None:
     proposals = asyncio.run(advise(load_config(clean)))
     assert [f"{p.category} {p.subject}: {p.reason}" for p in proposals] == []
+
+
+def test_advise_maps_to_shipped_controls() -> None:
+    shipped = {c.name for name, text in builtin_frameworks().items() for c in load_framework_file(text, name).controls}
+    assert set(ISOLATION + ENCRYPTION + CAPACITY + LEAST_PRIVILEGE) <= shipped
 
 
 @pytest.mark.parametrize(("digits", "valid"), [(c, True) for c in CARDS] + [("4111111111111112", False)])

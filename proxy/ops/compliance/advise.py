@@ -23,6 +23,7 @@ from .runtime import _connect
 ISOLATION = ("pci-dss-4.0 7.2.1", "hipaa 164.312(a)(1)", "soc2 CC6.1", "gdpr Art. 32")
 ENCRYPTION = ("pci-dss-4.0 3.5.1", "hipaa 164.312(a)(2)(iv)", "soc2 CC6.1", "gdpr Art. 32", "gdpr Art. 25")
 CAPACITY = ("soc2 A1.1",)
+LEAST_PRIVILEGE = ("pci-dss-4.0 7.2.1", "hipaa 164.312(a)(1)", "soc2 CC6.1")
 MIN_MATCHES, MATCH_SHARE = 3, 0.8  # a value rule fires when >= 80% of >= 3 sampled non-null values match
 
 
@@ -222,7 +223,7 @@ def _behaviour(config: Config) -> list[Proposal]:
         u = config.users.get(user)
         if u is not None and u.role != "readonly" and act.writes_by_user[user] == 0:
             out.append(Proposal("role", user, f"{act.users[user]} logged statement(s), none writes: least "
-                                "privilege says read-only", ("pci-dss-4.0 7.2.1", "soc2 CC6.1"),
+                                "privilege says read-only", LEAST_PRIVILEGE,
                                 {"role": "readonly"}))
     for tenant, peak in sorted(act.per_second_peak.items()):
         if tenant in config.tenants and config.tenant(tenant).limits.statements_per_second is None:

@@ -130,6 +130,7 @@ class Activity:
     reloads: list[tuple[str, str, str]] = field(default_factory=list)  # ts, decision, digest change / notes
     limit_hits: Counter[str] = field(default_factory=Counter)
     reviews: list[str] = field(default_factory=list)  # ts of recorded log reviews
+    checkpoints: int = 0  # signed checkpoint markers in the period (the whole log's, not one tenant's)
     daily: Counter[tuple[str, str]] = field(default_factory=Counter)  # (day, allowed|refused)
     writes_by_user: Counter[str] = field(default_factory=Counter)
     per_second_peak: Counter[str] = field(default_factory=Counter)  # tenant -> peak statements in one second
@@ -165,6 +166,11 @@ def _encrypted_touched(rec: dict[str, object], encrypted: list[tuple[str, re.Pat
     return [name for name, table, column in encrypted if table.search(sql) and column.search(sql)]
 
 
+def _within(rec: dict[str, object], since: datetime | None, until: datetime | None) -> bool:
+    ts = parse_timestamp(str(rec.get("ts")))
+    return (since is None or ts >= since) and (until is None or ts < until)
+
+
 def summarize(recs: Iterable[dict[str, object]], config: Config, *, tenant: str | None = None,
               since: datetime | None = None, until: datetime | None = None) -> Activity:
     trusted = {u.name for u in config.users.values() if u.trusted}
@@ -174,6 +180,8 @@ def summarize(recs: Iterable[dict[str, object]], config: Config, *, tenant: str 
     per_second: Counter[tuple[str, str]] = Counter()
     for rec in recs:
         kind = rec.get("kind")
+        if kind == "checkpoint" and _within(rec, since, until):
+            act.checkpoints += 1
         if kind not in EVENT_KINDS:
             continue
         user = str(rec.get("user") or "-")
@@ -187,7 +195,7 @@ def summarize(recs: Iterable[dict[str, object]], config: Config, *, tenant: str 
             continue
         ts_text = str(rec.get("ts"))
         ts = parse_timestamp(ts_text)
-        if (since is not None and ts < since) or (until is not None and ts >= until):
+        if not _within(rec, since, until):
             continue
         act.events += 1
         act.first = ts if act.first is None else min(act.first, ts)

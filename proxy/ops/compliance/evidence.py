@@ -26,7 +26,8 @@ async def build(config: Config, tenant: str, since: datetime | None, until: date
                    "first_record": act.first.isoformat() if act.first else None,
                    "last_record": act.last.isoformat() if act.last else None},
         "integrity": {"ok": integrity.ok, "summary": integrity.summary, "records": integrity.records,
-                      "last_seq": integrity.last_seq, "signed_markers": integrity.signatures},
+                      "last_seq": integrity.last_seq, "signed_markers": integrity.signatures,
+                      "checkpoints_in_period": act.checkpoints},
         "access": {
             "events": act.events,
             "statements": act.statements,
