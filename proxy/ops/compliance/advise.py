@@ -33,7 +33,7 @@ class Proposal:
     subject: str  # table, table.column, user or tenant
     reason: str
     controls: tuple[str, ...] = ()
-    setting: dict[str, object] = field(default_factory=dict)  # what --emit-toml / --apply write
+    setting: dict[str, object] = field(default_factory=dict)  # encryption/role/limit values --apply writes
 
 
 def luhn(digits: str) -> bool:
@@ -121,8 +121,7 @@ async def advise(config: Config, sample: int = 200) -> list[Proposal]:
             table = _table_name(schema, name)
             if column in columns:
                 if table not in scoped:
-                    out.append(Proposal("scoping", table, f"has the tenant column {column}", ISOLATION,
-                                        {"name": table}))
+                    out.append(Proposal("scoping", table, f"has the tenant column {column}", ISOLATION))
                 out += await _tenant_table_risks(conn, table, oid, column, config)
             elif table not in reference:
                 tenantish = [c for c in columns if re.search(r"(tenant|org(anization)?|account|customer)_?id$", c)]
@@ -131,7 +130,7 @@ async def advise(config: Config, sample: int = 200) -> list[Proposal]:
                                         "column: decide scoping (with that column) or reference", ISOLATION))
                 else:
                     out.append(Proposal("reference", table, f"no {column}: read by every tenant, read-only for "
-                                        "them", ISOLATION, {"name": table}))
+                                        "them", ISOLATION))
             out += await _sensitive(conn, schema, name, table, columns, types, column, sample, lookups, config)
     finally:
         await conn.close()
