@@ -11,6 +11,7 @@ Relative file paths in the config are resolved against the config file's directo
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pathlib
@@ -28,6 +29,8 @@ from tenantgate.keyring.auth.jwt import JwksError, JwkSet, check_algorithm, pars
 from tenantgate.keyring.auth.scram import ScramVerifier, make_verifier, md5_hash
 from tenantgate.keyring.settings import EncryptionSettings, SettingsError, parse_encryption
 
+from .compliance import ComplianceSettings, parse_compliance
+from .controls import enforce
 from .schema import (
     AUTH_METHODS,
     JWT,
@@ -64,7 +67,8 @@ __all__ = ["EXTERNAL_SECTIONS", "check_config", "load_config"]
 EXTERNAL_SECTIONS = frozenset({"audit", "encryption"})
 
 SECTIONS = frozenset(
-    {"listen", "backend", "tls", "server", "logging", "limits", "tenants", "users", "admins", "scoping", "oidc"}
+    {"listen", "backend", "tls", "server", "logging", "limits", "tenants", "users", "admins", "scoping", "oidc",
+     "compliance"}
 )
 LIMIT_TABLE_KEYS = frozenset(
     {
@@ -110,9 +114,12 @@ _MISSING: Any = object()
 T = TypeVar("T")
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file; raise ConfigError listing every problem found."""
-    return _Loader(path).load()
+def load_config(path: str | os.PathLike[str], *, enforce_compliance: bool = True) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem found.
+
+    ``enforce_compliance = False`` keeps [compliance] but does not refuse a setting weaker than its
+    frameworks: for `tenantgate compliance check`, which reports each such control as failed."""
+    return _Loader(path, enforce_compliance).load()
 
 
 def check_config(path: str | os.PathLike[str]) -> list[str]:
@@ -169,10 +176,12 @@ def _type_name(value: object) -> str:
 
 
 class _Loader:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], enforce_compliance: bool = True) -> None:
+        self.enforce_compliance = enforce_compliance
         self.file = os.fspath(path)
         self.path = pathlib.Path(self.file).absolute()
         self.problems: list[Problem] = []
+        self.digest = ""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -366,9 +375,10 @@ class _Loader:
         self.own_schemas(tenants, scoping)
         audit = self.audit(raw)
         encryption = self.encryption(raw)
+        compliance = self.compliance(raw)
         if self.problems:
             raise ConfigError(self.problems)
-        return Config(
+        config = Config(
             listen=listen,
             backend=backend,
             tls=tls,
@@ -383,7 +393,22 @@ class _Loader:
             encryption=encryption,
             oidc=oidc,
             limits=defaults,
+            compliance=compliance,
+            digest=self.digest,
         )
+        # Only a config valid on its own is measured against the enabled frameworks.
+        config, weaker = enforce(config) if self.enforce_compliance else (config, [])
+        for key, message in weaker:
+            self.problem(key, message)
+        if self.problems:
+            raise ConfigError(self.problems)
+        return config
+
+    def compliance(self, raw: Mapping[str, Any]) -> ComplianceSettings | None:
+        settings, problems = parse_compliance(raw, self.path.parent)
+        for key, message in problems:
+            self.problem(key, message)
+        return settings
 
     def audit(self, raw: Mapping[str, Any]) -> AuditSettings | None:
         """[audit] is validated by tenantgate.audit; its one error joins ours."""
@@ -413,6 +438,7 @@ class _Loader:
             data = self.path.read_bytes()
         except OSError as exc:
             raise ConfigError([Problem(self.file, "", f"cannot read config file: {exc.strerror or exc}")]) from None
+        self.digest = hashlib.sha256(data).hexdigest()
         try:
             return tomllib.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:

@@ -14,6 +14,7 @@ from tenantgate.keyring.auth.oidc import ROLES
 from tenantgate.keyring.auth.scram import ScramVerifier
 from tenantgate.keyring.settings import EncryptionSettings
 
+from .compliance import ComplianceSettings
 from .values import render_identifier
 
 __all__ = [
@@ -283,6 +284,8 @@ class Config:
     encryption: EncryptionSettings | None = None  # None: no encrypted columns
     oidc: Oidc | None = None  # None: no token logins
     limits: Limits = Limits()  # [limits]: defaults for every tenant (also tenants known only from a token)
+    compliance: ComplianceSettings | None = None  # [compliance]: enabled frameworks (config/compliance.py)
+    digest: str = ""  # SHA-256 of the file as loaded: audit `reload` records carry it before and after
 
     def tenant(self, name: str) -> Tenant:
         """A tenant's placement and limits; a tenant known only from a JWT claim is shared with [limits]."""

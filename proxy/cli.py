@@ -18,6 +18,7 @@ from tenantgate.audit.cli import register as register_audit
 from tenantgate.keyring.cli import register as register_keys
 
 from . import log
+from .ops.compliance.cli import register as register_compliance
 from .ops.move import register as register_tenant
 from .ops.rls import register as register_rls
 
@@ -100,11 +101,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .ops.rls import install_configured
     from .process import Proxy
     from .sandbox.demo import run_demo
 
     log.setup(args.log_level or "info", False)
-    return _run(run_demo(Proxy, port=args.port))
+    return _run(run_demo(Proxy, port=args.port, secure=install_configured))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_keys(sub)
     register_rls(sub)
     register_tenant(sub)
+    register_compliance(sub)
     return p
 
 

@@ -327,6 +327,7 @@ class Proxy:
             for name in set(self.config.tenants) | set(new.tenants)
             if Placement.of(self.config, name).key != Placement.of(new, name).key
         }
+        digests = {"digest_before": self.config.digest, "digest_after": new.digest}
         self.config, self.jwks = new, jwks
         self.backend_target = backend_target(new.backend)
         self._rewriter = None
@@ -343,7 +344,7 @@ class Proxy:
         if moved:
             notes.append(f"placement changed for tenant(s) {', '.join(sorted(moved))}")
         log.info("configuration reloaded from %s", self.config_path)
-        self.record(AuditEvent(kind="reload", decision="allowed", details={"notes": notes}))
+        self.record(AuditEvent(kind="reload", decision="allowed", details={"notes": notes, **digests}))
         for note in notes:
             log.warning("%s", note)
         return True, notes

@@ -107,6 +107,11 @@ async def status(conn: asyncpg.Connection, config: Config) -> list[str]:
 def _dsn(args: argparse.Namespace, config: Config) -> dict[str, object]:
     if args.dsn:
         return {"dsn": args.dsn}
+    return connect_args(config)
+
+
+def connect_args(config: Config) -> dict[str, object]:
+    """asyncpg.connect arguments for the configured backend role."""
     b = config.backend
     return {
         "host": b.host,
@@ -115,6 +120,15 @@ def _dsn(args: argparse.Namespace, config: Config) -> dict[str, object]:
         "password": b.password.reveal() if b.password else None,
         "database": b.database or "postgres",
     }
+
+
+async def install_configured(config: Config) -> list[str]:
+    """`rls install` as the configured backend role (which must own the scoped tables)."""
+    conn = await asyncpg.connect(**connect_args(config))  # type: ignore[arg-type]
+    try:
+        return await install(conn, config)
+    finally:
+        await conn.close()
 
 
 def cmd_rls(args: argparse.Namespace) -> int:

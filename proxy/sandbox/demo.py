@@ -1,7 +1,10 @@
 """``tenantgate demo``: a throwaway PostgreSQL, two sample tenants, the proxy in front.
 
 The cluster and the written config live in temporary directories that Ctrl-C removes. The
-CLI hands in the proxy to start (``serving``), so this sandbox never imports the serving process.
+CLI hands in the proxy to start (``serving``) and the RLS installer (``secure``), so this sandbox
+never imports the serving process or the control-plane tools. The demo config enables every
+compliance framework and meets it: TLS on both sides (a self-signed certificate), the audit log,
+an encrypted column under a file KEK, a read-only trusted user, rate limits and RLS.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+from tenantgate.audit.keys import generate_hmac_key_file
 from tenantgate.config import Config, load_config
+from tenantgate.keyring.kek import create_kek_file
+from tenantgate.keyring.store_file import FileKeyStore
 
 from .pgcluster import ThrowawayCluster, free_port
+from .selfsigned import make_self_signed
 
 
 class Serving(Protocol):
@@ -36,6 +43,7 @@ CREATE TABLE customers (
     id        int  NOT NULL,
     name      text NOT NULL,
     email     text,
+    tax_id    bytea,           -- text, encrypted by the proxy ([[encryption.columns]])
     PRIMARY KEY (tenant_id, id)
 );
 CREATE TABLE orders (
@@ -50,7 +58,7 @@ CREATE TABLE orders (
 );
 CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
 INSERT INTO countries VALUES ('de', 'Germany'), ('fr', 'France'), ('us', 'United States');
-INSERT INTO customers VALUES
+INSERT INTO customers (tenant_id, id, name, email) VALUES
   ('acme', 1, 'Road Runner Supplies', 'ops@acme.test'),
   ('acme', 2, 'Anvil Works', 'it@acme.test'),
   ('globex', 1, 'Hank Scorpio Holdings', 'hank@globex.test'),
@@ -62,13 +70,17 @@ INSERT INTO orders (tenant_id, id, customer_id, total, note) VALUES
   ('globex', 1, 1, 5000.00, 'doomsday device parts'),
   ('globex', 2, 2, 75.00, 'hammocks');
 GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders, countries TO app;
+-- the app role owns the scoped tables, so `tenantgate rls install` (run by the demo) can force RLS on them
+ALTER TABLE customers OWNER TO app;
+ALTER TABLE orders OWNER TO app;
 -- initech is on the schema tier: its own copies of the tables, in its own schema
 CREATE SCHEMA t_initech;
 CREATE TABLE t_initech.customers (LIKE customers INCLUDING ALL);
 CREATE TABLE t_initech.orders (LIKE orders INCLUDING ALL);
 CREATE TABLE t_initech.countries (LIKE countries INCLUDING ALL);
 INSERT INTO t_initech.countries SELECT * FROM countries;
-INSERT INTO t_initech.customers VALUES ('initech', 1, 'Bill Lumbergh', 'bill@initech.test');
+INSERT INTO t_initech.customers (tenant_id, id, name, email)
+  VALUES ('initech', 1, 'Bill Lumbergh', 'bill@initech.test');
 INSERT INTO t_initech.orders (tenant_id, id, customer_id, total, note) VALUES ('initech', 1, 1, 12.00, 'TPS covers');
 GRANT USAGE ON SCHEMA t_initech TO app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA t_initech TO app;
@@ -85,7 +97,30 @@ port = {pg_port}
 user = "app"
 password_file = "{password_file}"
 database = "app"
-sslmode = "prefer"
+sslmode = "require"             # TLS to PostgreSQL too (the demo cluster has a self-signed certificate)
+
+[tls]
+mode = "require"                # clients must use TLS (psql's default sslmode=prefer does)
+cert = "{cert}"
+key = "{key}"
+
+[audit]
+key = "file:{audit_key}"
+path = "{audit_log}"
+
+[encryption]
+kek = "file:{kek}"
+store = "file:{keys}"
+
+[[encryption.columns]]
+table = "customers"
+column = "tax_id"
+
+[compliance]
+frameworks = ["pci-dss-4.0", "hipaa", "soc2", "gdpr"]   # config load refuses a weaker setting
+
+[limits]
+statements_per_second = 500     # every tenant: a rate limit (SOC 2 A1.1)
 
 [tenants.acme]
 tier = "shared"
@@ -113,6 +148,7 @@ password = "carol-secret"
 
 [users.ops]
 trusted = true
+role = "readonly"               # reads every tenant's rows, changes none
 password = "ops-secret"
 
 [admins.dba]
@@ -127,7 +163,8 @@ reference = ["countries"]
 
 def prepare(workdir: Path, port: int) -> tuple[ThrowawayCluster, Path]:
     """Start the cluster, load the sample data, write the config; returns (cluster, config path)."""
-    cluster = ThrowawayCluster()
+    cert, key = make_self_signed(workdir)
+    cluster = ThrowawayCluster(ssl=(str(cert), str(key)))
     cluster.start()
     app_password = secrets.token_urlsafe(18)
     cluster.create_role("app", app_password)
@@ -136,8 +173,16 @@ def prepare(workdir: Path, port: int) -> tuple[ThrowawayCluster, Path]:
     password_file = workdir / "backend-password"
     password_file.write_text(app_password + "\n")
     password_file.chmod(0o600)
+    generate_hmac_key_file(workdir / "audit.key")
+    create_kek_file(workdir / "kek.hex")
     config = workdir / "tenantgate.toml"
-    config.write_text(CONFIG.format(port=port, pg_port=cluster.port, password_file=password_file))
+    config.write_text(
+        CONFIG.format(
+            port=port, pg_port=cluster.port, password_file=password_file, cert=cert, key=key,
+            audit_key=workdir / "audit.key", audit_log=workdir / "audit" / "tenantgate.jsonl",
+            kek=workdir / "kek.hex", keys=workdir / "keys.json",
+        )
+    )
     return cluster, config
 
 
@@ -159,19 +204,38 @@ def banner(port: int, config: Path, pg_port: int) -> str:
             f"  psql '{url.format(user='ops', pw='ops-secret')}' \\",
             "       -c 'SELECT tenant_id, count(*) FROM orders GROUP BY 1'",
             "",
+            "Compliance (PCI DSS 4.0, HIPAA, SOC 2, GDPR are enabled in the config):",
+            f"  tenantgate compliance check --config {config}",
+            f"  tenantgate compliance report --config {config} --tenant acme -o ./evidence-acme",
+            f"  tenantgate advise --config {config}",
+            "",
             "Press Ctrl-C to stop and remove everything.",
             "",
         ]
     )
 
 
-async def run_demo(serving: Callable[[Config], Serving], port: int = 6432) -> int:
+async def ready(config_path: Path, secure: Callable[[Config], Awaitable[object]] | None) -> Config:
+    """Load the written config, create the key file (`tenantgate keys init`) and install RLS
+    (``secure``: the second lock that `compliance check` verifies)."""
+    config = load_config(config_path)
+    assert config.encryption is not None and config.encryption.store_path is not None
+    await FileKeyStore(config.encryption.store_path).initialize()
+    if secure is not None:
+        await secure(config)
+    return config
+
+
+async def run_demo(
+    serving: Callable[[Config], Serving], port: int = 6432, secure: Callable[[Config], Awaitable[object]] | None = None
+) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tenantgate-demo-"))
     port = port or free_port()
     loop = asyncio.get_running_loop()
     cluster, config_path = await loop.run_in_executor(None, prepare, workdir, port)
     try:
-        proxy = serving(load_config(config_path))
+        config = await ready(config_path, secure)
+        proxy = serving(config)
         await proxy.preflight()
         await proxy.start()
         print(banner(proxy.port, config_path, cluster.port), flush=True)

@@ -1,0 +1,245 @@
+"""The one adapter between compliance and tenantgate.audit: open the configured log, verify it, and
+count what a control or an evidence pack cites. Every other compliance module goes through here, so
+a change to audit's reader API (issue 16: segments, retention, a columnar reader) is one file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from tenantgate.audit.errors import AuditError
+from tenantgate.audit.keys import load_hmac_key, load_signing_key
+from tenantgate.audit.reader import LogSource, PostgresSource, configured_files, iter_records, open_sources
+from tenantgate.audit.record import EVENT_KINDS, parse_timestamp
+from tenantgate.audit.verify import verify_log
+from tenantgate.config import Config
+from tenantgate.config.schema import LIMIT_KEYS
+
+_MAX_LISTED = 200
+# refusals whose reason starts with one of these are limit hits (proxy/limits.py names them so)
+_LIMIT_REASONS = frozenset({*LIMIT_KEYS, "rate_limit"})
+
+
+@dataclass(frozen=True, slots=True)
+class Integrity:
+    ok: bool
+    summary: str
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    signatures: int = 0
+
+
+def sources(config: Config) -> list[LogSource]:
+    """The configured log in chain order; empty when auditing is off or nothing was written yet."""
+    settings = config.audit
+    if settings is None:
+        return []
+    if settings.sink == "postgres":
+        assert settings.dsn is not None
+        return [PostgresSource(settings.dsn, settings.table)]
+    names = configured_files(settings.path)
+    return open_sources(names) if names else []
+
+
+def verify(config: Config) -> Integrity:
+    """Verify the configured log with its key (and the signing key's public half when configured).
+    An open log (the proxy still writing) is verified up to its last record and reported open."""
+    settings = config.audit
+    if settings is None:
+        return Integrity(False, "auditing is off ([audit] missing or enabled = false)")
+    try:
+        key = load_hmac_key(settings.key)
+        verifier = load_signing_key(settings.signing_key).verifier if settings.signing_key else None
+        found = sources(config)
+    except (AuditError, OSError) as exc:
+        return Integrity(False, f"audit log cannot be read: {exc}")
+    if not found:
+        return Integrity(False, f"no audit log at {settings.path}")
+    result = verify_log(found, hmac_key=key, verifier=verifier)
+    problem = result.problem
+    if problem is not None and "truncated or still open" in problem.message and _writer_alive(config):
+        # A live proxy's log always ends open: everything up to its last record verified. A log that
+        # ends open with no writer holding it was cut, and stays a failure.
+        return Integrity(True, f"verified through seq {result.last_seq} ({result.records} records), log open",
+                         result.records, result.first_seq, result.last_seq, result.signatures_checked)
+    if problem is not None:
+        return Integrity(False, f"VERIFICATION FAILED: {problem}", result.records)
+    return Integrity(True, f"verified: {result.records} records (seq {result.first_seq}..{result.last_seq})",
+                     result.records, result.first_seq, result.last_seq, result.signatures_checked)
+
+
+def _writer_alive(config: Config) -> bool:
+    """True while a proxy holds the file sink's writer lock (audit/filesink.py: one flock per log)."""
+    settings = config.audit
+    assert settings is not None
+    if settings.sink == "postgres":
+        return True  # rows are committed one by one; the table has no tail to cut
+    lock = settings.path.with_name(settings.path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we may have taken
+    return False
+
+
+def records(config: Config) -> Iterator[dict[str, object]]:
+    for _raw, rec in iter_records(sources(config)):
+        if rec is not None:
+            yield rec
+
+
+def statement_texts(config: Config) -> Iterator[str]:
+    """The original SQL of every logged statement (advise looks for equality lookups in it)."""
+    for rec in records(config):
+        if rec.get("kind") == "statement" and isinstance(rec.get("sql"), str):
+            yield str(rec["sql"])
+
+
+@dataclass(slots=True)
+class Activity:
+    """Counts over event records of one tenant (None: all) in [since, until)."""
+
+    tenant: str | None
+    since: datetime | None
+    until: datetime | None
+    events: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    users: Counter[str] = field(default_factory=Counter)  # statements per user
+    statement_kinds: Counter[str] = field(default_factory=Counter)
+    encrypted_access: Counter[str] = field(default_factory=Counter)  # column -> statements
+    admin_actions: list[tuple[str, str, str, str]] = field(default_factory=list)  # ts, user, command, decision
+    trusted_access: Counter[str] = field(default_factory=Counter)  # trusted user -> statements
+    auth_failures: list[tuple[str, str, str, str]] = field(default_factory=list)  # ts, user, client, reason
+    auth_failure_count: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)  # reason code -> count
+    key_events: Counter[str] = field(default_factory=Counter)  # rotate, rewrap, shred, ...
+    reloads: list[tuple[str, str, str]] = field(default_factory=list)  # ts, decision, digest change / notes
+    limit_hits: Counter[str] = field(default_factory=Counter)
+    reviews: list[str] = field(default_factory=list)  # ts of recorded log reviews
+    checkpoints: int = 0  # signed checkpoint markers in the period (the whole log's, not one tenant's)
+    daily: Counter[tuple[str, str]] = field(default_factory=Counter)  # (day, allowed|refused)
+    writes_by_user: Counter[str] = field(default_factory=Counter)
+    per_second_peak: Counter[str] = field(default_factory=Counter)  # tenant -> peak statements in one second
+
+    @property
+    def statements(self) -> int:
+        return sum(self.statement_kinds.values())
+
+
+_WRITES = frozenset({"insert", "update", "delete", "merge", "copy_from", "write"})
+
+
+def _reason_code(reason: object) -> str:
+    return str(reason or "(no reason)").split(":", 1)[0]
+
+
+def _encrypted_names(config: Config) -> list[tuple[str, re.Pattern[str], re.Pattern[str]]]:
+    if config.encryption is None:
+        return []
+    return [(f"{c.table}.{c.column}", re.compile(rf"\b{re.escape(c.table.rpartition('.')[2])}\b", re.I),
+             re.compile(rf"\b{re.escape(c.column)}\b|\*", re.I)) for c in config.encryption.columns]
+
+
+def _encrypted_touched(rec: dict[str, object], encrypted: list[tuple[str, re.Pattern[str], re.Pattern[str]]]
+                       ) -> list[str]:
+    """The record's encrypted_columns when the writer filled them in; otherwise the encrypted columns
+    whose table and column (or *) the statement's text names (an over-count at worst, never an under-count
+    of a named reference)."""
+    listed = rec.get("encrypted_columns")
+    if isinstance(listed, list):
+        return [str(c) for c in listed]
+    sql = str(rec.get("sql") or "")
+    return [name for name, table, column in encrypted if table.search(sql) and column.search(sql)]
+
+
+def _within(rec: dict[str, object], since: datetime | None, until: datetime | None) -> bool:
+    ts = parse_timestamp(str(rec.get("ts")))
+    return (since is None or ts >= since) and (until is None or ts < until)
+
+
+def summarize(recs: Iterable[dict[str, object]], config: Config, *, tenant: str | None = None,
+              since: datetime | None = None, until: datetime | None = None) -> Activity:
+    trusted = {u.name for u in config.users.values() if u.trusted}
+    owner = {u.name: u.tenant for u in config.users.values()}
+    encrypted = _encrypted_names(config)
+    act = Activity(tenant, since, until)
+    per_second: Counter[tuple[str, str]] = Counter()
+    for rec in recs:
+        kind = rec.get("kind")
+        if kind == "checkpoint" and _within(rec, since, until):
+            act.checkpoints += 1
+        if kind not in EVENT_KINDS:
+            continue
+        user = str(rec.get("user") or "-")
+        # a failed login has no tenant yet: it belongs to the tenant of the user it tried
+        rec_tenant = rec.get("tenant") or (owner.get(user) if kind == "auth_fail" else None)
+        is_trusted = rec_tenant is None and user in trusted
+        # a tenant's pack holds its own records, trusted users' statements (they reach every tenant's rows),
+        # admin actions and reloads (they change every tenant's rules) and key events of that tenant
+        shared_kind = kind in ("admin", "reload") or (kind == "statement" and is_trusted)
+        if tenant is not None and rec_tenant != tenant and not shared_kind:
+            continue
+        ts_text = str(rec.get("ts"))
+        ts = parse_timestamp(ts_text)
+        if not _within(rec, since, until):
+            continue
+        act.events += 1
+        act.first = ts if act.first is None else min(act.first, ts)
+        act.last = ts if act.last is None else max(act.last, ts)
+        refused = rec.get("decision") == "refused" or kind in ("refusal", "auth_fail")
+        act.daily[(ts_text[:10], "refused" if refused else "allowed")] += 1
+        details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
+        assert isinstance(details, dict)
+        if kind == "statement":
+            if details.get("phase") == "start":
+                continue  # strict mode's intent record: the end record counts the statement
+            stmt = str(details.get("statement") or "unknown")
+            if is_trusted:
+                act.trusted_access[user] += 1
+                if tenant is not None:
+                    continue  # counted as trusted access, not as this tenant's own activity
+            act.users[user] += 1
+            act.statement_kinds[stmt] += 1
+            if stmt in _WRITES:
+                act.writes_by_user[user] += 1
+            per_second[(str(rec_tenant or "-"), ts_text[:19])] += 1
+            for column in _encrypted_touched(rec, encrypted):
+                act.encrypted_access[column] += 1
+        elif kind == "auth_fail":
+            act.auth_failure_count += 1
+            if len(act.auth_failures) < _MAX_LISTED:
+                act.auth_failures.append((ts_text, user, str(rec.get("client") or "-"), str(rec.get("reason") or "-")))
+        elif kind == "refusal":
+            code = _reason_code(rec.get("reason"))
+            act.refusals[code] += 1
+            if code in _LIMIT_REASONS:
+                act.limit_hits[code] += 1
+        elif kind == "admin":
+            command = str(rec.get("sql") or "-")
+            if "review" in command.lower():
+                act.reviews.append(ts_text)
+            if len(act.admin_actions) < _MAX_LISTED:
+                act.admin_actions.append((ts_text, user, command, str(rec.get("decision") or "-")))
+        elif kind == "key_event":
+            act.key_events[str(rec.get("reason") or "-")] += 1
+        elif kind == "reload" and len(act.reloads) < _MAX_LISTED:
+            change = (f"{details.get('digest_before', '?')} -> {details.get('digest_after', '?')}"
+                      if "digest_after" in details else "; ".join(map(str, details.get("notes") or [])) or "-")
+            act.reloads.append((ts_text, str(rec.get("decision") or "-"), change))
+    for (who, _second), count in per_second.items():
+        act.per_second_peak[who] = max(act.per_second_peak[who], count)
+    return act
