@@ -246,10 +246,11 @@ def test_idle_pooled_backend_that_dies_leaves_the_pool(proxies: dict[str, ProxyP
 
 
 def test_pooled_backends_dying_idle_tell_nobody(pg: PgServer, tmp_path: Path) -> None:
-    """Every backend ends itself (FATAL 57P05) 30 ms into being idle in the pool: the tenants' queries
-    go on (on new backends), no error reaches anyone. (Much shorter timeouts also kill backends just
-    handed over, before the query arrives: that client is told, as the promise says.)"""
-    timeout_ms = 30
+    """Every backend ends itself (FATAL 57P05) 400 ms into being idle in the pool: the tenants' queries
+    go on (on new backends), no error reaches anyone. (A timeout near the time between a hand-over
+    and the query's arrival also kills backends just handed over: that client is told, as the promise
+    says; at 30 ms a loaded 2-core machine got there.)"""
+    timeout_ms = 400
     dying = Backend.create(pg, "dying", ORDERS_SETUP, owner=False)
     pg.execute(f'ALTER ROLE "{dying.role}" SET idle_session_timeout = {timeout_ms}')
     port = free_port()
@@ -262,12 +263,12 @@ def test_pooled_backends_dying_idle_tell_nobody(pg: PgServer, tmp_path: Path) ->
             psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice,
             psycopg.connect(proxy.dsn("bob"), autocommit=True) as bob,
         ):
-            for i in range(40):
+            for i in range(24):
                 for conn, rows in ((alice, 2), (bob, 1)):
                     assert conn.execute("SELECT count(*) FROM orders").fetchone() == (rows,)
                     assert not conn.pgconn.notifies() and not conn.closed
                 if i % 8 == 0:
-                    time.sleep(timeout_ms / 500)  # every idle backend dies in the pool
+                    time.sleep(timeout_ms / 400)  # every idle backend dies in the pool
     finally:
         proxy.stop()
 
