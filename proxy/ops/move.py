@@ -314,6 +314,28 @@ async def _command(admin: AdminClient, command: str) -> list[dict[str, str | Non
         raise MoveError(f"admin command failed: {exc}") from None
 
 
+async def quiesce(admin: AdminClient, tenant: str, timeout: float, out: Progress) -> None:
+    """PAUSE, then wait until no session of the tenant is inside a transaction."""
+    await _command(admin, f"PAUSE {tenant}")
+    out(f"pause: tenant {tenant} paused, waiting for open transactions")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        busy = [
+            r["id"]
+            for r in await _command(admin, "SHOW SESSIONS")
+            if r["tenant"] == tenant and (r["tx"] in ("T", "E") or r["state"] == "active")
+        ]
+        if not busy:
+            return
+        if loop.time() >= deadline:
+            raise MoveError(
+                f"pause: {len(busy)} session(s) of tenant {tenant} (ids {', '.join(map(str, busy))}) "
+                f"still inside a transaction after {timeout:g}s; nothing was switched"
+            )
+        await asyncio.sleep(0.05)
+
+
 # ---------------------------------------------------------------------- the move
 
 
@@ -346,6 +368,39 @@ def _check_residency(tenant: Tenant, placement: PlacementSpec) -> None:
             f"residency: tenant {tenant.name!r} is pinned to region {tenant.region!r}, "
             f"the target is in region {placement.region!r}"
         )
+
+
+async def prepare_schema(dst: asyncpg.Connection, schema: str, tables: list[MovedTable], tenant: str) -> None:
+    """The tenant's schema with a copy of each table (``LIKE ... INCLUDING ALL``); idempotent."""
+    literal = quote_literal(tenant)
+    async with dst.transaction():
+        await dst.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        for t in tables:
+            await dst.execute(
+                f"CREATE TABLE IF NOT EXISTS {qualified(t.target)} (LIKE {qualified(t.source)} INCLUDING ALL)"
+            )
+            if t.column is not None:  # the app's INSERTs may leave the tenant column out
+                await dst.execute(
+                    f"ALTER TABLE {qualified(t.target)} ALTER COLUMN {quote_ident(t.column)} SET DEFAULT {literal}"
+                )
+
+
+async def prepare_dedicated(source: Endpoint, target: Endpoint, tenant: str, tables: list[MovedTable]) -> None:
+    """The tables' DDL from pg_dump of the shared database, applied to the tenant's own."""
+    schemas = sorted({t.target[0] for t in tables} - {"public"})
+    s = source
+    ddl = await asyncio.to_thread(
+        dump_ddl, s.host, s.port, s.user, s.password, s.database, s.sslmode, [t.source for t in tables]
+    )
+    # pg_dump's SET lines change session state: run them on a connection of their own
+    conn = await target.connect(tenant)
+    try:
+        async with conn.transaction():
+            for schema in schemas:
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            await conn.execute(ddl)
+    finally:
+        await conn.close()
 
 
 class Mover:
@@ -422,37 +477,14 @@ class Mover:
             schema = self.placement.schema
             assert schema is not None
             await self._claim(dst, [schema])
-            literal = quote_literal(self.tenant)
-            async with dst.transaction():
-                await dst.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-                for t in self.tables:
-                    await dst.execute(
-                        f"CREATE TABLE IF NOT EXISTS {qualified(t.target)} (LIKE {qualified(t.source)} INCLUDING ALL)"
-                    )
-                    if t.column is not None:  # the app's INSERTs may leave the tenant column out
-                        await dst.execute(
-                            f"ALTER TABLE {qualified(t.target)} ALTER COLUMN {quote_ident(t.column)}"
-                            f" SET DEFAULT {literal}"
-                        )
+            await prepare_schema(dst, schema, self.tables, self.tenant)
             self.out(f"prepare: schema {schema} with {len(self.tables)} tables")
             return
         schemas = sorted({t.target[0] for t in self.tables} - {"public"})
         if await self._claim(dst, schemas):
             self.out("prepare: target tables exist from an earlier run")
             return
-        s = self.source
-        ddl = await asyncio.to_thread(
-            dump_ddl, s.host, s.port, s.user, s.password, s.database, s.sslmode, [t.source for t in self.tables]
-        )
-        # pg_dump's SET lines change session state: run them on a connection of their own
-        conn = await self.target.connect(self.tenant)
-        try:
-            async with conn.transaction():
-                for schema in schemas:
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-                await conn.execute(ddl)
-        finally:
-            await conn.close()
+        await prepare_dedicated(self.source, self.target, self.tenant, self.tables)
         self.out(
             f"prepare: {len(self.tables)} tables created in {self.target.database} on "
             f"{self.target.host}:{self.target.port}"
@@ -476,25 +508,7 @@ class Mover:
     # ------------------------------------------------------------------ switch
 
     async def quiesce(self, admin: AdminClient) -> None:
-        """PAUSE, then wait until no session of the tenant is inside a transaction."""
-        await _command(admin, f"PAUSE {self.tenant}")
-        self.out(f"pause: tenant {self.tenant} paused, waiting for open transactions")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.req.pause_timeout
-        while True:
-            busy = [
-                r["id"]
-                for r in await _command(admin, "SHOW SESSIONS")
-                if r["tenant"] == self.tenant and (r["tx"] in ("T", "E") or r["state"] == "active")
-            ]
-            if not busy:
-                return
-            if loop.time() >= deadline:
-                raise MoveError(
-                    f"pause: {len(busy)} session(s) of tenant {self.tenant} (ids {', '.join(map(str, busy))}) "
-                    f"still inside a transaction after {self.req.pause_timeout:g}s; nothing was switched"
-                )
-            await asyncio.sleep(0.05)
+        await quiesce(admin, self.tenant, self.req.pause_timeout, self.out)
 
     async def verify(self, src: asyncpg.Connection, dst: asyncpg.Connection) -> None:
         for t in self.tables:
