@@ -18,8 +18,8 @@ from tenantgate.audit.cli import register as register_audit
 from tenantgate.keyring.cli import register as register_keys
 
 from . import log
-from .ops.move import register as register_tenant
 from .ops.rls import register as register_rls
+from .ops.tenant_cli import register as register_tenant
 
 
 def _version() -> str:

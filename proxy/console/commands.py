@@ -398,6 +398,19 @@ async def rotate_key(conn: Caller, args: list[str]) -> Result:
     return Result("ROTATE", ("tenant", "version"), [(tenant, new_version)])
 
 
+NOTE_EVENTS = ("deleted", "exported", "restored", "created")
+
+
+async def note(conn: Caller, args: list[str]) -> Result:
+    """A lifecycle tool's event for the audit log, where every admin command is recorded with its text."""
+    event, tenant, digest = args
+    if event.lower() not in NOTE_EVENTS:
+        raise AdminError("22023", f"NOTE: event must be one of {', '.join(NOTE_EVENTS)}")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise AdminError("22023", "NOTE: the third argument is a document's SHA-256 (64 lower-case hex digits)")
+    return Result("NOTE", notices=[f"recorded: {event.lower()} {tenant} {digest}"])
+
+
 async def shutdown(conn: Caller, args: list[str]) -> Result:
     if args and args[0].upper() != "WAIT":
         raise AdminError("42601", "usage is SHUTDOWN [WAIT]")
@@ -424,6 +437,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("KILL SESSION", "<id>", "end one session (57P01)", kill_session),
     Command("KILL TENANT", "<tenant>", "end every session of a tenant (57P01)", kill_tenant),
     Command("ROTATE KEY", "<tenant>", "add a new data key version for a tenant's new writes", rotate_key),
+    Command("NOTE", "<event> <tenant> <sha256>", "record a lifecycle event (deletion certificate, ...)", note),
     Command("SHUTDOWN", "[WAIT]", "stop the proxy now, or after draining sessions (WAIT)", shutdown),
 )
 

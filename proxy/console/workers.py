@@ -75,7 +75,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 KILL_GRACE = 10.0  # after shutdown_timeout, a worker still running is killed
 
 # Commands the supervisor answers itself, from the same config file the workers read.
-LOCAL = frozenset({"SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW USERS", "SHUTDOWN"})
+LOCAL = frozenset({"SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW USERS", "SHUTDOWN", "NOTE"})
 ONE_WORKER = frozenset({"SHOW KEYS", "SHOW AUDIT"})  # the same answer in every worker
 SUMMED = frozenset({"SHOW STATS", "SHOW TENANTS"})  # per-row-key figures that add up
 

@@ -20,12 +20,9 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
-
 from tenantgate.audit.errors import AuditKeyError
 from tenantgate.audit.keys import Signer, Verifier, load_public_key, load_signing_key
 from tenantgate.config import Config, ConfigError, load_config
-from tenantgate.keyring.errors import KeyringError
 from tenantgate.keyring.kek import provider_from_uri
 from tenantgate.keyring.keyring import Keyring
 from tenantgate.keyring.settings import backend_dsn, read_toml
@@ -35,6 +32,7 @@ from tenantgate.keyring.store_file import FileKeyStore
 
 from .admin_client import AdminClient
 from .move import Endpoint, MoveError, UsageError, _shared_endpoint, quiesce
+from .move import _admin as admin_of
 from .move import _command as command
 from .placement_copy import MovedTable
 
@@ -42,11 +40,15 @@ __all__ = [
     "Checkpoint",
     "LifecycleError",
     "UsageError",
+    "admin_of",
     "canonical",
+    "command",
     "keyring_of",
     "load",
+    "no_checkpoint",
     "quiesce",
     "scoped_tables",
+    "served",
     "sign",
     "signer_of",
     "tenant_endpoint",
@@ -149,8 +151,10 @@ def sign(signer: Signer, doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` with a ``signature`` block over its canonical form (the block itself left out)."""
     body = {k: v for k, v in doc.items() if k != "signature"}
     sha = hashlib.sha256(canonical(body)).hexdigest()
-    return {**body, "signature": {"alg": "ed25519", "sha256": sha, "key": signer.verifier.fingerprint,
-                                  "value": signer.sign(sha)}}
+    return {
+        **body,
+        "signature": {"alg": "ed25519", "sha256": sha, "key": signer.verifier.fingerprint, "value": signer.sign(sha)},
+    }
 
 
 def verify_signature(doc: dict[str, Any], verifier: Verifier) -> str:
@@ -181,7 +185,3 @@ def write_private(path: pathlib.Path, data: bytes) -> None:
 async def served(admin: AdminClient, tenant: str) -> bool:
     """Whether the running proxy knows the tenant (SHOW TENANTS)."""
     return any(r["tenant"] == tenant for r in await command(admin, "SHOW TENANTS"))
-
-
-def db_error(exc: BaseException) -> bool:
-    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | KeyringError)

@@ -49,7 +49,7 @@ from tenantgate.config.values import parse_host, parse_identifier
 from tenantgate.keyring.quoting import quote_ident, quote_literal
 
 from .admin_client import AdminClient, AdminCommandError
-from .placement_config import PlacementSpec, backup_path, replace_config, validate_text, with_placement
+from .placement_config import PlacementSpec, replace_config, rewrite_config, validate_text, with_placement
 from .placement_copy import (
     TEXT_SETTINGS,
     CopyError,
@@ -67,7 +67,7 @@ from .placement_copy import (
     sync_sequences,
 )
 
-__all__ = ["MoveError", "MoveRequest", "MoveState", "UsageError", "register", "run_move", "state_path"]
+__all__ = ["MoveError", "MoveRequest", "MoveState", "UsageError", "add_move_parser", "run_move", "state_path"]
 
 ADMIN_PASSWORD_ENV = "TENANTGATE_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
 PHASES = ("started", "prepared", "copied", "config_written", "switched")
@@ -549,13 +549,8 @@ class Mover:
         """Back the config up, then put the new placement in its place (validated, atomic)."""
         st = self.state
         old_text = path.read_text(encoding="utf-8")
-        backup = backup_path(path)
-        # created with the original's mode: it may hold passwords, like the original
-        fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, path.stat().st_mode & 0o777)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(old_text)
+        backup = rewrite_config(path, with_placement(old_text, self.tenant, self.placement))
         st.backup = str(backup)
-        replace_config(path, with_placement(old_text, self.tenant, self.placement))
         st.phase = "config_written"
         st.save()
         self.out(f"switch: {path} rewritten (backup {backup})")
@@ -747,9 +742,8 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tenant = subparsers.add_parser("tenant", help="tenant placement: move a tenant to its own schema or database")
-    sub = tenant.add_subparsers(dest="tenant_command", required=True)
+def add_move_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tenant move`` in the ``tenant`` command group (tenant_cli.py)."""
     m = sub.add_parser("move", help="move a shared-tier tenant online (copy, pause, sync, verify, switch)")
     m.add_argument("tenant")
     m.add_argument("--config", "-c", required=True, help="the TOML config file the proxy runs with")

@@ -105,8 +105,9 @@ async def _dump(conn: asyncpg.Connection, table: MovedTable, shape: RowShape, te
     cols = ", ".join(f"t.{quote_ident(c)}" for c in shape.columns)
     assert table.column is not None
     where = f"t.{quote_ident(table.column)} = $1"
-    await conn.copy_from_query(f"SELECT {cols} FROM {qualified(table.source)} t WHERE {where}", tenant,
-                               output=str(path), format="text")
+    await conn.copy_from_query(
+        f"SELECT {cols} FROM {qualified(table.source)} t WHERE {where}", tenant, output=str(path), format="text"
+    )
 
 
 async def export_tenant(
@@ -140,8 +141,11 @@ async def export_tenant(
                     shape = await row_shape(conn, cfg, table)
                     raw = tmp / f"{table.label}.raw"
                     await _dump(conn, table, shape, tenant, raw)
-                    tables.append(_transform(raw, tmp / f"{table.label}.copy", table, shape,
-                                             opener(keyring, tenant, shape), portable))
+                    tables.append(
+                        _transform(
+                            raw, tmp / f"{table.label}.copy", table, shape, opener(keyring, tenant, shape), portable
+                        )
+                    )
                     out(f"export {table.label}: {tables[-1]['rows']} rows")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise LifecycleError(f"export of {tenant}: {type(exc).__name__}: {exc}; nothing written") from None
@@ -149,16 +153,19 @@ async def export_tenant(
             await conn.close()
             if keyring is not None:
                 await keyring.close()
-        manifest = sign(signer, {
-            "format": FORMAT,
-            "tenant": tenant,
-            "mode": "portable" if portable else "backup",
-            "created_at": datetime.now(UTC).isoformat(),
-            "source": {"tier": t.tier, "schema": t.schema, "database": endpoint.database},
-            "snapshot": "one REPEATABLE READ transaction",
-            "tables": tables,
-            "keys": [] if portable else keys,
-        })
+        manifest = sign(
+            signer,
+            {
+                "format": FORMAT,
+                "tenant": tenant,
+                "mode": "portable" if portable else "backup",
+                "created_at": datetime.now(UTC).isoformat(),
+                "source": {"tier": t.tier, "schema": t.schema, "database": endpoint.database},
+                "snapshot": "one REPEATABLE READ transaction",
+                "tables": tables,
+                "keys": [] if portable else keys,
+            },
+        )
         checkpoint("export write")
         staged = tmp / "archive.tar.gz"
         with tarfile.open(staged, "w:gz", compresslevel=1) as tar:
@@ -170,14 +177,20 @@ async def export_tenant(
                 tar.add(tmp / f"{entry['relation']}.copy", arcname=entry["file"])
         staged.chmod(0o600)
         staged.replace(output)
-    out(f"export: {output} ({output.stat().st_size} bytes, {sum(e['rows'] for e in tables)} rows, "
-        f"{'portable: encrypted columns decrypted' if portable else 'backup: ciphertext and wrapped keys'})")
+    out(
+        f"export: {output} ({output.stat().st_size} bytes, {sum(e['rows'] for e in tables)} rows, "
+        f"{'portable: encrypted columns decrypted' if portable else 'backup: ciphertext and wrapped keys'})"
+    )
     return manifest
 
 
 def _transform(
-    raw: pathlib.Path, dest: pathlib.Path, table: MovedTable, shape: RowShape,
-    plain: Callable[[int, bytes], bytes], portable: bool,
+    raw: pathlib.Path,
+    dest: pathlib.Path,
+    table: MovedTable,
+    shape: RowShape,
+    plain: Callable[[int, bytes], bytes],
+    portable: bool,
 ) -> dict[str, Any]:
     """Write the archive's file of one table (portable: plaintext), with its digests."""
     digest = Digest()
@@ -207,5 +220,3 @@ def _transform(
         "sha256": sha.hexdigest(),
         "digest": str(digest),
     }
-
-
