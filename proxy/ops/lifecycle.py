@@ -23,6 +23,7 @@ from typing import Any
 from tenantgate.audit.errors import AuditKeyError
 from tenantgate.audit.keys import Signer, Verifier, load_public_key, load_signing_key
 from tenantgate.config import Config, ConfigError, load_config
+from tenantgate.keyring.errors import ShreddedError
 from tenantgate.keyring.kek import provider_from_uri
 from tenantgate.keyring.keyring import Keyring
 from tenantgate.keyring.settings import backend_dsn, read_toml
@@ -43,6 +44,7 @@ __all__ = [
     "admin_of",
     "canonical",
     "command",
+    "current_key",
     "keyring_of",
     "load",
     "no_checkpoint",
@@ -119,6 +121,16 @@ def keyring_of(cfg: Config) -> Keyring | None:
     if cfg.encryption is None:
         return None
     return Keyring(provider_from_uri(cfg.encryption.kek), _store(cfg), cache_ttl=cfg.encryption.cache_ttl)
+
+
+async def current_key(keyring: Keyring, tenant: str) -> int:
+    """The DEK version the tenant's new writes use, made when it has none (version 1), or a new
+    version when all are shredded (an offboarded tenant back again: the old keys stay destroyed)."""
+    await keyring.ensure_loaded(tenant, create=True)
+    try:
+        return keyring.current_version(tenant)
+    except ShreddedError:
+        return await keyring.rotate(tenant)
 
 
 def signer_of(cfg: Config) -> Signer:

@@ -26,7 +26,17 @@ from tenantgate.config import ConfigError, Tenant
 from tenantgate.keyring.auth.scram import make_verifier
 from tenantgate.keyring.errors import KeyringError
 
-from .lifecycle import Checkpoint, LifecycleError, UsageError, admin_of, command, keyring_of, load, no_checkpoint
+from .lifecycle import (
+    Checkpoint,
+    LifecycleError,
+    UsageError,
+    admin_of,
+    command,
+    current_key,
+    keyring_of,
+    load,
+    no_checkpoint,
+)
 from .move import (
     ADMIN_PASSWORD_ENV,
     MoveRequest,
@@ -104,8 +114,7 @@ async def create_tenant(req: CreateRequest, out: Progress = print, checkpoint: C
         keyring = keyring_of(cfg)
         if keyring is not None:
             try:
-                await keyring.ensure_loaded(req.tenant, create=True)
-                out(f"key: tenant {req.tenant} encrypts with key version {keyring.current_version(req.tenant)}")
+                out(f"key: tenant {req.tenant} encrypts with key version {await current_key(keyring, req.tenant)}")
             finally:
                 await keyring.close()
         checkpoint("config")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from tenantgate.config import Config
-from tenantgate.keyring.errors import KeyringError, ShreddedError
+from tenantgate.keyring.errors import KeyringError
 from tenantgate.keyring.format import DataKey, decrypt_value, parse_header
 from tenantgate.keyring.kek import provider_from_uri
 from tenantgate.keyring.keyring import Keyring
@@ -38,6 +38,7 @@ from .lifecycle import (
     UsageError,
     admin_of,
     command,
+    current_key,
     keyring_of,
     load,
     no_checkpoint,
@@ -55,6 +56,7 @@ from .tenant_export import RowShape, config_name, opener, row_shape
 __all__ = ["RestoreRequest", "restore_tenant"]
 
 Progress = Callable[[str], None]
+_STAGE = "tenantgate_restore_stage"
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,6 @@ def _archived_keys(cfg: Config, archive: Archive) -> dict[int, DataKey]:
         assert r.wrapped is not None
         keys[r.version] = DataKey(r.version, kek.unwrap(r.wrapped))
     return keys
-
-
-async def _current_key(keyring: Keyring, tenant: str) -> int:
-    await keyring.ensure_loaded(tenant, create=True)
-    try:
-        return keyring.current_version(tenant)
-    except ShreddedError:  # offboarded before: a new version, the shredded ones stay shredded
-        return await keyring.rotate(tenant)
 
 
 class Loader:
@@ -161,7 +155,7 @@ async def _swap(
     keyring = keyring_of(cfg)
     try:
         if keyring is not None:
-            out(f"key: tenant {target} re-encrypts with key version {await _current_key(keyring, target)}")
+            out(f"key: tenant {target} re-encrypts with key version {await current_key(keyring, target)}")
         async with admin_of(cfg, req.create.admin_user).session() as admin:
             paused = await served(admin, target)
             try:
@@ -204,13 +198,21 @@ async def _load(
                         f"archive's {entry['columns']}"
                     )
                 digest = Digest()
-                await conn.copy_to_table(
-                    table.source[1],
-                    schema_name=table.source[0],
-                    columns=list(shape.columns),
-                    source=loader.lines(entry, shape, digest),
-                    format="text",
+                # staged in a temporary table: COPY into a table with row-level security is refused
+                cols = ", ".join(quote_ident(c) for c in shape.columns)
+                await conn.execute(
+                    f"CREATE TEMPORARY TABLE {_STAGE} ON COMMIT DROP AS SELECT {cols} FROM {qualified(table.source)}"
+                    " WITH NO DATA"
                 )
+                await conn.copy_to_table(
+                    _STAGE, schema_name="pg_temp", columns=list(shape.columns),
+                    source=loader.lines(entry, shape, digest), format="text",
+                )  # fmt: skip
+                await conn.execute(
+                    f"INSERT INTO {qualified(table.source)} ({cols}) OVERRIDING SYSTEM VALUE"
+                    f" SELECT {cols} FROM {_STAGE}"
+                )
+                await conn.execute(f"DROP TABLE {_STAGE}")
                 if str(digest) != entry["digest"]:
                     raise LifecycleError(f"{entry['table']}: the archive's rows do not match its signed digest")
             checkpoint("verify")
