@@ -160,8 +160,15 @@ def backup_path(path: pathlib.Path) -> pathlib.Path:
 def rewrite_config(path: pathlib.Path, text: str) -> pathlib.Path:
     """Back the file up beside itself (its mode kept: it may hold passwords), then put ``text`` in
     its place (validated, atomic); the backup's path."""
-    backup = backup_path(path)
-    fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, path.stat().st_mode & 0o777)
+    backup = base = backup_path(path)
+    for n in range(1, 1000):  # two rewrites within one second keep both backups
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, path.stat().st_mode & 0o777)
+            break
+        except FileExistsError:
+            backup = base.with_name(f"{base.name}-{n}")
+    else:
+        raise FileExistsError(f"{backup}: too many backups within one second")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(path.read_text(encoding="utf-8"))
     replace_config(path, text)
