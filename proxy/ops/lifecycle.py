@@ -32,9 +32,10 @@ from tenantgate.keyring.store_db import DatabaseKeyStore
 from tenantgate.keyring.store_file import FileKeyStore
 
 from .admin_client import AdminClient
-from .move import Endpoint, MoveError, UsageError, _shared_endpoint, quiesce
+from .move import MoveError, UsageError, quiesce
 from .move import _admin as admin_of
 from .move import _command as command
+from .move import source_endpoint as tenant_endpoint
 from .placement_copy import MovedTable
 
 __all__ = [
@@ -76,18 +77,6 @@ def load(path: pathlib.Path) -> Config:
         return load_config(path)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-
-
-def tenant_endpoint(cfg: Config, tenant: str) -> Endpoint:
-    """The database holding the tenant's rows now: the shared one, or its dedicated backend."""
-    t = cfg.tenants.get(tenant)
-    b = t.backend if t is not None else None
-    if b is None:
-        return _shared_endpoint(cfg)
-    if b.database is None:
-        raise UsageError(f"{cfg.source}: tenants.{tenant}.backend.database must be set")
-    password = b.password.reveal() if b.password is not None else None
-    return Endpoint(b.host, b.port, b.user, b.database, b.sslmode, b.sslrootcert, b.connect_timeout, password)
 
 
 def scoped_tables(cfg: Config, tenant: str, tier: str | None = None, schema: str | None = None) -> list[MovedTable]:

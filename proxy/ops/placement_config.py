@@ -41,7 +41,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PlacementSpec:
-    tier: str  # "schema" | "dedicated"
+    tier: str  # "shared" | "schema" | "dedicated"
     schema: str | None = None
     host: str | None = None
     port: int | None = None
@@ -77,7 +77,7 @@ def with_placement(text: str, tenant: str, placement: PlacementSpec) -> str:
             del entry[key]
     if placement.tier == "schema":
         entry["schema"] = placement.schema
-    else:
+    elif placement.tier == "dedicated":
         backend = tomlkit.table()
         for key, value in placement.backend_table().items():
             backend[key] = value
