@@ -503,12 +503,18 @@ def test_bulk_copy_and_delta_sync_bring_a_copy_level_with_its_source(pg: PgServe
 
 
 @pytest.mark.parametrize(
-    "route", [("schema", "dedicated", "shared"), ("dedicated", "schema", "shared")], ids=["s-d-sh", "d-s-sh"]
-)
-def test_moves_in_every_direction_under_load(pooled_site: Site, route: tuple[str, ...]) -> None:
+    ("route", "rls"),
+    [(("schema", "dedicated", "shared"), False), (("dedicated", "schema", "shared"), False),
+     (("schema", "dedicated", "shared"), True)],
+    ids=["s-d-sh", "d-s-sh", "s-d-sh-rls"],
+)  # fmt: skip
+def test_moves_in_every_direction_under_load(pooled_site: Site, route: tuple[str, ...], rls: bool) -> None:
     """shared -> schema -> dedicated -> shared (and the other way round), globex writing throughout:
     each hop verified, and back in the shared tables acme's rows are exactly what it wrote."""
     site = pooled_site
+    if rls:
+        cmd = [sys.executable, "-m", "tenantgate.proxy.cli", "rls", "install", "--config", str(site.config)]
+        assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
     expected = seeded("acme", 300)
     first_id = 1000
     for tier in route:

@@ -234,6 +234,30 @@ async def _pipe(
     return int(status.result().split()[-1])
 
 
+async def _pipe_to_copy(
+    src: asyncpg.Connection,
+    dst: asyncpg.Connection,
+    query: str,
+    args: Sequence[object],
+    table: MovedTable,
+    columns: Sequence[str],
+) -> int:
+    """`_pipe` into the table's copy; a shared target (row-level security refuses COPY into it) through
+    a temporary table. Runs inside the caller's transaction."""
+    if not table.shared_target:
+        return await _pipe(src, dst, query, args, table.target, columns)
+    cols = ", ".join(quote_ident(c) for c in columns)
+    await dst.execute(
+        f"CREATE TEMPORARY TABLE {_STAGE} ON COMMIT DROP AS SELECT {cols} FROM {qualified(table.target)} WITH NO DATA"
+    )
+    n = await _pipe(src, dst, query, args, ("pg_temp", _STAGE), columns)
+    await dst.execute(
+        f"INSERT INTO {qualified(table.target)} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {_STAGE}"
+    )
+    await dst.execute(f"DROP TABLE {_STAGE}")
+    return n
+
+
 def _row(values: Sequence[str]) -> str:
     """A row constructor for several values, the value itself for one."""
     return "(" + ", ".join(values) + ")" if len(values) > 1 else values[0]
@@ -257,8 +281,8 @@ async def bulk_copy(
     copied = 0
     progress(f"copy {table.label}: 0/{total} rows")
     if not shape.pk:
-        copied = await _pipe(
-            src, dst, f"SELECT {cols} FROM {source} t WHERE {where}", args, table.target, shape.columns
+        copied = await _pipe_to_copy(
+            src, dst, f"SELECT {cols} FROM {source} t WHERE {where}", args, table, shape.columns
         )
         progress(f"copy {table.label}: {copied}/{max(total, copied)} rows")
         return copied
@@ -279,12 +303,12 @@ async def bulk_copy(
             m = len(bound_args)
             upto = f" AND {_row(pk)} <= {_row([f'${m + i + 1}' for i in range(len(pk))])}"
             query_args = [*bound_args, *bound]
-        copied += await _pipe(
+        copied += await _pipe_to_copy(
             src,
             dst,
             f"SELECT {cols} FROM {source} t WHERE {where}{after}{upto} ORDER BY {order}",
             query_args,
-            table.target,
+            table,
             shape.columns,
         )
         progress(f"copy {table.label}: {copied}/{max(total, copied)} rows")
