@@ -453,3 +453,26 @@ def test_keyring_backup_restore_after_losing_the_key_table(pg: PgServer, tmp_pat
         assert site.keys("restore", str(backup)) == 1
     finally:
         sites.close()
+
+
+def admin(site: Site, command: str) -> list[tuple[object, ...]]:
+    port = tomllib.loads(site.config.read_text())["listen"]["admin"].rsplit(":", 1)[1]
+    dsn = f"postgresql://dba:{ADMIN_PASSWORD}@127.0.0.1:{port}/admin?sslmode=disable"
+    with psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        cur = conn.execute(command)
+        return cur.fetchall() if cur.description else []
+
+
+def test_console_create_tenant(session_site: Site) -> None:
+    site = session_site
+    admin(site, "CREATE TENANT hooli schema")
+    tiers = {r[0]: r[1] for r in admin(site, "SHOW TENANTS")}
+    assert tiers["hooli"] == "schema"
+    assert site.db("SELECT count(*) FROM t_hooli.products") == [(10,)]
+    assert tomllib.loads(site.config.read_text())["tenants"]["hooli"] == {"tier": "schema", "schema": "t_hooli"}
+    admin(site, "CREATE TENANT hooli schema")  # idempotent
+    for bad, state in (("CREATE TENANT x/y", "22023"), ("CREATE TENANT z dedicated", "0A000")):
+        with pytest.raises(psycopg.Error) as err:
+            admin(site, bad)
+        assert err.value.sqlstate == state, err.value
+    assert "CREATE TENANT hooli schema" in (site.tmp / "log" / "audit.jsonl").read_text()
