@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ import pytest
 
 from tenantgate.audit.keys import generate_signing_key_files
 from tenantgate.keyring.cli import register as register_keys
-from tenantgate.keyring.kek import create_kek_file
+from tenantgate.keyring.kek import create_kek_file, provider_from_uri
 from tenantgate.proxy.ops.lifecycle import LifecycleError
 from tenantgate.proxy.ops.placement_config import PlacementSpec
 from tenantgate.proxy.ops.tenant_create import CreateRequest, create_tenant
@@ -183,6 +184,16 @@ def tenant_row_counts(site: Site, tenant: str, database: str | None = None, sche
     }
 
 
+def plaintext_keys(site: Site) -> list[bytes]:
+    """The KEK and every live DEK, in the forms a leak would take (raw, hex, base64)."""
+    kek = provider_from_uri(f"file:{site.tmp / 'kek.bin'}")
+    raw = [(site.tmp / "kek.bin").read_bytes().strip()]
+    for k in json.loads((site.tmp / "keys.json").read_text())["keys"]:
+        if k["wrapped"]:
+            raw.append(kek.unwrap(base64.b64decode(k["wrapped"])))
+    return [form for key in raw for form in (key, key.hex().encode(), base64.b64encode(key))]
+
+
 def digests(path: Path) -> dict[str, tuple[int, str]]:
     with tarfile.open(path, "r:gz") as tar:
         member = tar.extractfile("manifest.json")
@@ -261,6 +272,7 @@ def test_export_delete_restore_gives_identical_rows(site: Site, rls: bool) -> No
     assert ok.returncode == 0, ok.stdout + ok.stderr
     # offboard, with a certificate
     cert_path = site.tmp / "acme-deleted.json"
+    keys_before = plaintext_keys(site)
     done = site.cli("delete", "acme", "--yes", "--certificate", str(cert_path), "--config", str(site.config))
     assert done.returncode == 0, done.stdout + done.stderr
     assert tenant_row_counts(site, "acme") == {"orders": 0, "items": 0, "customers": 0}
@@ -273,6 +285,12 @@ def test_export_delete_restore_gives_identical_rows(site: Site, rls: bool) -> No
     assert cert["key_versions_destroyed"] == [1]
     ok = site.cli("verify-certificate", str(cert_path), "--config", str(site.config))
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    written = b"".join(f.read_bytes() for f in site.tmp.rglob("*") if f.is_file() and f.name != "kek.bin")
+    for secret in keys_before:  # no plaintext key in any file, log or certificate
+        assert secret not in written + (done.stdout + done.stderr).encode()
+    tampered = {**cert, "rows_deleted": {}}
+    (site.tmp / "forged.json").write_text(json.dumps(tampered))
+    assert site.cli("verify-certificate", str(site.tmp / "forged.json"), "--config", str(site.config)).returncode == 1
     audit = (site.tmp / "log" / "audit.jsonl").read_text()
     assert f"NOTE deleted acme {cert['signature']['sha256']}" in audit
     with pytest.raises(psycopg.OperationalError):
@@ -319,7 +337,7 @@ def test_export_holds_only_the_tenant_and_no_plaintext_key(session_site: Site) -
     site = session_site
     backup = site.export("acme", "b.tgz")
     portable = site.export("acme", "p.tgz", portable=True)
-    kek = (site.tmp / "kek.bin").read_bytes()
+    secrets_ = plaintext_keys(site)
     for path in (backup, portable):
         with tarfile.open(path, "r:gz") as tar:
             blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
@@ -327,7 +345,7 @@ def test_export_holds_only_the_tenant_and_no_plaintext_key(session_site: Site) -
         assert b"globex" not in b"".join(blobs.values())
         lines = [ln.split(b"\t") for ln in data.splitlines()]
         assert lines and all(b"acme" in fields for fields in lines)
-        for secret in (kek, kek.hex().encode(), kek.strip()):
+        for secret in secrets_:
             assert secret not in b"".join(blobs.values())
         manifest = json.loads(blobs["manifest.json"])
         assert (manifest["mode"], bool(manifest["keys"])) == (

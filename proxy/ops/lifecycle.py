@@ -49,6 +49,7 @@ __all__ = [
     "keyring_of",
     "load",
     "no_checkpoint",
+    "note",
     "quiesce",
     "scoped_tables",
     "served",
@@ -181,6 +182,17 @@ def write_private(path: pathlib.Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+async def note(
+    cfg: Config, admin_user: str | None, event: str, tenant: str, sha256: str, out: Callable[[str], None]
+) -> None:
+    """Record a lifecycle event in the audit log (``NOTE`` on the admin port) when a proxy runs there."""
+    try:
+        async with admin_of(cfg, admin_user).session() as admin:
+            await command(admin, f"NOTE {event} {tenant} {sha256}")
+    except (MoveError, UsageError) as exc:
+        out(f"audit: NOTE {event} {tenant} {sha256} not recorded ({exc})")
 
 
 async def served(admin: AdminClient, tenant: str) -> bool:

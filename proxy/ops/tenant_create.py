@@ -15,6 +15,7 @@ idempotent, so the same command continues where a failed run stopped):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from .lifecycle import (
     keyring_of,
     load,
     no_checkpoint,
+    note,
 )
 from .move import (
     ADMIN_PASSWORD_ENV,
@@ -172,3 +174,5 @@ async def _reload(req: CreateRequest, tier: str, out: Progress) -> None:
     if not any(r["tenant"] == req.tenant and r["tier"] == tier for r in rows):
         raise LifecycleError(f"after RELOAD the proxy does not list {req.tenant} as {tier} tier")
     out(f"reload: the proxy serves tenant {req.tenant}")
+    sha = hashlib.sha256(req.config.read_bytes()).hexdigest()
+    await note(cfg, req.admin_user, "created", req.tenant, sha, out)  # the config that names it

@@ -44,6 +44,7 @@ from .lifecycle import (
     keyring_of,
     load,
     no_checkpoint,
+    note,
     quiesce,
     scoped_tables,
     served,
@@ -265,9 +266,7 @@ class Deleter:
         path = self.req.certificate or self.req.config.absolute().parent / f"tenantgate-deletion-{self.tenant}.json"
         write_private(path, json.dumps(cert, indent=1).encode())
         sha = cert["signature"]["sha256"]
-        with contextlib.suppress(LifecycleError, UsageError):  # the proxy may be down: the file stands
-            async with admin_of(self.cfg, self.req.admin_user).session() as admin:
-                await command(admin, f"NOTE deleted {self.tenant} {sha}")
+        await note(self.cfg, self.req.admin_user, "deleted", self.tenant, sha, self.out)  # the file stands anyway
         self.state_path.unlink(missing_ok=True)
         self.out(f"certificate: {path} (sha256 {sha})")
         return cert

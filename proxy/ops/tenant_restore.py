@@ -42,6 +42,7 @@ from .lifecycle import (
     keyring_of,
     load,
     no_checkpoint,
+    note,
     quiesce,
     scoped_tables,
     served,
@@ -141,6 +142,7 @@ async def restore_tenant(req: RestoreRequest, out: Progress = print, checkpoint:
         elif req.tier_given and existing.tier != req.create.target.tier:
             raise UsageError(f"tenant {target!r} is {existing.tier} tier: `tenant move` it, or restore --as another")
         await _swap(cfg, req, archive, keys, out, checkpoint)
+        await note(cfg, req.create.admin_user, "restored", target, archive.sha256, out)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, KeyringError) as exc:
         raise LifecycleError(f"restore of {target}: {type(exc).__name__}: {exc}; its rows are unchanged") from None
     finally:
