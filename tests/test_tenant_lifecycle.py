@@ -376,7 +376,8 @@ def fail_at(step: str) -> object:
 
 
 @pytest.mark.parametrize("step", ["swap", "load orders", "load customers", "verify", "commit"])
-def test_restore_failure_midway_keeps_the_rows_then_rerun_completes(site: Site, step: str) -> None:
+def test_restore_failure_midway_keeps_the_rows_then_rerun_completes(session_site: Site, step: str) -> None:
+    site = session_site
     archive = site.export("acme", "acme.tgz")
     site.sql("alice", "UPDATE orders SET note = 'later' WHERE id = 1")
     before = site.tenant_view("alice")
