@@ -91,8 +91,9 @@ def scoped_tables(cfg: Config, tenant: str, tier: str | None = None, schema: str
     schema = schema or (t.schema if t is not None else None)
     out = []
     for table in cfg.scoping.tables:
-        name = (schema, table.name) if tier == "schema" and schema else (table.schema or "public", table.name)
-        out.append(MovedTable(name, name, table.column))
+        shared = (table.schema or "public", table.name)
+        name = (schema, table.name) if tier == "schema" and schema else shared
+        out.append(MovedTable(name, name, table.column, shared))
     if not out:
         raise UsageError(f"{cfg.source}: [scoping] lists no tables")
     return out

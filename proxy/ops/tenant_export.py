@@ -70,9 +70,9 @@ class RowShape:
 def config_name(cfg: Config, table: MovedTable) -> str:
     """The [scoping] name of a scoped table (schema tier: the shared table it copies)."""
     for t in cfg.scoping.tables:
-        if t.name == table.source[1] and (t.schema or "public") in (table.source[0], "public"):
+        if (t.schema or "public", t.name) == table.definition:
             return f"{t.schema}.{t.name}" if t.schema else t.name
-    return table.source[1]
+    raise LifecycleError(f"{qualified(table.definition)} is not a [scoping] table")
 
 
 async def row_shape(conn: asyncpg.Connection, cfg: Config, table: MovedTable) -> RowShape:
