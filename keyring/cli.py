@@ -12,10 +12,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from .backup import key_names, read_backup, restore_keys, write_backup
 from .errors import KeyringError
 from .kek import create_kek_file, provider_from_uri
 from .keyring import Keyring
@@ -202,6 +204,32 @@ async def _encrypt_column(ctx: _Context, args: argparse.Namespace) -> int:
     return await _with_keyring(ctx, work)
 
 
+async def _backup(ctx: _Context, args: argparse.Namespace) -> int:
+    store = ctx.store()
+    try:
+        doc = await write_backup(store, Path(args.output))
+    finally:
+        await store.close()
+    print(f"wrote {len(doc['keys'])} key records (wrapped under {', '.join(doc['kek_ids']) or 'no KEK'}) to "
+          f"{args.output}; it is useless without the KEK: keep the two apart")
+    return 0
+
+
+async def _restore(ctx: _Context, args: argparse.Namespace) -> int:
+    records = read_backup(Path(args.file))
+    store = ctx.store()
+    try:
+        await store.initialize()  # the key table (or file) may be what was lost
+        report = await restore_keys(store, provider_from_uri(ctx.settings.kek), records, force=args.force)
+    finally:
+        await store.close()
+    if report.resurrected:
+        print(f"WARNING: --force: restored crypto-shredded keys {key_names(report.resurrected)}", file=sys.stderr)
+    print(f"restored {len(report.restored)} keys and {len(report.tombstones)} shredded-key tombstones; "
+          f"{len(report.kept)} already in the store were left as they are")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -242,6 +270,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             p.add_argument("column")
         p.add_argument("--batch-size", type=_positive, default=500)
         p.add_argument("--max-rows", type=_positive, help="stop after this many rows (rerun continues)")
+    p = command("backup", "write every wrapped key and its metadata to a file (never a plaintext key)", _backup)
+    p.add_argument("--output", "-o", required=True, metavar="FILE")
+    p = command("restore", "put the keys of a backup back (refuses to resurrect shredded keys)", _restore)
+    p.add_argument("file")
+    p.add_argument("--force", action="store_true", help="restore keys the store records as shredded")
     p = command("shred", "destroy all keys of a tenant (crypto-shredding): its data becomes unreadable", _shred)
     p.add_argument("tenant")
     p.add_argument("--yes", action="store_true", help="do not ask to type the tenant name")

@@ -52,4 +52,7 @@ class KeyStore(Protocol):
     async def destroy(self, tenant: str, when: datetime) -> list[int]:
         """Drop the wrapped material of every live version; return the versions destroyed."""
 
+    async def resurrect(self, record: KeyRecord) -> None:
+        """Put a live version back over its tombstone (``keys restore --force`` only)."""
+
     async def close(self) -> None: ...

@@ -117,5 +117,13 @@ class DatabaseKeyStore:
             )
         return sorted(row["version"] for row in rows)
 
+    async def resurrect(self, record: KeyRecord) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                f"UPDATE {self._table} SET wrapped = $3, kek_id = $4, destroyed_at = NULL "
+                "WHERE tenant = $1 AND version = $2 AND destroyed_at IS NOT NULL",
+                record.tenant, record.version, record.wrapped, record.kek_id,
+            )
+
     async def close(self) -> None:
         return None

@@ -144,6 +144,14 @@ class FileKeyStore:
 
         return await asyncio.to_thread(self._update, change)
 
+    async def resurrect(self, record: KeyRecord) -> None:
+        def change(records: list[KeyRecord]) -> None:
+            for i, r in enumerate(records):
+                if (r.tenant, r.version) == (record.tenant, record.version) and r.destroyed:
+                    records[i] = record
+
+        await asyncio.to_thread(self._update, change)
+
     async def close(self) -> None:
         return None
 

@@ -19,8 +19,8 @@ from tenantgate.keyring.cli import register as register_keys
 
 from . import log
 from .ops.compliance.cli import register as register_compliance
-from .ops.move import register as register_tenant
 from .ops.rls import register as register_rls
+from .ops.tenant_cli import register as register_tenant
 
 
 def _version() -> str:

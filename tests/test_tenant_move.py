@@ -497,3 +497,57 @@ def test_bulk_copy_and_delta_sync_bring_a_copy_level_with_its_source(pg: PgServe
     assert "copy public.k: 230/230 rows" in lines and "copy public.k: 50/230 rows" in lines
     assert "sync public.k: 21 rows inserted or updated" in lines  # 23 updated, 3 of them then deleted, 1 new
     assert "sync public.k: 32 rows deleted" in lines
+
+
+# ---------------------------------------------------------------------------- every direction
+
+
+@pytest.mark.parametrize(
+    ("route", "rls"),
+    [(("schema", "dedicated", "shared"), False), (("dedicated", "schema", "shared"), False),
+     (("schema", "dedicated", "shared"), True)],
+    ids=["s-d-sh", "d-s-sh", "s-d-sh-rls"],
+)  # fmt: skip
+def test_moves_in_every_direction_under_load(pooled_site: Site, route: tuple[str, ...], rls: bool) -> None:
+    """shared -> schema -> dedicated -> shared (and the other way round), globex writing throughout:
+    each hop verified, and back in the shared tables acme's rows are exactly what it wrote."""
+    site = pooled_site
+    if rls:
+        cmd = [sys.executable, "-m", "tenantgate.proxy.cli", "rls", "install", "--config", str(site.config)]
+        assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
+    expected = seeded("acme", 300)
+    first_id = 1000
+    for tier in route:
+        args = ["--to-tier", tier]
+        if tier == "dedicated":
+            args = dedicated_args(*dedicated_db(site.pg, site.tmp))
+        acme = Writer(site.proxy, "alice", seeded("acme", 300), tolerate=True, first_id=first_id)
+        acme.expected = dict(expected)  # its updates go to the seeded rows; earlier hops' rows stay
+        globex = Writer(site.proxy, "bob", seeded("globex", 50), tolerate=False, first_id=500000 + first_id)
+        acme.start()
+        globex.start()
+        try:
+            acme.wait_ops(10)
+            globex.wait_ops(10)
+            done = site.move("acme", *args, "--batch-rows", "64")
+            acme.wait_ops(10)
+            globex.wait_ops(5)
+        finally:
+            acme.stop.set()
+            globex.stop.set()
+            acme.join(30)
+            globex.join(30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not globex.errors, globex.errors
+        assert not acme.errors, acme.errors
+        assert site.placement("acme") == (tier, "no")
+        expected = acme.expected
+        first_id += 100000
+    db = site.backend.database
+    assert orders_in(site.pg, db, "public.orders", "acme") == expected
+    assert site.pg.fetch("SELECT count(*) FROM public.orders WHERE tenant_id = 'globex'", dbname=db)[0][0] > 50
+    with psycopg.connect(site.proxy.dsn("alice"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (len(expected),)
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (120,)
+    # moving to where it already is: refused before anything
+    assert site.move("acme", "--to-tier", "shared").returncode == 2

@@ -15,8 +15,11 @@ string (admin.py splits them). A handler reads and steers the serving process th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -27,6 +30,8 @@ from tenantgate.keyring.errors import KeyringError, SqlStateError
 from tenantgate.proxy.placement import Placement
 from tenantgate.proxy.process import Proxy
 from tenantgate.proxy.state import ClientView, PoolView, ProxyView
+
+CREATE_TIMEOUT = 300.0  # seconds CREATE TENANT waits for `tenant create` (schema tier: DDL, reference rows)
 
 
 class AdminError(SqlStateError):
@@ -95,9 +100,9 @@ def parse(text: str) -> tuple[Command, list[str]]:
 
 # ---------------------------------------------------------------------- formatting
 
+
 def _timestamp(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(epoch))
-
 
 
 def flatten(data: object, prefix: str = "") -> list[tuple[str, str | None]]:
@@ -398,6 +403,60 @@ async def rotate_key(conn: Caller, args: list[str]) -> Result:
     return Result("ROTATE", ("tenant", "version"), [(tenant, new_version)])
 
 
+async def create_tenant(conn: Caller, args: list[str]) -> Result:
+    """Onboard a shared- or schema-tier tenant with ``tenantgate tenant create`` (proxy/ops, which the
+    console may not import: it runs as a child process on this config), then reload here."""
+    tenant, tier, region = args[0], (args[1].lower() if len(args) > 1 else "shared"), args[2:]
+    if tier not in ("shared", "schema"):
+        raise AdminError(
+            "0A000",
+            "CREATE TENANT makes shared or schema tenants; `tenantgate tenant create "
+            "--tier dedicated` takes the server's connection options",
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tenantgate.proxy.cli",
+        "tenant",
+        "create",
+        tenant,
+        "--tier",
+        tier,
+        "--config",
+        str(conn.proxy.config.source),
+        "--no-reload",
+        *(["--region", region[0]] if region else []),
+    ]
+    child = await asyncio.create_subprocess_exec(*cmd, stdout=PIPE, stderr=PIPE, stdin=DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(child.communicate(), CREATE_TIMEOUT)
+    except TimeoutError:
+        child.kill()
+        raise AdminError("57014", f"CREATE TENANT {tenant}: not done after {CREATE_TIMEOUT:g}s; re-run it") from None
+    if child.returncode != 0:
+        why = err.decode(errors="replace").strip().splitlines() or ["no message"]
+        raise AdminError("22023" if child.returncode == 2 else "58000", f"CREATE TENANT {tenant}: {why[-1]}")
+    applied, messages = conn.proxy.reload()
+    if not applied:
+        raise AdminError(
+            "F0000", f"CREATE TENANT {tenant}: written, but the reload was refused:\n" + "\n".join(messages)
+        )
+    return Result("CREATE TENANT", notices=[*out.decode(errors="replace").splitlines(), *messages])
+
+
+NOTE_EVENTS = ("deleted", "exported", "restored", "created")
+
+
+async def note(conn: Caller, args: list[str]) -> Result:
+    """A lifecycle tool's event for the audit log, where every admin command is recorded with its text."""
+    event, tenant, digest = args
+    if event.lower() not in NOTE_EVENTS:
+        raise AdminError("22023", f"NOTE: event must be one of {', '.join(NOTE_EVENTS)}")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise AdminError("22023", "NOTE: the third argument is a document's SHA-256 (64 lower-case hex digits)")
+    return Result("NOTE", notices=[f"recorded: {event.lower()} {tenant} {digest}"])
+
+
 async def shutdown(conn: Caller, args: list[str]) -> Result:
     if args and args[0].upper() != "WAIT":
         raise AdminError("42601", "usage is SHUTDOWN [WAIT]")
@@ -424,6 +483,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("KILL SESSION", "<id>", "end one session (57P01)", kill_session),
     Command("KILL TENANT", "<tenant>", "end every session of a tenant (57P01)", kill_tenant),
     Command("ROTATE KEY", "<tenant>", "add a new data key version for a tenant's new writes", rotate_key),
+    Command(
+        "CREATE TENANT", "<tenant> [tier] [region]", "onboard a shared or schema tenant (tenant create)", create_tenant
+    ),
+    Command("NOTE", "<event> <tenant> <sha256>", "record a lifecycle event (deletion certificate, ...)", note),
     Command("SHUTDOWN", "[WAIT]", "stop the proxy now, or after draining sessions (WAIT)", shutdown),
 )
-

@@ -75,7 +75,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 KILL_GRACE = 10.0  # after shutdown_timeout, a worker still running is killed
 
 # Commands the supervisor answers itself, from the same config file the workers read.
-LOCAL = frozenset({"SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW USERS", "SHUTDOWN"})
+LOCAL = frozenset({"SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW USERS", "SHUTDOWN", "NOTE"})
 ONE_WORKER = frozenset({"SHOW KEYS", "SHOW AUDIT"})  # the same answer in every worker
 SUMMED = frozenset({"SHOW STATS", "SHOW TENANTS"})  # per-row-key figures that add up
 
@@ -509,10 +509,11 @@ class AggregatingAdminServer(AdminServer):
         text = " ".join((*cmd.words, *args))
         if name in LOCAL:
             return await cmd.run(conn, args)
-        if name == "RELOAD":
+        if name in ("RELOAD", "CREATE TENANT"):  # CREATE TENANT writes the config, then reloads it
             local = await cmd.run(conn, args)  # the supervisor's copy; a bad file is refused here
-            result = await sup.admin_all(text, summed=False)
+            result = await sup.admin_all("RELOAD", summed=False)
             result.notices = unique([*local.notices, *result.notices])
+            result.tag = local.tag
             return result
         if name in ONE_WORKER:
             return await sup.admin_one(sup.first_live(), text)

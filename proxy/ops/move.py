@@ -49,7 +49,7 @@ from tenantgate.config.values import parse_host, parse_identifier
 from tenantgate.keyring.quoting import quote_ident, quote_literal
 
 from .admin_client import AdminClient, AdminCommandError
-from .placement_config import PlacementSpec, backup_path, replace_config, validate_text, with_placement
+from .placement_config import PlacementSpec, replace_config, rewrite_config, validate_text, with_placement
 from .placement_copy import (
     TEXT_SETTINGS,
     CopyError,
@@ -57,6 +57,7 @@ from .placement_copy import (
     TableShape,
     bulk_copy,
     checksum,
+    clear_target,
     copy_row_security,
     delete_tenant_rows,
     delta_sync,
@@ -65,9 +66,10 @@ from .placement_copy import (
     fk_order,
     qualified,
     sync_sequences,
+    target_checksum,
 )
 
-__all__ = ["MoveError", "MoveRequest", "MoveState", "UsageError", "register", "run_move", "state_path"]
+__all__ = ["MoveError", "MoveRequest", "MoveState", "UsageError", "add_move_parser", "run_move", "state_path"]
 
 ADMIN_PASSWORD_ENV = "TENANTGATE_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
 PHASES = ("started", "prepared", "copied", "config_written", "switched")
@@ -97,6 +99,11 @@ class MoveRequest:
     def placement(self) -> PlacementSpec:
         """The target placement, checked; UsageError naming the missing or bad option."""
         t = self.target
+        if t.tier == "shared":
+            extra = [f"--{k.replace('_', '-')}" for k in t.as_dict() if k not in ("tier", "sslmode")]
+            if extra:
+                raise UsageError(f"{', '.join(extra)}: not for --to-tier shared")
+            return PlacementSpec("shared")
         if t.tier == "schema":
             extra = [o for o, v in (("--host", t.host), ("--database", t.database)) if v is not None]
             if extra:
@@ -108,7 +115,7 @@ class MoveRequest:
                 raise UsageError(f"--schema {schema!r}: {exc}") from None
             return PlacementSpec("schema", schema=schema)
         if t.tier != "dedicated":
-            raise UsageError("--to-tier must be schema or dedicated")
+            raise UsageError("--to-tier must be shared, schema or dedicated")
         options = (("--host", t.host), ("--port", t.port), ("--database", t.database), ("--user", t.user))
         missing = [o for o, v in options if v is None]
         if missing:
@@ -260,8 +267,20 @@ def _read_password(placement: PlacementSpec) -> str:
     return text
 
 
+def source_endpoint(cfg: Config, tenant: str) -> Endpoint:
+    """The database holding the tenant's rows now: the shared one, or its dedicated backend."""
+    t = cfg.tenants.get(tenant)
+    b = t.backend if t is not None else None
+    if b is None:
+        return _shared_endpoint(cfg)
+    if b.database is None:
+        raise UsageError(f"{cfg.source}: tenants.{tenant}.backend.database must be set")
+    password = b.password.reveal() if b.password is not None else None
+    return Endpoint(b.host, b.port, b.user, b.database, b.sslmode, b.sslrootcert, b.connect_timeout, password)
+
+
 def _target_endpoint(cfg: Config, placement: PlacementSpec) -> Endpoint:
-    if placement.tier == "schema":
+    if placement.tier in ("schema", "shared"):
         return _shared_endpoint(cfg)
     assert placement.host and placement.port and placement.user and placement.database
     return Endpoint(
@@ -314,23 +333,52 @@ async def _command(admin: AdminClient, command: str) -> list[dict[str, str | Non
         raise MoveError(f"admin command failed: {exc}") from None
 
 
+async def quiesce(admin: AdminClient, tenant: str, timeout: float, out: Progress) -> None:
+    """PAUSE, then wait until no session of the tenant is inside a transaction."""
+    await _command(admin, f"PAUSE {tenant}")
+    out(f"pause: tenant {tenant} paused, waiting for open transactions")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        busy = [
+            r["id"]
+            for r in await _command(admin, "SHOW SESSIONS")
+            if r["tenant"] == tenant and (r["tx"] in ("T", "E") or r["state"] == "active")
+        ]
+        if not busy:
+            return
+        if loop.time() >= deadline:
+            raise MoveError(
+                f"pause: {len(busy)} session(s) of tenant {tenant} (ids {', '.join(map(str, busy))}) "
+                f"still inside a transaction after {timeout:g}s; nothing was switched"
+            )
+        await asyncio.sleep(0.05)
+
+
 # ---------------------------------------------------------------------- the move
 
 
-def moved_tables(cfg: Config, placement: PlacementSpec) -> list[MovedTable]:
-    """Scoped tables (the tenant's rows) and reference tables (all rows), paired with their copies."""
+def moved_tables(cfg: Config, placement: PlacementSpec, tenant: str | None = None) -> list[MovedTable]:
+    """Scoped tables (the tenant's rows) and reference tables (all rows), paired with their copies.
+
+    The source is where ``tenant`` lives now (its schema's copies for a schema-tier tenant; the
+    shared names otherwise); reference tables do not move back to the shared tier (shared already).
+    """
+    now = cfg.tenants.get(tenant) if tenant is not None else None
     pairs: list[tuple[tuple[str, str], str | None]] = [
         ((t.schema or "public", t.name), t.column) for t in cfg.scoping.tables
     ]
-    pairs += [((schema or "public", name), None) for schema, name in cfg.scoping.reference]
+    if placement.tier != "shared":
+        pairs += [((schema or "public", name), None) for schema, name in cfg.scoping.reference]
     tables = []
     seen: dict[tuple[str, str], str] = {}
-    for source, column in pairs:
-        target = (placement.schema or source[0], source[1]) if placement.tier == "schema" else source
+    for shared, column in pairs:
+        source = (now.schema, shared[1]) if now is not None and now.tier == "schema" and now.schema else shared
+        target = (placement.schema or shared[0], shared[1]) if placement.tier == "schema" else shared
         if target in seen:
-            raise UsageError(f"{source[0]}.{source[1]} and {seen[target]} would both become {qualified(target)}")
-        seen[target] = f"{source[0]}.{source[1]}"
-        tables.append(MovedTable(source, target, column))
+            raise UsageError(f"{shared[0]}.{shared[1]} and {seen[target]} would both become {qualified(target)}")
+        seen[target] = f"{shared[0]}.{shared[1]}"
+        tables.append(MovedTable(source, target, column, shared, placement.tier == "shared"))
     if not tables:
         raise UsageError(f"{cfg.source}: [scoping] lists no tables: nothing to move")
     return tables
@@ -348,15 +396,49 @@ def _check_residency(tenant: Tenant, placement: PlacementSpec) -> None:
         )
 
 
+async def prepare_schema(dst: asyncpg.Connection, schema: str, tables: list[MovedTable], tenant: str) -> None:
+    """The tenant's schema with a copy of each table (``LIKE ... INCLUDING ALL``); idempotent."""
+    literal = quote_literal(tenant)
+    async with dst.transaction():
+        await dst.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        for t in tables:
+            await dst.execute(
+                f"CREATE TABLE IF NOT EXISTS {qualified(t.target)} (LIKE {qualified(t.definition)} INCLUDING ALL)"
+            )
+            if t.column is not None:  # the app's INSERTs may leave the tenant column out
+                await dst.execute(
+                    f"ALTER TABLE {qualified(t.target)} ALTER COLUMN {quote_ident(t.column)} SET DEFAULT {literal}"
+                )
+
+
+async def prepare_dedicated(source: Endpoint, target: Endpoint, tenant: str, tables: list[MovedTable]) -> None:
+    """The tables' DDL from pg_dump of the shared database (``source``), applied to the tenant's own."""
+    schemas = sorted({t.target[0] for t in tables} - {"public"})
+    s = source
+    ddl = await asyncio.to_thread(
+        dump_ddl, s.host, s.port, s.user, s.password, s.database, s.sslmode, [t.definition for t in tables]
+    )
+    # pg_dump's SET lines change session state: run them on a connection of their own
+    conn = await target.connect(tenant)
+    try:
+        async with conn.transaction():
+            for schema in schemas:
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            await conn.execute(ddl)
+    finally:
+        await conn.close()
+
+
 class Mover:
     def __init__(self, req: MoveRequest, cfg: Config, state: MoveState, out: Progress) -> None:
         self.req, self.cfg, self.state, self.out = req, cfg, state, out
         self.tenant = req.tenant
         self.placement = state.placement
-        self.source = _shared_endpoint(cfg)
+        self.source = source_endpoint(cfg, req.tenant)
+        self.shared = _shared_endpoint(cfg)
         self.target = _target_endpoint(cfg, self.placement)
         self.admin = _admin(cfg, req.admin_user)
-        self.tables = moved_tables(cfg, self.placement)
+        self.tables = moved_tables(cfg, self.placement, req.tenant)
 
     async def run(self) -> None:
         st = self.state
@@ -389,6 +471,10 @@ class Mover:
                 st.phase = "prepared"
                 st.save()
             if not st.at_least("copied"):
+                # what a stopped run (or an earlier placement) left in the copies goes, children first
+                for table, _ in reversed(shapes):
+                    if not st.table(table.label)["copied"]:
+                        await clear_target(dst, table, self.tenant)
                 for table, shape in shapes:
                     await self.bulk(src, dst, table, shape)
                 st.phase = "copied"
@@ -418,41 +504,21 @@ class Mover:
         return bool(existing)
 
     async def prepare(self, dst: asyncpg.Connection) -> None:
+        if self.placement.tier == "shared":
+            self.out("prepare: back to the shared tables (they exist; only the tenant's rows are written)")
+            return
         if self.placement.tier == "schema":
             schema = self.placement.schema
             assert schema is not None
             await self._claim(dst, [schema])
-            literal = quote_literal(self.tenant)
-            async with dst.transaction():
-                await dst.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-                for t in self.tables:
-                    await dst.execute(
-                        f"CREATE TABLE IF NOT EXISTS {qualified(t.target)} (LIKE {qualified(t.source)} INCLUDING ALL)"
-                    )
-                    if t.column is not None:  # the app's INSERTs may leave the tenant column out
-                        await dst.execute(
-                            f"ALTER TABLE {qualified(t.target)} ALTER COLUMN {quote_ident(t.column)}"
-                            f" SET DEFAULT {literal}"
-                        )
+            await prepare_schema(dst, schema, self.tables, self.tenant)
             self.out(f"prepare: schema {schema} with {len(self.tables)} tables")
             return
         schemas = sorted({t.target[0] for t in self.tables} - {"public"})
         if await self._claim(dst, schemas):
             self.out("prepare: target tables exist from an earlier run")
             return
-        s = self.source
-        ddl = await asyncio.to_thread(
-            dump_ddl, s.host, s.port, s.user, s.password, s.database, s.sslmode, [t.source for t in self.tables]
-        )
-        # pg_dump's SET lines change session state: run them on a connection of their own
-        conn = await self.target.connect(self.tenant)
-        try:
-            async with conn.transaction():
-                for schema in schemas:
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-                await conn.execute(ddl)
-        finally:
-            await conn.close()
+        await prepare_dedicated(self.shared, self.target, self.tenant, self.tables)
         self.out(
             f"prepare: {len(self.tables)} tables created in {self.target.database} on "
             f"{self.target.host}:{self.target.port}"
@@ -467,8 +533,7 @@ class Mover:
         if entry["copied"]:
             self.out(f"copy {table.label}: done in an earlier run")
             return
-        async with dst.transaction():
-            await dst.execute(f"DELETE FROM {qualified(table.target)}")  # ours: a run that stopped part-way
+        async with dst.transaction():  # all of the table or none of it: a re-run copies it again
             await bulk_copy(src, dst, table, shape, self.tenant, self.req.batch_rows, self.out)
         entry["copied"] = True
         self.state.save()
@@ -476,30 +541,12 @@ class Mover:
     # ------------------------------------------------------------------ switch
 
     async def quiesce(self, admin: AdminClient) -> None:
-        """PAUSE, then wait until no session of the tenant is inside a transaction."""
-        await _command(admin, f"PAUSE {self.tenant}")
-        self.out(f"pause: tenant {self.tenant} paused, waiting for open transactions")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.req.pause_timeout
-        while True:
-            busy = [
-                r["id"]
-                for r in await _command(admin, "SHOW SESSIONS")
-                if r["tenant"] == self.tenant and (r["tx"] in ("T", "E") or r["state"] == "active")
-            ]
-            if not busy:
-                return
-            if loop.time() >= deadline:
-                raise MoveError(
-                    f"pause: {len(busy)} session(s) of tenant {self.tenant} (ids {', '.join(map(str, busy))}) "
-                    f"still inside a transaction after {self.req.pause_timeout:g}s; nothing was switched"
-                )
-            await asyncio.sleep(0.05)
+        await quiesce(admin, self.tenant, self.req.pause_timeout, self.out)
 
     async def verify(self, src: asyncpg.Connection, dst: asyncpg.Connection) -> None:
         for t in self.tables:
             theirs = await checksum(src, t.source, t, self.tenant)
-            ours = await checksum(dst, t.target, None, self.tenant)
+            ours = await target_checksum(dst, t, self.tenant)
             ok = theirs == ours
             self.out(f"verify {t.label}: source {theirs}; copy {ours}: {'ok' if ok else 'MISMATCH'}")
             if not ok:
@@ -517,9 +564,12 @@ class Mover:
                 await self.quiesce(admin)
                 await delta_sync(src, dst, shapes, self.tenant, self.out)
                 await self.verify(src, dst)
-                await sync_sequences(src, dst, self.tables, self.placement.tier == "schema")
+                same = (self.source.host, self.source.port, self.source.database) == (
+                    self.target.host, self.target.port, self.target.database,
+                )  # fmt: skip
+                await sync_sequences(src, dst, self.tables, same)
                 if self.placement.tier == "dedicated":
-                    await copy_row_security(src, dst, self.tables)
+                    await self.row_security(dst)
                 if not st.at_least("config_written"):
                     self.write_config(path)
                 await self.reload_and_check(admin, path)
@@ -531,17 +581,20 @@ class Mover:
                 raise
             await self.resume(admin)
 
+    async def row_security(self, dst: asyncpg.Connection) -> None:
+        """RLS on the dedicated copies as on the shared tables (pg_dump brought their policies)."""
+        shared = await self.shared.connect(self.tenant)
+        try:
+            await copy_row_security(shared, dst, self.tables)
+        finally:
+            await shared.close()
+
     def write_config(self, path: pathlib.Path) -> None:
         """Back the config up, then put the new placement in its place (validated, atomic)."""
         st = self.state
         old_text = path.read_text(encoding="utf-8")
-        backup = backup_path(path)
-        # created with the original's mode: it may hold passwords, like the original
-        fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, path.stat().st_mode & 0o777)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(old_text)
+        backup = rewrite_config(path, with_placement(old_text, self.tenant, self.placement))
         st.backup = str(backup)
-        replace_config(path, with_placement(old_text, self.tenant, self.placement))
         st.phase = "config_written"
         st.save()
         self.out(f"switch: {path} rewritten (backup {backup})")
@@ -659,11 +712,11 @@ async def run_move(req: MoveRequest, out: Progress = print) -> None:
                 f"a move of {req.tenant} to {state.placement.as_dict()} is in progress ({path}): "
                 "re-run it with the same arguments, or --abort it"
             )
-        if tenant.tier == "shared" and state.at_least("config_written"):
+        if tenant.tier != placement.tier and state.at_least("config_written"):
             state.phase = "copied"  # the switch did not stick: the config names the old placement
         out(f"continue: move of {req.tenant} from phase {state.phase}")
-    elif tenant.tier != "shared":
-        raise UsageError(f"tenant {req.tenant!r} is {tenant.tier} tier: only shared-tier tenants can be moved")
+    elif tenant.tier == placement.tier and placement.tier != "dedicated" and tenant.schema == placement.schema:
+        raise UsageError(f"tenant {req.tenant!r} is {tenant.tier} tier there already: nothing to move")
     else:
         state = MoveState(path, req.tenant, placement)
     if not state.at_least("config_written"):
@@ -733,13 +786,12 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tenant = subparsers.add_parser("tenant", help="tenant placement: move a tenant to its own schema or database")
-    sub = tenant.add_subparsers(dest="tenant_command", required=True)
+def add_move_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tenant move`` in the ``tenant`` command group (tenant_cli.py)."""
     m = sub.add_parser("move", help="move a shared-tier tenant online (copy, pause, sync, verify, switch)")
     m.add_argument("tenant")
     m.add_argument("--config", "-c", required=True, help="the TOML config file the proxy runs with")
-    m.add_argument("--to-tier", choices=["schema", "dedicated"])
+    m.add_argument("--to-tier", choices=["shared", "schema", "dedicated"])
     m.add_argument("--schema", help="schema tier: the tenant's schema (default t_<tenant>)")
     m.add_argument("--host", help="dedicated tier: the target server")
     m.add_argument("--port", type=int)

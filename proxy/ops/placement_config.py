@@ -27,12 +27,21 @@ from tomlkit.items import Table
 
 from tenantgate.config import Config, ConfigError, Problem, load_config
 
-__all__ = ["PlacementSpec", "backup_path", "replace_config", "validate_text", "with_placement"]
+__all__ = [
+    "PlacementSpec",
+    "backup_path",
+    "replace_config",
+    "rewrite_config",
+    "validate_text",
+    "with_placement",
+    "with_tenant",
+    "without_tenant",
+]
 
 
 @dataclass(frozen=True)
 class PlacementSpec:
-    tier: str  # "schema" | "dedicated"
+    tier: str  # "shared" | "schema" | "dedicated"
     schema: str | None = None
     host: str | None = None
     port: int | None = None
@@ -68,7 +77,7 @@ def with_placement(text: str, tenant: str, placement: PlacementSpec) -> str:
             del entry[key]
     if placement.tier == "schema":
         entry["schema"] = placement.schema
-    else:
+    elif placement.tier == "dedicated":
         backend = tomlkit.table()
         for key, value in placement.backend_table().items():
             backend[key] = value
@@ -77,6 +86,42 @@ def with_placement(text: str, tenant: str, placement: PlacementSpec) -> str:
         else:  # an inline table stays inline
             entry["backend"] = tomlkit.inline_table()
             entry["backend"].update(placement.backend_table())
+    return tomlkit.dumps(doc)
+
+
+def with_tenant(
+    text: str, tenant: str, placement: PlacementSpec, region: str | None, login: tuple[str, str] | None
+) -> str:
+    """The config text with a new ``[tenants.<tenant>]`` (tier "shared" or ``placement``) and, with
+    ``login`` = (user, SCRAM verifier), a ``[users.<user>]`` of that tenant."""
+    doc = tomlkit.parse(text)
+    for section in ("tenants", "users"):
+        if section not in doc:
+            doc[section] = tomlkit.table(is_super_table=True)
+    entry = tomlkit.table()
+    entry["tier"] = "shared"
+    if region is not None:
+        entry["region"] = region
+    doc["tenants"][tenant] = entry  # type: ignore[index]
+    if login is not None:
+        user = tomlkit.table()
+        user["tenant"] = tenant
+        user["scram"] = login[1]
+        doc["users"][login[0]] = user  # type: ignore[index]
+    text = tomlkit.dumps(doc)
+    return text if placement.tier == "shared" else with_placement(text, tenant, placement)
+
+
+def without_tenant(text: str, tenant: str) -> str:
+    """The config text without ``[tenants.<tenant>]`` and the users that log in as it."""
+    doc = tomlkit.parse(text)
+    tenants = doc.get("tenants")
+    if isinstance(tenants, dict) and tenant in tenants:
+        del tenants[tenant]
+    users = doc.get("users")
+    if isinstance(users, dict):
+        for name in [n for n, u in users.items() if isinstance(u, dict) and u.get("tenant") == tenant]:
+            del users[name]
     return tomlkit.dumps(doc)
 
 
@@ -110,6 +155,24 @@ def _load_as(path: pathlib.Path, staged: pathlib.Path) -> Config:
 
 def backup_path(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+
+
+def rewrite_config(path: pathlib.Path, text: str) -> pathlib.Path:
+    """Back the file up beside itself (its mode kept: it may hold passwords), then put ``text`` in
+    its place (validated, atomic); the backup's path."""
+    backup = base = backup_path(path)
+    for n in range(1, 1000):  # two rewrites within one second keep both backups
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, path.stat().st_mode & 0o777)
+            break
+        except FileExistsError:
+            backup = base.with_name(f"{base.name}-{n}")
+    else:
+        raise FileExistsError(f"{backup}: too many backups within one second")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(path.read_text(encoding="utf-8"))
+    replace_config(path, text)
+    return backup
 
 
 def replace_config(path: pathlib.Path, text: str) -> None:

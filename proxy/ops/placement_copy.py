@@ -31,6 +31,7 @@ __all__ = [
     "TableShape",
     "bulk_copy",
     "checksum",
+    "clear_target",
     "copy_row_security",
     "delete_tenant_rows",
     "delta_sync",
@@ -39,6 +40,7 @@ __all__ = [
     "fk_order",
     "qualified",
     "sync_sequences",
+    "target_checksum",
 ]
 
 # Everything that changes how row::text renders a value, pinned on both sides of a comparison.
@@ -70,10 +72,26 @@ class MovedTable:
     source: Name
     target: Name
     column: str | None  # the tenant column of a scoped table; None: a reference table (all rows)
+    template: Name | None = None  # the shared table whose definition a new copy takes (default: source)
+    shared_target: bool = False  # the target is a shared table: other tenants' rows are there too
 
     @property
     def label(self) -> str:
         return f"{self.source[0]}.{self.source[1]}"
+
+    @property
+    def definition(self) -> Name:
+        return self.template or self.source
+
+    def target_where(self, alias: str, first_param: int) -> str:
+        """What of the target is the copy: all of it, or the tenant's rows of a shared table."""
+        if not self.shared_target:
+            return "TRUE"
+        assert self.column is not None
+        return f"{alias}.{quote_ident(self.column)} = ${first_param}"
+
+    def target_args(self, tenant: str) -> list[object]:
+        return [tenant] if self.shared_target else []
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,18 @@ async def checksum(conn: asyncpg.Connection, name: Name, table: MovedTable | Non
     return Checksum(row[0], row[1])
 
 
+async def target_checksum(conn: asyncpg.Connection, table: MovedTable, tenant: str) -> Checksum:
+    """The copy's checksum (the tenant's rows only, when the target is a shared table)."""
+    return await checksum(conn, table.target, table if table.shared_target else None, tenant)
+
+
+async def clear_target(conn: asyncpg.Connection, table: MovedTable, tenant: str) -> None:
+    """Empty the copy: a run that stopped part-way left rows (never another tenant's)."""
+    await conn.execute(
+        f"DELETE FROM {qualified(table.target)} t WHERE {table.target_where('t', 1)}", *table.target_args(tenant)
+    )
+
+
 async def _pipe(
     src: asyncpg.Connection,
     dst: asyncpg.Connection,
@@ -204,6 +234,30 @@ async def _pipe(
     return int(status.result().split()[-1])
 
 
+async def _pipe_to_copy(
+    src: asyncpg.Connection,
+    dst: asyncpg.Connection,
+    query: str,
+    args: Sequence[object],
+    table: MovedTable,
+    columns: Sequence[str],
+) -> int:
+    """`_pipe` into the table's copy; a shared target (row-level security refuses COPY into it) through
+    a temporary table. Runs inside the caller's transaction."""
+    if not table.shared_target:
+        return await _pipe(src, dst, query, args, table.target, columns)
+    cols = ", ".join(quote_ident(c) for c in columns)
+    await dst.execute(
+        f"CREATE TEMPORARY TABLE {_STAGE} ON COMMIT DROP AS SELECT {cols} FROM {qualified(table.target)} WITH NO DATA"
+    )
+    n = await _pipe(src, dst, query, args, ("pg_temp", _STAGE), columns)
+    await dst.execute(
+        f"INSERT INTO {qualified(table.target)} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {_STAGE}"
+    )
+    await dst.execute(f"DROP TABLE {_STAGE}")
+    return n
+
+
 def _row(values: Sequence[str]) -> str:
     """A row constructor for several values, the value itself for one."""
     return "(" + ", ".join(values) + ")" if len(values) > 1 else values[0]
@@ -227,8 +281,8 @@ async def bulk_copy(
     copied = 0
     progress(f"copy {table.label}: 0/{total} rows")
     if not shape.pk:
-        copied = await _pipe(
-            src, dst, f"SELECT {cols} FROM {source} t WHERE {where}", args, table.target, shape.columns
+        copied = await _pipe_to_copy(
+            src, dst, f"SELECT {cols} FROM {source} t WHERE {where}", args, table, shape.columns
         )
         progress(f"copy {table.label}: {copied}/{max(total, copied)} rows")
         return copied
@@ -249,12 +303,12 @@ async def bulk_copy(
             m = len(bound_args)
             upto = f" AND {_row(pk)} <= {_row([f'${m + i + 1}' for i in range(len(pk))])}"
             query_args = [*bound_args, *bound]
-        copied += await _pipe(
+        copied += await _pipe_to_copy(
             src,
             dst,
             f"SELECT {cols} FROM {source} t WHERE {where}{after}{upto} ORDER BY {order}",
             query_args,
-            table.target,
+            table,
             shape.columns,
         )
         progress(f"copy {table.label}: {copied}/{max(total, copied)} rows")
@@ -283,7 +337,7 @@ async def find_delta(
 ) -> Delta:
     """Compare (primary key, md5(row::text)) on both sides; a table without a key by checksum."""
     if not shape.pk:
-        same = await checksum(src, table.source, table, tenant) == await checksum(dst, table.target, None, tenant)
+        same = await checksum(src, table.source, table, tenant) == await target_checksum(dst, table, tenant)
         return Delta(table, shape, [], [], replace=not same)
     keys = ", ".join(f"t.{quote_ident(c)}" for c in shape.pk)
     where = _tenant_filter(table, 1)
@@ -292,7 +346,11 @@ async def find_delta(
         f"SELECT {keys}, md5(t::text) FROM {qualified(table.source)} t WHERE {where}",
         _source_args(table, tenant),
     )
-    target = await _hashes(dst, f"SELECT {keys}, md5(t::text) FROM {qualified(table.target)} t", [])
+    target = await _hashes(
+        dst,
+        f"SELECT {keys}, md5(t::text) FROM {qualified(table.target)} t WHERE {table.target_where('t', 1)}",
+        table.target_args(tenant),
+    )
     upsert = [k for k, h in source.items() if target.get(k) != h]
     delete = [k for k in target if k not in source]
     return Delta(table, shape, upsert, delete)
@@ -329,7 +387,7 @@ async def apply_upserts(
             select = ", ".join("t." + quote_ident(c) for c in shape.columns)
             query = f"SELECT {select} FROM {qualified(table.source)} t WHERE {where}"
             staged = await _pipe(src, dst, query, args, ("pg_temp", _STAGE), shape.columns)
-            await dst.execute(f"DELETE FROM {qualified(table.target)}")
+            await clear_target(dst, table, tenant)
             await dst.execute(
                 f"INSERT INTO {qualified(table.target)} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {_STAGE}"
             )
@@ -350,15 +408,17 @@ async def apply_upserts(
             if updates
             else "DO NOTHING"
         )
+        if updates and table.column is not None:  # a key clash with another tenant's row: never overwrite it
+            conflict += f" WHERE copy.{quote_ident(table.column)} = EXCLUDED.{quote_ident(table.column)}"
         await dst.execute(
-            f"INSERT INTO {qualified(table.target)} ({cols}) OVERRIDING SYSTEM VALUE"
+            f"INSERT INTO {qualified(table.target)} AS copy ({cols}) OVERRIDING SYSTEM VALUE"
             f" SELECT {cols} FROM {_STAGE} ON CONFLICT ({', '.join(quote_ident(c) for c in shape.pk)})"
             f" {conflict}"
         )
     progress(f"sync {table.label}: {len(delta.upsert)} rows inserted or updated")
 
 
-async def apply_deletes(dst: asyncpg.Connection, delta: Delta, progress: Progress) -> None:
+async def apply_deletes(dst: asyncpg.Connection, delta: Delta, tenant: str, progress: Progress) -> None:
     """Rows the copy has and the source no longer has."""
     if not delta.delete:
         return
@@ -366,9 +426,12 @@ async def apply_deletes(dst: asyncpg.Connection, delta: Delta, progress: Progres
     async with dst.transaction():
         for i in range(0, len(delta.delete), _KEY_CHUNK):
             chunk = delta.delete[i : i + _KEY_CHUNK]
+            t = delta.table
             await dst.execute(
-                f"DELETE FROM {qualified(delta.table.target)} t WHERE {_key_match(shape, 't', 1)}",
+                f"DELETE FROM {qualified(t.target)} t WHERE {_key_match(shape, 't', 1)}"
+                f" AND {t.target_where('t', len(shape.pk) + 1)}",
                 *_columns_of(chunk, len(shape.pk)),
+                *t.target_args(tenant),
             )
     progress(f"sync {delta.table.label}: {len(delta.delete)} rows deleted")
 
@@ -385,7 +448,7 @@ async def delta_sync(
     for delta in deltas:
         await apply_upserts(src, dst, delta, tenant, progress)
     for delta in reversed(deltas):
-        await apply_deletes(dst, delta, progress)
+        await apply_deletes(dst, delta, tenant, progress)
 
 
 async def sync_sequences(
@@ -476,11 +539,12 @@ def _held_back(line: str) -> bool:
 
 
 async def copy_row_security(src: asyncpg.Connection, dst: asyncpg.Connection, tables: Sequence[MovedTable]) -> None:
-    """ENABLE / FORCE ROW LEVEL SECURITY on each copy whose source has it (dedicated copies keep
-    pg_dump's policies; this turns them on once the data is in)."""
+    """ENABLE / FORCE ROW LEVEL SECURITY on each copy whose shared table (on ``src``) has it
+    (dedicated copies keep pg_dump's policies; this turns them on once the data is in)."""
     for t in tables:
         flags = await src.fetchrow(
-            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = to_regclass($1)", qualified(t.source)
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = to_regclass($1)",
+            qualified(t.definition),
         )
         if flags is not None and flags[0]:
             await dst.execute(f"ALTER TABLE {qualified(t.target)} ENABLE ROW LEVEL SECURITY")
