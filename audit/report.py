@@ -6,11 +6,13 @@ import html
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from .record import EVENT_KINDS, parse_timestamp
+from .lean import ts_text, ts_us
+from .record import EVENT_KINDS
 
 _MAX_LISTED = 200
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -44,7 +46,7 @@ def build_report(records: Iterable[dict[str, object]], *, tenant: str | None = N
         kind = rec.get("kind")
         if kind not in EVENT_KINDS or (tenant is not None and rec.get("tenant") != tenant):
             continue
-        ts = parse_timestamp(str(rec["ts"]))
+        ts = _moment(rec["ts"])
         if (since is not None and ts < since) or (until is not None and ts >= until):
             continue
         assert isinstance(kind, str)
@@ -64,12 +66,12 @@ def build_report(records: Iterable[dict[str, object]], *, tenant: str | None = N
         if kind == "auth_fail":
             data.auth_failure_count += 1
             if len(data.auth_failures) < _MAX_LISTED:
-                data.auth_failures.append((str(rec["ts"]), str(rec.get("user") or "-"),
+                data.auth_failures.append((_text(rec["ts"]), str(rec.get("user") or "-"),
                                            str(rec.get("client") or "-"), str(rec.get("reason") or "-")))
         if kind == "key_event" and len(data.key_events) < _MAX_LISTED:
             details = rec.get("details")
             what = ", ".join(f"{k}={v}" for k, v in sorted(details.items())) if isinstance(details, dict) else ""
-            data.key_events.append((str(rec["ts"]), str(rec.get("reason") or "-"), what))
+            data.key_events.append((_text(rec["ts"]), str(rec.get("reason") or "-"), what))
     start = since or data.first
     end = until or data.last
     if start is not None and end is not None and end - start > timedelta(days=2):
@@ -77,6 +79,14 @@ def build_report(records: Iterable[dict[str, object]], *, tenant: str | None = N
     for ts, outcome in events:
         data.timeline[(_floor(ts, data.bucket), outcome)] += 1
     return data
+
+
+def _moment(ts: object) -> datetime:
+    return _EPOCH + timedelta(microseconds=ts_us(ts if isinstance(ts, int) else str(ts)))
+
+
+def _text(ts: object) -> str:
+    return ts_text(ts) if isinstance(ts, int) else str(ts)
 
 
 def _floor(ts: datetime, bucket: timedelta) -> datetime:
