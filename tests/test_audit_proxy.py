@@ -228,7 +228,8 @@ def test_audit_database_down_refuses_statements_then_recovers(backend: Backend, 
     finally:
         pg.execute("ALTER DATABASE auditdb ALLOW_CONNECTIONS true")
         p.stop()
-    logged = pg.fetch("SELECT count(*) FROM tenantgate_audit WHERE record LIKE '%logged again%' AND kind <> 'plan'", dbname="auditdb")
+    logged = pg.fetch("SELECT count(*) FROM tenantgate_audit WHERE record LIKE '%logged again%' AND kind <> 'plan'",
+                      dbname="auditdb")
     assert logged == [(2,)]  # strict: its write-ahead (phase start) and completion (phase end) records
     backend.pg.execute("DELETE FROM orders WHERE note IN ('unlogged', 'logged again')", dbname=backend.database)
 
