@@ -24,6 +24,7 @@ from .keys import generate_hmac_key_file, generate_signing_key_files, load_hmac_
 from .reader import FileSource, LogSource, PostgresSource, configured_files, iter_records, open_sources
 from .record import AuditEvent
 from .report import group_records, render_html, render_markdown, summarise
+from .retention import archived_files, ship
 from .review import Review, build_review, review_log_path, review_period
 from .settings import AuditSettings, parse_audit_settings
 from .tail import tail
@@ -62,6 +63,8 @@ def _sources(args: argparse.Namespace, settings: AuditSettings | None) -> list[L
         assert settings.dsn is not None
         return [PostgresSource(settings.dsn, settings.table)]
     names = configured_files(settings.path)
+    if settings.retention is not None and settings.retention.archive.is_dir():
+        names += [str(p) for p in archived_files(settings.retention.archive)]  # hot copies come first
     if not names:
         raise _Usage(f"{settings.path}: no audit log files")
     return open_sources(names)
@@ -92,8 +95,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     exported = load_checkpoints(Path(args.checkpoints)) if args.checkpoints else []
     if args.allow_open and not exported:
         raise _Usage("--allow-open needs --checkpoints FILE (exported checkpoints kept elsewhere)")
+    expired_ok = args.expired_ok or (settings is not None and settings.retention is not None)
     result = verify_log(_sources(args, settings), hmac_key=key, verifier=verifier, exported=exported,
-                        allow_open=args.allow_open)
+                        allow_open=args.allow_open, allow_expired=expired_ok)
     print(result.summary(), file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
 
@@ -166,6 +170,18 @@ async def _record_review(settings: AuditSettings, review: Review) -> tuple[Path,
     return path, seq
 
 
+def cmd_ship(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None or settings.retention is None:
+        raise _Usage("give --config FILE with an [audit.retention] table")
+    key = _key(args, settings, required=True)
+    assert key is not None
+    verifier = load_public_key(args.public_key) if args.public_key else None
+    report = ship(settings, key, verifier=verifier)
+    print("\n".join(report.lines()), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     settings = _settings(args)
     path = Path(args.path) if args.path else (settings.path if settings else None)
@@ -232,6 +248,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--checkpoints", metavar="FILE", help="exported checkpoints kept elsewhere")
     p.add_argument("--allow-open", action="store_true",
                    help="accept a log without chain_end (needs --checkpoints)")
+    p.add_argument("--expired-ok", action="store_true",
+                   help="the log may begin at a rotate record (older segments expired under retention; "
+                        "implied by [audit.retention])")
     p.set_defaults(func=_guard(cmd_verify))
 
     p = sub.add_parser("report", help="summarise activity (Markdown or HTML)")
@@ -253,6 +272,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--key", metavar="URI", help="HMAC key provider (file:PATH or env:VAR)")
     p.add_argument("--public-key", metavar="PEM", help="Ed25519 public key to check marker signatures")
     p.set_defaults(func=_guard(cmd_review))
+
+    p = sub.add_parser("ship", help="copy rotated segments to the archive, verify them, apply retention")
+    common(p, paths=False)
+    p.add_argument("--key", metavar="URI", help="HMAC key provider (default: the config's)")
+    p.add_argument("--public-key", metavar="PEM", help="Ed25519 public key to check marker signatures")
+    p.set_defaults(func=_guard(cmd_ship))
 
     p = sub.add_parser("tail", help="print (and follow) the log readably")
     common(p, paths=False)

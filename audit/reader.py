@@ -35,8 +35,12 @@ class FileSource:
         except (OSError, ValueError, KeyError, TypeError, StopIteration, ZstdError):
             return -1
 
+    def data(self) -> Iterator[bytes]:
+        """The stored lines (line n is the n-th item)."""
+        return open_lines(self.path)
+
     def lines(self) -> Iterator[RawLine]:
-        for no, data in enumerate(open_lines(self.path), 1):
+        for no, data in enumerate(self.data(), 1):
             yield RawLine(self.name, no, data)
 
 
@@ -53,13 +57,17 @@ class PostgresSource:
         return 0
 
     def lines(self) -> Iterator[RawLine]:
+        for no, data in enumerate(self.data(), 1):
+            yield RawLine(self.name, no, data)
+
+    def data(self) -> Iterator[bytes]:
         import asyncpg  # lazy for start-up time: `tenantgate audit verify` of a file never needs it
 
         loop = asyncio.new_event_loop()
         try:
             conn = loop.run_until_complete(asyncpg.connect(self._dsn))
             try:
-                last, row_no = -1, 0
+                last = -1
                 query = (f"SELECT seq, record FROM {quote_table(self._table)} WHERE seq > $1 "
                          "ORDER BY seq LIMIT $2")
                 while True:
@@ -67,8 +75,7 @@ class PostgresSource:
                     if not rows:
                         return
                     for row in rows:
-                        row_no += 1
-                        yield RawLine(self.name, row_no, row["record"].encode("utf-8") + b"\n")
+                        yield row["record"].encode("utf-8") + b"\n"
                     last = rows[-1]["seq"]
             finally:
                 loop.run_until_complete(conn.close())
@@ -98,8 +105,11 @@ def open_sources(specs: Sequence[str], table: str = "tenantgate_audit") -> list[
             files.append(FileSource(path))
         else:
             raise FileNotFoundError(f"{spec}: no such audit log file or directory")
-    files.sort(key=lambda f: (f.first_seq(), f.name))
-    return sources + list(files)
+    # The same segment given twice (hot and archived copy): the first one given stands.
+    unique: dict[str, FileSource] = {}
+    for f in files:
+        unique.setdefault(f.path.name.removesuffix(ZST), f)
+    return sources + sorted(unique.values(), key=lambda f: (f.first_seq(), f.name))
 
 
 def configured_files(active: Path) -> list[str]:

@@ -59,26 +59,26 @@ def rotated_files(path: Path) -> list[Path]:
     return [found[k] for k in sorted(found)]
 
 
-def open_lines(path: Path) -> Iterator[bytes]:
-    """The stored lines of a plain or zstd-compressed segment, streamed."""
+def open_lines(path: Path, compressed: bool | None = None) -> Iterator[bytes]:
+    """The stored lines of a plain or zstd-compressed (by default: named .zst) segment, streamed."""
     with open(path, "rb") as raw:
-        if path.name.endswith(ZST):
+        if path.name.endswith(ZST) if compressed is None else compressed:
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
             yield from io.BufferedReader(reader, _CHUNK)  # type: ignore[arg-type]
         else:
             yield from raw
 
 
-def segment_digest(path: Path) -> tuple[str, int]:
+def segment_digest(path: Path, compressed: bool | None = None) -> tuple[str, int]:
     """SHA-256 and size of a segment's stored (decompressed) bytes."""
     digest, size = hashlib.sha256(), 0
-    for line in open_lines(path):
+    for line in open_lines(path, compressed):
         digest.update(line)
         size += len(line)
     return digest.hexdigest(), size
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -98,13 +98,13 @@ def compress_segment(plain: Path, level: int = 9) -> Path:
                 out.write(block)
         dst.flush()
         os.fsync(dst.fileno())
-    if segment_digest(tmp)[0] != digest.hexdigest():
+    if segment_digest(tmp, compressed=True)[0] != digest.hexdigest():
         tmp.unlink()
         raise OSError(f"{tmp}: compressed copy does not read back as {plain.name}")
     os.replace(tmp, target)
-    _fsync_dir(plain.parent)
+    fsync_dir(plain.parent)
     plain.unlink()
-    _fsync_dir(plain.parent)
+    fsync_dir(plain.parent)
     return target
 
 

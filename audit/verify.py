@@ -37,18 +37,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 import orjson
+from zstandard import ZstdError
 
 from .checkpoints import ExportedMarker
 from .keys import Verifier
-from .lean import MARKERS, PLAN_KIND, PREFIX, SEGMENT_END, LineError, check_mac, plan_digest, ts_text
-from .reader import FileSource, LogSource, RawLine
+from .lean import (
+    LINE_END,
+    MAC_FIELD,
+    MARKERS,
+    PLAN_KIND,
+    PREFIX,
+    SEGMENT_END,
+    SIG_FIELD,
+    LineError,
+    mac_function,
+    plan_digest,
+    ts_text,
+)
+from .reader import FileSource, LogSource
 from .record import GENESIS, KINDS, SEAL_FIELDS, canonical, encode_line
 from .segments import writer_alive
 
@@ -157,11 +171,13 @@ def _verify_all(sources: Sequence[LogSource], key: bytes, verifier: Verifier | N
     files = [s.path for s in sources if isinstance(s, FileSource)]
     size = sum(p.stat().st_size for p in files if p.exists())
     workers = min(jobs or os.cpu_count() or 1, len(sources))
-    if workers < 2 or len(files) != len(sources) or size < _PARALLEL_BYTES:
+    # fork: no re-import and no main-module guard needed; only from a single-threaded process (a
+    # thread holding a lock at fork time would leave the child stuck), else in this process.
+    if workers < 2 or len(files) != len(sources) or size < _PARALLEL_BYTES or threading.active_count() > 1:
         return [verify_segment(s, key, verifier, wanted) for s in sources]
     # Larger segments first keeps both workers busy to the end; results are put back in chain order.
     order = sorted(range(len(sources)), key=lambda i: -files[i].stat().st_size)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
         futures = {i: pool.submit(verify_segment, sources[i], key, verifier, wanted) for i in order}
         return [futures[i].result() for i in range(len(sources))]
 
@@ -170,92 +186,151 @@ def verify_segment(source: LogSource, key: bytes, verifier: Verifier | None,
                    wanted: frozenset[int] = frozenset()) -> _Segment:
     """Verify one source from its own first record on (rules 1-5 and 8 inside it)."""
     seg = _Segment(source.name)
+    lines = _Counted(source.data())
     try:
-        _walk(source.lines(), seg, key, verifier, wanted)
+        _walk(lines, seg, key, verifier, wanted)
     except _Broken as broken:
         seg.problem = broken.problem
+    except (OSError, ZstdError) as exc:  # a damaged compressed frame, an unreadable file
+        seg.problem = Problem(source.name, lines.count + 1, None, f"segment unreadable after line {lines.count}: "
+                              f"{type(exc).__name__}: {exc} (file damaged or edited)")
     return seg
 
 
-def _walk(lines: Iterable[RawLine], seg: _Segment, key: bytes, verifier: Verifier | None,
+class _Counted:
+    """An iterator of lines that knows how many it handed out (to name where reading failed)."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self.count = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._lines:
+            self.count += 1
+            yield line
+
+
+_SEQ_AT = len(PREFIX) + len(b'"seq":')
+_TS, _KIND, _PLAN = b',"ts":', b',"kind":"', b',"plan":"'
+
+
+def _walk(lines: Iterable[bytes], seg: _Segment, key: bytes, verifier: Verifier | None,
           wanted: frozenset[int]) -> None:
-    loads = orjson.loads
+    """The per-record loop: format 2 statements take the fast path (slices, one MAC, no JSON parse)."""
+    mac_of = mac_function(key)
     name = seg.source
     prev = b""
     last_seq = 0
     last_kind = ""
+    last_line = b""
     plans: set[str] = set()
     no = 0
-    rec: dict[str, object] = {}
-    torn = b""
-    for raw in lines:
+    torn = False
+    for no, data in enumerate(lines, 1):
         if torn:  # an incomplete line that is not the last one: damage, not a write in progress
-            raise _Broken(Problem(name, no, None, "truncated: incomplete line (torn write or cut file)"))
-        data = raw.data
-        no = raw.line_no
-        seq = None
-        if not data.endswith(b"\n"):
-            torn = data
+            raise _Broken(Problem(name, no - 1, None, "truncated: incomplete line (torn write or cut file)"))
+        if data[-1:] != b"\n":
+            torn = True
             seg.torn_line = no
             continue
+        seq: int | None = None
         try:
-            try:
-                rec = loads(data)
-            except orjson.JSONDecodeError:
-                raise LineError("not a JSON record (line damaged or inserted)") from None
-            if type(rec) is not dict:
-                raise LineError("not a JSON object")
-            seq = rec.get("seq")
             if data.startswith(PREFIX):
-                v = 2
-            else:
-                chain_hex, prev_hex = _v1_check(rec, data, key)
-                v = 1
-            kind = rec.get("kind")
-            if not isinstance(seq, int) or not isinstance(kind, str) or (kind not in KINDS and (
-                    v == 1 or kind not in (PLAN_KIND, SEGMENT_END))):
-                raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)")
-            details = rec.get("details")
-            if not isinstance(details, dict):
-                details = {}
-            if seg.first is None:
-                link = prev_hex if v == 1 else str(details.get("previous_hash", ""))
-                if v == 2 and kind not in ("chain_start", "rotate"):
-                    raise LineError("segment does not begin with a chain_start or rotate record")
-            else:
-                if seq != last_seq + 1:
-                    what = ("seq jumps: records deleted or reordered" if seq > last_seq + 1
-                            else "seq goes back: records reordered or duplicated")
-                    raise LineError(f"{what} (expected seq {last_seq + 1})")
-                if last_kind == SEGMENT_END:
-                    raise LineError("record after segment_end in the same file")
-                link = ""
-            if v == 2:
                 try:
-                    chain = check_mac(data, bytes.fromhex(link) if seg.first is None else prev, key)
-                except ValueError as exc:
-                    raise LineError(str(exc) if isinstance(exc, LineError) else "previous_hash is not hex") from None
-                chain_hex = ""
-                prev = chain
+                    c1 = data.index(b",", _SEQ_AT)
+                    seq = int(data[_SEQ_AT:c1])
+                    c2 = data.index(b",", c1 + len(_TS))
+                    c3 = data.index(b'"', c2 + len(_KIND))
+                except ValueError:
+                    raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)") from None
+                if data[c1:c1 + len(_TS)] != _TS or data[c2:c2 + len(_KIND)] != _KIND:
+                    raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)")
+                kind = data[c2 + len(_KIND):c3].decode()
+                cut = data.rfind(MAC_FIELD)
+                if cut < 0 or not data.endswith(LINE_END):
+                    raise LineError("format 2 record without its mac (line damaged or cut)")
+                if seg.first is None:
+                    rec = _parse(data)
+                    details = _details(rec)
+                    link = str(details.get("previous_hash", ""))
+                    if kind not in ("chain_start", "rotate"):
+                        raise LineError("segment does not begin with a chain_start or rotate record")
+                    try:
+                        prev = bytes.fromhex(link)
+                    except ValueError:
+                        raise LineError("previous_hash of the segment's first record is not hex") from None
+                else:
+                    _next(seq, last_seq, last_kind)
+                mac = mac_of(prev, data[:cut])
+                if mac.hex().encode() != data[cut + len(MAC_FIELD):cut + len(MAC_FIELD) + 64]:
+                    raise LineError("MAC invalid: content does not match its keyed hash (record edited or "
+                                    "forged, the chain broken before it, or the wrong key)")
+                tail = data[cut + len(MAC_FIELD) + 64:]
+                if tail != LINE_END and not (tail.startswith(SIG_FIELD) and len(tail) == len(SIG_FIELD) + 131):
+                    raise LineError("bytes after the mac are not a signature (line edited)")
+                prev = mac
+                if kind == "statement":
+                    if data[c3 + 1:c3 + 1 + len(_PLAN)] == _PLAN and \
+                            data[c3 + 1 + len(_PLAN):c3 + 17 + len(_PLAN)].decode() not in plans:
+                        raise LineError("the plan it names is not stored earlier in this segment")
+                else:
+                    rec = _parse(data)
+                    details = _details(rec)
+                    if kind not in KINDS and kind not in (PLAN_KIND, SEGMENT_END):
+                        raise LineError("malformed record (unknown kind)")
+                    _rules(rec, kind, details, seg, verifier, plans, last_kind, seg.first is None, 2)
+                if seg.first is None:
+                    seg.first = _Edge(seq, prev.hex(), kind, "", no, 2, link, details)
             else:
-                if seg.first is not None and prev_hex != prev.hex():
-                    raise LineError(f"chain broken: prev is not the hash of seq {last_seq}")
+                rec = _parse(data)
+                seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None  # type: ignore[assignment]
+                chain_hex, prev_hex = _v1_check(rec, data, key)
+                kind = str(rec.get("kind"))
+                if seq is None or kind not in KINDS:
+                    raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)")
+                details = _details(rec)
+                if seg.first is not None:
+                    _next(seq, last_seq, last_kind)
+                    if prev_hex != prev.hex():
+                        raise LineError(f"chain broken: prev is not the hash of seq {last_seq}")
                 prev = bytes.fromhex(chain_hex)
-            if kind != "statement":
-                _rules(rec, kind, details, seg, verifier, plans, last_kind, seg.first is None, v)
+                if kind != "statement":
+                    _rules(rec, kind, details, seg, verifier, plans, last_kind, seg.first is None, 1)
+                if seg.first is None:
+                    seg.first = _Edge(seq, chain_hex, kind, "", no, 1, prev_hex, details)
         except LineError as exc:
-            raise _Broken(Problem(name, no, seq if isinstance(seq, int) else None, str(exc))) from None
+            raise _Broken(Problem(name, no, seq, str(exc))) from None
         if seq in wanted:
             seg.found[seq] = prev.hex()
-        elif v == 2 and "plan" in rec and rec["plan"] not in plans:
-            raise _Broken(Problem(name, no, seq, f"plan {rec['plan']} not stored earlier in this segment"))
-        if seg.first is None:
-            seg.first = _Edge(seq, prev.hex(), kind, _ts(rec), no, v, link, details)
-        last_seq, last_kind = seq, kind
+        last_seq, last_kind, last_line = seq, kind, data
         seg.records += 1
     if seg.first is not None:
         # a torn last line is not a record: the last complete one stands
-        seg.last = _Edge(last_seq, prev.hex(), last_kind, _ts(rec), no - 1 if torn else no, 0)
+        seg.last = _Edge(last_seq, prev.hex(), last_kind, _ts(_parse(last_line)), no - 1 if torn else no, 0)
+
+
+def _next(seq: int, last_seq: int, last_kind: str) -> None:
+    if seq != last_seq + 1:
+        what = ("seq jumps: records deleted or reordered" if seq > last_seq + 1
+                else "seq goes back: records reordered or duplicated")
+        raise LineError(f"{what} (expected seq {last_seq + 1})")
+    if last_kind == SEGMENT_END:
+        raise LineError("record after segment_end in the same file")
+
+
+def _details(rec: dict[str, object]) -> dict[str, object]:
+    details = rec.get("details")
+    return details if isinstance(details, dict) else {}
+
+
+def _parse(data: bytes) -> dict[str, object]:
+    try:
+        rec = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise LineError("not a JSON record (line damaged or inserted)") from None
+    if type(rec) is not dict:
+        raise LineError("not a JSON object")
+    return rec
 
 
 def _ts(rec: dict[str, object]) -> str:

@@ -36,6 +36,8 @@ from .record import GENESIS, AuditEvent, SealedRecord, Sealer, param_hash_key, u
 from .settings import AuditSettings
 from .sink import Head, Sink
 
+_DIGESTS_MAX = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class AuditStats:
@@ -82,6 +84,7 @@ class AuditLog:
         self._sealer = Sealer(key, signer)
         self._lean = LeanSealer(key, signer) if settings.format == 2 else None
         self._plans: set[str] = set()  # plan digests already stored in the current segment (format 2)
+        self._digests: dict[str, str] = {}  # rewritten SQL -> digest (the proxy's plans repeat)
         self._param_key = param_hash_key(key)
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._strict = settings.durability == "strict"
@@ -247,11 +250,15 @@ class AuditLog:
         out: list[SealedRecord] = []
         rewritten = fields.pop("rewritten", None)
         if isinstance(rewritten, str):
-            digest = plan_digest(rewritten)
+            digest = self._digests.get(rewritten)
+            if digest is None:
+                if len(self._digests) >= _DIGESTS_MAX:
+                    self._digests.clear()
+                digest = self._digests[rewritten] = plan_digest(rewritten)
             if digest not in self._plans:
                 out.append(self._seal_lean(ts, {"kind": PLAN_KIND, "details": {"digest": digest, "sql": rewritten}}))
                 self._plans.add(digest)
-            fields["plan"] = digest
+            fields = {"kind": fields.pop("kind"), "plan": digest, **fields}  # plan right after kind: see lean.py
         out.append(self._seal_lean(ts, fields))
         return out
 
@@ -295,8 +302,8 @@ class AuditLog:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if not self._strict and not self._closing:
-                await asyncio.sleep(self._interval)
+            if not self._strict and not self._closing and len(self._queue) < self._max_batch:
+                await asyncio.sleep(self._interval)  # a full batch is not kept waiting for the interval
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
             for item in batch:
                 if item.slot:

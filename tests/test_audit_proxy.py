@@ -39,7 +39,8 @@ def backend(pg: PgServer) -> Backend:
 
 
 def audited_proxy(
-    backend: Backend, tmp: Path, *, durability: str = "batched", params: str = "none", sink: str = ""
+    backend: Backend, tmp: Path, *, durability: str = "batched", params: str = "none", sink: str = "",
+    pool_mode: str = "session",
 ) -> ProxyProcess:
     key = tmp / "audit.key"
     key.write_text(secrets.token_hex(32))
@@ -50,7 +51,8 @@ def audited_proxy(
         f'flush_interval_ms = 20\nlog_parameters = "{params}"\n{sink}\n'
     )
     port = free_port()
-    return start_proxy(tmp, config_text(backend, port, scoping=ORDERS_SCOPING, extra=audit), port)
+    text = config_text(backend, port, scoping=ORDERS_SCOPING, extra=audit, backend_extra=f'pool_mode = "{pool_mode}"')
+    return start_proxy(tmp, text, port)
 
 
 def records(tmp: Path) -> list[dict[str, object]]:
