@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,7 @@ import orjson
 from .keys import Verifier
 from .lean import SEGMENT_END
 from .reader import FileSource
-from .segments import ZST, fsync_dir, rotated_files, segment_digest
+from .segments import ZST, fsync_dir, private_copy, rotated_files, segment_digest
 from .settings import AuditSettings
 from .verify import verify_segment
 
@@ -136,9 +135,7 @@ def ship(settings: AuditSettings, key: bytes, *, verifier: Verifier | None = Non
             listed = report.verified
         else:
             part = archive / (name + ".part")
-            shutil.copyfile(hot, part)
-            with open(part, "rb") as fh:
-                os.fsync(fh.fileno())
+            private_copy(hot, part)
             os.replace(part, target)
             fsync_dir(archive)
             listed = report.shipped

@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,12 +87,20 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def private_copy(src: Path, dst: Path) -> None:
+    """Copy `src` to a new file `dst` (mode 0600: audit logs are private) and fsync it."""
+    with open(src, "rb") as fin, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
 def compress_segment(plain: Path, level: int = 9) -> Path:
     """Compress a rotated segment to `plain` + ".zst", check the copy, then remove `plain`."""
     target = plain.with_name(plain.name + ZST)
     tmp = plain.with_name(plain.name + ZST + ".tmp")
     digest = hashlib.sha256()
-    with open(plain, "rb") as src, open(tmp, "wb") as dst:
+    with open(plain, "rb") as src, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as dst:
         with zstandard.ZstdCompressor(level=level).stream_writer(dst, closefd=False) as out:
             while block := src.read(_CHUNK):
                 digest.update(block)

@@ -149,6 +149,7 @@ def test_rotated_segments_are_compressed_and_verify_in_parallel(tmp_path: Path) 
     write(settings_for(path, rotate_bytes=3000, compress="zstd"), 120)
     rotated = rotated_files(path)
     assert len(rotated) >= 3 and all(p.name.endswith(ZST) for p in rotated)
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in rotated)  # private like the active file
     assert not list(tmp_path.glob("*.jsonl.000*"))  # no plain leftovers
     for jobs in (1, 2):
         result = verify_log(open_sources([str(tmp_path)]), hmac_key=KEY, jobs=jobs)
@@ -297,6 +298,7 @@ def test_ship_verifies_each_copy_then_deletes_only_old_hot_segments(tmp_path: Pa
     assert later.shipped == [] and rotated_files(settings.path) == []
     manifest = read_manifest(settings.retention.archive)
     assert set(manifest) == {p.name for p in rotated}
+    assert all((settings.retention.archive / name).stat().st_mode & 0o777 == 0o600 for name in manifest)
     # verify over archived + hot segments, through the config and by paths
     assert check(settings.retention.archive, settings.path.parent).ok
     cfg = tmp_path / "tg.toml"
