@@ -61,7 +61,11 @@ def rotated_files(path: Path) -> list[Path]:
 
 
 def open_lines(path: Path, compressed: bool | None = None) -> Iterator[bytes]:
-    """The stored lines of a plain or zstd-compressed (by default: named .zst) segment, streamed."""
+    """The stored lines of a plain or zstd-compressed (by default: named .zst) segment, streamed.
+    A plain segment compressed meanwhile (a live log rotates while it is read) is read compressed."""
+    if compressed is None and not path.name.endswith(ZST) and not path.exists() and \
+            path.with_name(path.name + ZST).exists():
+        path = path.with_name(path.name + ZST)
     with open(path, "rb") as raw:
         if path.name.endswith(ZST) if compressed is None else compressed:
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
