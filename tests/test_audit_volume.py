@@ -421,3 +421,23 @@ def test_volume_benchmark_small_run(tmp_path: Path) -> None:
     assert 0 < figures["bytes_per_record_compressed"] < 120
     assert len(sizing(figures)) == 5
     assert os.listdir(tmp_path) == []  # cleaned up
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"format": 3}, "[audit] format: must be 1 or 2"),
+    ({"compress": "gzip"}, "[audit] compress: must be one of 'zstd', 'none'"),
+    ({"retention": {"hot_days": 90}}, "[audit] retention.archive: required"),
+    ({"retention": {"archive": "a", "hot_days": -1}}, "[audit] retention.hot_days: must be an integer >= 0"),
+    ({"retention": {"archive": "a", "hot_days": 90, "archive_days": 30}}, "retention.archive_days: must be 0"),
+    ({"retention": {"archive": "a", "keep": 1}}, "[audit] retention.keep: unknown key"),
+])
+def test_retention_and_format_settings_are_validated(raw: dict[str, object], message: str) -> None:
+    from tenantgate.audit.errors import AuditConfigError
+    from tenantgate.audit.settings import parse_audit_settings
+
+    with pytest.raises(AuditConfigError) as exc:
+        parse_audit_settings({"audit": {"key": "env:K", **raw}}, source="tg.toml")
+    assert message in str(exc.value)
+    ok = parse_audit_settings({"audit": {"key": "env:K", "retention": {"archive": "arch"}}}, source="tg.toml",
+                              base_dir=Path("/etc/tg"))
+    assert ok.retention == RetentionSettings(Path("/etc/tg/arch"), 90, 365) and ok.format == 2
