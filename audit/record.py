@@ -65,10 +65,6 @@ def utc_timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
-def parse_timestamp(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
 def param_hash_key(hmac_key: bytes) -> bytes:
     """Key for `log_parameters = "hash"`: keyed, so low-entropy values cannot be brute-forced from the log."""
     return hmac.new(hmac_key, b"tenantgate-audit-params", hashlib.sha256).digest()
