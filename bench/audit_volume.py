@@ -113,14 +113,14 @@ def measure(records: int, *, fmt: int = 2, rotate_bytes: int = 64 << 20,
         write_s = asyncio.run(_write(path, records, fmt, rotate_bytes))
         files = configured_files(path)
         sources = open_sources(files)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), _cpu()
         result = verify_log(sources, hmac_key=KEY)
-        verify_s = time.perf_counter() - began
+        verify_s, verify_cpu = time.perf_counter() - began, _cpu() - cpu
         if not result.ok:
             raise RuntimeError(f"the benchmark's own log does not verify: {result.problem}")
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), _cpu()
         groups = scan([Path(f) for f in files])
-        report_s = time.perf_counter() - began
+        report_s, report_cpu = time.perf_counter() - began, _cpu() - cpu
         reported = sum(g.count for g in groups)
         sizes = {f: os.path.getsize(f) for f in files}
         compressed = [f for f in files if f.endswith(ZST)]
@@ -137,9 +137,18 @@ def measure(records: int, *, fmt: int = 2, rotate_bytes: int = 64 << 20,
             "bytes_per_record_uncompressed_active": (sizes[files[-1]] / max(1, sum(
                 1 for _ in open_sources([files[-1]])[0].lines()))),
             "write_seconds": write_s, "verify_seconds": verify_s, "report_seconds": report_s,
+            # per CPU-second: what a quiet 2-core machine does per core (the wall figures share the CPU)
+            "verify_records_per_cpu_second": result.records / verify_cpu,
+            "report_records_per_cpu_second": result.records / report_cpu,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (verify's worker processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def sizing(figures: dict[str, float], per_day: tuple[int, ...] = (10_000_000, 100_000_000, 260_000_000)) -> list[str]:
@@ -169,6 +178,7 @@ def main(argv: list[str]) -> int:
     for figures in runs:
         print(f"format {figures['format']}: {figures['records']:,} records in {figures['segments']} segment(s)")
         for name in ("write_records_per_second", "verify_records_per_second", "report_records_per_second",
+                     "verify_records_per_cpu_second", "report_records_per_cpu_second",
                      "bytes_per_record_compressed", "bytes_per_record_total", "bytes_per_record_uncompressed_active"):
             print(f"  {name:40} {figures[name]:14,.1f}")
     print("\n".join(sizing(runs[0])))
