@@ -169,17 +169,25 @@ def verify_log(sources: Sequence[LogSource], *, hmac_key: bytes, verifier: Verif
 def _verify_all(sources: Sequence[LogSource], key: bytes, verifier: Verifier | None, wanted: frozenset[int],
                 jobs: int | None) -> list[_Segment]:
     files = [s.path for s in sources if isinstance(s, FileSource)]
-    size = sum(p.stat().st_size for p in files if p.exists())
+    sizes = [_size(p) for p in files]
+    size = sum(sizes)
     workers = min(jobs or os.cpu_count() or 1, len(sources))
     # fork: no re-import and no main-module guard needed; only from a single-threaded process (a
     # thread holding a lock at fork time would leave the child stuck), else in this process.
     if workers < 2 or len(files) != len(sources) or size < _PARALLEL_BYTES or threading.active_count() > 1:
         return [verify_segment(s, key, verifier, wanted) for s in sources]
     # Larger segments first keeps both workers busy to the end; results are put back in chain order.
-    order = sorted(range(len(sources)), key=lambda i: -files[i].stat().st_size)
+    order = sorted(range(len(sources)), key=lambda i: -sizes[i])
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
         futures = {i: pool.submit(verify_segment, sources[i], key, verifier, wanted) for i in order}
         return [futures[i].result() for i in range(len(sources))]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # compressed meanwhile: read under its new name (segments.open_lines)
+        return 0
 
 
 def verify_segment(source: LogSource, key: bytes, verifier: Verifier | None,
