@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AuditConfigError
+from .lean import chain_value
 from .reader import LogSource, iter_records
 from .record import MARKER_KINDS, canonical
 
@@ -36,7 +37,8 @@ def export_checkpoints(sources: Sequence[LogSource], out: Path) -> int:
         for _raw, rec in iter_records(sources):
             if rec is None or rec.get("kind") not in MARKER_KINDS:
                 continue
-            entry = {k: rec.get(k) for k in ("seq", "kind", "ts", "instance", "hash", "sig")}
+            entry = {k: rec.get(k) for k in ("seq", "kind", "ts", "instance", "sig")}
+            entry["hash"] = chain_value(rec)  # format 2: the mac is the chain value (and what is signed)
             fh.write(canonical(entry) + b"\n")
             count += 1
         fh.flush()

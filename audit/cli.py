@@ -1,4 +1,4 @@
-"""`tenantgate audit ...` commands: verify, report, tail, checkpoints, keygen.
+"""`tenantgate audit ...` commands: verify, report, review, ship, tail, checkpoints, keygen.
 
 `register(subparsers)` adds the group to the main CLI; every subcommand sets `func(args) -> int`
 (exit status: 0 success, 1 verification failed, 2 bad usage/config/keys).
@@ -7,20 +7,29 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
+import json
 import sys
 import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .checkpoints import export_checkpoints, load_checkpoints
+from .columnar import Group, scan
 from .errors import AuditError
 from .keys import generate_hmac_key_file, generate_signing_key_files, load_hmac_key, load_public_key
-from .reader import LogSource, PostgresSource, configured_files, iter_records, open_sources
-from .report import build_report, render_html, render_markdown
+from .reader import FileSource, LogSource, PostgresSource, configured_files, iter_records, open_sources
+from .record import AuditEvent
+from .report import group_records, render_html, render_markdown, summarise
+from .retention import archived_files, ship
+from .review import Review, build_review, review_log_path, review_period
 from .settings import AuditSettings, parse_audit_settings
 from .tail import tail
 from .verify import verify_log
+from .writer import AuditLog
 
 
 class _Usage(Exception):
@@ -54,6 +63,8 @@ def _sources(args: argparse.Namespace, settings: AuditSettings | None) -> list[L
         assert settings.dsn is not None
         return [PostgresSource(settings.dsn, settings.table)]
     names = configured_files(settings.path)
+    if settings.retention is not None and settings.retention.archive.is_dir():
+        names += [str(p) for p in archived_files(settings.retention.archive)]  # hot copies come first
     if not names:
         raise _Usage(f"{settings.path}: no audit log files")
     return open_sources(names)
@@ -84,10 +95,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     exported = load_checkpoints(Path(args.checkpoints)) if args.checkpoints else []
     if args.allow_open and not exported:
         raise _Usage("--allow-open needs --checkpoints FILE (exported checkpoints kept elsewhere)")
+    expired_ok = args.expired_ok or (settings is not None and settings.retention is not None)
     result = verify_log(_sources(args, settings), hmac_key=key, verifier=verifier, exported=exported,
-                        allow_open=args.allow_open)
+                        allow_open=args.allow_open, allow_expired=expired_ok)
     print(result.summary(), file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
+
+
+def _groups(sources: Sequence[LogSource], *, tenant: str | None, since: datetime | None,
+            until: datetime | None) -> list[Group]:
+    """Files through DuckDB; a PostgreSQL source record by record."""
+    files = [s.path for s in sources if isinstance(s, FileSource)]
+    groups = scan(files, tenant=tenant, since=since, until=until)
+    others = [s for s in sources if not isinstance(s, FileSource)]
+    if others:
+        records = (rec for _raw, rec in iter_records(others) if rec is not None)
+        groups += group_records(records, tenant=tenant, since=since, until=until)
+    return groups
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -96,16 +120,66 @@ def cmd_report(args: argparse.Namespace) -> int:
     key = _key(args, settings, required=False)
     integrity = None
     if key is not None:
-        result = verify_log(sources, hmac_key=key)
-        integrity = "verified intact" if result.ok else f"VERIFICATION FAILED: {result.problem}"
-    records = (rec for _raw, rec in iter_records(sources) if rec is not None)
-    data = build_report(records, tenant=args.tenant, since=args.since, until=args.until, integrity=integrity)
+        integrity = verify_log(sources, hmac_key=key).status
+    groups = _groups(sources, tenant=args.tenant, since=args.since, until=args.until)
+    data = summarise(groups, tenant=args.tenant, since=args.since, until=args.until, integrity=integrity)
     text = render_html(data) if args.format == "html" else render_markdown(data)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    sources = _sources(args, settings)
+    key = _key(args, settings, required=True)
+    assert key is not None
+    since, until = review_period(args.since, args.until)
+    verifier = load_public_key(args.public_key) if args.public_key else None
+    result = verify_log(sources, hmac_key=key, verifier=verifier, allow_expired=True)
+    review = build_review(_groups(sources, tenant=None, since=since, until=until), since=since, until=until,
+                          verification=result.status, verified=result.ok)
+    form = review.as_dict()
+    if settings is not None and settings.sink == "file":
+        log_path, seq = asyncio.run(_record_review(settings, review))
+        form["recorded"] = {"log": str(log_path), "seq": seq, "sha256": review.digest()}
+    text = json.dumps(form, indent=2) + "\n" if args.format == "json" else review.render_text() + (
+        f"recorded: seq {form['recorded']['seq']} of {form['recorded']['log']}\n"  # type: ignore[index]
+        if "recorded" in form else "not recorded (give --config to record the review in the review log)\n")
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0 if result.ok else 1
+
+
+async def _record_review(settings: AuditSettings, review: Review) -> tuple[Path, int | None]:
+    """Append "audit review ran" to the review log (its own chain: the live log has one writer)."""
+    path = review_log_path(settings.path)
+    log = AuditLog(replace(settings, path=path, durability="strict", rotate_bytes=0, rotate_seconds=0))
+    await log.start()
+    try:
+        seq = await log.record(AuditEvent(
+            "admin", user=getpass.getuser(), sql="audit review", decision="allowed", reason=review.verification,
+            details={"since": review.as_dict()["since"], "until": review.as_dict()["until"],
+                     "verified": review.verified, "review_sha256": review.digest()}))
+    finally:
+        await log.close()
+    return path, seq
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None or settings.retention is None:
+        raise _Usage("give --config FILE with an [audit.retention] table")
+    key = _key(args, settings, required=True)
+    assert key is not None
+    verifier = load_public_key(args.public_key) if args.public_key else None
+    report = ship(settings, key, verifier=verifier)
+    print("\n".join(report.lines()), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -174,6 +248,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--checkpoints", metavar="FILE", help="exported checkpoints kept elsewhere")
     p.add_argument("--allow-open", action="store_true",
                    help="accept a log without chain_end (needs --checkpoints)")
+    p.add_argument("--expired-ok", action="store_true",
+                   help="the log may begin at a rotate record (older segments expired under retention; "
+                        "implied by [audit.retention])")
     p.set_defaults(func=_guard(cmd_verify))
 
     p = sub.add_parser("report", help="summarise activity (Markdown or HTML)")
@@ -185,6 +262,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-o", "--output", metavar="FILE")
     p.add_argument("--key", metavar="URI", help="verify first and state the result in the report")
     p.set_defaults(func=_guard(cmd_report))
+
+    p = sub.add_parser("review", help="daily log review (PCI DSS 10.4.1): text or JSON; recorded as an event")
+    common(p)
+    p.add_argument("--since", default="yesterday", metavar="yesterday|today|ISO")
+    p.add_argument("--until", metavar="ISO")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("-o", "--output", metavar="FILE")
+    p.add_argument("--key", metavar="URI", help="HMAC key provider (file:PATH or env:VAR)")
+    p.add_argument("--public-key", metavar="PEM", help="Ed25519 public key to check marker signatures")
+    p.set_defaults(func=_guard(cmd_review))
+
+    p = sub.add_parser("ship", help="copy rotated segments to the archive, verify them, apply retention")
+    common(p, paths=False)
+    p.add_argument("--key", metavar="URI", help="HMAC key provider (default: the config's)")
+    p.add_argument("--public-key", metavar="PEM", help="Ed25519 public key to check marker signatures")
+    p.set_defaults(func=_guard(cmd_ship))
 
     p = sub.add_parser("tail", help="print (and follow) the log readably")
     common(p, paths=False)

@@ -12,24 +12,21 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
-import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import AuditUnavailable
-from .record import SealedRecord, parse_timestamp
+from .lean import chain_value, ts_us
+from .record import SealedRecord
+from .segments import ZST, compress_segment, open_lines, pending_compression, rotated_files
 from .sink import Head, OpenResult
 
-
-def rotated_files(path: Path) -> list[Path]:
-    """Rotated siblings of the active file `path`, oldest first."""
-    pattern = re.compile(re.escape(path.stem) + r"\.\d{12}" + re.escape(path.suffix) + "$")
-    if not path.parent.is_dir():
-        return []
-    return sorted(p for p in path.parent.iterdir() if pattern.match(p.name))
+log = logging.getLogger("tenantgate.audit")
 
 
 def _read_last_line(fd: int, size: int) -> tuple[bytes, int]:
@@ -49,6 +46,13 @@ def _read_last_line(fd: int, size: int) -> tuple[bytes, int]:
     return b"", len(buf)
 
 
+def _last_line_of(path: Path) -> bytes:
+    if path.name.endswith(ZST):
+        return deque(open_lines(path), maxlen=1)[0]  # compressed: streamed once (only after a crash)
+    with open(path, "rb") as fh:
+        return _read_last_line(fh.fileno(), os.fstat(fh.fileno()).st_size)[0]
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -60,21 +64,31 @@ def _fsync_dir(directory: Path) -> None:
 def _head_of(line: bytes, where: Path) -> Head:
     try:
         rec = json.loads(line)
-        return Head(int(rec["seq"]), str(rec["hash"]), str(rec["kind"]))
+        return Head(int(rec["seq"]), chain_value(rec), str(rec["kind"]))
     except (ValueError, KeyError, TypeError):
         raise AuditUnavailable(f"{where}: last record is unreadable; run `tenantgate audit verify` "
                                "and move the damaged file away") from None
 
 
+def _compress_quietly(plain: Path) -> None:
+    """A failed compression leaves the plain segment (still complete and verifiable); retried on open."""
+    try:
+        compress_segment(plain)
+    except OSError as exc:
+        log.warning("audit segment %s not compressed: %s", plain, exc)
+
+
 class FileSink:
     """Append-only JSON Lines sink (see module docstring)."""
 
-    def __init__(self, path: Path, *, rotate_bytes: int = 0, rotate_seconds: int = 0) -> None:
+    def __init__(self, path: Path, *, rotate_bytes: int = 0, rotate_seconds: int = 0, compress: bool = False) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-audit-file")
+        # Compression has its own thread: writes never wait for it.
+        self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-audit-zstd") if compress else None
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._size = 0
@@ -86,6 +100,9 @@ class FileSink:
 
     async def open(self) -> OpenResult:
         result: OpenResult = await self._run(self._open)
+        if self._compressor is not None:
+            for plain in pending_compression(self.path):
+                self._compressor.submit(_compress_quietly, plain)
         return result
 
     async def write(self, records: Sequence[SealedRecord]) -> None:
@@ -93,11 +110,15 @@ class FileSink:
 
     async def rotate(self) -> str:
         name: str = await self._run(self._rotate)
+        if self._compressor is not None:
+            self._compressor.submit(_compress_quietly, self.path.with_name(name))
         return name
 
     async def close(self) -> None:
         await self._run(self._close)
         self._executor.shutdown(wait=True)
+        if self._compressor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._compressor.shutdown, True)
 
     def rotation_due(self) -> bool:
         if self._size == 0:
@@ -148,15 +169,12 @@ class FileSink:
                 with open(self.path, "rb") as fh:
                     first = json.loads(fh.readline())
                 self._first_seq = int(first["seq"])
-                self._first_time = parse_timestamp(first["ts"]).timestamp()
+                self._first_time = ts_us(first["ts"]) / 1e6
             else:
                 older = rotated_files(self.path)
                 head = None
                 if older:
-                    with open(older[-1], "rb") as fh:
-                        prev_size = os.fstat(fh.fileno()).st_size
-                        last, _ = _read_last_line(fh.fileno(), prev_size)
-                    head = _head_of(last, older[-1])
+                    head = _head_of(_last_line_of(older[-1]), older[-1])
                     previous_file = older[-1].name
         except OSError as exc:
             os.close(fd)
@@ -192,7 +210,7 @@ class FileSink:
             raise AuditUnavailable(f"{self.path}: audit log is not open")
         target = self.path.with_name(f"{self.path.stem}.{self._first_seq:012d}{self.path.suffix}")
         try:
-            if target.exists():
+            if target.exists() or target.with_name(target.name + ZST).exists():
                 raise AuditUnavailable(f"{target}: rotated file already exists")
             os.rename(self.path, target)
             self._close_fd()

@@ -101,12 +101,20 @@ class Verifier:
             return False
         return True
 
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        # picklable, so segments can be verified in worker processes
+        return _verifier_from_raw, (self._key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),)
+
     def public_pem(self) -> bytes:
         return self._key.public_bytes(serialization.Encoding.PEM,
                                       serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def __repr__(self) -> str:
         return f"Verifier({self.fingerprint})"
+
+
+def _verifier_from_raw(raw: bytes) -> Verifier:
+    return Verifier(Ed25519PublicKey.from_public_bytes(raw))
 
 
 def load_signing_key(uri: str) -> Signer:

@@ -15,6 +15,7 @@ import asyncpg
 from tenantgate.keyring.quoting import quote_qualified
 
 from .errors import AuditUnavailable
+from .lean import chain_value, ts_text
 from .record import SealedRecord
 from .sink import Head, OpenResult
 
@@ -59,7 +60,7 @@ class PostgresSink:
         if row is None:
             return OpenResult(None)
         rec = json.loads(row["record"])
-        return OpenResult(Head(int(rec["seq"]), rec["hash"], rec["kind"]))
+        return OpenResult(Head(int(rec["seq"]), chain_value(rec), rec["kind"]))
 
     async def write(self, records: Sequence[SealedRecord]) -> None:
         if self._conn is None:
@@ -90,4 +91,5 @@ class PostgresSink:
 
 
 def _ts(record: SealedRecord) -> str:
-    return str(record.record["ts"])
+    ts = record.record["ts"]
+    return ts_text(ts) if isinstance(ts, int) else str(ts)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .filesink import rotated_files
+import orjson
+from zstandard import ZstdError
+
+from .lean import PLAN_KIND
 from .pgsink import quote_table
+from .segments import ZST, open_lines, rotated_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +31,17 @@ class FileSource:
     def first_seq(self) -> int:
         """Order key: the first record's seq (-1 when unreadable, so verify reports it first)."""
         try:
-            with open(self.path, "rb") as fh:
-                return int(json.loads(fh.readline())["seq"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return int(json.loads(next(open_lines(self.path)))["seq"])
+        except (OSError, ValueError, KeyError, TypeError, StopIteration, ZstdError):
             return -1
 
+    def data(self) -> Iterator[bytes]:
+        """The stored lines (line n is the n-th item)."""
+        return open_lines(self.path)
+
     def lines(self) -> Iterator[RawLine]:
-        with open(self.path, "rb") as fh:
-            for no, data in enumerate(fh, 1):
-                yield RawLine(self.name, no, data)
+        for no, data in enumerate(self.data(), 1):
+            yield RawLine(self.name, no, data)
 
 
 class PostgresSource:
@@ -51,13 +57,17 @@ class PostgresSource:
         return 0
 
     def lines(self) -> Iterator[RawLine]:
+        for no, data in enumerate(self.data(), 1):
+            yield RawLine(self.name, no, data)
+
+    def data(self) -> Iterator[bytes]:
         import asyncpg  # lazy for start-up time: `tenantgate audit verify` of a file never needs it
 
         loop = asyncio.new_event_loop()
         try:
             conn = loop.run_until_complete(asyncpg.connect(self._dsn))
             try:
-                last, row_no = -1, 0
+                last = -1
                 query = (f"SELECT seq, record FROM {quote_table(self._table)} WHERE seq > $1 "
                          "ORDER BY seq LIMIT $2")
                 while True:
@@ -65,8 +75,7 @@ class PostgresSource:
                     if not rows:
                         return
                     for row in rows:
-                        row_no += 1
-                        yield RawLine(self.name, row_no, row["record"].encode("utf-8") + b"\n")
+                        yield row["record"].encode("utf-8") + b"\n"
                     last = rows[-1]["seq"]
             finally:
                 loop.run_until_complete(conn.close())
@@ -88,13 +97,19 @@ def open_sources(specs: Sequence[str], table: str = "tenantgate_audit") -> list[
             continue
         path = Path(spec)
         if path.is_dir():
+            plain = {p.name for p in path.glob("*.jsonl")}
             files.extend(FileSource(p) for p in sorted(path.glob("*.jsonl")))
+            # a compressed segment whose plain file is still there is the same segment
+            files.extend(FileSource(p) for p in sorted(path.glob("*.jsonl" + ZST)) if p.name[:-len(ZST)] not in plain)
         elif path.is_file():
             files.append(FileSource(path))
         else:
             raise FileNotFoundError(f"{spec}: no such audit log file or directory")
-    files.sort(key=lambda f: (f.first_seq(), f.name))
-    return sources + list(files)
+    # The same segment given twice (hot and archived copy): the first one given stands.
+    unique: dict[str, FileSource] = {}
+    for f in files:
+        unique.setdefault(f.path.name.removesuffix(ZST), f)
+    return sources + sorted(unique.values(), key=lambda f: (f.first_seq(), f.name))
 
 
 def configured_files(active: Path) -> list[str]:
@@ -105,12 +120,32 @@ def configured_files(active: Path) -> list[str]:
     return names
 
 
+def expand(records: Iterable[dict[str, object]]) -> Iterator[dict[str, object]]:
+    """Records as a reader wants them: format 2's `plan` records consumed and each statement's
+    `rewritten` SQL put back from the plan it names (a digest names the same SQL everywhere).
+
+    >>> list(expand([{"kind": "plan", "details": {"digest": "d", "sql": "S"}}, {"kind": "statement", "plan": "d"}]))
+    [{'kind': 'statement', 'plan': 'd', 'rewritten': 'S'}]
+    """
+    plans: dict[str, str] = {}
+    for rec in records:
+        if rec.get("kind") == PLAN_KIND:
+            details = rec.get("details")
+            if isinstance(details, dict):
+                plans[str(details.get("digest"))] = str(details.get("sql"))
+            continue
+        digest = rec.get("plan")
+        if isinstance(digest, str) and digest in plans:
+            rec["rewritten"] = plans[digest]
+        yield rec
+
+
 def iter_records(sources: Sequence[LogSource]) -> Iterator[tuple[RawLine, dict[str, object] | None]]:
     """Each line with its parsed record (None when unreadable): for report and tail, not for verify."""
     for source in sources:
         for raw in source.lines():
             try:
-                rec = json.loads(raw.data)
-            except ValueError:
+                rec = orjson.loads(raw.data)
+            except orjson.JSONDecodeError:
                 rec = None
             yield raw, rec if isinstance(rec, dict) else None

@@ -4,7 +4,7 @@ One record is one line: the canonical JSON of its body (keys sorted, no spaces, 
 with the seal fields appended last in the order hash, hmac, sig, then a newline. Body fields
 (absent when empty):
 
-  v (format, 1), seq (1, 2, 3 ... across files and restarts), ts (UTC, microseconds,
+  v (format, 1; format 2 is in audit/lean.py), seq (1, 2, 3 ... across files and restarts), ts (UTC, microseconds,
   "2025-01-31T12:00:00.123456Z"), instance (proxy instance id), kind, tenant, user, client,
   session, database, sql (original, with encrypted literals masked), rewritten, decision
   ("allowed"|"refused"), reason, sqlstate, rows, duration_ms, params, encrypted_columns,
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .keys import Signer
+from .lean import now_us, ts_text
 
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
@@ -62,10 +63,6 @@ def encode_line(payload: bytes, digest: str, mac: str, sig: str | None) -> bytes
 
 def utc_timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).isoformat(timespec="microseconds")[:-6] + "Z"
-
-
-def parse_timestamp(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def param_hash_key(hmac_key: bytes) -> bytes:
@@ -135,7 +132,8 @@ class AuditEvent:
     sql_redactions: Sequence[tuple[int, int]] = ()
     encrypted_columns: Sequence[str] = ()
     details: Mapping[str, object] | None = None
-    ts: str = field(default_factory=utc_timestamp)
+    # integer microseconds (formatted where records are sealed); an ISO string is accepted too
+    ts: int | str = field(default_factory=now_us)
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
@@ -144,8 +142,13 @@ class AuditEvent:
             raise ValueError(f"audit decision must be 'allowed' or 'refused', not {self.decision!r}")
 
     def body(self, log_parameters: str, hash_key: bytes) -> dict[str, object]:
-        """The record body without seq/instance/prev (the writer adds those)."""
-        body: dict[str, object] = {"v": FORMAT_VERSION, "ts": self.ts, "kind": self.kind}
+        """The format-1 record body without seq/instance/prev (the writer adds those)."""
+        ts = self.ts if isinstance(self.ts, str) else ts_text(self.ts)
+        return {"v": FORMAT_VERSION, "ts": ts, **self.fields(log_parameters, hash_key)}
+
+    def fields(self, log_parameters: str, hash_key: bytes) -> dict[str, object]:
+        """kind and the non-empty event fields, as logged (redacted), in a fixed order."""
+        body: dict[str, object] = {"kind": self.kind}
         sql = redact_sql(self.sql, self.sql_redactions) if self.sql is not None else None
         params = redact_params(self.params, self.encrypted_params, log_parameters, hash_key)
         for name, value in (("tenant", self.tenant), ("user", self.user), ("client", self.client),

@@ -133,8 +133,8 @@ def decode_event(raw: object) -> AuditEvent:
     for i, value in enumerate(texts):
         if value is not None and type(value) is not str:
             raise AuditProtocolError(f"event field {_TEXT_FIELDS[i]}: expected a string or null")
-    if type(kind) is not str or type(ts) is not str:
-        raise AuditProtocolError("event fields kind and ts must be strings")
+    if type(kind) is not str or (type(ts) is not int and type(ts) is not str):
+        raise AuditProtocolError("event fields kind and ts must be strings (ts: or integer microseconds)")
     if rows is not None and type(rows) is not int:
         raise AuditProtocolError("event field rows: expected an integer or null")
     if duration is not None and type(duration) is not float and type(duration) is not int:

@@ -1,16 +1,23 @@
-"""Activity report for auditors: Markdown, or HTML with an inline SVG chart (no JS, no CDN)."""
+"""Activity report for auditors: Markdown, or HTML with an inline SVG chart (no JS, no CDN).
+
+The numbers come from `Group`s: DuckDB's scan of the segment files (audit/columnar.py) or
+`group_records` over parsed records (a PostgreSQL sink); `summarise` turns either into ReportData."""
 
 from __future__ import annotations
 
 import html
+import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from .record import EVENT_KINDS, parse_timestamp
+from .columnar import ONE_BY_ONE, Group
+from .lean import ts_us
+from .record import EVENT_KINDS
 
 _MAX_LISTED = 200
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -35,48 +42,86 @@ class ReportData:
 def build_report(records: Iterable[dict[str, object]], *, tenant: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
                  integrity: str | None = None) -> ReportData:
-    """Summarise event records (markers are skipped) of `tenant` in [since, until)."""
-    data = ReportData(tenant, since, until)
-    if integrity is not None:
-        data.integrity = integrity
-    events: list[tuple[datetime, str]] = []
+    """Summarise event records (markers are skipped) of `tenant` in [since, until): for record
+    streams (a PostgreSQL sink, tests); files go through DuckDB (`columnar.scan`) instead."""
+    return summarise(group_records(records, tenant=tenant, since=since, until=until), tenant=tenant,
+                     since=since, until=until, integrity=integrity)
+
+
+def group_records(records: Iterable[dict[str, object]], *, tenant: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None) -> list[Group]:
+    """The groups `columnar.scan` makes, from parsed records."""
+    counts: Counter[tuple[object, ...]] = Counter()
+    spans: dict[tuple[object, ...], tuple[datetime, datetime]] = {}
     for rec in records:
         kind = rec.get("kind")
         if kind not in EVENT_KINDS or (tenant is not None and rec.get("tenant") != tenant):
             continue
-        ts = parse_timestamp(str(rec["ts"]))
+        ts = _moment(rec["ts"])
         if (since is not None and ts < since) or (until is not None and ts >= until):
             continue
-        assert isinstance(kind, str)
-        data.total += 1
-        data.first = ts if data.first is None else min(data.first, ts)
-        data.last = ts if data.last is None else max(data.last, ts)
-        refused = rec.get("decision") == "refused" or kind in ("refusal", "auth_fail")
-        decision = str(rec.get("decision") or ("refused" if refused else "-"))
-        data.by_kind[(kind, decision)] += 1
-        events.append((ts, "refused" if refused else "allowed"))
-        if refused and kind != "auth_fail":
-            data.refusals[str(rec.get("reason") or "(no reason)")] += 1
+        one = kind in ONE_BY_ONE
         columns = rec.get("encrypted_columns")
-        if isinstance(columns, list):
-            for column in columns:
-                data.encrypted[(str(column), str(rec.get("user") or "-"))] += 1
-        if kind == "auth_fail":
-            data.auth_failure_count += 1
+        details = rec.get("details")
+        key = (kind, _opt(rec.get("decision")), _opt(rec.get("reason")), _opt(rec.get("sqlstate")),
+               str(rec.get("user") or "-"), rec.get("tenant") is None, ts.replace(minute=0, second=0, microsecond=0),
+               tuple(str(c) for c in columns) if isinstance(columns, list) else (), ts if one else None,
+               _opt(rec.get("client")) if one else None, _opt(rec.get("sql")) if one else None,
+               json.dumps(details, sort_keys=True) if one and isinstance(details, dict) else None)
+        counts[key] += 1
+        first, last = spans.get(key, (ts, ts))
+        spans[key] = (min(first, ts), max(last, ts))
+    return [Group(*key, n, *spans[key]) for key, n in counts.items()]  # type: ignore[arg-type, call-arg]
+
+
+def _opt(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def summarise(groups: Iterable[Group], *, tenant: str | None = None, since: datetime | None = None,
+              until: datetime | None = None, integrity: str | None = None) -> ReportData:
+    data = ReportData(tenant, since, until)
+    if integrity is not None:
+        data.integrity = integrity
+    hourly: Counter[tuple[datetime, str]] = Counter()
+    singles: list[Group] = []
+    for g in groups:
+        data.total += g.count
+        data.first = g.first if data.first is None else min(data.first, g.first)
+        data.last = g.last if data.last is None else max(data.last, g.last)
+        refused = g.refused
+        data.by_kind[(g.kind, g.decision or ("refused" if refused else "-"))] += g.count
+        hourly[(g.hour, "refused" if refused else "allowed")] += g.count
+        if refused and g.kind != "auth_fail":
+            data.refusals[g.reason or "(no reason)"] += g.count
+        for column in g.encrypted_columns:
+            data.encrypted[(column, g.user)] += g.count
+        if g.at is not None:
+            singles.append(g)
+    for g in sorted(singles, key=lambda g: (g.at, g.kind)):
+        if g.kind == "auth_fail":
+            data.auth_failure_count += g.count
             if len(data.auth_failures) < _MAX_LISTED:
-                data.auth_failures.append((str(rec["ts"]), str(rec.get("user") or "-"),
-                                           str(rec.get("client") or "-"), str(rec.get("reason") or "-")))
-        if kind == "key_event" and len(data.key_events) < _MAX_LISTED:
-            details = rec.get("details")
+                data.auth_failures.append((_iso(g.at), g.user, g.client or "-", g.reason or "-"))
+        elif g.kind == "key_event" and len(data.key_events) < _MAX_LISTED:
+            details = json.loads(g.details) if g.details else None
             what = ", ".join(f"{k}={v}" for k, v in sorted(details.items())) if isinstance(details, dict) else ""
-            data.key_events.append((str(rec["ts"]), str(rec.get("reason") or "-"), what))
+            data.key_events.append((_iso(g.at), g.reason or "-", what))
     start = since or data.first
     end = until or data.last
     if start is not None and end is not None and end - start > timedelta(days=2):
         data.bucket = timedelta(days=1)
-    for ts, outcome in events:
-        data.timeline[(_floor(ts, data.bucket), outcome)] += 1
+    for (hour, outcome), n in hourly.items():
+        data.timeline[(_floor(hour, data.bucket), outcome)] += n
     return data
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if moment is not None else "-"
+
+
+def _moment(ts: object) -> datetime:
+    return _EPOCH + timedelta(microseconds=ts_us(ts if isinstance(ts, int) else str(ts)))
 
 
 def _floor(ts: datetime, bucket: timedelta) -> datetime:

@@ -22,8 +22,20 @@ from .errors import AuditConfigError
 _KNOWN = frozenset({
     "enabled", "sink", "path", "dsn", "dsn_env", "table", "key", "signing_key", "checkpoint_every",
     "durability", "flush_interval_ms", "rotate_bytes", "rotate_seconds", "on_failure", "log_parameters",
-    "queue_max",
+    "queue_max", "format", "compress", "retention",
 })
+_RETENTION_KEYS = frozenset({"hot_days", "archive_days", "archive"})
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """`[audit.retention]`: rotated segments stay `hot_days` in the log directory, are shipped to
+    `archive` (a directory, ideally on another volume) and kept there `archive_days` (0: forever).
+    A hot segment is deleted only once its archived copy verified (audit/retention.py)."""
+
+    archive: Path
+    hot_days: int = 90
+    archive_days: int = 365
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,9 @@ class AuditSettings:
     on_failure: str = "refuse"
     log_parameters: str = "none"
     queue_max: int = 100_000
+    format: int = 2  # record format written (1: the previous release's, still verified)
+    compress: str = "zstd"  # rotated segments: "zstd" or "none"
+    retention: RetentionSettings | None = None
 
     def __repr__(self) -> str:
         # The DSN may embed a password: never print it.
@@ -118,6 +133,33 @@ def parse_audit_settings(raw: Mapping[str, object], *, source: str,
     if not all(part.isidentifier() for part in table.split(".")) or table.count(".") > 1:
         raise err("table", "must be an identifier or schema.identifier")
 
+    retention = None
+    raw_retention = section.get("retention")
+    if raw_retention is not None:
+        if not isinstance(raw_retention, Mapping):
+            raise err("retention", "must be a table ([audit.retention])")
+        extra = sorted(set(raw_retention) - _RETENTION_KEYS)
+        if extra:
+            raise err(f"retention.{extra[0]}", "unknown key")
+        archive = raw_retention.get("archive")
+        if not isinstance(archive, str) or not archive:
+            raise err("retention.archive", "required: the directory rotated segments are shipped to")
+        archive_path = Path(archive)
+        if base_dir is not None and not archive_path.is_absolute():
+            archive_path = base_dir / archive_path
+        days = {}
+        for name, default in (("hot_days", 90), ("archive_days", 365)):
+            value = raw_retention.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise err(f"retention.{name}", "must be an integer >= 0")
+            days[name] = value
+        if days["archive_days"] and days["archive_days"] < days["hot_days"]:
+            raise err("retention.archive_days", "must be 0 (forever) or at least hot_days")
+        retention = RetentionSettings(archive_path, days["hot_days"], days["archive_days"])
+
+    fmt = section.get("format", 2)
+    if fmt not in (1, 2) or isinstance(fmt, bool):
+        raise err("format", "must be 1 or 2")
     return AuditSettings(
         key=key, enabled=enabled, sink=sink, path=path, dsn=dsn, table=table, signing_key=signing_key,
         checkpoint_every=integer("checkpoint_every", 1000, 0),
@@ -128,4 +170,5 @@ def parse_audit_settings(raw: Mapping[str, object], *, source: str,
         on_failure=choice("on_failure", ("refuse", "drop"), "refuse"),
         log_parameters=choice("log_parameters", ("none", "hash", "full"), "none"),
         queue_max=integer("queue_max", 100_000, 1),
+        format=int(fmt), compress=choice("compress", ("zstd", "none"), "zstd"), retention=retention,
     )

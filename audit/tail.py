@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from .filesink import rotated_files
+from .lean import ts_text
+from .segments import rotated_files
 
 _SQL_WIDTH = 200
 
@@ -23,7 +24,8 @@ def format_record(rec: dict[str, object]) -> str:
     ...   "sql": "SELECT *\\n FROM t"})
     '2025-01-01T00:00:00.000001Z #7 statement acme/alice allowed rows=3 1.500ms SELECT *  FROM t'
     """
-    parts = [str(rec.get("ts")), f"#{rec.get('seq')}", str(rec.get("kind"))]
+    ts = rec.get("ts")
+    parts = [ts_text(ts) if isinstance(ts, int) else str(ts), f"#{rec.get('seq')}", str(rec.get("kind"))]
     if rec.get("tenant") is not None or rec.get("user") is not None:
         parts.append(f"{rec.get('tenant') or '-'}/{rec.get('user') or '-'}")
     for name in ("client", "decision", "sqlstate"):

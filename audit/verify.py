@@ -13,26 +13,60 @@ Rules (the first violation is reported with file, line, seq and what is wrong):
    continues another file, and every file but the first begins with rotate or chain_start.
 5. With a public key, every marker (chain_start, chain_end, rotate, checkpoint, gap) must carry a
    valid Ed25519 signature `sig` over its hash.
-6. The log must end with chain_end; otherwise it is "truncated or still open". `allow_open` accepts
-   an open log only together with exported checkpoints (kept elsewhere): then the log must contain
-   every exported marker, and records after the last exported one are reported as unanchored.
+6. The log must end with chain_end. A log without one is open, not failed, while its writer holds
+   the log's lock ("verified through seq N at T, log open"; a torn last line is a write in progress
+   and left out); once no writer holds it, a missing chain_end is a cut tail ("truncated"). `allow_open`
+   accepts an open log only together with exported checkpoints (kept elsewhere): then the log must
+   contain every exported marker, and records after the last exported one are reported as unanchored.
 7. Exported checkpoints (always checked when given): each entry's signature is valid (with a public
    key) and the log holds a record with that seq and hash; an entry beyond the log's end means the
    tail was cut -- the only way to detect a cut exactly at a chain_end.
+8. Format 2 (audit/lean.py; both formats may follow each other in one log): the mac chains each
+   record to the previous one; a rotated segment ends with segment_end and nothing follows it in
+   its file; every `plan` a record names was stored earlier in its segment, under its own digest.
+
+Each source (segment) is verified on its own, in parallel worker processes when there are several:
+a segment starts from the previous chain value its first record (chain_start / rotate) states, and
+the ties between segments (seq, chain value, marker rules) are checked afterwards, in order.
+`allow_expired` accepts a log whose oldest segments were deleted under retention: it may begin at a
+rotate record (signed, when a public key is given).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import orjson
+from zstandard import ZstdError
 
 from .checkpoints import ExportedMarker
 from .keys import Verifier
-from .reader import LogSource
-from .record import GENESIS, KINDS, MARKER_KINDS, SEAL_FIELDS, canonical, encode_line
+from .lean import (
+    LINE_END,
+    MAC_FIELD,
+    MARKERS,
+    PLAN_KIND,
+    PREFIX,
+    SEGMENT_END,
+    SIG_FIELD,
+    LineError,
+    mac_function,
+    plan_digest,
+    ts_text,
+)
+from .reader import FileSource, LogSource
+from .record import GENESIS, KINDS, SEAL_FIELDS, canonical, encode_line
+from .segments import writer_alive
+
+_PARALLEL_BYTES = 8 << 20  # below this much log, worker processes cost more than they save
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +92,15 @@ class VerifyResult:
     signatures_checked: int = 0
     anchors_checked: int = 0
     notes: list[str] = field(default_factory=list)
+    open_through: tuple[int, str] | None = None  # (seq, time) of a live log's last record
+
+    @property
+    def status(self) -> str:
+        if self.problem is not None:
+            return f"VERIFICATION FAILED: {self.problem}"
+        if self.open_through is not None:
+            return f"verified through seq {self.open_through[0]} at {self.open_through[1]}, log open"
+        return f"verified intact through seq {self.last_seq}"
 
     @property
     def ok(self) -> bool:
@@ -69,7 +112,37 @@ class VerifyResult:
         lines = [f"OK: {self.records} records (seq {self.first_seq}..{self.last_seq}) in {self.files} "
                  f"file(s), {self.chains} chain run(s), {self.signatures_checked} signature(s) and "
                  f"{self.anchors_checked} exported checkpoint(s) checked"]
+        if self.open_through is not None:
+            lines.append(self.status + " (its writer holds the lock)")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+@dataclass(slots=True)
+class _Edge:
+    seq: int
+    chain: str  # the chain value (format 1 hash, format 2 mac), hex
+    kind: str
+    ts: str
+    line: int
+    v: int
+    prev: str = ""  # what the record links to (first record of a segment)
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Segment:
+    """What verifying one source on its own found (crosses the process boundary)."""
+
+    source: str
+    problem: Problem | None = None
+    first: _Edge | None = None
+    last: _Edge | None = None
+    torn_line: int = 0  # line number of an incomplete last line (0: none)
+    records: int = 0
+    chains: int = 0
+    signatures: int = 0
+    unsigned: int = 0
+    found: dict[int, str] = field(default_factory=dict)
 
 
 class _Broken(Exception):
@@ -78,127 +151,341 @@ class _Broken(Exception):
 
 
 def verify_log(sources: Sequence[LogSource], *, hmac_key: bytes, verifier: Verifier | None = None,
-               exported: Sequence[ExportedMarker] = (), allow_open: bool = False) -> VerifyResult:
+               exported: Sequence[ExportedMarker] = (), allow_open: bool = False,
+               allow_expired: bool = False, jobs: int | None = None) -> VerifyResult:
     """Check `sources` (in chain order) against the rules in the module docstring."""
     if allow_open and not exported:
         raise ValueError("allow_open needs exported checkpoints: an open log's tail is otherwise unprovable")
     result = VerifyResult()
+    wanted = frozenset(m.seq for m in exported)
     try:
-        _verify(sources, hmac_key, verifier, exported, allow_open, result)
+        segments = _verify_all(sources, hmac_key, verifier, wanted, jobs)
+        _tie(sources, segments, verifier, exported, allow_open, allow_expired, result)
     except _Broken as broken:
         result.problem = broken.problem
     return result
 
 
-def _verify(sources: Sequence[LogSource], key: bytes, verifier: Verifier | None,
-            exported: Sequence[ExportedMarker], allow_open: bool, result: VerifyResult) -> None:
-    wanted = {m.seq: m for m in exported}
-    found: dict[int, str] = {}
-    last: dict[str, object] | None = None
-    where = ("(no records)", 0)
-    unsigned_markers = 0
-    for index, source in enumerate(sources):
-        result.files += 1
-        for raw in source.lines():
-            where = (raw.source, raw.line_no)
+def _verify_all(sources: Sequence[LogSource], key: bytes, verifier: Verifier | None, wanted: frozenset[int],
+                jobs: int | None) -> list[_Segment]:
+    files = [s.path for s in sources if isinstance(s, FileSource)]
+    sizes = [_size(p) for p in files]
+    size = sum(sizes)
+    workers = min(jobs or os.cpu_count() or 1, len(sources))
+    # fork: no re-import and no main-module guard needed; only from a single-threaded process (a
+    # thread holding a lock at fork time would leave the child stuck), else in this process.
+    if workers < 2 or len(files) != len(sources) or size < _PARALLEL_BYTES or threading.active_count() > 1:
+        return [verify_segment(s, key, verifier, wanted) for s in sources]
+    # Larger segments first keeps both workers busy to the end; results are put back in chain order.
+    order = sorted(range(len(sources)), key=lambda i: -sizes[i])
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        futures = {i: pool.submit(verify_segment, sources[i], key, verifier, wanted) for i in order}
+        return [futures[i].result() for i in range(len(sources))]
 
-            def broken(msg: str, seq: object = None, raw_source: str = raw.source,
-                       raw_line: int = raw.line_no) -> _Broken:
-                return _Broken(Problem(raw_source, raw_line, seq if isinstance(seq, int) else None, msg))
 
-            if not raw.data.endswith(b"\n"):
-                raise broken("truncated: incomplete last line (torn write or cut file)")
-            try:
-                rec = json.loads(raw.data)
-            except ValueError:
-                raise broken("not a JSON record (line damaged or inserted)") from None
-            if not isinstance(rec, dict):
-                raise broken("not a JSON object")
-            seq = rec.get("seq")
-            if "hmac" not in rec or "hash" not in rec:
-                raise broken("unsigned record (no hash/hmac)", seq)
-            body = {k: v for k, v in rec.items() if k not in SEAL_FIELDS}
-            payload = canonical(body)
-            if not hmac.compare_digest(hashlib.sha256(payload).hexdigest().encode(), str(rec["hash"]).encode()):
-                raise broken("content does not match its hash (record edited)", seq)
-            mac = hmac.new(key, payload, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(mac.encode(), str(rec["hmac"]).encode()):
-                raise broken("HMAC invalid (record forged, or wrong audit key)", seq)
-            sig = rec.get("sig")
-            if encode_line(payload, str(rec["hash"]), str(rec["hmac"]),
-                           None if sig is None else str(sig)) != raw.data:
-                raise broken("record bytes are not in canonical form (line edited)", seq)
-            kind = rec.get("kind")
-            if not isinstance(seq, int) or kind not in KINDS or rec.get("v") != 1 or \
-                    not isinstance(rec.get("ts"), str) or not isinstance(rec.get("prev"), str):
-                raise broken("malformed record (v, seq, kind, ts or prev missing or invalid)", seq)
-            details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
-            assert isinstance(details, dict)
-            first_in_file = raw.line_no == 1
-            if last is None:
-                if kind == "rotate":
-                    raise broken(f"log starts in the middle: continues {details.get('previous_file')!r} "
-                                 "(pass the earlier files too)", seq)
-                if kind != "chain_start" or seq != 1 or rec["prev"] != GENESIS:
-                    raise broken("log does not start with chain_start seq 1 (earlier records missing)", seq)
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # compressed meanwhile: read under its new name (segments.open_lines)
+        return 0
+
+
+def verify_segment(source: LogSource, key: bytes, verifier: Verifier | None,
+                   wanted: frozenset[int] = frozenset()) -> _Segment:
+    """Verify one source from its own first record on (rules 1-5 and 8 inside it)."""
+    seg = _Segment(source.name)
+    lines = _Counted(source.data())
+    try:
+        _walk(lines, seg, key, verifier, wanted)
+    except _Broken as broken:
+        seg.problem = broken.problem
+    except (OSError, ZstdError) as exc:  # a damaged compressed frame, an unreadable file
+        seg.problem = Problem(source.name, lines.count + 1, None, f"segment unreadable after line {lines.count}: "
+                              f"{type(exc).__name__}: {exc} (file damaged or edited)")
+    return seg
+
+
+class _Counted:
+    """An iterator of lines that knows how many it handed out (to name where reading failed)."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self.count = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._lines:
+            self.count += 1
+            yield line
+
+
+_SEQ_AT = len(PREFIX) + len(b'"seq":')
+_TS, _KIND, _PLAN = b',"ts":', b',"kind":"', b',"plan":"'
+
+
+def _walk(lines: Iterable[bytes], seg: _Segment, key: bytes, verifier: Verifier | None,
+          wanted: frozenset[int]) -> None:
+    """The per-record loop: format 2 statements take the fast path (slices, one MAC, no JSON parse)."""
+    mac_of = mac_function(key)
+    name = seg.source
+    prev = b""
+    last_seq = 0
+    last_kind = ""
+    last_line = b""
+    plans: set[str] = set()
+    no = 0
+    torn = False
+    for no, data in enumerate(lines, 1):
+        if torn:  # an incomplete line that is not the last one: damage, not a write in progress
+            raise _Broken(Problem(name, no - 1, None, "truncated: incomplete line (torn write or cut file)"))
+        if data[-1:] != b"\n":
+            torn = True
+            seg.torn_line = no
+            continue
+        seq: int | None = None
+        try:
+            if data.startswith(PREFIX):
+                try:
+                    c1 = data.index(b",", _SEQ_AT)
+                    seq = int(data[_SEQ_AT:c1])
+                    c2 = data.index(b",", c1 + len(_TS))
+                    c3 = data.index(b'"', c2 + len(_KIND))
+                except ValueError:
+                    raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)") from None
+                if data[c1:c1 + len(_TS)] != _TS or data[c2:c2 + len(_KIND)] != _KIND:
+                    raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)")
+                kind = data[c2 + len(_KIND):c3].decode()
+                cut = data.rfind(MAC_FIELD)
+                if cut < 0 or not data.endswith(LINE_END):
+                    raise LineError("format 2 record without its mac (line damaged or cut)")
+                if seg.first is None:
+                    rec = _parse(data)
+                    details = _details(rec)
+                    link = str(details.get("previous_hash", ""))
+                    if kind not in ("chain_start", "rotate"):
+                        raise LineError("segment does not begin with a chain_start or rotate record")
+                    try:
+                        prev = bytes.fromhex(link)
+                    except ValueError:
+                        raise LineError("previous_hash of the segment's first record is not hex") from None
+                else:
+                    _next(seq, last_seq, last_kind)
+                mac = mac_of(prev, data[:cut])
+                if mac.hex().encode() != data[cut + len(MAC_FIELD):cut + len(MAC_FIELD) + 64]:
+                    raise LineError("MAC invalid: content does not match its keyed hash (record edited or "
+                                    "forged, the chain broken before it, or the wrong key)")
+                tail = data[cut + len(MAC_FIELD) + 64:]
+                if tail != LINE_END and not (tail.startswith(SIG_FIELD) and len(tail) == len(SIG_FIELD) + 131):
+                    raise LineError("bytes after the mac are not a signature (line edited)")
+                prev = mac
+                if kind == "statement":
+                    if data[c3 + 1:c3 + 1 + len(_PLAN)] == _PLAN and \
+                            data[c3 + 1 + len(_PLAN):c3 + 17 + len(_PLAN)].decode() not in plans:
+                        raise LineError("the plan it names is not stored earlier in this segment")
+                else:
+                    rec = _parse(data)
+                    details = _details(rec)
+                    if kind not in KINDS and kind not in (PLAN_KIND, SEGMENT_END):
+                        raise LineError("malformed record (unknown kind)")
+                    _rules(rec, kind, details, seg, verifier, plans, last_kind, seg.first is None, 2)
+                if seg.first is None:
+                    seg.first = _Edge(seq, prev.hex(), kind, "", no, 2, link, details)
             else:
-                expected = int(str(last["seq"])) + 1
-                if seq != expected:
-                    what = ("seq jumps: records deleted or reordered" if seq > expected
-                            else "seq goes back: records reordered or duplicated")
-                    raise broken(f"{what} (expected seq {expected})", seq)
-                if rec["prev"] != last["hash"]:
-                    raise broken(f"chain broken: prev is not the hash of seq {last['seq']}", seq)
-                if index > 0 and first_in_file and kind not in ("rotate", "chain_start"):
-                    raise broken("file does not begin with a rotate or chain_start record", seq)
-                if kind == "rotate" and not (first_in_file and index > 0):
-                    raise broken("rotate record not at the start of a continuing file", seq)
-                if last["kind"] == "chain_end" and kind != "chain_start":
-                    raise broken("record after chain_end without a new chain_start", seq)
-                if kind == "chain_start" and bool(details.get("unclean")) != (last["kind"] != "chain_end"):
-                    raise broken("chain_start without a matching chain_end/unclean flag", seq)
-            if kind == "chain_start":
-                result.chains += 1
-            if kind in MARKER_KINDS:
-                if "sig" not in rec:
-                    if verifier is not None:
-                        raise broken("marker record not signed (no Ed25519 signature)", seq)
-                    unsigned_markers += 1
-                elif verifier is not None:
-                    if not verifier.verify(str(rec["hash"]), str(rec["sig"])):
-                        raise broken("Ed25519 signature invalid", seq)
-                    result.signatures_checked += 1
-            if seq in wanted:
-                found[seq] = str(rec["hash"])
-            if result.first_seq is None:
-                result.first_seq = seq
-            result.last_seq = seq
-            result.records += 1
-            last = rec
+                rec = _parse(data)
+                seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None  # type: ignore[assignment]
+                chain_hex, prev_hex = _v1_check(rec, data, key)
+                kind = str(rec.get("kind"))
+                if seq is None or kind not in KINDS:
+                    raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)")
+                details = _details(rec)
+                if seg.first is not None:
+                    _next(seq, last_seq, last_kind)
+                    if prev_hex != prev.hex():
+                        raise LineError(f"chain broken: prev is not the hash of seq {last_seq}")
+                prev = bytes.fromhex(chain_hex)
+                if kind != "statement":
+                    _rules(rec, kind, details, seg, verifier, plans, last_kind, seg.first is None, 1)
+                if seg.first is None:
+                    seg.first = _Edge(seq, chain_hex, kind, "", no, 1, prev_hex, details)
+        except LineError as exc:
+            raise _Broken(Problem(name, no, seq, str(exc))) from None
+        if seq in wanted:
+            seg.found[seq] = prev.hex()
+        last_seq, last_kind, last_line = seq, kind, data
+        seg.records += 1
+    if seg.first is not None:
+        # a torn last line is not a record: the last complete one stands
+        seg.last = _Edge(last_seq, prev.hex(), last_kind, _ts(_parse(last_line)), no - 1 if torn else no, 0)
+
+
+def _next(seq: int, last_seq: int, last_kind: str) -> None:
+    if seq != last_seq + 1:
+        what = ("seq jumps: records deleted or reordered" if seq > last_seq + 1
+                else "seq goes back: records reordered or duplicated")
+        raise LineError(f"{what} (expected seq {last_seq + 1})")
+    if last_kind == SEGMENT_END:
+        raise LineError("record after segment_end in the same file")
+
+
+def _details(rec: dict[str, object]) -> dict[str, object]:
+    details = rec.get("details")
+    return details if isinstance(details, dict) else {}
+
+
+def _parse(data: bytes) -> dict[str, object]:
+    try:
+        rec = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise LineError("not a JSON record (line damaged or inserted)") from None
+    if type(rec) is not dict:
+        raise LineError("not a JSON object")
+    return rec
+
+
+def _ts(rec: dict[str, object]) -> str:
+    ts = rec.get("ts")
+    return ts_text(ts) if isinstance(ts, int) else str(ts)
+
+
+def _v1_check(rec: dict[str, object], data: bytes, key: bytes) -> tuple[str, str]:
+    """(hash, prev) of a format-1 record after checking its hash, HMAC and canonical bytes."""
+    if "hmac" not in rec or "hash" not in rec:
+        raise LineError("unsigned record (no hash/hmac)")
+    body = {k: v for k, v in rec.items() if k not in SEAL_FIELDS}
+    payload = canonical(body)
+    if not hmac.compare_digest(hashlib.sha256(payload).hexdigest().encode(), str(rec["hash"]).encode()):
+        raise LineError("content does not match its hash (record edited)")
+    mac = hmac.digest(key, payload, "sha256").hex()
+    if not hmac.compare_digest(mac.encode(), str(rec["hmac"]).encode()):
+        raise LineError("HMAC invalid (record forged, or wrong audit key)")
+    sig = rec.get("sig")
+    if encode_line(payload, str(rec["hash"]), str(rec["hmac"]), None if sig is None else str(sig)) != data:
+        raise LineError("record bytes are not in canonical form (line edited)")
+    if rec.get("v") != 1 or not isinstance(rec.get("ts"), str) or not isinstance(rec.get("prev"), str):
+        raise LineError("malformed record (v, seq, kind, ts or prev missing or invalid)")
+    return str(rec["hash"]), str(rec["prev"])
+
+
+def _rules(rec: dict[str, object], kind: str, details: dict[str, object], seg: _Segment,
+           verifier: Verifier | None, plans: set[str], last_kind: str, first: bool, v: int) -> None:
+    """Rules for the non-statement kinds that need no other segment."""
+    if not first:
+        if kind == "rotate":
+            raise LineError("rotate record not at the start of a continuing file")
+        if last_kind == "chain_end" and kind != "chain_start":
+            raise LineError("record after chain_end without a new chain_start")
+        if kind == "chain_start" and bool(details.get("unclean")) != (last_kind != "chain_end"):
+            raise LineError("chain_start without a matching chain_end/unclean flag")
+    if kind == "chain_start":
+        seg.chains += 1
+    if kind == PLAN_KIND:
+        sql, digest = details.get("sql"), details.get("digest")
+        if not isinstance(sql, str) or digest != plan_digest(sql):
+            raise LineError("plan record's digest does not match its statement")
+        plans.add(digest)
+    elif kind in MARKERS:
+        chain = str(rec["mac"] if v == 2 else rec["hash"])
+        if "sig" not in rec:
+            if verifier is not None:
+                raise LineError("marker record not signed (no Ed25519 signature)")
+            seg.unsigned += 1
+        elif verifier is not None:
+            if not verifier.verify(chain, str(rec["sig"])):
+                raise LineError("Ed25519 signature invalid")
+            seg.signatures += 1
+
+
+def _tie(sources: Sequence[LogSource], segments: list[_Segment], verifier: Verifier | None,
+         exported: Sequence[ExportedMarker], allow_open: bool, allow_expired: bool, result: VerifyResult) -> None:
+    """Rules across segments, in chain order, then the tail (rule 6) and exported checkpoints (7)."""
+    last: _Edge | None = None
+    found: dict[int, str] = {}
+    unsigned = 0
+    live = bool(sources) and isinstance(sources[-1], FileSource) and writer_alive(Path(sources[-1].name))
+    for index, seg in enumerate(segments):
+        result.files += 1
+        final = index == len(segments) - 1
+        if seg.problem is not None:
+            raise _Broken(seg.problem)
+        if seg.torn_line and not (final and live):
+            raise _Broken(Problem(seg.source, seg.torn_line, None,
+                                  "truncated: incomplete last line (torn write or cut file)"))
+        first = seg.first
+        if first is None:
+            continue
+        if last is None:
+            if first.kind == "rotate" and not allow_expired:
+                raise _Broken(Problem(seg.source, 1, first.seq,
+                                      f"log starts in the middle: continues {first.details.get('previous_file')!r} "
+                                      "(pass the earlier files too)"))
+            if first.kind == "rotate" and verifier is None:
+                result.notes.append("log begins at a rotate record whose signature was not checked")
+            elif first.kind == "rotate":
+                result.notes.append(f"log begins at seq {first.seq}: earlier segments expired "
+                                    "(signed rotate record checked)")
+            elif first.kind != "chain_start" or first.seq != 1 or first.prev != GENESIS:
+                raise _Broken(Problem(seg.source, 1, first.seq,
+                                      "log does not start with chain_start seq 1 (earlier records missing)"))
+        else:
+            def broken(msg: str, where: _Segment = seg, edge: _Edge = first) -> _Broken:
+                return _Broken(Problem(where.source, edge.line, edge.seq, msg))
+
+            if first.seq != last.seq + 1:
+                what = ("seq jumps: records deleted or reordered" if first.seq > last.seq + 1
+                        else "seq goes back: records reordered or duplicated")
+                raise broken(f"{what} (expected seq {last.seq + 1})")
+            if first.prev != last.chain:
+                raise broken(f"chain broken: prev is not the hash of seq {last.seq}")
+            if first.kind not in ("rotate", "chain_start"):
+                raise broken("file does not begin with a rotate or chain_start record")
+            if last.kind == "chain_end" and first.kind != "chain_start":
+                raise broken("record after chain_end without a new chain_start")
+            if first.kind == "chain_start" and bool(first.details.get("unclean")) != (last.kind != "chain_end"):
+                raise broken("chain_start without a matching chain_end/unclean flag")
+        assert seg.last is not None
+        if not final and seg.last.kind not in (SEGMENT_END, "chain_end") and _is_lean(seg):
+            raise _Broken(Problem(seg.source, seg.last.line, seg.last.seq,
+                                  "segment cut: it ends without its signed segment_end marker"))
+        if result.first_seq is None:
+            result.first_seq = first.seq
+        result.records += seg.records
+        result.chains += seg.chains
+        result.signatures_checked += seg.signatures
+        unsigned += seg.unsigned
+        found.update(seg.found)
+        last = seg.last
     if last is None:
-        raise _Broken(Problem(where[0], where[1], None, "empty log: no records"))
-    last_seq = int(str(last["seq"]))
+        where = segments[-1].source if segments else "(no records)"
+        raise _Broken(Problem(where, 0, None, "empty log: no records"))
+    result.last_seq = last.seq
     for marker in exported:
         anchor = Problem(marker.source, marker.line, marker.seq, "")
         if verifier is not None and (not marker.sig or not verifier.verify(marker.hash, marker.sig)):
             raise _Broken(_with(anchor, "exported checkpoint signature invalid or missing"))
-        if marker.seq > last_seq:
-            raise _Broken(_with(anchor, f"log ends at seq {last_seq} before this exported checkpoint "
+        if marker.seq > last.seq:
+            raise _Broken(_with(anchor, f"log ends at seq {last.seq} before this exported checkpoint "
                                         "(tail cut off)"))
         if found.get(marker.seq) != marker.hash:
             raise _Broken(_with(anchor, "log record differs from this exported checkpoint (history rewritten)"))
         result.anchors_checked += 1
-    if last["kind"] != "chain_end":
-        if not allow_open:
-            raise _Broken(Problem(where[0], where[1], last_seq,
-                                  f"log truncated or still open: last record is {last['kind']}, not chain_end"))
-        anchored = max(m.seq for m in exported)
-        result.notes.append(f"log is open: records after seq {anchored} are not anchored by an exported "
-                            f"checkpoint ({last_seq - anchored} record(s))")
-    if unsigned_markers:
-        result.notes.append(f"{unsigned_markers} marker record(s) carry no Ed25519 signature")
+    if last.kind != "chain_end":
+        if live:
+            result.open_through = (last.seq, last.ts)
+        elif not allow_open:
+            raise _Broken(Problem(segments[-1].source, last.line, last.seq,
+                                  f"log truncated or still open: last record is {last.kind}, not chain_end, "
+                                  "and no writer holds the log (crashed, or its tail was cut)"))
+        else:
+            anchored = max(m.seq for m in exported)
+            result.notes.append(f"log is open: records after seq {anchored} are not anchored by an exported "
+                                f"checkpoint ({last.seq - anchored} record(s))")
+    if unsigned:
+        result.notes.append(f"{unsigned} marker record(s) carry no Ed25519 signature")
     if verifier is None:
         result.notes.append("Ed25519 signatures not checked (no public key given)")
+
+
+def _is_lean(seg: _Segment) -> bool:
+    return seg.first is not None and seg.first.v == 2
 
 
 def _with(problem: Problem, message: str) -> Problem:

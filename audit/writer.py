@@ -31,9 +31,12 @@ from dataclasses import dataclass
 from .errors import AuditUnavailable
 from .filesink import FileSink
 from .keys import Signer, load_hmac_key, load_signing_key
+from .lean import PLAN_KIND, SEGMENT_END, LeanSealer, now_us, plan_digest, ts_us
 from .record import GENESIS, AuditEvent, SealedRecord, Sealer, param_hash_key, utc_timestamp
 from .settings import AuditSettings
 from .sink import Head, Sink
+
+_DIGESTS_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,8 @@ def make_sink(settings: AuditSettings) -> Sink:
 
         assert settings.dsn is not None
         return PostgresSink(settings.dsn, table=settings.table)
-    return FileSink(settings.path, rotate_bytes=settings.rotate_bytes, rotate_seconds=settings.rotate_seconds)
+    return FileSink(settings.path, rotate_bytes=settings.rotate_bytes, rotate_seconds=settings.rotate_seconds,
+                    compress=settings.compress == "zstd")
 
 
 class AuditLog:
@@ -78,6 +82,9 @@ class AuditLog:
         if signer is None and settings.signing_key is not None:
             signer = load_signing_key(settings.signing_key)
         self._sealer = Sealer(key, signer)
+        self._lean = LeanSealer(key, signer) if settings.format == 2 else None
+        self._plans: set[str] = set()  # plan digests already stored in the current segment (format 2)
+        self._digests: dict[str, str] = {}  # rewritten SQL -> digest (the proxy's plans repeat)
         self._param_key = param_hash_key(key)
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._strict = settings.durability == "strict"
@@ -217,6 +224,7 @@ class AuditLog:
 
     def _adopt(self, head: Head | None) -> None:
         self._seq, self._prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
+        self._plans.clear()
 
     def _seal(self, body: dict[str, object]) -> SealedRecord:
         body["seq"] = self._seq + 1
@@ -226,8 +234,40 @@ class AuditLog:
         self._seq, self._prev = record.seq, record.hash
         return record
 
+    def _seal_lean(self, ts: int, fields: dict[str, object]) -> SealedRecord:
+        assert self._lean is not None
+        body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, **fields}
+        mac, line = self._lean.seal(body, bytes.fromhex(self._prev))
+        self._seq, self._prev = self._seq + 1, mac.hex()
+        return SealedRecord(self._seq, self._prev, str(fields["kind"]), body, line)
+
+    def _seal_event(self, event: AuditEvent) -> list[SealedRecord]:
+        """The event's record; in format 2 preceded by its plan's record the first time in a segment."""
+        if self._lean is None:
+            return [self._seal(event.body(self.settings.log_parameters, self._param_key))]
+        fields = event.fields(self.settings.log_parameters, self._param_key)
+        ts = ts_us(event.ts)
+        out: list[SealedRecord] = []
+        rewritten = fields.pop("rewritten", None)
+        if isinstance(rewritten, str):
+            digest = self._digests.get(rewritten)
+            if digest is None:
+                if len(self._digests) >= _DIGESTS_MAX:
+                    self._digests.clear()
+                digest = self._digests[rewritten] = plan_digest(rewritten)
+            if digest not in self._plans:
+                out.append(self._seal_lean(ts, {"kind": PLAN_KIND, "details": {"digest": digest, "sql": rewritten}}))
+                self._plans.add(digest)
+            fields = {"kind": fields.pop("kind"), "plan": digest, **fields}  # plan right after kind: see lean.py
+        out.append(self._seal_lean(ts, fields))
+        return out
+
     def _seal_marker(self, kind: str, details: dict[str, object]) -> SealedRecord:
-        return self._seal({"v": 1, "ts": utc_timestamp(), "kind": kind, "details": details})
+        if self._lean is None:
+            return self._seal({"v": 1, "ts": utc_timestamp(), "kind": kind, "details": details})
+        if kind in ("chain_start", "rotate"):
+            details["instance"] = self.instance_id  # format 2 names the writer once per run/segment
+        return self._seal_lean(now_us(), {"kind": kind, "details": details})
 
     async def _write(self, records: list[SealedRecord]) -> None:
         started = time.perf_counter()
@@ -262,8 +302,8 @@ class AuditLog:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if not self._strict and not self._closing:
-                await asyncio.sleep(self._interval)
+            if not self._strict and not self._closing and len(self._queue) < self._max_batch:
+                await asyncio.sleep(self._interval)  # a full batch is not kept waiting for the interval
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
             for item in batch:
                 if item.slot:
@@ -283,14 +323,18 @@ class AuditLog:
             await self._ensure_open()
             records: list[SealedRecord] = []
             if self.sink.rotation_due():
+                if self._lean is not None:
+                    # a signed end: the closed segment proves on its own that nothing was cut off it
+                    await self._write([self._seal_marker(SEGMENT_END, {"records_dropped": self._dropped})])
                 previous = await self.sink.rotate()
+                self._plans.clear()
                 records.append(self._seal_marker("rotate", {"previous_file": previous,
                                                             "previous_seq": self._seq,
                                                             "previous_hash": self._prev}))
             every = self.settings.checkpoint_every
             seqs: list[int] = []
             for item in batch:
-                records.append(self._seal(item.event.body(self.settings.log_parameters, self._param_key)))
+                records.extend(self._seal_event(item.event))
                 seqs.append(self._seq)
                 self._since_checkpoint += 1
                 if every and self._since_checkpoint >= every:

@@ -1,4 +1,7 @@
-"""``python -m bench [--quick | --profile] [--out DIR]`` from the repository root; see bench/README.md."""
+"""``python -m bench [--quick | --profile] [--out DIR]`` from the repository root; see bench/README.md.
+
+``python -m bench audit-volume [--records N]``: write/verify/report throughput and bytes per record
+of the audit log (bench/audit_volume.py)."""
 
 from __future__ import annotations
 
@@ -85,5 +88,9 @@ def parse_args(argv: list[str]) -> Options:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["audit-volume"]:  # the audit log at volume: its own options (bench/audit_volume.py)
+        from .audit_volume import main as audit_volume
+
+        sys.exit(audit_volume(sys.argv[2:]))
     options = parse_args(sys.argv[1:])
     sys.exit(profile.main(options) if options.mode == "profile" else main(options))

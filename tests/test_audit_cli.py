@@ -178,7 +178,7 @@ def test_tail_follows_across_rotation(tmp_path: Path) -> None:
         follower.join()
     text = out.getvalue()
     assert [f"SELECT {i}" in text for i in range(20)] == [True] * 20
-    assert len(list(tmp_path.glob("tg.0*.jsonl"))) >= 2  # it really did rotate meanwhile
+    assert len(list(tmp_path.glob("tg.0*.jsonl*"))) >= 2  # it really did rotate meanwhile (.zst: compressed)
 
 
 @pytest.mark.parametrize(("raw", "message"), [

@@ -194,9 +194,14 @@ def test_every_field_reaches_the_record(tmp_path: Path) -> None:
             await client.record(event)
 
     asyncio.run(go())
-    [record] = [r for r in verified(path) if r["kind"] == "statement"]
-    expected = event.body("full", param_hash_key(KEY))
+    records = verified(path)
+    [record] = [r for r in records if r["kind"] == "statement"]
+    # format 2: the rewritten SQL is stored once in a plan record that the statement names
+    expected = event.fields("full", param_hash_key(KEY))
+    [plan] = [r["details"] for r in records if r["kind"] == "plan"]
+    assert plan == {"digest": record["plan"], "sql": expected.pop("rewritten")}
     assert {k: v for k, v in record.items() if k in expected} == expected
+    assert record["ts"] == event.ts
     assert record["params"] == ["bob", "\\x0102", None, "***"]
     assert record["sql"] == "INSERT INTO cards VALUES ($1, '***')"
 

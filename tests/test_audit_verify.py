@@ -1,4 +1,7 @@
-"""The hash chain, HMAC, signatures and verify rules: every kind of tampering is caught and named."""
+"""The hash chain, HMAC, signatures and verify rules: every kind of tampering is caught and named.
+
+These logs are written in record format 1 (the previous release's, plain rotated files): old logs
+must keep verifying. Format 2 and compressed segments: tests/test_audit_volume.py."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def write_log(path: Path, n: int = 30, *, rotate_bytes: int = 0, signer: Signer 
               close: bool = True, checkpoint_every: int = 10) -> None:
     async def go() -> None:
         settings = AuditSettings(key="env:UNUSED", path=path, durability="strict", rotate_bytes=rotate_bytes,
-                                 rotate_seconds=0, checkpoint_every=checkpoint_every)
+                                 rotate_seconds=0, checkpoint_every=checkpoint_every, format=1, compress="none")
         log = AuditLog(settings, hmac_key=KEY, signer=signer, instance_id="test")
         await log.start()
         for i in range(n):
