@@ -268,6 +268,27 @@ class Scoping:
 
 
 @dataclass(frozen=True, slots=True)
+class Cluster:
+    """[cluster]: several instances serving one config (README "Running several instances").
+
+    ``peers`` maps every instance id to its peer-channel address, in the same order everywhere:
+    an instance's position in it is the ``index`` its cancel keys encode.
+    """
+
+    instance: str
+    peers: Mapping[str, tuple[str, int]]
+    secret: Secret  # shared by every instance: HMAC key of the peer channel
+
+    @property
+    def index(self) -> int:
+        return list(self.peers).index(self.instance)
+
+    @property
+    def size(self) -> int:
+        return len(self.peers)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Listen
     backend: Backend
@@ -283,6 +304,7 @@ class Config:
     encryption: EncryptionSettings | None = None  # None: no encrypted columns
     oidc: Oidc | None = None  # None: no token logins
     limits: Limits = Limits()  # [limits]: defaults for every tenant (also tenants known only from a token)
+    cluster: Cluster | None = None  # None: a single instance
 
     def tenant(self, name: str) -> Tenant:
         """A tenant's placement and limits; a tenant known only from a JWT claim is shared with [limits]."""

@@ -93,7 +93,13 @@ class Proxy:
             client_context(config.tls.cert, config.tls.key) if config.tls.mode != "disable" else None
         )
         self.secret = self._load_secret()
-        self.cancels = CancelRegistry(worker_index, worker_count)
+        cluster = config.cluster
+        self.cancels = CancelRegistry(
+            worker_index,
+            worker_count,
+            instance_index=cluster.index if cluster is not None else 0,
+            instance_count=cluster.size if cluster is not None else 1,
+        )
         self.sessions: set[ClientConnection] = set()
         self._rewriter: Rewriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,12 +150,17 @@ class Proxy:
             pool = self.pools[key] = BackendPool(placement.target, database, size, b.pool_timeout)
         return pool
 
+    @property
+    def instance_count(self) -> int:
+        """Instances of this [cluster] (1 without one): limits split over all of them (limits.py)."""
+        return self.config.cluster.size if self.config.cluster is not None else 1
+
     def limiter(self, tenant: str) -> TenantLimiter:
         """The live limit state of a tenant (created on its first session)."""
         found = self.limiters.get(tenant)
         if found is None:
             found = self.limiters[tenant] = TenantLimiter(
-                tenant, self.config.tenant(tenant).limits, workers=self.worker_count
+                tenant, self.config.tenant(tenant).limits, workers=self.worker_count * self.instance_count
             )
         return found
 

@@ -1,0 +1,82 @@
+"""Operations across the instances of one [cluster], over the peer channel (proxy/peers.py).
+
+An admin command that changes what sessions may do — RELOAD, PAUSE, RESUME, KILL TENANT —
+runs on the instance that received it and then on every other instance before its answer is
+sent: so when RELOAD returns, all instances serve the new config, and a tenant move (its
+PAUSE, RELOAD, RESUME through one admin console) switches every instance before resuming. A
+peer that is down or refuses makes the command fail (08006) naming it, after the instances
+that answered applied it. Other commands (SHOW ..., KILL SESSION, ROTATE KEY) stay local.
+
+The peer channel also delivers CancelRequests whose key names another instance.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tenantgate.audit.framing import Message
+from tenantgate.proxy.peers import PeerChannel, PeerError
+from tenantgate.proxy.process import Proxy
+
+from .commands import AdminError, Result, parse
+
+log = logging.getLogger("tenantgate.cluster")
+
+CLUSTER_WIDE = frozenset({"RELOAD", "PAUSE", "RESUME", "KILL TENANT"})
+
+
+class _Caller:
+    """The commands.Caller a peer's command runs as: the commands only use its proxy."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+
+class ClusterOps:
+    """This instance's part: answers peers' requests and fans cluster-wide commands out."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        assert proxy.config.cluster is not None
+        self.proxy = proxy
+        self.channel = PeerChannel(proxy.config.cluster, self.handle)
+        proxy.cancels.forward_peer = self.channel.forward_cancel
+
+    async def handle(self, request: Message) -> Message:
+        op = request.get("op")
+        if op == "cancel":
+            pid, secret = int(request["pid"]), int(request["secret"])
+            cancels = self.proxy.cancels
+            # only a key of this instance: a forwarded cancel is never forwarded again
+            target = cancels.lookup(pid, secret) if cancels.instance_of(secret) == cancels.instance_index else None
+            if target is None:
+                log.info("forwarded cancel request with an unknown key ignored")
+            else:
+                await target.cancel_backend()
+            return {}
+        if op == "admin":
+            text = str(request["command"])
+            cmd, args = parse(text)
+            if cmd.name not in CLUSTER_WIDE:
+                return {"error": ["42501", f"{cmd.name} is not a cluster-wide command"]}
+            try:
+                result = await cmd.run(_Caller(self.proxy), args)
+            except AdminError as exc:
+                return {"error": [exc.sqlstate, exc.message]}
+            return {"tag": result.tag, "notices": result.notices}
+        return {"failed": f"unknown peer operation {op!r}"}
+
+    async def fan_out(self, text: str, local: Result) -> Result:
+        """``local`` (this instance's result) once every other instance ran ``text`` too."""
+        failures: list[str] = []
+        notices = list(local.notices)
+        for name, reply in (await self.channel.broadcast({"op": "admin", "command": text})).items():
+            if isinstance(reply, PeerError):
+                failures.append(str(reply))
+            elif "error" in reply or "failed" in reply:
+                failures.append(f"instance {name}: {reply.get('error') or reply.get('failed')}")
+            else:
+                notices += [f"instance {name}: {n}" for n in reply.get("notices", [])]
+        if failures:
+            done = ", ".join(n for n in self.channel.cluster.peers if all(n not in f for f in failures))
+            raise AdminError("08006", f"{text}: applied on {done}; not on: " + "; ".join(failures))
+        return Result(local.tag, local.columns, local.rows, notices, local.after)
