@@ -10,11 +10,13 @@ import secrets
 import ssl
 from collections.abc import Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.remote import RemoteAuditLog
+from tenantgate.audit.settings import AuditSettings
 from tenantgate.audit.writer import AuditLog
 from tenantgate.config import Config, ConfigError
 from tenantgate.keyring import Keyring
@@ -61,6 +63,15 @@ async def scoped_columns(backend: Backend, tables: list[tuple[str, str]]) -> dic
         key = (str(schema), str(table))
         found[key] = (*found.get(key, ()), str(column))
     return found
+
+
+def _instance_audit(config: Config) -> AuditSettings:
+    """[audit] of this instance: in a [cluster], ``{instance}`` in the log path becomes its id (instances
+    sharing one host and one config keep their own chains)."""
+    assert config.audit is not None
+    if config.cluster is None:
+        return config.audit
+    return replace(config.audit, path=Path(str(config.audit.path).replace("{instance}", config.cluster.instance)))
 
 
 class BackendRoleRefused(Exception):
@@ -117,7 +128,8 @@ class Proxy:
         self.audit: AuditLog | RemoteAuditLog | None = None
         if config.audit is not None:
             if audit_socket is None:
-                self.audit = AuditLog(config.audit)
+                cluster = config.cluster  # its stable id in every record (audit verify --per-instance)
+                self.audit = AuditLog(_instance_audit(config), instance_id=cluster.instance if cluster else None)
             else:  # one hash chain for all workers: the supervisor seals and writes
                 self.audit = RemoteAuditLog(config.audit, audit_socket)
         self.keyring: Keyring | None = None  # when [encryption] is configured (built at start)
