@@ -154,6 +154,7 @@ def deployment(request: pytest.FixtureRequest, pg: PgServer, tmp_path_factory: p
     mode = request.param
     tmp = tmp_path_factory.mktemp(f"cluster-{mode}")
     first = Backend.create(pg, f"clu_{mode}", SETUP, owner=False)
+    pg.execute(f'GRANT CREATE ON DATABASE "{first.database}" TO "{first.role}"')  # a move creates t_hooli
     with ThrowawayCluster(log_to=tmp / "second.log") as server:
         second = Backend.create(server, f"clu2_{mode}", DEDICATED_SETUP, owner=False)
         instances = {
@@ -283,6 +284,113 @@ def test_connection_limit_holds_across_instances(deployment: Deployment) -> None
         for conn in held:
             conn.close()
     for inst in deployment.instances.values():  # the same share when connecting to an instance directly
-        with psycopg.connect(inst.dsn("alice")):
-            with pytest.raises(psycopg.OperationalError, match="too many|53300"):
-                psycopg.connect(inst.dsn("alice")).close()
+        with psycopg.connect(inst.dsn("alice")), pytest.raises(psycopg.OperationalError, match=r"too many|53300"):
+            psycopg.connect(inst.dsn("alice")).close()
+
+
+def test_reload_on_one_instance_takes_effect_on_all(deployment: Deployment) -> None:
+    a = deployment.instances["a"]
+    dsn_of = {n: _dsn("dave", i.port) for n, i in deployment.instances.items()}
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn_of["c"]).close()
+    with deployment.config.open("a") as f:
+        f.write('\n[users.dave]\ntenant = "hooli"\npassword = "dave-pw"\n')
+    a.admin_query("RELOAD")  # returns once every instance reloaded
+    for dsn in dsn_of.values():
+        assert rows(dsn) == [("hooli", 1)]
+
+
+def test_pause_on_one_instance_holds_every_instance_until_resume_on_another(deployment: Deployment) -> None:
+    a, b, c = (deployment.instances[n] for n in INSTANCES)
+    a.admin_query("PAUSE hooli")
+    client = RawClient(c.port)
+    client.login("hank", "hank-pw", "app")
+    client.send(codec.Query("SELECT count(*) FROM orders").encode())
+    client.sock.settimeout(1.5)
+    with pytest.raises(TimeoutError):
+        client.recv_message()  # held on c
+    assert rows(_dsn("alice", c.port)) == [("acme", 1), ("acme", 2)]  # other tenants go on
+    paused = {n: {r[0]: r for r in i.admin_query("SHOW TENANTS")}["hooli"] for n, i in deployment.instances.items()}
+    assert all("yes" in [str(v) for v in row] for row in paused.values()), paused
+    b.admin_query("RESUME hooli")
+    client.sock.settimeout(10)
+    assert not errors(client.until_ready())
+    client.close()
+
+
+def test_tenant_move_through_one_instance_switches_all(deployment: Deployment) -> None:
+    env = {**deployment.env("a"), "TENANTGATE_ADMIN_PASSWORD": ADMIN_PW}
+    cmd = [sys.executable, "-m", "tenantgate.proxy.cli", "tenant", "move", "hooli", "--to-tier", "schema",
+           "--config", str(deployment.config)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    db = deployment.first.database
+    for n, inst in deployment.instances.items():  # every instance writes hooli's rows into its schema now
+        with psycopg.connect(inst.dsn("hank"), autocommit=True) as conn:
+            conn.execute("INSERT INTO orders (id, note) VALUES (%s, 'moved')", (100 + INSTANCES.index(n),))
+    pg = deployment.first.pg
+    assert pg.fetch("SELECT id FROM t_hooli.orders WHERE note = 'moved' ORDER BY id", dbname=db) == [
+        (100,), (101,), (102,)
+    ]
+    assert pg.fetch("SELECT 1 FROM public.orders WHERE note = 'moved'", dbname=db) == []
+
+
+def _login_error(port: int, user: str) -> codec.ErrorResponse | None:
+    client = RawClient(port)
+    try:
+        found = errors(client.login(user, USERS[user][1], "app"))
+        return found[0] if found else None
+    finally:
+        client.close()
+
+
+def test_one_server_down_fails_only_its_tenants(deployment: Deployment) -> None:
+    deployment.second.halt()
+    try:
+        first = [_login_error(i.port, "carol") for i in deployment.instances.values()]
+        assert all(e is not None and e.sqlstate == "08006" for e in first), first  # connection refused
+        for _ in range(2):  # then, within the retry window, at once and saying why
+            for inst in deployment.instances.values():
+                started = time.monotonic()
+                err = _login_error(inst.port, "carol")
+                assert err is not None and err.sqlstate in ("57P03", "08006"), err
+                assert time.monotonic() - started < 2
+            assert rows(_dsn("alice", deployment.lb_port)) == [("acme", 1), ("acme", 2)]
+        err = _login_error(deployment.instances["a"].port, "carol")
+        assert err is not None and err.sqlstate == "57P03" and "is down" in err.message, err
+    finally:
+        deployment.second.restart()
+    time.sleep(1.1)  # health.RETRY: the next try reaches the server again
+    for _ in range(len(INSTANCES)):  # recovered on every instance
+        assert rows(_dsn("carol", deployment.lb_port)) == [("initech", 1)]
+
+
+def _audited(path: Path, marker: str) -> int:
+    """Completed statements with ``marker`` in an instance's audit log (their "end" records)."""
+    lines = (line for f in sorted(path.glob("*.jsonl")) for line in f.read_text().splitlines())
+    return sum(marker in line and '"phase":"end"' in line for line in lines)
+
+
+def test_killing_an_instance_loses_no_committed_record_and_the_others_serve(deployment: Deployment) -> None:
+    c = deployment.instances["c"]
+    marker = f"killed_{secrets.token_hex(4)}"
+    with psycopg.connect(c.dsn("alice"), autocommit=True) as conn:
+        for i in range(5):
+            conn.execute(f"SELECT {i} AS {marker}")
+    deployment.stop("c", signal.SIGKILL)
+    assert _audited(deployment.audit_dir("c"), marker) == 5  # strict durability: written before the answer
+    for _ in range(2 * len(INSTANCES)):  # the balancer routes around the dead instance
+        assert rows(_dsn("alice", deployment.lb_port)) == [("acme", 1), ("acme", 2)]
+    deployment.start("c")  # a restarted instance continues its chain (unclean start recorded)
+    for name in INSTANCES:
+        deployment.stop(name)
+    key = deployment.tmp / "audit.key"
+    verify = subprocess.run(
+        [sys.executable, "-m", "tenantgate.proxy.cli", "audit", "verify", "--key", f"file:{key}", "--per-instance",
+         *(str(deployment.audit_dir(n)) for n in INSTANCES)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert [line.split(" ")[1] for line in verify.stdout.splitlines() if line.startswith("instance")] == list(
+        INSTANCES
+    )
