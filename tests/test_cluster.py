@@ -336,9 +336,12 @@ def test_tenant_move_through_one_instance_switches_all(deployment: Deployment) -
 
 
 def _login_error(port: int, user: str) -> codec.ErrorResponse | None:
+    """The error of a login and first statement (transaction pooling connects at the statement)."""
     client = RawClient(port)
     try:
         found = errors(client.login(user, USERS[user][1], "app"))
+        if not found and not client.closed_now():
+            found = errors(client.query("SELECT 1"))
         return found[0] if found else None
     finally:
         client.close()
