@@ -30,12 +30,13 @@ $(VENV)/.installed: pyproject.toml $(PACKAGES)
 	$(PY) -m pip install -q --config-settings editable_mode=strict -e '.[test,bench]'
 	touch $@
 
-# From Debian's packages when missing: PostgreSQL (server, psql, pgbench) and SoftHSM2 (the
-# PKCS#11 token the keyring's HSM provider is tested against).
+# From Debian's packages when missing: PostgreSQL (server, psql, pgbench), SoftHSM2 (the
+# PKCS#11 token the keyring's HSM provider is tested against) and HAProxy (several instances).
 postgres:
 	@missing=""; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="postgresql postgresql-contrib"; \
 	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing (apt-get)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

@@ -411,7 +411,8 @@ class _Loader:
         if "cluster" not in raw:
             return None, listen
         sources = ("password", "password_env", "password_file")
-        tbl = self.table(raw, p, "", frozenset({"instance", "instance_env", "peers", *sources}))
+        tbl = self.table(raw, p, "", frozenset({"instance", "instance_env", "peers", "listen", *sources}))
+        bind = self.parsed(tbl, "listen", p, parse_address)  # e.g. 0.0.0.0:7000 behind a Service name
         instance = self.string(tbl, "instance", p)
         if instance is None and "instance" not in tbl:
             var = self.string(tbl, "instance_env", p)
@@ -455,7 +456,7 @@ class _Loader:
         listen = dataclasses.replace(listen, workers=1)
         if instance is None or text is None or instance not in peers:
             return None, listen
-        return Cluster(instance, types.MappingProxyType(peers), Secret(text)), listen
+        return Cluster(instance, types.MappingProxyType(peers), Secret(text), bind), listen
 
     def audit(self, raw: Mapping[str, Any]) -> AuditSettings | None:
         """[audit] is validated by tenantgate.audit; its one error joins ours."""

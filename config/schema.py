@@ -278,6 +278,11 @@ class Cluster:
     instance: str
     peers: Mapping[str, tuple[str, int]]
     secret: Secret  # shared by every instance: HMAC key of the peer channel
+    listen: tuple[str, int] | None = None  # where this instance's peer channel binds (None: its peers entry)
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        return self.listen or self.peers[self.instance]
 
     @property
     def index(self) -> int:

@@ -100,7 +100,7 @@ class PeerChannel:
         return [name for name in self.cluster.peers if name != self.cluster.instance]
 
     async def start(self) -> None:
-        host, port = self.cluster.peers[self.cluster.instance]
+        host, port = self.cluster.bind
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_FRAME, reuse_address=True)
         log.info("peer channel of instance %s on %s:%d", self.cluster.instance, host, port)
 
