@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := proxy rewriter keyring config audit
 
-.PHONY: demo test lint bench install postgres peer
+.PHONY: demo test lint bench bench-cluster install postgres peer
 
 demo: install
 	$(VENV)/bin/tenantgate demo
@@ -19,6 +19,10 @@ lint: install
 
 bench: install
 	$(PY) -m bench
+
+# Opt-in: TPS of 1, 2 and 3 instances behind HAProxy (scoped + audit) in one run, as ratios.
+bench-cluster: install postgres
+	$(PY) -m bench.cluster
 
 install: postgres $(VENV)/.installed
 
