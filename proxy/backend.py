@@ -89,7 +89,7 @@ async def _open(target: BackendTarget) -> PgConnection:
     server = (target.host, target.port)
     refusal = health.servers.refusal(server)
     if refusal is not None:  # down a moment ago: fail fast, only this server's tenants (health.py)
-        raise BackendError(codec.error("57P03", refusal))
+        raise unreachable(refusal)
     try:
         _, proto = await asyncio.wait_for(
             loop.create_connection(lambda: PgConnection("server"), target.host, target.port),

@@ -2,17 +2,17 @@
 
 Tenants spread over several servers ([backend] and each dedicated tier's own). When connecting
 to one fails (refused, unreachable, timed out), that server is marked down for ``RETRY``
-seconds: every new connection to it in that window fails at once with 57P03 (cannot connect
-now) saying which server is down and since when, instead of each session waiting out its own
-connect_timeout against a server that hangs. After the window the next connection tries again
-(one probe per window); its success marks the server up. Sessions of tenants on other servers
-never notice, and /readyz stays ready: the instance itself is fine, so a load balancer keeps
-sending it the other tenants.
+seconds: every new connection to it in that window fails at once with 08006 (connection
+failure, as the connect itself would) saying which server is down and since when, instead of
+each session waiting out its own connect_timeout against a server that hangs. After the
+window the next connection tries again (one probe per window); its success marks the server
+up. Sessions of tenants on other servers never notice, and /readyz stays ready: the instance
+itself is fine, so a load balancer keeps sending it the other tenants.
 
 >>> clock = [100.0]
 >>> health = ServerHealth(clock=lambda: clock[0])
 >>> health.failed(("db2", 5432), "connection refused"); health.refusal(("db2", 5432))
-'database server db2:5432 is down (connection refused, 0 s ago); its tenants cannot connect now, retrying in 1.0 s'
+'connection to database server db2:5432 failed: it is down (connection refused, 0 s ago); retrying in 1.0 s'
 >>> health.refusal(("db1", 5432)) is None          # other servers are not affected
 True
 >>> clock[0] += RETRY; health.refusal(("db2", 5432)) is None  # the window passed: one try goes through
@@ -50,8 +50,8 @@ class ServerHealth:
             return None
         host, port = server
         return (
-            f"database server {host}:{port} is down ({down.reason}, {now - down.since:.0f} s ago); "
-            f"its tenants cannot connect now, retrying in {down.retry_at - now:.1f} s"
+            f"connection to database server {host}:{port} failed: it is down ({down.reason}, "
+            f"{now - down.since:.0f} s ago); retrying in {down.retry_at - now:.1f} s"
         )
 
     def failed(self, server: tuple[str, int], reason: str) -> None:
