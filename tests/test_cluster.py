@@ -121,7 +121,7 @@ def config_text(first: Backend, second: Backend, instances: dict[str, Instance],
         f'[listen]\naddress = "127.0.0.1:1"\n\n'
         f'[backend]\nhost = "127.0.0.1"\nport = {first.pg.port}\nuser = "{first.role}"\n'
         f'password = "{first.password}"\ndatabase = "{first.database}"\nsslmode = "disable"\n{pool}\n'
-        '[server]\nstartup_timeout = 5.0\nshutdown_timeout = 5.0\n\n'
+        "[server]\nstartup_timeout = 5.0\nshutdown_timeout = 5.0\n\n"
         '[tenants.acme]\ntier = "shared"\nmax_client_connections = 3\n\n'
         '[tenants.hooli]\ntier = "shared"\n\n'
         '[tenants.initech]\ntier = "dedicated"\n\n'
@@ -142,9 +142,7 @@ def haproxy_config(instances: dict[str, Instance], port: int) -> str:
     text = "\n".join(lines).replace("bind 0.0.0.0:5432", f"bind 127.0.0.1:{port}")
     text = text.replace("maxconn 20000", "maxconn 1000")  # within a test runner's file descriptor limit
     text = text.replace("balance leastconn", "balance roundrobin")  # spreads one test's connections evenly
-    servers = "".join(
-        f"    server tg-{i.name} 127.0.0.1:{i.port} check port {i.metrics}\n" for i in instances.values()
-    )
+    servers = "".join(f"    server tg-{i.name} 127.0.0.1:{i.port} check port {i.metrics}\n" for i in instances.values())
     return text + "\n" + servers
 
 
@@ -330,7 +328,9 @@ def test_tenant_move_through_one_instance_switches_all(deployment: Deployment) -
             conn.execute("INSERT INTO orders (id, note) VALUES (%s, 'moved')", (100 + INSTANCES.index(n),))
     pg = deployment.first.pg
     assert pg.fetch("SELECT id FROM t_hooli.orders WHERE note = 'moved' ORDER BY id", dbname=db) == [
-        (100,), (101,), (102,)
+        (100,),
+        (101,),
+        (102,),
     ]
     assert pg.fetch("SELECT 1 FROM public.orders WHERE note = 'moved'", dbname=db) == []
 
@@ -394,6 +394,4 @@ def test_killing_an_instance_loses_no_committed_record_and_the_others_serve(depl
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert [line.split(" ")[1] for line in verify.stdout.splitlines() if line.startswith("instance")] == list(
-        INSTANCES
-    )
+    assert [line.split(" ")[1] for line in verify.stdout.splitlines() if line.startswith("instance")] == list(INSTANCES)

@@ -68,9 +68,7 @@ def test_manifests_have_every_piece_and_agree() -> None:
 
 
 @pytest.mark.parametrize("instance", ["a", "b", "c"])
-def test_the_configmap_loads_for_every_instance(
-    instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_configmap_loads_for_every_instance(instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = of_kind("ConfigMap")[0]["data"]["tenantgate.toml"]
     (tmp_path / "tenantgate.toml").write_text(text)
     secrets = of_kind("Secret")[0]["stringData"]
