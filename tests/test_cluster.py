@@ -296,6 +296,9 @@ def test_reload_on_one_instance_takes_effect_on_all(deployment: Deployment) -> N
     a.admin_query("RELOAD")  # returns once every instance reloaded
     for dsn in dsn_of.values():
         assert rows(dsn) == [("hooli", 1)]
+    for name in ("b", "c"):  # each instance's own audit says who asked, on which instance
+        log = "".join(f.read_text() for f in deployment.audit_dir(name).glob("*.jsonl"))
+        assert '"sql":"RELOAD"' in log and '"user":"dba@a"' in log
 
 
 def test_pause_on_one_instance_holds_every_instance_until_resume_on_another(deployment: Deployment) -> None:

@@ -220,7 +220,7 @@ class AdminServer(ConsolePort):
         [cluster], on every other instance (console/cluster.py)."""
         result = await cmd.run(conn, args)
         if self.cluster is not None and cmd.name in CLUSTER_WIDE:
-            return await self.cluster.fan_out(" ".join((cmd.name, *args)), result)
+            return await self.cluster.fan_out(" ".join((cmd.name, *args)), result, conn.user)
         return result
 
     async def wait_closed(self) -> None:

@@ -54,22 +54,25 @@ class ClusterOps:
                 await target.cancel_backend()
             return {}
         if op == "admin":
-            text = str(request["command"])
+            text, by = str(request["command"]), str(request.get("by", "?"))  # by: admin@instance
             cmd, args = parse(text)
             if cmd.name not in CLUSTER_WIDE:
                 return {"error": ["42501", f"{cmd.name} is not a cluster-wide command"]}
             try:
                 result = await cmd.run(_Caller(self.proxy), args)
             except AdminError as exc:
+                self.proxy.record_admin(by, text, False, exc.message)
                 return {"error": [exc.sqlstate, exc.message]}
+            self.proxy.record_admin(by, text, True, result.tag)  # this instance's audit shows who asked
             return {"tag": result.tag, "notices": result.notices}
         return {"failed": f"unknown peer operation {op!r}"}
 
-    async def fan_out(self, text: str, local: Result) -> Result:
+    async def fan_out(self, text: str, local: Result, user: str) -> Result:
         """``local`` (this instance's result) once every other instance ran ``text`` too."""
         failures: list[str] = []
         notices = list(local.notices)
-        for name, reply in (await self.channel.broadcast({"op": "admin", "command": text})).items():
+        by = f"{user}@{self.channel.cluster.instance}"
+        for name, reply in (await self.channel.broadcast({"op": "admin", "command": text, "by": by})).items():
             if isinstance(reply, PeerError):
                 failures.append(str(reply))
             elif "error" in reply or "failed" in reply:
