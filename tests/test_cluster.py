@@ -313,6 +313,8 @@ def test_pause_on_one_instance_holds_every_instance_until_resume_on_another(depl
     assert rows(_dsn("alice", c.port)) == [("acme", 1), ("acme", 2)]  # other tenants go on
     paused = {n: {r[0]: r for r in i.admin_query("SHOW TENANTS")}["hooli"] for n, i in deployment.instances.items()}
     assert all("yes" in [str(v) for v in row] for row in paused.values()), paused
+    listed = a.admin_query("SHOW SESSIONS")  # every instance's sessions, each with its instance
+    assert ("hank", "c") in {(r[1], r[-1]) for r in listed}, listed
     b.admin_query("RESUME hooli")
     client.sock.settimeout(10)
     assert not errors(client.until_ready())
