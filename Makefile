@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := proxy rewriter keyring config audit
 
-.PHONY: demo test lint bench install postgres peer
+.PHONY: demo test lint bench bench-cluster install postgres peer
 
 demo: install
 	$(VENV)/bin/tenantgate demo
@@ -20,6 +20,10 @@ lint: install
 bench: install
 	$(PY) -m bench
 
+# Opt-in: TPS of 1, 2 and 3 instances behind HAProxy (scoped + audit) in one run, as ratios.
+bench-cluster: install postgres
+	$(PY) -m bench.cluster
+
 install: postgres $(VENV)/.installed
 
 # Strict editable mode (a link tree) so mypy and ruff see the real files; re-linked when
@@ -30,12 +34,13 @@ $(VENV)/.installed: pyproject.toml $(PACKAGES)
 	$(PY) -m pip install -q --config-settings editable_mode=strict -e '.[test,bench]'
 	touch $@
 
-# From Debian's packages when missing: PostgreSQL (server, psql, pgbench) and SoftHSM2 (the
-# PKCS#11 token the keyring's HSM provider is tested against).
+# From Debian's packages when missing: PostgreSQL (server, psql, pgbench), SoftHSM2 (the
+# PKCS#11 token the keyring's HSM provider is tested against) and HAProxy (several instances).
 postgres:
 	@missing=""; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="postgresql postgresql-contrib"; \
 	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing (apt-get)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

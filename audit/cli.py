@@ -21,6 +21,7 @@ from .checkpoints import export_checkpoints, load_checkpoints
 from .columnar import Group, scan
 from .errors import AuditError
 from .keys import generate_hmac_key_file, generate_signing_key_files, load_hmac_key, load_public_key
+from .multi import verify_instances
 from .reader import FileSource, LogSource, PostgresSource, configured_files, iter_records, open_sources
 from .record import AuditEvent
 from .report import group_records, render_html, render_markdown, summarise
@@ -96,6 +97,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.allow_open and not exported:
         raise _Usage("--allow-open needs --checkpoints FILE (exported checkpoints kept elsewhere)")
     expired_ok = args.expired_ok or (settings is not None and settings.retention is not None)
+    if args.per_instance:
+        if not args.paths or exported or verifier is not None:
+            raise _Usage("--per-instance needs PATHs (one per instance) and no --checkpoints/--public-key")
+        try:
+            results = verify_instances([(p, open_sources([p], args.table)) for p in args.paths], hmac_key=key,
+                                        allow_expired=expired_ok)
+        except FileNotFoundError as exc:
+            raise _Usage(str(exc)) from None
+        for one in results:
+            print(one.summary(), file=sys.stdout if one.result.ok else sys.stderr)
+        return 0 if all(one.result.ok for one in results) else 1
     result = verify_log(_sources(args, settings), hmac_key=key, verifier=verifier, exported=exported,
                         allow_open=args.allow_open, allow_expired=expired_ok)
     print(result.summary(), file=sys.stdout if result.ok else sys.stderr)
@@ -251,6 +263,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--expired-ok", action="store_true",
                    help="the log may begin at a rotate record (older segments expired under retention; "
                         "implied by [audit.retention])")
+    p.add_argument("--per-instance", action="store_true",
+                   help="each PATH is one instance's log: verify each, report per instance")
     p.set_defaults(func=_guard(cmd_verify))
 
     p = sub.add_parser("report", help="summarise activity (Markdown or HTML)")

@@ -11,6 +11,7 @@ Relative file paths in the config are resolved against the config file's directo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -44,6 +45,7 @@ from .schema import (
     USER_AUTH_METHODS,
     Admin,
     Backend,
+    Cluster,
     Config,
     ConfigError,
     Limits,
@@ -67,8 +69,21 @@ __all__ = ["EXTERNAL_SECTIONS", "check_config", "load_config"]
 EXTERNAL_SECTIONS = frozenset({"audit", "encryption"})
 
 SECTIONS = frozenset(
-    {"listen", "backend", "tls", "server", "logging", "limits", "tenants", "users", "admins", "scoping", "oidc",
-     "compliance"}
+    {
+        "listen",
+        "backend",
+        "tls",
+        "server",
+        "logging",
+        "limits",
+        "tenants",
+        "users",
+        "admins",
+        "scoping",
+        "oidc",
+        "cluster",
+        "compliance",
+    }
 )
 LIMIT_TABLE_KEYS = frozenset(
     {
@@ -376,6 +391,7 @@ class _Loader:
         audit = self.audit(raw)
         encryption = self.encryption(raw)
         compliance = self.compliance(raw)
+        cluster, listen = self.cluster(raw, listen)
         if self.problems:
             raise ConfigError(self.problems)
         config = Config(
@@ -395,6 +411,7 @@ class _Loader:
             limits=defaults,
             compliance=compliance,
             digest=self.digest,
+            cluster=cluster,
         )
         # Only a config valid on its own is measured against the enabled frameworks.
         config, weaker = enforce(config) if self.enforce_compliance else (config, [])
@@ -409,6 +426,62 @@ class _Loader:
         for key, message in problems:
             self.problem(key, message)
         return settings
+
+    def cluster(self, raw: Mapping[str, Any], listen: Listen) -> tuple[Cluster | None, Listen]:
+        """[cluster]: this instance's id (``instance``, or the variable named by ``instance_env``, so
+        every instance can read one file), every instance's peer address (and, for instances sharing
+        one host, its own [listen] addresses), the shared secret; and [listen] as this instance has it.
+        One process per instance: the peer channel is not served by a supervisor of workers."""
+        p = "cluster"
+        if "cluster" not in raw:
+            return None, listen
+        sources = ("password", "password_env", "password_file")
+        tbl = self.table(raw, p, "", frozenset({"instance", "instance_env", "peers", "listen", *sources}))
+        bind = self.parsed(tbl, "listen", p, parse_address)  # e.g. 0.0.0.0:7000 behind a Service name
+        instance = self.string(tbl, "instance", p)
+        if instance is None and "instance" not in tbl:
+            var = self.string(tbl, "instance_env", p)
+            instance = os.environ.get(var) if var is not None else None
+            if var is not None and not instance:
+                self.problem(_join(p, "instance_env"), f"environment variable {var} is not set or empty")
+            elif var is None:
+                self.problem(p, "set instance or instance_env (this instance's id)")
+        peers: dict[str, tuple[str, int]] = {}
+        given_peers = self.get(tbl, "peers", p, dict, {}, required=True)
+        where = _join(p, "peers")
+        for name, value in given_peers.items():
+            if isinstance(value, dict):  # {peer = ..., address/admin/metrics = this instance's [listen]}
+                here = _join(where, name)
+                self.unknown(value, here, frozenset({"peer", "address", "admin", "metrics"}))
+                addr = self.parsed(value, "peer", here, parse_address)
+                if "peer" not in value:
+                    self.problem(_join(here, "peer"), "is required")
+                if name == instance:
+                    own = {k: self.parsed(value, k, here, parse_address) for k in ("address", "admin", "metrics")}
+                    listen = dataclasses.replace(listen, **{k: v for k, v in own.items() if v is not None})
+            else:
+                addr = self.parsed(given_peers, name, where, parse_address)
+            if addr is not None:
+                peers[name] = addr
+        if instance is not None and "peers" in tbl and instance not in peers:
+            self.problem(_join(p, "instance"), "is not one of cluster.peers")
+        own_peer = peers.get(instance or "")
+        if own_peer is not None and own_peer in (listen.address, listen.admin, listen.metrics):
+            self.problem(_join(where, instance or ""), "uses the same host and port as a [listen] address")
+        given = [k for k in sources if k in tbl]
+        text = self.plaintext(tbl, given[0], p) if len(given) == 1 else None
+        if len(given) != 1:
+            self.problem(p, "set exactly one of password, password_env, password_file (the peer channel's secret)")
+        elif text is not None and len(text.encode()) < MIN_SERVER_SECRET:
+            self.problem(_join(p, given[0]), f"the secret must be at least {MIN_SERVER_SECRET} bytes")
+            text = None
+        explicit = raw.get("listen", {}).get("workers") if isinstance(raw.get("listen"), dict) else None
+        if explicit is not None and listen.workers > 1:
+            self.problem("listen.workers", "must be 1 with [cluster]: scale out with more instances instead")
+        listen = dataclasses.replace(listen, workers=1)
+        if instance is None or text is None or instance not in peers:
+            return None, listen
+        return Cluster(instance, types.MappingProxyType(peers), Secret(text), bind), listen
 
     def audit(self, raw: Mapping[str, Any]) -> AuditSettings | None:
         """[audit] is validated by tenantgate.audit; its one error joins ours."""

@@ -269,6 +269,32 @@ class Scoping:
 
 
 @dataclass(frozen=True, slots=True)
+class Cluster:
+    """[cluster]: several instances serving one config (README "Running several instances").
+
+    ``peers`` maps every instance id to its peer-channel address, in the same order everywhere:
+    an instance's position in it is the ``index`` its cancel keys encode.
+    """
+
+    instance: str
+    peers: Mapping[str, tuple[str, int]]
+    secret: Secret  # shared by every instance: HMAC key of the peer channel
+    listen: tuple[str, int] | None = None  # where this instance's peer channel binds (None: its peers entry)
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        return self.listen or self.peers[self.instance]
+
+    @property
+    def index(self) -> int:
+        return list(self.peers).index(self.instance)
+
+    @property
+    def size(self) -> int:
+        return len(self.peers)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Listen
     backend: Backend
@@ -286,6 +312,7 @@ class Config:
     limits: Limits = Limits()  # [limits]: defaults for every tenant (also tenants known only from a token)
     compliance: ComplianceSettings | None = None  # [compliance]: enabled frameworks (config/compliance.py)
     digest: str = ""  # SHA-256 of the file as loaded: audit `reload` records carry it before and after
+    cluster: Cluster | None = None  # None: a single instance
 
     def tenant(self, name: str) -> Tenant:
         """A tenant's placement and limits; a tenant known only from a JWT claim is shared with [limits]."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tenantgate.keyring.auth.scram import AuthError, ScramClient, md5_hash, md5_response
 
-from . import codec
+from . import codec, health
 from .codec import (
     AUTH_CLEARTEXT,
     AUTH_MD5,
@@ -86,17 +86,24 @@ class Backend:
 
 async def _open(target: BackendTarget) -> PgConnection:
     loop = asyncio.get_running_loop()
+    server = (target.host, target.port)
+    refusal = health.servers.refusal(server)
+    if refusal is not None:  # down a moment ago: fail fast, only this server's tenants (health.py)
+        raise unreachable(refusal)
     try:
         _, proto = await asyncio.wait_for(
             loop.create_connection(lambda: PgConnection("server"), target.host, target.port),
             target.connect_timeout,
         )
     except TimeoutError:
+        health.servers.failed(server, "connection timed out")
         raise unreachable(f'connection to server at "{target.host}", port {target.port} timed out') from None
     except OSError as exc:
+        health.servers.failed(server, str(exc.strerror or exc).lower())
         raise unreachable(
             f'connection to server at "{target.host}", port {target.port} failed: {exc.strerror or exc}'
         ) from None
+    health.servers.ok(server)
     return proto
 
 

@@ -17,6 +17,16 @@ so secrets encode their owner: ``unsigned(secret) % worker_count == worker_index
 another worker's key hands the raw pid and secret to ``forward`` (the control channel
 to the owner), which does the constant-time check itself.
 
+With several instances ([cluster], behind a load balancer that does not route by key) the
+secret encodes the owning instance too: ``unsigned(secret) % instances`` is the instance,
+``unsigned(secret) // instances % workers`` its worker. A key of another instance goes to
+``forward_peer`` (the authenticated peer channel, proxy/peers.py); the owner checks it.
+
+>>> two = CancelRegistry(worker_index=1, worker_count=2, instance_index=2, instance_count=3)
+>>> keys = [two.register(object())[1] for _ in range(50)]  # type: ignore[arg-type]
+>>> {(two.instance_of(s), two.owner(s)) for s in keys}
+{(2, 1)}
+
 >>> reg = CancelRegistry(worker_index=1, worker_count=3)
 >>> all(reg.owner(reg.register(object())[1]) == 1 for _ in range(50))  # type: ignore[arg-type]
 True
@@ -40,7 +50,7 @@ MAX_PID = 2**31 - 1
 # one is never mistaken for a real backend's (e.g. in a notification).
 MIN_ISSUED_PID = 2**22 + 1
 
-Forward = Callable[[int, int, int], Awaitable[None]]  # (owner worker, pid, secret)
+Forward = Callable[[int, int, int], Awaitable[None]]  # (owner worker or instance, pid, secret)
 
 
 class Cancellable(Protocol):
@@ -68,21 +78,41 @@ def _signed(value: int) -> int:
 
 
 class CancelRegistry:
-    def __init__(self, worker_index: int = 0, worker_count: int = 1, forward: Forward | None = None) -> None:
+    def __init__(
+        self,
+        worker_index: int = 0,
+        worker_count: int = 1,
+        forward: Forward | None = None,
+        *,
+        instance_index: int = 0,
+        instance_count: int = 1,
+        forward_peer: Forward | None = None,
+    ) -> None:
         if not 0 <= worker_index < worker_count:
             raise ValueError(f"worker index {worker_index} out of range for {worker_count} workers")
+        if not 0 <= instance_index < instance_count:
+            raise ValueError(f"instance index {instance_index} out of range for {instance_count} instances")
         self.worker_index = worker_index
         self.worker_count = worker_count
         self.forward = forward
+        self.instance_index = instance_index
+        self.instance_count = instance_count
+        self.forward_peer = forward_peer
         # pid -> secret -> session: looked up by pid, then every secret compared in constant time
         self._sessions: dict[int, dict[int, Cancellable]] = {}
 
     def owner(self, secret: int) -> int:
-        """The worker whose sessions are issued this secret."""
-        return (secret & 0xFFFFFFFF) % self.worker_count
+        """The worker (of the owning instance) whose sessions are issued this secret."""
+        return (secret & 0xFFFFFFFF) // self.instance_count % self.worker_count
+
+    def instance_of(self, secret: int) -> int:
+        """The instance (index in [cluster] peers) whose sessions are issued this secret."""
+        return (secret & 0xFFFFFFFF) % self.instance_count
 
     def _new_secret(self) -> int:
-        n, index = self.worker_count, self.worker_index
+        # secrets of this worker: value % (instances * workers) == worker * instances + instance
+        n = self.worker_count * self.instance_count
+        index = self.worker_index * self.instance_count + self.instance_index
         while True:  # uniform over the secrets this worker owns (a redraw past the top)
             value = secrets.randbits(32)
             value += (index - value) % n  # the next value at or above it that this worker owns
@@ -109,7 +139,11 @@ class CancelRegistry:
                 del self._sessions[pid]
 
     def lookup(self, pid: int, secret: int) -> Cancellable | None:
-        """The session a key cancels; another worker's key yields its forwarder (None without one)."""
+        """The session a key cancels; another instance's or worker's key yields its forwarder
+        (None without one)."""
+        instance = self.instance_of(secret)
+        if instance != self.instance_index:
+            return None if self.forward_peer is None else _Forwarded(self.forward_peer, instance, pid, secret)
         owner = self.owner(secret)
         if owner != self.worker_index:
             return None if self.forward is None else _Forwarded(self.forward, owner, pid, secret)

@@ -10,11 +10,13 @@ import secrets
 import ssl
 from collections.abc import Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.remote import RemoteAuditLog
+from tenantgate.audit.settings import AuditSettings
 from tenantgate.audit.writer import AuditLog
 from tenantgate.config import Config, ConfigError
 from tenantgate.keyring import Keyring
@@ -63,6 +65,15 @@ async def scoped_columns(backend: Backend, tables: list[tuple[str, str]]) -> dic
     return found
 
 
+def _instance_audit(config: Config) -> AuditSettings:
+    """[audit] of this instance: in a [cluster], ``{instance}`` in the log path becomes its id (instances
+    sharing one host and one config keep their own chains)."""
+    assert config.audit is not None
+    if config.cluster is None:
+        return config.audit
+    return replace(config.audit, path=Path(str(config.audit.path).replace("{instance}", config.cluster.instance)))
+
+
 class BackendRoleRefused(Exception):
     pass
 
@@ -93,7 +104,13 @@ class Proxy:
             client_context(config.tls.cert, config.tls.key) if config.tls.mode != "disable" else None
         )
         self.secret = self._load_secret()
-        self.cancels = CancelRegistry(worker_index, worker_count)
+        cluster = config.cluster
+        self.cancels = CancelRegistry(
+            worker_index,
+            worker_count,
+            instance_index=cluster.index if cluster is not None else 0,
+            instance_count=cluster.size if cluster is not None else 1,
+        )
         self.sessions: set[ClientConnection] = set()
         self._rewriter: Rewriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -111,7 +128,8 @@ class Proxy:
         self.audit: AuditLog | RemoteAuditLog | None = None
         if config.audit is not None:
             if audit_socket is None:
-                self.audit = AuditLog(config.audit)
+                cluster = config.cluster  # its stable id in every record (audit verify --per-instance)
+                self.audit = AuditLog(_instance_audit(config), instance_id=cluster.instance if cluster else None)
             else:  # one hash chain for all workers: the supervisor seals and writes
                 self.audit = RemoteAuditLog(config.audit, audit_socket)
         self.keyring: Keyring | None = None  # when [encryption] is configured (built at start)
@@ -144,12 +162,17 @@ class Proxy:
             pool = self.pools[key] = BackendPool(placement.target, database, size, b.pool_timeout)
         return pool
 
+    @property
+    def instance_count(self) -> int:
+        """Instances of this [cluster] (1 without one): limits split over all of them (limits.py)."""
+        return self.config.cluster.size if self.config.cluster is not None else 1
+
     def limiter(self, tenant: str) -> TenantLimiter:
         """The live limit state of a tenant (created on its first session)."""
         found = self.limiters.get(tenant)
         if found is None:
             found = self.limiters[tenant] = TenantLimiter(
-                tenant, self.config.tenant(tenant).limits, workers=self.worker_count
+                tenant, self.config.tenant(tenant).limits, workers=self.worker_count * self.instance_count
             )
         return found
 

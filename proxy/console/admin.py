@@ -26,6 +26,7 @@ from tenantgate.proxy.codec import CommandComplete, DataRow, FieldDescription, R
 from tenantgate.proxy.frontend import FrontendConnection
 from tenantgate.proxy.process import Proxy
 
+from .cluster import CLUSTER_WIDE, ClusterOps
 from .commands import AdminError, Command, Result, parse
 from .port import ConsolePort
 
@@ -204,6 +205,7 @@ class AdminServer(ConsolePort):
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.connections: set[AdminConnection] = set()
+        self.cluster: ClusterOps | None = None  # set when [cluster]: CLUSTER_WIDE commands reach every instance
 
     @classmethod
     async def start(cls, proxy: Proxy, host: str, port: int) -> AdminServer:
@@ -214,8 +216,12 @@ class AdminServer(ConsolePort):
         return self
 
     async def run(self, conn: AdminConnection, cmd: Command, args: list[str]) -> Result:
-        """Run one command here (the supervisor of several workers fans it out instead)."""
-        return await cmd.run(conn, args)
+        """Run one command here (the supervisor of several workers fans it out instead), then, in a
+        [cluster], on every other instance (console/cluster.py)."""
+        result = await cmd.run(conn, args)
+        if self.cluster is not None and cmd.name in CLUSTER_WIDE:
+            return await self.cluster.fan_out(" ".join((cmd.name, *args)), result, conn.user)
+        return result
 
     async def wait_closed(self) -> None:
         """Stop accepting; connected admins are ended here (57P01)."""

@@ -13,6 +13,7 @@ from tenantgate.config import load_config
 from tenantgate.proxy.process import BackendRoleRefused, Proxy
 
 from .admin import AdminServer
+from .cluster import ClusterOps
 from .metrics import MetricsServer
 
 log = logging.getLogger("tenantgate")
@@ -61,6 +62,11 @@ async def serve(config_path: str) -> int:
         log.error("%s", exc)
         return 1
     ports = await open_ports(proxy)
+    cluster = ClusterOps(proxy) if config.cluster is not None else None
+    if cluster is not None:
+        await cluster.channel.start()
+        if ports.admin is not None:
+            ports.admin.cluster = cluster
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, proxy.request_stop, True)
     loop.add_signal_handler(signal.SIGINT, proxy.request_stop, True)
@@ -70,5 +76,7 @@ async def serve(config_path: str) -> int:
     ports.stop_accepting()
     await proxy.drain(proxy.stop_timeout)
     await ports.close()
+    if cluster is not None:
+        cluster.channel.close()
     await proxy.close()
     return 0

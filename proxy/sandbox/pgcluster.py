@@ -598,6 +598,23 @@ class ThrowawayCluster(PgServer):
                 raise TimeoutError(f"PostgreSQL did not accept connections; see {self.log_path}")
             time.sleep(0.05)
 
+    def halt(self) -> None:
+        """Stop the postmaster (fast shutdown) but keep the cluster: :meth:`restart` brings it back on
+        the same port (a server outage in tests)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            subprocess.run(
+                [self._bin("pg_ctl"), "stop", "-D", str(self.datadir), "-m", "fast", "-w"],
+                capture_output=True, check=False, **self._run_kwargs(),
+            )  # fmt: skip
+            proc.wait(timeout=_STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        """Start a :meth:`halt`-ed postmaster again; returns once it accepts connections."""
+        self._require_started()
+        if self._proc is None:
+            self._launch()
+
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete the directory; a no-op when not running."""
         tmp = self._tmp
