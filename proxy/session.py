@@ -150,6 +150,8 @@ class Session:
         self._rolled_back = False  # ... a ROLLBACK completed in it
         self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
         self._swallow_failing: set[int] = set()  # ... of which these are meant to fail
+        # a hand-over's settings, sent in the same write as the client's messages that follow them
+        self._setup_out = b""
         self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
         self.crypto = crypto  # field-level encryption of this tenant session, or None
         self._redacted = ""  # the last planned statement with its encrypted literals masked
@@ -362,8 +364,8 @@ class Session:
         """A pooled backend for this transaction, carrying exactly this session's settings."""
         self.attach(backend)
         setup = self.setup_sql(backend)
-        if setup:
-            self._inject_setup(setup)
+        if setup:  # always followed by _relay_client of what waited for this backend
+            self._setup_out = self._setup_bytes(setup)
 
     def attach(self, backend: Backend) -> None:
         self.backend = backend
@@ -381,10 +383,6 @@ class Session:
         """SETs that make a handed-over backend carry exactly this session's settings."""
         assert self._tracked is not None
         return self._tracked.setup_sql(backend)
-
-    def _inject_setup(self, sql: str) -> None:
-        assert self.backend is not None
-        self.backend.conn.write(self._setup_bytes(sql))
 
     def _setup_bytes(self, sql: str, *, tolerant: bool = False) -> bytes:
         """A query whose answer the proxy swallows (counted as one cycle of its own). ``tolerant``:
@@ -524,6 +522,8 @@ class Session:
         backend = self.backend
         assert backend is not None
         data = buf if out is None else bytes(out + buf[mark:])
+        if self._setup_out:
+            data, self._setup_out = self._setup_out + data, b""
         self._over_rate = False
         if self._gated or (self.audit is not None and self.audit.intents):
             self._gate(data)  # strict audit: only once the write-ahead records are durable
