@@ -17,11 +17,14 @@ MODULES = {
     "rewriter": "tenantgate.rewriter.benchmark",  # µs per plan(): cold rewrite and cache hits
     "audit": "tenantgate.audit.benchmark",  # records/s, strict and batched
     "keyring": "tenantgate.keyring.benchmark",  # encrypt/decrypt ops/s per core
+    # µs per stage of one statement: framing, plan-cache hit, audit worker/sealer side, decrypt of one field
+    "proxy": "tenantgate.proxy.benchmark",
 }
 QUICK_ARGS: dict[str, dict[str, Any]] = {
     "rewriter": {"iterations": 500},
     "audit": {"records": 5000},
     "keyring": {"seconds": 0.1},
+    "proxy": {"iterations": 5000},
 }
 
 

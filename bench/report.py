@@ -111,6 +111,65 @@ def goals(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+# Issue 14's budgets: (label, target, figure, baseline, clients, bound, at least?). "cpu": proxy CPU per
+# statement ÷ the baseline's; "tps": TPS ÷ the baseline's. Judged per protocol, select-only.
+BUDGETS: tuple[tuple[str, str, str, str, int, float, bool], ...] = (
+    ("relay (trusted user): CPU ÷ PgBouncer", "tenantgate-relay", "cpu", "pgbouncer", 8, 1.6, False),
+    ("scoped + batched audit: CPU ÷ PgBouncer", GOAL_TARGET, "cpu", "pgbouncer", 8, 3.0, False),
+    ("+ one encrypted column read: CPU ÷ PgBouncer", "tenantgate-scoped-audit-encrypted", "cpu", "pgbouncer", 8,
+     3.5, False),
+    ("scoped + batched audit: TPS ÷ PgBouncer", GOAL_TARGET, "tps", "pgbouncer", 8, 0.8, True),
+    ("scoped + batched audit: TPS ÷ PgBouncer", GOAL_TARGET, "tps", "pgbouncer", 64, 0.8, True),
+    ("strict audit: TPS ÷ batched", "tenantgate-scoped-audit-strict", "tps", GOAL_TARGET, 64, 0.7, True),
+)
+
+
+def budgets(results: dict[str, Any]) -> str:
+    """Issue 14's budget table: each budget per protocol with the measured ratio from this run.
+
+    >>> def pt(t, c, tps, cpu):
+    ...     return {"target": t, "workload": "select-only", "protocol": "simple", "clients": c, "tps": tps,
+    ...             "proc_cpu_us_per_stmt": cpu, "errors": []}
+    >>> points = [pt("pgbouncer", 8, 100.0, 20.0), pt("tenantgate-relay", 8, 90.0, 30.0),
+    ...           pt(GOAL_TARGET, 8, 70.0, 70.0)]
+    >>> print("\\n".join(budgets({"points": points}).splitlines()[2:5]))
+    | relay (trusted user): CPU ÷ PgBouncer | simple/c8 | 1.50 | ≤ 1.6 | **pass** |
+    | scoped + batched audit: CPU ÷ PgBouncer | simple/c8 | 3.50 | ≤ 3.0 | **FAIL** |
+    | + one encrypted column read: CPU ÷ PgBouncer | simple/c8 | - | ≤ 3.5 | not measured |
+    """
+    by_key = {(p["target"], p["protocol"], p["clients"]): p for p in results["points"]
+              if p["workload"] == "select-only"}
+    protocols = [p for p in ("simple", "extended", "prepared") if any(k[1] == p for k in by_key)] or ["simple"]
+    rows = ["| budget | point | measured | bound | verdict |", "|---|---|---:|---|---|"]
+    for protocol in protocols:
+        for label, target, figure, baseline, clients, bound, at_least in BUDGETS:
+            mine, base = by_key.get((target, protocol, clients)), by_key.get((baseline, protocol, clients))
+            field = "proc_cpu_us_per_stmt" if figure == "cpu" else "tps"
+            ratio = None
+            if mine and base and mine.get(field) and base.get(field) and not mine.get("errors"):
+                ratio = mine[field] / base[field]
+            ok = None if ratio is None else (ratio >= bound if at_least else ratio <= bound)
+            rows.append(f"| {label} | {protocol}/c{clients} | {_num(ratio, 2)} | {'≥' if at_least else '≤'} {bound} "
+                        f"| {_verdict(ok)} |")
+    return "\n".join(rows)
+
+
+def stages_table(stages: dict[str, Any]) -> str:
+    """The data plane's per-stage micro-benchmarks (tenantgate.proxy.benchmark), µs per call.
+
+    >>> print(stages_table({"framing_us": 1.234, "decrypt_field_us": "error: boom"}))
+    | stage | µs per call |
+    |---|---:|
+    | framing | 1.23 |
+    | decrypt_field | error: boom |
+    """
+    rows = ["| stage | µs per call |", "|---|---:|"]
+    for name, value in stages.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        rows.append(f"| {name.removesuffix('_us')} | {shown} |")
+    return "\n".join(rows)
+
+
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested dicts as (dotted key, printed value) pairs; floats to 4 significant digits."""
     if isinstance(value, dict):
@@ -149,6 +208,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"## Goals (issue #7) for {GOAL_TARGET}",
         "",
         goals(results),
+        "",
+        "## Budgets (issue 14): ratios from this run",
+        "",
+        budgets(results),
         "",
         "## pgbench",
         "",

@@ -121,7 +121,7 @@ class TextType(PgType):
         return canonical
 
 
-_HEX_SPACE = frozenset(b" \t\n\r")
+_HEX_SPACE = b" \t\n\r"
 
 
 class ByteaType(PgType):
@@ -137,7 +137,7 @@ class ByteaType(PgType):
     def from_text(self, data: bytes, *, timezone: str = "UTC") -> bytes:
         data = bytes(data)
         if data[:2] == b"\\x":
-            digits = bytes(b for b in data[2:] if b not in _HEX_SPACE)
+            digits = data[2:].translate(None, _HEX_SPACE)
             if len(digits) % 2:
                 raise CodecError("invalid hexadecimal data: odd number of digits", "22023")
             try:

@@ -1,8 +1,12 @@
 """Prometheus metrics of one serving process (console/metrics.py serves them over HTTP).
 
 `Metrics` owns its own CollectorRegistry (several proxies can live in one process, e.g. in
-tests). The hot path calls its plain methods, which cache the labelled children so a call
-costs a dict lookup and an increment. Figures the proxy already keeps (bytes per session,
+tests). The hot path calls its plain methods. The per-statement families (statements, the two
+timing histograms, crypto operations, errors) are plain numbers in dicts that the event loop
+adds to (:class:`_Tally`, :class:`_Timings`), exported by their own collectors at scrape time
+as the series prometheus-client's Counter and Histogram would show: no lock and no child
+object per statement. Only the loop's thread touches them (the metrics HTTP is served on the
+same loop). Figures the proxy already keeps (bytes per session,
 backend connections, the rewriter's cache, the audit writer's counters) are read at scrape
 time by a custom collector instead of being counted twice.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +32,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from tenantgate.config.schema import LIMIT_KEYS
 
@@ -96,30 +101,24 @@ class Metrics:
         self.auth_failures = Counter(
             p + "auth_failures", "Failed logins, by port (client or admin)", ["port"], registry=r
         )
-        self.statements = Counter(
-            p + "statements", "Statements by tenant, kind and decision", ["tenant", "kind", "decision"], registry=r
+        self.statements = _Tally(
+            p + "statements", "Statements by tenant, kind and decision", ("tenant", "kind", "decision"), r
         )
-        self.duration = Histogram(
+        self.duration = _Timings(
             p + "statement_duration_seconds",
             "Time from a request's first message to the ReadyForQuery that answers it",
-            ["tenant"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
+            r,
         )
-        self.overhead = Histogram(
+        self.overhead = _Timings(
             p + "proxy_overhead_seconds",
             "Time the proxy spends on a request's messages itself (parsing, rewriting, crypto)",
-            ["tenant"],
-            buckets=OVERHEAD_BUCKETS,
-            registry=r,
+            OVERHEAD_BUCKETS,
+            r,
         )
-        self.crypto_operations = Counter(p + "crypto_operations", "Field encryptions/decryptions", ["op"], registry=r)
-        self.crypto_failures = Counter(
-            p + "crypto_failures", "Failed field encryptions/decryptions", ["op"], registry=r
-        )
-        self.errors = Counter(
-            p + "errors", "ErrorResponses sent to clients, by SQLSTATE class", ["sqlstate_class"], registry=r
-        )
+        self.crypto_operations = _Tally(p + "crypto_operations", "Field encryptions/decryptions", ("op",), r)
+        self.crypto_failures = _Tally(p + "crypto_failures", "Failed field encryptions/decryptions", ("op",), r)
+        self.errors = _Tally(p + "errors", "ErrorResponses sent to clients, by SQLSTATE class", ("sqlstate_class",), r)
         self.admin_commands = Counter(
             p + "admin_commands", "Admin console commands, by command and result", ["command", "result"], registry=r
         )
@@ -129,8 +128,8 @@ class Metrics:
             ["tenant", "limit"],
             registry=r,
         )
-        self._stmt: dict[tuple[str | None, str, str], Any] = {}
-        self._timing: dict[str | None, tuple[Any, Any]] = {}
+        self._stmt: dict[tuple[str | None, str, str], tuple[str, str, str]] = {}  # -> label values
+        self._timing: dict[str | None, tuple[list[float], list[float]]] = {}  # -> rows of duration, overhead
         self._kinds: dict[str, str] = {}
         self._simple: dict[tuple[Counter, str], Any] = {}
         # bytes of sessions that have ended, per tenant label; live sessions are read at scrape time
@@ -199,10 +198,11 @@ class Metrics:
         word for unscoped sessions) and decision ("allowed" or "refused")."""
         kind = self._kinds.get(kind) or self._kind_label(kind)
         key = (tenant, kind, decision)
-        child = self._stmt.get(key)
-        if child is None:
-            child = self._stmt[key] = self.statements.labels(self.tenant_label(tenant), kind, decision)
-        child.inc()
+        labels = self._stmt.get(key)
+        if labels is None:
+            labels = self._stmt[key] = (self.tenant_label(tenant), kind, decision)
+        counts = self.statements.counts
+        counts[labels] = counts.get(labels, 0) + 1
 
     def timing(self, tenant: str | None, seconds: float, proxy_seconds: float | None = None) -> None:
         """One request answered: from its first message to the ReadyForQuery that ends it (a
@@ -210,10 +210,14 @@ class Metrics:
         pair = self._timing.get(tenant)
         if pair is None:
             label = self.tenant_label(tenant)
-            pair = self._timing[tenant] = (self.duration.labels(label), self.overhead.labels(label))
-        pair[0].observe(seconds)
+            pair = self._timing[tenant] = (self.duration.row(label), self.overhead.row(label))
+        row = pair[0]
+        row[bisect_left(DURATION_BUCKETS, seconds)] += 1  # past the last bound: the +Inf bucket
+        row[-1] += seconds
         if proxy_seconds is not None:
-            pair[1].observe(proxy_seconds)
+            row = pair[1]
+            row[bisect_left(OVERHEAD_BUCKETS, proxy_seconds)] += 1
+            row[-1] += proxy_seconds
 
     def session_ended(self, tenant: str | None, bytes_in: int, bytes_out: int) -> None:
         """A session listed in proxy.sessions ends: keep its byte counts (call it in the same
@@ -224,13 +228,13 @@ class Metrics:
 
     def crypto(self, op: str, ok: bool = True) -> None:
         """One field encryption or decryption (``op``: encrypt | decrypt)."""
-        self._child(self.crypto_operations, op).inc()
+        self.crypto_operations.add((op,))
         if not ok:
-            self._child(self.crypto_failures, op).inc()
+            self.crypto_failures.add((op,))
 
     def error(self, sqlstate: str) -> None:
         """An ErrorResponse went to a client; counted by its class (first two characters)."""
-        self._child(self.errors, _sqlstate(sqlstate)[:2]).inc()
+        self.errors.add((_sqlstate(sqlstate)[:2],))
 
     def limit_hit(self, tenant: str | None, limit: str) -> None:
         """A per-tenant limit acted (see proxy/limits.py for the limit names)."""
@@ -284,6 +288,82 @@ def _sqlstate(sqlstate: str) -> str:
     """
     ok = len(sqlstate) == 5 and sqlstate.isascii() and sqlstate.isalnum() and sqlstate == sqlstate.upper()
     return sqlstate if ok else "XX000"
+
+
+class _Tally(Collector):
+    """A counter family kept as plain counts per label values (the hot path adds to ``counts``).
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> t = _Tally("x_ops", "Ops", ("op",), CollectorRegistry())
+    >>> t.add(("a",)); t.add(("a",)); t.add(("b",))
+    >>> print(generate_latest(t.registry).decode().strip())
+    # HELP x_ops_total Ops
+    # TYPE x_ops_total counter
+    x_ops_total{op="a"} 2.0
+    x_ops_total{op="b"} 1.0
+    """
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.counts: dict[tuple[str, ...], int] = {}
+        self.registry = registry
+        registry.register(self)
+
+    def add(self, labels: tuple[str, ...]) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + 1
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labels)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, n in list(self.counts.items()):
+            family.add_metric(labels, float(n))
+        yield family
+
+
+class _Timings(Collector):
+    """A histogram family by tenant label: per label one row of bucket counts (a value past the
+    last bound counts in the +Inf bucket), then the sum, observed by :meth:`Metrics.timing`.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> h = _Timings("x_seconds", "Time", (0.5, 1.0), CollectorRegistry())
+    >>> row = h.row("acme")
+    >>> row[bisect_left(h.bounds, 0.5)] += 1; row[-1] += 0.5
+    >>> row[bisect_left(h.bounds, 7.0)] += 1; row[-1] += 7.0
+    >>> print(generate_latest(h.registry).decode().strip())
+    # HELP x_seconds Time
+    # TYPE x_seconds histogram
+    x_seconds_bucket{le="0.5",tenant="acme"} 1.0
+    x_seconds_bucket{le="1.0",tenant="acme"} 1.0
+    x_seconds_bucket{le="+Inf",tenant="acme"} 2.0
+    x_seconds_count{tenant="acme"} 2.0
+    x_seconds_sum{tenant="acme"} 7.5
+    """
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.bounds = name, documentation, bounds
+        self.rows: dict[str, list[float]] = {}
+        self._le = [floatToGoString(b) for b in bounds] + ["+Inf"]
+        self.registry = registry
+        registry.register(self)
+
+    def row(self, label: str) -> list[float]:
+        """The counts of ``label``'s buckets (one per bound, then +Inf), then its sum."""
+        return self.rows.setdefault(label, [0.0] * (len(self.bounds) + 2))
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=["tenant"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["tenant"])
+        for label, row in list(self.rows.items()):
+            total, buckets = 0.0, []
+            for le, n in zip(self._le, row, strict=False):  # the sum (last) has no bucket
+                total += n
+                buckets.append((le, total))
+            family.add_metric([label], buckets, row[-1])
+        yield family
 
 
 class _ProxyCollector(Collector):

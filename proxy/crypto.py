@@ -451,25 +451,32 @@ class SessionCrypto:
         return codec.ParameterDescription(tuple(oids)).encode()
 
     def _decrypt_row(self, body: bytes | memoryview, rows: tuple[tuple[int, EncryptedColumn, int], ...]) -> bytes:
-        row = codec.decode_backend(MsgType.DATA_ROW, body)
-        assert isinstance(row, codec.DataRow)
-        values = list(row.values)
+        """The DataRow with the encrypted fields replaced: only they are read and re-encoded, the
+        bytes between them are copied as they came."""
+        spans = _field_spans(body, rows[-1][0])
         timezone = self.timezone()
+        out = bytearray(b"D\x00\x00\x00\x00")
+        mark = 0
         for index, col, fmt in rows:
-            if index >= len(values):
-                raise ProtocolError("server", "DataRow has fewer fields than its RowDescription")
-            value = values[index]
-            if value is None:
+            start, end = spans[index]
+            if start == end and body[start - 4 : start] == _NULL:
                 continue
             try:
+                value = body[start:end]
                 ciphertext = bytes(value) if fmt == 1 else BYTEA.from_text(value)
                 plaintext = self.keyring.decrypt(self.tenant, col.table, col.column, ciphertext)
-                values[index] = col.type.from_canonical(plaintext, fmt, timezone=timezone)
+                value = col.type.from_canonical(plaintext, fmt, timezone=timezone)
             except (KeyringError, ValueError) as exc:
                 self._count("decrypt", False)
                 return self._fail(col, exc)
             self._count("decrypt", True)
-        return codec.DataRow(tuple(values)).encode()
+            out += body[mark : start - 4]
+            out += _I32.pack(len(value))
+            out += value
+            mark = end
+        out += body[mark:]
+        _I32.pack_into(out, 1, len(out) - 1)
+        return bytes(out)
 
     def _fail(self, col: EncryptedColumn, exc: Exception) -> bytes:
         if isinstance(exc, DecryptError) and exc.reason in ("unknown_version", "not_loaded"):
@@ -479,6 +486,41 @@ class SessionCrypto:
         self._rows = None
         return codec.error(sqlstate, f"a value of encrypted column {col.table}.{col.column} cannot be "
                                      f"decrypted: {exc}").encode()
+
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_NULL = _I32.pack(-1)
+
+
+def _field_spans(body: bytes | memoryview, last: int) -> list[tuple[int, int]]:
+    """(start, end) of each field of a DataRow body up to field ``last`` (a NULL is an empty span
+    after a -1 length word).
+
+    >>> _field_spans(codec.DataRow((b"ab", None, b"c")).encode()[5:], 2)
+    [(6, 8), (12, 12), (16, 17)]
+    >>> try:
+    ...     _field_spans(codec.DataRow((b"ab",)).encode()[5:], 1)
+    ... except ProtocolError as exc:
+    ...     print(exc)
+    protocol violation by server: DataRow has fewer fields than its RowDescription
+    """
+    (count,) = _I16.unpack_from(body, 0)
+    if last >= count:
+        raise ProtocolError("server", "DataRow has fewer fields than its RowDescription")
+    spans = []
+    pos = 2
+    for _ in range(last + 1):
+        if pos + 4 > len(body):
+            raise ProtocolError("server", "DataRow ends inside a field")
+        (n,) = _I32.unpack_from(body, pos)
+        pos += 4
+        end = pos if n == -1 else pos + n
+        if n < -1 or end > len(body):
+            raise ProtocolError("server", "DataRow has a field length outside the message")
+        spans.append((pos, end))
+        pos = end
+    return spans
 
 
 # ----------------------------------------------------------------------------- startup

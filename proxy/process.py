@@ -411,7 +411,7 @@ class Proxy:
         while self.sessions and loop.time() < deadline:
             for client in list(self.sessions):
                 session = client.session
-                if session is None or (session.status == "I" and session.cycles_done == session.cycles_sent):
+                if session is None or session.at_boundary:
                     client.terminate("57P01", "terminating connection due to administrator command")
             await asyncio.sleep(0.05)
         for client in list(self.sessions):

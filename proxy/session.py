@@ -48,6 +48,7 @@ from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, MsgType, Parse, Query
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .limits import LimitExceeded, TenantLimiter
+from .pipeline import Pipeline
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
 from .tracked import RESET_ALL, Change, TrackedSettings
 
@@ -146,18 +147,15 @@ class Session:
         self._named = PreparedStatements() if pool is not None or rewriter is not None else None
         self._special = _CLIENT_NAMED if self._named is not None else _CLIENT_SPECIAL
         self._tracked = TrackedSettings(self.settings) if pool is not None else None
-        self._cycle_failed = False  # an ErrorResponse in the cycle being answered
         self._rolled_back = False  # ... a ROLLBACK completed in it
-        self._swallow: set[int] = set()  # cycles injected by the proxy, answered to nobody
-        self._swallow_failing: set[int] = set()  # ... of which these are meant to fail
+        # a hand-over's settings, sent in the same write as the client's messages that follow them
+        self._setup_out = b""
         self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
         self.crypto = crypto  # field-level encryption of this tenant session, or None
         self._redacted = ""  # the last planned statement with its encrypted literals masked
         self._refreshing: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
         self._reassert = False  # a RESET ALL / DISCARD ALL was executed: apply the settings after the next Sync
-        self._unsynced = False  # extended-protocol messages sent since the last Sync (backend is busy)
-        self.cycles_sent = 0  # Sync/Query messages forwarded: each ends in one ReadyForQuery
-        self.cycles_done = 0
+        self._pipe = Pipeline()  # the cycles sent and answered, the proxy's own among them
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
         self._rewritten: dict[int, tuple[str, str]] = {}  # cycle -> (client's text, backend's): Query or Bind
         self.statements = 0
@@ -216,7 +214,7 @@ class Session:
     @property
     def at_boundary(self) -> bool:
         """Between transactions with nothing outstanding: where PAUSE holds and placements change."""
-        return self.status == "I" and self.cycles_done == self.cycles_sent and not self._unsynced and not self._waiting
+        return self.status == "I" and self._pipe.quiet and not self._waiting
 
     def move_to(self, pool: BackendPool | None, search_path: str) -> None:
         """The tenant's placement changed (reload): switch at the next transaction boundary."""
@@ -362,8 +360,8 @@ class Session:
         """A pooled backend for this transaction, carrying exactly this session's settings."""
         self.attach(backend)
         setup = self.setup_sql(backend)
-        if setup:
-            self._inject_setup(setup)
+        if setup:  # always followed by _relay_client of what waited for this backend
+            self._setup_out = self._setup_bytes(setup)
 
     def attach(self, backend: Backend) -> None:
         self.backend = backend
@@ -382,27 +380,18 @@ class Session:
         assert self._tracked is not None
         return self._tracked.setup_sql(backend)
 
-    def _inject_setup(self, sql: str) -> None:
-        assert self.backend is not None
-        self.backend.conn.write(self._setup_bytes(sql))
-
     def _setup_bytes(self, sql: str, *, tolerant: bool = False) -> bytes:
         """A query whose answer the proxy swallows (counted as one cycle of its own). ``tolerant``:
         it may fail, in a transaction the client's statement aborted (see _swallowed_error)."""
-        self.cycles_sent += 1
-        self._swallow.add(self.cycles_sent)
+        self._pipe.inject(may_fail=tolerant)
         if self._named is not None and self.backend is not None:
             self._named.query_sent(self.backend, by_client=False)
-        if tolerant:
-            self._swallow_failing.add(self.cycles_sent)
         return Query(sql).encode()
 
     def _inject_abort(self) -> None:
         """Fail the backend's transaction block, as the client was told (a value could not be decrypted)."""
         assert self.backend is not None
-        self.cycles_sent += 1
-        self._swallow.add(self.cycles_sent)
-        self._swallow_failing.add(self.cycles_sent)
+        self._pipe.inject(may_fail=True)
         if self._named is not None:
             self._named.query_sent(self.backend, by_client=False)
         self.backend.conn.write(Query("tenantgate_decryption_failed_" + secrets.token_hex(8)).encode())
@@ -413,8 +402,7 @@ class Session:
             self.pinned
             or self.backend is None
             or self.status != "I"
-            or self.cycles_done != self.cycles_sent
-            or self._unsynced
+            or not self._pipe.quiet
             or self._withheld is not None
             or self._gated
             or self._waiting
@@ -479,7 +467,7 @@ class Session:
             backend.conn.write(codec.Terminate().encode())
             backend.conn.close()
         else:  # mid-transaction or pinned state: closing it rolls back and forgets everything
-            clean = self.status == "I" and self.cycles_done == self.cycles_sent and not self._unsynced
+            clean = self.status == "I" and self._pipe.quiet
             self._release_backend(backend, discard=not clean or self.pinned)
 
     def _relay_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
@@ -494,8 +482,7 @@ class Session:
         mark = 0
         for mtype, start, end in frames:
             if mtype == MsgType.SYNC:
-                self.cycles_sent += 1
-                self._unsynced = False
+                self._pipe.sync()
                 self._refused_parse = None
                 if crypto is not None:
                     crypto.on_client_message(mtype, None)
@@ -504,14 +491,14 @@ class Session:
                 replacement = buf[start:end]
             else:
                 if mtype in _EXTENDED:
-                    self._unsynced = True
+                    self._pipe.extended()
                 if mtype not in special:
                     continue
                 changed = self._client_message(mtype, buf, start, end)
                 if changed is None and not (self._reassert and mtype == MsgType.QUERY):
                     continue
                 replacement = buf[start:end] if changed is None else changed
-            if self._reassert and not self._unsynced:
+            if self._reassert and not self._pipe.unsynced:
                 # the client wiped the session's settings: apply them again before its next statement
                 self._reassert = False
                 assert self.backend is not None
@@ -524,6 +511,8 @@ class Session:
         backend = self.backend
         assert backend is not None
         data = buf if out is None else bytes(out + buf[mark:])
+        if self._setup_out:
+            data, self._setup_out = self._setup_out + data, b""
         self._over_rate = False
         if self._gated or (self.audit is not None and self.audit.intents):
             self._gate(data)  # strict audit: only once the write-ahead records are durable
@@ -623,7 +612,7 @@ class Session:
         sql = ""
         try:
             if mtype == MsgType.QUERY:
-                self.cycles_sent += 1
+                cycle = self._pipe.query()
                 self.statements += 1
                 if self._named is not None and self.backend is not None:  # whatever it is, even refused
                     self._named.query_sent(self.backend, by_client=True)
@@ -642,20 +631,20 @@ class Session:
                 dropped = self._sql_statement_names(msg.sql, kinds)
                 if self.pool is not None:
                     self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
-                    self._settings_sent(changes, self.cycles_sent)
+                    self._settings_sent(changes, cycle)
                 for kind in kinds or (first_word(sql),):
                     self.metrics.statement(self.tenant, kind, "allowed")
                 if audit is not None:
-                    audit.query(sql, rewritten, kinds, self.cycles_sent)
+                    audit.query(sql, rewritten, kinds, cycle)
                 prefix = b""
                 if dropped is not None and self._named is not None:  # last: it queues messages
-                    prefix, bname = self._named.deallocate(dropped, self.cycles_sent)
-                    self._name_ops.append((self.cycles_sent, "deallocate_protocol", dropped))
+                    prefix, bname = self._named.deallocate(dropped, cycle)
+                    self._name_ops.append((cycle, "deallocate_protocol", dropped))
                     rewritten = f"DEALLOCATE {bname}"
                 # the backend gets the verified text in the session's encoding: the client's bytes only if identical
                 query = self._encode(Query(rewritten))
                 if rewritten != msg.sql:
-                    self._rewritten[self.cycles_sent] = (msg.sql, rewritten)
+                    self._rewritten[cycle] = (msg.sql, rewritten)
                 return None if query == buf[start:end] else prefix + query
             if mtype == MsgType.PARSE:
                 msg = self._decode(mtype, body)
@@ -673,7 +662,7 @@ class Session:
                     self._check_audit()
                     msg = codec.decode_frontend(mtype, body)
                     assert isinstance(msg, codec.Execute)
-                    audit.execute(msg.portal, self.cycles_sent + 1)
+                    audit.execute(msg.portal, self._pipe.next)
                 kind, decision = self._portal
                 self.metrics.statement(self.tenant, kind, decision)
                 if self._tracked is not None:
@@ -682,7 +671,7 @@ class Session:
                     return self.crypto.on_client_message(MsgType.EXECUTE, codec.decode_frontend(mtype, body))
                 return None
             # FunctionCall: the fast-path protocol bypasses every SQL check
-            self.cycles_sent += 1
+            self._pipe.query()
             raise Refusal("42501", "the function call protocol is not allowed through tenantgate", "function_call")
         except Refusal as refusal:
             self.refused += 1
@@ -787,7 +776,7 @@ class Session:
         texts = (msg.sql, plan.sql) if plan.sql != msg.sql else None
         statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets, texts,
                              plan.bound_settings)
-        return named.parse(self.backend, msg.name, statement, self.cycles_sent + 1)
+        return named.parse(self.backend, msg.name, statement, self._pipe.next)
 
     def _bind(self, body: bytes) -> bytes | None:
         """A client's Bind: checked against the statement the backend will run, under its backend name."""
@@ -816,9 +805,9 @@ class Session:
             return missing
         frame = codec.rename_bind(body, statement.bname) if statement.bname != name else None
         # what an error of its Execute points into (utility statements are analysed then: PREPARE, EXPLAIN)
-        self._rewritten.pop(self.cycles_sent + 1, None)
+        self._rewritten.pop(self._pipe.next, None)
         if statement.texts is not None:
-            self._rewritten[self.cycles_sent + 1] = statement.texts
+            self._rewritten[self._pipe.next] = statement.texts
         crypto, audit = self.crypto, self.audit
         if statement.tenant_params or audit is not None or crypto is not None:
             bind = self._decode(MsgType.BIND, body if frame is None else frame[5:])
@@ -886,7 +875,7 @@ class Session:
         """What goes before a Bind or Describe of ``statement`` so the backend runs exactly it."""
         named, backend = self._named, self.backend
         assert named is not None and backend is not None
-        cycle = self.cycles_sent + 1
+        cycle = self._pipe.next
         if name:
             return named.prepare(backend, statement, cycle)
         prefix = named.unnamed(backend, statement, pending, cycle)
@@ -899,7 +888,7 @@ class Session:
         marker = "tenantgate_missing_" + secrets.token_hex(8)
         what = f'prepared statement "{name}"' if name else "unnamed prepared statement"
         err = codec.error("26000", f"{what} does not exist")
-        self._refusals.append((marker.encode(), err, self.cycles_sent))
+        self._refusals.append((marker.encode(), err, self._pipe.sent))
         return marker
 
     def _describe_close(self, mtype: int, body: bytes) -> bytes | None:
@@ -907,7 +896,7 @@ class Session:
         assert named is not None and backend is not None
         msg = self._decode(mtype, body)
         assert isinstance(msg, codec.Describe | codec.Close)
-        cycle = self.cycles_sent + 1
+        cycle = self._pipe.next
         if msg.kind == "P":  # portals live in one transaction, on the backend it holds: names as they are
             if isinstance(msg, codec.Close):
                 named.sent_other(cycle)
@@ -945,7 +934,7 @@ class Session:
         refs = statement_names(sql)
         protocol = [(kind, name) for kind, name in refs if kind and named.lookup(name)[0] is not None]
         if not protocol:
-            self._name_ops.extend((self.cycles_sent, k, name) for k, name in refs if k in ("prepare", "deallocate"))
+            self._name_ops.extend((self._pipe.sent, k, name) for k, name in refs if k in ("prepare", "deallocate"))
             return None
         kind, name = protocol[0]
         if kind == "prepare":
@@ -1014,7 +1003,7 @@ class Session:
             )
         statement = self._bound.get(portal)
         if statement is not None and statement.settings:
-            self._settings_sent(list(statement.settings), self.cycles_sent + 1)
+            self._settings_sent(list(statement.settings), self._pipe.next)
 
     def _check_rate(self) -> None:
         if self._over_rate:
@@ -1069,7 +1058,7 @@ class Session:
         marker = b"tenantgate_refused_" + secrets.token_hex(8).encode()
         err = codec.error(refusal.sqlstate, refusal.message, position=refusal.position)
         # Query-type refusals are their own cycle (already counted); Parse/Bind belong to the next Sync's
-        self._refusals.append((marker, err, self.cycles_sent - (1 if simple else 0)))
+        self._refusals.append((marker, err, self._pipe.sent - (1 if simple else 0)))
         log.info("refused statement: %s (%s)", refusal.reason, refusal.sqlstate)
         text = marker.decode()
         if simple:
@@ -1103,18 +1092,17 @@ class Session:
                 # the backend's last word (terminated, shut down, timed out) to the client it serves:
                 # relayed as it is, even in a cycle the proxy injected, then the connection closes
                 self._backend_fatal = True
-                if self._swallow and (self.cycles_done + 1) in self._swallow:
+                if self._pipe.answering_injected() is not None:
                     continue
-            if self._swallow and (self.cycles_done + 1) in self._swallow:
+            injected = self._pipe.answering_injected()
+            if injected is not None:
                 # the answer to a statement the proxy injected: nobody's business but ours
                 out = _splice(out, buf, mark, start)
                 mark = end
                 if mtype == MsgType.READY_FOR_QUERY:
-                    self.cycles_done += 1
-                    self._swallow.discard(self.cycles_done)
-                    self._swallow_failing.discard(self.cycles_done)
+                    self._pipe.ready()
                     self.status = chr(buf[start + 5])
-                elif mtype == MsgType.ERROR_RESPONSE and (self.cycles_done + 1) in self._swallow_failing:
+                elif mtype == MsgType.ERROR_RESPONSE and injected:
                     # a transaction made to fail (decryption error), or settings re-applied in one the
                     # client's statement aborted: what the backend carries is unknown now
                     if self._tracked is not None and self.backend is not None:
@@ -1168,9 +1156,9 @@ class Session:
                     self._inject_abort()
             if mtype == MsgType.READY_FOR_QUERY:
                 self.status = chr(buf[start + 5])
-                self.cycles_done += 1
-                self._rewritten.pop(self.cycles_done, None)
-                if self.cycles_done >= self.cycles_sent:
+                cycle, failed = self._pipe.ready()
+                self._rewritten.pop(cycle, None)
+                if self._pipe.answered_all:
                     if self.busy_since is not None:
                         self.metrics.timing(self.tenant, time.monotonic() - self.busy_since, self._proxy_time)
                         self._proxy_time = 0.0
@@ -1179,13 +1167,13 @@ class Session:
                         self._timer.cancel()
                         self._timer = None
                 refusals = self._refusals
-                while refusals and refusals[0][2] < self.cycles_done:
+                while refusals and refusals[0][2] < cycle:
                     refusals.popleft()
                 if audit is not None:
-                    audit.cycle_done(self.cycles_done)
+                    audit.cycle_done(cycle)
                 if self._named is not None:
-                    self._named.cycle_done(self.cycles_done)
-                self._cycle_end()
+                    self._named.cycle_done(cycle)
+                self._cycle_end(cycle, failed)
             elif mtype in _ACKS and self._named is not None:
                 swallow, told = self._named.answered()
                 if told and self.crypto is not None:
@@ -1194,10 +1182,10 @@ class Session:
                     out = _splice(out, buf, mark, start)
                     mark = end
             elif mtype == MsgType.ERROR_RESPONSE:
-                self._cycle_failed = True
+                self._pipe.error()
                 texts = self._texts_answered()
                 if self._named is not None and self.backend is not None:
-                    self._named.failed(self.backend, self.cycles_done + 1)
+                    self._named.failed(self.backend, self._pipe.answering)
                 replacement = self._swap_error(buf[start + 5 : end]) if self._refusals else None
                 if replacement is None and texts is not None:
                     replacement = _client_position(buf[start + 5 : end], *texts)
@@ -1257,7 +1245,7 @@ class Session:
 
     def _named_statement_done(self, kind: str) -> None:
         """A PREPARE or DEALLOCATE of this cycle succeeded: the name it prepared or dropped follows."""
-        ops, cycle = self._name_ops, self.cycles_done + 1
+        ops, cycle = self._name_ops, self._pipe.answering
         while ops and ops[0][0] < cycle:  # a failed statement's cycle: nothing after it ran
             ops.popleft()
         if not ops or ops[0][0] != cycle or not ops[0][1].startswith(kind):
@@ -1271,19 +1259,19 @@ class Session:
             assert self._named is not None
             self._named.names.pop(name, None)
 
-    def _cycle_end(self) -> None:
+    def _cycle_end(self, cycle: int, failed: bool) -> None:
         """A ReadyForQuery: settings changed in that cycle stick, or are undone with their transaction."""
         if self._tracked is not None:
             self._tracked.cycle_done(
-                self.cycles_done,
-                failed=self._cycle_failed,
+                cycle,
+                failed=failed,
                 status=self.status,
                 rolled_back=self._rolled_back,
                 backend=self.backend,
             )
         if self.status == "I":
             self._bound.clear()  # portals end with their transaction
-        self._cycle_failed = self._rolled_back = False
+        self._rolled_back = False
 
     def _flush_backend(self, buf: bytes, out: bytearray | None, mark: int, upto: int) -> None:
         if out is None:
@@ -1344,7 +1332,7 @@ class Session:
         the first Parse of the cycle still waiting for its answer, else the cycle's simple Query or
         last Bind. (An Execute failing before a later Parse of the same pipeline is taken for that
         Parse: PostgreSQL reports no positions for execution errors but of utility statements.)"""
-        cycle = self.cycles_done + 1
+        cycle = self._pipe.answering
         if self._named is not None:
             parsing = next((s.statement for s in self._named.sent if s.cycle == cycle and s.statement), None)
             if parsing is not None:

@@ -59,6 +59,7 @@ class TrackedSettings:
         self._transaction: list[Change] = []  # changes of the open transaction block, if it commits
         self._pending: dict[int, list[Change]] = {}  # changes of cycles still in flight
         self._removed: set[str] = set()  # reset by the proxy since the last point known to stick
+        self._quoted: tuple[dict[str, str], dict[str, str]] = ({}, {})  # (base as seen, its SQL text)
 
     def desired(self) -> dict[str, str]:
         """What a backend must carry for this session (name -> SQL text), counting the changes in
@@ -67,7 +68,15 @@ class TrackedSettings:
         _apply(state, self._transaction)
         for changes in self._pending.values():
             _apply(state, changes)
-        return {k.lower(): quote_literal_ascii(v) for k, v in self.base.items()} | state
+        return self._quoted_base() | state
+
+    def _quoted_base(self) -> dict[str, str]:
+        """``base`` as SQL text, quoted again only when it changed (every hand-over asks twice)."""
+        seen, quoted = self._quoted
+        if seen != self.base:
+            quoted = {k.lower(): quote_literal_ascii(v) for k, v in self.base.items()}
+            self._quoted = (dict(self.base), quoted)
+        return quoted
 
     def resets_base(self, changes: Iterable[Change]) -> bool:
         """True when the changes put a setting the proxy applied back to the backend's default."""

@@ -133,3 +133,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "| tenantgate-scoped-pooled | 20 |" in markdown
     # the table is also printed at the end
     assert "| select-only | extended | 4 | direct |" in run.stdout
+
+
+def test_proxy_stages_measure_every_stage() -> None:
+    # bench --quick prints these: each stage must measure (an error string here is a broken stage).
+    from tenantgate.proxy import benchmark
+
+    stages = benchmark.run(iterations=50)
+    assert set(stages) == {"framing_us", "plan_cache_hit_us", "audit_worker_us", "audit_sealer_us", "decrypt_field_us"}
+    assert all(isinstance(v, float) and v > 0 for v in stages.values()), stages
