@@ -22,10 +22,10 @@ from .columnar import Group, scan
 from .errors import AuditError
 from .keys import generate_hmac_key_file, generate_signing_key_files, load_hmac_key, load_public_key
 from .multi import verify_instances
-from .reader import FileSource, LogSource, PostgresSource, configured_files, iter_records, open_sources
+from .reader import FileSource, LogSource, iter_records, open_sources
 from .record import AuditEvent
 from .report import group_records, render_html, render_markdown, summarise
-from .retention import archived_files, ship
+from .retention import configured_sources, ship
 from .review import Review, build_review, review_log_path, review_period
 from .settings import AuditSettings, parse_audit_settings
 from .tail import tail
@@ -60,15 +60,10 @@ def _sources(args: argparse.Namespace, settings: AuditSettings | None) -> list[L
             raise _Usage(str(exc)) from None
     if settings is None:
         raise _Usage("give log PATH(s) or --config FILE")
-    if settings.sink == "postgres":
-        assert settings.dsn is not None
-        return [PostgresSource(settings.dsn, settings.table)]
-    names = configured_files(settings.path)
-    if settings.retention is not None and settings.retention.archive.is_dir():
-        names += [str(p) for p in archived_files(settings.retention.archive)]  # hot copies come first
-    if not names:
+    found = configured_sources(settings)
+    if not found:
         raise _Usage(f"{settings.path}: no audit log files")
-    return open_sources(names)
+    return found
 
 
 def _key(args: argparse.Namespace, settings: AuditSettings | None, required: bool) -> bytes | None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -79,11 +79,18 @@ def ts_text(us: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{micros:06d}Z"
 
 
+def parse_timestamp(ts: int | str) -> datetime:
+    """The moment of a format-2 integer or a format-1 ISO timestamp."""
+    if isinstance(ts, int):
+        return _EPOCH + timedelta(microseconds=ts)
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
 def ts_us(ts: int | str) -> int:
     """Microseconds since the epoch of an integer or a format-1 ISO timestamp."""
     if isinstance(ts, int):
         return ts
-    moment = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) - _EPOCH
+    moment = parse_timestamp(ts) - _EPOCH
     return (moment.days * 86_400 + moment.seconds) * 1_000_000 + moment.microseconds
 
 

@@ -35,8 +35,9 @@ def instances_of(sources: Sequence[LogSource]) -> set[str]:
         # chain_start/rotate details
         details = rec.get("details")
         for holder in (rec, details if isinstance(details, dict) else {}):
-            if isinstance(holder.get("instance"), str):
-                found.add(holder["instance"])
+            instance = holder.get("instance")
+            if isinstance(instance, str):
+                found.add(instance)
     return found
 
 

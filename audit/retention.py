@@ -31,7 +31,7 @@ import orjson
 
 from .keys import Verifier
 from .lean import SEGMENT_END
-from .reader import FileSource
+from .reader import FileSource, LogSource, PostgresSource, configured_files, open_sources
 from .segments import ZST, fsync_dir, private_copy, rotated_files, segment_digest
 from .settings import AuditSettings
 from .verify import verify_segment
@@ -192,6 +192,19 @@ def _expire_archive(settings: AuditSettings, now: datetime, manifest: dict[str, 
 def archived_files(archive: Path) -> Iterable[Path]:
     """The archive's segments, for `audit verify` over a mix of hot and archived segments."""
     return sorted(p for p in archive.iterdir() if p.name != MANIFEST and not p.name.endswith(".part"))
+
+
+def configured_sources(settings: AuditSettings) -> list[LogSource]:
+    """The configured log in chain order: the PostgreSQL sink's table, or the hot files followed by
+    the archived ones (a segment shipped and still hot is read from its hot copy). Empty when nothing
+    was written yet."""
+    if settings.sink == "postgres":
+        assert settings.dsn is not None
+        return [PostgresSource(settings.dsn, settings.table)]
+    names = configured_files(settings.path)
+    if settings.retention is not None and settings.retention.archive.is_dir():
+        names += [str(p) for p in archived_files(settings.retention.archive)]
+    return open_sources(names) if names else []
 
 
 def _iso(moment: datetime) -> str:

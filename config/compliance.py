@@ -46,6 +46,7 @@ __all__ = [
 FACT_NAMES = frozenset({
     "tls.mode", "backend.sslmode", "backend.allow_superuser", "audit.enabled", "audit.durability",
     "audit.flush_interval_ms", "audit.on_failure", "audit.log_parameters", "audit.checkpoint_every", "audit.signed",
+    "audit.retention.hot_days", "audit.retention.archive_days",
     "encryption.enabled", "encryption.unencrypted_sensitive", "server.auth_method", "users.md5_logins",
     "users.trusted_writers", "limits.unlimited_tenants",
 })

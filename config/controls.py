@@ -7,6 +7,7 @@ it, so a refusal names the key: ``tls.mode: weaker than pci-dss-4.0 4.2.1 requir
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -52,6 +53,19 @@ def _audit(attr: str) -> Callable[[Config], Fact]:
     return get
 
 
+def _retention(attr: str) -> Callable[[Config], Fact]:
+    """Days a record is kept (hot, or in all): without [audit.retention] nothing is ever deleted, and
+    archive_days = 0 means kept forever, so both count as unbounded (inf)."""
+    def get(c: Config) -> Fact:
+        retention = c.audit.retention if c.audit is not None else None
+        if retention is None:
+            return Fact(math.inf, "audit.retention")
+        days: int = getattr(retention, attr)
+        return Fact(math.inf if attr == "archive_days" and days == 0 else days, f"audit.retention.{attr}")
+
+    return get
+
+
 def _md5_logins(c: Config) -> Fact:
     weak = [f"users.{u.name}.auth" for u in c.users.values() if u.auth == "md5"]
     weak += [f"admins.{a.name}.auth" for a in c.admins.values() if a.auth == "md5"]
@@ -91,6 +105,8 @@ FACTS: Mapping[str, Callable[[Config], Fact]] = {
     "audit.on_failure": _audit("on_failure"),
     "audit.log_parameters": _audit("log_parameters"),
     "audit.checkpoint_every": _audit("checkpoint_every"),
+    "audit.retention.hot_days": _retention("hot_days"),
+    "audit.retention.archive_days": _retention("archive_days"),
     "audit.signed": lambda c: Fact(c.audit is not None and c.audit.signing_key is not None, "audit.signing_key"),
     "encryption.enabled": lambda c: Fact(c.encryption is not None, "encryption.kek"),
     "encryption.unencrypted_sensitive": _unencrypted_sensitive,

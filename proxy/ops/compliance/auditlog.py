@@ -5,8 +5,6 @@ a change to audit's reader API (issue 16: segments, retention, a columnar reader
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -15,8 +13,11 @@ from datetime import datetime
 
 from tenantgate.audit.errors import AuditError
 from tenantgate.audit.keys import load_hmac_key, load_signing_key
-from tenantgate.audit.reader import LogSource, PostgresSource, configured_files, iter_records, open_sources
-from tenantgate.audit.record import EVENT_KINDS, parse_timestamp
+from tenantgate.audit.lean import parse_timestamp, ts_text
+from tenantgate.audit.reader import LogSource, expand, iter_records, open_sources
+from tenantgate.audit.record import EVENT_KINDS
+from tenantgate.audit.retention import configured_sources
+from tenantgate.audit.review import review_log_path
 from tenantgate.audit.verify import verify_log
 from tenantgate.config import Config
 from tenantgate.config.schema import LIMIT_KEYS
@@ -37,20 +38,15 @@ class Integrity:
 
 
 def sources(config: Config) -> list[LogSource]:
-    """The configured log in chain order; empty when auditing is off or nothing was written yet."""
-    settings = config.audit
-    if settings is None:
-        return []
-    if settings.sink == "postgres":
-        assert settings.dsn is not None
-        return [PostgresSource(settings.dsn, settings.table)]
-    names = configured_files(settings.path)
-    return open_sources(names) if names else []
+    """The configured log in chain order (hot and archived segments); empty when auditing is off or
+    nothing was written yet."""
+    return configured_sources(config.audit) if config.audit is not None else []
 
 
 def verify(config: Config) -> Integrity:
     """Verify the configured log with its key (and the signing key's public half when configured).
-    An open log (the proxy still writing) is verified up to its last record and reported open."""
+    A log its writer still holds is verified up to its last record and reported open; segments
+    expired under [audit.retention] may be missing from the start."""
     settings = config.audit
     if settings is None:
         return Integrity(False, "auditing is off ([audit] missing or enabled = false)")
@@ -62,43 +58,32 @@ def verify(config: Config) -> Integrity:
         return Integrity(False, f"audit log cannot be read: {exc}")
     if not found:
         return Integrity(False, f"no audit log at {settings.path}")
-    result = verify_log(found, hmac_key=key, verifier=verifier)
+    result = verify_log(found, hmac_key=key, verifier=verifier, allow_expired=settings.retention is not None)
     problem = result.problem
-    if problem is not None and "truncated or still open" in problem.message and _writer_alive(config):
-        # A live proxy's log always ends open: everything up to its last record verified. A log that
-        # ends open with no writer holding it was cut, and stays a failure.
+    if problem is not None and settings.sink == "postgres" and "still open" in problem.message:
+        # rows are committed one by one: the table has no tail to cut, so an open end is the live writer
         return Integrity(True, f"verified through seq {result.last_seq} ({result.records} records), log open",
                          result.records, result.first_seq, result.last_seq, result.signatures_checked)
     if problem is not None:
-        return Integrity(False, f"VERIFICATION FAILED: {problem}", result.records)
-    return Integrity(True, f"verified: {result.records} records (seq {result.first_seq}..{result.last_seq})",
-                     result.records, result.first_seq, result.last_seq, result.signatures_checked)
-
-
-def _writer_alive(config: Config) -> bool:
-    """True while a proxy holds the file sink's writer lock (audit/filesink.py: one flock per log)."""
-    settings = config.audit
-    assert settings is not None
-    if settings.sink == "postgres":
-        return True  # rows are committed one by one; the table has no tail to cut
-    lock = settings.path.with_name(settings.path.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock we may have taken
-    return False
+        return Integrity(False, result.status, result.records)
+    summary = (f"{result.status} ({result.records} records)" if result.open_through is not None else
+               f"verified: {result.records} records (seq {result.first_seq}..{result.last_seq})")
+    return Integrity(True, summary, result.records, result.first_seq, result.last_seq, result.signatures_checked)
 
 
 def records(config: Config) -> Iterator[dict[str, object]]:
-    for _raw, rec in iter_records(sources(config)):
-        if rec is not None:
-            yield rec
+    """Every record of the log and of its review log (`audit review` runs), as format 1 spells them:
+    format 2's integer timestamps as ISO text and each statement's rewritten SQL put back."""
+    found = sources(config)
+    if config.audit is not None and config.audit.sink == "file":
+        reviews = review_log_path(config.audit.path)
+        if reviews.exists():
+            found += open_sources([str(reviews)])
+    for rec in expand(rec for _raw, rec in iter_records(found) if rec is not None):
+        ts = rec.get("ts")
+        if isinstance(ts, int):
+            rec["ts"] = ts_text(ts)
+        yield rec
 
 
 def statement_texts(config: Config) -> Iterator[str]:
