@@ -20,11 +20,13 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TypedDict
 
 from pglast import parser
 
 from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
+from tenantgate.audit.remote import RemoteAuditLog
 from tenantgate.audit.writer import AuditLog
 
 from .codec import Bind
@@ -62,6 +64,14 @@ def first_word(sql: str) -> str:
     return word[0].lower().rstrip(";") if word else "empty"
 
 
+class _Who(TypedDict):
+    tenant: str | None
+    user: str
+    client: str
+    session: str
+    database: str
+
+
 @dataclass(slots=True)
 class _Pending:
     sql: str
@@ -74,7 +84,8 @@ class _Pending:
 
 class SessionAudit:
     def __init__(
-        self, log: AuditLog, *, tenant: str | None, user: str, client: str, session: str, database: str
+        self, log: AuditLog | RemoteAuditLog, *, tenant: str | None, user: str, client: str, session: str,
+        database: str
     ) -> None:
         self.log = log
         self.tenant = tenant
@@ -83,7 +94,7 @@ class SessionAudit:
         self.session = session
         self.database = database
         self.pending: deque[_Pending] = deque()
-        self._identity: dict[str, str | None] = {  # the same on every record of the session
+        self._identity: _Who = {  # the same on every record of the session
             "tenant": tenant,
             "user": user,
             "client": client,
@@ -174,7 +185,7 @@ class SessionAudit:
 
     # ------------------------------------------------------------------ records
 
-    def _who(self) -> dict[str, str | None]:
+    def _who(self) -> _Who:
         return self._identity
 
     def _event(

@@ -42,8 +42,12 @@ log = logging.getLogger("tenantgate.auth")
 
 
 class Credentials(Protocol):
-    scram: ScramVerifier | None
-    md5: str | None
+    # read-only: config's User and Admin are frozen dataclasses
+    @property
+    def scram(self) -> ScramVerifier | None: ...
+
+    @property
+    def md5(self) -> str | None: ...
 
 
 class AuthFailed(SqlStateError):

@@ -463,7 +463,7 @@ class SessionCrypto:
                 continue
             try:
                 value = body[start:end]
-                ciphertext = bytes(value) if fmt == 1 else BYTEA.from_text(value)
+                ciphertext = bytes(value) if fmt == 1 else BYTEA.from_text(bytes(value))
                 plaintext = self.keyring.decrypt(self.tenant, col.table, col.column, ciphertext)
                 value = col.type.from_canonical(plaintext, fmt, timezone=timezone)
             except (KeyringError, ValueError) as exc:

@@ -11,8 +11,11 @@ import ssl
 from functools import lru_cache
 
 
-def client_context(cert: str, key: str) -> ssl.SSLContext:
-    """Server-side context presented to connecting clients."""
+def client_context(cert: str | None, key: str | None) -> ssl.SSLContext:
+    """Server-side context presented to connecting clients (config/load.py requires both files
+    unless [tls] mode = "disable"; a missing one is refused here too, never a plaintext listener)."""
+    if cert is None or key is None:
+        raise ValueError("[tls] needs cert and key unless mode = \"disable\"")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)

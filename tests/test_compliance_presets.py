@@ -46,6 +46,11 @@ def strong(tmp: Path, pki: Pki) -> dict[str, Any]:
 
 
 # One way to weaken each fact a control may test; the key the refusal must name.
+def _retain(cfg: dict[str, Any], *, hot_days: int, archive_days: int) -> None:
+    cfg["audit"]["retention"] = {"archive": cfg["audit"]["path"] + ".arch", "hot_days": hot_days,
+                                 "archive_days": archive_days}
+
+
 WEAKEN: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "tls.mode": (lambda c: c["tls"].update(mode="allow"), "tls.mode"),
     "backend.sslmode": (lambda c: c["backend"].update(sslmode="prefer"), "backend.sslmode"),
@@ -57,6 +62,10 @@ WEAKEN: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "audit.log_parameters": (lambda c: c["audit"].update(log_parameters="full"), "audit.log_parameters"),
     "audit.checkpoint_every": (lambda c: c["audit"].update(checkpoint_every=0), "audit.checkpoint_every"),
     "audit.signed": (lambda c: c["audit"].pop("signing_key", None), "audit.signing_key"),
+    # a year kept, but only a month of it hot; a year in all is short of HIPAA's six
+    "audit.retention.hot_days": (lambda c: _retain(c, hot_days=30, archive_days=400), "audit.retention.hot_days"),
+    "audit.retention.archive_days": (lambda c: _retain(c, hot_days=90, archive_days=300),
+                                     "audit.retention.archive_days"),
     "encryption.enabled": (lambda c: c.pop("encryption"), "encryption.kek"),
     "encryption.unencrypted_sensitive": (lambda c: c["compliance"].update(sensitive_columns=["customers.email"]),
                                          "encryption.columns"),
