@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import AuditUnavailable
 from .lean import chain_value, ts_us
 from .record import SealedRecord
-from .segments import ZST, compress_segment, open_lines, pending_compression, rotated_files
+from .segments import ZST, compress_segment, fsync_dir, open_lines, pending_compression, rotated_files
 from .sink import Head, OpenResult
 
 log = logging.getLogger("tenantgate.audit")
@@ -51,14 +51,6 @@ def _last_line_of(path: Path) -> bytes:
         return deque(open_lines(path), maxlen=1)[0]  # compressed: streamed once (only after a crash)
     with open(path, "rb") as fh:
         return _read_last_line(fh.fileno(), os.fstat(fh.fileno()).st_size)[0]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _head_of(line: bytes, where: Path) -> Head:
@@ -152,7 +144,7 @@ class FileSink:
             raise AuditUnavailable(f"{self.path}: cannot open audit log: {exc.strerror}") from exc
         try:
             if not existed:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             size = os.fstat(fd).st_size
             repaired = 0
             previous_file = None
@@ -215,7 +207,7 @@ class FileSink:
             os.rename(self.path, target)
             self._close_fd()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             self._close_fd()
             raise AuditUnavailable(f"{self.path}: cannot rotate audit log: {exc.strerror}") from exc
