@@ -135,8 +135,8 @@ def listening_or_stopped(started: _S, port: int, proc: subprocess.Popen[bytes], 
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    # 90 s: a proxy that exits is reported at once; a slow start is the 2-core machine under load
     """Return once 127.0.0.1:``port`` accepts connections; fail with the log tail if ``proc`` exits."""
+    # 90 s: a proxy that exits is reported at once; a slow start is the 2-core machine under load
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
