@@ -27,7 +27,7 @@ import tomlkit
 
 from tenantgate.config import load_config
 from tenantgate.keyring.kek import create_kek_file
-from tenantgate.proxy.ops.rls import install_configured
+from tenantgate.proxy.ops.rls import install_configured, policy_expression
 from tenantgate.proxy.sandbox.demo import prepare, ready
 from tenantgate.proxy.sandbox.pgcluster import ThrowawayCluster, free_port
 
@@ -205,6 +205,57 @@ def test_check_fails_on_rls_drift(demo: Demo) -> None:
     finally:
         asyncio.run(install_configured(load_config(demo.config)))
     assert check_json(demo.config)[0] == 0
+
+
+def test_check_covers_the_schema_tier(demo: Demo) -> None:
+    """initech's sessions find their tables only in t_initech: one gone there fails the access controls."""
+    demo.cluster.execute("ALTER TABLE t_initech.orders RENAME TO orders_gone", dbname="app")
+    try:
+        rc, report = check_json(demo.config)
+        assert rc == 1
+        access = next(c for c in report["controls"] if c["id"] == "7.2.1")
+        assert any("tenant initech (schema): t_initech.orders does not exist" in m for m in access["missing"]), access
+    finally:
+        demo.cluster.execute("ALTER TABLE t_initech.orders_gone RENAME TO orders", dbname="app")
+    rc, report = check_json(demo.config)
+    assert rc == 0, report["failed"]
+    access = next(c for c in report["controls"] if c["id"] == "7.2.1")
+    assert any("1 schema-tier tenant(s) with their own tables" in e for e in access["evidence"]), access
+
+
+def test_check_covers_a_dedicated_tenant(demo: Demo) -> None:
+    """A dedicated tenant's own database is checked too: RLS on its copies of the scoped tables, and the
+    role the proxy logs in with there."""
+    db = f"dedi_{demo.pool_mode}"
+    demo.cluster.execute(f"CREATE DATABASE {db} OWNER app")
+    tables = "; ".join(f"CREATE TABLE public.{t} (tenant_id text); ALTER TABLE public.{t} OWNER TO app"
+                       for t in ("customers", "orders"))
+    demo.cluster.execute(tables, dbname=db)
+
+    def dedicated(doc: Any) -> None:
+        own = tomlkit.table()
+        for key, value in doc["backend"].items():
+            own[key] = value
+        own["database"] = db
+        tenant = tomlkit.table()
+        tenant["tier"] = "dedicated"
+        tenant["backend"] = own
+        doc["tenants"]["newco"] = tenant
+
+    config = demo.variant(f"dedicated-{demo.pool_mode}", dedicated)
+    rc, report = check_json(config)
+    assert rc == 1
+    access = next(c for c in report["controls"] if c["id"] == "7.2.1")
+    assert any(m.startswith("rls: RLS drift") and "tenant newco (dedicated): " in m and "policy tenantgate_tenant "
+               "is missing" in m for m in access["missing"]), access
+    demo.cluster.execute("; ".join(
+        f"ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; ALTER TABLE {t} FORCE ROW LEVEL SECURITY; "
+        f"CREATE POLICY tenantgate_tenant ON {t} USING {policy_expression('tenant_id')} "
+        f"WITH CHECK {policy_expression('tenant_id')}" for t in ("customers", "orders")), dbname=db)
+    rc, report = check_json(config)
+    assert rc == 0, report["failed"]
+    access = next(c for c in report["controls"] if c["id"] == "7.2.1")
+    assert any("1 dedicated database(s)" in e for e in access["evidence"]), access
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from tenantgate.config import Config
+from tenantgate.config.schema import Backend, Tenant
 from tenantgate.keyring.errors import KeyringError
+from tenantgate.keyring.quoting import quote_ident, quote_qualified
 
 from ...crypto import CryptoSetupError, backend_url, build_keyring
 from ...placement import backend_target
@@ -28,30 +30,87 @@ class Finding:
     evidence: str
 
 
-async def _connect(config: Config) -> asyncpg.Connection:
-    url = backend_url(backend_target(config.backend), config.backend.database or "postgres")
-    return await asyncpg.connect(url, timeout=config.backend.connect_timeout)
+async def _connect(config: Config, backend: Backend | None = None) -> asyncpg.Connection:
+    backend = backend or config.backend
+    url = backend_url(backend_target(backend), backend.database or "postgres")
+    return await asyncpg.connect(url, timeout=backend.connect_timeout)
+
+
+def _dedicated(config: Config) -> list[Tenant]:
+    return [t for t in config.tenants.values() if t.tier == "dedicated" and t.backend is not None]
+
+
+async def _each_dedicated(config: Config, check: Callable[[Tenant, asyncpg.Connection], Awaitable[list[str]]]
+                          ) -> list[str]:
+    """`check` run in every dedicated tenant's own database (the main backend's checks do not see it)."""
+    problems: list[str] = []
+    for tenant in _dedicated(config):
+        assert tenant.backend is not None
+        try:
+            conn = await _connect(config, tenant.backend)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            problems.append(f"tenant {tenant.name} (dedicated): backend unreachable: {exc}")
+            continue
+        try:
+            problems += [f"tenant {tenant.name} (dedicated): {p}" for p in await check(tenant, conn)]
+        finally:
+            await conn.close()
+    return problems
+
+
+async def _schema_tables(config: Config, conn: asyncpg.Connection) -> list[str]:
+    """A schema-tier tenant's pinned search_path must find each scoped table in its own schema: a
+    table missing there is one its sessions cannot reach (refused by the rewriter, not leaked)."""
+    problems: list[str] = []
+    for tenant in config.tenants.values():
+        if tenant.tier != "schema" or tenant.schema is None:
+            continue
+        if await conn.fetchval("SELECT to_regnamespace($1) IS NULL", quote_ident(tenant.schema)):
+            problems.append(f"tenant {tenant.name} (schema): schema {tenant.schema} does not exist")
+            continue
+        for table in config.scoping.tables:
+            name = quote_qualified(tenant.schema, table.name)
+            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                problems.append(f"tenant {tenant.name} (schema): {tenant.schema}.{table.name} does not exist")
+    return problems
 
 
 async def check_rls(config: Config, conn: asyncpg.Connection) -> Finding:
+    """RLS on the shared tables, in every dedicated tenant's database, and each schema-tier tenant's
+    own tables in place (that tier isolates by schema: search_path pinned, other schemas refused)."""
     if not config.scoping.tables:
         return Finding(True, "no scoped tables (nothing for RLS to guard)")
     drift = await rls.status(conn, config)
+    drift += await _each_dedicated(config, lambda _t, c: rls.status(c, config))
+    drift += await _schema_tables(config, conn)
     if drift:
         return Finding(False, "RLS drift: " + "; ".join(drift))
-    return Finding(True, f"{len(config.scoping.tables)} scoped table(s) carry the {rls.POLICY} policy with FORCE")
+    placed = [f"{len(_dedicated(config))} dedicated database(s)"] if _dedicated(config) else []
+    schemas = sum(t.tier == "schema" for t in config.tenants.values())
+    placed += [f"{schemas} schema-tier tenant(s) with their own tables"] if schemas else []
+    where = f" (and in {', '.join(placed)})" if placed else ""
+    return Finding(True, f"{len(config.scoping.tables)} scoped table(s) carry the {rls.POLICY} policy with FORCE"
+                         + where)
 
 
-async def check_backend_role(config: Config, conn: asyncpg.Connection) -> Finding:
+async def _role_problems(conn: asyncpg.Connection) -> list[str]:
     row = await conn.fetchrow(
         "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"
     )
     assert row is not None
     user, superuser, bypass = row
     if superuser or bypass:
-        what = "superuser" if superuser else "BYPASSRLS"
-        return Finding(False, f"backend role {user} is {what}: RLS does not bind it")
-    return Finding(True, f"backend role {user} is neither superuser nor BYPASSRLS")
+        return [f"backend role {user} is {'superuser' if superuser else 'BYPASSRLS'}: RLS does not bind it"]
+    return []
+
+
+async def check_backend_role(config: Config, conn: asyncpg.Connection) -> Finding:
+    """The role the proxy logs in as, on the main backend and on every dedicated tenant's."""
+    problems = await _role_problems(conn) + await _each_dedicated(config, lambda _t, c: _role_problems(c))
+    if problems:
+        return Finding(False, "; ".join(problems))
+    count = 1 + len(_dedicated(config))
+    return Finding(True, f"backend role(s) of {count} server connection(s) neither superuser nor BYPASSRLS")
 
 
 async def check_clock(config: Config, conn: asyncpg.Connection) -> Finding:
