@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procs import listening_or_stopped
 from bench.procs import wait_listening as wait_port
 from tenantgate.keyring.auth.scram import ScramClient
 from tenantgate.proxy import codec
@@ -155,8 +156,7 @@ def start_proxy(tmp: Path, text: str, port: int) -> ProxyProcess:
             stderr=subprocess.STDOUT,
             env=env,
         )
-    wait_port(port, proc, log_path)
-    return ProxyProcess(config_path, port, proc, log_path)
+    return listening_or_stopped(ProxyProcess(config_path, port, proc, log_path), port, proc, log_path)
 
 
 def launch(tmp: Path, backend: Backend, **kw: str) -> ProxyProcess:
