@@ -140,6 +140,18 @@ def test_check_passes_on_demo_config(demo: Demo) -> None:
     assert text.returncode == 0 and "pci-dss-4.0 10.3.4" in text.stdout and "0 fail" in text.stdout
 
 
+def test_a_recorded_review_is_the_evidence_of_the_review_controls(demo: Demo) -> None:
+    """`audit review` records that it ran (its own chain beside the log); the review controls cite it."""
+    out = run_cli("audit", "review", "--config", str(demo.config), "--since", "yesterday")
+    assert out.returncode == 0, out.stderr
+    assert "recorded" in out.stdout
+    rc, report = check_json(demo.config)
+    assert rc == 0, report["failed"]
+    review = next(c for c in report["controls"] if c["framework"] == "pci-dss-4.0" and c["id"] == "10.4.1")
+    assert review["status"] == "manual"
+    assert any(e.startswith("last log review recorded 20") for e in review["evidence"]), review
+
+
 def _tls_off(doc: Any) -> None:
     doc["tls"]["mode"] = "allow"
 
