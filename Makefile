@@ -29,8 +29,9 @@ bench-cluster: install postgres
 install: postgres $(VENV)/.installed
 
 # Strict editable mode (a link tree) so mypy and ruff see the real files; re-linked when
-# a package folder gains or loses a file.
-$(VENV)/.installed: pyproject.toml $(PACKAGES)
+# a package folder or any folder below it gains or loses a file.
+PACKAGE_DIRS := $(shell find $(PACKAGES) -type d -not -name __pycache__ 2>/dev/null)
+$(VENV)/.installed: pyproject.toml $(PACKAGE_DIRS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --config-settings editable_mode=strict -e '.[test,bench]'
