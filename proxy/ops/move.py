@@ -46,6 +46,7 @@ import asyncpg
 
 from tenantgate.config import Config, ConfigError, Tenant, load_config
 from tenantgate.config.values import parse_host, parse_identifier
+from tenantgate.keyring.private_file import write_private_json
 from tenantgate.keyring.quoting import quote_ident, quote_literal
 
 from .admin_client import AdminClient, AdminCommandError
@@ -69,7 +70,17 @@ from .placement_copy import (
     target_checksum,
 )
 
-__all__ = ["MoveError", "MoveRequest", "MoveState", "UsageError", "add_move_parser", "run_move", "state_path"]
+__all__ = [
+    "MoveError",
+    "MoveRequest",
+    "MoveState",
+    "UsageError",
+    "add_move_parser",
+    "add_placement_arguments",
+    "placement_of",
+    "run_move",
+    "state_path",
+]
 
 ADMIN_PASSWORD_ENV = "TENANTGATE_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
 PHASES = ("started", "prepared", "copied", "config_written", "switched")
@@ -183,13 +194,7 @@ class MoveState:
             "tables": self.tables,
             "backup": self.backup,
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, data, indent=2)
 
     def at_least(self, phase: str) -> bool:
         return PHASES.index(self.phase) >= PHASES.index(phase)
@@ -739,18 +744,7 @@ def cmd_tenant_move(args: argparse.Namespace) -> int:
     req = MoveRequest(
         config=pathlib.Path(args.config),
         tenant=args.tenant,
-        target=PlacementSpec(
-            args.to_tier or "",
-            schema=args.schema,
-            host=args.host,
-            port=args.port,
-            database=args.database,
-            user=args.user,
-            password_env=args.password_env,
-            password_file=args.password_file,
-            sslmode=args.sslmode,
-            region=args.region,
-        ),
+        target=placement_of(args, args.to_tier or "", args.region),
         admin_user=args.admin_user,
         delete_old=args.delete_old,
         batch_rows=args.batch_rows,
@@ -786,21 +780,43 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
+def add_placement_arguments(p: argparse.ArgumentParser, region: str) -> None:
+    """The options that name a placement (``tenant move``, ``create``, ``restore``); placement_of reads them."""
+    p.add_argument("--schema", help="schema tier: the tenant's schema (default t_<tenant>)")
+    p.add_argument("--host", help="dedicated tier: the tenant's server")
+    p.add_argument("--port", type=int)
+    p.add_argument("--database")
+    p.add_argument("--user", help="dedicated tier: the role on the tenant's server")
+    p.add_argument("--password-env", help="variable holding the server's password (its name goes in the config)")
+    p.add_argument("--password-file", help="file holding the server's password (its path goes in the config)")
+    p.add_argument("--sslmode", choices=["disable", "prefer", "require", "verify-ca", "verify-full"],
+                   help="dedicated tier (default prefer)")  # fmt: skip
+    p.add_argument("--region", help=region)
+
+
+def placement_of(args: argparse.Namespace, tier: str, region: str | None) -> PlacementSpec:
+    """The placement add_placement_arguments' options give (``region``: the dedicated server's)."""
+    return PlacementSpec(
+        tier,
+        schema=args.schema,
+        host=args.host,
+        port=args.port,
+        database=args.database,
+        user=args.user,
+        password_env=args.password_env,
+        password_file=args.password_file,
+        sslmode=args.sslmode,
+        region=region,
+    )
+
+
 def add_move_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``tenant move`` in the ``tenant`` command group (tenant_cli.py)."""
     m = sub.add_parser("move", help="move a shared-tier tenant online (copy, pause, sync, verify, switch)")
     m.add_argument("tenant")
     m.add_argument("--config", "-c", required=True, help="the TOML config file the proxy runs with")
     m.add_argument("--to-tier", choices=["shared", "schema", "dedicated"])
-    m.add_argument("--schema", help="schema tier: the tenant's schema (default t_<tenant>)")
-    m.add_argument("--host", help="dedicated tier: the target server")
-    m.add_argument("--port", type=int)
-    m.add_argument("--database")
-    m.add_argument("--user")
-    m.add_argument("--password-env", help="environment variable holding the target password (written to the config)")
-    m.add_argument("--password-file", help="file holding the target password (its path is written to the config)")
-    m.add_argument("--sslmode", default="prefer", choices=["disable", "prefer", "require", "verify-ca", "verify-full"])
-    m.add_argument("--region", help="dedicated tier: the target's region (checked against the tenant's)")
+    add_placement_arguments(m, region="dedicated tier: the target's region (checked against the tenant's)")
     m.add_argument("--admin-user", help=f"admin user for PAUSE/RELOAD/RESUME (password from ${ADMIN_PASSWORD_ENV})")
     m.add_argument("--delete-old", action="store_true", help="after the switch, delete the tenant's shared rows")
     m.add_argument("--batch-rows", type=_positive(int), default=10000, help="rows per copy/delete batch")

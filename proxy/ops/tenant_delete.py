@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,12 +31,14 @@ import asyncpg
 from tenantgate.audit.keys import Verifier
 from tenantgate.config import Config
 from tenantgate.keyring.errors import KeyringError
+from tenantgate.keyring.private_file import write_private_json
 from tenantgate.keyring.quoting import quote_ident
 
 from .admin_client import AdminClient
 from .lifecycle import (
     Checkpoint,
     LifecycleError,
+    Progress,
     UsageError,
     admin_of,
     command,
@@ -52,7 +53,6 @@ from .lifecycle import (
     signer_of,
     tenant_endpoint,
     verify_signature,
-    write_private,
 )
 from .move import _shared_endpoint, moved_tables
 from .placement_config import PlacementSpec, replace_config, rewrite_config, without_tenant
@@ -63,7 +63,6 @@ __all__ = ["CERTIFICATE_FORMAT", "DeleteRequest", "delete_tenant", "verify_certi
 
 CERTIFICATE_FORMAT = "tenantgate-deletion-certificate/1"
 PHASES = ("started", "exported", "unconfigured", "purged", "shredded")
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class DeleteState:
             raise UsageError(f"{path}: unreadable delete state ({exc})") from None
 
     def save(self, path: pathlib.Path) -> None:
-        write_private(path, json.dumps(asdict(self), indent=1).encode())
+        write_private_json(path, asdict(self))
 
     def at_least(self, phase: str) -> bool:
         return PHASES.index(self.phase) >= PHASES.index(phase)
@@ -264,7 +263,7 @@ class Deleter:
             },
         )
         path = self.req.certificate or self.req.config.absolute().parent / f"tenantgate-deletion-{self.tenant}.json"
-        write_private(path, json.dumps(cert, indent=1).encode())
+        write_private_json(path, cert)
         sha = cert["signature"]["sha256"]
         await note(self.cfg, self.req.admin_user, "deleted", self.tenant, sha, self.out)  # the file stands anyway
         self.state_path.unlink(missing_ok=True)
