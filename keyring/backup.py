@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import KekError, KeyringError
+from .private_file import write_private_json
 from .provider import KekProvider
 from .store import KeyRecord, KeyStore
 from .store_file import _entry, _record  # the key file's entry format is the backup's too
@@ -55,13 +55,7 @@ def backup_document(records: list[KeyRecord]) -> dict[str, Any]:
 async def write_backup(store: KeyStore, path: Path) -> dict[str, Any]:
     """Write every record of ``store`` to ``path`` (atomically, mode 0600); the document written."""
     doc = backup_document(await store.list_all())
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private_json(path, doc)
     return doc
 
 

@@ -366,11 +366,23 @@ class Proxy:
                     client.placement_changed()
         if moved:
             notes.append(f"placement changed for tenant(s) {', '.join(sorted(moved))}")
+        self._close_unplaced_pools()
         log.info("configuration reloaded from %s", self.config_path)
         self.record(AuditEvent(kind="reload", decision="allowed", details={"notes": notes, **digests}))
         for note in notes:
             log.warning("%s", note)
         return True, notes
+
+    def _close_unplaced_pools(self) -> None:
+        """Close the idle backends of pools no placement routes to any more (a tenant moved away or
+        deleted): its old database can then be dropped, and no connection to it is left open."""
+        live = {repr(backend_target(self.config.backend))}
+        live |= {repr(Placement.of(self.config, name).target) for name in self.config.tenants}
+        for key, pool in list(self.pools.items()):
+            if key[1] not in live:
+                if not pool.busy and not pool.opening:  # else kept: its busy backends come back to it
+                    del self.pools[key]
+                self.spawn(pool.close())
 
     def sessions_of(self, tenant: str | None) -> list[ClientConnection]:
         return [c for c in self.sessions if tenant is None or c.tenant == tenant]

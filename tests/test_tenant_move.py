@@ -290,11 +290,11 @@ def test_move_to_schema_under_load(pooled_site: Site) -> None:
     assert site.pg.fetch("SELECT 1 FROM public.orders WHERE id = 99999", dbname=db) == []
 
 
-def test_move_to_dedicated_under_load_then_delete_old(site: Site) -> None:
+def test_move_to_dedicated_under_load_then_cleans_up(site: Site) -> None:
     target, password_file = dedicated_db(site.pg, site.tmp)
     before = sums(site.dsn(), "public", "acme")
     globex_before = sums(site.dsn(), "public", "globex")
-    done, acme, globex = run_moving(site, [*dedicated_args(target, password_file), "--delete-old"])
+    done, acme, globex = run_moving(site, dedicated_args(target, password_file))
     check_moved(site, done, acme, globex)
     assert site.placement("acme") == ("dedicated", "no")
     backend = tomllib.loads(site.config.read_text())["tenants"]["acme"]["backend"]
@@ -303,7 +303,7 @@ def test_move_to_dedicated_under_load_then_delete_old(site: Site) -> None:
     assert orders_in(site.pg, target.database, "public.orders") == acme.expected
     after = sums(site.dsn(target.database), "public", None)
     assert {k: v for k, v in after.items() if k != "orders"} == {k: v for k, v in before.items() if k != "orders"}
-    # --delete-old: exactly acme's rows left the shared tables; globex's and the reference table stay
+    # the clean-up (the default now): exactly acme's rows left the shared tables; globex's and the reference table stay
     shared = site.backend.database
     for table in ("orders", "items", "events"):
         assert site.pg.fetch(f"SELECT count(*) FROM {table} WHERE tenant_id = 'acme'", dbname=shared) == [(0,)]
@@ -502,6 +502,17 @@ def test_bulk_copy_and_delta_sync_bring_a_copy_level_with_its_source(pg: PgServe
 # ---------------------------------------------------------------------------- every direction
 
 
+def left_behind(site: Site, tier: str, database: str | None) -> list[object]:
+    """What of acme an old placement still holds: its shared rows, its schema, its own database."""
+    db = site.backend.database
+    if tier == "shared":
+        count = "SELECT count(*) FROM public.{} WHERE tenant_id = 'acme'"
+        return [t for t in TABLES[:3] if site.pg.fetch(count.format(t), dbname=db)[0][0]]
+    if tier == "schema":
+        return site.pg.fetch("SELECT nspname FROM pg_namespace WHERE nspname = 't_acme'", dbname=db)
+    return site.pg.fetch("SELECT datname FROM pg_database WHERE datname = $1", database)
+
+
 @pytest.mark.parametrize(
     ("route", "rls"),
     [(("schema", "dedicated", "shared"), False), (("dedicated", "schema", "shared"), False),
@@ -517,10 +528,13 @@ def test_moves_in_every_direction_under_load(pooled_site: Site, route: tuple[str
         assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
     expected = seeded("acme", 300)
     first_id = 1000
+    was: tuple[str, str | None] = ("shared", None)
     for tier in route:
         args = ["--to-tier", tier]
+        database = None
         if tier == "dedicated":
-            args = dedicated_args(*dedicated_db(site.pg, site.tmp))
+            target, password_file = dedicated_db(site.pg, site.tmp)
+            args, database = dedicated_args(target, password_file), target.database
         acme = Writer(site.proxy, "alice", seeded("acme", 300), tolerate=True, first_id=first_id)
         acme.expected = dict(expected)  # its updates go to the seeded rows; earlier hops' rows stay
         globex = Writer(site.proxy, "bob", seeded("globex", 50), tolerate=False, first_id=500000 + first_id)
@@ -541,6 +555,8 @@ def test_moves_in_every_direction_under_load(pooled_site: Site, route: tuple[str
         assert not globex.errors, globex.errors
         assert not acme.errors, acme.errors
         assert site.placement("acme") == (tier, "no")
+        assert left_behind(site, *was) == [], f"the old placement {was} still holds acme's data: {done.stdout}"
+        was = (tier, database)
         expected = acme.expected
         first_id += 100000
     db = site.backend.database

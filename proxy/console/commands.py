@@ -72,7 +72,9 @@ class Command:
 
     @property
     def max_args(self) -> int:
-        return len(self.usage.split())
+        """How many arguments at most (any number after a ``...`` one)."""
+        words = self.usage.split()
+        return sys.maxsize if words and words[-1].endswith("...]") else len(words)
 
     @property
     def min_args(self) -> int:
@@ -403,29 +405,53 @@ async def rotate_key(conn: Caller, args: list[str]) -> Result:
     return Result("ROTATE", ("tenant", "version"), [(tenant, new_version)])
 
 
+# CREATE TENANT's key=value options: `tenant create`'s placement options (never a password: the
+# audit log records every admin command's text, so the dedicated server's password is named by
+# password_env / password_file, as in the config)
+CREATE_OPTIONS = ("host", "port", "database", "user", "password_env", "password_file", "sslmode", "schema", "region")
+
+
+def create_arguments(args: list[str]) -> list[str]:
+    """``tenant create``'s command-line arguments for ``CREATE TENANT tenant [tier] [region|key=value...]``.
+
+    >>> create_arguments(["acme", "dedicated", "host=127.0.0.1", "port=5433", "password_env=PW"])
+    ['acme', '--tier', 'dedicated', '--host', '127.0.0.1', '--port', '5433', '--password-env', 'PW']
+    >>> create_arguments(["acme", "shared", "eu"])
+    ['acme', '--tier', 'shared', '--region', 'eu']
+    """
+    tier = args[1].lower() if len(args) > 1 else "shared"
+    if tier not in ("shared", "schema", "dedicated"):
+        raise AdminError("22023", f"CREATE TENANT: tier must be shared, schema or dedicated, not {args[1]!r}")
+    out = [args[0], "--tier", tier]
+    for i, arg in enumerate(args[2:]):
+        key, eq, value = arg.partition("=")
+        if not eq and i == 0 and len(args) == 3:
+            key, value = "region", arg  # CREATE TENANT t shared eu
+        elif key.lower() == "password":
+            raise AdminError(
+                "22023", "CREATE TENANT: no password on the console (the audit log records commands): "
+                "give password_env=VARIABLE or password_file=PATH",
+            )  # fmt: skip
+        elif key.lower() not in CREATE_OPTIONS or not value:
+            raise AdminError("42601", f"CREATE TENANT: {arg!r}: options are {', '.join(CREATE_OPTIONS)} as key=value")
+        out += [f"--{key.lower().replace('_', '-')}", value]
+    return out
+
+
 async def create_tenant(conn: Caller, args: list[str]) -> Result:
-    """Onboard a shared- or schema-tier tenant with ``tenantgate tenant create`` (proxy/ops, which the
-    console may not import: it runs as a child process on this config), then reload here."""
-    tenant, tier, region = args[0], (args[1].lower() if len(args) > 1 else "shared"), args[2:]
-    if tier not in ("shared", "schema"):
-        raise AdminError(
-            "0A000",
-            "CREATE TENANT makes shared or schema tenants; `tenantgate tenant create "
-            "--tier dedicated` takes the server's connection options",
-        )
+    """Onboard a tenant in any tier with ``tenantgate tenant create`` (proxy/ops, which the console
+    may not import: it runs as a child process on this config), then reload here."""
+    tenant = args[0]
     cmd = [
         sys.executable,
         "-m",
         "tenantgate.proxy.cli",
         "tenant",
         "create",
-        tenant,
-        "--tier",
-        tier,
+        *create_arguments(args),
         "--config",
         str(conn.proxy.config.source),
         "--no-reload",
-        *(["--region", region[0]] if region else []),
     ]
     child = await asyncio.create_subprocess_exec(*cmd, stdout=PIPE, stderr=PIPE, stdin=DEVNULL)
     try:
@@ -484,7 +510,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("KILL TENANT", "<tenant>", "end every session of a tenant (57P01)", kill_tenant),
     Command("ROTATE KEY", "<tenant>", "add a new data key version for a tenant's new writes", rotate_key),
     Command(
-        "CREATE TENANT", "<tenant> [tier] [region]", "onboard a shared or schema tenant (tenant create)", create_tenant
+        "CREATE TENANT",
+        "<tenant> [tier] [region|key=value...]",
+        "onboard a tenant in any tier (tenant create; dedicated: host= port= database= user= password_env=)",
+        create_tenant,
     ),
     Command("NOTE", "<event> <tenant> <sha256>", "record a lifecycle event (deletion certificate, ...)", note),
     Command("SHUTDOWN", "[WAIT]", "stop the proxy now, or after draining sessions (WAIT)", shutdown),

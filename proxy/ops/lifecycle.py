@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +40,7 @@ from .placement_copy import MovedTable
 __all__ = [
     "Checkpoint",
     "LifecycleError",
+    "Progress",
     "UsageError",
     "admin_of",
     "canonical",
@@ -58,9 +58,10 @@ __all__ = [
     "tenant_endpoint",
     "verifier_of",
     "verify_signature",
-    "write_private",
 ]
 
+Progress = Callable[[str], None]
+"""Where a step's progress lines go (print, or a test's list)."""
 Checkpoint = Callable[[str], None]
 """Called with each step's name as it starts: tests raise from it to fail a run there."""
 
@@ -174,19 +175,8 @@ def verify_signature(doc: dict[str, Any], verifier: Verifier) -> str:
     return sha
 
 
-def write_private(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 (exports hold tenant data)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 async def note(
-    cfg: Config, admin_user: str | None, event: str, tenant: str, sha256: str, out: Callable[[str], None]
+    cfg: Config, admin_user: str | None, event: str, tenant: str, sha256: str, out: Progress
 ) -> None:
     """Record a lifecycle event in the audit log (``NOTE`` on the admin port) when a proxy runs there."""
     try:

@@ -17,7 +17,10 @@ The steps, each printed as it goes:
    order-independent checksum on both sides);
 6. switch: write the new placement into the config file (a backup is kept), RELOAD, check
    SHOW TENANTS, RESUME;
-7. with ``--delete-old``, delete the tenant's rows from the shared tables.
+7. clean up: remove the old placement's copy of the tenant (its rows in the shared tables, its
+   schema, or its own database: placement_purge.py), but only while it is still exactly what was
+   verified at the switch. ``--keep-old`` keeps it for now (the state file stays): the same
+   command without ``--keep-old`` removes it later.
 
 A state file beside the config (``.tenantgate-move-<tenant>.json``) records the phase and
 each table's copy and verification, so re-running the same command continues where a
@@ -46,6 +49,7 @@ import asyncpg
 
 from tenantgate.config import Config, ConfigError, Tenant, load_config
 from tenantgate.config.values import parse_host, parse_identifier
+from tenantgate.keyring.private_file import write_private_json
 from tenantgate.keyring.quoting import quote_ident, quote_literal
 
 from .admin_client import AdminClient, AdminCommandError
@@ -68,8 +72,19 @@ from .placement_copy import (
     sync_sequences,
     target_checksum,
 )
+from .placement_purge import MAINTENANCE_DATABASES, Where, drop_database, others_in
 
-__all__ = ["MoveError", "MoveRequest", "MoveState", "UsageError", "add_move_parser", "run_move", "state_path"]
+__all__ = [
+    "MoveError",
+    "MoveRequest",
+    "MoveState",
+    "UsageError",
+    "add_move_parser",
+    "add_placement_arguments",
+    "placement_of",
+    "run_move",
+    "state_path",
+]
 
 ADMIN_PASSWORD_ENV = "TENANTGATE_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
 PHASES = ("started", "prepared", "copied", "config_written", "switched")
@@ -91,7 +106,7 @@ class MoveRequest:
     tenant: str
     target: PlacementSpec  # as given on the command line (tier "" only with abort); placement() checks it
     admin_user: str | None = None
-    delete_old: bool = False
+    keep_old: bool = False
     batch_rows: int = 10000
     pause_timeout: float = 30.0
     abort: bool = False
@@ -183,13 +198,7 @@ class MoveState:
             "tables": self.tables,
             "backup": self.backup,
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, data, indent=2)
 
     def at_least(self, phase: str) -> bool:
         return PHASES.index(self.phase) >= PHASES.index(phase)
@@ -222,6 +231,10 @@ class Endpoint:
     timeout: float = 10.0
     password: str | None = field(default=None, repr=False)
 
+    @property
+    def where(self) -> Where:
+        return Where(self.host, self.port, self.database)
+
     async def connect(self, tenant: str) -> asyncpg.Connection:
         # tenantgate.tenant lets RLS (`tenantgate rls install`) show the tenant's rows; the
         # pinned settings make row::text render alike on both sides.
@@ -240,6 +253,22 @@ class Endpoint:
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise MoveError(f"cannot connect to {self.user}@{self.host}:{self.port}/{self.database}: {exc}") from None
+
+
+async def drop_own_database(endpoint: Endpoint, tenant: str) -> int:
+    """DROP the endpoint's database from a maintenance database of its server; sessions it ended."""
+    failed: MoveError | None = None
+    for name in MAINTENANCE_DATABASES:
+        try:
+            conn = await replace(endpoint, database=name).connect(tenant)
+        except MoveError as exc:
+            failed = failed or exc
+            continue
+        try:
+            return await drop_database(conn, endpoint.where)
+        finally:
+            await conn.close()
+    raise MoveError(f"cannot drop {endpoint.where.describe()}: {failed}")
 
 
 def _shared_endpoint(cfg: Config) -> Endpoint:
@@ -434,11 +463,18 @@ class Mover:
         self.req, self.cfg, self.state, self.out = req, cfg, state, out
         self.tenant = req.tenant
         self.placement = state.placement
-        self.source = source_endpoint(cfg, req.tenant)
+        # once the config names the new placement, the old one is read from the backup of the old config
+        self.old_cfg = cfg
+        if state.at_least("config_written") and state.backup is not None:
+            try:
+                self.old_cfg = load_config(state.backup)
+            except ConfigError as exc:
+                raise UsageError(f"the config as it was before the switch is needed: {exc}") from None
+        self.source = source_endpoint(self.old_cfg, req.tenant)
         self.shared = _shared_endpoint(cfg)
         self.target = _target_endpoint(cfg, self.placement)
         self.admin = _admin(cfg, req.admin_user)
-        self.tables = moved_tables(cfg, self.placement, req.tenant)
+        self.tables = moved_tables(self.old_cfg, self.placement, req.tenant)
 
     async def run(self) -> None:
         st = self.state
@@ -456,9 +492,14 @@ class Mover:
                     await dst.close()
             finally:
                 await src.close()
-        if self.req.delete_old:
-            await self.delete_old()
-        st.path.unlink(missing_ok=True)
+        if self.req.keep_old:
+            self.out(
+                f"keep-old: the old placement still holds a copy of tenant {self.tenant}'s rows; "
+                "the same command without --keep-old removes it"
+            )
+        else:
+            await self.clean_old()
+            st.path.unlink(missing_ok=True)
         self.out(f"done: tenant {self.tenant} is now {self.placement.tier} tier")
 
     async def copy_and_switch(self, src: asyncpg.Connection, dst: asyncpg.Connection) -> None:
@@ -647,20 +688,39 @@ class Mover:
                     f"({was}, {now.count} now); the switch stands, the shared rows are kept for you to reconcile"
                 )
 
-    async def delete_old(self) -> None:
+    async def clean_old(self) -> None:
+        """Remove the old placement's copy: its schema, its own database, or the tenant's rows there."""
+        old = self.old_cfg.tenants[self.tenant]
+        where = self.source.where
+        try:
+            now = load_config(self.req.config)  # the config the switch wrote (self.cfg: as the run found it)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        own_db = old.tier == "dedicated" and not others_in(self.old_cfg, where, self.tenant) + others_in(
+            now, where, None
+        )
         conn = await self.source.connect(self.tenant)
         try:
             ordered = await fk_order(conn, [t for t in self.tables if t.column is not None])
             await self.unchanged_since_switch(conn, ordered)
-            total = 0
-            for t in reversed(ordered):  # children first
-                total += await delete_tenant_rows(conn, t, self.tenant, self.req.batch_rows, self.out)
+            if old.tier == "schema" and old.schema is not None:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(old.schema)} CASCADE")
+                self.out(f"cleanup: dropped schema {old.schema} (the old placement)")
+            elif not own_db:
+                total = 0
+                for t in reversed(ordered):  # children first
+                    total += await delete_tenant_rows(conn, t, self.tenant, self.req.batch_rows, self.out)
+                self.out(f"cleanup: {total} rows of tenant {self.tenant} deleted from the old placement")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise MoveError(f"delete-old (after the switch; re-run to finish): {exc}") from None
+            raise MoveError(f"cleanup (after the switch; re-run to finish): {exc}") from None
         finally:
             await conn.close()
-        self.out(f"delete-old: {total} rows of tenant {self.tenant} deleted from the shared tables")
-
+        if own_db:
+            try:
+                ended = await drop_own_database(self.source, self.tenant)
+            except (asyncpg.PostgresError, OSError) as exc:
+                raise MoveError(f"cleanup (after the switch; re-run to finish): {exc}") from None
+            self.out(f"cleanup: dropped {where.describe()} (the old placement; {ended} sessions ended)")
 
 async def abort(req: MoveRequest, cfg: Config, state: MoveState, out: Progress) -> None:
     if state.at_least("config_written"):
@@ -739,20 +799,9 @@ def cmd_tenant_move(args: argparse.Namespace) -> int:
     req = MoveRequest(
         config=pathlib.Path(args.config),
         tenant=args.tenant,
-        target=PlacementSpec(
-            args.to_tier or "",
-            schema=args.schema,
-            host=args.host,
-            port=args.port,
-            database=args.database,
-            user=args.user,
-            password_env=args.password_env,
-            password_file=args.password_file,
-            sslmode=args.sslmode,
-            region=args.region,
-        ),
+        target=placement_of(args, args.to_tier or "", args.region),
         admin_user=args.admin_user,
-        delete_old=args.delete_old,
+        keep_old=args.keep_old,
         batch_rows=args.batch_rows,
         pause_timeout=args.pause_timeout,
         abort=args.abort,
@@ -786,23 +835,47 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
+def add_placement_arguments(p: argparse.ArgumentParser, region: str) -> None:
+    """The options that name a placement (``tenant move``, ``create``, ``restore``); placement_of reads them."""
+    p.add_argument("--schema", help="schema tier: the tenant's schema (default t_<tenant>)")
+    p.add_argument("--host", help="dedicated tier: the tenant's server")
+    p.add_argument("--port", type=int)
+    p.add_argument("--database")
+    p.add_argument("--user", help="dedicated tier: the role on the tenant's server")
+    p.add_argument("--password-env", help="variable holding the server's password (its name goes in the config)")
+    p.add_argument("--password-file", help="file holding the server's password (its path goes in the config)")
+    p.add_argument("--sslmode", choices=["disable", "prefer", "require", "verify-ca", "verify-full"],
+                   help="dedicated tier (default prefer)")  # fmt: skip
+    p.add_argument("--region", help=region)
+
+
+def placement_of(args: argparse.Namespace, tier: str, region: str | None) -> PlacementSpec:
+    """The placement add_placement_arguments' options give (``region``: the dedicated server's)."""
+    return PlacementSpec(
+        tier,
+        schema=args.schema,
+        host=args.host,
+        port=args.port,
+        database=args.database,
+        user=args.user,
+        password_env=args.password_env,
+        password_file=args.password_file,
+        sslmode=args.sslmode,
+        region=region,
+    )
+
+
 def add_move_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``tenant move`` in the ``tenant`` command group (tenant_cli.py)."""
     m = sub.add_parser("move", help="move a shared-tier tenant online (copy, pause, sync, verify, switch)")
     m.add_argument("tenant")
     m.add_argument("--config", "-c", required=True, help="the TOML config file the proxy runs with")
     m.add_argument("--to-tier", choices=["shared", "schema", "dedicated"])
-    m.add_argument("--schema", help="schema tier: the tenant's schema (default t_<tenant>)")
-    m.add_argument("--host", help="dedicated tier: the target server")
-    m.add_argument("--port", type=int)
-    m.add_argument("--database")
-    m.add_argument("--user")
-    m.add_argument("--password-env", help="environment variable holding the target password (written to the config)")
-    m.add_argument("--password-file", help="file holding the target password (its path is written to the config)")
-    m.add_argument("--sslmode", default="prefer", choices=["disable", "prefer", "require", "verify-ca", "verify-full"])
-    m.add_argument("--region", help="dedicated tier: the target's region (checked against the tenant's)")
+    add_placement_arguments(m, region="dedicated tier: the target's region (checked against the tenant's)")
     m.add_argument("--admin-user", help=f"admin user for PAUSE/RELOAD/RESUME (password from ${ADMIN_PASSWORD_ENV})")
-    m.add_argument("--delete-old", action="store_true", help="after the switch, delete the tenant's shared rows")
+    m.add_argument(
+        "--keep-old", action="store_true", help="keep the old placement's copy for now (re-run without it to remove)"
+    )
     m.add_argument("--batch-rows", type=_positive(int), default=10000, help="rows per copy/delete batch")
     m.add_argument(
         "--pause-timeout",

@@ -15,8 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .lifecycle import LifecycleError, UsageError, load, verifier_of
-from .move import ADMIN_PASSWORD_ENV, MoveError, add_move_parser
-from .placement_config import PlacementSpec
+from .move import ADMIN_PASSWORD_ENV, MoveError, add_move_parser, add_placement_arguments, placement_of
 from .tenant_archive import verify_export
 from .tenant_create import CreateRequest, create_tenant
 from .tenant_delete import DeleteRequest, delete_tenant, verify_certificate
@@ -46,18 +45,7 @@ def _create_request(args: argparse.Namespace, tenant: str, tier: str) -> CreateR
     return CreateRequest(
         config=pathlib.Path(args.config),
         tenant=tenant,
-        target=PlacementSpec(
-            tier,
-            schema=args.schema,
-            host=args.host,
-            port=args.port,
-            database=args.database,
-            user=args.user,
-            password_env=args.password_env,
-            password_file=args.password_file,
-            sslmode=args.sslmode,
-            region=args.region if tier == "dedicated" else None,
-        ),
+        target=placement_of(args, tier, args.region if tier == "dedicated" else None),
         region=args.region,
         login=getattr(args, "login", None),
         login_password_env=getattr(args, "login_password_env", None),
@@ -139,15 +127,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _placement_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schema", help="schema tier: the tenant's schema (default t_<tenant>)")
-    p.add_argument("--host", help="dedicated tier: the tenant's server")
-    p.add_argument("--port", type=int)
-    p.add_argument("--database")
-    p.add_argument("--user", help="dedicated tier: the role on the tenant's server")
-    p.add_argument("--password-env", help="variable holding the server's password (its name goes in the config)")
-    p.add_argument("--password-file", help="file holding the server's password (its path goes in the config)")
-    p.add_argument("--sslmode", choices=["disable", "prefer", "require", "verify-ca", "verify-full"])
-    p.add_argument("--region", help="the tenant's residency region (dedicated: also the server's)")
+    add_placement_arguments(p, region="the tenant's residency region (dedicated: also the server's)")
     p.add_argument("--login", help="also add this tenant user (stored as a SCRAM verifier)")
     p.add_argument("--login-password-env", help="variable holding the --login user's password")
     p.add_argument("--no-reload", action="store_true", help="do not RELOAD the proxy (the admin console does it)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -30,6 +29,7 @@ from tenantgate.keyring.errors import KeyringError
 from .lifecycle import (
     Checkpoint,
     LifecycleError,
+    Progress,
     UsageError,
     admin_of,
     command,
@@ -53,7 +53,6 @@ from .placement_copy import bulk_copy, copy_row_security, describe, qualified
 
 __all__ = ["CreateRequest", "create_tenant"]
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ Steps (progress in ``.tenantgate-delete-<tenant>.json`` beside the config; a re-
    validated, atomic), RELOAD. A failure up to here resumes the tenant and restores the
    config: it stays served as before. From here on it is no longer served;
 4. purge: its rows in the shared tables (every tier: rows left behind by a move too), its
-   schema (DROP SCHEMA ... CASCADE) or its tables in its dedicated database, counted first;
+   schema (DROP SCHEMA ... CASCADE), or its dedicated database (DROP DATABASE, after the RELOAD
+   closed the proxy's pooled backends to it; only its tables when another tenant or the shared
+   backend uses that database too), counted first;
 5. crypto-shred its DEKs (the key store keeps tombstones);
 6. write the deletion certificate (tenant, tier, rows deleted per table, objects dropped, key
    versions destroyed, the export's SHA-256, time), signed with the audit signing key, to a
@@ -22,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,12 +33,14 @@ import asyncpg
 from tenantgate.audit.keys import Verifier
 from tenantgate.config import Config
 from tenantgate.keyring.errors import KeyringError
+from tenantgate.keyring.private_file import write_private_json
 from tenantgate.keyring.quoting import quote_ident
 
 from .admin_client import AdminClient
 from .lifecycle import (
     Checkpoint,
     LifecycleError,
+    Progress,
     UsageError,
     admin_of,
     command,
@@ -52,18 +55,17 @@ from .lifecycle import (
     signer_of,
     tenant_endpoint,
     verify_signature,
-    write_private,
 )
-from .move import _shared_endpoint, moved_tables
+from .move import MoveError, _shared_endpoint, drop_own_database, moved_tables
 from .placement_config import PlacementSpec, replace_config, rewrite_config, without_tenant
 from .placement_copy import MovedTable, delete_tenant_rows, fk_order, qualified
+from .placement_purge import others_in
 from .tenant_export import export_tenant
 
 __all__ = ["CERTIFICATE_FORMAT", "DeleteRequest", "delete_tenant", "verify_certificate"]
 
 CERTIFICATE_FORMAT = "tenantgate-deletion-certificate/1"
 PHASES = ("started", "exported", "unconfigured", "purged", "shredded")
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class DeleteState:
             raise UsageError(f"{path}: unreadable delete state ({exc})") from None
 
     def save(self, path: pathlib.Path) -> None:
-        write_private(path, json.dumps(asdict(self), indent=1).encode())
+        write_private_json(path, asdict(self))
 
     def at_least(self, phase: str) -> bool:
         return PHASES.index(self.phase) >= PHASES.index(phase)
@@ -197,19 +199,41 @@ class Deleter:
         finally:
             await conn.close()
         if st.tier == "dedicated":
-            own_db = tenant_endpoint(old, self.tenant)
-            conn = await own_db.connect(self.tenant)
-            try:
-                own = await self._present(conn, moved_tables(old, PlacementSpec("dedicated")))
-                names = ", ".join(qualified(t.target) for t in own)
-                await self._drop(
-                    conn,
-                    own_db.database,
-                    [t for t in own if t.column is not None],
-                    f"TABLE {names} CASCADE" if own else "",
-                )
-            finally:
-                await conn.close()
+            await self.purge_dedicated(old)
+
+    async def purge_dedicated(self, old: Config) -> None:
+        """Its tables counted; its database dropped when it is the tenant's alone (else its tables)."""
+        st = self.state
+        endpoint = tenant_endpoint(old, self.tenant)
+        what = endpoint.where.describe()
+        if what in st.dropped:
+            return
+        others = others_in(old, endpoint.where, self.tenant)
+        conn = await endpoint.connect(self.tenant)
+        try:
+            tables = await self._present(conn, moved_tables(old, PlacementSpec("dedicated")))
+            scoped = [t for t in tables if t.column is not None]
+            if others:  # not its own: other rows live there, only the tenant's go
+                for t in reversed(await fk_order(conn, scoped)):
+                    n = await delete_tenant_rows(conn, t, self.tenant, self.req.batch_rows, self.out)
+                    self._count(f"{endpoint.database}/{t.label}", n)
+            else:  # its tables first: no row stays even if the database cannot be dropped
+                names = ", ".join(qualified(t.target) for t in tables)
+                await self._drop(conn, endpoint.database, scoped, f"TABLE {names} CASCADE" if tables else "")
+        finally:
+            await conn.close()
+        if others:
+            self.out(f"purge: {what} kept: {', '.join(others)} keep data there too")
+            return
+        try:
+            ended = await drop_own_database(endpoint, self.tenant)
+        except MoveError as exc:
+            raise LifecycleError(
+                f"delete {self.tenant}: {exc}; the tenant is no longer served: re-run to finish"
+            ) from None
+        st.dropped.append(what)
+        st.save(self.state_path)
+        self.out(f"purge: dropped {what} ({ended} sessions still open were ended)")
 
     async def _present(self, conn: asyncpg.Connection, tables: list[MovedTable]) -> list[MovedTable]:
         return [t for t in tables if await conn.fetchval("SELECT to_regclass($1)", qualified(t.target))]
@@ -220,7 +244,8 @@ class Deleter:
             n = await conn.fetchval(
                 f"SELECT count(*) FROM {qualified(t.target)} WHERE {quote_ident(t.column or '')} = $1", self.tenant
             )
-            self._count(f"{database}/{t.target[0]}.{t.target[1]}", n)
+            self.state.rows[f"{database}/{t.target[0]}.{t.target[1]}"] = n  # all of them go at once: not summed
+            self.state.save(self.state_path)
         if what:
             await conn.execute(f"DROP {what}")
             self.state.dropped.append(what.removesuffix(" CASCADE"))
@@ -264,7 +289,7 @@ class Deleter:
             },
         )
         path = self.req.certificate or self.req.config.absolute().parent / f"tenantgate-deletion-{self.tenant}.json"
-        write_private(path, json.dumps(cert, indent=1).encode())
+        write_private_json(path, cert)
         sha = cert["signature"]["sha256"]
         await note(self.cfg, self.req.admin_user, "deleted", self.tenant, sha, self.out)  # the file stands anyway
         self.state_path.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from tenantgate.keyring.store_file import _entry  # the key file's entry format:
 from .lifecycle import (
     Checkpoint,
     LifecycleError,
+    Progress,
     keyring_of,
     no_checkpoint,
     scoped_tables,
@@ -44,7 +45,6 @@ from .tenant_archive import FORMAT, NULL, Digest, escape, from_bytea_field, memb
 
 __all__ = ["RowShape", "export_tenant", "row_shape"]
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from tenantgate.keyring.store_file import _record
 from .lifecycle import (
     Checkpoint,
     LifecycleError,
+    Progress,
     UsageError,
     admin_of,
     command,
@@ -56,7 +57,6 @@ from .tenant_export import RowShape, config_name, opener, row_shape
 
 __all__ = ["RestoreRequest", "restore_tenant"]
 
-Progress = Callable[[str], None]
 _STAGE = "tenantgate_restore_stage"
 
 
