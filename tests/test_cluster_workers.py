@@ -23,7 +23,16 @@ from tenantgate.proxy import codec
 from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 from .harness import RawClient, errors
-from .test_cluster import INSTANCES, USERS, Deployment, _cancel, _dsn, deployed, rows
+from .test_cluster import ADMIN_PW, INSTANCES, USERS, Deployment, _cancel, _dsn, deployed, rows
+from .test_cluster import test_one_server_down_fails_only_its_tenants as test_one_server_down_fails_only_its_tenants
+from .test_cluster import (
+    test_tenant_move_through_one_instance_switches_all as test_tenant_move_through_one_instance_switches_all,
+)
+from .test_cluster import (
+    test_tenants_of_both_servers_work_through_the_balancer as test_tenants_of_both_servers_work_through_the_balancer,
+)
+
+# The three imported tests run here again, on this module's deployment of two workers per instance.
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 
@@ -181,10 +190,19 @@ def test_pause_on_one_instance_holds_every_worker_of_every_instance(deployment: 
         client.close()
 
 
-def test_reload_on_one_instance_reaches_every_worker(deployment: Deployment) -> None:
+def _admin_cli(deployment: Deployment, instance: str, *words: str) -> subprocess.CompletedProcess[str]:
+    env = {**deployment.env(instance), "TENANTGATE_ADMIN_PASSWORD": ADMIN_PW}
+    cmd = [sys.executable, "-m", "tenantgate.proxy.cli", "admin", "--config", str(deployment.config), *words]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_reload_from_the_cli_on_one_instance_reaches_every_worker(deployment: Deployment) -> None:
     with deployment.config.open("a") as f:
         f.write('\n[users.wendy]\ntenant = "hooli"\npassword = "wendy-pw"\n')
-    deployment.instances["c"].admin_query("RELOAD")  # returns once every worker of every instance reloaded
+    done = _admin_cli(deployment, "c", "RELOAD")  # returns once every worker of every instance reloaded
+    assert done.returncode == 0, done.stdout + done.stderr
+    wrong = _admin_cli(deployment, "c", "RELOAD", "NOW")
+    assert wrong.returncode == 1 and "42601" in wrong.stderr, wrong.stderr
     for inst in deployment.instances.values():
         for client, _ in one_per_worker(inst.port, "wendy", "wendy-pw").values():  # logins succeed everywhere
             client.close()

@@ -26,6 +26,11 @@ over the control channel:
   ROTATE KEY rotates in one worker, then every worker reloads that tenant's keys; every
   other action goes to all workers and their tags add up ("KILL 3").
 
+In a [cluster] (``[listen] workers`` set there) the supervisor also serves the instance's peer
+channel (cluster.py): a peer's cluster-wide command runs through the same routing as its admin
+port (``Supervisor.run_here``), a peer's cancel goes to the worker its key names. A worker sends a
+key of another instance straight to that instance (a PeerChannel that only calls).
+
 /metrics merges the workers' expositions (and the supervisor's own admin counters)
 sample by sample: parsed with prometheus_client's text parser, every sample with the
 same name and labels is summed — counters, gauges, histogram buckets, sums and counts
