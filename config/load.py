@@ -431,7 +431,8 @@ class _Loader:
         """[cluster]: this instance's id (``instance``, or the variable named by ``instance_env``, so
         every instance can read one file), every instance's peer address (and, for instances sharing
         one host, its own [listen] addresses), the shared secret; and [listen] as this instance has it.
-        One process per instance: the peer channel is not served by a supervisor of workers."""
+        ``[listen] workers`` defaults to 1 here (one process per instance); with more, the instance's
+        supervisor serves its peer channel."""
         p = "cluster"
         if "cluster" not in raw:
             return None, listen
@@ -476,9 +477,8 @@ class _Loader:
             self.problem(_join(p, given[0]), f"the secret must be at least {MIN_SERVER_SECRET} bytes")
             text = None
         explicit = raw.get("listen", {}).get("workers") if isinstance(raw.get("listen"), dict) else None
-        if explicit is not None and listen.workers > 1:
-            self.problem("listen.workers", "must be 1 with [cluster]: scale out with more instances instead")
-        listen = dataclasses.replace(listen, workers=1)
+        if explicit is None:  # scale out with instances first: one process each unless workers is set
+            listen = dataclasses.replace(listen, workers=1)
         if instance is None or text is None or instance not in peers:
             return None, listen
         return Cluster(instance, types.MappingProxyType(peers), Secret(text), bind), listen

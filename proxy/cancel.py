@@ -147,6 +147,13 @@ class CancelRegistry:
         owner = self.owner(secret)
         if owner != self.worker_index:
             return None if self.forward is None else _Forwarded(self.forward, owner, pid, secret)
+        return self.local(pid, secret)
+
+    def local(self, pid: int, secret: int) -> Cancellable | None:
+        """The session of this very worker a key cancels, never a forwarder: what a cancel that was
+        forwarded here may reach (so a forged or stale forward never travels on)."""
+        if self.instance_of(secret) != self.instance_index or self.owner(secret) != self.worker_index:
+            return None
         found: Cancellable | None = None
         given = secret.to_bytes(4, "big", signed=True)
         for expected, session in self._sessions.get(pid, {}).items():

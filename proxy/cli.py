@@ -18,6 +18,7 @@ from tenantgate.audit.cli import register as register_audit
 from tenantgate.keyring.cli import register as register_keys
 
 from . import log
+from .ops.admin_cli import register as register_admin
 from .ops.compliance.cli import register as register_compliance
 from .ops.rls import register as register_rls
 from .ops.tenant_cli import register as register_tenant
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_rls(sub)
     register_tenant(sub)
     register_compliance(sub)
+    register_admin(sub)
     return p
 
 

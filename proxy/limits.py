@@ -3,7 +3,8 @@
 One `TenantLimiter` per tenant and process holds the live counts; the statement timeout and the
 row limit are enforced by the session (proxy/session.py) from the same `Limits`. With several
 worker processes each enforces its share (``ceil(limit / workers)``): the kernel spreads
-connections over workers, so the counts are per process.
+connections over workers, so the counts are per process. In a [cluster] ``workers`` is every
+serving process of every instance (instances x workers).
 
 >>> from tenantgate.config.schema import Limits
 >>> clock = [0.0]

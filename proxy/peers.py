@@ -17,7 +17,7 @@ Traffic is tiny (cancels, admin commands): one request per connection.
 >>> frame = sign(key, "a", {"op": "ping"}, now=100.0, nonce="n1")
 >>> verify(key, frame, {"a"}, now=101.0)
 {'op': 'ping'}
->>> verify(key, {**frame, "body": {"op": "cancel"}}, {"a"}, now=101.0)
+>>> verify(key, {**frame, "body": {"op": "cancel"}}, {"a"}, now=101.0)  # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
   ...
 tenantgate.proxy.peers.PeerRefused: bad MAC
@@ -85,9 +85,12 @@ def verify(key: bytes, frame: Message, senders: Collection[str], *, now: float |
 
 
 class PeerChannel:
-    """One instance's end of the channel: serves requests with ``handler``, calls the others."""
+    """One instance's end of the channel: serves requests with ``handler``, calls the others.
 
-    def __init__(self, cluster: Cluster, handler: Handler) -> None:
+    The process that serves it (the instance, or its supervisor of workers) has the handler; a
+    worker of a supervisor only calls (``handler`` None: it forwards cancels for other instances)."""
+
+    def __init__(self, cluster: Cluster, handler: Handler | None = None) -> None:
         self.cluster = cluster
         self.key = cluster.secret.reveal().encode()
         self.handler = handler
@@ -100,6 +103,8 @@ class PeerChannel:
         return [name for name in self.cluster.peers if name != self.cluster.instance]
 
     async def start(self) -> None:
+        if self.handler is None:
+            raise ValueError("a peer channel without a handler only calls")
         host, port = self.cluster.bind
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_FRAME, reuse_address=True)
         log.info("peer channel of instance %s on %s:%d", self.cluster.instance, host, port)
@@ -129,6 +134,7 @@ class PeerChannel:
                 answer: Message = {"refused": "not authenticated"}
             else:
                 try:
+                    assert self.handler is not None  # start() served nothing without one
                     answer = await self.handler(body)
                 except Exception as exc:  # a failed request must not take the instance down
                     log.exception("peer request %r failed", body.get("op"))

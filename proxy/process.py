@@ -65,7 +65,7 @@ async def scoped_columns(backend: Backend, tables: list[tuple[str, str]]) -> dic
     return found
 
 
-def _instance_audit(config: Config) -> AuditSettings:
+def instance_audit(config: Config) -> AuditSettings:
     """[audit] of this instance: in a [cluster], ``{instance}`` in the log path becomes its id (instances
     sharing one host and one config keep their own chains)."""
     assert config.audit is not None
@@ -129,7 +129,7 @@ class Proxy:
         if config.audit is not None:
             if audit_socket is None:
                 cluster = config.cluster  # its stable id in every record (audit verify --per-instance)
-                self.audit = AuditLog(_instance_audit(config), instance_id=cluster.instance if cluster else None)
+                self.audit = AuditLog(instance_audit(config), instance_id=cluster.instance if cluster else None)
             else:  # one hash chain for all workers: the supervisor seals and writes
                 self.audit = RemoteAuditLog(config.audit, audit_socket)
         self.keyring: Keyring | None = None  # when [encryption] is configured (built at start)

@@ -8,6 +8,7 @@ transaction pooling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -106,7 +107,8 @@ def _dsn(user: str, port: int, dbname: str = "app") -> str:
     return f"postgresql://{user}:{password}@127.0.0.1:{port}/{dbname}?sslmode=disable&connect_timeout=10"
 
 
-def config_text(first: Backend, second: Backend, instances: dict[str, Instance], tmp: Path, mode: str) -> str:
+def config_text(first: Backend, second: Backend, instances: dict[str, Instance], tmp: Path, mode: str,
+                workers: int = 1, acme_limit: int = 3) -> str:  # fmt: skip
     peers = ", ".join(
         f'{i.name} = {{ peer = "127.0.0.1:{i.peer}", address = "127.0.0.1:{i.port}", '
         f'admin = "127.0.0.1:{i.admin}", metrics = "127.0.0.1:{i.metrics}" }}'
@@ -118,11 +120,11 @@ def config_text(first: Backend, second: Backend, instances: dict[str, Instance],
     key.write_bytes(secrets.token_bytes(32))
     key.chmod(0o600)
     return (
-        f'[listen]\naddress = "127.0.0.1:1"\n\n'
+        '[listen]\naddress = "127.0.0.1:1"\n' + (f"workers = {workers}\n" if workers > 1 else "") + "\n"
         f'[backend]\nhost = "127.0.0.1"\nport = {first.pg.port}\nuser = "{first.role}"\n'
         f'password = "{first.password}"\ndatabase = "{first.database}"\nsslmode = "disable"\n{pool}\n'
         "[server]\nstartup_timeout = 5.0\nshutdown_timeout = 5.0\n\n"
-        '[tenants.acme]\ntier = "shared"\nmax_client_connections = 3\n\n'
+        f'[tenants.acme]\ntier = "shared"\nmax_client_connections = {acme_limit}\n\n'
         '[tenants.hooli]\ntier = "shared"\n\n'
         '[tenants.initech]\ntier = "dedicated"\n\n'
         f'[tenants.initech.backend]\nhost = "127.0.0.1"\nport = {second.pg.port}\nuser = "{second.role}"\n'
@@ -146,20 +148,18 @@ def haproxy_config(instances: dict[str, Instance], port: int) -> str:
     return text + "\n" + servers
 
 
-@pytest.fixture(scope="module", params=["session", "transaction"])
-def deployment(request: pytest.FixtureRequest, pg: PgServer, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[Deployment]:  # fmt: skip
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"cluster-{mode}")
-    first = Backend.create(pg, f"clu_{mode}", SETUP, owner=False)
+@contextlib.contextmanager
+def deployed(pg: PgServer, tmp: Path, mode: str, workers: int = 1, acme_limit: int = 3) -> Iterator[Deployment]:
+    """Three instances (of ``workers`` processes each) behind HAProxy, the two servers, running."""
+    first = Backend.create(pg, f"clu{workers}_{mode}", SETUP, owner=False)
     pg.execute(f'GRANT CREATE ON DATABASE "{first.database}" TO "{first.role}"')  # a move creates t_hooli
     with ThrowawayCluster(log_to=tmp / "second.log") as server:
-        second = Backend.create(server, f"clu2_{mode}", DEDICATED_SETUP, owner=False)
+        second = Backend.create(server, f"clu2w{workers}_{mode}", DEDICATED_SETUP, owner=False)
         instances = {
             n: Instance(n, free_port(), free_port(), free_port(), free_port(), tmp / f"{n}.log") for n in INSTANCES
         }
         config = tmp / "tenantgate.toml"
-        config.write_text(config_text(first, second, instances, tmp, mode))
+        config.write_text(config_text(first, second, instances, tmp, mode, workers, acme_limit))
         dep = Deployment(tmp, config, first, server, instances, free_port(), mode)
         try:
             for name in INSTANCES:
@@ -177,6 +177,13 @@ def deployment(request: pytest.FixtureRequest, pg: PgServer, tmp_path_factory: p
                 dep.haproxy.wait(10)
             for name in INSTANCES:
                 dep.stop(name)
+
+
+@pytest.fixture(scope="module", params=["session", "transaction"])
+def deployment(request: pytest.FixtureRequest, pg: PgServer, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Deployment]:  # fmt: skip
+    with deployed(pg, tmp_path_factory.mktemp(f"cluster-{request.param}"), request.param) as dep:
+        yield dep
 
 
 def rows(dsn: str, sql: str = "SELECT tenant_id, id FROM orders ORDER BY id") -> list[tuple[object, ...]]:

@@ -115,9 +115,10 @@ def test_cluster_config_errors_name_the_key(tmp_path: Path, cluster: str, key: s
     assert any(p.key == key and message in p.message for p in caught.value.problems), caught.value.problems
 
 
-def test_cluster_workers_must_be_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("workers", "expected"), [("", 1), ("workers = 4\n", 4)])
+def test_cluster_workers_default_to_one_and_may_be_set(tmp_path: Path, workers: str, expected: int) -> None:
+    """Issue 19: an instance of a [cluster] is one process unless [listen] workers says otherwise."""
     path = tmp_path / "tg.toml"
-    path.write_text(BASE + 'workers = 4\n\n[cluster]\ninstance = "a"\npeers = { a = "127.0.0.1:7000" }\n'
+    path.write_text(BASE + workers + '\n[cluster]\ninstance = "a"\npeers = { a = "127.0.0.1:7000" }\n'
                     f'password = "{SECRET}"\n')  # fmt: skip
-    with pytest.raises(ConfigError, match=r"listen\.workers"):
-        load_config(path)
+    assert load_config(path).listen.workers == expected

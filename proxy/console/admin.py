@@ -216,12 +216,16 @@ class AdminServer(ConsolePort):
         return self
 
     async def run(self, conn: AdminConnection, cmd: Command, args: list[str]) -> Result:
-        """Run one command here (the supervisor of several workers fans it out instead), then, in a
-        [cluster], on every other instance (console/cluster.py)."""
-        result = await cmd.run(conn, args)
+        """Run one command on this instance, then, in a [cluster], on every other instance
+        (console/cluster.py)."""
+        result = await self.run_here(conn, cmd, args)
         if self.cluster is not None and cmd.name in CLUSTER_WIDE:
             return await self.cluster.fan_out(" ".join((cmd.name, *args)), result, conn.user)
         return result
+
+    async def run_here(self, conn: AdminConnection, cmd: Command, args: list[str]) -> Result:
+        """One command in this process (the supervisor of several workers fans it out over them)."""
+        return await cmd.run(conn, args)
 
     async def wait_closed(self) -> None:
         """Stop accepting; connected admins are ended here (57P01)."""

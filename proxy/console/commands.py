@@ -56,6 +56,13 @@ class Caller(Protocol):
     def proxy(self) -> Proxy: ...
 
 
+@dataclass(frozen=True)
+class ProxyCaller:
+    """The Caller of a command that no admin connection typed: sent by a supervisor or a peer."""
+
+    proxy: Proxy
+
+
 Handler = Callable[[Caller, list[str]], Awaitable[Result]]
 
 

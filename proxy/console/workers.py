@@ -26,6 +26,11 @@ over the control channel:
   ROTATE KEY rotates in one worker, then every worker reloads that tenant's keys; every
   other action goes to all workers and their tags add up ("KILL 3").
 
+In a [cluster] (``[listen] workers`` set there) the supervisor also serves the instance's peer
+channel (cluster.py): a peer's cluster-wide command runs through the same routing as its admin
+port (``Supervisor.run_here``), a peer's cancel goes to the worker its key names. A worker sends a
+key of another instance straight to that instance (a PeerChannel that only calls).
+
 /metrics merges the workers' expositions (and the supervisor's own admin counters)
 sample by sample: parsed with prometheus_client's text parser, every sample with the
 same name and labels is summed — counters, gauges, histogram buckets, sums and counts
@@ -57,10 +62,12 @@ from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.remote import AuditServer
 from tenantgate.config import Config, load_config
 from tenantgate.proxy import client
-from tenantgate.proxy.process import BackendRoleRefused, Proxy
+from tenantgate.proxy.peers import PeerChannel
+from tenantgate.proxy.process import BackendRoleRefused, Proxy, instance_audit
 
 from .admin import AdminConnection, AdminServer
-from .commands import AdminError, Command, Result, parse
+from .cluster import ClusterOps
+from .commands import AdminError, Caller, Command, ProxyCaller, Result, parse
 from .control import ControlError, ControlServer, Message, call, socket_path
 from .merge import merge_expositions, merge_results, unique
 from .metrics import MetricsServer, readiness
@@ -101,13 +108,6 @@ class WorkerSpec:
         return cls(**json.loads(text))
 
 
-class _Caller:
-    """The commands.Caller a worker runs its supervisor's admin commands as: they only use its proxy."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-
-
 class Worker:
     """A worker's extras around its Proxy: the control socket and cancel forwarding."""
 
@@ -121,6 +121,10 @@ class Worker:
             registry=proxy.metrics.registry,
         )
         proxy.cancels.forward = self.forward
+        cluster = proxy.config.cluster
+        if cluster is not None:  # a key of another instance goes straight to it (the supervisor serves ours)
+            self.peers = PeerChannel(cluster)
+            proxy.cancels.forward_peer = self.peers.forward_cancel
 
     async def forward(self, owner: int, pid: int, secret: int) -> None:
         """Hand a CancelRequest for another worker's session to that worker (it checks the key)."""
@@ -138,7 +142,7 @@ class Worker:
             return {"pid": os.getpid()}
         if op == "cancel":
             pid, secret = int(request["pid"]), int(request["secret"])
-            target = proxy.cancels.lookup(pid, secret) if proxy.cancels.owner(secret) == self.spec.index else None
+            target = proxy.cancels.local(pid, secret)
             if target is None:
                 log.info("forwarded cancel request with an unknown key ignored")
             else:
@@ -162,7 +166,7 @@ class Worker:
     async def admin(self, text: str) -> Message:
         try:
             cmd, args = parse(text)
-            result = await cmd.run(_Caller(self.proxy), args)
+            result = await cmd.run(ProxyCaller(self.proxy), args)
         except AdminError as exc:
             return {"error": [exc.sqlstate, exc.message]}
         answer: Message = {
@@ -283,6 +287,7 @@ class Supervisor:
         self.wake = asyncio.Event()  # ends back-off sleeps at shutdown
         self.audit_server: AuditServer | None = None
         self.ports = Ports()
+        self.cluster: ClusterOps | None = None  # [cluster]: this supervisor serves the instance's peer channel
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
@@ -314,7 +319,10 @@ class Supervisor:
         try:
             await console.preflight()
             if self.config.audit is not None:
-                self.audit_server = AuditServer(self.config.audit, audit_path)
+                cluster = self.config.cluster  # one chain per instance, named by its id
+                self.audit_server = AuditServer(
+                    instance_audit(self.config), audit_path, instance_id=cluster.instance if cluster else None
+                )
                 await self.audit_server.start()
                 assert console.audit is not None
                 await console.audit.start()
@@ -328,12 +336,27 @@ class Supervisor:
         if self.started:
             listen = self.config.listen
             self.ports = await open_ports(console, AggregatingAdminServer, AggregatingMetricsServer)
+            await self._join_cluster(console)
             log.info("%d workers serving %s:%d", self.count, listen.address[0], self.port)
         elif not console.stop_requested.is_set():
             await self._stop(console, wait=False)
             return 1
         await console.stop_requested.wait()
         return await self._stop(console, wait=console.stop_timeout > 0)
+
+    async def _join_cluster(self, console: ConsoleProxy) -> None:
+        """[cluster]: peers' commands run on every worker here, their cancels go to the key's worker."""
+        if self.config.cluster is None:
+            return
+        caller = ProxyCaller(console)
+
+        async def run(cmd: Command, args: list[str]) -> Result:
+            return await self.run_here(caller, cmd, args)
+
+        self.cluster = ClusterOps(console, run=run, cancel=self.cancel_in_worker)
+        await self.cluster.channel.start()
+        if self.ports.admin is not None:
+            self.ports.admin.cluster = self.cluster
 
     # ------------------------------------------------------------------ processes
 
@@ -415,6 +438,8 @@ class Supervisor:
         if self._watchers:
             await asyncio.wait(self._watchers, timeout=2)
         await self.ports.close()
+        if self.cluster is not None:
+            self.cluster.channel.close()
         await self._close_audit(console)
         return 0 if all(proc.returncode == 0 for proc in live) else 1
 
@@ -455,6 +480,39 @@ class Supervisor:
             else:
                 answers.append((index, reply))
         return answers, notes
+
+    async def cancel_in_worker(self, pid: int, secret: int) -> None:
+        """A peer's forwarded cancel, to the worker its key names (which checks the key)."""
+        assert self.cluster is not None
+        owner = self.cluster.proxy.cancels.owner(secret)
+        try:
+            await self.ask(owner, {"op": "cancel", "pid": pid, "secret": secret})
+        except ControlError as exc:
+            log.warning("forwarding a peer's cancel request to worker %d failed: %s", owner, exc)
+
+    async def run_here(self, caller: Caller, cmd: Command, args: list[str]) -> Result:
+        """A command on this instance: each runs where its answer lives (see the module docstring)."""
+        name = cmd.name
+        text = " ".join((*cmd.words, *args))
+        if name in LOCAL:
+            return await cmd.run(caller, args)
+        if name in ("RELOAD", "CREATE TENANT"):  # CREATE TENANT writes the config, then reloads it
+            local = await cmd.run(caller, args)  # the supervisor's copy; a bad file is refused here
+            result = await self.admin_all("RELOAD", summed=False)
+            result.notices = unique([*local.notices, *result.notices])
+            result.tag = local.tag
+            return result
+        if name in ONE_WORKER:
+            return await self.admin_one(self.first_live(), text)
+        if name == "KILL SESSION":
+            owner = (int(args[0]) - 1) % self.count if args[0].isdigit() else self.first_live()
+            return await self.admin_one(owner, text)
+        if name == "ROTATE KEY":
+            result = await self.admin_one(self.first_live(), text)
+            answers, notes = await self.broadcast({"op": "keys", "tenant": args[0]})
+            result.notices += notes + [f"worker {i}: {_failure_text(a)}" for i, a in answers if "failed" in a]
+            return result
+        return await self.admin_all(text, summed=name in SUMMED)
 
     async def admin_one(self, index: int, text: str) -> Result:
         try:
@@ -503,29 +561,8 @@ def _supervisor(proxy: Proxy) -> Supervisor:
 class AggregatingAdminServer(AdminServer):
     """The admin port of a supervisor: each command runs where its answer lives."""
 
-    async def run(self, conn: AdminConnection, cmd: Command, args: list[str]) -> Result:
-        sup = _supervisor(self.proxy)
-        name = cmd.name
-        text = " ".join((*cmd.words, *args))
-        if name in LOCAL:
-            return await cmd.run(conn, args)
-        if name in ("RELOAD", "CREATE TENANT"):  # CREATE TENANT writes the config, then reloads it
-            local = await cmd.run(conn, args)  # the supervisor's copy; a bad file is refused here
-            result = await sup.admin_all("RELOAD", summed=False)
-            result.notices = unique([*local.notices, *result.notices])
-            result.tag = local.tag
-            return result
-        if name in ONE_WORKER:
-            return await sup.admin_one(sup.first_live(), text)
-        if name == "KILL SESSION":
-            owner = (int(args[0]) - 1) % sup.count if args[0].isdigit() else sup.first_live()
-            return await sup.admin_one(owner, text)
-        if name == "ROTATE KEY":
-            result = await sup.admin_one(sup.first_live(), text)
-            answers, notes = await sup.broadcast({"op": "keys", "tenant": args[0]})
-            result.notices += notes + [f"worker {i}: {_failure_text(a)}" for i, a in answers if "failed" in a]
-            return result
-        return await sup.admin_all(text, summed=name in SUMMED)
+    async def run_here(self, conn: AdminConnection, cmd: Command, args: list[str]) -> Result:
+        return await _supervisor(self.proxy).run_here(conn, cmd, args)
 
 
 class AggregatingMetricsServer(MetricsServer):

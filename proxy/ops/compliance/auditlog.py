@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
 from tenantgate.audit.errors import AuditError
 from tenantgate.audit.keys import load_hmac_key, load_signing_key
 from tenantgate.audit.lean import parse_timestamp, ts_text
+from tenantgate.audit.multi import verify_instances
 from tenantgate.audit.reader import LogSource, expand, iter_records, open_sources
 from tenantgate.audit.record import EVENT_KINDS
 from tenantgate.audit.retention import configured_sources
@@ -35,6 +37,7 @@ class Integrity:
     first_seq: int | None = None
     last_seq: int | None = None
     signatures: int = 0
+    instances: tuple[str, ...] = ()  # several instances' chains: one summary line each
 
 
 def sources(config: Config) -> list[LogSource]:
@@ -71,10 +74,52 @@ def verify(config: Config) -> Integrity:
     return Integrity(True, summary, result.records, result.first_seq, result.last_seq, result.signatures_checked)
 
 
-def records(config: Config) -> Iterator[dict[str, object]]:
-    """Every record of the log and of its review log (`audit review` runs), as format 1 spells them:
-    format 2's integer timestamps as ISO text and each statement's rewritten SQL put back."""
-    found = sources(config)
+def instance_logs(config: Config, paths: Sequence[str] = ()) -> list[tuple[str, list[LogSource]]]:
+    """Each instance's log when the records are kept in several chains (issue 19), else empty (the one
+    configured chain): the PATHs given (files or folders, one per instance, as ``audit verify
+    --per-instance`` takes them), or in a [cluster] whose [audit] path names ``{instance}``, every
+    peer's log under it (instances that share a disk, or logs collected at that pattern)."""
+    if paths:
+        return [(path, open_sources([path])) for path in paths]
+    settings, cluster = config.audit, config.cluster
+    if settings is None or cluster is None or settings.sink != "file" or "{instance}" not in str(settings.path):
+        return []
+    out = []
+    for name in cluster.peers:
+        own = replace(settings, path=Path(str(settings.path).replace("{instance}", name)))
+        out.append((str(own.path), configured_sources(own)))
+    return out
+
+
+def integrity(config: Config, paths: Sequence[str] = ()) -> Integrity:
+    """The configured log verified (``verify``), or with several instances' logs each one on its own:
+    all must verify, no log may mix instances and no two may claim one; the counts add up."""
+    logs = instance_logs(config, paths)
+    if not logs:
+        return verify(config)
+    settings = config.audit
+    if settings is None:
+        return Integrity(False, "auditing is off ([audit] missing or enabled = false)")
+    try:
+        key = load_hmac_key(settings.key)
+    except (AuditError, OSError) as exc:
+        return Integrity(False, f"audit key cannot be read: {exc}")
+    missing = [path for path, found in logs if not found]
+    expired_ok = settings.retention is not None
+    results = verify_instances([(p, f) for p, f in logs if f], hmac_key=key, allow_expired=expired_ok)
+    lines = tuple([one.summary() for one in results] + [f"no audit log at {path}" for path in missing])
+    ok = not missing and all(one.result.ok for one in results)
+    total = sum(one.result.records for one in results)
+    summary = f"{'verified' if ok else 'FAILED'}: {len(logs)} instance logs, {total} records; " + "; ".join(lines)
+    signatures = sum(one.result.signatures_checked for one in results)
+    return Integrity(ok, summary, total, signatures=signatures, instances=lines)
+
+
+def records(config: Config, paths: Sequence[str] = ()) -> Iterator[dict[str, object]]:
+    """Every record of the log (of every instance's, see ``instance_logs``) and of its review log
+    (`audit review` runs), as format 1 spells them: format 2's integer timestamps as ISO text and
+    each statement's rewritten SQL put back."""
+    found = [s for _path, logs in instance_logs(config, paths) for s in logs] or sources(config)
     if config.audit is not None and config.audit.sink == "file":
         reviews = review_log_path(config.audit.path)
         if reviews.exists():

@@ -42,7 +42,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import evidence
 
     config = _config(args.config)
-    pack = asyncio.run(evidence.build(config, args.tenant, args.since, args.until))
+    pack = asyncio.run(evidence.build(config, args.tenant, args.since, args.until, args.audit_log))
     data, page = evidence.write(pack, Path(args.output))
     print(f"evidence pack for tenant {args.tenant}: {page} and {data}")
     return 0
@@ -98,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rp.add_argument("--since", type=_time)
     rp.add_argument("--until", type=_time)
     rp.add_argument("-o", "--output", required=True, help="directory for evidence.html and evidence.json")
+    rp.add_argument("--audit-log", action="append", default=[], metavar="PATH",
+                    help="one instance's audit log (file or folder), repeated per instance: each verified on its own, "
+                         "counts over all (default: the configured log, every [cluster] peer's under {instance})")
     rp.set_defaults(func=_guard(cmd_report))
     a = subparsers.add_parser("advise", help="propose scoping, encryption, roles and limits from the live schema")
     a.add_argument("--config", "-c", required=True)

@@ -4,6 +4,7 @@ writes ``evidence.json`` (the data) and ``evidence.html`` (the same data, one se
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +16,12 @@ from . import auditlog, check
 from .html import render_html
 
 
-async def build(config: Config, tenant: str, since: datetime | None, until: datetime | None) -> dict[str, Any]:
-    integrity = auditlog.verify(config)
-    act = auditlog.summarize(auditlog.records(config), config, tenant=tenant, since=since, until=until)
-    controls = await check.run(config, tenant=tenant, act=act)
+async def build(config: Config, tenant: str, since: datetime | None, until: datetime | None,
+                logs: Sequence[str] = ()) -> dict[str, Any]:
+    """``logs``: one audit log per instance (auditlog.instance_logs; default: the configured ones)."""
+    integrity = auditlog.integrity(config, logs)
+    act = auditlog.summarize(auditlog.records(config, logs), config, tenant=tenant, since=since, until=until)
+    controls = await check.run(config, tenant=tenant, act=act, chain=integrity)
     return {
         "tenant": tenant,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -27,7 +30,7 @@ async def build(config: Config, tenant: str, since: datetime | None, until: date
                    "last_record": act.last.isoformat() if act.last else None},
         "integrity": {"ok": integrity.ok, "summary": integrity.summary, "records": integrity.records,
                       "last_seq": integrity.last_seq, "signed_markers": integrity.signatures,
-                      "checkpoints_in_period": act.checkpoints},
+                      "checkpoints_in_period": act.checkpoints, "instances": list(integrity.instances)},
         "access": {
             "events": act.events,
             "statements": act.statements,

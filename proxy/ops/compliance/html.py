@@ -56,6 +56,7 @@ def render_html(pack: Mapping[str, Any]) -> str:
         f'<p class="{"pass" if integ["ok"] else "fail"}" id="integrity">{_e(integ["summary"])}</p>',
         table(["records verified", "last seq", "signed markers", "checkpoints in period"],
               [[integ["records"], integ["last_seq"], integ["signed_markers"], integ["checkpoints_in_period"]]]),
+        table(["each instance's chain"], [[line] for line in integ.get("instances", ())], "instances"),
         "<h2>Activity</h2>",
         bar_chart("Events per day", daily),
         bar_chart("Statements by kind", acc["statement_kinds"]),
