@@ -4,6 +4,7 @@ restart and off-hours activity is judged against the persisted profile."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -51,10 +52,8 @@ def env(
 
 def probe(conn: psycopg.Connection) -> None:
     for _ in range(7):
-        try:
+        with contextlib.suppress(psycopg.Error):
             conn.execute("SELECT * FROM pg_catalog.pg_authid")
-        except psycopg.Error:
-            pass
 
 
 def test_block_user_ends_sessions_refuses_logins_until_undone(env: tuple[ProxyProcess, int, Path]) -> None:
