@@ -125,6 +125,9 @@ class Proxy:
         self.pools: dict[tuple[str, str], BackendPool] = {}
         self.metrics = Metrics(proxy=self)
         watch = config.monitoring
+        if watch is not None and watch.state_file is not None and worker_count > 1:
+            # each worker watches the sessions the kernel gave it, so each keeps its own baselines
+            watch = replace(watch, state_file=f"{watch.state_file}.worker-{worker_index}")
         self.monitor = Monitor(self, watch, self.metrics.registry) if watch is not None and watch.enabled else None
         self._monitoring: asyncio.Task[None] | None = None
         # set by SIGTERM/SIGINT and the admin SHUTDOWN command; serve() then drains for stop_timeout

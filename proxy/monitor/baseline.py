@@ -4,8 +4,10 @@ profile per hour of week (falling back to hour of day while a week is not yet se
 The upper band is ``center + k * spread``: ``center`` is the larger of the recent median and the
 hour's EWMA (a Monday 9:00 ramp is not an anomaly once a Monday, or a 9:00, was seen), ``spread``
 the largest of 1.4826 * MAD, the hour's EWMA deviation and half the center (a steady series
-has a MAD of zero; a band that narrow would alert on noise). Explainable: every alert can
-print the band and where it came from.
+has a MAD of zero; a band that narrow would alert on noise). A job that runs at the same hour
+every day (a nightly report) is a spike no median expects: the bound is also at least twice the
+largest minute seen at this hour of the day on any day (decaying slowly, so a job that stopped
+is forgotten in a few weeks). Explainable: every alert can print the band and where it came from.
 
 >>> b = Baseline()
 >>> for minute in range(120):
@@ -28,6 +30,8 @@ RECENT = 120  # minutes kept for median/MAD
 ALPHA = 0.1  # EWMA weight of one minute in its hour-of-week slot (about 10 minutes of memory)
 HOURS_OF_WEEK = 168
 MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution
+PEAK_DECAY = 0.999  # per observed minute in the slot: a peak loses half its weight in about 700 of them
+PEAK_FACTOR = 2.0  # a minute up to twice the largest seen at this hour of the day is normal
 
 
 def hour_of_week(epoch: float) -> int:
@@ -64,12 +68,13 @@ def mad(values: list[float]) -> tuple[float, float]:
 class Baseline:
     """One series (e.g. rows returned per minute by one user of one tenant)."""
 
-    __slots__ = ("dev", "mean", "minutes", "recent")
+    __slots__ = ("dev", "mean", "minutes", "peak", "recent")
 
     def __init__(self) -> None:
         self.recent: deque[float] = deque(maxlen=RECENT)
         self.mean: list[float | None] = [None] * HOURS_OF_WEEK  # EWMA of the value, per hour of week
         self.dev: list[float | None] = [None] * HOURS_OF_WEEK  # EWMA of |value - mean|
+        self.peak: list[float] = [0.0] * HOURS_OF_WEEK  # the largest minute, slowly decaying
         self.minutes = 0  # minutes observed in all
 
     def observe(self, epoch: float, value: float) -> None:
@@ -78,6 +83,7 @@ class Baseline:
         mean = self.mean[slot]
         self.dev[slot] = ewma(self.dev[slot], abs(value - mean) if mean is not None else 0.0)
         self.mean[slot] = ewma(mean, value)
+        self.peak[slot] = max(value, self.peak[slot] * PEAK_DECAY)
         self.recent.append(value)
         self.minutes += 1
 
@@ -99,10 +105,12 @@ class Baseline:
         if hour is not None:
             center, spread = max(center, hour[0]), max(spread, hour[1])
         spread = max(spread, 0.5 * center)
-        return center, center + k * spread
+        peak = max(self.peak[s] for s in range(hour_of_week(epoch) % 24, HOURS_OF_WEEK, 24))
+        return center, max(center + k * spread, PEAK_FACTOR * peak)
 
     def state(self) -> dict[str, object]:
-        return {"recent": list(self.recent), "mean": self.mean, "dev": self.dev, "minutes": self.minutes}
+        return {"recent": list(self.recent), "mean": self.mean, "dev": self.dev, "peak": self.peak,
+                "minutes": self.minutes}
 
     @classmethod
     def from_state(cls, data: dict[str, object]) -> Baseline:
@@ -110,5 +118,6 @@ class Baseline:
         b.recent.extend(float(v) for v in data["recent"])  # type: ignore[attr-defined]
         b.mean = [None if v is None else float(v) for v in data["mean"]]  # type: ignore[attr-defined]
         b.dev = [None if v is None else float(v) for v in data["dev"]]  # type: ignore[attr-defined]
+        b.peak = [float(v) for v in data.get("peak", b.peak)]  # type: ignore[attr-defined]
         b.minutes = int(data["minutes"])  # type: ignore[call-overload]
         return b
