@@ -41,7 +41,7 @@ from .lean import now_us, ts_text
 
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
-EVENT_KINDS = frozenset({"statement", "auth_ok", "auth_fail", "refusal", "admin", "reload", "key_event"})
+EVENT_KINDS = frozenset({"statement", "auth_ok", "auth_fail", "refusal", "admin", "reload", "key_event", "alert"})
 MARKER_KINDS = frozenset({"chain_start", "chain_end", "rotate", "checkpoint", "gap"})
 KINDS = EVENT_KINDS | MARKER_KINDS
 SEAL_FIELDS = frozenset({"hash", "hmac", "sig"})

@@ -1,7 +1,10 @@
 """``python -m bench [--quick | --profile] [--out DIR]`` from the repository root; see bench/README.md.
 
 ``python -m bench audit-volume [--records N]``: write/verify/report throughput and bytes per record
-of the audit log (bench/audit_volume.py)."""
+of the audit log (bench/audit_volume.py).
+
+``python -m bench monitor-eval [--tenants N] [--days D]``: security monitoring's detectors on a
+simulated week with injected attacks (bench/monitor_eval.py)."""
 
 from __future__ import annotations
 
@@ -92,5 +95,9 @@ if __name__ == "__main__":
         from .audit_volume import main as audit_volume
 
         sys.exit(audit_volume(sys.argv[2:]))
+    if sys.argv[1:2] == ["monitor-eval"]:  # detectors on a simulated week (bench/monitor_eval.py)
+        from .monitor_eval import main as monitor_eval
+
+        sys.exit(monitor_eval(sys.argv[2:]))
     options = parse_args(sys.argv[1:])
     sys.exit(profile.main(options) if options.mode == "profile" else main(options))

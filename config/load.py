@@ -32,6 +32,7 @@ from tenantgate.keyring.settings import EncryptionSettings, SettingsError, parse
 
 from .compliance import ComplianceSettings, parse_compliance
 from .controls import enforce
+from .monitoring import MonitoringSettings, parse_monitoring
 from .schema import (
     AUTH_METHODS,
     JWT,
@@ -83,6 +84,7 @@ SECTIONS = frozenset(
         "oidc",
         "cluster",
         "compliance",
+        "monitoring",
     }
 )
 LIMIT_TABLE_KEYS = frozenset(
@@ -391,6 +393,7 @@ class _Loader:
         audit = self.audit(raw)
         encryption = self.encryption(raw)
         compliance = self.compliance(raw)
+        monitoring = self.monitoring(raw)
         cluster, listen = self.cluster(raw, listen)
         if self.problems:
             raise ConfigError(self.problems)
@@ -410,6 +413,7 @@ class _Loader:
             oidc=oidc,
             limits=defaults,
             compliance=compliance,
+            monitoring=monitoring,
             digest=self.digest,
             cluster=cluster,
         )
@@ -423,6 +427,12 @@ class _Loader:
 
     def compliance(self, raw: Mapping[str, Any]) -> ComplianceSettings | None:
         settings, problems = parse_compliance(raw, self.path.parent)
+        for key, message in problems:
+            self.problem(key, message)
+        return settings
+
+    def monitoring(self, raw: Mapping[str, Any]) -> MonitoringSettings | None:
+        settings, problems = parse_monitoring(raw, self.path.parent)
         for key, message in problems:
             self.problem(key, message)
         return settings

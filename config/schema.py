@@ -15,6 +15,7 @@ from tenantgate.keyring.auth.scram import ScramVerifier
 from tenantgate.keyring.settings import EncryptionSettings
 
 from .compliance import ComplianceSettings
+from .monitoring import MonitoringSettings
 from .values import render_identifier
 
 __all__ = [
@@ -313,6 +314,7 @@ class Config:
     compliance: ComplianceSettings | None = None  # [compliance]: enabled frameworks (config/compliance.py)
     digest: str = ""  # SHA-256 of the file as loaded: audit `reload` records carry it before and after
     cluster: Cluster | None = None  # None: a single instance
+    monitoring: MonitoringSettings | None = None  # [monitoring] (config/monitoring.py), None: off
 
     def tenant(self, name: str) -> Tenant:
         """A tenant's placement and limits; a tenant known only from a JWT claim is shared with [limits]."""

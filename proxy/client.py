@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from tenantgate.audit.record import AuditEvent
@@ -38,6 +39,7 @@ from .crypto import CryptoSetupError, SessionCrypto
 from .encoding import ClientEncoding, EncodingError, canonical_name, client_encoding
 from .frontend import Fatal, FrontendConnection, Host, fatal_bytes
 from .limits import LimitExceeded, TenantLimiter
+from .monitor.runtime import Monitor
 from .oidc import JwksCache, jwt_verifier
 from .placement import Placement
 from .pool import BackendPool
@@ -62,6 +64,8 @@ class Process(Host, Protocol):
     def keyring(self) -> Keyring | None: ...
     @property
     def paused(self) -> set[str]: ...
+    @property
+    def monitor(self) -> Monitor | None: ...
     @property
     def rewriter(self) -> Rewriter: ...
     @property
@@ -120,6 +124,8 @@ class ClientConnection(FrontendConnection[Process]):
         if self in self.proxy.sessions:
             self.proxy.sessions.discard(self)
             self.proxy.metrics.session_ended(self.tenant, self.bytes_in, self.bytes_out)
+            if self.proxy.monitor is not None:
+                self.proxy.monitor.session_closed(self)
         self.proxy.metrics.client_closed()
         if self.session is not None:
             self.session.detach()
@@ -156,6 +162,9 @@ class ClientConnection(FrontendConnection[Process]):
             reply = await self.authenticate(auth, before)
         except (AuthFailed, ProtocolError) as exc:
             reason = exc.reason if isinstance(exc, AuthFailed) else str(exc)
+            if self.proxy.monitor is not None:
+                tenant = user.tenant if user is not None and not user.trusted else None
+                self.proxy.monitor.tally.login(tenant, name, _address(self.peer), ok=False)
             self.proxy.record(
                 AuditEvent(kind="auth_fail", user=name, client=self.peer, decision="refused", reason=reason)
             )
@@ -167,6 +176,11 @@ class ClientConnection(FrontendConnection[Process]):
             self.tenant, readonly = (None if user.trusted else user.tenant), user.role == "readonly"
         self.user = name
         self.params = settings
+        monitor = self.proxy.monitor
+        if monitor is not None:
+            if (why := monitor.login_refusal(self.tenant, name)) is not None:
+                raise Fatal("28000", why)
+            monitor.tally.login(self.tenant, name, _address(self.peer), ok=True)
         log.info("authenticated user %s (tenant %s) from %s", name, self.tenant or "-", self.peer)
         self.proxy.record(
             AuditEvent(kind="auth_ok", user=name, tenant=self.tenant, client=self.peer, decision="allowed")
@@ -282,6 +296,8 @@ class ClientConnection(FrontendConnection[Process]):
             client_pid=self.key[0],
         )
         session.readonly = readonly
+        if monitor is not None:
+            session.signals = monitor.tally.user(self.tenant, name)
         session.told = reported
         self._login_backend = None
         if pool is None:
@@ -307,9 +323,10 @@ class ClientConnection(FrontendConnection[Process]):
             current = self.session.backend if self.session is not None else None
             return (current.params if current is not None else server_params).get("TimeZone", "UTC")
 
-        crypto = SessionCrypto(
-            self.proxy.keyring, self.tenant, columns, timezone, on_op=self.proxy.metrics.crypto, home=placement.schema
-        )
+        on_op: Callable[[str, bool], None] = self.proxy.metrics.crypto
+        if self.proxy.monitor is not None:  # decryptions count for the user too (encrypted_reads)
+            on_op = _both(on_op, self.proxy.monitor.tally.user(self.tenant, self.user).decrypted)
+        crypto = SessionCrypto(self.proxy.keyring, self.tenant, columns, timezone, on_op=on_op, home=placement.schema)
         try:
             await crypto.refresh()
         except KeyringError as exc:
@@ -368,6 +385,23 @@ class ClientConnection(FrontendConnection[Process]):
     def terminate(self, sqlstate: str, message: str) -> None:
         """Close this session now with a FATAL error (shutdown, KILL)."""
         self.fatal(codec.error(sqlstate, message))
+
+
+def _address(peer: str) -> str:
+    """The client's address without its port (logins are watched per address).
+
+    >>> _address("10.0.0.7:50432"), _address("::1:50432"), _address("unix")
+    ('10.0.0.7', '::1', 'unix')
+    """
+    return peer.rpartition(":")[0] or peer
+
+
+def _both(first: Callable[[str, bool], None], second: Callable[[str, bool], None]) -> Callable[[str, bool], None]:
+    def both(op: str, ok: bool = True) -> None:
+        first(op, ok)
+        second(op, ok)
+
+    return both
 
 
 def _supported(name: str) -> ClientEncoding:

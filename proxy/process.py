@@ -4,6 +4,7 @@ reload, drain. The console (proxy/console/) starts its admin and metrics ports a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -31,6 +32,7 @@ from .counters import Metrics
 from .crypto import build_keyring, resolve_columns
 from .frontend import Fatal
 from .limits import TenantLimiter
+from .monitor.runtime import Monitor
 from .oidc import JwksCache, load_serving_config, open_jwks
 from .placement import Placement, backend_target
 from .pool import BackendPool
@@ -122,6 +124,12 @@ class Proxy:
         self.paused: set[str] = set()  # tenants whose new statements wait; "*" = all
         self.pools: dict[tuple[str, str], BackendPool] = {}
         self.metrics = Metrics(proxy=self)
+        watch = config.monitoring
+        if watch is not None and watch.state_file is not None and worker_count > 1:
+            # each worker watches the sessions the kernel gave it, so each keeps its own baselines
+            watch = replace(watch, state_file=f"{watch.state_file}.worker-{worker_index}")
+        self.monitor = Monitor(self, watch, self.metrics.registry) if watch is not None and watch.enabled else None
+        self._monitoring: asyncio.Task[None] | None = None
         # set by SIGTERM/SIGINT and the admin SHUTDOWN command; serve() then drains for stop_timeout
         self.stop_requested = asyncio.Event()
         self.stop_timeout = config.server.shutdown_timeout
@@ -254,6 +262,8 @@ class Proxy:
             await self.start_encryption()
         await self.load_table_columns()
         loop = asyncio.get_running_loop()
+        if self.monitor is not None:
+            self._monitoring = loop.create_task(self.monitor.run())
         host, port = self.config.listen.address
         port = port if self.listen_port is None else self.listen_port
         several = self.worker_count > 1  # every worker binds the one port; the kernel spreads connections
@@ -437,6 +447,12 @@ class Proxy:
             await asyncio.wait(self._tasks, timeout=2)
         for pool in self.pools.values():
             await pool.close()
+        if self._monitoring is not None:  # before the audit log: its last records go there
+            self._monitoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitoring
+        if self.monitor is not None:
+            await self.monitor.close()
         if self.audit is not None:
             await self.audit.close()
 

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from .conn import PgConnection
     from .counters import Metrics
     from .crypto import SessionCrypto
+    from .monitor.tally import UserTally
 
 log = logging.getLogger("tenantgate.session")
 
@@ -104,6 +105,7 @@ class Session:
     """Relays one client and its backend; decides what of the client's SQL may pass."""
 
     readonly = False  # set by the client connection for users of the readonly role
+    signals: UserTally | None = None  # security monitoring's counts of this user (proxy/monitor/tally.py)
 
     def __init__(
         self,
@@ -264,6 +266,12 @@ class Session:
         if crypto is not None and (self._refreshing is not None or not crypto.keys_fresh()):
             self._refresh_keys(buf, frames)
             return
+        signals = self.signals
+        if signals is not None and signals.throttle is not None:  # a monitoring response holds
+            wait = signals.throttle.delay(sum(1 for f in frames if f[0] in _STATEMENTS))
+            if wait > 0:
+                self._throttle(buf, frames, wait)
+                return
         limiter = self.limiter
         if limiter is not None and limiter.limits.statements_per_second is not None:
             count = sum(1 for f in frames if f[0] in _STATEMENTS)
@@ -675,6 +683,8 @@ class Session:
             raise Refusal("42501", "the function call protocol is not allowed through tenantgate", "function_call")
         except Refusal as refusal:
             self.refused += 1
+            if self.signals is not None:
+                self.signals.refused(refusal.reason)
             self.metrics.error(refusal.sqlstate)
             if mtype == MsgType.BIND:
                 self._portal = (self._portal[0], "refused")
@@ -1033,6 +1043,8 @@ class Session:
                 plan = rewriter.plan(sql, self.tenant, extended=extended, encrypt=encrypt)
             except Refused as exc:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason, exc.position) from None
+            if self.signals is not None:
+                self.signals.planned(sql, plan.cached)
             for start, end in sorted(plan.redactions, reverse=True):  # encrypted literals never reach the audit
                 self._redacted = self._redacted[:start] + "'***'" + self._redacted[end:]
         if self.readonly and (what := read_only_violation(sql, plan.kinds)) is not None:
@@ -1232,6 +1244,8 @@ class Session:
 
     def _completed(self, tag: bytes) -> None:
         """A statement's CommandComplete: what it did to the session's state took effect."""
+        if self.signals is not None:
+            self.signals.completed(tag)
         if tag == b"ROLLBACK":
             self._rolled_back = True
         elif tag in _DROP_ALL_TAGS and self._named is not None and self.backend is not None:

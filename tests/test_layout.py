@@ -44,6 +44,10 @@ ROOMS_BELOW: dict[str, frozenset[str]] = {
 # bench speaks the wire protocol as a client (bench/memory.py): the codec is sans-IO and holds no
 # process state, so using it is not importing the serving process.
 ALSO_ALLOWED = {("bench", "tenantgate.proxy.codec")}
+# bench/monitor_eval.py replays a simulated week into security monitoring's pure analysis: those
+# modules import nothing of the serving process (test_monitor_analysis_is_pure keeps it so).
+PURE_MONITOR = ("baseline", "detectors", "engine", "tally")
+ALSO_ALLOWED |= {("bench", f"tenantgate.proxy.monitor.{m}") for m in PURE_MONITOR}
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,3 +277,10 @@ def test_checker_finds_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
 )
 def test_rooms(module: str, expected: str) -> None:
     assert room(module) == expected
+
+
+def test_monitor_analysis_is_pure(graph: dict[str, set[Edge]]) -> None:
+    pure = {f"tenantgate.proxy.monitor.{m}" for m in PURE_MONITOR}
+    bad = [str(e) for m in sorted(pure) for e in sorted(graph[m], key=str)
+           if room(e.target) == "proxy" and e.target not in pure]
+    assert not bad, "security monitoring's analysis must not import the serving process:\n" + "\n".join(bad)

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from tenantgate.config.schema import LIMIT_KEYS
 from tenantgate.keyring.errors import KeyringError, SqlStateError
+from tenantgate.proxy.monitor.runtime import Monitor
 from tenantgate.proxy.placement import Placement
 from tenantgate.proxy.process import Proxy
 from tenantgate.proxy.state import ClientView, PoolView, ProxyView
@@ -368,6 +369,36 @@ async def show_audit(conn: Caller, args: list[str]) -> Result:
     return Result("SHOW", columns, [row])
 
 
+def _monitor(proxy: Proxy) -> Monitor:
+    if proxy.monitor is None:
+        raise AdminError("55000", "security monitoring is off: add a [monitoring] section to the config")
+    return proxy.monitor
+
+
+ALERT_COLUMNS = ("id", "at", "detector", "severity", "tenant", "user", "observed", "threshold", "baseline",
+                 "evidence", "response", "until", "undone")
+
+
+async def show_alerts(conn: Caller, args: list[str]) -> Result:
+    rows: list[tuple[object, ...]] = []
+    for a in reversed(_monitor(conn.proxy).alerts):  # newest first
+        f = a.finding
+        until = _timestamp(a.until) if a.until is not None else None
+        rows.append((a.id, _timestamp(a.at), f.detector, f.severity, f.tenant, f.user, f.observed, f.threshold,
+                     f.center, json.dumps(dict(f.evidence), sort_keys=True), a.response, until, a.undone))
+    return Result("SHOW", ALERT_COLUMNS, rows)
+
+
+async def undo_alert(conn: Caller, args: list[str]) -> Result:
+    if not args[0].isdigit():
+        raise AdminError("22P02", f'invalid alert id "{args[0]}": SHOW ALERTS lists the ids')
+    try:
+        alert = _monitor(conn.proxy).undo(int(args[0]), getattr(conn, "user", "") or "admin")
+    except KeyError:
+        raise AdminError("42704", f"alert {args[0]} has no response in effect: SHOW ALERTS lists them") from None
+    return Result("UNDO ALERT", notices=[f"alert {alert.id}: {alert.response} undone"])
+
+
 async def reload(conn: Caller, args: list[str]) -> Result:
     applied, messages = conn.proxy.reload()
     if not applied:
@@ -510,6 +541,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("SHOW CONFIG", "", "the running configuration, secrets masked", show_config),
     Command("SHOW KEYS", "", "data key versions per tenant (no key material)", show_keys),
     Command("SHOW AUDIT", "", "audit sink and writer counters", show_audit),
+    Command("SHOW ALERTS", "", "security monitoring alerts, newest first, and their responses", show_alerts),
+    Command("UNDO ALERT", "<id>", "end an alert's response now (throttle, pause, login block)", undo_alert),
     Command("RELOAD", "", "re-read the config file; a bad file is refused and the old one kept", reload),
     Command("PAUSE", "[tenant]", "hold new statements of a tenant (or everyone) until RESUME", pause),
     Command("RESUME", "[tenant]", "release what PAUSE held", resume),

@@ -119,6 +119,12 @@ column = "tax_id"
 [compliance]
 frameworks = ["pci-dss-4.0", "hipaa", "soc2", "gdpr"]   # config load refuses a weaker setting
 
+[monitoring]                    # security monitoring: SHOW ALERTS on the admin console
+warmup = 60.0                   # judge users after a minute (the default is a day)
+
+[monitoring.detectors.probing]
+response = "block_user"         # try 10 refused statements in a minute as alice, then UNDO ALERT <id>
+
 [limits]
 statements_per_second = 500     # every tenant: a rate limit (SOC 2 A1.1)
 
