@@ -12,8 +12,8 @@ import orjson
 from zstandard import ZstdError
 
 from .lean import PLAN_KIND
-from .pgsink import quote_table
-from .segments import ZST, open_lines, rotated_files
+from .pgsink import WRITER_HOLDER_SQL, lock_args, quote_table
+from .segments import ZST, open_lines, rotated_files, writer_alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,10 @@ class FileSource:
         """The stored lines (line n is the n-th item)."""
         return open_lines(self.path)
 
+    def writer_alive(self) -> bool:
+        """A writer holds this (active) file's lock; a rotated or archived segment has none."""
+        return writer_alive(self.path)
+
     def lines(self) -> Iterator[RawLine]:
         for no, data in enumerate(self.data(), 1):
             yield RawLine(self.name, no, data)
@@ -52,6 +56,7 @@ class PostgresSource:
         self._table = table
         self._page = page
         self.name = f"postgres table {table}"
+        self._holders: set[int] = set()  # backend pids seen holding the writer lock while reading
 
     def first_seq(self) -> int:
         return 0
@@ -67,12 +72,18 @@ class PostgresSource:
         try:
             conn = loop.run_until_complete(asyncpg.connect(self._dsn))
             try:
+                # Before the first page and after the last: a writer that closed while we read was
+                # alive when the rows we hold were its tail; one that started meanwhile is one too.
+                holders = conn.fetch(WRITER_HOLDER_SQL, *lock_args(self._table))
+                self._holders = {row["pid"] for row in loop.run_until_complete(holders)}
                 last = -1
                 query = (f"SELECT seq, record FROM {quote_table(self._table)} WHERE seq > $1 "
                          "ORDER BY seq LIMIT $2")
                 while True:
                     rows = loop.run_until_complete(conn.fetch(query, last, self._page))
                     if not rows:
+                        holders = conn.fetch(WRITER_HOLDER_SQL, *lock_args(self._table))
+                        self._holders |= {row["pid"] for row in loop.run_until_complete(holders)}
                         return
                     for row in rows:
                         yield row["record"].encode("utf-8") + b"\n"
@@ -81,6 +92,13 @@ class PostgresSource:
                 loop.run_until_complete(conn.close())
         finally:
             loop.close()
+
+
+    def writer_alive(self) -> bool:
+        """A writer's connection held the table's advisory lock while the rows were read (see
+        pgsink.py): its chain is open, not cut. A crashed writer's connection, and so its lock, is
+        gone. Meaningful after data() was read to its end."""
+        return bool(self._holders)
 
 
 LogSource = FileSource | PostgresSource

@@ -14,8 +14,9 @@ Rules (the first violation is reported with file, line, seq and what is wrong):
 5. With a public key, every marker (chain_start, chain_end, rotate, checkpoint, gap) must carry a
    valid Ed25519 signature `sig` over its hash.
 6. The log must end with chain_end. A log without one is open, not failed, while its writer holds
-   the log's lock ("verified through seq N at T, log open"; a torn last line is a write in progress
-   and left out); once no writer holds it, a missing chain_end is a cut tail ("truncated"). `allow_open`
+   the log's lock -- the flock of a file log, the advisory lock of a PostgreSQL table (pgsink.py) --
+   ("verified through seq N at T, log open"; a torn last line is a write in progress and left
+   out); once no writer holds it, a missing chain_end is a cut tail ("truncated"). `allow_open`
    accepts an open log only together with exported checkpoints (kept elsewhere): then the log must
    contain every exported marker, and records after the last exported one are reported as unanchored.
 7. Exported checkpoints (always checked when given): each entry's signature is valid (with a public
@@ -64,7 +65,6 @@ from .lean import (
 )
 from .reader import FileSource, LogSource
 from .record import GENESIS, KINDS, SEAL_FIELDS, canonical, encode_line
-from .segments import writer_alive
 
 _PARALLEL_BYTES = 8 << 20  # below this much log, worker processes cost more than they save
 
@@ -400,7 +400,7 @@ def _tie(sources: Sequence[LogSource], segments: list[_Segment], verifier: Verif
     last: _Edge | None = None
     found: dict[int, str] = {}
     unsigned = 0
-    live = bool(sources) and isinstance(sources[-1], FileSource) and writer_alive(Path(sources[-1].name))
+    live = bool(sources) and sources[-1].writer_alive()
     for index, seg in enumerate(segments):
         result.files += 1
         final = index == len(segments) - 1
