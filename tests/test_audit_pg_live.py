@@ -4,9 +4,7 @@ writer's or a cut tail is not; rotated file segments shipped to the PostgreSQL a
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -24,21 +22,16 @@ from tenantgate.proxy.ops.compliance import auditlog
 from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 from .harness import Backend, ProxyProcess
-from .test_audit_pgsink import sql
+from .test_audit_pgsink import audit_dsn, sql
 from .test_audit_proxy import ORDERS_SETUP, audited_proxy
+from .test_audit_volume import proxy_writing
+
+__all__ = ["audit_dsn"]  # the fixture, imported for pytest
 
 
 @pytest.fixture(scope="module")
 def backend(pg: PgServer) -> Backend:
     return Backend.create(pg, "pglive", ORDERS_SETUP, owner=False)
-
-
-@pytest.fixture
-def audit_dsn(pg: PgServer) -> str:
-    name = "audit_" + secrets.token_hex(4)
-    pg.create_database(name)
-    dsn: str = pg.dsn(dbname=name)
-    return dsn
 
 
 def pg_proxy(backend: Backend, tmp: Path, dsn: str, pooling: str) -> ProxyProcess:
@@ -65,31 +58,12 @@ def statements(p: ProxyProcess, n: int) -> None:
 @pytest.mark.parametrize("pooling", ["session", "transaction"])
 def test_live_table_log_verified_while_the_proxy_writes(backend: Backend, tmp_path: Path, audit_dsn: str,
                                                         pooling: str, capsys: pytest.CaptureFixture[str]) -> None:
-    p = pg_proxy(backend, tmp_path, audit_dsn, pooling)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            while not stop.is_set():
-                statements(p, 20)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
-        time.sleep(0.5)
+    with proxy_writing(pg_proxy(backend, tmp_path, audit_dsn, pooling)):
         for _ in range(3):
             code, status = verified(tmp_path, audit_dsn)
             assert code == 0 and status.startswith("verified through seq ") and status.endswith(", log open")
             assert "log open" in capsys.readouterr().out
             time.sleep(0.2)
-    finally:
-        stop.set()
-        worker.join()
-        assert p.stop() == 0
-    assert not errors, errors
     code, status = verified(tmp_path, audit_dsn)
     assert code == 0 and "intact" in status
 
