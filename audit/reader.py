@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ import orjson
 from zstandard import ZstdError
 
 from .lean import PLAN_KIND
+from .pgarchive import PgArchive
 from .pgsink import WRITER_HOLDER_SQL, lock_args, quote_table
-from .segments import ZST, open_lines, rotated_files, writer_alive
+from .segments import ZST, open_lines, rotated_files, stream_lines, writer_alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +25,18 @@ class RawLine:
     data: bytes  # includes the trailing newline unless the line is torn
 
 
-class FileSource:
+class _Lines:
+    name: str
+
+    def data(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def lines(self) -> Iterator[RawLine]:
+        for no, data in enumerate(self.data(), 1):
+            yield RawLine(self.name, no, data)
+
+
+class FileSource(_Lines):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = str(path)
@@ -43,12 +56,8 @@ class FileSource:
         """A writer holds this (active) file's lock; a rotated or archived segment has none."""
         return writer_alive(self.path)
 
-    def lines(self) -> Iterator[RawLine]:
-        for no, data in enumerate(self.data(), 1):
-            yield RawLine(self.name, no, data)
 
-
-class PostgresSource:
+class PostgresSource(_Lines):
     """Rows of a PostgreSQL sink table in seq order, fetched in pages over one connection."""
 
     def __init__(self, dsn: str, table: str = "tenantgate_audit", page: int = 5000) -> None:
@@ -60,10 +69,6 @@ class PostgresSource:
 
     def first_seq(self) -> int:
         return 0
-
-    def lines(self) -> Iterator[RawLine]:
-        for no, data in enumerate(self.data(), 1):
-            yield RawLine(self.name, no, data)
 
     def data(self) -> Iterator[bytes]:
         import asyncpg  # lazy for start-up time: `tenantgate audit verify` of a file never needs it
@@ -101,7 +106,29 @@ class PostgresSource:
         return bool(self._holders)
 
 
-LogSource = FileSource | PostgresSource
+class ArchivedSegment(_Lines):
+    """One segment shipped to a PostgreSQL archive (pgarchive.py), read back from the server."""
+
+    def __init__(self, archive: PgArchive, segment: str, first: int) -> None:
+        self._archive = archive
+        self.segment = segment
+        self._first = first
+        self.name = f"{archive.name} segment {segment}"
+
+    def first_seq(self) -> int:
+        return self._first
+
+    def data(self) -> Iterator[bytes]:
+        stored = self._archive.data(self.segment)
+        if stored is None:
+            raise OSError(f"{self.name}: no data (expired or never shipped)")
+        return stream_lines(io.BytesIO(stored), self.segment.endswith(ZST))
+
+    def writer_alive(self) -> bool:
+        return False  # a shipped segment is closed
+
+
+LogSource = FileSource | PostgresSource | ArchivedSegment
 
 
 def open_sources(specs: Sequence[str], table: str = "tenantgate_audit") -> list[LogSource]:

@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
+import zstandard
 
 from tenantgate.audit.cli import main
 from tenantgate.audit.errors import AuditUnavailable
+from tenantgate.audit.pgarchive import PgArchive
 from tenantgate.audit.pgsink import WRITER_HOLDER_SQL, PostgresSink, create_table_sql, lock_args
 from tenantgate.audit.reader import PostgresSource
-from tenantgate.audit.verify import verify_log
+from tenantgate.audit.retention import configured_sources, ship
+from tenantgate.audit.segments import rotated_files
+from tenantgate.audit.settings import AuditSettings
+from tenantgate.audit.verify import VerifyResult, verify_log
 from tenantgate.config import load_config
 from tenantgate.proxy.ops.compliance import auditlog
 from tenantgate.proxy.sandbox.pgcluster import PgServer
@@ -24,7 +30,8 @@ from tenantgate.proxy.sandbox.pgcluster import PgServer
 from .harness import Backend, ProxyProcess
 from .test_audit_pgsink import audit_dsn, sql
 from .test_audit_proxy import ORDERS_SETUP, audited_proxy
-from .test_audit_volume import proxy_writing
+from .test_audit_volume import KEY as VKEY
+from .test_audit_volume import _aged, key_file, proxy_writing
 
 __all__ = ["audit_dsn"]  # the fixture, imported for pytest
 
@@ -114,3 +121,114 @@ def test_reading_the_lock_never_takes_it(audit_dsn: str) -> None:
             await conn.close()
 
     asyncio.run(go())
+
+
+# -- shipping rotated segments to the PostgreSQL archive --
+
+def archive_rows(dsn: str) -> dict[str, asyncpg.Record]:
+    async def go() -> dict[str, asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return {r["segment"]: r for r in await conn.fetch("SELECT * FROM archive")}
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def verify_configured(settings: AuditSettings, **kwargs: object) -> VerifyResult:
+    return verify_log(configured_sources(settings), hmac_key=VKEY, **kwargs)  # type: ignore[arg-type]
+
+
+def test_ship_to_postgres_verifies_each_copy_then_deletes_only_old_hot_segments(tmp_path: Path,
+                                                                                audit_dsn: str) -> None:
+    settings = _aged(tmp_path, dsn=audit_dsn)
+    rotated = rotated_files(settings.path)
+    report = ship(settings, VKEY)
+    assert report.ok and sorted(report.shipped) == sorted(p.name for p in rotated), report.problems
+    assert report.deleted_hot == []  # the markers closing each segment are not old yet
+    rows = archive_rows(audit_dsn)
+    assert set(rows) == {p.name for p in rotated}
+    assert all(r["verified_at"] is not None and r["data"] == (settings.path.parent / n).read_bytes()
+               for n, r in rows.items())
+    later = ship(settings, VKEY, now=datetime.now(UTC) + timedelta(days=2))
+    assert later.ok and sorted(later.deleted_hot) == sorted(p.name for p in rotated), later.problems
+    assert later.shipped == [] and rotated_files(settings.path) == []
+    # verify over the archived rows + the active hot file, through the config
+    result = verify_configured(settings)
+    assert result.ok and result.records > 90, result.problem
+    key_file(tmp_path)
+    cfg = tmp_path / "tg.toml"
+    cfg.write_text(f'[audit]\nkey = "file:{tmp_path}/k"\npath = "{settings.path}"\n'
+                   f'[audit.retention]\narchive_dsn = "{audit_dsn}"\narchive_table = "archive"\nhot_days = 1\n')
+    assert main(["audit", "verify", "--config", str(cfg)]) == 0
+
+
+def test_hot_copy_kept_when_the_archived_row_is_damaged(tmp_path: Path, audit_dsn: str) -> None:
+    settings = _aged(tmp_path, dsn=audit_dsn)
+    assert ship(settings, VKEY).ok
+    victim = sorted(archive_rows(audit_dsn))[0]
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(archive_rows(audit_dsn)[victim]["data"])
+    forged = zstandard.ZstdCompressor().compress(plain.replace(b'"rows":1', b'"rows":2', 1))
+    sql(audit_dsn, f"UPDATE archive SET data = '\\x{forged.hex()}'::bytea WHERE segment = '{victim}'")
+    report = ship(settings, VKEY, now=datetime.now(UTC) + timedelta(days=2))
+    assert not report.ok and victim not in report.deleted_hot
+    assert (settings.path.parent / victim).exists() and any(victim in p for p in report.problems)
+    # the hot copy stands in for the damaged row in verify; with it gone, verify names the row
+    (settings.path.parent / victim).unlink()
+    problem = verify_configured(settings).problem
+    assert problem is not None and victim in problem.source and "MAC invalid" in problem.message
+
+
+@pytest.mark.parametrize("crash", ["insert rolled back", "inserted, not verified", "killed after the first"])
+def test_restart_mid_shipping_to_postgres_loses_and_duplicates_nothing(tmp_path: Path, audit_dsn: str,
+                                                                       crash: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _aged(tmp_path, dsn=audit_dsn)
+    rotated = rotated_files(settings.path)
+    table = PgArchive(audit_dsn, "archive")
+    first = rotated[0]
+    if crash == "insert rolled back":  # the server never commits half a segment
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            table._run(("execute", "INSERT INTO {t} (segment, data, sha256) VALUES ($1, $2, 'x')",
+                        (first.name, first.read_bytes()[:100])), ("execute", "SELECT 1/0", ()))
+        assert archive_rows(audit_dsn) == {}
+    elif crash == "inserted, not verified":
+        assert table.put(first.name, first.read_bytes(), "not yet verified")
+    else:
+        calls: list[str] = []
+
+        def dies_on_second(self: PgArchive, segment: str, facts: dict[str, object], when: datetime) -> None:
+            calls.append(segment)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed")
+            real(self, segment, facts, when)
+
+        real = PgArchive.mark_verified
+        monkeypatch.setattr(PgArchive, "mark_verified", dies_on_second)
+        with pytest.raises(KeyboardInterrupt):
+            ship(settings, VKEY)
+        monkeypatch.undo()
+    report = ship(settings, VKEY)
+    assert report.ok, report.problems
+    assert sorted(report.shipped + report.verified) == sorted(
+        p.name for p in rotated if crash != "killed after the first" or p != first)
+    rows = archive_rows(audit_dsn)
+    assert sorted(rows) == sorted(p.name for p in rotated)  # each segment exactly once
+    assert all(r["verified_at"] is not None and r["data"] == (settings.path.parent / n).read_bytes()
+               for n, r in rows.items())
+    assert ship(settings, VKEY).shipped == []  # nothing left to ship, nothing shipped twice
+    assert verify_configured(settings).ok
+
+
+def test_postgres_archive_expiry_keeps_the_chain_verifiable(tmp_path: Path, audit_dsn: str) -> None:
+    settings = _aged(tmp_path, hot_days=1, archive_days=2, dsn=audit_dsn)
+    count = len(rotated_files(settings.path))
+    assert ship(settings, VKEY, now=datetime.now(UTC) + timedelta(days=1, hours=1)).ok
+    report = ship(settings, VKEY, now=datetime.now(UTC) + timedelta(days=3))
+    assert report.ok and len(report.expired) == count, report.problems
+    rows = archive_rows(audit_dsn)
+    assert len(rows) == count and all(r["data"] is None and r["expired_at"] is not None for r in rows.values())
+    problem = verify_configured(settings).problem
+    assert problem is not None and "starts in the middle" in problem.message
+    assert verify_configured(settings, allow_expired=True).ok

@@ -283,11 +283,13 @@ def test_live_log_verified_while_the_proxy_writes(backend: Backend, tmp_path: Pa
 
 # -- retention and shipping --
 
-def _aged(tmp_path: Path, hot_days: int = 1, archive_days: int = 0) -> AuditSettings:
+def _aged(tmp_path: Path, hot_days: int = 1, archive_days: int = 0, dsn: str | None = None) -> AuditSettings:
+    """A log of 3-day-old records in rotated segments; archived to tmp_path/archive, or with `dsn`
+    to the table `archive` of that PostgreSQL database."""
     path = tmp_path / "hot" / "audit.jsonl"
     old = int((datetime.now(UTC) - timedelta(days=3)).timestamp() * 1e6)
-    settings = settings_for(path, rotate_bytes=3000, retention=RetentionSettings(tmp_path / "archive", hot_days,
-                                                                                  archive_days))
+    retention = RetentionSettings(None if dsn else tmp_path / "archive", hot_days, archive_days, dsn, "archive")
+    settings = settings_for(path, rotate_bytes=3000, retention=retention)
     write(settings, 90, make=lambda i: event(i, ts=old + i))
     return settings
 
