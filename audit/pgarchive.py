@@ -16,6 +16,7 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
+from .errors import AuditUnavailable
 from .pgsink import quote_table
 
 ARCHIVE_TABLE = "tenantgate_audit_archive"
@@ -49,7 +50,10 @@ class PgArchive:
             finally:
                 await conn.close()
 
-        return asyncio.run(go())
+        try:
+            return asyncio.run(go())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise AuditUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
 
     def entries(self) -> dict[str, dict[str, object]]:
         """segment -> its row without the data (for what is shipped, verified, expired)."""

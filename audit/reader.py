@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 from zstandard import ZstdError
 
+from .errors import AuditUnavailable
 from .lean import PLAN_KIND
 from .pgarchive import PgArchive
 from .pgsink import WRITER_HOLDER_SQL, lock_args, quote_table
@@ -119,10 +120,14 @@ class ArchivedSegment(_Lines):
         return self._first
 
     def data(self) -> Iterator[bytes]:
-        stored = self._archive.data(self.segment)
+        """Fetched when first read (a generator: a failure is named where verify reads it)."""
+        try:
+            stored = self._archive.data(self.segment)
+        except AuditUnavailable as exc:
+            raise OSError(str(exc)) from exc
         if stored is None:
             raise OSError(f"{self.name}: no data (expired or never shipped)")
-        return stream_lines(io.BytesIO(stored), self.segment.endswith(ZST))
+        yield from stream_lines(io.BytesIO(stored), self.segment.endswith(ZST))
 
     def writer_alive(self) -> bool:
         return False  # a shipped segment is closed
