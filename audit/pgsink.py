@@ -39,6 +39,12 @@ WRITER_HOLDER_SQL = (
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 
 
+# The server ends a session whose peer vanished (host down, no FIN) after ~25 s of silence instead of
+# the OS default of hours: only then is the lock, and so "log open", released for a dead writer.
+_SESSION = {"application_name": "tenantgate audit writer", "tcp_keepalives_idle": "10",
+            "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+
+
 def lock_args(table: str) -> tuple[int, str]:
     """Arguments of WRITER_LOCK_SQL / WRITER_HOLDER_SQL for `table`."""
     return _LOCK_CLASS, quote_table(table)
@@ -68,7 +74,7 @@ class PostgresSink:
     async def open(self) -> OpenResult:
         await self.close()
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout, server_settings=_SESSION)
             try:
                 await conn.execute(self._create)
                 # Before reading the head: a second writer would fork the chain (same seqs, other macs).
