@@ -14,10 +14,11 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from .checkpoints import export_checkpoints, load_checkpoints
+from .cliopts import add_config, add_format, add_period
 from .columnar import Group, scan
 from .errors import AuditError
 from .keys import generate_hmac_key_file, generate_signing_key_files, load_hmac_key, load_public_key
@@ -73,14 +74,6 @@ def _key(args: argparse.Namespace, settings: AuditSettings | None, required: boo
             raise _Usage("the audit key is needed: --key file:PATH|env:VAR or --config FILE")
         return None
     return load_hmac_key(uri)
-
-
-def _time(value: str) -> datetime:
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -242,7 +235,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = audit.add_subparsers(dest="audit_command", required=True)
 
     def common(p: argparse.ArgumentParser, paths: bool = True) -> None:
-        p.add_argument("--config", metavar="FILE", help="tenantgate TOML file with an [audit] section")
+        add_config(p)
         if paths:
             p.add_argument("paths", nargs="*", metavar="PATH",
                            help="log files, directories of *.jsonl, or a postgresql:// DSN")
@@ -265,9 +258,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = sub.add_parser("report", help="summarise activity (Markdown or HTML)")
     common(p)
     p.add_argument("--tenant")
-    p.add_argument("--since", type=_time, metavar="ISO")
-    p.add_argument("--until", type=_time, metavar="ISO")
-    p.add_argument("--format", choices=("md", "html"), default="md")
+    add_period(p)
+    add_format(p, "md", "html")
     p.add_argument("-o", "--output", metavar="FILE")
     p.add_argument("--key", metavar="URI", help="verify first and state the result in the report")
     p.set_defaults(func=_guard(cmd_report))
@@ -276,7 +268,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     common(p)
     p.add_argument("--since", default="yesterday", metavar="yesterday|today|ISO")
     p.add_argument("--until", metavar="ISO")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    add_format(p, "text", "json")
     p.add_argument("-o", "--output", metavar="FILE")
     p.add_argument("--key", metavar="URI", help="HMAC key provider (file:PATH or env:VAR)")
     p.add_argument("--public-key", metavar="PEM", help="Ed25519 public key to check marker signatures")

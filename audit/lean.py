@@ -56,9 +56,14 @@ class LineError(ValueError):
     """A stored line that does not check out; the message says what is wrong."""
 
 
+def mac_state(hmac_key: bytes) -> hashlib.blake2b:
+    """The keyed BLAKE2b state before any input: set up once, `.copy()` per record."""
+    return hashlib.blake2b(key=hashlib.sha256(b"tenantgate-audit-v2" + hmac_key).digest(), digest_size=32)
+
+
 def mac_function(hmac_key: bytes) -> Callable[[bytes, bytes], bytes]:
-    """mac(prev, payload) under the audit key (the keyed state is set up once, copied per record)."""
-    base = hashlib.blake2b(key=hashlib.sha256(b"tenantgate-audit-v2" + hmac_key).digest(), digest_size=32)
+    """mac(prev, payload) under the audit key."""
+    base = mac_state(hmac_key)
 
     def mac(prev: bytes, payload: bytes) -> bytes:
         h = base.copy()

@@ -3,6 +3,11 @@
 Each record is one row; `record` holds the exact canonical line (jsonb would re-encode it and break
 the hash), the other columns exist for queries. A batch is one transaction: durable on COMMIT with
 the server's synchronous_commit (keep it on for the audit database). Rows are only ever inserted.
+
+Liveness: the writer's connection holds a session advisory lock on the table (WRITER_LOCK_SQL) for
+as long as it writes. It is the table's equivalent of the file sink's flock: a reader sees it in
+pg_locks without taking it, and the server drops it when the writer's connection ends, so a
+crashed or killed writer (whose chain has no chain_end) is told apart from a live one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,27 @@ def quote_table(table: str) -> str:
     return quote_qualified(*table.split("."))
 
 
+# Two-key advisory lock (classid, objid): a constant naming tenantgate's audit writer, and the table's
+# oid (unique within its database), so writers of different tables never contend.
+_LOCK_CLASS = 0x54474155  # "TGAU"
+WRITER_LOCK_SQL = "SELECT pg_try_advisory_lock($1::int4, $2::regclass::oid::int4)"
+WRITER_HOLDER_SQL = (
+    "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+    "AND l.classid = $1::int4::oid AND l.objid = $2::regclass::oid "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
+# The server ends a session whose peer vanished (host down, no FIN) after ~25 s of silence instead of
+# the OS default of hours: only then is the lock, and so "log open", released for a dead writer.
+_SESSION = {"application_name": "tenantgate audit writer", "tcp_keepalives_idle": "10",
+            "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+
+
+def lock_args(table: str) -> tuple[int, str]:
+    """Arguments of WRITER_LOCK_SQL / WRITER_HOLDER_SQL for `table`."""
+    return _LOCK_CLASS, quote_table(table)
+
+
 def create_table_sql(table: str) -> str:
     return (f"CREATE TABLE IF NOT EXISTS {quote_table(table)} ("
             "seq bigint PRIMARY KEY, ts timestamptz NOT NULL, kind text NOT NULL, tenant text, "
@@ -36,6 +62,7 @@ class PostgresSink:
     def __init__(self, dsn: str, *, table: str = "tenantgate_audit", connect_timeout: float = 5.0) -> None:
         self._dsn = dsn
         self._table = quote_table(table)
+        self._lock = lock_args(table)
         self._create = create_table_sql(table)
         self.name = f"postgres table {table}"
         self._timeout = connect_timeout
@@ -47,9 +74,13 @@ class PostgresSink:
     async def open(self) -> OpenResult:
         await self.close()
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout, server_settings=_SESSION)
             try:
                 await conn.execute(self._create)
+                # Before reading the head: a second writer would fork the chain (same seqs, other macs).
+                if not await conn.fetchval(WRITER_LOCK_SQL, *self._lock):
+                    raise AuditUnavailable(f"{self.name}: another writer holds the table's writer lock "
+                                           "(one writer per table; give each instance its own table)")
                 row = await conn.fetchrow(f"SELECT record FROM {self._table} ORDER BY seq DESC LIMIT 1")
             except BaseException:
                 await conn.close()

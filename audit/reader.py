@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -11,9 +12,11 @@ from pathlib import Path
 import orjson
 from zstandard import ZstdError
 
+from .errors import AuditUnavailable
 from .lean import PLAN_KIND
-from .pgsink import quote_table
-from .segments import ZST, open_lines, rotated_files
+from .pgarchive import PgArchive
+from .pgsink import WRITER_HOLDER_SQL, lock_args, quote_table
+from .segments import ZST, open_lines, rotated_files, stream_lines, writer_alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +26,18 @@ class RawLine:
     data: bytes  # includes the trailing newline unless the line is torn
 
 
-class FileSource:
+class _Lines:
+    name: str
+
+    def data(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def lines(self) -> Iterator[RawLine]:
+        for no, data in enumerate(self.data(), 1):
+            yield RawLine(self.name, no, data)
+
+
+class FileSource(_Lines):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = str(path)
@@ -39,12 +53,12 @@ class FileSource:
         """The stored lines (line n is the n-th item)."""
         return open_lines(self.path)
 
-    def lines(self) -> Iterator[RawLine]:
-        for no, data in enumerate(self.data(), 1):
-            yield RawLine(self.name, no, data)
+    def writer_alive(self) -> bool:
+        """A writer holds this (active) file's lock; a rotated or archived segment has none."""
+        return writer_alive(self.path)
 
 
-class PostgresSource:
+class PostgresSource(_Lines):
     """Rows of a PostgreSQL sink table in seq order, fetched in pages over one connection."""
 
     def __init__(self, dsn: str, table: str = "tenantgate_audit", page: int = 5000) -> None:
@@ -52,13 +66,10 @@ class PostgresSource:
         self._table = table
         self._page = page
         self.name = f"postgres table {table}"
+        self._holders: set[int] = set()  # backend pids seen holding the writer lock while reading
 
     def first_seq(self) -> int:
         return 0
-
-    def lines(self) -> Iterator[RawLine]:
-        for no, data in enumerate(self.data(), 1):
-            yield RawLine(self.name, no, data)
 
     def data(self) -> Iterator[bytes]:
         import asyncpg  # lazy for start-up time: `tenantgate audit verify` of a file never needs it
@@ -67,12 +78,18 @@ class PostgresSource:
         try:
             conn = loop.run_until_complete(asyncpg.connect(self._dsn))
             try:
+                # Before the first page and after the last: a writer that closed while we read was
+                # alive when the rows we hold were its tail; one that started meanwhile is one too.
+                holders = conn.fetch(WRITER_HOLDER_SQL, *lock_args(self._table))
+                self._holders = {row["pid"] for row in loop.run_until_complete(holders)}
                 last = -1
                 query = (f"SELECT seq, record FROM {quote_table(self._table)} WHERE seq > $1 "
                          "ORDER BY seq LIMIT $2")
                 while True:
                     rows = loop.run_until_complete(conn.fetch(query, last, self._page))
                     if not rows:
+                        holders = conn.fetch(WRITER_HOLDER_SQL, *lock_args(self._table))
+                        self._holders |= {row["pid"] for row in loop.run_until_complete(holders)}
                         return
                     for row in rows:
                         yield row["record"].encode("utf-8") + b"\n"
@@ -83,7 +100,40 @@ class PostgresSource:
             loop.close()
 
 
-LogSource = FileSource | PostgresSource
+    def writer_alive(self) -> bool:
+        """A writer's connection held the table's advisory lock while the rows were read (see
+        pgsink.py): its chain is open, not cut. A crashed writer's connection, and so its lock, is
+        gone. Meaningful after data() was read to its end."""
+        return bool(self._holders)
+
+
+class ArchivedSegment(_Lines):
+    """One segment shipped to a PostgreSQL archive (pgarchive.py), read back from the server."""
+
+    def __init__(self, archive: PgArchive, segment: str, first: int) -> None:
+        self._archive = archive
+        self.segment = segment
+        self._first = first
+        self.name = f"{archive.name} segment {segment}"
+
+    def first_seq(self) -> int:
+        return self._first
+
+    def data(self) -> Iterator[bytes]:
+        """Fetched when first read (a generator: a failure is named where verify reads it)."""
+        try:
+            stored = self._archive.data(self.segment)
+        except AuditUnavailable as exc:
+            raise OSError(str(exc)) from exc
+        if stored is None:
+            raise OSError(f"{self.name}: no data (expired or never shipped)")
+        yield from stream_lines(io.BytesIO(stored), self.segment.endswith(ZST))
+
+    def writer_alive(self) -> bool:
+        return False  # a shipped segment is closed
+
+
+LogSource = FileSource | PostgresSource | ArchivedSegment
 
 
 def open_sources(specs: Sequence[str], table: str = "tenantgate_audit") -> list[LogSource]:

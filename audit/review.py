@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from .cliopts import parse_utc
 from .columnar import Group
 
 LIMIT_SQLSTATES = frozenset({"53300", "53400", "54000"})
@@ -96,10 +97,9 @@ def review_period(since: str, until: str | None, *, now: datetime | None = None)
 
 def _parse(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc(text)
     except ValueError:
         raise ValueError(f"not 'yesterday', 'today' or an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _iso(moment: datetime | None) -> str:

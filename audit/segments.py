@@ -20,6 +20,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -67,11 +68,16 @@ def open_lines(path: Path, compressed: bool | None = None) -> Iterator[bytes]:
             path.with_name(path.name + ZST).exists():
         path = path.with_name(path.name + ZST)
     with open(path, "rb") as raw:
-        if path.name.endswith(ZST) if compressed is None else compressed:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
-            yield from io.BufferedReader(reader, _CHUNK)  # type: ignore[arg-type]
-        else:
-            yield from raw
+        yield from stream_lines(raw, path.name.endswith(ZST) if compressed is None else compressed)
+
+
+def stream_lines(raw: BinaryIO, compressed: bool) -> Iterator[bytes]:
+    """The lines of a segment's bytes read from `raw` (a file, or an archived copy in memory)."""
+    if compressed:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
+        yield from io.BufferedReader(reader, _CHUNK)  # type: ignore[arg-type]
+    else:
+        yield from raw
 
 
 def segment_digest(path: Path, compressed: bool | None = None) -> tuple[str, int]:

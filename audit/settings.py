@@ -13,7 +13,7 @@ tg.toml: [audit] durability: must be one of 'strict', 'batched'
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,18 +24,26 @@ _KNOWN = frozenset({
     "durability", "flush_interval_ms", "rotate_bytes", "rotate_seconds", "on_failure", "log_parameters",
     "queue_max", "format", "compress", "retention",
 })
-_RETENTION_KEYS = frozenset({"hot_days", "archive_days", "archive"})
+_RETENTION_KEYS = frozenset({"hot_days", "archive_days", "archive", "archive_dsn", "archive_dsn_env",
+                             "archive_table"})
 
 
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:
     """`[audit.retention]`: rotated segments stay `hot_days` in the log directory, are shipped to
-    `archive` (a directory, ideally on another volume) and kept there `archive_days` (0: forever).
-    A hot segment is deleted only once its archived copy verified (audit/retention.py)."""
+    `archive` (a directory, ideally on another volume) or to the table `archive_table` of the
+    PostgreSQL database at `archive_dsn` (then `archive` is None), and kept there `archive_days`
+    (0: forever). A hot segment is deleted only once its archived copy verified (audit/retention.py)."""
 
-    archive: Path
+    archive: Path | None
     hot_days: int = 90
     archive_days: int = 365
+    dsn: str | None = None
+    table: str = "tenantgate_audit_archive"
+
+    def __repr__(self) -> str:  # the DSN may embed a password
+        where = str(self.archive) if self.archive is not None else f"postgres table {self.table}"
+        return f"RetentionSettings({where!r}, hot_days={self.hot_days}, archive_days={self.archive_days})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,18 +127,11 @@ def parse_audit_settings(raw: Mapping[str, object], *, source: str,
     path = Path(text("path") or "audit/tenantgate.jsonl")
     if base_dir is not None and not path.is_absolute():
         path = base_dir / path
-    dsn = text("dsn")
-    dsn_env = text("dsn_env")
-    if dsn is not None and dsn_env is not None:
-        raise err("dsn_env", "give either dsn or dsn_env, not both")
-    if dsn_env is not None:
-        dsn = os.environ.get(dsn_env)
-        if not dsn:
-            raise err("dsn_env", f"environment variable {dsn_env} is not set")
+    dsn = _dsn(section, "dsn", err)
     if sink == "postgres" and dsn is None:
         raise err("dsn", "required when sink = \"postgres\" (or dsn_env)")
     table = text("table") or "tenantgate_audit"
-    if not all(part.isidentifier() for part in table.split(".")) or table.count(".") > 1:
+    if not _table_name(table):
         raise err("table", "must be an identifier or schema.identifier")
 
     retention = None
@@ -142,11 +143,20 @@ def parse_audit_settings(raw: Mapping[str, object], *, source: str,
         if extra:
             raise err(f"retention.{extra[0]}", "unknown key")
         archive = raw_retention.get("archive")
-        if not isinstance(archive, str) or not archive:
-            raise err("retention.archive", "required: the directory rotated segments are shipped to")
-        archive_path = Path(archive)
-        if base_dir is not None and not archive_path.is_absolute():
-            archive_path = base_dir / archive_path
+        archive_dsn = _dsn(raw_retention, "archive_dsn", lambda k, m: err(f"retention.{k}", m))
+        archive_path = None
+        if archive_dsn is not None and archive is not None:
+            raise err("retention.archive", "give either archive (a directory) or archive_dsn, not both")
+        if archive_dsn is None:
+            if not isinstance(archive, str) or not archive:
+                raise err("retention.archive", "required: the directory rotated segments are shipped to "
+                                               "(or archive_dsn / archive_dsn_env: a PostgreSQL database)")
+            archive_path = Path(archive)
+            if base_dir is not None and not archive_path.is_absolute():
+                archive_path = base_dir / archive_path
+        archive_table = raw_retention.get("archive_table", "tenantgate_audit_archive")
+        if not isinstance(archive_table, str) or not _table_name(archive_table):
+            raise err("retention.archive_table", "must be an identifier or schema.identifier")
         days = {}
         for name, default in (("hot_days", 90), ("archive_days", 365)):
             value = raw_retention.get(name, default)
@@ -155,7 +165,8 @@ def parse_audit_settings(raw: Mapping[str, object], *, source: str,
             days[name] = value
         if days["archive_days"] and days["archive_days"] < days["hot_days"]:
             raise err("retention.archive_days", "must be 0 (forever) or at least hot_days")
-        retention = RetentionSettings(archive_path, days["hot_days"], days["archive_days"])
+        retention = RetentionSettings(archive_path, days["hot_days"], days["archive_days"], archive_dsn,
+                                      archive_table)
 
     fmt = section.get("format", 2)
     if fmt not in (1, 2) or isinstance(fmt, bool):
@@ -172,3 +183,22 @@ def parse_audit_settings(raw: Mapping[str, object], *, source: str,
         queue_max=integer("queue_max", 100_000, 1),
         format=int(fmt), compress=choice("compress", ("zstd", "none"), "zstd"), retention=retention,
     )
+
+
+def _dsn(section: Mapping[str, object], key: str, err: Callable[[str, str], AuditConfigError]) -> str | None:
+    """`key` (a DSN) or `key`_env (the variable holding it), not both; None when neither is given."""
+    dsn, env = section.get(key), section.get(key + "_env")
+    for name, value in ((key, dsn), (key + "_env", env)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise err(name, "must be a non-empty string")
+    if dsn is not None and env is not None:
+        raise err(key + "_env", f"give either {key} or {key}_env, not both")
+    if env is not None:
+        dsn = os.environ.get(str(env))
+        if not dsn:
+            raise err(key + "_env", f"environment variable {env} is not set")
+    return None if dsn is None else str(dsn)
+
+
+def _table_name(table: str) -> bool:
+    return all(part.isidentifier() for part in table.split(".")) and table.count(".") <= 1

@@ -4,11 +4,12 @@ retention and shipping, the daily review, the volume benchmark."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from tenantgate.audit.verify import VerifyResult, verify_log
 from tenantgate.audit.writer import AuditLog
 from tenantgate.proxy.sandbox.pgcluster import PgServer
 
-from .harness import Backend
+from .harness import Backend, ProxyProcess
 from .test_audit_proxy import ORDERS_SETUP, audited_proxy
 
 KEY = b"V" * 32
@@ -240,9 +241,9 @@ def backend(pg: PgServer) -> Backend:
     return Backend.create(pg, "volumed", ORDERS_SETUP, owner=False)
 
 
-@pytest.mark.parametrize("pooling", ["session", "transaction"])
-def test_live_log_verified_while_the_proxy_writes(backend: Backend, tmp_path: Path, pooling: str) -> None:
-    p = audited_proxy(backend, tmp_path, pool_mode=pooling)
+@contextlib.contextmanager
+def proxy_writing(p: ProxyProcess) -> Iterator[None]:
+    """Statements run through `p` in a thread for the duration; then the proxy stops cleanly."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -258,17 +259,23 @@ def test_live_log_verified_while_the_proxy_writes(backend: Backend, tmp_path: Pa
     worker.start()
     try:
         time.sleep(0.5)
+        yield
+    finally:
+        stop.set()
+        worker.join()
+        assert p.stop() == 0
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("pooling", ["session", "transaction"])
+def test_live_log_verified_while_the_proxy_writes(backend: Backend, tmp_path: Path, pooling: str) -> None:
+    with proxy_writing(audited_proxy(backend, tmp_path, pool_mode=pooling)):
         for _ in range(3):
             assert main(["audit", "verify", "--key", f"file:{tmp_path}/audit.key", str(tmp_path / "log")]) == 0
             result = verify_log(open_sources([str(tmp_path / "log")]),
                                 hmac_key=bytes.fromhex((tmp_path / "audit.key").read_text()))
             assert result.ok and result.open_through is not None, result.problem
             time.sleep(0.2)
-    finally:
-        stop.set()
-        worker.join()
-        assert p.stop() == 0
-    assert not errors, errors
     result = verify_log(open_sources([str(tmp_path / "log")]),
                         hmac_key=bytes.fromhex((tmp_path / "audit.key").read_text()))
     assert result.ok and result.open_through is None and result.records > 20, result.problem
@@ -276,11 +283,13 @@ def test_live_log_verified_while_the_proxy_writes(backend: Backend, tmp_path: Pa
 
 # -- retention and shipping --
 
-def _aged(tmp_path: Path, hot_days: int = 1, archive_days: int = 0) -> AuditSettings:
+def _aged(tmp_path: Path, hot_days: int = 1, archive_days: int = 0, dsn: str | None = None) -> AuditSettings:
+    """A log of 3-day-old records in rotated segments; archived to tmp_path/archive, or with `dsn`
+    to the table `archive` of that PostgreSQL database."""
     path = tmp_path / "hot" / "audit.jsonl"
     old = int((datetime.now(UTC) - timedelta(days=3)).timestamp() * 1e6)
-    settings = settings_for(path, rotate_bytes=3000, retention=RetentionSettings(tmp_path / "archive", hot_days,
-                                                                                  archive_days))
+    retention = RetentionSettings(None if dsn else tmp_path / "archive", hot_days, archive_days, dsn, "archive")
+    settings = settings_for(path, rotate_bytes=3000, retention=retention)
     write(settings, 90, make=lambda i: event(i, ts=old + i))
     return settings
 

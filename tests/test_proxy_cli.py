@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import select
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +17,7 @@ from tenantgate.proxy import codec
 from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin, free_port
 
 from .harness import Backend, ProxyProcess, RawClient, config_text, launch, start_proxy
-
-CLI = [sys.executable, "-m", "tenantgate.proxy.cli"]
+from .test_demo import CLI, printed, running_demo
 
 
 def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -130,43 +125,26 @@ def test_slow_client_does_not_make_the_proxy_buffer(proxy: ProxyProcess) -> None
 
 
 def test_demo_starts_and_cleans_up() -> None:
-    port = free_port()
-    proc = subprocess.Popen([*CLI, "demo", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    output = ""
-    deadline = time.monotonic() + 90
-    while "Press Ctrl-C" not in output and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            chunk = os.read(fd, 65536)  # unbuffered: a buffered readline could hide lines from select
-            if not chunk:
-                break
-            output += chunk.decode(errors="replace")
-    assert "Press Ctrl-C" in output, output
-    config = re.search(r"config: (\S+)", output)
-    assert config is not None
-    psql_line = next(line for line in output.splitlines() if "ops:ops-secret" in line)
-    dsn = re.search(r"'(postgresql://[^']+)'", psql_line)
-    assert dsn is not None
-    out = subprocess.run(
-        [find_pg_bin("psql"), dsn.group(1), "-At", "-c", "SELECT count(DISTINCT tenant_id) FROM orders"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.stdout.strip() == "2", out.stderr
-    carol = re.search(r"'(postgresql://carol:[^']+)'", output)
-    assert carol is not None  # the schema-tier tenant: its own rows, and nothing outside its schema
-    psql_cmd = [find_pg_bin("psql"), carol.group(1), "-At", "-c"]
-    mine = subprocess.run([*psql_cmd, "SELECT note FROM orders"], capture_output=True, text=True, timeout=30)
-    assert mine.stdout.strip() == "TPS covers", mine.stderr
-    other = subprocess.run([*psql_cmd, "SELECT note FROM public.orders"], capture_output=True, text=True, timeout=30)
-    assert other.returncode != 0 and "outside this tenant's schema t_initech" in other.stderr
-    # the demo enables compliance frameworks, meets them, and prints the command that shows it
-    check = next(line for line in output.splitlines() if "tenantgate compliance check" in line)
-    result = subprocess.run([*CLI, *check.split()[1:]], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and " 0 fail" in result.stdout, result.stdout + result.stderr
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0
-    assert not os.path.exists(config.group(1))
+    with running_demo() as output:
+        psql_line = next(line for line in output.splitlines() if "ops:ops-secret" in line)
+        dsn = re.search(r"'(postgresql://[^']+)'", psql_line)
+        assert dsn is not None
+        out = subprocess.run(
+            [find_pg_bin("psql"), dsn.group(1), "-At", "-c", "SELECT count(DISTINCT tenant_id) FROM orders"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout.strip() == "2", out.stderr
+        carol = re.search(r"'(postgresql://carol:[^']+)'", output)
+        assert carol is not None  # the schema-tier tenant: its own rows, and nothing outside its schema
+        psql_cmd = [find_pg_bin("psql"), carol.group(1), "-At", "-c"]
+        mine = subprocess.run([*psql_cmd, "SELECT note FROM orders"], capture_output=True, text=True, timeout=30)
+        assert mine.stdout.strip() == "TPS covers", mine.stderr
+        other = subprocess.run([*psql_cmd, "SELECT note FROM public.orders"], capture_output=True, text=True,
+                               timeout=30)
+        assert other.returncode != 0 and "outside this tenant's schema t_initech" in other.stderr
+        # the demo enables compliance frameworks, meets them, and prints the command that shows it
+        result = subprocess.run([*CLI, *printed(output, "compliance check")], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0 and " 0 fail" in result.stdout, result.stdout + result.stderr

@@ -215,6 +215,11 @@ def banner(port: int, config: Path, pg_port: int) -> str:
             f"  tenantgate compliance report --config {config} --tenant acme -o ./evidence-acme",
             f"  tenantgate advise --config {config}",
             "",
+            "Audit (every statement, hash-chained; the log stays open while the demo runs):",
+            f"  tenantgate audit verify --config {config}",
+            f"  tenantgate audit report --config {config}",
+            f"  tenantgate audit review --config {config} --since yesterday",
+            "",
             "Press Ctrl-C to stop and remove everything.",
             "",
         ]

@@ -48,7 +48,8 @@ def sources(config: Config) -> list[LogSource]:
 
 def verify(config: Config) -> Integrity:
     """Verify the configured log with its key (and the signing key's public half when configured).
-    A log its writer still holds is verified up to its last record and reported open; segments
+    A log its writer still holds (the file's flock, the table's advisory lock) is verified up to its
+    last record and reported open; a crashed writer's or a cut tail fails; segments
     expired under [audit.retention] may be missing from the start."""
     settings = config.audit
     if settings is None:
@@ -62,12 +63,7 @@ def verify(config: Config) -> Integrity:
     if not found:
         return Integrity(False, f"no audit log at {settings.path}")
     result = verify_log(found, hmac_key=key, verifier=verifier, allow_expired=settings.retention is not None)
-    problem = result.problem
-    if problem is not None and settings.sink == "postgres" and "still open" in problem.message:
-        # rows are committed one by one: the table has no tail to cut, so an open end is the live writer
-        return Integrity(True, f"verified through seq {result.last_seq} ({result.records} records), log open",
-                         result.records, result.first_seq, result.last_seq, result.signatures_checked)
-    if problem is not None:
+    if result.problem is not None:
         return Integrity(False, result.status, result.records)
     summary = (f"{result.status} ({result.records} records)" if result.open_through is not None else
                f"verified: {result.records} records (seq {result.first_seq}..{result.last_seq})")

@@ -4,7 +4,7 @@ live backend and the audit log; one row per control (pass / fail / manual) with 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -30,28 +30,30 @@ class ControlResult:
     manual: str | None = None
 
 
+# evidence that is one count: name -> (the count, what it counts)
+_COUNTED: dict[str, tuple[Callable[[Activity], int], str]] = {
+    "auth_failures": (lambda a: a.auth_failure_count, "failed login(s) recorded"),
+    "admin_actions": (lambda a: len(a.admin_actions), "admin action(s) recorded"),
+    "trusted_access": (lambda a: sum(a.trusted_access.values()), "statement(s) by trusted users recorded"),
+    "encrypted_access": (lambda a: sum(a.encrypted_access.values()), "access(es) to encrypted columns recorded"),
+    "reloads": (lambda a: len(a.reloads), "configuration reload(s) recorded"),
+    "limit_hits": (lambda a: sum(a.limit_hits.values()), "limit hit(s) recorded"),
+}
+
+
 def evidence_line(name: str, act: Activity) -> str:
     """One sentence of audit-log evidence for a control (tenantgate.config.compliance.EVIDENCE_QUERIES)."""
+    if name in _COUNTED:
+        count, what = _COUNTED[name]
+        return f"{count(act)} {what}"
     if name == "statements":
         return f"{act.statements} statement(s) by {len(act.users)} user(s) logged with who, what, when, outcome"
-    if name == "auth_failures":
-        return f"{act.auth_failure_count} failed login(s) recorded"
     if name == "refusals":
         top = ", ".join(f"{r} x{n}" for r, n in act.refusals.most_common(3))
         return f"{sum(act.refusals.values())} refused statement(s) recorded" + (f" ({top})" if top else "")
-    if name == "admin_actions":
-        return f"{len(act.admin_actions)} admin action(s) recorded"
-    if name == "trusted_access":
-        return f"{sum(act.trusted_access.values())} statement(s) by trusted users recorded"
-    if name == "encrypted_access":
-        return f"{sum(act.encrypted_access.values())} access(es) to encrypted columns recorded"
     if name == "key_events":
         events = ", ".join(f"{k} x{n}" for k, n in sorted(act.key_events.items())) or "none"
         return f"key lifecycle events: {events}"
-    if name == "reloads":
-        return f"{len(act.reloads)} configuration reload(s) recorded"
-    if name == "limit_hits":
-        return f"{sum(act.limit_hits.values())} limit hit(s) recorded"
     if name == "reviews":
         return f"last log review recorded {act.reviews[-1]}" if act.reviews else "no log review recorded in the log"
     if name == "retention":

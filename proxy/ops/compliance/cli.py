@@ -5,25 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
+from tenantgate.audit.cliopts import add_config, add_format, add_period
 from tenantgate.config import Config, ConfigError, load_config
 
 
 def _config(path: str) -> Config:
     # weaker settings are reported per control by the check, not refused at load
     return load_config(path, enforce_compliance=False)
-
-
-def _time(value: str) -> datetime:
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -88,22 +80,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c = subparsers.add_parser("compliance", help="check the enabled frameworks' controls; per-tenant evidence packs")
     sub = c.add_subparsers(dest="compliance_command", required=True)
     ch = sub.add_parser("check", help="every control: pass/fail/manual with evidence (exit 1 on a fail)")
-    ch.add_argument("--config", "-c", required=True)
-    ch.add_argument("--format", choices=["text", "json"], default="text")
+    add_config(ch, required=True)
+    add_format(ch, "text", "json")
     ch.add_argument("--tenant", help="audit-log evidence of this tenant only")
     ch.set_defaults(func=_guard(cmd_check))
     rp = sub.add_parser("report", help="one tenant's evidence pack: self-contained HTML + JSON")
-    rp.add_argument("--config", "-c", required=True)
+    add_config(rp, required=True)
     rp.add_argument("--tenant", required=True)
-    rp.add_argument("--since", type=_time)
-    rp.add_argument("--until", type=_time)
+    add_period(rp)
     rp.add_argument("-o", "--output", required=True, help="directory for evidence.html and evidence.json")
     rp.add_argument("--audit-log", action="append", default=[], metavar="PATH",
                     help="one instance's audit log (file or folder), repeated per instance: each verified on its own, "
                          "counts over all (default: the configured log, every [cluster] peer's under {instance})")
     rp.set_defaults(func=_guard(cmd_report))
     a = subparsers.add_parser("advise", help="propose scoping, encryption, roles and limits from the live schema")
-    a.add_argument("--config", "-c", required=True)
+    add_config(a, required=True)
     a.add_argument("--sample", type=int, default=200, help="rows sampled per column (default 200)")
     a.add_argument("--emit-toml", action="store_true", help="print the proposals as a config fragment")
     a.add_argument("--apply", action="store_true", help="edit the config file (asks first; keeps FILE.bak)")
