@@ -568,7 +568,7 @@ class Session:
             message = f"result truncated to {cap} rows (tenant limit max_rows)"
             notice = codec.NoticeResponse(codec.error("01000", message, severity="WARNING").fields).encode()
             if mtype == MsgType.PORTAL_SUSPENDED:
-                return notice + MsgType.PORTAL_SUSPENDED.byte + b"\x00\x00\x00\x04"
+                return notice + codec.type_byte(MsgType.PORTAL_SUSPENDED) + b"\x00\x00\x00\x04"
             verb, _, count = body[:-1].decode().rpartition(" ")
             tag = f"{verb} {cap}" if verb in ("SELECT", "FETCH", "COPY") and count.isdigit() else body[:-1].decode()
             return notice + codec.CommandComplete(tag).encode()
