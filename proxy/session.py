@@ -85,6 +85,11 @@ _BACKEND_AUDITED = frozenset(
     (MsgType.COMMAND_COMPLETE, MsgType.EMPTY_QUERY_RESPONSE, MsgType.PORTAL_SUSPENDED, MsgType.ERROR_RESPONSE,
      MsgType.READY_FOR_QUERY)
 )
+_BACKEND_WATCHED = _BACKEND_AUDITED | _ACKS | {
+    MsgType.PARAMETER_STATUS, MsgType.NOTIFICATION_RESPONSE, MsgType.COMMAND_COMPLETE, MsgType.PORTAL_SUSPENDED,
+    MsgType.EMPTY_QUERY_RESPONSE, MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY,
+}
+_ROW_FRAMES = frozenset((MsgType.DATA_ROW, MsgType.COPY_DATA))  # what a row limit counts
 _CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
     (MsgType.ROW_DESCRIPTION, MsgType.PARAMETER_DESCRIPTION, MsgType.DATA_ROW, MsgType.COMMAND_COMPLETE,
      MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY, MsgType.NO_DATA, MsgType.PORTAL_SUSPENDED,
@@ -152,6 +157,9 @@ class Session:
         self._setup_out = b""
         self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
         self.crypto = crypto  # field-level encryption of this tenant session, or None
+        # the backend frames the relay loop looks at, without and with a row limit (the rest pass as they are)
+        watched = _BACKEND_WATCHED | (_CRYPTO_BACKEND if crypto is not None else frozenset())
+        self._watched = (watched, watched | _ROW_FRAMES)
         self._redacted = ""  # the last planned statement with its encrypted literals masked
         self._refreshing: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
         self._reassert = False  # a RESET ALL / DISCARD ALL was executed: apply the settings after the next Sync
@@ -1081,8 +1089,12 @@ class Session:
         out: bytearray | None = None
         audit = self.audit
         row_cap = self.limiter.limits.max_rows if self.limiter is not None else None
+        watched = self._watched[row_cap is not None]
+        pipe = self._pipe
         for i in range(first, len(frames)):
             mtype, start, end = frames[i]
+            if mtype not in watched and pipe.answering_injected() is None:
+                continue  # a RowDescription, DataRow, BindComplete, ...: relayed as it came
             if mtype == MsgType.ERROR_RESPONSE and not self._backend_fatal and ends_session(buf[start + 5 : end]):
                 if self._between_transactions():  # pooled, right behind its last ReadyForQuery: nobody's
                     out = _splice(out, buf, mark, start)
