@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import secrets
@@ -46,6 +45,7 @@ from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, MsgType, Parse, Query
+from .conn import HIGH_WATER
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .limits import LimitExceeded, TenantLimiter
 from .pipeline import Pipeline
@@ -132,7 +132,7 @@ class Session:
         self.client = client
         self.client_pid = client_pid  # the pid of the client's BackendKeyData
         self._backend_fatal = False  # the backend's own FATAL went to the client: its close is no surprise
-        self._lost_behind = False  # the backend closed while a strict-audit result was withheld
+        self._lost_behind = False  # the backend closed while strict-audit output was behind its record
         # the session's client_encoding, fixed at startup: every client text is decoded and sent in it
         self.encoding = encoding
         # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
@@ -181,7 +181,10 @@ class Session:
         self._sql_names: set[str] = set()  # SQL-level prepared statements (one namespace with protocol ones)
         self._name_ops: deque[tuple[int, str, str]] = deque()  # (cycle, prepare/deallocate[_protocol], name) sent
         self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
-        self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
+        # strict audit: client output behind completion records not yet durable, in order (record, bytes after it)
+        self._behind: deque[tuple[asyncio.Future[int | None], bytearray]] = deque()
+        self._behind_bytes = 0
+        self._behind_paused = False  # ... so much of it that the backend is not read meanwhile
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
         self._throttled: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None  # waiting for rate tokens
         self._over_rate = False  # this read's statements are refused (53400)
@@ -411,7 +414,7 @@ class Session:
             or self.backend is None
             or self.status != "I"
             or not self._pipe.quiet
-            or self._withheld is not None
+            or self._behind_paused
             or self._gated
             or self._waiting
         )
@@ -447,7 +450,7 @@ class Session:
     def _backend_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, codec.ProtocolError):
             log.warning("backend protocol error: %s", exc)
-        if self._withheld is not None and not self.client.is_closed:
+        if self._behind and not self.client.is_closed:
             self._lost_behind = True  # what it said before closing (its FATAL, say) is released first
             return
         if self._backend_fatal:  # the client was told why, in PostgreSQL's words (57P01, 25P03, ...)
@@ -1077,22 +1080,14 @@ class Session:
     # ------------------------------------------------------------------ backend -> client
 
     def on_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
-        if self._withheld is not None:  # strict audit: still waiting for a record to be durable
-            held_buf, held_frames, _ = self._withheld
-            base = len(held_buf)
-            self._withheld = (held_buf + buf, held_frames + [(t, s + base, e + base) for t, s, e in frames], 0)
-            return
-        self._relay_backend(buf, frames, 0, 0)
-
-    def _relay_backend(self, buf: bytes, frames: list[tuple[int, int, int]], first: int, mark: int) -> None:
-        """Relay frames[first:], writing buf from ``mark``; may stop to wait for the audit log."""
+        """Relay the backend's frames; strict audit: what follows a completion waits for its record."""
         out: bytearray | None = None
+        mark = 0
         audit = self.audit
         row_cap = self.limiter.limits.max_rows if self.limiter is not None else None
         watched = self._watched[row_cap is not None]
         pipe = self._pipe
-        for i in range(first, len(frames)):
-            mtype, start, end = frames[i]
+        for mtype, start, end in frames:
             if mtype not in watched and pipe.answering_injected() is None:
                 continue  # a RowDescription, DataRow, BindComplete, ...: relayed as it came
             if mtype == MsgType.ERROR_RESPONSE and not self._backend_fatal and ends_session(buf[start + 5 : end]):
@@ -1228,12 +1223,13 @@ class Session:
                 # a completion the row limit rewrote is already in ``out``: resume after it
                 at = max(start, mark)
                 if durable is not None and not durable.done():
-                    # strict: nothing from this completion on reaches the client before its record
+                    # strict: nothing from this completion on reaches the client before its record is
+                    # durable; the session goes on (its backend may serve others meanwhile)
                     self._flush_backend(buf, out, mark, at)
-                    self._withheld = (buf, frames, i + 1)
-                    self._backend_transport_pause()
-                    durable.add_done_callback(functools.partial(self._release, at=at))
-                    return
+                    out, mark = None, at
+                    self._behind.append((durable, bytearray()))
+                    durable.add_done_callback(self._release)
+                    continue
                 if durable is not None and durable.exception() is not None:
                     self._flush_backend(buf, out, mark, at)
                     self._withhold_failed()
@@ -1288,32 +1284,52 @@ class Session:
     def _flush_backend(self, buf: bytes, out: bytearray | None, mark: int, upto: int) -> None:
         if out is None:
             if mark == 0 and upto == len(buf):
-                self.client.write(buf)
+                data = buf
             elif upto > mark:
-                self.client.write(buf[mark:upto])
+                data = buf[mark:upto]
+            else:
+                return
         else:
             out += buf[mark:upto]
-            self.client.write(bytes(out))
+            data = bytes(out)
+        if not self._behind:
+            self.client.write(data)
+            return
+        self._behind[-1][1].extend(data)  # strict audit: behind the last completion not yet durable
+        self._behind_bytes += len(data)
+        if self._behind_bytes > HIGH_WATER and not self._behind_paused and self.backend is not None:
+            # backpressure, as a slow client's: the backend (held until this drains) stops being read
+            transport = self.backend.conn.transport
+            if transport is not None:
+                transport.pause_reading()
+                self._behind_paused = True
 
-    def _release(self, durable: asyncio.Future[int | None], at: int) -> None:
-        held = self._withheld
-        self._withheld = None
-        if held is None or self.client.is_closed:
+    def _release(self, _durable: asyncio.Future[int | None]) -> None:
+        """A completion record is durable (or failed): release, in order, what waited for it."""
+        behind = self._behind
+        while behind and behind[0][0].done():
+            durable, data = behind.popleft()
+            if self.client.is_closed:
+                behind.clear()
+                return
+            if durable.cancelled() or durable.exception() is not None:
+                behind.clear()
+                self._withhold_failed()
+                return
+            self._behind_bytes -= len(data)
+            if data:
+                self.client.write(bytes(data))
+        if behind:
             return
-        if durable.exception() is not None:
-            self._withhold_failed()
-            return
-        buf, frames, first = held
-        transport = self.backend.conn.transport if self.backend is not None else None
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
-        self._relay_backend(buf, frames, first, at)
-        if self._lost_behind and self._withheld is None:
+        if self._behind_paused:
+            self._behind_paused = False
+            transport = self.backend.conn.transport if self.backend is not None else None
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+        if self._lost_behind:
             self._backend_lost(None)
-
-    def _backend_transport_pause(self) -> None:
-        if self.backend is not None and self.backend.conn.transport is not None:
-            self.backend.conn.transport.pause_reading()
+        elif self.pool is not None and self.backend is not None:
+            self._maybe_release()
 
     def _withhold_failed(self) -> None:
         """A result whose audit record could not be written is never released: end the session
