@@ -97,6 +97,11 @@ _CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
 )
 
 
+# Why a session holds client messages back (Session._hold_why), and the checks they resume at (_admit).
+_POOL, _PAUSE, _KEYS, _RATE = "pool wait", "PAUSE", "key refresh", "rate limit"
+_CHECK_PAUSE, _CHECK_KEYS, _CHECK_RATE, _CHECK_BACKEND, _CHECK_RELAY = range(5)
+
+
 class Refusal(SqlStateError):
     """A statement the proxy (not the rewriter) will not run: SQLSTATE, message and a reason code."""
 
@@ -147,7 +152,10 @@ class Session:
         self.pool = pool
         self.pinned = pool is None
         self.settings = settings or {}
-        self._waiting: list[tuple[bytes, list[tuple[int, int, int]]]] = []
+        # client messages held back, in arrival order, each with the check it resumes at (_admit), and
+        # why the session holds (_POOL, _PAUSE, _KEYS, _RATE; None: nothing holds): replayed in _replay
+        self._hold: deque[tuple[bytes, list[tuple[int, int, int]], int]] = deque()
+        self._hold_why: str | None = None
         # tenant sessions (and every pooled one): statements live on backends under proxy-owned names
         self._named = PreparedStatements() if pool is not None or rewriter is not None else None
         self._special = _CLIENT_NAMED if self._named is not None else _CLIENT_SPECIAL
@@ -161,7 +169,6 @@ class Session:
         watched = _BACKEND_WATCHED | (_CRYPTO_BACKEND if crypto is not None else frozenset())
         self._watched = (watched, watched | _ROW_FRAMES)
         self._redacted = ""  # the last planned statement with its encrypted literals masked
-        self._refreshing: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
         self._reassert = False  # a RESET ALL / DISCARD ALL was executed: apply the settings after the next Sync
         self._pipe = Pipeline()  # the cycles sent and answered, the proxy's own among them
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
@@ -170,7 +177,6 @@ class Session:
         self.refused = 0
         self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
         self._paused = paused  # tenants ("*" = everyone) whose new statements wait (admin PAUSE)
-        self._held: list[tuple[bytes, list[tuple[int, int, int]]]] = []
         self.held_since: float | None = None  # monotonic time PAUSE first held a message (SHOW POOLS)
         self.audit = audit
         self.metrics = metrics
@@ -186,7 +192,6 @@ class Session:
         self._behind_bytes = 0
         self._behind_paused = False  # ... so much of it that the backend is not read meanwhile
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
-        self._throttled: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None  # waiting for rate tokens
         self._over_rate = False  # this read's statements are refused (53400)
         self._timer: asyncio.TimerHandle | None = None  # statement_timeout backstop of this busy period
         self._timed_out = False
@@ -203,29 +208,35 @@ class Session:
         return bool(self._paused) and ("*" in self._paused or (self.tenant or "") in self._paused)
 
     def resume(self) -> None:
-        """Release what arrived while paused, then read from the client again."""
-        held, self._held = self._held, []
-        self.held_since = None
-        self._replay(held)
+        """PAUSE is over for this session: release what it held, then read from the client again."""
+        if self._hold_why == _PAUSE:
+            self.held_since = None
+            self._replay()
 
-    def _replay(self, held: list[tuple[bytes, list[tuple[int, int, int]]]]) -> None:
-        """Relay what was held back (PAUSE, key refresh), then read from the client again."""
-        for buf, frames in held:
+    def _hold_back(self, why: str, buf: bytes, frames: list[tuple[int, int, int]], stage: int) -> None:
+        """Hold these messages (ahead of any held behind them) and stop reading the client until _replay."""
+        self._hold_why = why
+        self._hold.appendleft((buf, frames, stage))
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def _replay(self) -> None:
+        """The one place held messages go on: in order, each from the check it stopped at, until one holds again."""
+        self._hold_why = None
+        hold = self._hold
+        while hold and self._hold_why is None:
             if self.client.is_closed:
+                hold.clear()
                 return
-            if self._move is not None and self.at_boundary and not self._take_move():
-                return  # e.g. PAUSE, RELOAD with a new placement, RESUME: the held statement runs there
-            if self.backend is None:
-                self._wait_for_backend(buf, frames)
-            else:
-                self._relay_client(buf, frames)
-        if self.client.transport is not None and not self.client.is_closed and not self._waiting:
+            buf, frames, stage = hold.popleft()
+            self._admit(buf, frames, stage)
+        if self._hold_why is None and self.client.transport is not None and not self.client.is_closed:
             self.client.transport.resume_reading()
 
     @property
     def at_boundary(self) -> bool:
         """Between transactions with nothing outstanding: where PAUSE holds and placements change."""
-        return self.status == "I" and self._pipe.quiet and not self._waiting
+        return self.status == "I" and self._pipe.quiet and self._hold_why != _POOL
 
     def move_to(self, pool: BackendPool | None, search_path: str) -> None:
         """The tenant's placement changed (reload): switch at the next transaction boundary."""
@@ -249,68 +260,53 @@ class Session:
         return True
 
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
-        if self._throttled is not None:  # arrived before reading paused: stays behind what waits
-            self._throttled.append((buf, frames))
+        if self._hold_why is not None:  # arrived before reading paused: behind what is held, through every check
+            self._hold.append((buf, frames, _CHECK_PAUSE))
             return
-        if self._paused and self.is_paused and self.at_boundary:
-            if self.held_since is None:
-                self.held_since = time.monotonic()
-            self._held.append((buf, frames))
-            if self.client.transport is not None:
-                self.client.transport.pause_reading()
-            return
-        cut = next((i for i, f in enumerate(frames) if f[0] == MsgType.TERMINATE), None)
-        if cut is not None:
-            self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
-        if self.pool is not None and cut is not None:
-            # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
-            self.client.close()
-            frames = frames[:cut]
-            if not frames:
+        self._admit(buf, frames, _CHECK_PAUSE)
+
+    def _admit(self, buf: bytes, frames: list[tuple[int, int, int]], stage: int) -> None:
+        """Take client messages through the session's checks from ``stage`` on, in this order, to the
+        backend; a check that must wait holds them (_hold_back) and they resume at that check, or past it."""
+        if stage <= _CHECK_PAUSE:
+            if self._paused and self.is_paused and self.at_boundary:
+                if self.held_since is None:
+                    self.held_since = time.monotonic()
+                self._hold_back(_PAUSE, buf, frames, _CHECK_PAUSE)
                 return
-            buf = buf[: frames[-1][2]]
-        if self._move is not None and self.at_boundary and not self._take_move():
+            cut = next((i for i, f in enumerate(frames) if f[0] == MsgType.TERMINATE), None)
+            if cut is not None:
+                self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
+            if self.pool is not None and cut is not None:
+                # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
+                self.client.close()
+                frames = frames[:cut]
+                if not frames:
+                    return
+                buf = buf[: frames[-1][2]]
+        # a new placement (RELOAD) is taken at the boundary, held messages included (not once handed a backend)
+        if stage < _CHECK_RELAY and self._move is not None and self.at_boundary and not self._take_move():
             return
         crypto = self.crypto
-        if crypto is not None and (self._refreshing is not None or not crypto.keys_fresh()):
-            self._refresh_keys(buf, frames)
+        if stage <= _CHECK_KEYS and crypto is not None and not crypto.keys_fresh():
+            self._hold_back(_KEYS, buf, frames, _CHECK_RATE)
+            asyncio.get_running_loop().create_task(self._reload_keys())
             return
         limiter = self.limiter
-        if limiter is not None and limiter.limits.statements_per_second is not None:
+        if stage <= _CHECK_RATE and limiter is not None and limiter.limits.statements_per_second is not None:
             count = sum(1 for f in frames if f[0] in _STATEMENTS)
             delay = limiter.take(count) if count else 0.0
             if delay is None:
                 self.metrics.limit_hit(self.tenant, "statements_per_second")
                 self._over_rate = True
-            elif delay > 0:
-                self._throttle(buf, frames, delay)
+            elif delay > 0:  # over the statement rate: they wait for their tokens (at most rate_limit_wait)
+                self._hold_back(_RATE, buf, frames, _CHECK_BACKEND)
+                asyncio.get_running_loop().call_later(delay, self._replay)
                 return
         if self.backend is None:
             self._wait_for_backend(buf, frames)
             return
         self._relay_client(buf, frames)
-
-    def _throttle(self, buf: bytes, frames: list[tuple[int, int, int]], delay: float) -> None:
-        """Over the statement rate: these statements wait for their tokens (at most rate_limit_wait)."""
-        self._throttled = [(buf, frames)]
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-        asyncio.get_running_loop().call_later(delay, self._unthrottle)
-
-    def _unthrottle(self) -> None:
-        held, self._throttled = self._throttled or [], None
-        if not self.client.is_closed:
-            self._replay(held)
-
-    def _refresh_keys(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
-        """Hold the client's messages until the tenant's keys are (re)loaded."""
-        if self._refreshing is not None:
-            self._refreshing.append((buf, frames))
-            return
-        self._refreshing = [(buf, frames)]
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._reload_keys())
 
     async def _reload_keys(self) -> None:
         assert self.crypto is not None
@@ -318,15 +314,14 @@ class Session:
             await self.crypto.refresh()
         except Exception as exc:  # statements then fail closed (55000) on their own
             log.error("loading the keys of tenant %s failed: %s", self.tenant, exc)
-        held, self._refreshing = self._refreshing or [], None
-        self._replay(held)
+        self._replay()
 
     # ------------------------------------------------------------------ transaction pooling
 
     def _wait_for_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         assert self.pool is not None
         limiter = self.limiter
-        if not self._waiting and (limiter is None or limiter.take_backend()):
+        if limiter is None or limiter.take_backend():
             backend = self.pool.take_idle(self._desired())  # the common case: a backend is free right now
             if backend is not None:
                 self._hand_over(backend)
@@ -334,11 +329,8 @@ class Session:
                 return
             if limiter is not None:
                 limiter.release_backend()
-        self._waiting.append((buf, frames))
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-        if len(self._waiting) == 1:
-            asyncio.get_running_loop().create_task(self._acquire())
+        self._hold_back(_POOL, buf, frames, _CHECK_RELAY)
+        asyncio.get_running_loop().create_task(self._acquire())
 
     async def _acquire(self) -> None:
         assert self.pool is not None
@@ -361,11 +353,7 @@ class Session:
             self._release_backend(backend)
             return
         self._hand_over(backend)
-        waiting, self._waiting = self._waiting, []
-        for buf, frames in waiting:
-            self._relay_client(buf, frames)
-        if self.client.transport is not None and not self.client.is_closed:
-            self.client.transport.resume_reading()
+        self._replay()
 
     def _hand_over(self, backend: Backend) -> None:
         """A pooled backend for this transaction, carrying exactly this session's settings."""
@@ -416,7 +404,7 @@ class Session:
             or not self._pipe.quiet
             or self._behind_paused
             or self._gated
-            or self._waiting
+            or self._hold_why == _POOL
         )
 
     def _maybe_release(self) -> None:
