@@ -3,10 +3,11 @@
 The same setup as a bench run (throwaway PostgreSQL, tenant-scoped schema), one proxy:
 ``tenantgate-scoped-audit`` (scoping, batched audit, transaction pooling) with one worker
 so that one process carries the load. pgbench runs select-only ``-M simple`` with 64
-clients; once they have logged in, ``py-spy record --format raw`` samples the proxy (and any
-child process: ``--subprocesses``) for the point's duration, without native frames. The
-collapsed stacks are kept as ``profile.txt`` (speedscope.app and flamegraph.pl read them)
-and summed into ``profile.md`` (see ``stacks``); ``profile.json`` has the pgbench figures.
+clients (``--protocols`` / ``--clients`` with one value each pick another point); once they
+have logged in, ``py-spy record --format raw`` samples the proxy (and any child process:
+``--subprocesses``) for the point's duration, without native frames. The collapsed stacks
+are kept as ``profile.txt`` (speedscope.app and flamegraph.pl read them) and summed into
+``profile.md`` (see ``stacks``); ``profile.json`` has the pgbench figures.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ def adjust(opts: Options) -> None:
         opts.targets = (TARGET,)
     elif len(opts.targets) != 1 or opts.targets[0] not in VARIANTS:
         raise SystemExit(f"--profile takes one tenantgate variant in --targets: {', '.join(VARIANTS)}")
-    opts.workloads, opts.protocols, opts.clients = ("select-only",), ("simple",), (CLIENTS,)
+    opts.workloads = ("select-only",)
+    # --protocols / --clients pick the point (one each): e.g. the budgets' extended/c8
+    if "protocols" not in opts.overrides or len(opts.protocols) != 1:
+        opts.protocols = ("simple",)
+    if "clients" not in opts.overrides or len(opts.clients) != 1:
+        opts.clients = (CLIENTS,)
     if "duration" not in opts.overrides:
         opts.duration = SECONDS
     if opts.workers is None:
@@ -145,9 +151,9 @@ def run(opts: Options) -> dict[str, Any]:
             bench.log(f"warm-up: {opts.warmup} s")
             run_point(pgbench, target, Point("select-only", "simple", 8, opts.warmup), tenants, files,
                       bench.workdir, DATABASE)
-        point = Point("select-only", "simple", CLIENTS, opts.duration)
+        point = Point("select-only", opts.protocols[0], opts.clients[0], opts.duration)
         recorder = Recorder(pyspy, target.pid, opts.duration, raw, opts.out / "py-spy.log")
-        recorder.start_after(connect_allowance(max(split_clients(CLIENTS, len(tenants)))))
+        recorder.start_after(connect_allowance(max(split_clients(opts.clients[0], len(tenants)))))
         bench.log(f"{point.label} -> {name} under py-spy ({opts.duration} s)")
         figures = run_point(pgbench, target, point, tenants, files, bench.workdir, DATABASE)
         status = recorder.wait(timeout=opts.duration + 60)

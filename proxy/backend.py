@@ -112,7 +112,7 @@ async def _negotiate_tls(conn: PgConnection, target: BackendTarget) -> None:
         return
     conn.write(codec.SSLRequest().encode())
     answer = await conn.read_byte()
-    if answer == codec.MsgType.ACCEPT.byte:
+    if answer == codec.type_byte(codec.MsgType.ACCEPT):
         try:
             await conn.start_tls(
                 backend_context(target.sslmode, target.sslrootcert),
@@ -121,7 +121,7 @@ async def _negotiate_tls(conn: PgConnection, target: BackendTarget) -> None:
             )
         except (ssl.SSLError, OSError) as exc:
             raise unreachable(f"SSL connection to the backend failed: {exc}") from None
-    elif answer == codec.MsgType.REFUSE.byte:
+    elif answer == codec.type_byte(codec.MsgType.REFUSE):
         if target.sslmode != "prefer":
             raise unreachable("the backend does not support SSL, but sslmode requires it")
     else:

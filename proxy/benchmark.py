@@ -4,7 +4,9 @@ Each stage is what one pgbench select-only statement costs the proxy in that sta
 call, measured on this process without sockets: framing a backend answer, a plan-cache hit,
 the audit record on the worker side (SessionAudit: pending entry, completion, hand-over to the
 log) and on the sealer side (the log sealing and writing what was handed over), and decrypting
-one encrypted int field of a DataRow. Nothing here asserts a timing; a stage that fails is
+one encrypted int field of a DataRow; and the whole session (``session_scoped_us``: one
+transaction-pooled tenant session relaying a select-only Query and its answer through fake
+transports, rewriting included, no audit). Nothing here asserts a timing; a stage that fails is
 reported with its error so one broken stage does not lose the others.
 """
 
@@ -29,8 +31,13 @@ from tenantgate.rewriter.rewriter import Rewriter
 
 from . import codec
 from .auditing import SessionAudit
+from .backend import Backend, BackendTarget
 from .codec import FieldDescription, MsgType, RowDescription
+from .conn import PgConnection
+from .counters import Metrics
 from .crypto import BYTEA_OID, SessionCrypto
+from .pool import BackendPool
+from .session import Session
 
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = {}"
 TABLE_OID = 16384
@@ -112,11 +119,61 @@ def decrypt_field(iterations: int) -> float:
         return asyncio.run(_decrypt(iterations, Path(tmp)))
 
 
+class _Transport:
+    """What a PgConnection asks of its transport; writes are dropped."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+
+def _connection(side: str) -> PgConnection:
+    conn = PgConnection(side)
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    return conn
+
+
+async def _session(iterations: int) -> float:
+    client, server = _connection("client"), _connection("server")
+    target = BackendTarget("127.0.0.1", 5432, "app", None)
+    pool = BackendPool(target, "bench", 20, 5.0)
+    pool.idle.append(Backend(server, target, "bench"))
+    session = Session(client, None, user="t01_user", tenant="t01", rewriter=Rewriter(POLICY), paused=set(),
+                      pool=pool, settings={"tenantgate.tenant": "t01"}, metrics=Metrics())
+    client.enter_relay(session.on_client)
+    answer = _answer(23, b"4711")
+
+    def statement(i: int) -> None:
+        client.data_received(codec.Query(SELECT.format(i % 1000 + 1)).encode())
+        server.data_received(answer)  # the backend is back in the pool after each answer
+
+    return _per_call(statement, iterations)
+
+
+def session_scoped(iterations: int) -> float:
+    return asyncio.run(_session(iterations))
+
+
 def run(iterations: int = 20_000) -> dict[str, Any]:
     """µs per call of each stage (or the error it raised)."""
     results: dict[str, Any] = {}
     stages: dict[str, Callable[[int], Any]] = {
         "framing_us": framing, "plan_cache_hit_us": plan_cache_hit, "audit": audit, "decrypt_field_us": decrypt_field,
+        "session_scoped_us": session_scoped,
     }
     for name, stage in stages.items():
         try:

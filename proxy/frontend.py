@@ -128,13 +128,13 @@ class FrontendConnection(PgConnection, Generic[H]):
                     raise ProtocolError("client", "SSL request after TLS is already established")
                 ctx = self.proxy.client_tls
                 if ctx is None:
-                    self.write(codec.MsgType.REFUSE.byte)
+                    self.write(codec.type_byte(codec.MsgType.REFUSE))
                 else:
-                    self.write(codec.MsgType.ACCEPT.byte)
+                    self.write(codec.type_byte(codec.MsgType.ACCEPT))
                     await self.start_tls(ctx, server_side=True)
                     tls_done = True
             elif isinstance(packet, GSSENCRequest):
-                self.write(codec.MsgType.REFUSE.byte)
+                self.write(codec.type_byte(codec.MsgType.REFUSE))
             elif isinstance(packet, CancelRequest):
                 self.close()  # a cancel connection gets no answer either way
                 await self.cancel(packet)

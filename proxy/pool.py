@@ -80,18 +80,23 @@ class BackendPool:
         self.waiters.append(waiter)
         self._refill()  # below pool_size: a new connection, for the first waiter in line
         started = loop.time()
+        # one timer on the waiter itself: asyncio.wait_for + shield cost two futures and a task step more
+        timer = loop.call_later(self.timeout, _expire, waiter)
         try:
-            backend = await asyncio.wait_for(asyncio.shield(waiter), self.timeout)
+            return await waiter
         except TimeoutError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release(waiter.result())  # handed over just as we gave up
-            waiter.cancel()
             raise PoolTimeout(f"no backend connection became free within pool_timeout ({self.timeout:g}s)") from None
+        except asyncio.CancelledError:
+            # the waiting task was cancelled, perhaps just after release() handed it a backend: give it back
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result())
+            waiter.cancel()
+            raise
         finally:
+            timer.cancel()
             self.max_wait = max(self.max_wait, loop.time() - started)
             if waiter in self.waiters:
                 self.waiters.remove(waiter)
-        return backend
 
     async def _open(self) -> Backend:
         """A new connection (the caller has counted it in ``opening``)."""
@@ -156,6 +161,11 @@ class BackendPool:
         for backend in list(self.idle):
             backend.conn.close()
         self.idle.clear()
+
+
+def _expire(waiter: asyncio.Future[Backend]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _usable(backend: Backend) -> bool:

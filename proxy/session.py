@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import secrets
@@ -46,6 +45,7 @@ from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .codec import Bind, ErrorResponse, MsgType, Parse, Query
+from .conn import HIGH_WATER
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .limits import LimitExceeded, TenantLimiter
 from .pipeline import Pipeline
@@ -86,11 +86,21 @@ _BACKEND_AUDITED = frozenset(
     (MsgType.COMMAND_COMPLETE, MsgType.EMPTY_QUERY_RESPONSE, MsgType.PORTAL_SUSPENDED, MsgType.ERROR_RESPONSE,
      MsgType.READY_FOR_QUERY)
 )
+_BACKEND_WATCHED = _BACKEND_AUDITED | _ACKS | {
+    MsgType.PARAMETER_STATUS, MsgType.NOTIFICATION_RESPONSE, MsgType.COMMAND_COMPLETE, MsgType.PORTAL_SUSPENDED,
+    MsgType.EMPTY_QUERY_RESPONSE, MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY,
+}
+_ROW_FRAMES = frozenset((MsgType.DATA_ROW, MsgType.COPY_DATA))  # what a row limit counts
 _CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
     (MsgType.ROW_DESCRIPTION, MsgType.PARAMETER_DESCRIPTION, MsgType.DATA_ROW, MsgType.COMMAND_COMPLETE,
      MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY, MsgType.NO_DATA, MsgType.PORTAL_SUSPENDED,
      MsgType.EMPTY_QUERY_RESPONSE)
 )
+
+
+# Why a session holds client messages back (Session._hold_why), and the checks they resume at (_admit).
+_POOL, _PAUSE, _KEYS, _RATE = "pool wait", "PAUSE", "key refresh", "rate limit"
+_CHECK_PAUSE, _CHECK_KEYS, _CHECK_RATE, _CHECK_BACKEND, _CHECK_RELAY = range(5)
 
 
 class Refusal(SqlStateError):
@@ -129,7 +139,7 @@ class Session:
         self.client = client
         self.client_pid = client_pid  # the pid of the client's BackendKeyData
         self._backend_fatal = False  # the backend's own FATAL went to the client: its close is no surprise
-        self._lost_behind = False  # the backend closed while a strict-audit result was withheld
+        self._lost_behind = False  # the backend closed while strict-audit output was behind its record
         # the session's client_encoding, fixed at startup: every client text is decoded and sent in it
         self.encoding = encoding
         # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
@@ -144,7 +154,10 @@ class Session:
         self.pool = pool
         self.pinned = pool is None
         self.settings = settings or {}
-        self._waiting: list[tuple[bytes, list[tuple[int, int, int]]]] = []
+        # client messages held back, in arrival order, each with the check it resumes at (_admit), and
+        # why the session holds (_POOL, _PAUSE, _KEYS, _RATE; None: nothing holds): replayed in _replay
+        self._hold: deque[tuple[bytes, list[tuple[int, int, int]], int]] = deque()
+        self._hold_why: str | None = None
         # tenant sessions (and every pooled one): statements live on backends under proxy-owned names
         self._named = PreparedStatements() if pool is not None or rewriter is not None else None
         self._special = _CLIENT_NAMED if self._named is not None else _CLIENT_SPECIAL
@@ -154,8 +167,10 @@ class Session:
         self._setup_out = b""
         self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
         self.crypto = crypto  # field-level encryption of this tenant session, or None
+        # the backend frames the relay loop looks at, without and with a row limit (the rest pass as they are)
+        watched = _BACKEND_WATCHED | (_CRYPTO_BACKEND if crypto is not None else frozenset())
+        self._watched = (watched, watched | _ROW_FRAMES)
         self._redacted = ""  # the last planned statement with its encrypted literals masked
-        self._refreshing: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None
         self._reassert = False  # a RESET ALL / DISCARD ALL was executed: apply the settings after the next Sync
         self._pipe = Pipeline()  # the cycles sent and answered, the proxy's own among them
         self._refusals: deque[tuple[bytes, ErrorResponse, int]] = deque()
@@ -164,7 +179,6 @@ class Session:
         self.refused = 0
         self.busy_since: float | None = None  # monotonic start of the oldest unanswered request
         self._paused = paused  # tenants ("*" = everyone) whose new statements wait (admin PAUSE)
-        self._held: list[tuple[bytes, list[tuple[int, int, int]]]] = []
         self.held_since: float | None = None  # monotonic time PAUSE first held a message (SHOW POOLS)
         self.audit = audit
         self.metrics = metrics
@@ -175,9 +189,11 @@ class Session:
         self._sql_names: set[str] = set()  # SQL-level prepared statements (one namespace with protocol ones)
         self._name_ops: deque[tuple[int, str, str]] = deque()  # (cycle, prepare/deallocate[_protocol], name) sent
         self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
-        self._withheld: tuple[bytes, list[tuple[int, int, int]], int] | None = None  # strict audit
+        # strict audit: client output behind completion records not yet durable, in order (record, bytes after it)
+        self._behind: deque[tuple[asyncio.Future[int | None], bytearray]] = deque()
+        self._behind_bytes = 0
+        self._behind_paused = False  # ... so much of it that the backend is not read meanwhile
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
-        self._throttled: list[tuple[bytes, list[tuple[int, int, int]]]] | None = None  # waiting for rate tokens
         self._over_rate = False  # this read's statements are refused (53400)
         self._timer: asyncio.TimerHandle | None = None  # statement_timeout backstop of this busy period
         self._timed_out = False
@@ -194,29 +210,35 @@ class Session:
         return bool(self._paused) and ("*" in self._paused or (self.tenant or "") in self._paused)
 
     def resume(self) -> None:
-        """Release what arrived while paused, then read from the client again."""
-        held, self._held = self._held, []
-        self.held_since = None
-        self._replay(held)
+        """PAUSE is over for this session: release what it held, then read from the client again."""
+        if self._hold_why == _PAUSE:
+            self.held_since = None
+            self._replay()
 
-    def _replay(self, held: list[tuple[bytes, list[tuple[int, int, int]]]]) -> None:
-        """Relay what was held back (PAUSE, key refresh), then read from the client again."""
-        for buf, frames in held:
+    def _hold_back(self, why: str, buf: bytes, frames: list[tuple[int, int, int]], stage: int) -> None:
+        """Hold these messages (ahead of any held behind them) and stop reading the client until _replay."""
+        self._hold_why = why
+        self._hold.appendleft((buf, frames, stage))
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def _replay(self) -> None:
+        """The one place held messages go on: in order, each from the check it stopped at, until one holds again."""
+        self._hold_why = None
+        hold = self._hold
+        while hold and self._hold_why is None:
             if self.client.is_closed:
+                hold.clear()
                 return
-            if self._move is not None and self.at_boundary and not self._take_move():
-                return  # e.g. PAUSE, RELOAD with a new placement, RESUME: the held statement runs there
-            if self.backend is None:
-                self._wait_for_backend(buf, frames)
-            else:
-                self._relay_client(buf, frames)
-        if self.client.transport is not None and not self.client.is_closed and not self._waiting:
+            buf, frames, stage = hold.popleft()
+            self._admit(buf, frames, stage)
+        if self._hold_why is None and self.client.transport is not None and not self.client.is_closed:
             self.client.transport.resume_reading()
 
     @property
     def at_boundary(self) -> bool:
         """Between transactions with nothing outstanding: where PAUSE holds and placements change."""
-        return self.status == "I" and self._pipe.quiet and not self._waiting
+        return self.status == "I" and self._pipe.quiet and self._hold_why != _POOL
 
     def move_to(self, pool: BackendPool | None, search_path: str) -> None:
         """The tenant's placement changed (reload): switch at the next transaction boundary."""
@@ -240,31 +262,37 @@ class Session:
         return True
 
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
-        if self._throttled is not None:  # arrived before reading paused: stays behind what waits
-            self._throttled.append((buf, frames))
+        if self._hold_why is not None:  # arrived before reading paused: behind what is held, through every check
+            self._hold.append((buf, frames, _CHECK_PAUSE))
             return
-        if self._paused and self.is_paused and self.at_boundary:
-            if self.held_since is None:
-                self.held_since = time.monotonic()
-            self._held.append((buf, frames))
-            if self.client.transport is not None:
-                self.client.transport.pause_reading()
-            return
-        cut = next((i for i, f in enumerate(frames) if f[0] == MsgType.TERMINATE), None)
-        if cut is not None:
-            self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
-        if self.pool is not None and cut is not None:
-            # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
-            self.client.close()
-            frames = frames[:cut]
-            if not frames:
+        self._admit(buf, frames, _CHECK_PAUSE)
+
+    def _admit(self, buf: bytes, frames: list[tuple[int, int, int]], stage: int) -> None:
+        """Take client messages through the session's checks from ``stage`` on, in this order, to the
+        backend; a check that must wait holds them (_hold_back) and they resume at that check, or past it."""
+        if stage <= _CHECK_PAUSE:
+            if self._paused and self.is_paused and self.at_boundary:
+                if self.held_since is None:
+                    self.held_since = time.monotonic()
+                self._hold_back(_PAUSE, buf, frames, _CHECK_PAUSE)
                 return
-            buf = buf[: frames[-1][2]]
-        if self._move is not None and self.at_boundary and not self._take_move():
+            cut = next((i for i, f in enumerate(frames) if f[0] == MsgType.TERMINATE), None)
+            if cut is not None:
+                self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
+            if self.pool is not None and cut is not None:
+                # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
+                self.client.close()
+                frames = frames[:cut]
+                if not frames:
+                    return
+                buf = buf[: frames[-1][2]]
+        # a new placement (RELOAD) is taken at the boundary, held messages included (not once handed a backend)
+        if stage < _CHECK_RELAY and self._move is not None and self.at_boundary and not self._take_move():
             return
         crypto = self.crypto
-        if crypto is not None and (self._refreshing is not None or not crypto.keys_fresh()):
-            self._refresh_keys(buf, frames)
+        if stage <= _CHECK_KEYS and crypto is not None and not crypto.keys_fresh():
+            self._hold_back(_KEYS, buf, frames, _CHECK_RATE)
+            asyncio.get_running_loop().create_task(self._reload_keys())
             return
         signals = self.signals
         if signals is not None and signals.throttle is not None:  # a monitoring response holds
@@ -273,41 +301,20 @@ class Session:
                 self._throttle(buf, frames, wait)
                 return
         limiter = self.limiter
-        if limiter is not None and limiter.limits.statements_per_second is not None:
+        if stage <= _CHECK_RATE and limiter is not None and limiter.limits.statements_per_second is not None:
             count = sum(1 for f in frames if f[0] in _STATEMENTS)
             delay = limiter.take(count) if count else 0.0
             if delay is None:
                 self.metrics.limit_hit(self.tenant, "statements_per_second")
                 self._over_rate = True
-            elif delay > 0:
-                self._throttle(buf, frames, delay)
+            elif delay > 0:  # over the statement rate: they wait for their tokens (at most rate_limit_wait)
+                self._hold_back(_RATE, buf, frames, _CHECK_BACKEND)
+                asyncio.get_running_loop().call_later(delay, self._replay)
                 return
         if self.backend is None:
             self._wait_for_backend(buf, frames)
             return
         self._relay_client(buf, frames)
-
-    def _throttle(self, buf: bytes, frames: list[tuple[int, int, int]], delay: float) -> None:
-        """Over the statement rate: these statements wait for their tokens (at most rate_limit_wait)."""
-        self._throttled = [(buf, frames)]
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-        asyncio.get_running_loop().call_later(delay, self._unthrottle)
-
-    def _unthrottle(self) -> None:
-        held, self._throttled = self._throttled or [], None
-        if not self.client.is_closed:
-            self._replay(held)
-
-    def _refresh_keys(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
-        """Hold the client's messages until the tenant's keys are (re)loaded."""
-        if self._refreshing is not None:
-            self._refreshing.append((buf, frames))
-            return
-        self._refreshing = [(buf, frames)]
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._reload_keys())
 
     async def _reload_keys(self) -> None:
         assert self.crypto is not None
@@ -315,15 +322,14 @@ class Session:
             await self.crypto.refresh()
         except Exception as exc:  # statements then fail closed (55000) on their own
             log.error("loading the keys of tenant %s failed: %s", self.tenant, exc)
-        held, self._refreshing = self._refreshing or [], None
-        self._replay(held)
+        self._replay()
 
     # ------------------------------------------------------------------ transaction pooling
 
     def _wait_for_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         assert self.pool is not None
         limiter = self.limiter
-        if not self._waiting and (limiter is None or limiter.take_backend()):
+        if limiter is None or limiter.take_backend():
             backend = self.pool.take_idle(self._desired())  # the common case: a backend is free right now
             if backend is not None:
                 self._hand_over(backend)
@@ -331,11 +337,8 @@ class Session:
                 return
             if limiter is not None:
                 limiter.release_backend()
-        self._waiting.append((buf, frames))
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-        if len(self._waiting) == 1:
-            asyncio.get_running_loop().create_task(self._acquire())
+        self._hold_back(_POOL, buf, frames, _CHECK_RELAY)
+        asyncio.get_running_loop().create_task(self._acquire())
 
     async def _acquire(self) -> None:
         assert self.pool is not None
@@ -358,11 +361,7 @@ class Session:
             self._release_backend(backend)
             return
         self._hand_over(backend)
-        waiting, self._waiting = self._waiting, []
-        for buf, frames in waiting:
-            self._relay_client(buf, frames)
-        if self.client.transport is not None and not self.client.is_closed:
-            self.client.transport.resume_reading()
+        self._replay()
 
     def _hand_over(self, backend: Backend) -> None:
         """A pooled backend for this transaction, carrying exactly this session's settings."""
@@ -411,9 +410,9 @@ class Session:
             or self.backend is None
             or self.status != "I"
             or not self._pipe.quiet
-            or self._withheld is not None
+            or self._behind_paused
             or self._gated
-            or self._waiting
+            or self._hold_why == _POOL
         )
 
     def _maybe_release(self) -> None:
@@ -447,7 +446,7 @@ class Session:
     def _backend_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, codec.ProtocolError):
             log.warning("backend protocol error: %s", exc)
-        if self._withheld is not None and not self.client.is_closed:
+        if self._behind and not self.client.is_closed:
             self._lost_behind = True  # what it said before closing (its FATAL, say) is released first
             return
         if self._backend_fatal:  # the client was told why, in PostgreSQL's words (57P01, 25P03, ...)
@@ -576,7 +575,7 @@ class Session:
             message = f"result truncated to {cap} rows (tenant limit max_rows)"
             notice = codec.NoticeResponse(codec.error("01000", message, severity="WARNING").fields).encode()
             if mtype == MsgType.PORTAL_SUSPENDED:
-                return notice + MsgType.PORTAL_SUSPENDED.byte + b"\x00\x00\x00\x04"
+                return notice + codec.type_byte(MsgType.PORTAL_SUSPENDED) + b"\x00\x00\x00\x04"
             verb, _, count = body[:-1].decode().rpartition(" ")
             tag = f"{verb} {cap}" if verb in ("SELECT", "FETCH", "COPY") and count.isdigit() else body[:-1].decode()
             return notice + codec.CommandComplete(tag).encode()
@@ -1081,20 +1080,16 @@ class Session:
     # ------------------------------------------------------------------ backend -> client
 
     def on_backend(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
-        if self._withheld is not None:  # strict audit: still waiting for a record to be durable
-            held_buf, held_frames, _ = self._withheld
-            base = len(held_buf)
-            self._withheld = (held_buf + buf, held_frames + [(t, s + base, e + base) for t, s, e in frames], 0)
-            return
-        self._relay_backend(buf, frames, 0, 0)
-
-    def _relay_backend(self, buf: bytes, frames: list[tuple[int, int, int]], first: int, mark: int) -> None:
-        """Relay frames[first:], writing buf from ``mark``; may stop to wait for the audit log."""
+        """Relay the backend's frames; strict audit: what follows a completion waits for its record."""
         out: bytearray | None = None
+        mark = 0
         audit = self.audit
         row_cap = self.limiter.limits.max_rows if self.limiter is not None else None
-        for i in range(first, len(frames)):
-            mtype, start, end = frames[i]
+        watched = self._watched[row_cap is not None]
+        pipe = self._pipe
+        for mtype, start, end in frames:
+            if mtype not in watched and pipe.answering_injected() is None:
+                continue  # a RowDescription, DataRow, BindComplete, ...: relayed as it came
             if mtype == MsgType.ERROR_RESPONSE and not self._backend_fatal and ends_session(buf[start + 5 : end]):
                 if self._between_transactions():  # pooled, right behind its last ReadyForQuery: nobody's
                     out = _splice(out, buf, mark, start)
@@ -1228,12 +1223,13 @@ class Session:
                 # a completion the row limit rewrote is already in ``out``: resume after it
                 at = max(start, mark)
                 if durable is not None and not durable.done():
-                    # strict: nothing from this completion on reaches the client before its record
+                    # strict: nothing from this completion on reaches the client before its record is
+                    # durable; the session goes on (its backend may serve others meanwhile)
                     self._flush_backend(buf, out, mark, at)
-                    self._withheld = (buf, frames, i + 1)
-                    self._backend_transport_pause()
-                    durable.add_done_callback(functools.partial(self._release, at=at))
-                    return
+                    out, mark = None, at
+                    self._behind.append((durable, bytearray()))
+                    durable.add_done_callback(self._release)
+                    continue
                 if durable is not None and durable.exception() is not None:
                     self._flush_backend(buf, out, mark, at)
                     self._withhold_failed()
@@ -1290,32 +1286,52 @@ class Session:
     def _flush_backend(self, buf: bytes, out: bytearray | None, mark: int, upto: int) -> None:
         if out is None:
             if mark == 0 and upto == len(buf):
-                self.client.write(buf)
+                data = buf
             elif upto > mark:
-                self.client.write(buf[mark:upto])
+                data = buf[mark:upto]
+            else:
+                return
         else:
             out += buf[mark:upto]
-            self.client.write(bytes(out))
+            data = bytes(out)
+        if not self._behind:
+            self.client.write(data)
+            return
+        self._behind[-1][1].extend(data)  # strict audit: behind the last completion not yet durable
+        self._behind_bytes += len(data)
+        if self._behind_bytes > HIGH_WATER and not self._behind_paused and self.backend is not None:
+            # backpressure, as a slow client's: the backend (held until this drains) stops being read
+            transport = self.backend.conn.transport
+            if transport is not None:
+                transport.pause_reading()
+                self._behind_paused = True
 
-    def _release(self, durable: asyncio.Future[int | None], at: int) -> None:
-        held = self._withheld
-        self._withheld = None
-        if held is None or self.client.is_closed:
+    def _release(self, _durable: asyncio.Future[int | None]) -> None:
+        """A completion record is durable (or failed): release, in order, what waited for it."""
+        behind = self._behind
+        while behind and behind[0][0].done():
+            durable, data = behind.popleft()
+            if self.client.is_closed:
+                behind.clear()
+                return
+            if durable.cancelled() or durable.exception() is not None:
+                behind.clear()
+                self._withhold_failed()
+                return
+            self._behind_bytes -= len(data)
+            if data:
+                self.client.write(bytes(data))
+        if behind:
             return
-        if durable.exception() is not None:
-            self._withhold_failed()
-            return
-        buf, frames, first = held
-        transport = self.backend.conn.transport if self.backend is not None else None
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
-        self._relay_backend(buf, frames, first, at)
-        if self._lost_behind and self._withheld is None:
+        if self._behind_paused:
+            self._behind_paused = False
+            transport = self.backend.conn.transport if self.backend is not None else None
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+        if self._lost_behind:
             self._backend_lost(None)
-
-    def _backend_transport_pause(self) -> None:
-        if self.backend is not None and self.backend.conn.transport is not None:
-            self.backend.conn.transport.pause_reading()
+        elif self.pool is not None and self.backend is not None:
+            self._maybe_release()
 
     def _withhold_failed(self) -> None:
         """A result whose audit record could not be written is never released: end the session

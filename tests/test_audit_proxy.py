@@ -40,7 +40,7 @@ def backend(pg: PgServer) -> Backend:
 
 def audited_proxy(
     backend: Backend, tmp: Path, *, durability: str = "batched", params: str = "none", sink: str = "",
-    pool_mode: str = "session",
+    pool_mode: str = "session", pool_size: int = 20,
 ) -> ProxyProcess:
     key = tmp / "audit.key"
     key.write_text(secrets.token_hex(32))
@@ -51,7 +51,8 @@ def audited_proxy(
         f'flush_interval_ms = 20\nlog_parameters = "{params}"\n{sink}\n'
     )
     port = free_port()
-    text = config_text(backend, port, scoping=ORDERS_SCOPING, extra=audit, backend_extra=f'pool_mode = "{pool_mode}"')
+    pooling = f'pool_mode = "{pool_mode}"\npool_size = {pool_size}'
+    text = config_text(backend, port, scoping=ORDERS_SCOPING, extra=audit, backend_extra=pooling)
     return start_proxy(tmp, text, port)
 
 

@@ -140,5 +140,6 @@ def test_proxy_stages_measure_every_stage() -> None:
     from tenantgate.proxy import benchmark
 
     stages = benchmark.run(iterations=50)
-    assert set(stages) == {"framing_us", "plan_cache_hit_us", "audit_worker_us", "audit_sealer_us", "decrypt_field_us"}
+    assert set(stages) == {"framing_us", "plan_cache_hit_us", "audit_worker_us", "audit_sealer_us", "decrypt_field_us",
+                           "session_scoped_us"}
     assert all(isinstance(v, float) and v > 0 for v in stages.values()), stages

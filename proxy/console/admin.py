@@ -150,7 +150,7 @@ class AdminConnection(FrontendConnection[Proxy]):
         """Run each ';'-separated command in order, stopping at the first error (like PostgreSQL)."""
         statements = [s.strip() for s in sql.split(";") if s.strip()]
         if not statements:
-            self.write(codec.Simple(codec.MsgType.EMPTY_QUERY_RESPONSE.byte).encode())  # EmptyQueryResponse
+            self.write(codec.Simple(codec.type_byte(codec.MsgType.EMPTY_QUERY_RESPONSE)).encode())  # EmptyQueryResponse
             return None
         after: Callable[[], None] | None = None
         for text in statements:

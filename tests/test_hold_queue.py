@@ -1,0 +1,62 @@
+"""The session's one hold queue: what PAUSE held goes through the same checks as what was never held.
+
+Before the queue was one, messages PAUSE held were relayed straight to a backend on RESUME: a
+pooled client's Terminate held with its last query reached the pooled backend and ended it (a
+backend other clients share). Now they resume at the check they stopped at, Terminate included.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tenantgate.proxy import codec
+from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin
+
+from .harness import USERS, Backend, ProxyProcess, RawClient, errors, launch_with_ports
+
+
+@pytest.fixture(scope="module")
+def backend(pg: PgServer) -> Backend:
+    return Backend.create(pg, "hold_queue")
+
+
+@pytest.fixture(scope="module")
+def pooled(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, int]]:
+    proxy, ports = launch_with_ports(tmp_path_factory.mktemp("hold"), backend, "admin",
+                                     backend_extra='pool_mode = "transaction"\npool_size = 1')
+    yield proxy, ports["admin"]
+    proxy.stop()
+
+
+def admin(port: int, sql: str) -> str:
+    dsn = f"postgresql://dba:dba-pw@127.0.0.1:{port}/admin?sslmode=disable"
+    out = subprocess.run([find_pg_bin("psql"), dsn, "-X", "-A", "-c", sql], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("messages", ["query+terminate", "terminate"])
+def test_terminate_held_by_pause_never_reaches_the_pooled_backend(
+    pooled: tuple[ProxyProcess, int], messages: str
+) -> None:
+    proxy, port = pooled
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice:
+        pid = alice.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        raw = RawClient(proxy.port)
+        assert not errors(raw.login("alice", USERS["alice"][1]))
+        assert admin(port, "PAUSE acme") == "PAUSE"
+        try:
+            query = codec.Query("SELECT 1").encode() if messages == "query+terminate" else b""
+            raw.send(query + codec.Terminate().encode())  # one read: held together by PAUSE
+            time.sleep(0.3)
+        finally:
+            assert admin(port, "RESUME acme") == "RESUME"
+        time.sleep(0.3)
+        # the pool's one backend is still the one it was: the held Terminate was the proxy's, not the backend's
+        assert alice.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+        raw.close()

@@ -1,0 +1,61 @@
+"""BackendPool's wait for a free backend (no sockets): the timeout, and a waiter cancelled just after it was served."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tenantgate.proxy.backend import Backend, BackendTarget
+from tenantgate.proxy.pool import BackendPool, PoolTimeout
+
+
+class _Conn:
+    """What the pool reads of a backend's connection."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.on_frames = self.on_lost = self.backpressure_peer = None
+
+    def has_buffered(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        self.is_closed = True
+
+
+def _pool(timeout: float) -> tuple[BackendPool, Backend]:
+    target = BackendTarget("127.0.0.1", 1, "app", None)
+    pool = BackendPool(target, "db", size=1, timeout=timeout)
+    backend = Backend(_Conn(), target, "db")  # type: ignore[arg-type]
+    pool.busy.add(backend)  # the pool is full: the next acquire waits
+    return pool, backend
+
+
+def test_wait_times_out_with_pool_timeout() -> None:
+    async def main() -> None:
+        pool, _ = _pool(0.05)
+        with pytest.raises(PoolTimeout, match="pool_timeout"):
+            await pool.acquire()
+        assert not pool.waiters
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("cancel_first", [False, True], ids=["served", "cancelled-after-served"])
+def test_waiter_served_or_cancelled_never_loses_the_backend(cancel_first: bool) -> None:
+    async def main() -> None:
+        pool, backend = _pool(5.0)
+        task = asyncio.get_running_loop().create_task(pool.acquire())
+        await asyncio.sleep(0)  # waiting in line
+        pool.release(backend)  # handed to the waiter
+        if cancel_first:  # ... and its task cancelled before it resumed
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert list(pool.idle) == [backend] and not pool.busy
+        else:
+            assert await task is backend and backend in pool.busy
+        assert not pool.waiters
+
+    asyncio.run(main())
