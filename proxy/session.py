@@ -99,8 +99,8 @@ _CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
 
 
 # Why a session holds client messages back (Session._hold_why), and the checks they resume at (_admit).
-_POOL, _PAUSE, _KEYS, _RATE = "pool wait", "PAUSE", "key refresh", "rate limit"
-_CHECK_PAUSE, _CHECK_KEYS, _CHECK_RATE, _CHECK_BACKEND, _CHECK_RELAY = range(5)
+_POOL, _PAUSE, _KEYS, _THROTTLE, _RATE = "pool wait", "PAUSE", "key refresh", "monitoring throttle", "rate limit"
+_CHECK_PAUSE, _CHECK_KEYS, _CHECK_THROTTLE, _CHECK_RATE, _CHECK_BACKEND, _CHECK_RELAY = range(6)
 
 
 class Refusal(SqlStateError):
@@ -155,7 +155,7 @@ class Session:
         self.pinned = pool is None
         self.settings = settings or {}
         # client messages held back, in arrival order, each with the check it resumes at (_admit), and
-        # why the session holds (_POOL, _PAUSE, _KEYS, _RATE; None: nothing holds): replayed in _replay
+        # why the session holds (_POOL, _PAUSE, _KEYS, _THROTTLE, _RATE; None: nothing holds): replayed in _replay
         self._hold: deque[tuple[bytes, list[tuple[int, int, int]], int]] = deque()
         self._hold_why: str | None = None
         # tenant sessions (and every pooled one): statements live on backends under proxy-owned names
@@ -291,14 +291,16 @@ class Session:
             return
         crypto = self.crypto
         if stage <= _CHECK_KEYS and crypto is not None and not crypto.keys_fresh():
-            self._hold_back(_KEYS, buf, frames, _CHECK_RATE)
+            self._hold_back(_KEYS, buf, frames, _CHECK_THROTTLE)
             asyncio.get_running_loop().create_task(self._reload_keys())
             return
         signals = self.signals
-        if signals is not None and signals.throttle is not None:  # a monitoring response holds
+        if stage <= _CHECK_THROTTLE and signals is not None and signals.throttle is not None:
+            # a monitoring response holds: the tokens are taken now, so the replay resumes after this check
             wait = signals.throttle.delay(sum(1 for f in frames if f[0] in _STATEMENTS))
             if wait > 0:
-                self._throttle(buf, frames, wait)
+                self._hold_back(_THROTTLE, buf, frames, _CHECK_RATE)
+                asyncio.get_running_loop().call_later(wait, self._replay)
                 return
         limiter = self.limiter
         if stage <= _CHECK_RATE and limiter is not None and limiter.limits.statements_per_second is not None:
