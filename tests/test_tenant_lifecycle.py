@@ -29,8 +29,9 @@ import pytest
 from tenantgate.audit.keys import generate_signing_key_files
 from tenantgate.keyring.cli import register as register_keys
 from tenantgate.keyring.kek import create_kek_file, provider_from_uri
-from tenantgate.proxy.ops.lifecycle import LifecycleError
+from tenantgate.proxy.ops.lifecycle import LifecycleError, verifier_of
 from tenantgate.proxy.ops.placement_config import PlacementSpec
+from tenantgate.proxy.ops.tenant_archive import verify_export
 from tenantgate.proxy.ops.tenant_create import CreateRequest, create_tenant
 from tenantgate.proxy.ops.tenant_delete import DeleteRequest, delete_tenant
 from tenantgate.proxy.ops.tenant_export import export_tenant
@@ -362,6 +363,22 @@ def test_export_holds_only_the_tenant_and_no_plaintext_key(session_site: Site) -
     bad.write_bytes(bytes(raw))
     done = site.cli("verify-export", str(bad), "--config", str(site.config))
     assert done.returncode == 1 and "NOT VALID" in done.stderr
+    # a byte flipped anywhere (gzip header, deflate stream, tar headers, trailer) is refused clearly
+    # (LifecycleError: zlib, EOF and tar errors surface at different offsets), never a traceback; or
+    # it only touched what carries no content (gzip mtime, tar metadata), and the same manifest verifies
+    verifier = verifier_of(None, str(site.config))
+    raw = portable.read_bytes()
+    manifest = verify_export(portable, verifier)
+    refused = 0
+    for at in range(1, len(raw), max(1, len(raw) // 40)):
+        flipped = bytearray(raw)
+        flipped[at] ^= 0xFF
+        bad.write_bytes(bytes(flipped))
+        try:
+            assert verify_export(bad, verifier) == manifest, f"byte {at}: another manifest verified"
+        except LifecycleError:
+            refused += 1
+    assert refused > 30, refused
 
 
 # ---------------------------------------------------------------------------- failures midway

@@ -22,6 +22,7 @@ import hashlib
 import json
 import pathlib
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -139,8 +140,17 @@ def open_archive(path: pathlib.Path, verifier: Verifier) -> Archive:
     """Open an export after checking its signature and every file's SHA-256 and row count."""
     try:
         tar = tarfile.open(path, "r:gz")  # noqa: SIM115 (the Archive owns it; open_archive's caller closes it)
-    except (OSError, tarfile.TarError) as exc:
+        try:
+            return _checked(tar, verifier)
+        except BaseException:
+            tar.close()
+            raise
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
+        # a damaged file can fail anywhere in the gzip stream or the tar headers, not only at open
         raise LifecycleError(f"{path}: not a readable export archive ({exc})") from None
+
+
+def _checked(tar: tarfile.TarFile, verifier: Verifier) -> Archive:
     manifest = read_manifest(tar)
     sha = verify_signature(manifest, verifier)
     expected = {"manifest.json"} | {t["file"] for t in manifest["tables"]}
