@@ -380,6 +380,18 @@ def test_one_server_down_fails_only_its_tenants(deployment: Deployment) -> None:
         assert rows(_dsn("carol", deployment.lb_port)) == [("initech", 1)]
 
 
+def verify_per_instance(deployment: Deployment) -> None:
+    """`audit verify --per-instance` over every instance's log passes and names each instance once."""
+    key = deployment.tmp / "audit.key"
+    verify = subprocess.run(
+        [sys.executable, "-m", "tenantgate.proxy.cli", "audit", "verify", "--key", f"file:{key}", "--per-instance",
+         *(str(deployment.audit_dir(n)) for n in INSTANCES)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert [line.split(" ")[1] for line in verify.stdout.splitlines() if line.startswith("instance")] == list(INSTANCES)
+
+
 def _audited(path: Path, marker: str) -> int:
     """Completed statements with ``marker`` in an instance's audit log (their "end" records)."""
     lines = (line for f in sorted(path.glob("*.jsonl")) for line in f.read_text().splitlines())
@@ -399,11 +411,4 @@ def test_killing_an_instance_loses_no_committed_record_and_the_others_serve(depl
     deployment.start("c")  # a restarted instance continues its chain (unclean start recorded)
     for name in INSTANCES:
         deployment.stop(name)
-    key = deployment.tmp / "audit.key"
-    verify = subprocess.run(
-        [sys.executable, "-m", "tenantgate.proxy.cli", "audit", "verify", "--key", f"file:{key}", "--per-instance",
-         *(str(deployment.audit_dir(n)) for n in INSTANCES)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert [line.split(" ")[1] for line in verify.stdout.splitlines() if line.startswith("instance")] == list(INSTANCES)
+    verify_per_instance(deployment)

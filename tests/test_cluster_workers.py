@@ -23,7 +23,7 @@ from tenantgate.proxy import codec
 from tenantgate.proxy.sandbox.pgcluster import PgServer
 
 from .harness import RawClient, errors
-from .test_cluster import ADMIN_PW, INSTANCES, USERS, Deployment, _cancel, _dsn, deployed, rows
+from .test_cluster import ADMIN_PW, INSTANCES, USERS, Deployment, _cancel, _dsn, deployed, rows, verify_per_instance
 from .test_cluster import test_one_server_down_fails_only_its_tenants as test_one_server_down_fails_only_its_tenants
 from .test_cluster import (
     test_tenant_move_through_one_instance_switches_all as test_tenant_move_through_one_instance_switches_all,
@@ -217,14 +217,7 @@ def test_each_instance_keeps_one_chain_for_its_workers(deployment: Deployment) -
             conn.execute(f"SELECT 1 AS {marker}")
     for name in INSTANCES:
         deployment.stop(name, signal.SIGTERM)
-    key = deployment.tmp / "audit.key"
-    verify = subprocess.run(
-        [sys.executable, "-m", "tenantgate.proxy.cli", "audit", "verify", "--key", f"file:{key}", "--per-instance",
-         *(str(deployment.audit_dir(n)) for n in INSTANCES)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert [line.split(" ")[1] for line in verify.stdout.splitlines() if line.startswith("instance")] == list(INSTANCES)
+    verify_per_instance(deployment)
     for name in INSTANCES:
         text = "".join(f.read_text() for f in deployment.audit_dir(name).glob("*.jsonl"))
         assert marker in text
