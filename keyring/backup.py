@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KekError, KeyringError
-from .private_file import write_private_json
+from .private_file import read_private_json, write_private_json
 from .provider import KekProvider
 from .store import KeyRecord, KeyStore
 from .store_file import _entry, _record  # the key file's entry format is the backup's too
@@ -61,12 +61,7 @@ async def write_backup(store: KeyStore, path: Path) -> dict[str, Any]:
 
 def read_backup(path: Path) -> list[KeyRecord]:
     """The records of a backup file; KeyringError when it is not one or does not match its digest."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise KeyringError(f"{path}: cannot read keyring backup: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise KeyringError(f"{path}: not a keyring backup (format {FORMAT!r} expected)")
+    doc = read_private_json(path, FORMAT, "keyring backup", KeyringError)
     entries = doc.get("keys")
     if not isinstance(entries, list) or digest(entries) != doc.get("sha256"):
         raise KeyringError(f"{path}: keyring backup damaged or edited (sha256 does not match its keys)")

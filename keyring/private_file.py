@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_private", "write_private_json"]
+__all__ = ["read_private_json", "write_private", "write_private_json"]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -39,3 +39,21 @@ def write_private(path: Path, data: bytes) -> None:
 def write_private_json(path: Path, doc: Any, indent: int = 1) -> None:
     """``doc`` as indented JSON (keys in their order), written as write_private does."""
     write_private(path, json.dumps(doc, indent=indent).encode())
+
+
+def read_private_json(path: Path, fmt: str, what: str, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in ``path`` whose ``format`` is ``fmt``; ``error`` naming the file and ``what``
+    it should be when it cannot be read or is something else.
+
+    >>> read_private_json(Path("/nonexistent"), "x/1", "key backup", ValueError)
+    Traceback (most recent call last):
+    ...
+    ValueError: /nonexistent: cannot read key backup: [Errno 2] No such file or directory: '/nonexistent'
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: cannot read {what}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"{path}: not a {what} (format {fmt!r} expected)")
+    return doc

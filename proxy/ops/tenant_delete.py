@@ -33,7 +33,7 @@ import asyncpg
 from tenantgate.audit.keys import Verifier
 from tenantgate.config import Config
 from tenantgate.keyring.errors import KeyringError
-from tenantgate.keyring.private_file import write_private_json
+from tenantgate.keyring.private_file import read_private_json, write_private_json
 from tenantgate.keyring.quoting import quote_ident
 
 from .admin_client import AdminClient
@@ -317,11 +317,6 @@ async def delete_tenant(
 
 def verify_certificate(path: pathlib.Path, verifier: Verifier) -> dict[str, Any]:
     """A certificate's content when its signature holds; LifecycleError saying what does not."""
-    try:
-        cert = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LifecycleError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(cert, dict) or cert.get("format") != CERTIFICATE_FORMAT:
-        raise LifecycleError(f"{path}: not a deletion certificate")
+    cert = read_private_json(path, CERTIFICATE_FORMAT, "deletion certificate", LifecycleError)
     verify_signature(cert, verifier)
     return cert
