@@ -371,8 +371,11 @@ def test_one_server_down_fails_only_its_tenants(deployment: Deployment) -> None:
                 assert err is not None and err.sqlstate == "08006", err
                 assert time.monotonic() - started < 2
             assert rows(_dsn("alice", deployment.lb_port)) == [("acme", 1), ("acme", 2)]
-        err = _login_error(deployment.instances["a"].port, "carol")
-        assert err is not None and err.sqlstate == "08006" and "is down" in err.message, err
+        # the failure just seen is reported as such; each worker process remembers its own (a
+        # worker that saw none, or not within health.RETRY, connects and is refused first)
+        said = [_login_error(deployment.instances["a"].port, "carol") for _ in range(6)]
+        assert all(e is not None and e.sqlstate == "08006" for e in said), said
+        assert any(e is not None and "is down" in e.message for e in said), said
     finally:
         deployment.second.restart()
     time.sleep(1.1)  # health.RETRY: the next try reaches the server again
