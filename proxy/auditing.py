@@ -38,12 +38,15 @@ from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.remote import RemoteAuditLog
 from tenantgate.audit.writer import AuditLog
+from tenantgate.rewriter import statement_names
 
 from .codec import Bind
 
 if TYPE_CHECKING:
     from .crypto import SessionCrypto
 
+_NONE: frozenset[str] = frozenset()
+_NAMED_KINDS = frozenset({"prepare", "execute", "deallocate", "deallocate_all"})
 # Command tags whose last word counts rows (INSERT's is "INSERT oid rows").
 _ROW_TAGS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
 
@@ -93,7 +96,7 @@ class _Pending:
     cycle: int
     started: float
     params: tuple[str | bytes | None, ...] | None = None
-    written: frozenset[str] = frozenset()  # encrypted columns whose values the proxy encrypted for it
+    written: frozenset[str] = _NONE  # encrypted columns whose values the proxy encrypted for it
 
 
 class SessionAudit:
@@ -118,6 +121,7 @@ class SessionAudit:
         }
         self._statements: dict[str, tuple[str, str | None, str]] = {}
         self._portals: dict[str, tuple[str, tuple[str | bytes | None, ...]]] = {}
+        self._prepared: dict[str, frozenset[str]] = {}  # SQL-level PREPARE name -> columns of its encrypted literals
         self._log_params = log.settings.log_parameters != "none"
         self.strict = log.settings.durability == "strict"
         self.intents: list[asyncio.Future[int | None]] = []  # strict: write-ahead records not yet durable
@@ -133,14 +137,31 @@ class SessionAudit:
         originals = split_statements(sql, count)
         outputs = split_statements(rewritten, count) if rewritten != sql else [None] * count
         literals = self.crypto.sealed_literals() if self.crypto is not None else ()
+        named = statement_names(sql) if self.crypto is not None and not _NAMED_KINDS.isdisjoint(kinds) else []
         now = time.monotonic()
         for i in range(count):
             original = originals[i]
             kind = kinds[i] if kinds else first_word(original)
             # a literal was encrypted for the statement whose text holds its (unguessable) ciphertext
             text = outputs[i] or ""
-            written = frozenset(name for name, hexed in literals if hexed in text)
+            written = frozenset(name for name, hexed in literals if hexed in text) if literals else _NONE
+            if len(named) == count:
+                written = self._sql_prepared(*named[i], written)
             self._started(_Pending(original, outputs[i], kind, cycle, now, written=written))
+
+    def _sql_prepared(self, what: str, name: str, written: frozenset[str]) -> frozenset[str]:
+        """A PREPARE's encrypted literals are compared or stored by each of its EXECUTEs, not by it
+        (as a Parse's are by each Execute)."""
+        if what == "prepare":
+            self._prepared[name] = written
+            return _NONE
+        if what == "execute":
+            return written | self._prepared.get(name, _NONE)
+        if what == "deallocate":
+            self._prepared.pop(name, None)
+        elif what == "deallocate_all":
+            self._prepared.clear()
+        return written
 
     def parse(self, name: str, sql: str, rewritten: str, kind: str) -> None:
         self._statements[name] = (sql, rewritten if rewritten != sql else None, kind)
@@ -157,13 +178,13 @@ class SessionAudit:
     def execute(self, portal: str, cycle: int) -> None:
         statement, params = self._portals.get(portal, ("", ()))
         sql, rewritten, kind = self._statements.get(statement, ("", None, "unknown"))
-        written = self.crypto.take_written(portal) if self.crypto is not None else frozenset()
+        written = self.crypto.take_written(portal) if self.crypto is not None else _NONE
         self._started(_Pending(sql, rewritten, kind, cycle, time.monotonic(), params, written))
 
     def _started(self, p: _Pending) -> None:
         self.pending.append(p)
         if self.strict:
-            columns, details = _access(frozenset(), p.written, {"statement": p.kind, "phase": "start"})
+            columns, details = _access(_NONE, p.written, {"statement": p.kind, "phase": "start"})
             event = AuditEvent(
                 kind="statement",
                 decision="allowed",
@@ -205,8 +226,10 @@ class SessionAudit:
         read = self._read()  # rows decrypted before a decryption failure ended the statement early
         while pending and pending[0].cycle <= cycle:
             p = pending.popleft()
+            # what the backend skipped compared and stored nothing: only rows it had sent count
+            p.written = _NONE
             self._submit(self._event(p, read, reason="not executed: an earlier statement of the same request failed"))
-            read = frozenset()
+            read = _NONE
 
     # ------------------------------------------------------------------ records
 
@@ -214,7 +237,7 @@ class SessionAudit:
         return self._identity
 
     def _read(self) -> frozenset[str]:
-        return self.crypto.take_read() if self.crypto is not None else frozenset()
+        return self.crypto.take_read() if self.crypto is not None else _NONE
 
     def _event(
         self, p: _Pending, read: frozenset[str], *, sqlstate: str | None = None, rows: int | None = None,
@@ -262,6 +285,8 @@ def _access(read: frozenset[str], written: frozenset[str], details: dict[str, ob
     >>> _access(frozenset(), frozenset(), {"statement": "select"})
     ((), {'statement': 'select'})
     """
+    if not (read or written):
+        return (), details
     if read:
         details["encrypted_read"] = sorted(read)
     if written:

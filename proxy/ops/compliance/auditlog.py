@@ -192,7 +192,18 @@ def _encrypted_touched(rec: dict[str, object], encrypted: list[tuple[str, re.Pat
     field when there were none, and format 1 writes ``[]`` then; only a format-1 record without the
     field comes from a release that did not record it: for those alone the columns whose table and
     column (or *) the statement's text names are counted as accessed (an over-count at worst, never an
-    under-count of a named reference), read and written unknown."""
+    under-count of a named reference), read and written unknown.
+
+    >>> names = [("customers.ssn", re.compile("customers"), re.compile("ssn"))]
+    >>> old = {"v": 1, "sql": "SELECT id FROM customers WHERE ssn IS NULL"}
+    >>> _encrypted_touched(old, names), _encrypted_touched(dict(old, encrypted_columns=[]), names)
+    ((['customers.ssn'], [], []), ([], [], []))
+    >>> _encrypted_touched(dict(old, v=2), names)  # format 2 leaves the field out when there was none
+    ([], [], [])
+    >>> _encrypted_touched({"v": 2, "encrypted_columns": ["customers.ssn"],
+    ...                     "details": {"encrypted_read": ["customers.ssn"]}}, names)
+    (['customers.ssn'], ['customers.ssn'], [])
+    """
     listed = rec.get("encrypted_columns")
     if isinstance(listed, list) or rec.get("v") != 1:
         details = rec.get("details")
