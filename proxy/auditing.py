@@ -178,7 +178,7 @@ class SessionAudit:
     def execute(self, portal: str, cycle: int) -> None:
         statement, params = self._portals.get(portal, ("", ()))
         sql, rewritten, kind = self._statements.get(statement, ("", None, "unknown"))
-        written = self.crypto.take_written(portal) if self.crypto is not None else _NONE
+        written = self.crypto.take_written(portal, statement) if self.crypto is not None else _NONE
         self._started(_Pending(sql, rewritten, kind, cycle, time.monotonic(), params, written))
 
     def _started(self, p: _Pending) -> None:

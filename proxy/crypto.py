@@ -109,6 +109,7 @@ class _Portal:
     rows: tuple[tuple[int, EncryptedColumn, int], ...] | None = None  # from Describe portal
     described: bool = False
     written: frozenset[str] = frozenset()  # columns of the values it compares or stores, until its first Execute
+    bound: str = ""  # the statement bound (backend name)
 
 
 @dataclass(slots=True)
@@ -218,11 +219,13 @@ class SessionCrypto:
         statement used a column when its text holds the ciphertext."""
         return tuple(self._literals)
 
-    def take_written(self, portal: str) -> frozenset[str]:
+    def take_written(self, portal: str, statement: str) -> frozenset[str]:
         """The columns whose encrypted values (the Bind's, the statement's literals) an Execute of
-        ``portal`` uses: on its first Execute only (later ones fetch more rows of the same run)."""
+        ``portal`` uses: on its first Execute only (later ones fetch more rows of the same run).
+        ``statement``: the one its last Bind named (a Bind this session did not see, e.g. of a
+        statement no backend has, leaves an older record here: not this portal's)."""
         found = self._portals.get(portal)
-        if found is None:
+        if found is None or found.bound != statement:
             return frozenset()
         written, found.written = found.written, frozenset()
         return written
@@ -273,7 +276,7 @@ class SessionCrypto:
 
     def _bind(self, bind: Bind) -> bytes | None:
         statement = self._statement(bind.statement)
-        portal = self._portals[bind.portal] = _Portal(statement, bind.result_formats)
+        portal = self._portals[bind.portal] = _Portal(statement, bind.result_formats, bound=bind.statement)
         if not statement.params:
             portal.written = statement.literals
             return None
