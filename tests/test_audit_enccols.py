@@ -12,8 +12,8 @@ Session and transaction pooling, batched and strict durability, record formats 1
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
-import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -23,9 +23,11 @@ from typing import Any
 
 import pytest
 
-from tenantgate.audit.lean import LeanSealer
 from tenantgate.audit.reader import expand, iter_records, open_sources
 from tenantgate.audit.record import AuditEvent
+from tenantgate.audit.settings import AuditSettings
+from tenantgate.audit.verify import verify_log
+from tenantgate.audit.writer import AuditLog
 from tenantgate.keyring.cli import register
 from tenantgate.keyring.kek import create_kek_file
 from tenantgate.proxy import codec
@@ -302,15 +304,31 @@ def test_bound_values_are_written(setup: Setup) -> None:
     no_plaintext(setup)
 
 
-def test_format_2_round_trip_of_the_field() -> None:
-    """The writer's fields as format 2 stores them read back the same (audit/lean.py's sealer, the reader)."""
-    event = AuditEvent("statement", tenant="acme", sql="SELECT ssn FROM customers", encrypted_columns=(SSN,),
-                       details={"statement": "select", "encrypted_read": [SSN]})
-    fields = event.fields("none", b"")
-    _mac, line = LeanSealer(b"k" * 32).seal({"seq": 1, "ts": 0, **fields}, bytes(32))
-    back = json.loads(line)
-    assert back["v"] == 2 and back["encrypted_columns"] == [SSN] and back["details"]["encrypted_read"] == [SSN]
-    bare = AuditEvent("statement", sql="SELECT 1", details={"statement": "select"})
-    _mac, line = LeanSealer(b"k" * 32).seal({"seq": 2, "ts": 0, **bare.fields("none", b"")}, bytes(32))
-    assert b"encrypted" not in line  # lean: nothing added when no encrypted column was touched
-    assert bare.body("none", b"")["encrypted_columns"] == []  # format 1: "none", told apart from older releases
+@pytest.mark.parametrize("fmt", [2, 1])
+def test_record_field_round_trip(tmp_path: Path, fmt: int) -> None:
+    """Written by the real writer, read back by audit/reader.py (format 2: audit/lean.py's lines), the chain
+    verifies: the field and its details as logged; format 2 adds nothing without access, format 1 says []."""
+    path, key = tmp_path / "audit.jsonl", b"K" * 32
+    touched = AuditEvent("statement", tenant="acme", sql="SELECT ssn FROM customers WHERE note = '***'",
+                         rewritten="SELECT ssn FROM (...) customers", encrypted_columns=(NOTE, SSN),
+                         details={"statement": "select", "encrypted_read": [SSN], "encrypted_written": [NOTE]})
+    bare = AuditEvent("statement", tenant="acme", sql="SELECT 1", details={"statement": "select"})
+
+    async def write() -> None:
+        log = AuditLog(AuditSettings(key="env:UNUSED", path=path, durability="strict", checkpoint_every=0,
+                                     format=fmt), hmac_key=key)
+        await log.start()
+        for event in (touched, bare):
+            await log.record(event)
+        await log.close()
+
+    asyncio.run(write())
+    assert verify_log(open_sources([str(path)]), hmac_key=key).ok
+    got = [r for r in expand(r for _raw, r in iter_records(open_sources([str(path)])) if r is not None)
+           if r["kind"] == "statement"]
+    assert [r["v"] for r in got] == [fmt, fmt]
+    assert got[0]["encrypted_columns"] == [NOTE, SSN] and access(got[0]) == ({SSN}, {NOTE})
+    assert access(got[1]) == (set(), set())  # format 2: no key at all; format 1: []
+    if fmt == 2:
+        line = next(raw for raw in path.read_bytes().splitlines() if b'"sql":"SELECT 1"' in raw)
+        assert b"encrypted" not in line  # lean: nothing added when no encrypted column was touched
