@@ -9,6 +9,9 @@ with the seal fields appended last in the order hash, hmac, sig, then a newline.
   session, database, sql (original, with encrypted literals masked), rewritten, decision
   ("allowed"|"refused"), reason, sqlstate, rows, duration_ms, params, encrypted_columns,
   details (kind-specific object), prev (the previous record's `hash`; 64 zeros for seq 1).
+  Exception: a statement record always has encrypted_columns (`[]` when it accessed none), so a
+  reader tells it from the records of releases that did not fill the field in (format 2 has
+  no such releases: there an absent field means none).
 
 Seal fields: hash = SHA-256 hex of the canonical body; hmac = HMAC-SHA256 hex of the canonical body
 under the audit key; sig = Ed25519 signature (hex) of "tenantgate-audit-v1:" + hash, on marker
@@ -144,7 +147,10 @@ class AuditEvent:
     def body(self, log_parameters: str, hash_key: bytes) -> dict[str, object]:
         """The format-1 record body without seq/instance/prev (the writer adds those)."""
         ts = self.ts if isinstance(self.ts, str) else ts_text(self.ts)
-        return {"v": FORMAT_VERSION, "ts": ts, **self.fields(log_parameters, hash_key)}
+        body = {"v": FORMAT_VERSION, "ts": ts, **self.fields(log_parameters, hash_key)}
+        if self.kind == "statement":
+            body.setdefault("encrypted_columns", [])  # exact (none), not "unknown": see the module docstring
+        return body
 
     def fields(self, log_parameters: str, hash_key: bytes) -> dict[str, object]:
         """kind and the non-empty event fields, as logged (redacted), in a fixed order."""

@@ -12,6 +12,16 @@ With ``durability = "strict"`` every statement is also recorded *before* it is s
 durable, so nothing runs on the backend unlogged even when the sink fails between two
 statements; the completion record (``phase: end``) is durable before the result is
 released.
+
+Encrypted-column access (with field encryption on): each statement record names, in
+``encrypted_columns``, the configured ``table.column`` s whose values the proxy decrypted for the
+client (``details.encrypted_read``) or encrypted for the statement (``details.encrypted_written``:
+Bind values and literals, whether stored or compared, e.g. ``WHERE ssn = '...'`` on a deterministic
+column). Nothing is added when the statement touched none. A simple Query's statements are matched
+one by one (a literal belongs to the statement whose rewritten text holds its ciphertext); an
+Execute carries what its own rows decrypted, and its portal's encrypted values on the portal's first
+Execute only (the later ones of a portal fetched in chunks continue the same run). A strict
+``phase: start`` record can list only the written columns: nothing has been read yet.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from pglast import parser
 
@@ -28,9 +38,15 @@ from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.remote import RemoteAuditLog
 from tenantgate.audit.writer import AuditLog
+from tenantgate.rewriter import statement_names
 
 from .codec import Bind
 
+if TYPE_CHECKING:
+    from .crypto import SessionCrypto
+
+_NONE: frozenset[str] = frozenset()
+_NAMED_KINDS = frozenset({"prepare", "execute", "deallocate", "deallocate_all"})
 # Command tags whose last word counts rows (INSERT's is "INSERT oid rows").
 _ROW_TAGS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
 
@@ -80,14 +96,16 @@ class _Pending:
     cycle: int
     started: float
     params: tuple[str | bytes | None, ...] | None = None
+    written: frozenset[str] = _NONE  # encrypted columns whose values the proxy encrypted for it
 
 
 class SessionAudit:
     def __init__(
         self, log: AuditLog | RemoteAuditLog, *, tenant: str | None, user: str, client: str, session: str,
-        database: str
+        database: str, crypto: SessionCrypto | None = None
     ) -> None:
         self.log = log
+        self.crypto = crypto  # the session's field encryption: which encrypted columns each statement accessed
         self.tenant = tenant
         self.user = user
         self.client = client
@@ -103,6 +121,7 @@ class SessionAudit:
         }
         self._statements: dict[str, tuple[str, str | None, str]] = {}
         self._portals: dict[str, tuple[str, tuple[str | bytes | None, ...]]] = {}
+        self._prepared: dict[str, frozenset[str]] = {}  # SQL-level PREPARE name -> columns of its encrypted literals
         self._log_params = log.settings.log_parameters != "none"
         self.strict = log.settings.durability == "strict"
         self.intents: list[asyncio.Future[int | None]] = []  # strict: write-ahead records not yet durable
@@ -117,11 +136,32 @@ class SessionAudit:
         count = max(len(kinds), 1)
         originals = split_statements(sql, count)
         outputs = split_statements(rewritten, count) if rewritten != sql else [None] * count
+        literals = self.crypto.sealed_literals() if self.crypto is not None else ()
+        named = statement_names(sql) if self.crypto is not None and not _NAMED_KINDS.isdisjoint(kinds) else []
         now = time.monotonic()
         for i in range(count):
             original = originals[i]
             kind = kinds[i] if kinds else first_word(original)
-            self._started(_Pending(original, outputs[i], kind, cycle, now))
+            # a literal was encrypted for the statement whose text holds its (unguessable) ciphertext
+            text = outputs[i] or ""
+            written = frozenset(name for name, hexed in literals if hexed in text) if literals else _NONE
+            if len(named) == count:
+                written = self._sql_prepared(*named[i], written)
+            self._started(_Pending(original, outputs[i], kind, cycle, now, written=written))
+
+    def _sql_prepared(self, what: str, name: str, written: frozenset[str]) -> frozenset[str]:
+        """A PREPARE's encrypted literals are compared or stored by each of its EXECUTEs, not by it
+        (as a Parse's are by each Execute)."""
+        if what == "prepare":
+            self._prepared[name] = written
+            return _NONE
+        if what == "execute":
+            return written | self._prepared.get(name, _NONE)
+        if what == "deallocate":
+            self._prepared.pop(name, None)
+        elif what == "deallocate_all":
+            self._prepared.clear()
+        return written
 
     def parse(self, name: str, sql: str, rewritten: str, kind: str) -> None:
         self._statements[name] = (sql, rewritten if rewritten != sql else None, kind)
@@ -138,18 +178,21 @@ class SessionAudit:
     def execute(self, portal: str, cycle: int) -> None:
         statement, params = self._portals.get(portal, ("", ()))
         sql, rewritten, kind = self._statements.get(statement, ("", None, "unknown"))
-        self._started(_Pending(sql, rewritten, kind, cycle, time.monotonic(), params))
+        written = self.crypto.take_written(portal, statement) if self.crypto is not None else _NONE
+        self._started(_Pending(sql, rewritten, kind, cycle, time.monotonic(), params, written))
 
     def _started(self, p: _Pending) -> None:
         self.pending.append(p)
         if self.strict:
+            columns, details = _access(_NONE, p.written, {"statement": p.kind, "phase": "start"})
             event = AuditEvent(
                 kind="statement",
                 decision="allowed",
                 sql=p.sql,
                 rewritten=p.rewritten,
                 params=p.params,
-                details={"statement": p.kind, "phase": "start"},
+                encrypted_columns=columns,
+                details=details,
                 **self._who(),
             )
             future = self._submit(event)
@@ -172,25 +215,36 @@ class SessionAudit:
 
     def complete(self, tag: str | None, sqlstate: str | None) -> asyncio.Future[int | None] | None:
         """The head statement ended; returns the durability future in strict mode."""
+        read = self._read()
         if not self.pending:
             return None
         p = self.pending.popleft()
-        return self._submit(self._event(p, sqlstate=sqlstate, rows=rows_of(tag) if tag else None))
+        return self._submit(self._event(p, read, sqlstate=sqlstate, rows=rows_of(tag) if tag else None))
 
     def cycle_done(self, cycle: int) -> None:
         pending = self.pending
+        read = self._read()  # rows decrypted before a decryption failure ended the statement early
         while pending and pending[0].cycle <= cycle:
             p = pending.popleft()
-            self._submit(self._event(p, reason="not executed: an earlier statement of the same request failed"))
+            # what the backend skipped compared and stored nothing: only rows it had sent count
+            p.written = _NONE
+            self._submit(self._event(p, read, reason="not executed: an earlier statement of the same request failed"))
+            read = _NONE
 
     # ------------------------------------------------------------------ records
 
     def _who(self) -> _Who:
         return self._identity
 
+    def _read(self) -> frozenset[str]:
+        return self.crypto.take_read() if self.crypto is not None else _NONE
+
     def _event(
-        self, p: _Pending, *, sqlstate: str | None = None, rows: int | None = None, reason: str | None = None
+        self, p: _Pending, read: frozenset[str], *, sqlstate: str | None = None, rows: int | None = None,
+        reason: str | None = None
     ) -> AuditEvent:
+        base: dict[str, object] = {"statement": p.kind, "phase": "end"} if self.strict else {"statement": p.kind}
+        columns, details = _access(read, p.written, base)
         return AuditEvent(
             kind="statement",
             decision="allowed",
@@ -201,7 +255,8 @@ class SessionAudit:
             reason=reason,
             duration_ms=round((time.monotonic() - p.started) * 1000, 3),
             params=p.params,
-            details={"statement": p.kind, "phase": "end"} if self.strict else {"statement": p.kind},
+            encrypted_columns=columns,
+            details=details,
             **self._who(),
         )
 
@@ -216,3 +271,24 @@ class SessionAudit:
             failed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             return failed
+
+
+def _access(read: frozenset[str], written: frozenset[str], details: dict[str, object]
+            ) -> tuple[tuple[str, ...], dict[str, object]]:
+    """(encrypted_columns, details) of a statement record: the union, and read/written apart
+    (an auditor asks who read card numbers); nothing added when both are empty.
+
+    >>> _access(frozenset({"c.ssn"}), frozenset({"c.ssn", "c.note"}), {"statement": "select"})[0]
+    ('c.note', 'c.ssn')
+    >>> _access(frozenset({"c.ssn"}), frozenset({"c.ssn", "c.note"}), {"statement": "select"})[1]
+    {'statement': 'select', 'encrypted_read': ['c.ssn'], 'encrypted_written': ['c.note', 'c.ssn']}
+    >>> _access(frozenset(), frozenset(), {"statement": "select"})
+    ((), {'statement': 'select'})
+    """
+    if not (read or written):
+        return (), details
+    if read:
+        details["encrypted_read"] = sorted(read)
+    if written:
+        details["encrypted_written"] = sorted(written)
+    return tuple(sorted(read | written)), details

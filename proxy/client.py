@@ -277,6 +277,7 @@ class ClientConnection(FrontendConnection[Process]):
                 client=self.peer,
                 session=str(self.id),
                 database=database,
+                crypto=crypto,
             )
         self.session = session = Session(
             self,

@@ -11,7 +11,14 @@ backend's answers in the order they come back, and
   origin of plain column references, also through subqueries, CTEs, RETURNING and cursors);
 - decrypts those fields in DataRow, in the result format the client asked for; rows of results
   without encrypted fields pass untouched (not even decoded);
-- encrypts literals for the rewriter (:meth:`SessionCrypto.encrypt_literal`).
+- encrypts literals for the rewriter (:meth:`SessionCrypto.encrypt_literal`);
+- notes which encrypted columns each statement accessed, for its audit record: the columns of the
+  values it decrypted for the client (:meth:`SessionCrypto.take_read`, at the statement's end) and
+  of the values it encrypted (:meth:`SessionCrypto.take_written` at an Execute: the Bind's values
+  and the statement's own literals; :meth:`SessionCrypto.sealed_literals` for a simple Query's
+  literals). Only names, never values. A NULL is neither encrypted nor decrypted: not an access.
+
+(Longer than ~600 lines: one state machine over both directions of the wire, plus its startup pieces.)
 
 Which RowDescription applies to which DataRows is tracked with a FIFO of what the client asked
 for: a simple Query (each statement's own RowDescription), Describe of a statement or portal,
@@ -74,6 +81,11 @@ class CryptoSetupError(Exception):
     """Encrypted columns cannot be served (missing or non-bytea column, unusable key store)."""
 
 
+def column_name(col: EncryptedColumn) -> str:
+    """How audit records name an encrypted column: ``table.column`` as configured."""
+    return f"{col.table}.{col.column}"
+
+
 def qualified(table: str) -> str:
     """``schema.table`` of a configured ``[schema.]table`` (unqualified means public, as the rewriter resolves)."""
     return table if "." in table else f"public.{table}"
@@ -87,6 +99,7 @@ class _Statement:
     params: tuple[tuple[int, EncryptedColumn, int], ...] = ()  # (0-based index, column, declared type OID)
     encrypted: tuple[tuple[int, EncryptedColumn], ...] = ()  # encrypted result fields
     described: bool = False  # a Describe was asked for (its answer may still be on its way)
+    literals: frozenset[str] = frozenset()  # columns of the literals encrypted into its text
 
 
 @dataclass(slots=True)
@@ -95,6 +108,8 @@ class _Portal:
     result_formats: tuple[int, ...]
     rows: tuple[tuple[int, EncryptedColumn, int], ...] | None = None  # from Describe portal
     described: bool = False
+    written: frozenset[str] = frozenset()  # columns of the values it compares or stores, until its first Execute
+    bound: str = ""  # the statement bound (backend name)
 
 
 @dataclass(slots=True)
@@ -132,6 +147,8 @@ class SessionCrypto:
     _rows_of: _Expect | None = None  # the expectation _rows belongs to
     _dropping: bool = False
     _stale: bool = False
+    _read: set[str] = field(default_factory=set)  # columns decrypted since the last statement ended
+    _literals: list[tuple[str, str]] = field(default_factory=list)  # (column, ciphertext hex) of the plan now made
 
     def __post_init__(self) -> None:
         self._by_name = {(qualified(c.table), c.column): c for c in self.columns.values()}
@@ -187,7 +204,39 @@ class SessionCrypto:
             canonical = col.type.from_text(text.encode(), timezone=self.timezone())
         except CodecError as exc:
             raise Refused(exc.sqlstate, f"{col.table}.{col.column}: {exc}", "encryption") from None
-        return self._seal(col, canonical)
+        ciphertext = self._seal(col, canonical)
+        self._literals.append((column_name(col), ciphertext.hex()))
+        return ciphertext
+
+    def sealing(self) -> Callable[[str, str, str], bytes]:
+        """The ``encrypt`` callback for the next plan: what an earlier (perhaps refused) plan
+        encrypted is forgotten, so :meth:`sealed_literals` lists this plan's literals only."""
+        self._literals.clear()
+        return self.encrypt_literal
+
+    def sealed_literals(self) -> tuple[tuple[str, str], ...]:
+        """(column, ciphertext hex) of each literal the last plan encrypted: a simple Query's
+        statement used a column when its text holds the ciphertext."""
+        return tuple(self._literals)
+
+    def take_written(self, portal: str, statement: str) -> frozenset[str]:
+        """The columns whose encrypted values (the Bind's, the statement's literals) an Execute of
+        ``portal`` uses: on its first Execute only (later ones fetch more rows of the same run).
+        ``statement``: the one its last Bind named (a Bind this session did not see, e.g. of a
+        statement no backend has, leaves an older record here: not this portal's)."""
+        found = self._portals.get(portal)
+        if found is None or found.bound != statement:
+            return frozenset()
+        written, found.written = found.written, frozenset()
+        return written
+
+    def take_read(self) -> frozenset[str]:
+        """The columns decrypted for the client since the last call: the statement that just ended."""
+        if not self._read:
+            return frozenset()
+        read = frozenset(self._read)
+        self._read.clear()
+        return read
 
     def _canonical(self, col: EncryptedColumn, declared: int, value: bytes, fmt: int) -> bytes:
         """A Bind value (declared type, wire format) -> canonical plaintext of the column's type."""
@@ -227,10 +276,12 @@ class SessionCrypto:
 
     def _bind(self, bind: Bind) -> bytes | None:
         statement = self._statement(bind.statement)
-        self._portals[bind.portal] = _Portal(statement, bind.result_formats)
+        portal = self._portals[bind.portal] = _Portal(statement, bind.result_formats, bound=bind.statement)
         if not statement.params:
+            portal.written = statement.literals
             return None
         values = list(bind.params)
+        written = set(statement.literals)
         for index, col, declared in statement.params:
             value = values[index] if index < len(values) else None
             if value is None:
@@ -243,6 +294,8 @@ class SessionCrypto:
                               "encryption") from None
             ciphertext = self._seal(col, canonical)
             values[index] = ciphertext if fmt == 1 else b"\\x" + ciphertext.hex().encode()
+            written.add(column_name(col))
+        portal.written = frozenset(written)
         return Bind(bind.portal, bind.statement, bind.param_formats, tuple(values), bind.result_formats).encode()
 
     def sealed_types(
@@ -263,7 +316,8 @@ class SessionCrypto:
     def _parse(self, msg: Parse, encrypt_params: tuple[tuple[int, str, str, str], ...]) -> bytes | None:
         types, params = self.sealed_types(msg.param_types, encrypt_params)
         # the statement's record changes only once the backend acknowledges the Parse (ParseComplete)
-        self._parses.append((self._cycles_sent + 1, msg.name, _Statement(params)))
+        literals = frozenset(name for name, _ in self._literals)
+        self._parses.append((self._cycles_sent + 1, msg.name, _Statement(params, literals=literals)))
         if not params:
             return None
         return Parse(msg.name, msg.sql, types).encode()
@@ -470,6 +524,7 @@ class SessionCrypto:
                 self._count("decrypt", False)
                 return self._fail(col, exc)
             self._count("decrypt", True)
+            self._read.add(column_name(col))
             out += body[mark : start - 4]
             out += _I32.pack(len(value))
             out += value

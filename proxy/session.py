@@ -1039,7 +1039,7 @@ class Session:
         if rewriter is None:
             plan = Plan(sql, ())
         else:
-            encrypt = self.crypto.encrypt_literal if self.crypto is not None else None
+            encrypt = self.crypto.sealing() if self.crypto is not None else None
             try:
                 plan = rewriter.plan(sql, self.tenant, extended=extended, encrypt=encrypt)
             except Refused as exc:

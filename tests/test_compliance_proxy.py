@@ -79,6 +79,9 @@ def workload(demo: Demo) -> None:
         for refused in ("CREATE TABLE evil (x int)", "SELECT * FROM pg_stat_activity"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(refused)
+        with pytest.raises(psycopg.errors.FeatureNotSupported):  # COPY of an encrypted column: refused
+            conn.execute("COPY customers TO STDOUT")
+        encrypted_column_cases(conn)
     for _ in range(2):
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(demo.dsn("alice", "wrong"), connect_timeout=10).close()
@@ -90,14 +93,31 @@ def workload(demo: Demo) -> None:
             conn.execute("SELECT tenant_id, count(*) FROM orders GROUP BY 1").fetchall()
 
 
+def encrypted_column_cases(conn: psycopg.Connection[Any]) -> None:
+    """Statements a count from the text gets wrong; the pack counts what the proxy decrypted or encrypted."""
+    for none in ("SELECT id FROM customers WHERE tax_id IS NULL",  # named, no value encrypted or decrypted
+                 "SELECT name FROM customers WHERE id = 2 -- tax_id",  # in a comment
+                 "SELECT 'tax_id' AS label FROM customers WHERE id = 1",  # in a string
+                 "SELECT * FROM customers WHERE id = 2"):  # *, but id 2's tax_id is NULL
+        conn.execute(none).fetchall()
+    for one in ("SELECT c.tax_id FROM customers c WHERE c.id = 1",  # an aliased table
+                "WITH x AS (SELECT tax_id AS t FROM customers WHERE id = 1) SELECT t FROM x",  # through a CTE
+                "SELECT name FROM customers WHERE id = 1; SELECT tax_id FROM customers WHERE id = 1"):  # 2nd only
+        conn.execute(one)
+    for _ in range(3):  # a prepared statement executed three times (extended protocol): three reads
+        assert conn.execute("SELECT tax_id FROM customers WHERE id = %s", (1,), prepare=True).fetchone() == ("DE-123",)
+    conn.execute("INSERT INTO customers (tenant_id, id, name, tax_id) VALUES ('acme', 3, 'Coyote', %s)", ("FR-9",))
+
+
 EXPECTED = {
-    "statements": 7,
-    "users": {"alice": 7},
-    "statement_kinds": {"select": 4, "insert": 2, "update": 1},
+    "statements": 19,
+    "users": {"alice": 19},
+    "statement_kinds": {"select": 15, "insert": 3, "update": 1},
     "trusted_users": {"ops": 2},
-    "encrypted_columns": {"customers.tax_id": 2},
+    "encrypted_columns": {"customers.tax_id": 9},
+    "encrypted_by_user": [{"column": "customers.tax_id", "user": "alice", "read": 7, "written": 2}],
     "auth_failures": 2,
-    "refusals": 2,
+    "refusals": 3,
     "key_events": {"key.created": 1},
 }
 
@@ -288,6 +308,7 @@ def test_evidence_pack_counts_the_workload(demo: Demo, pack: tuple[Path, dict[st
     assert access["statement_kinds"] == EXPECTED["statement_kinds"]
     assert access["trusted_users"] == EXPECTED["trusted_users"]
     assert access["encrypted_columns"] == EXPECTED["encrypted_columns"]
+    assert access["encrypted_by_user"] == EXPECTED["encrypted_by_user"]
     assert data["auth_failures"]["count"] == EXPECTED["auth_failures"]
     assert all(f["user"] == "alice" for f in data["auth_failures"]["listed"])
     assert sum(data["refusals"].values()) == EXPECTED["refusals"]

@@ -147,6 +147,7 @@ class Activity:
     users: Counter[str] = field(default_factory=Counter)  # statements per user
     statement_kinds: Counter[str] = field(default_factory=Counter)
     encrypted_access: Counter[str] = field(default_factory=Counter)  # column -> statements
+    encrypted_by_user: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (column, user, read|written)
     admin_actions: list[tuple[str, str, str, str]] = field(default_factory=list)  # ts, user, command, decision
     trusted_access: Counter[str] = field(default_factory=Counter)  # trusted user -> statements
     auth_failures: list[tuple[str, str, str, str]] = field(default_factory=list)  # ts, user, client, reason
@@ -180,16 +181,36 @@ def _encrypted_names(config: Config) -> list[tuple[str, re.Pattern[str], re.Patt
              re.compile(rf"\b{re.escape(c.column)}\b|\*", re.I)) for c in config.encryption.columns]
 
 
+def _names(value: object) -> list[str]:
+    return [str(c) for c in value] if isinstance(value, list) else []
+
+
 def _encrypted_touched(rec: dict[str, object], encrypted: list[tuple[str, re.Pattern[str], re.Pattern[str]]]
-                       ) -> list[str]:
-    """The record's encrypted_columns when the writer filled them in; otherwise the encrypted columns
-    whose table and column (or *) the statement's text names (an over-count at worst, never an under-count
-    of a named reference)."""
+                       ) -> tuple[list[str], list[str], list[str]]:
+    """(accessed, read, written) encrypted columns of a statement record: what the proxy recorded it
+    decrypted for the client or encrypted for the statement (proxy/auditing.py). Format 2 omits the
+    field when there were none, and format 1 writes ``[]`` then; only a format-1 record without the
+    field comes from a release that did not record it: for those alone the columns whose table and
+    column (or *) the statement's text names are counted as accessed (an over-count at worst, never an
+    under-count of a named reference), read and written unknown.
+
+    >>> names = [("customers.ssn", re.compile("customers"), re.compile("ssn"))]
+    >>> old = {"v": 1, "sql": "SELECT id FROM customers WHERE ssn IS NULL"}
+    >>> _encrypted_touched(old, names), _encrypted_touched(dict(old, encrypted_columns=[]), names)
+    ((['customers.ssn'], [], []), ([], [], []))
+    >>> _encrypted_touched(dict(old, v=2), names)  # format 2 leaves the field out when there was none
+    ([], [], [])
+    >>> _encrypted_touched({"v": 2, "encrypted_columns": ["customers.ssn"],
+    ...                     "details": {"encrypted_read": ["customers.ssn"]}}, names)
+    (['customers.ssn'], ['customers.ssn'], [])
+    """
     listed = rec.get("encrypted_columns")
-    if isinstance(listed, list):
-        return [str(c) for c in listed]
+    if isinstance(listed, list) or rec.get("v") != 1:
+        details = rec.get("details")
+        split = details if isinstance(details, dict) else {}
+        return _names(listed), _names(split.get("encrypted_read")), _names(split.get("encrypted_written"))
     sql = str(rec.get("sql") or "")
-    return [name for name, table, column in encrypted if table.search(sql) and column.search(sql)]
+    return [name for name, table, column in encrypted if table.search(sql) and column.search(sql)], [], []
 
 
 def _within(rec: dict[str, object], since: datetime | None, until: datetime | None) -> bool:
@@ -243,8 +264,12 @@ def summarize(recs: Iterable[dict[str, object]], config: Config, *, tenant: str 
             if stmt in _WRITES:
                 act.writes_by_user[user] += 1
             per_second[(str(rec_tenant or "-"), ts_text[:19])] += 1
-            for column in _encrypted_touched(rec, encrypted):
+            accessed, read, written = _encrypted_touched(rec, encrypted)
+            for column in accessed:
                 act.encrypted_access[column] += 1
+            for how, columns in (("read", read), ("written", written)):
+                for column in columns:
+                    act.encrypted_by_user[(column, user, how)] += 1
         elif kind == "auth_fail":
             act.auth_failure_count += 1
             if len(act.auth_failures) < _MAX_LISTED:

@@ -37,6 +37,9 @@ async def build(config: Config, tenant: str, since: datetime | None, until: date
             "users": dict(act.users.most_common()),
             "statement_kinds": dict(act.statement_kinds.most_common()),
             "encrypted_columns": dict(act.encrypted_access.most_common()),
+            "encrypted_by_user": [{"column": c, "user": u, "read": act.encrypted_by_user[(c, u, "read")],
+                                   "written": act.encrypted_by_user[(c, u, "written")]}
+                                  for c, u in sorted({(c, u) for c, u, _ in act.encrypted_by_user})],
             "admin_actions": [dict(zip(("ts", "user", "command", "decision"), a, strict=True))
                               for a in act.admin_actions],
             "trusted_users": dict(act.trusted_access.most_common()),

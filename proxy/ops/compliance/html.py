@@ -62,6 +62,8 @@ def render_html(pack: Mapping[str, Any]) -> str:
         bar_chart("Statements by kind", acc["statement_kinds"]),
         table(["user", "statements"], acc["users"].items(), "users"),
         "<h2>Encrypted-column access</h2>", table(["column", "statements"], acc["encrypted_columns"].items()),
+        table(["column", "user", "statements that read it (decrypted)", "that wrote or compared it (encrypted)"],
+              [[a["column"], a["user"], a["read"], a["written"]] for a in acc.get("encrypted_by_user", ())]),
         "<h2>Privileged and admin actions</h2>",
         table(["time", "admin", "command", "decision"], [a.values() for a in acc["admin_actions"]]),
         "<h2>Trusted-user access (reaches this tenant's rows)</h2>",
