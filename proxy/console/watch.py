@@ -83,7 +83,7 @@ class Hub:
         self.runtime_dir = runtime_dir
         self.count = count
         self.running = running  # index -> whether that worker runs
-        self.acks: dict[int, list[Any]] = {}  # worker -> [pid, seq] of its last window received
+        self.acks: dict[int, list[Any]] = {}  # worker -> [life, seq] of its last window received
         self.responses: list[Response] = []
         self.version = 0
         self._push: asyncio.Task[list[str]] | None = None
@@ -109,7 +109,7 @@ class Hub:
                 raise answer
             elif "window" in answer:
                 merged.merge(Window.from_json(answer["window"]))
-                self.acks[index] = [answer["pid"], answer["seq"]]
+                self.acks[index] = [answer["life"], answer["seq"]]
         return merged
 
     def _take_leftover(self, index: int, merged: Window) -> None:
@@ -124,7 +124,7 @@ class Hub:
             log.error("monitoring counts left by worker %d unreadable: %s", index, exc)
             return
         merged.merge(Window.from_json(left["fresh"]))
-        if left["pending"] is not None and self.acks.get(index) != [left["pid"], left["seq"]]:
+        if left["pending"] is not None and self.acks.get(index) != [left["life"], left["seq"]]:
             merged.merge(Window.from_json(left["pending"]))  # sent, but the answer never arrived
 
     def publish(self, responses: list[Response]) -> None:

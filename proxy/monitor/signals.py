@@ -24,13 +24,14 @@ nothing lost while the worker lives.
 >>> again = s.handoff(None)   # the first answer never arrived: its counts come again, with the new ones
 >>> again["seq"], Window.from_json(again["window"]).users[("acme", "alice")].rows_out
 (2, 7)
->>> Window.from_json(s.handoff([again["pid"], 2])["window"]).users   # acknowledged: only what is new
+>>> Window.from_json(s.handoff([again["life"], 2])["window"]).users   # acknowledged: only what is new
 {}
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -81,6 +82,7 @@ class Signals:
         self.blocked: dict[tuple[str | None, str], Response] = {}  # logins refused until the response's ``until``
         self._pending: Window | None = None  # handed over, not yet acknowledged
         self._seq = 0
+        self.life = f"{os.getpid()}-{secrets.token_hex(4)}"  # names this tally's hand-overs apart from others'
 
     # ------------------------------------------------------------------ the fold
 
@@ -104,11 +106,11 @@ class Signals:
     def handoff(self, ack: list[Any] | None) -> dict[str, object]:
         """A worker's answer to the supervisor's fold: this window (with any unacknowledged one).
 
-        ``ack``: ``[pid, seq]`` of the last answer the supervisor received from this worker; an
-        ack of another pid (the worker's previous life) acknowledges nothing here.
+        ``ack``: ``[life, seq]`` of the last answer the supervisor received from this worker; an
+        ack of another life (the worker's previous process, or monitoring before a reload switched
+        it off and on) acknowledges nothing here.
         """
-        pid = os.getpid()
-        if ack is not None and self._pending is not None and list(ack) == [pid, self._seq]:
+        if ack is not None and self._pending is not None and list(ack) == [self.life, self._seq]:
             self._pending = None
         window = self.window()
         if self._pending is not None:
@@ -116,12 +118,12 @@ class Signals:
             window = self._pending
         self._pending = window
         self._seq += 1
-        return {"pid": pid, "seq": self._seq, "window": window.to_json()}
+        return {"life": self.life, "seq": self._seq, "window": window.to_json()}
 
     def leftover(self) -> dict[str, object]:
         """At a worker's exit: the window last handed over (``seq``; the supervisor may not have it) and
         the counts since, apart, so that the supervisor takes the first only if it did not get it."""
-        return {"pid": os.getpid(), "seq": self._seq, "pending": self._pending.to_json() if self._pending else None,
+        return {"life": self.life, "seq": self._seq, "pending": self._pending.to_json() if self._pending else None,
                 "fresh": self.window().to_json()}
 
     # ------------------------------------------------------------------ responses
