@@ -124,8 +124,10 @@ class Hub:
             log.error("monitoring counts left by worker %d unreadable: %s", index, exc)
             return
         merged.merge(Window.from_json(left["fresh"]))
-        if left["pending"] is not None and self.acks.get(index) != [left["life"], left["seq"]]:
-            merged.merge(Window.from_json(left["pending"]))  # sent, but the answer never arrived
+        life, acked = self.acks.get(index, [None, 0])
+        for seq, window in left["unacked"]:
+            if life != left["life"] or seq > acked:  # handed over, but the answer never arrived
+                merged.merge(Window.from_json(window))
 
     def publish(self, responses: list[Response]) -> None:
         """The responses in force changed: every worker gets the new list (see :meth:`settled`)."""

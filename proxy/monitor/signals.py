@@ -40,6 +40,17 @@ from typing import Any, Protocol
 from .tally import Bucket, Tally, Window
 
 ACTIONS = ("throttle", "pause_tenant", "block_user")
+# Windows kept for a supervisor that does not acknowledge: past that the oldest two are merged (an ack
+# of the older of them then releases neither, and it counts twice: better than memory without bound).
+MAX_UNACKED = 64
+
+
+def _merged(windows: Iterable[dict[str, object]]) -> dict[str, object]:
+    """One window (as JSON) of several (as JSON): their counts added."""
+    total = Window()
+    for w in windows:
+        total.merge(Window.from_json(w))
+    return total.to_json()
 
 
 class Host(Protocol):
@@ -80,7 +91,7 @@ class Signals:
         self._sent: dict[int, int] = {}  # id(client) -> bytes_out already counted
         self._applied: dict[int, Response] = {}  # alert id -> its response, holding here
         self.blocked: dict[tuple[str | None, str], Response] = {}  # logins refused until the response's ``until``
-        self._pending: Window | None = None  # handed over, not yet acknowledged
+        self._unacked: list[tuple[int, dict[str, object]]] = []  # (seq, window) handed over, not acknowledged
         self._seq = 0
         self.life = f"{os.getpid()}-{secrets.token_hex(4)}"  # names this tally's hand-overs apart from others'
 
@@ -104,27 +115,28 @@ class Signals:
         return tally.drain()
 
     def handoff(self, ack: list[Any] | None) -> dict[str, object]:
-        """A worker's answer to the supervisor's fold: this window (with any unacknowledged one).
+        """A worker's answer to the supervisor's fold: this window, with every one not acknowledged.
 
-        ``ack``: ``[life, seq]`` of the last answer the supervisor received from this worker; an
-        ack of another life (the worker's previous process, or monitoring before a reload switched
-        it off and on) acknowledges nothing here.
+        ``ack``: ``[life, seq]`` of the last answer the supervisor received from this worker: the
+        windows handed over up to ``seq`` are its. An ack of another life (the worker's previous
+        process, or monitoring before a reload switched it off and on) acknowledges nothing here.
         """
-        if ack is not None and self._pending is not None and list(ack) == [self.life, self._seq]:
-            self._pending = None
-        window = self.window()
-        if self._pending is not None:
-            self._pending.merge(window)
-            window = self._pending
-        self._pending = window
+        self._release(ack)
         self._seq += 1
-        return {"life": self.life, "seq": self._seq, "window": window.to_json()}
+        self._unacked.append((self._seq, self.window().to_json()))
+        if len(self._unacked) > MAX_UNACKED:  # a supervisor that stopped answering: keep the memory bounded
+            (_, older), (seq, newer) = self._unacked[0], self._unacked[1]
+            self._unacked[:2] = [(seq, _merged([older, newer]))]
+        return {"life": self.life, "seq": self._seq, "window": _merged(w for _, w in self._unacked)}
+
+    def _release(self, ack: list[Any] | None) -> None:
+        if ack is not None and len(ack) == 2 and ack[0] == self.life:
+            self._unacked = [(seq, w) for seq, w in self._unacked if seq > int(ack[1])]
 
     def leftover(self) -> dict[str, object]:
-        """At a worker's exit: the window last handed over (``seq``; the supervisor may not have it) and
-        the counts since, apart, so that the supervisor takes the first only if it did not get it."""
-        return {"life": self.life, "seq": self._seq, "pending": self._pending.to_json() if self._pending else None,
-                "fresh": self.window().to_json()}
+        """At a worker's exit: the windows handed over but not acknowledged (the supervisor may have
+        some of them: each with its seq) and the counts since."""
+        return {"life": self.life, "unacked": [[seq, w] for seq, w in self._unacked], "fresh": self.window().to_json()}
 
     # ------------------------------------------------------------------ responses
 
