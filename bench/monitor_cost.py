@@ -6,12 +6,16 @@ batched audit, transaction pooling) and the same with a ``[monitoring]`` section
 (select-only) runs against them interleaved, ABBA BAAB ..., for ``--rounds`` rounds, so that
 the shared machine's noise hits both alike; each round gives the TPS ratio on/off and the
 ratio of proxy CPU per statement, and the report is the median of the rounds (the acceptance:
-TPS ratio >= 0.95). Writes monitor-cost.json into ``--out``.
+TPS ratio >= 0.95). Then, without sockets or other processes, the hot path alone:
+``tenantgate.proxy.benchmark.monitoring_cost`` times one scoped session relaying select-only
+statements without and with monitoring's counts, alternating (µs per statement, medians).
+Writes monitor-cost.json into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -20,6 +24,7 @@ from typing import Any
 
 from tenantgate.proxy.sandbox.pgcluster import find_pg_bin
 
+from .micro import MODULES
 from .pgbench import Point, run_point
 from .runner import DATABASE, RESULTS_DIR, Bench, Options, write_scripts
 from .workload import Scale
@@ -103,6 +108,8 @@ def main(argv: list[str]) -> int:
     finally:
         bench.close()
     summary = summarize(rounds)
+    bench.log("hot path alone: one scoped session without and with monitoring's counts")
+    summary["hot_path_us_per_statement"] = importlib.import_module(MODULES["proxy"]).monitoring_cost()
     results = {"summary": summary, "rounds": rounds, "clients": args.clients, "protocol": args.protocol,
                "duration_s": args.duration, "workers": args.workers, "notes": bench.notes}
     (opts.out / "monitor-cost.json").write_text(json.dumps(results, indent=1) + "\n")
