@@ -296,8 +296,11 @@ class Proxy:
             self.signals = None
         monitor, task = self.monitor, self._monitoring
         self.monitor = self._monitoring = None
+        if task is not None:
+            task.cancel()
         if monitor is not None:
-            self.spawn(self._retire(monitor, task))
+            monitor.stop()  # now: a reload that switches it on again finds the state saved
+            self.spawn(monitor.close())
 
     async def close_monitoring(self) -> None:
         """At shutdown: stop the fold loop, fold what was counted since, save the state."""
@@ -312,13 +315,6 @@ class Proxy:
             except Exception:  # shutting down: monitoring never holds that up
                 log.exception("monitoring's last fold failed")
             await self.monitor.close()
-
-    async def _retire(self, monitor: Monitor, task: asyncio.Task[None] | None) -> None:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await monitor.close(disabled=True)
 
     # ------------------------------------------------------------------ serving
 

@@ -234,15 +234,18 @@ class Monitor:
             self._end(alert, "expired")
         return bool(ended)
 
-    async def close(self, disabled: bool = False) -> None:
-        """Stop: webhook posts get a moment, the state is saved; ``disabled`` (a reload switched
-        monitoring off) also ends the responses in force and drops the alert counter."""
-        if disabled:
-            for alert in self.alerts:
-                if alert.until is not None and alert.undone is None:
-                    self._end(alert, "monitoring disabled")
-            self.publish([])
-            self.registry.unregister(self.counter)
+    def stop(self) -> None:
+        """A reload switched monitoring off: the responses in force end, the alert counter goes (a
+        new Monitor may register it again at once), the state is saved."""
+        for alert in self.alerts:
+            if alert.until is not None and alert.undone is None:
+                self._end(alert, "monitoring disabled")
+        self.publish([])
+        self.registry.unregister(self.counter)
+        self.save()
+
+    async def close(self) -> None:
+        """Stop: webhook posts get a moment, the state is saved."""
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, 2.0)
