@@ -87,6 +87,7 @@ class Hub:
         self.responses: list[Response] = []
         self.version = 0
         self._push: asyncio.Task[list[str]] | None = None
+        self._silent: set[int] = set()  # workers whose last fold got no answer (logged once per outage)
 
     def _message(self, op: str) -> Message:
         return {"op": op, "version": self.version, "responses": [r.to_json() for r in self.responses]}
@@ -104,10 +105,13 @@ class Hub:
             self._take_leftover(index, merged)
         for index, answer in zip(indexes, answers, strict=True):
             if isinstance(answer, ControlError):
-                log.info("worker %d handed no monitoring window over: %s", index, answer)
+                if index not in self._silent:
+                    self._silent.add(index)
+                    log.info("worker %d handed no monitoring window over (asked again each fold): %s", index, answer)
             elif isinstance(answer, BaseException):
                 raise answer
             elif "window" in answer:
+                self._silent.discard(index)
                 merged.merge(Window.from_json(answer["window"]))
                 self.acks[index] = [answer["life"], answer["seq"]]
         return merged
