@@ -6,9 +6,10 @@ the audit record on the worker side (SessionAudit: pending entry, completion, ha
 log) and on the sealer side (the log sealing and writing what was handed over), and decrypting
 one encrypted int field of a DataRow; and the whole session (``session_scoped_us``: one
 transaction-pooled tenant session relaying a select-only Query and its answer through fake
-transports, rewriting included, no audit; ``session_monitored_us``: the same with security
-monitoring's counts, and ``monitoring_cost`` the two interleaved). Nothing here asserts a timing; a stage that fails is
-reported with its error so one broken stage does not lose the others.
+transports, rewriting included, no audit; ``monitoring_cost``, for ``python -m bench
+monitor-cost``: that session without and with security monitoring's counts, interleaved).
+Nothing here asserts a timing; a stage that fails is reported with its error so one broken
+stage does not lose the others.
 """
 
 from __future__ import annotations
@@ -169,16 +170,12 @@ def _relay(monitored: bool = False) -> Callable[[int], None]:
     return statement
 
 
-async def _session(iterations: int, monitored: bool = False) -> float:
-    return _per_call(_relay(monitored), iterations)
+async def _session(iterations: int) -> float:
+    return _per_call(_relay(), iterations)
 
 
 def session_scoped(iterations: int) -> float:
     return asyncio.run(_session(iterations))
-
-
-def session_monitored(iterations: int) -> float:
-    return asyncio.run(_session(iterations, monitored=True))
 
 
 async def _cost(batches: int, batch: int) -> dict[str, float]:
@@ -214,7 +211,7 @@ def run(iterations: int = 20_000) -> dict[str, Any]:
     results: dict[str, Any] = {}
     stages: dict[str, Callable[[int], Any]] = {
         "framing_us": framing, "plan_cache_hit_us": plan_cache_hit, "audit": audit, "decrypt_field_us": decrypt_field,
-        "session_scoped_us": session_scoped, "session_monitored_us": session_monitored,
+        "session_scoped_us": session_scoped,
     }
     for name, stage in stages.items():
         try:
