@@ -4,7 +4,10 @@
 of the audit log (bench/audit_volume.py).
 
 ``python -m bench monitor-eval [--tenants N] [--days D]``: security monitoring's detectors on a
-simulated week with injected attacks (bench/monitor_eval.py)."""
+simulated week with injected attacks (bench/monitor_eval.py).
+
+``python -m bench monitor-cost [--rounds N]``: pgbench -S TPS and proxy CPU per statement with security
+monitoring on vs off, interleaved rounds of one run (bench/monitor_cost.py)."""
 
 from __future__ import annotations
 
@@ -99,5 +102,9 @@ if __name__ == "__main__":
         from .monitor_eval import main as monitor_eval
 
         sys.exit(monitor_eval(sys.argv[2:]))
+    if sys.argv[1:2] == ["monitor-cost"]:  # monitoring on vs off under pgbench -S (bench/monitor_cost.py)
+        from .monitor_cost import main as monitor_cost
+
+        sys.exit(monitor_cost(sys.argv[2:]))
     options = parse_args(sys.argv[1:])
     sys.exit(profile.main(options) if options.mode == "profile" else main(options))

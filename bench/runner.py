@@ -245,7 +245,8 @@ class Bench:
         config = self.workdir / f"{name}.toml"
         config.write_text(tenantgate_config(
             port=port, audit=audit, pool_size=POOL_SIZE if variant.pooled else None,
-            encryption=encryption.section(self.workdir) if variant.encrypted else "", **base))
+            encryption=encryption.section(self.workdir) if variant.encrypted else "", monitored=variant.monitored,
+            **base))
         try:
             load_config(config)
         except ConfigError as exc:

@@ -34,13 +34,14 @@ class Variant:
     plain relay). ``durability``: the ``[audit]`` durability, None for no audit. ``pooled``:
     ``[backend] pool_mode = "transaction"`` with ``POOL_SIZE`` backends, so clients hold no
     backend between transactions. ``encrypted``: reads ``accounts_enc``, whose ``abalance``
-    the proxy must decrypt.
+    the proxy must decrypt. ``monitored``: with ``MONITORING`` (security monitoring on).
     """
 
     scoped: bool
     durability: str | None
     pooled: bool
     encrypted: bool = False
+    monitored: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -52,7 +53,11 @@ VARIANTS: dict[str, Variant] = {
     "tenantgate-scoped-audit-strict": Variant(scoped=True, durability="strict", pooled=True),
     "tenantgate-scoped-audit-encrypted": Variant(scoped=True, durability="batched", pooled=True, encrypted=True),
     "tenantgate-scoped-encrypted": Variant(scoped=True, durability=None, pooled=True, encrypted=True),
+    # tenantgate-scoped-audit with security monitoring on: `python -m bench monitor-cost` pairs the two
+    "tenantgate-scoped-audit-monitored": Variant(scoped=True, durability="batched", pooled=True, monitored=True),
 }
+# Monitoring of the -monitored variant: every detector on, a fold every second (10x the default's rate).
+MONITORING = "[monitoring]\ninterval = 1.0\n"
 
 
 @dataclass(repr=False)
@@ -107,10 +112,12 @@ def tenantgate_config(
     encryption: str = "",
     pool_size: int | None = None,
     workers: int | None = None,
+    monitored: bool = False,
 ) -> str:
     """A tenantgate TOML: one user per tenant (``passwords``: tenant -> password) and the trusted
     service user ``TRUSTED_USER``; ``audit`` is (durability, key file, log path); ``pool_size``
-    turns on transaction pooling; ``workers`` None leaves the proxy's default.
+    turns on transaction pooling; ``workers`` None leaves the proxy's default; ``monitored`` adds
+    ``MONITORING``.
 
     >>> text = tenantgate_config(port=7000, pg_port=5432, database="bench", backend_user="app",
     ...                          backend_password_file=Path("/w/pw"), passwords={"t01": "x"}, service_password="y",
@@ -142,6 +149,8 @@ def tenantgate_config(
         parts.append(f'[audit]\nkey = "file:{key_file}"\npath = "{path}"\ndurability = "{durability}"\n')
     if encryption:
         parts.append(encryption)
+    if monitored:
+        parts.append(MONITORING)
     return "\n".join(parts)
 
 

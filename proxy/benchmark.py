@@ -6,8 +6,10 @@ the audit record on the worker side (SessionAudit: pending entry, completion, ha
 log) and on the sealer side (the log sealing and writing what was handed over), and decrypting
 one encrypted int field of a DataRow; and the whole session (``session_scoped_us``: one
 transaction-pooled tenant session relaying a select-only Query and its answer through fake
-transports, rewriting included, no audit). Nothing here asserts a timing; a stage that fails is
-reported with its error so one broken stage does not lose the others.
+transports, rewriting included, no audit; ``monitoring_cost``, for ``python -m bench
+monitor-cost``: that session without and with security monitoring's counts, interleaved).
+Nothing here asserts a timing; a stage that fails is reported with its error so one broken
+stage does not lose the others.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .codec import FieldDescription, MsgType, RowDescription
 from .conn import PgConnection
 from .counters import Metrics
 from .crypto import BYTEA_OID, SessionCrypto
+from .monitor.tally import UserTally
 from .pool import BackendPool
 from .session import Session
 
@@ -147,13 +150,16 @@ def _connection(side: str) -> PgConnection:
     return conn
 
 
-async def _session(iterations: int) -> float:
+def _relay(monitored: bool = False) -> Callable[[int], None]:
+    """One statement through a transaction-pooled tenant session (called in a running loop)."""
     client, server = _connection("client"), _connection("server")
     target = BackendTarget("127.0.0.1", 5432, "app", None)
     pool = BackendPool(target, "bench", 20, 5.0)
     pool.idle.append(Backend(server, target, "bench"))
     session = Session(client, None, user="t01_user", tenant="t01", rewriter=Rewriter(POLICY), paused=set(),
                       pool=pool, settings={"tenantgate.tenant": "t01"}, metrics=Metrics())
+    if monitored:  # what a [monitoring] proxy sets at login (proxy/client.py)
+        session.signals = UserTally()
     client.enter_relay(session.on_client)
     answer = _answer(23, b"4711")
 
@@ -161,11 +167,43 @@ async def _session(iterations: int) -> float:
         client.data_received(codec.Query(SELECT.format(i % 1000 + 1)).encode())
         server.data_received(answer)  # the backend is back in the pool after each answer
 
-    return _per_call(statement, iterations)
+    return statement
+
+
+async def _session(iterations: int) -> float:
+    return _per_call(_relay(), iterations)
 
 
 def session_scoped(iterations: int) -> float:
     return asyncio.run(_session(iterations))
+
+
+async def _cost(batches: int, batch: int) -> dict[str, float]:
+    off, on = _relay(), _relay(monitored=True)
+    for i in range(batch):  # warm both plan caches
+        off(i)
+        on(i)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for index in range(batches):
+        order = (False, True) if index % 2 == 0 else (True, False)
+        for monitored in order:
+            times[monitored].append(_per_call(on if monitored else off, batch))
+    med_off, med_on = sorted(times[False])[batches // 2], sorted(times[True])[batches // 2]
+    tally = UserTally()
+
+    def counts(i: int) -> None:  # what a monitored select-only statement adds: its plan and its CommandComplete
+        tally.planned(SELECT, True)
+        tally.completed(b"SELECT 1")
+
+    return {"off_us": round(med_off, 3), "on_us": round(med_on, 3), "ratio": round(med_on / med_off, 3),
+            "counts_us": round(min(_per_call(counts, batch * 20) for _ in range(5)), 3)}
+
+
+def monitoring_cost(batches: int = 101, batch: int = 500) -> dict[str, float]:
+    """µs per statement of a scoped session without and with monitoring's counts: two sessions in
+    one loop, batches of ``batch`` statements alternating (medians over the batches), so the
+    machine's noise hits both alike: the hot path's share of monitoring, without sockets or pgbench."""
+    return asyncio.run(_cost(batches, batch))
 
 
 def run(iterations: int = 20_000) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .crypto import CryptoSetupError, SessionCrypto
 from .encoding import ClientEncoding, EncodingError, canonical_name, client_encoding
 from .frontend import Fatal, FrontendConnection, Host, fatal_bytes
 from .limits import LimitExceeded, TenantLimiter
-from .monitor.runtime import Monitor
+from .monitor.signals import Signals
 from .oidc import JwksCache, jwt_verifier
 from .placement import Placement
 from .pool import BackendPool
@@ -65,7 +65,7 @@ class Process(Host, Protocol):
     @property
     def paused(self) -> set[str]: ...
     @property
-    def monitor(self) -> Monitor | None: ...
+    def signals(self) -> Signals | None: ...
     @property
     def rewriter(self) -> Rewriter: ...
     @property
@@ -124,8 +124,8 @@ class ClientConnection(FrontendConnection[Process]):
         if self in self.proxy.sessions:
             self.proxy.sessions.discard(self)
             self.proxy.metrics.session_ended(self.tenant, self.bytes_in, self.bytes_out)
-            if self.proxy.monitor is not None:
-                self.proxy.monitor.session_closed(self)
+            if self.proxy.signals is not None:
+                self.proxy.signals.session_closed(self)
         self.proxy.metrics.client_closed()
         if self.session is not None:
             self.session.detach()
@@ -162,9 +162,9 @@ class ClientConnection(FrontendConnection[Process]):
             reply = await self.authenticate(auth, before)
         except (AuthFailed, ProtocolError) as exc:
             reason = exc.reason if isinstance(exc, AuthFailed) else str(exc)
-            if self.proxy.monitor is not None:
+            if self.proxy.signals is not None:
                 tenant = user.tenant if user is not None and not user.trusted else None
-                self.proxy.monitor.tally.login(tenant, name, _address(self.peer), ok=False)
+                self.proxy.signals.tally.login(tenant, name, _address(self.peer), ok=False)
             self.proxy.record(
                 AuditEvent(kind="auth_fail", user=name, client=self.peer, decision="refused", reason=reason)
             )
@@ -176,11 +176,11 @@ class ClientConnection(FrontendConnection[Process]):
             self.tenant, readonly = (None if user.trusted else user.tenant), user.role == "readonly"
         self.user = name
         self.params = settings
-        monitor = self.proxy.monitor
-        if monitor is not None:
-            if (why := monitor.login_refusal(self.tenant, name)) is not None:
+        signals = self.proxy.signals
+        if signals is not None:
+            if (why := signals.login_refusal(self.tenant, name)) is not None:
                 raise Fatal("28000", why)
-            monitor.tally.login(self.tenant, name, _address(self.peer), ok=True)
+            signals.tally.login(self.tenant, name, _address(self.peer), ok=True)
         log.info("authenticated user %s (tenant %s) from %s", name, self.tenant or "-", self.peer)
         self.proxy.record(
             AuditEvent(kind="auth_ok", user=name, tenant=self.tenant, client=self.peer, decision="allowed")
@@ -297,8 +297,8 @@ class ClientConnection(FrontendConnection[Process]):
             client_pid=self.key[0],
         )
         session.readonly = readonly
-        if monitor is not None:
-            session.signals = monitor.tally.user(self.tenant, name)
+        if signals is not None:
+            session.signals = signals.tally.user(self.tenant, name)
         session.told = reported
         self._login_backend = None
         if pool is None:
@@ -325,8 +325,8 @@ class ClientConnection(FrontendConnection[Process]):
             return (current.params if current is not None else server_params).get("TimeZone", "UTC")
 
         on_op: Callable[[str, bool], None] = self.proxy.metrics.crypto
-        if self.proxy.monitor is not None:  # decryptions count for the user too (encrypted_reads)
-            on_op = _both(on_op, self.proxy.monitor.tally.user(self.tenant, self.user).decrypted)
+        if self.proxy.signals is not None:  # decryptions count for the user too (encrypted_reads)
+            on_op = _both(on_op, self.proxy.signals.tally.user(self.tenant, self.user).decrypted)
         crypto = SessionCrypto(self.proxy.keyring, self.tenant, columns, timezone, on_op=on_op, home=placement.schema)
         try:
             await crypto.refresh()

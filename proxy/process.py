@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import ssl
+import time
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,8 @@ from .crypto import build_keyring, resolve_columns
 from .frontend import Fatal
 from .limits import TenantLimiter
 from .monitor.runtime import Monitor
+from .monitor.signals import Response, Signals
+from .monitor.tally import Window
 from .oidc import JwksCache, load_serving_config, open_jwks
 from .placement import Placement, backend_target
 from .pool import BackendPool
@@ -124,12 +127,10 @@ class Proxy:
         self.paused: set[str] = set()  # tenants whose new statements wait; "*" = all
         self.pools: dict[tuple[str, str], BackendPool] = {}
         self.metrics = Metrics(proxy=self)
-        watch = config.monitoring
-        if watch is not None and watch.state_file is not None and worker_count > 1:
-            # each worker watches the sessions the kernel gave it, so each keeps its own baselines
-            watch = replace(watch, state_file=f"{watch.state_file}.worker-{worker_index}")
-        self.monitor = Monitor(self, watch, self.metrics.registry) if watch is not None and watch.enabled else None
-        self._monitoring: asyncio.Task[None] | None = None
+        self.signals: Signals | None = None  # what this process's sessions did (monitor/signals.py)
+        self.monitor: Monitor | None = None  # the analysis (monitor/runtime.py): here or in the supervisor
+        self._monitoring: asyncio.Task[None] | None = None  # the analysis' fold loop
+        self._monitor_live = False  # start_monitoring was called: (re)configured monitoring runs at once
         # set by SIGTERM/SIGINT and the admin SHUTDOWN command; serve() then drains for stop_timeout
         self.stop_requested = asyncio.Event()
         self.stop_timeout = config.server.shutdown_timeout
@@ -145,6 +146,7 @@ class Proxy:
         self._columns: dict[tuple[str, str, str | None], dict[tuple[int, int], EncryptedColumn]] = {}
         # scoped tables' columns in [backend]'s database, read at start (empty if unreachable then)
         self.table_columns: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.configure_monitoring()
 
     def _load_secret(self) -> bytes:
         secret = self.config.server.secret
@@ -233,6 +235,87 @@ class Proxy:
         finally:
             backend.conn.close()
 
+    # ------------------------------------------------------------------ security monitoring
+
+    @property
+    def serves(self) -> bool:
+        """This process has client sessions (their counts go to its Signals)."""
+        return True
+
+    @property
+    def analyses(self) -> bool:
+        """This process runs the analysis: a single process; with workers, the supervisor (console/workers.py)."""
+        return self.worker_count == 1
+
+    def configure_monitoring(self) -> None:
+        """Apply the config's [monitoring] (at start and at each reload): start monitoring, retune it
+        (the learned baselines stay), or stop it (state saved, the responses it imposed end)."""
+        settings = self.config.monitoring
+        if settings is None or not settings.enabled:
+            self._stop_monitoring()
+            return
+        if self.serves:
+            rate = settings.throttle_rate / self.worker_count  # each worker lets a throttled user through at its share
+            if self.signals is None:
+                self.signals = Signals(self, rate)
+                for client in self.sessions:  # sessions already open count from their next statement
+                    if client.session is not None and client.user:
+                        client.session.signals = self.signals.tally.user(client.tenant, client.user)
+            elif rate != self.signals.throttle_rate:
+                self.signals.set_rate(rate)
+        if self.analyses:
+            if self.monitor is None:
+                self.monitor = Monitor(settings, self.metrics.registry, self.record, self.publish_responses)
+            else:
+                self.monitor.configure(settings)
+        if self._monitor_live:
+            self.start_monitoring()
+
+    def start_monitoring(self) -> None:
+        """Run the analysis' fold loop (once serving; again after a reload switched monitoring on)."""
+        self._monitor_live = True
+        if self.monitor is not None and self._monitoring is None:
+            self._monitoring = asyncio.get_running_loop().create_task(self.monitor.run(self.collect_window))
+
+    async def collect_window(self) -> Window:
+        """What the sessions did since the last fold (a supervisor asks its workers instead)."""
+        assert self.signals is not None
+        return self.signals.window()
+
+    def publish_responses(self, responses: list[Response]) -> None:
+        """The analysis changed the responses in force: hold them here (a supervisor: in every worker)."""
+        if self.signals is not None:
+            self.signals.apply(responses)
+
+    def _stop_monitoring(self) -> None:
+        if self.signals is not None:
+            self.signals.clear()
+            for client in self.sessions:
+                if client.session is not None:
+                    client.session.signals = None
+            self.signals = None
+        monitor, task = self.monitor, self._monitoring
+        self.monitor = self._monitoring = None
+        if task is not None:
+            task.cancel()
+        if monitor is not None:
+            monitor.stop()  # now: a reload that switches it on again finds the state saved
+            self.spawn(monitor.close())
+
+    async def close_monitoring(self) -> None:
+        """At shutdown: stop the fold loop, fold what was counted since, save the state."""
+        if self._monitoring is not None:
+            self._monitoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitoring
+            self._monitoring = None
+        if self.monitor is not None:
+            try:
+                self.monitor.fold(time.time(), await self.collect_window())
+            except Exception:  # shutting down: monitoring never holds that up
+                log.exception("monitoring's last fold failed")
+            await self.monitor.close()
+
     # ------------------------------------------------------------------ serving
 
     def record(self, event: AuditEvent) -> None:
@@ -262,8 +345,7 @@ class Proxy:
             await self.start_encryption()
         await self.load_table_columns()
         loop = asyncio.get_running_loop()
-        if self.monitor is not None:
-            self._monitoring = loop.create_task(self.monitor.run())
+        self.start_monitoring()
         host, port = self.config.listen.address
         port = port if self.listen_port is None else self.listen_port
         several = self.worker_count > 1  # every worker binds the one port; the kernel spreads connections
@@ -363,6 +445,7 @@ class Proxy:
         digests = {"digest_before": self.config.digest, "digest_after": new.digest}
         self.config, self.jwks = new, jwks
         self.backend_target = backend_target(new.backend)
+        self.configure_monitoring()
         self._rewriter = None
         self._roles_checked.clear()
         self._columns.clear()
@@ -447,12 +530,7 @@ class Proxy:
             await asyncio.wait(self._tasks, timeout=2)
         for pool in self.pools.values():
             await pool.close()
-        if self._monitoring is not None:  # before the audit log: its last records go there
-            self._monitoring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitoring
-        if self.monitor is not None:
-            await self.monitor.close()
+        await self.close_monitoring()  # before the audit log: its last records go there
         if self.audit is not None:
             await self.audit.close()
 

@@ -21,8 +21,8 @@ from bench import stacks
 from tenantgate.proxy.sandbox.pgcluster import PgBinaryNotFound, find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["encryption", "environment", "memory", "micro", "pgbench", "pgbouncer", "procs", "profile", "report",
-           "runner", "stacks", "targets", "workload"]
+MODULES = ["encryption", "environment", "memory", "micro", "monitor_cost", "pgbench", "pgbouncer", "procs", "profile",
+           "report", "runner", "stacks", "targets", "workload"]
 
 
 @pytest.mark.parametrize("name", MODULES)

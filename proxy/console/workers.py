@@ -31,6 +31,9 @@ channel (cluster.py): a peer's cluster-wide command runs through the same routin
 port (``Supervisor.run_here``), a peer's cancel goes to the worker its key names. A worker sends a
 key of another instance straight to that instance (a PeerChannel that only calls).
 
+Security monitoring runs its one analysis in the supervisor over the windows of every worker
+(watch.py): SHOW ALERTS and UNDO ALERT run there, the responses are applied in every worker.
+
 /metrics merges the workers' expositions (and the supervisor's own admin counters)
 sample by sample: parsed with prometheus_client's text parser, every sample with the
 same name and labels is summed — counters, gauges, histogram buckets, sums and counts
@@ -62,6 +65,8 @@ from tenantgate.audit.errors import AuditUnavailable
 from tenantgate.audit.remote import AuditServer
 from tenantgate.config import Config, load_config
 from tenantgate.proxy import client
+from tenantgate.proxy.monitor.signals import Response
+from tenantgate.proxy.monitor.tally import Window
 from tenantgate.proxy.peers import PeerChannel
 from tenantgate.proxy.process import BackendRoleRefused, Proxy, instance_audit
 
@@ -72,6 +77,7 @@ from .control import ControlError, ControlServer, Message, call, socket_path
 from .merge import merge_expositions, merge_results, unique
 from .metrics import MetricsServer, readiness
 from .serve import Ports, open_ports
+from .watch import Hub, WorkerWatch
 
 log = logging.getLogger("tenantgate.workers")
 
@@ -82,7 +88,9 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 KILL_GRACE = 10.0  # after shutdown_timeout, a worker still running is killed
 
 # Commands the supervisor answers itself, from the same config file the workers read.
-LOCAL = frozenset({"SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW USERS", "SHUTDOWN", "NOTE"})
+# SHOW ALERTS / UNDO ALERT: the one monitoring analysis runs in the supervisor (watch.py).
+LOCAL = frozenset({"SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW USERS", "SHUTDOWN", "NOTE", "SHOW ALERTS",
+                   "UNDO ALERT"})
 ONE_WORKER = frozenset({"SHOW KEYS", "SHOW AUDIT"})  # the same answer in every worker
 SUMMED = frozenset({"SHOW STATS", "SHOW TENANTS"})  # per-row-key figures that add up
 
@@ -115,6 +123,7 @@ class Worker:
         self.proxy = proxy
         self.spec = spec
         self.control = ControlServer(self.handle)
+        self.watch = WorkerWatch(spec.runtime_dir, spec.index)
         self.cancels_forwarded = Counter(
             "tenantgate_cancel_forwarded",
             "Cancel requests received by this worker for another worker's session, handed over",
@@ -160,6 +169,11 @@ class Worker:
             return {}
         if op == "stop":
             proxy.request_stop(bool(request["wait"]))
+            return {}
+        if op == "monitor_fold":  # the supervisor's analysis takes this worker's window (watch.py)
+            return self.watch.fold(proxy.signals, request)
+        if op == "monitor_respond":
+            self.watch.respond(proxy.signals, request)
             return {}
         return {"failed": f"unknown control operation {op!r}"}
 
@@ -228,6 +242,7 @@ async def run_worker(config_path: str, spec: WorkerSpec) -> int:
     await proxy.stop_requested.wait()
     log.info("shutting down: waiting up to %.0fs for sessions", proxy.stop_timeout)
     await proxy.shutdown(proxy.stop_timeout)
+    worker.watch.leave(proxy.signals)
     worker.control.close()
     return 0
 
@@ -256,8 +271,22 @@ class ConsoleProxy(Proxy):
     admin logins, the admin command counters, admin audit records)."""
 
     def __init__(self, config: Config, supervisor: Supervisor, audit_socket: str | None) -> None:
+        self.supervisor = supervisor  # before Proxy.__init__: it configures monitoring
         super().__init__(config, worker_count=supervisor.count, audit_socket=audit_socket)
-        self.supervisor = supervisor
+
+    @property
+    def serves(self) -> bool:
+        return False  # its workers serve the sessions
+
+    @property
+    def analyses(self) -> bool:
+        return True  # the one analysis of all workers' sessions
+
+    async def collect_window(self) -> Window:
+        return await self.supervisor.hub.collect()
+
+    def publish_responses(self, responses: list[Response]) -> None:
+        self.supervisor.hub.publish(responses)
 
 
 @dataclass
@@ -289,9 +318,11 @@ class Supervisor:
         self.ports = Ports()
         self.cluster: ClusterOps | None = None  # [cluster]: this supervisor serves the instance's peer channel
         self._watchers: set[asyncio.Task[None]] = set()
+        self.hub = Hub("", self.count, lambda index: self.workers[index].running)
 
     async def run(self) -> int:
         self.runtime_dir = tempfile.mkdtemp(prefix="tenantgate-")  # 0700: the control sockets' home
+        self.hub.runtime_dir = self.runtime_dir
         try:
             return await self._run()
         finally:
@@ -337,6 +368,7 @@ class Supervisor:
             listen = self.config.listen
             self.ports = await open_ports(console, AggregatingAdminServer, AggregatingMetricsServer)
             await self._join_cluster(console)
+            console.start_monitoring()
             log.info("%d workers serving %s:%d", self.count, listen.address[0], self.port)
         elif not console.stop_requested.is_set():
             await self._stop(console, wait=False)
@@ -440,6 +472,7 @@ class Supervisor:
         await self.ports.close()
         if self.cluster is not None:
             self.cluster.channel.close()
+        await console.close_monitoring()  # the workers' last counts are in: before the audit closes
         await self._close_audit(console)
         return 0 if all(proc.returncode == 0 for proc in live) else 1
 
@@ -494,6 +527,10 @@ class Supervisor:
         """A command on this instance: each runs where its answer lives (see the module docstring)."""
         name = cmd.name
         text = " ".join((*cmd.words, *args))
+        if name == "UNDO ALERT":  # answered once every worker has lifted the response
+            result = await cmd.run(caller, args)
+            result.notices += await self.hub.settled()
+            return result
         if name in LOCAL:
             return await cmd.run(caller, args)
         if name in ("RELOAD", "CREATE TENANT"):  # CREATE TENANT writes the config, then reloads it

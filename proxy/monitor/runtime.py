@@ -1,13 +1,16 @@
-"""The monitor of one serving process: folds the tally every interval, alerts, responds.
+"""The analysis of one proxy: folds the windows every interval, alerts, decides responses.
 
-Off the hot path: a periodic task drains the worker's :class:`Tally` (sessions add to it),
-adds the bytes each live session sent since the last fold, and runs the :class:`Engine`.
-Each finding becomes an :class:`Alert`: a signed ``alert`` audit record, a count in
-``tenantgate_alerts_total{detector,severity}``, a row of ``SHOW ALERTS``, a webhook POST when
-configured, and the detector's response when one is configured (throttle the user, pause the
-tenant, or end the user's sessions and refuse its logins), which lasts ``cooldown`` seconds
-and can be undone at once with ``UNDO ALERT <id>``. Responses and their end are audited too
-(kind ``alert``, ``details.event`` = alert | response | undo | expired).
+Off the hot path: a periodic task collects a :class:`Window` (in a single process, its own
+Signals' (signals.py); in a supervisor of ``[listen] workers`` > 1, every worker's, merged)
+and runs the :class:`Engine` over it: one Engine and one state file per proxy, whatever the
+number of workers. Each finding becomes an :class:`Alert`: a signed ``alert`` audit record, a
+count in ``tenantgate_alerts_total{detector,severity}``, a row of ``SHOW ALERTS``, a webhook
+POST when configured, and the detector's response when one is configured (throttle the user,
+pause the tenant, or end the user's sessions and refuse its logins), which lasts ``cooldown``
+seconds and can be undone at once with ``UNDO ALERT <id>``. Whenever the responses in force
+change, ``publish`` gets the whole list (the Signals of every serving process apply it).
+Responses and their end are audited too (kind ``alert``, ``details.event`` = alert | response |
+undo | expired | disabled).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -31,25 +34,14 @@ from tenantgate.config.monitoring import MonitoringSettings
 
 from .detectors import SEVERITIES, Finding
 from .engine import Engine
-from .tally import Bucket, Tally
+from .signals import Response
+from .tally import Window
 from .webhook import post_alert
 
 log = logging.getLogger("tenantgate.monitor")
 
 KEEP_ALERTS = 1000  # alerts SHOW ALERTS lists (the audit log keeps all of them)
 SAVE_EVERY = 60.0  # seconds between writes of the state file (and one at shutdown)
-
-
-class Host(Protocol):
-    """What the monitor needs of its serving process (proxy/process.py's Proxy)."""
-
-    sessions: Any
-    paused: set[str]
-
-    def record(self, event: AuditEvent) -> None: ...
-    def pause(self, tenant: str | None) -> None: ...
-    def resume(self, tenant: str | None) -> None: ...
-    def kill(self, clients: list[Any]) -> int: ...
 
 
 @dataclass
@@ -96,16 +88,16 @@ class _Counts(Collector):
 
 
 class Monitor:
-    def __init__(self, host: Host, settings: MonitoringSettings, registry: Any) -> None:
-        self.host = host
+    def __init__(self, settings: MonitoringSettings, registry: Any, record: Callable[[AuditEvent], None],
+                 publish: Callable[[list[Response]], None]) -> None:
         self.settings = settings
-        self.tally = Tally()
+        self.record = record  # the proxy's audit (a supervisor's goes to its AuditServer's chain)
+        self.publish = publish
         self.engine, self._next_id = self._load()
         self.alerts: deque[Alert] = deque(maxlen=KEEP_ALERTS)
-        self.blocked: dict[tuple[str | None, str], Alert] = {}  # logins refused until the alert's ``until``
-        self._sent: dict[int, int] = {}  # id(client) -> bytes_out already counted
         self._saved_at = 0.0
         self._tasks: set[asyncio.Task[bool]] = set()  # webhook posts in flight
+        self.registry = registry
         self.counter = _Counts()
         registry.register(self.counter)
 
@@ -138,40 +130,48 @@ class Monitor:
         except OSError as exc:
             log.error("monitoring state %s not written: %s", path, exc)
 
+    def configure(self, settings: MonitoringSettings) -> None:
+        """A reload: knobs, detectors, responses and webhook apply from the next fold. The learned
+        baselines stay; a new ``state_file`` that exists is loaded instead (one that does not is
+        where the current baselines are written from now on)."""
+        moved = settings.state_file != self.settings.state_file
+        if moved:
+            self.save()
+        self.settings = settings
+        if moved and settings.state_file is not None and os.path.exists(settings.state_file):
+            engine, next_id = self._load()
+            self.engine, self._next_id = engine, max(next_id, self._next_id)
+        self.engine.settings = settings  # the Engine reads its settings at every step
+        self._saved_at = 0.0  # written at the next fold
+
     # ------------------------------------------------------------------ the fold
 
-    async def run(self) -> None:
+    async def run(self, collect: Callable[[], Awaitable[Window]]) -> None:
         """Fold every interval until cancelled; the state is saved on the way out."""
         try:
             while True:
                 await asyncio.sleep(self.settings.interval)
                 try:
-                    self.fold(time.time())
+                    self.fold(time.time(), await collect())
                 except Exception:  # a bug in analysis must never take the data path down
                     log.exception("monitoring fold failed")
         finally:
             self.save()
 
-    def session_closed(self, client: Any) -> None:
-        """A session ends: the bytes it sent since the last fold still count."""
-        sent = self._sent.pop(id(client), 0)
-        if client.bytes_out > sent and client.user:
-            self.tally.user(client.tenant, client.user).bytes_out += client.bytes_out - sent
-
-    def fold(self, now: float) -> list[Alert]:
-        tally = self.tally
-        for client in list(self.host.sessions):
-            key = id(client)
-            sent = self._sent.get(key, 0)
-            if client.bytes_out > sent:
-                tally.user(client.tenant, client.user).bytes_out += client.bytes_out - sent
-                self._sent[key] = client.bytes_out
-        alerts = [self.alert(f, now) for f in self.engine.step(now, tally.drain())]
-        self._expire(now)
+    def fold(self, now: float, window: Window) -> list[Alert]:
+        alerts = [self.alert(f, now) for f in self.engine.step(now, window)]
+        expired = self._expire(now)
+        if expired or any(a.response != "none" for a in alerts):
+            self.publish(self.responses())
         if now - self._saved_at >= SAVE_EVERY:
             self._saved_at = now
             self.save()
         return alerts
+
+    def responses(self) -> list[Response]:
+        """The responses in force now (what every serving process must hold)."""
+        return [Response(a.id, a.response, a.finding.detector, a.finding.tenant, a.finding.user, a.until)
+                for a in self.alerts if a.until is not None and a.undone is None]
 
     # ------------------------------------------------------------------ alerts
 
@@ -198,7 +198,7 @@ class Monitor:
 
     def _record(self, event: str, alert: Alert, details: dict[str, object]) -> None:
         f = alert.finding
-        self.host.record(
+        self.record(
             AuditEvent(kind="alert", tenant=f.tenant, user=f.user, reason=f.detector,
                        details={"event": event, "id": alert.id, **details})
         )
@@ -206,20 +206,12 @@ class Monitor:
     # ------------------------------------------------------------------ responses
 
     def _respond(self, alert: Alert, action: str, now: float) -> None:
+        """Decide the response (the Signals that ``publish`` feeds carry it out)."""
         f = alert.finding
         if f.tenant is None if action == "pause_tenant" else f.user is None:
             return  # no tenant to pause (trusted users, logins across tenants), or no one user to act on
         alert.response = action
         alert.until = now + self.settings.detector(f.detector).cooldown
-        if action == "throttle":
-            assert f.user is not None
-            self.tally.user(f.tenant, f.user).throttle = Bucket(self.settings.throttle_rate)
-        elif action == "pause_tenant":
-            self.host.pause(f.tenant)
-        elif action == "block_user":
-            assert f.user is not None
-            self.blocked[(f.tenant, f.user)] = alert
-            self.host.kill([c for c in self.host.sessions if c.user == f.user and c.tenant == f.tenant])
         self._record("response", alert, {"action": action, "until": alert.until})
 
     def undo(self, alert_id: int, by: str) -> Alert:
@@ -228,35 +220,32 @@ class Monitor:
         if alert is None or alert.response == "none" or alert.undone is not None:
             raise KeyError(alert_id)
         self._end(alert, f"undo by {by}")
+        self.publish(self.responses())
         return alert
 
     def _end(self, alert: Alert, why: str) -> None:
-        f = alert.finding
         alert.undone = why
-        if alert.response == "throttle" and f.user is not None:
-            self.tally.user(f.tenant, f.user).throttle = None
-        elif alert.response == "pause_tenant":
-            self.host.resume(f.tenant)
-        elif alert.response == "block_user" and self.blocked.get((f.tenant, f.user or "")) is alert:
-            del self.blocked[(f.tenant, f.user or "")]
-        self._record("undo" if why.startswith("undo") else "expired", alert, {"action": alert.response, "by": why})
+        event = "undo" if why.startswith("undo") else why.split()[-1]  # expired | disabled
+        self._record(event, alert, {"action": alert.response, "by": why})
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float) -> bool:
+        ended = [a for a in self.alerts if a.until is not None and a.undone is None and now >= a.until]
+        for alert in ended:
+            self._end(alert, "expired")
+        return bool(ended)
+
+    def stop(self) -> None:
+        """A reload switched monitoring off: the responses in force end, the alert counter goes (a
+        new Monitor may register it again at once), the state is saved."""
         for alert in self.alerts:
-            if alert.until is not None and alert.undone is None and now >= alert.until:
-                self._end(alert, "expired")
-
-    def login_refusal(self, tenant: str | None, user: str) -> str | None:
-        """Why a login is refused (a block_user response holds), or None."""
-        alert = self.blocked.get((tenant, user))
-        if alert is None:
-            return None
-        assert alert.until is not None
-        ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(alert.until))
-        return (f"logins of user {user} are suspended by security monitoring until {ends} "
-                f"(alert {alert.id}, {alert.finding.detector})")
+            if alert.until is not None and alert.undone is None:
+                self._end(alert, "monitoring disabled")
+        self.publish([])
+        self.registry.unregister(self.counter)
+        self.save()
 
     async def close(self) -> None:
+        """Stop: webhook posts get a moment, the state is saved."""
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, 2.0)
