@@ -121,17 +121,21 @@ def worker_of(port: int, name: str) -> int:
 def one_per_worker(d: Deployment, user: str, workers: int = 2) -> dict[int, psycopg.Connection]:
     """A session of ``user`` on each worker: worker -> connection."""
     found: dict[int, psycopg.Connection] = {}
-    for n in range(40):
+    deadline = time.monotonic() + 30  # a worker the supervisor is restarting (back-off) joins late
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
         name = f"probe-{secrets.token_hex(4)}-{n}"
         conn = psycopg.connect(d.proxy.dsn(user, application_name=name), autocommit=True)
         worker = worker_of(d.admin, name)
         if worker in found:
             conn.close()
+            time.sleep(0.05)
             continue
         found[worker] = conn
         if len(found) == workers:
             return found
-    raise AssertionError(f"40 sessions did not reach every worker: {sorted(found)}")
+    raise AssertionError(f"{n} sessions in 30 s did not reach every worker: {sorted(found)}")
 
 
 def ended(conn: psycopg.Connection, timeout: float = 5.0) -> bool:
@@ -217,14 +221,15 @@ def test_one_state_file_survives_a_supervisor_restart(dep: Deployment) -> None:
     state = dep.tmp / "monitor-state.json"
     assert state.exists() and not list(dep.tmp.glob("monitor-state.json.worker-*"))
     before = {(t, u): m for t, u, m in json.loads(state.read_text())["users"]}
-    assert {("acme", "carol"), ("acme", "dave")} <= set(before)
+    learned = [key for key in before if key in (("acme", "carol"), ("acme", "dave"))]  # carol: an earlier test's
+    assert ("acme", "dave") in learned, sorted(before)
     restarted = time.time()
     dep.proxy = dep.start(MONITORING.format(minimum=MINIMUM))
     deadline = time.monotonic() + 10
     while (not state.exists() or state.stat().st_mtime < restarted) and time.monotonic() < deadline:
         time.sleep(0.1)  # the first fold writes the state: from the engine the file was loaded into
     after = {(t, u): m for t, u, m in json.loads(state.read_text())["users"]}
-    for key in (("acme", "carol"), ("acme", "dave")):  # what was learned before the restart, not afresh
+    for key in learned:  # what was learned before the restart, not afresh
         assert after[key]["first_seen"] == before[key]["first_seen"]
         assert after[key]["series"] == before[key]["series"]
     normal(dep.proxy, "erin")  # alert ids go on from the persisted counter
