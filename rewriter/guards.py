@@ -74,9 +74,9 @@ def is_harmless(cond: AstNode) -> bool:
         return False
     names = [n.sval for n in cond.name or () if isinstance(n, ast.String)]
     if cond.kind in (_K.AEXPR_OP, _K.AEXPR_OP_ANY, _K.AEXPR_OP_ALL, _K.AEXPR_DISTINCT, _K.AEXPR_NOT_DISTINCT):
-        if cond.kind in (_K.AEXPR_DISTINCT, _K.AEXPR_NOT_DISTINCT) or names[-1:] and names[-1] in _COMPARISONS:
-            return len(names) <= 1 and _operand(cond.lexpr) and _operand(cond.rexpr)
-        return False
+        comparison = cond.kind in (_K.AEXPR_DISTINCT, _K.AEXPR_NOT_DISTINCT) or (
+            len(names) == 1 and names[0] in _COMPARISONS)
+        return comparison and _operand(cond.lexpr) and _operand(cond.rexpr)
     if cond.kind in _PATTERN_KINDS:  # a pattern from a row could be malformed: only a constant one
         return _operand(cond.lexpr) and _value(cond.rexpr)
     if cond.kind in _LIST_KINDS:
