@@ -61,8 +61,10 @@ def is_harmless(cond: AstNode) -> bool:
     ...                  "note LIKE 'a%'", "id BETWEEN 1 AND 3", "id = ANY($1)", "x IS DISTINCT FROM y")]
     [True, True, True, True, True, True, True, True]
     >>> [ok(c) for c in ("note::int = 1", "1 / id = 1", "lower(x) = 'a'", "'a' LIKE note",
-    ...                  "CASE WHEN x THEN true END", "EXISTS (SELECT 1)", "x = (SELECT 1)")]
+    ...                  "CASE WHEN x THEN true END", "x = (SELECT 1)", "lower(x) IN (SELECT y FROM t)")]
     [False, False, False, False, False, False, False]
+    >>> [ok(c) for c in ("EXISTS (SELECT 1 FROM t)", "id IN (SELECT id FROM t)", "(a, b) NOT IN (SELECT 1, 2)")]
+    [True, True, True]
     """
     if isinstance(cond, ast.BoolExpr):
         return all(is_harmless(arg) for arg in cond.args or ())
@@ -70,6 +72,8 @@ def is_harmless(cond: AstNode) -> bool:
         return _operand(cond.arg)
     if isinstance(cond, ast.ColumnRef) or _value(cond):
         return True
+    if isinstance(cond, ast.SubLink):
+        return _harmless_sublink(cond)
     if not isinstance(cond, ast.A_Expr):
         return False
     names = [n.sval for n in cond.name or () if isinstance(n, ast.String)]
@@ -83,6 +87,25 @@ def is_harmless(cond: AstNode) -> bool:
         items = cond.rexpr if isinstance(cond.rexpr, tuple | list) else (cond.rexpr,)
         return _operand(cond.lexpr) and all(_operand(item) for item in items)
     return False
+
+
+_SUBLINKS = frozenset({enums.SubLinkType.EXISTS_SUBLINK, enums.SubLinkType.ANY_SUBLINK,
+                       enums.SubLinkType.ALL_SUBLINK})
+
+
+def _harmless_sublink(link: AstNode) -> bool:
+    """EXISTS (...), col IN (SELECT ...), col = ANY (SELECT ...): the subquery is a query level of
+    its own (its tables scoped, its conditions guarded); the planner makes it a semi-join, or a
+    SubPlan costing at least a tuple's processing (more than the tenant predicate's one operator,
+    which therefore runs first). Kept unguarded, so the semi-join stays possible."""
+    if link.subLinkType not in _SUBLINKS:
+        return False
+    if link.subLinkType == enums.SubLinkType.EXISTS_SUBLINK:
+        return True
+    names = [n.sval for n in link.operName or () if isinstance(n, ast.String)]
+    left = link.testexpr.args if isinstance(link.testexpr, ast.RowExpr) else (link.testexpr,)
+    return (not names or names == ["="] or (len(names) == 1 and names[0] in _COMPARISONS)) and all(
+        _operand(x) for x in left or ())
 
 
 def _case(when: AstNode, then: AstNode) -> AstNode:
@@ -106,6 +129,16 @@ _ALWAYS = ast.NullTest(arg=ast.FuncCall(funcname=(ast.String(sval="count"),), ag
                        nulltesttype=enums.NullTestType.IS_NOT_NULL)
 
 
+# Aggregates a HAVING term is known to call (it then stays in HAVING); any other is guarded.
+_AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "array_agg",
+                         "string_agg", "json_agg", "jsonb_agg", "stddev", "variance", "bit_and", "bit_or"})
+
+
+def _aggregates(term: AstNode) -> bool:
+    return any(isinstance(n, ast.FuncCall) and n.over is None and (
+        n.agg_star or [f.sval for f in n.funcname][-1] in _AGGREGATES) for n in _walk(term))
+
+
 def guarded_having(cond: AstNode) -> AstNode:
     """HAVING terms without an aggregate become WHERE conditions in the planner: each that is not
     harmless gets one (``count(*) IS NOT NULL``, always true), so it runs on groups of the
@@ -113,15 +146,16 @@ def guarded_having(cond: AstNode) -> AstNode:
 
     >>> import pglast
     >>> from .transforms import deparse
-    >>> deparse(guarded_having(pglast.parse_sql("SELECT 1 HAVING a = 1 AND b::int = 1")[0].stmt.havingClause))
-    'a = 1 AND CASE WHEN count(*) IS NOT NULL THEN CAST(b AS integer) = 1 END'
+    >>> having = pglast.parse_sql("SELECT 1 HAVING a = 1 AND b::int = 1 AND sum(c) > 1")[0].stmt.havingClause
+    >>> deparse(guarded_having(having))
+    'a = 1 AND CASE WHEN count(*) IS NOT NULL THEN CAST(b AS integer) = 1 END AND sum(c) > 1'
     """
     if cond is None:
         return cond
     terms = conjuncts(cond)
-    if all(is_harmless(t) for t in terms):
+    if all(is_harmless(t) or _aggregates(t) for t in terms):
         return cond
-    out = tuple(t if is_harmless(t) else _case(copy.deepcopy(_ALWAYS), t) for t in terms)
+    out = tuple(t if is_harmless(t) or _aggregates(t) else _case(copy.deepcopy(_ALWAYS), t) for t in terms)
     return out[0] if len(out) == 1 else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=out)
 
 
