@@ -135,8 +135,12 @@ _AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "bool_and", "bool_
 
 
 def _aggregates(term: AstNode) -> bool:
-    return any(isinstance(n, ast.FuncCall) and n.over is None and (
-        n.agg_star or [f.sval for f in n.funcname][-1] in _AGGREGATES) for n in _walk(term))
+    for node in _walk(term):
+        if isinstance(node, ast.FuncCall) and node.over is None:
+            names = [f.sval for f in node.funcname or ()]
+            if node.agg_star or (names[-1:] and names[-1] in _AGGREGATES):
+                return True
+    return False
 
 
 def guarded_having(cond: AstNode) -> AstNode:
