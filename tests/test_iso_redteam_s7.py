@@ -73,6 +73,11 @@ def reads(probe: str) -> dict[str, tuple[str, list[tuple[Any, ...]]]]:
         "exists": (f"SELECT count(*) FROM countries c WHERE EXISTS (SELECT 1 FROM ledger l WHERE {lcond})", [(2,)]),
         "in_subquery": (f"SELECT count(*) FROM countries c WHERE 1 IN (SELECT id FROM ledger l WHERE {lcond})",
                         [(2,)]),
+        "alias_columns": (f"SELECT count(*) FROM ledger AS l(t, i, note, flag) WHERE {lcond}", [(2,)]),
+        "full_join": (f"SELECT count(*) FROM ledger a FULL JOIN ledger l ON a.id = l.id WHERE {lcond}", [(2,)]),
+        "tablesample": (f"SELECT count(*) FROM ledger TABLESAMPLE SYSTEM (100) WHERE {cond}", [(2,)]),
+        "in_testexpr": (f"SELECT count(*) FROM ledger WHERE ({cond}) IN (SELECT true)", [(2,)]),
+        "not_in_testexpr": (f"SELECT count(*) FROM ledger WHERE ({cond}) NOT IN (SELECT false)", [(2,)]),
         "having": (f"SELECT note, flag FROM ledger GROUP BY note, flag HAVING {cond} ORDER BY 1", [("1", False),
                                                                                                   ("2", False)]),
     }
