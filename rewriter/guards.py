@@ -89,6 +89,20 @@ def is_harmless(cond: AstNode) -> bool:
     return False
 
 
+def or_null(predicate: AstNode) -> AstNode:
+    """``alias.col = 'acme' OR alias.col IS NULL``: a guard for a table on the nullable side of an
+    outer join (its predicate is in that join's ON), true on its rows and on the NULLs it is
+    padded with; a non-strict CASE over it keeps PostgreSQL from turning the join into an inner one.
+
+    >>> from .transforms import deparse, tenant_predicate
+    >>> deparse(or_null(tenant_predicate("l", "tenant_id", "acme")))
+    "l.tenant_id = 'acme' OR l.tenant_id IS NULL"
+    """
+    return ast.BoolExpr(boolop=enums.BoolExprType.OR_EXPR, args=(
+        copy.deepcopy(predicate),
+        ast.NullTest(arg=copy.deepcopy(predicate.lexpr), nulltesttype=enums.NullTestType.IS_NULL)))
+
+
 _SUBLINKS = frozenset({enums.SubLinkType.EXISTS_SUBLINK, enums.SubLinkType.ANY_SUBLINK,
                        enums.SubLinkType.ALL_SUBLINK})
 

@@ -116,6 +116,8 @@ class Scoper:
         self._mask = False  # the statement may read masked catalog columns (sidechannels.reads_masked_columns)
         self._fence = False  # derived tables and CTEs holding scoped tables are fenced (guards.needs_fence)
         self._scoped = 0  # scoped table references resolved so far (did a subquery hold one?)
+        # predicates in the ONs of this query level's outer joins (their tables are nullable here)
+        self._nullable: list[AstNode] = []
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -307,14 +309,16 @@ class Scoper:
                 self.select(sel.larg)
                 self.select(sel.rarg)
             predicates: list[AstNode] = []
-            before = self._scoped
+            before, outer, self._nullable = self._scoped, self._nullable, []
             if sel.fromClause:
                 sel.fromClause = tuple(self.from_item(item, predicates) for item in sel.fromClause)
+            guard = [*predicates, *map(guards.or_null, self._nullable)]
+            self._nullable = outer
             for part in (sel.valuesLists, sel.targetList, sel.whereClause, sel.groupClause,
                          sel.havingClause, sel.windowClause, sel.sortClause, sel.limitOffset,
                          sel.limitCount, sel.distinctClause):
                 self.expr(part)
-            sel.whereClause = and_predicates(predicates, guards.guarded(sel.whereClause, predicates))
+            sel.whereClause = and_predicates(predicates, guards.guarded(sel.whereClause, guard))
             if self._scoped > before:
                 sel.havingClause = guards.guarded_having(sel.havingClause)
             # FOR UPDATE OF names FROM items (aliases), never tables: nothing to scope there.
@@ -330,13 +334,18 @@ class Scoper:
             return self.range_var(item, where)
         if isinstance(item, ast.JoinExpr):
             left, right, on = self._join_targets(item, where)
-            mark = len(where) if where is not None else 0
+            mark, nullable = (len(where) if where is not None else 0), len(self._nullable)
             item.larg = self.from_item(item.larg, left)
             item.rarg = self.from_item(item.rarg, right)
             self.expr(item.quals)
             # the ON runs where the predicates of this join's tables hold (the outer ones further up)
-            guard = [*(where[mark:] if where is not None else ()), *on]
+            guard = [*(where[mark:] if where is not None else ()), *on,
+                     *map(guards.or_null, self._nullable[nullable:])]
             item.quals = and_predicates(on, guards.guarded(item.quals, guard))
+            if item.alias is not None:  # its tables are hidden from the level behind the alias
+                del self._nullable[nullable:]
+            else:
+                self._nullable.extend(on)
             return item
         if isinstance(item, ast.RangeSubselect):
             before = self._scoped
@@ -480,10 +489,12 @@ class Scoper:
         """UPDATE's FROM or DELETE's USING items scoped (in order, before WHERE and RETURNING are
         walked), and the WHERE given the target's tenant predicate and the items' predicates."""
         predicates: list[AstNode] = []
+        outer, self._nullable = self._nullable, []
         scoped = tuple(self.from_item(item, predicates) for item in items) if items else items
+        guard = [*predicates, *map(guards.or_null, self._nullable), *self._own_predicate(rel, qualifier)]
+        self._nullable = outer
         self.expr(stmt.whereClause)
         self.expr(stmt.returningClause)
-        guard = [*predicates, *self._own_predicate(rel, qualifier)]
         where = and_predicates(predicates, guards.guarded(stmt.whereClause, guard))
         stmt.whereClause = self._scoped_where(where, rel, qualifier)
         return scoped

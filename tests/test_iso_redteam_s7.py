@@ -73,6 +73,8 @@ def reads(probe: str) -> dict[str, tuple[str, list[tuple[Any, ...]]]]:
         "exists": (f"SELECT count(*) FROM countries c WHERE EXISTS (SELECT 1 FROM ledger l WHERE {lcond})", [(2,)]),
         "in_subquery": (f"SELECT count(*) FROM countries c WHERE 1 IN (SELECT id FROM ledger l WHERE {lcond})",
                         [(2,)]),
+        "nested_join_on": (f"SELECT count(*) FROM (countries c LEFT JOIN ledger l ON l.id = 1) "
+                           f"JOIN countries d ON {lcond}", [(4,)]),
         "alias_columns": (f"SELECT count(*) FROM ledger AS l(t, i, note, flag) WHERE {lcond}", [(2,)]),
         "full_join": (f"SELECT count(*) FROM ledger a FULL JOIN ledger l ON a.id = l.id WHERE {lcond}", [(2,)]),
         "tablesample": (f"SELECT count(*) FROM ledger TABLESAMPLE SYSTEM (100) WHERE {cond}", [(2,)]),
@@ -91,6 +93,8 @@ CASTS = {
     "derived_cast_join": ("SELECT s.n FROM countries c JOIN (SELECT note::int AS n FROM ledger) s ON s.n = 1 "
                           "WHERE c.code = 'de'", [(1,)]),
     "union_cast": ("SELECT n FROM (SELECT note::int AS n FROM ledger UNION ALL SELECT 5) s WHERE n = 1", [(1,)]),
+    "left_join_strict": ("SELECT count(*) FROM countries c LEFT JOIN ledger l ON l.id = 1 "
+                         "WHERE (10 / (l.id - 400)) IS NOT NULL", [(2,)]),
     "where_cast": ("SELECT id FROM ledger WHERE note::int = 1", [(1,)]),
     "lateral_cast": ("SELECT x.n FROM countries c, LATERAL (SELECT note::int AS n FROM ledger) x "
                      "WHERE x.n = 2 AND c.code = 'fr'", [(2,)]),
