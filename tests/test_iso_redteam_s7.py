@@ -71,6 +71,8 @@ def reads(probe: str) -> dict[str, tuple[str, list[tuple[Any, ...]]]]:
                   f"WHERE {lcond}", [(4,)]),
         "lateral": (f"SELECT count(*) FROM countries c, LATERAL (SELECT * FROM ledger) l WHERE {lcond}", [(4,)]),
         "exists": (f"SELECT count(*) FROM countries c WHERE EXISTS (SELECT 1 FROM ledger l WHERE {lcond})", [(2,)]),
+        "exists_correlated": (f"SELECT count(*) FROM ledger l WHERE EXISTS (SELECT 1 WHERE {lcond})", [(2,)]),
+        "in_correlated": (f"SELECT count(*) FROM ledger l WHERE true IN (SELECT {lcond})", [(2,)]),
         "in_subquery": (f"SELECT count(*) FROM countries c WHERE 1 IN (SELECT id FROM ledger l WHERE {lcond})",
                         [(2,)]),
         "nested_join_on": (f"SELECT count(*) FROM (countries c LEFT JOIN ledger l ON l.id = 1) "
