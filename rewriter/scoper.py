@@ -26,7 +26,7 @@ from typing import Any
 
 from pglast import ast, enums
 
-from . import channels
+from . import channels, guards
 from . import sidechannels as side
 from .catalog import function_denial, operator_denial
 from .classify import discard_kind, refusal, transaction_kind
@@ -114,6 +114,10 @@ class Scoper:
         self._deferred = False  # inside PREPARE or DECLARE: functions run later, at EXECUTE or FETCH
         self.changes = Changes(policy.search_path)
         self._mask = False  # the statement may read masked catalog columns (sidechannels.reads_masked_columns)
+        self._fence = False  # derived tables and CTEs holding scoped tables are fenced (guards.needs_fence)
+        self._scoped = 0  # scoped table references resolved so far (did a subquery hold one?)
+        # predicates in the ONs of this query level's outer joins (their tables are nullable here)
+        self._nullable: list[AstNode] = []
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class Scoper:
         self.modified = False
         self.changes.begin()
         self._mask = side.reads_masked_columns(stmt)
+        self._fence = guards.needs_fence(stmt)
         name = type(stmt).__name__
         if name in DML:
             self.dml(stmt)
@@ -286,7 +291,10 @@ class Scoper:
             yield
 
     def _cte_body(self, cte: AstNode) -> None:
+        before = self._scoped
         self.dml(cte.ctequery)
+        if self._fence and self._scoped > before:
+            guards.fence_cte(cte)
         self.expr(cte.search_clause)
         self.expr(cte.cycle_clause)
 
@@ -301,13 +309,18 @@ class Scoper:
                 self.select(sel.larg)
                 self.select(sel.rarg)
             predicates: list[AstNode] = []
+            before, outer, self._nullable = self._scoped, self._nullable, []
             if sel.fromClause:
                 sel.fromClause = tuple(self.from_item(item, predicates) for item in sel.fromClause)
+            guard = [*predicates, *map(guards.or_null, self._nullable)]
+            self._nullable = outer
             for part in (sel.valuesLists, sel.targetList, sel.whereClause, sel.groupClause,
                          sel.havingClause, sel.windowClause, sel.sortClause, sel.limitOffset,
                          sel.limitCount, sel.distinctClause):
                 self.expr(part)
-            sel.whereClause = and_predicates(predicates, sel.whereClause)
+            sel.whereClause = and_predicates(predicates, guards.guarded(sel.whereClause, guard))
+            if self._scoped > before:
+                sel.havingClause = guards.guarded_having(sel.havingClause)
             # FOR UPDATE OF names FROM items (aliases), never tables: nothing to scope there.
             for clause in sel.lockingClause or ():
                 if not isinstance(clause, ast.LockingClause):
@@ -321,13 +334,24 @@ class Scoper:
             return self.range_var(item, where)
         if isinstance(item, ast.JoinExpr):
             left, right, on = self._join_targets(item, where)
+            mark, nullable = (len(where) if where is not None else 0), len(self._nullable)
             item.larg = self.from_item(item.larg, left)
             item.rarg = self.from_item(item.rarg, right)
             self.expr(item.quals)
-            item.quals = and_predicates(on, item.quals)
+            # the ON runs where the predicates of this join's tables hold (the outer ones further up)
+            guard = [*(where[mark:] if where is not None else ()), *on,
+                     *map(guards.or_null, self._nullable[nullable:])]
+            item.quals = and_predicates(on, guards.guarded(item.quals, guard))
+            if item.alias is not None:  # its tables are hidden from the level behind the alias
+                del self._nullable[nullable:]
+            else:
+                self._nullable.extend(on)
             return item
         if isinstance(item, ast.RangeSubselect):
+            before = self._scoped
             self.dml(item.subquery)
+            if self._fence and self._scoped > before:
+                guards.fence_subquery(item.subquery)
             return item
         if isinstance(item, ast.RangeFunction):
             self.expr(item.functions)
@@ -342,7 +366,7 @@ class Scoper:
                 if relation.kind == "scoped":
                     self.modified = True
                     if where is None or not injectable(rv):
-                        return scope_range_var(rv, relation, self.tenant, sample=item)
+                        return self._wrapped(scope_range_var(rv, relation, self.tenant, sample=item))
                     where.append(tenant_predicate(exposed_name(rv), str(relation.column), self.tenant))
                     qualify(rv, relation.schema)
                     return item
@@ -387,6 +411,7 @@ class Scoper:
             raise unsupported("a database-qualified table name")
         rel = self.policy.resolve(rv.schemaname, rv.relname)
         self.relations.add((rel.schema, rel.name))
+        self._scoped += rel.kind == "scoped"
         if rel.kind == "foreign":
             raise Refused("42501", f"table {rel.schema}.{rel.name} is outside this tenant's schema "
                           f"{self.policy.home}", "other_schema")
@@ -403,7 +428,7 @@ class Scoper:
         if rel.kind == "scoped":
             self.modified = True
             if where is None or not injectable(rv):
-                return scope_range_var(rv, rel, self.tenant)
+                return self._wrapped(scope_range_var(rv, rel, self.tenant))
             where.append(tenant_predicate(exposed_name(rv), str(rel.column), self.tenant))
             return qualify(rv, rel.schema)
         if rel.masked and self._mask:  # catalog columns counting other tenants' rows are masked
@@ -413,6 +438,11 @@ class Scoper:
             self.modified = True
             return qualify(rv, rel.schema)
         return rv
+
+    def _wrapped(self, wrapper: AstNode) -> AstNode:
+        if self._fence:
+            guards.fence_subquery(wrapper.subquery)
+        return wrapper
 
     def target(self, rv: AstNode, verb: str) -> tuple[Relation, str]:
         """The table an INSERT/UPDATE/DELETE/MERGE writes (never a CTE): must be scoped."""
@@ -459,11 +489,18 @@ class Scoper:
         """UPDATE's FROM or DELETE's USING items scoped (in order, before WHERE and RETURNING are
         walked), and the WHERE given the target's tenant predicate and the items' predicates."""
         predicates: list[AstNode] = []
+        outer, self._nullable = self._nullable, []
         scoped = tuple(self.from_item(item, predicates) for item in items) if items else items
+        guard = [*predicates, *map(guards.or_null, self._nullable), *self._own_predicate(rel, qualifier)]
+        self._nullable = outer
         self.expr(stmt.whereClause)
         self.expr(stmt.returningClause)
-        stmt.whereClause = self._scoped_where(and_predicates(predicates, stmt.whereClause), rel, qualifier)
+        where = and_predicates(predicates, guards.guarded(stmt.whereClause, guard))
+        stmt.whereClause = self._scoped_where(where, rel, qualifier)
         return scoped
+
+    def _own_predicate(self, rel: Relation, qualifier: str) -> list[AstNode]:
+        return [] if rel.kind == "owned" else [tenant_predicate(qualifier, str(rel.column), self.tenant)]
 
     def _scoped_where(self, where: AstNode, rel: Relation, qualifier: str) -> AstNode:
         """WHERE (or ON) with the tenant predicate first; a schema-tier tenant's own table needs none."""
@@ -566,7 +603,8 @@ class Scoper:
             clause.targetList = self._tenant_assignments(clause.targetList, rel)
             self.expr(clause.whereClause)
             # DO UPDATE may meet another tenant's row (a unique key without the tenant column).
-            clause.whereClause = self._scoped_where(clause.whereClause, rel, qualifier)
+            where = guards.guarded(clause.whereClause, self._own_predicate(rel, qualifier))
+            clause.whereClause = self._scoped_where(where, rel, qualifier)
 
     def merge(self, stmt: AstNode) -> None:
         with self.with_clause(stmt.withClause):
@@ -581,7 +619,7 @@ class Scoper:
                 self.expr(stmt.returningClause)
                 return
             predicate = tenant_predicate(qualifier, column, self.tenant)
-            stmt.joinCondition = and_predicate(stmt.joinCondition, predicate)
+            stmt.joinCondition = and_predicate(guards.guarded(stmt.joinCondition, [predicate]), predicate)
             kinds = enums.MergeMatchKind
             for clause in stmt.mergeWhenClauses:
                 self.expr(clause.condition)

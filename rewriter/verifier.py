@@ -35,6 +35,7 @@ from . import sidechannels as side
 from .catalog import function_denial, operator_denial
 from .channels import channel_prefix
 from .errors import Refused
+from .guards import fence_subquery
 from .policy import Policy, Relation
 from .scope import CteScope
 from .settings import Changes
@@ -233,7 +234,10 @@ class _Checker:
             return False
         if sample is not None:
             self.walk((sample.args, sample.repeatable))
-        return deparse(sub) == deparse(scoped_select(rel, self.tenant, inherit=bool(rv.inh), sample=sample))
+        form = scoped_select(rel, self.tenant, inherit=bool(rv.inh), sample=sample)
+        if sub.limitOffset is not None:  # fenced (guards.fence_subquery): the same rows
+            fence_subquery(form)
+        return deparse(sub) == deparse(form)
 
     def _v_RangeVar(self, node: AstNode) -> None:
         """A relation outside any scoped form: only CTEs, reference tables and allowed catalogs."""
