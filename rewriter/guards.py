@@ -213,3 +213,22 @@ def fence_subquery(query: AstNode) -> None:
 def fence_cte(cte: AstNode) -> None:
     if isinstance(cte.ctequery, ast.SelectStmt):
         cte.ctematerialized = enums.CTEMaterialize.CTEMaterializeAlways
+
+
+def fence_join(join: AstNode) -> AstNode:
+    """An aliased join inside a fenced subquery that shows the same columns under the same name:
+    behind the alias an outer condition cannot name the tables' tenant columns to be guarded, so
+    it must not reach their scans. The join keeps its alias inside (and with it the verified form
+    of its ON); LATERAL keeps the FROM items before it in reach of whatever the join referred to.
+
+    >>> import pglast
+    >>> from .transforms import deparse
+    >>> sel = pglast.parse_sql("SELECT 1 FROM (a JOIN b ON a.id = b.id) AS j(x)")[0].stmt
+    >>> deparse(fence_join(sel.fromClause[0]))
+    'LATERAL (SELECT * FROM (a INNER JOIN b ON a.id = b.id) AS j (x) OFFSET 0) AS j'
+    """
+    star = ast.ResTarget(val=ast.ColumnRef(fields=(ast.A_Star(),)))
+    query = ast.SelectStmt(targetList=(star,), fromClause=(join,), limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+                           op=enums.SetOperation.SETOP_NONE)
+    fence_subquery(query)
+    return ast.RangeSubselect(lateral=True, subquery=query, alias=ast.Alias(aliasname=join.alias.aliasname))

@@ -334,7 +334,7 @@ class Scoper:
             return self.range_var(item, where)
         if isinstance(item, ast.JoinExpr):
             left, right, on = self._join_targets(item, where)
-            mark, nullable = (len(where) if where is not None else 0), len(self._nullable)
+            mark, nullable, before = (len(where) if where is not None else 0), len(self._nullable), self._scoped
             item.larg = self.from_item(item.larg, left)
             item.rarg = self.from_item(item.rarg, right)
             self.expr(item.quals)
@@ -344,6 +344,8 @@ class Scoper:
             item.quals = and_predicates(on, guards.guarded(item.quals, guard))
             if item.alias is not None:  # its tables are hidden from the level behind the alias
                 del self._nullable[nullable:]
+                if self._fence and self._scoped > before:  # no guard can name them: fence them
+                    return guards.fence_join(item)
             else:
                 self._nullable.extend(on)
             return item

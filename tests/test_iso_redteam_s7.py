@@ -54,6 +54,7 @@ def reads(probe: str) -> dict[str, tuple[str, list[tuple[Any, ...]]]]:
     """Reading statements and acme's answer."""
     cond = f"CASE WHEN {probe} THEN {BOOM} ELSE true END"
     lcond = cond.replace("note", "l.note").replace("flag", "l.flag")
+    jcond = cond.replace("note", "j.note").replace("flag", "j.flag")  # behind a join's alias
     return {
         "where": (f"SELECT count(*) FROM ledger WHERE {cond}", [(2,)]),
         "where_and": (f"SELECT id FROM ledger WHERE id > 0 AND {cond} ORDER BY id", [(1,), (2,)]),
@@ -78,6 +79,9 @@ def reads(probe: str) -> dict[str, tuple[str, list[tuple[Any, ...]]]]:
         "nested_join_on": (f"SELECT count(*) FROM (countries c LEFT JOIN ledger l ON l.id = 1) "
                            f"JOIN countries d ON {lcond}", [(4,)]),
         "alias_columns": (f"SELECT count(*) FROM ledger AS l(t, i, note, flag) WHERE {lcond}", [(2,)]),
+        "join_alias_inner": (f"SELECT count(*) FROM (countries c JOIN ledger l ON true) AS j WHERE {jcond}", [(4,)]),
+        "join_alias_left": (f"SELECT count(*) FROM (countries c LEFT JOIN ledger l ON true) AS j WHERE {jcond}",
+                            [(4,)]),
         "full_join": (f"SELECT count(*) FROM ledger a FULL JOIN ledger l ON a.id = l.id WHERE {lcond}", [(2,)]),
         "tablesample": (f"SELECT count(*) FROM ledger TABLESAMPLE SYSTEM (100) WHERE {cond}", [(2,)]),
         "in_testexpr": (f"SELECT count(*) FROM ledger WHERE ({cond}) IN (SELECT true)", [(2,)]),
