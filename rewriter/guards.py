@@ -30,7 +30,7 @@ from typing import Any
 
 from pglast import ast, enums
 
-from .transforms import conjuncts, node_fields
+from .transforms import conjuncts, walk_nodes
 
 AstNode = Any
 
@@ -128,7 +128,7 @@ _AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "bool_and", "bool_
 
 
 def _aggregates(term: AstNode) -> bool:
-    for node in _walk(term):
+    for node in walk_nodes(term):
         if isinstance(node, ast.FuncCall) and node.over is None:
             names = [f.sval for f in node.funcname or ()]
             if node.agg_star or (names[-1:] and names[-1] in _AGGREGATES):
@@ -156,16 +156,6 @@ def guarded_having(cond: AstNode) -> AstNode:
     return out[0] if len(out) == 1 else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=out)
 
 
-def _walk(node: object) -> Any:
-    if isinstance(node, tuple | list):
-        for item in node:
-            yield from _walk(item)
-    elif isinstance(node, ast.Node):
-        yield node
-        for field in node_fields(node):
-            yield from _walk(getattr(node, field))
-
-
 def _computed(targets: AstNode) -> bool:
     """A target list with a value computed from a row (pulled up, it may run before the filter)."""
     for target in targets or ():
@@ -186,7 +176,7 @@ def needs_fence(stmt: AstNode) -> bool:
     >>> fence("SELECT * FROM (SELECT n::int AS n FROM o) s WHERE n = 1")
     True
     """
-    for node in _walk(stmt):
+    for node in walk_nodes(stmt):
         conds: tuple[AstNode, ...] = ()
         if isinstance(node, ast.SelectStmt | ast.UpdateStmt | ast.DeleteStmt):
             conds = (node.whereClause, getattr(node, "havingClause", None))
@@ -199,7 +189,7 @@ def needs_fence(stmt: AstNode) -> bool:
         if isinstance(node, ast.RangeSubselect | ast.CommonTableExpr):
             query = node.subquery if isinstance(node, ast.RangeSubselect) else node.ctequery
             if isinstance(query, ast.SelectStmt) and any(
-                    isinstance(s, ast.SelectStmt) and _computed(s.targetList) for s in _walk(query)):
+                    isinstance(s, ast.SelectStmt) and _computed(s.targetList) for s in walk_nodes(query)):
                 return True
     return False
 

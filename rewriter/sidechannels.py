@@ -12,7 +12,6 @@ from other tenants' volume and activity (catalog estimates, plans, lock and tran
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pglast
@@ -21,7 +20,7 @@ from pglast import ast, enums
 from .errors import Refused
 from .policy import Relation
 from .settings import type_names
-from .transforms import deparse, node_fields, string_literal
+from .transforms import deparse, node_fields, string_literal, walk_nodes
 
 # pglast's stubs mark every node field Optional; the walkers check shapes at run time.
 AstNode = Any
@@ -183,16 +182,6 @@ def is_timestamp_age(args: AstNode) -> bool:
     return isinstance(cast, ast.TypeCast) and type_names(cast) == ["pg_catalog", "timestamptz"]
 
 
-def _nodes(node: object) -> Iterator[AstNode]:
-    if isinstance(node, tuple | list):
-        for item in node:
-            yield from _nodes(item)
-    elif isinstance(node, ast.Node):
-        yield node
-        for field in node_fields(node):
-            yield from _nodes(getattr(node, field))
-
-
 def reads_masked_columns(stmt: AstNode) -> bool:
     """Could the statement read a masked column of a masked catalog relation? Conservatively yes
     when it names one anywhere, uses ``*`` in a query level that reads pg_class, a whole-row
@@ -214,7 +203,7 @@ def reads_masked_columns(stmt: AstNode) -> bool:
     [True, True, True, True, True, True, True, True, True, True]
     """
     aliases = {"pg_class"}
-    for node in _nodes(stmt):
+    for node in walk_nodes(stmt):
         if isinstance(node, ast.RangeVar) and (node.schemaname, node.relname) in _MASKED_BY_NAME:
             aliases.add(str(node.relname))
             if node.alias is not None:
@@ -242,7 +231,7 @@ def _reads(node: object, level: AstNode, aliases: frozenset[str]) -> bool:
         if fields and isinstance(fields[-1], ast.A_Star):
             if not names:  # a bare *: this level's FROM items
                 return any(isinstance(n, ast.RangeVar) and (n.schemaname, n.relname) in _MASKED_BY_NAME
-                           for n in _nodes(level))
+                           for n in walk_nodes(level))
             return names[-1] in aliases
         return bool(names) and (names[-1] in MASKED_COLUMNS or (len(names) == 1 and names[0] in aliases))
     if isinstance(node, ast.A_Star):  # (row).* and the like

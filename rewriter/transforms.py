@@ -6,6 +6,7 @@ example of the SQL before and after.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from pglast import ast, enums, parse_sql, parser
@@ -337,6 +338,17 @@ def _has_star(select: AstNode) -> bool:
 def node_fields(node: AstNode) -> tuple[str, ...]:
     """The field names of a pglast node."""
     return tuple(type(node).__slots__)
+
+
+def walk_nodes(node: object) -> Iterator[AstNode]:
+    """Every pglast node in ``node`` (a node, or a tuple/list of them), depth first, itself first."""
+    if isinstance(node, tuple | list):
+        for item in node:
+            yield from walk_nodes(item)
+    elif isinstance(node, ast.Node):
+        yield node
+        for field in node_fields(node):
+            yield from walk_nodes(getattr(node, field))
 
 
 def select_with_tenant(source: AstNode, index: int | None, width: int,
