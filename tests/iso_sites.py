@@ -55,13 +55,15 @@ def install_rls(proxy: ProxyProcess, backend: Backend) -> None:
 
 @pytest.fixture(scope="module")
 def iso_backends(pg: PgServer, request: pytest.FixtureRequest) -> dict[bool, Backend]:
-    """One database without RLS and one with it (installed once a proxy's config exists)."""
+    """One database without RLS and one with it (installed once a proxy's config exists), holding
+    the test module's own ``SCHEMA`` when it has one, else this module's."""
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    schema = getattr(request.module, "SCHEMA", SCHEMA)
     found = {}
     for rls in (False, True):
         b = Backend.create(pg, f"{name}_{'rls' if rls else 'plain'}")
         with psycopg.connect(b.direct_dsn(), autocommit=True) as conn:
-            conn.execute(SCHEMA)
+            conn.execute(schema)
         found[rls] = b
     return found
 

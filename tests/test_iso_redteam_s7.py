@@ -21,10 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tenantgate.proxy.sandbox.pgcluster import PgServer
-
 from .harness import Backend, ProxyProcess, launch
-from .iso_sites import POOLS, install_rls
+from .iso_sites import POOLS, install_rls, iso_backends
+
+__all__ = ["iso_backends"]  # fixture
 
 # ledger has no index that starts with the tenant column, so the planner scans it sequentially and
 # orders the scan's conditions by cost. acme's notes are digits; globex's are not, or NULL.
@@ -133,26 +133,15 @@ class Site:
         return psycopg.connect(self.proxy.dsn(user), autocommit=True, cursor_factory=factory)
 
 
-@pytest.fixture(scope="module")
-def backends(pg: PgServer) -> dict[bool, Backend]:
-    found = {}
-    for rls in (False, True):
-        b = Backend.create(pg, f"redteam_s7_{'rls' if rls else 'plain'}")
-        with psycopg.connect(b.direct_dsn(), autocommit=True) as conn:
-            conn.execute(SCHEMA)
-        found[rls] = b
-    return found
-
-
 @pytest.fixture(scope="module", params=[(pool, rls) for pool in sorted(POOLS) for rls in (False, True)],
                 ids=lambda p: f"{p[0]}-{'rls' if p[1] else 'norls'}")
-def site(request: pytest.FixtureRequest, backends: dict[bool, Backend],
+def site(request: pytest.FixtureRequest, iso_backends: dict[bool, Backend],
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     pool, rls = request.param
-    proxy = launch(tmp_path_factory.mktemp(f"redteam-{pool}"), backends[rls], scoping=SCOPING,
+    proxy = launch(tmp_path_factory.mktemp(f"redteam-{pool}"), iso_backends[rls], scoping=SCOPING,
                    backend_extra=POOLS[pool])
     if rls:
-        install_rls(proxy, backends[rls])
+        install_rls(proxy, iso_backends[rls])
     yield Site(proxy, pool, rls)
     proxy.stop()
 

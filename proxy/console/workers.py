@@ -41,6 +41,9 @@ alike (merge.py). Prometheus' multiprocess mode was the alternative,
 but it only covers the library's own metric types through mmap files, while our
 Metrics reads live figures (sessions, backends, bytes, audit state) with custom
 collectors at scrape time; merging expositions keeps one code path for both modes.
+
+(Slightly over ~600 lines: the supervisor, its workers' side and the routing between them are one
+protocol; the pieces without it live in control.py, merge.py, cluster.py and watch.py.)
 """
 
 from __future__ import annotations
