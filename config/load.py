@@ -148,6 +148,21 @@ def check_config(path: str | os.PathLike[str]) -> list[str]:
     return []
 
 
+def default_workers(cpus: int | None = None) -> int:
+    """``[listen] workers`` when unset: half the CPUs, at least 1 (256 at most).
+
+    The proxy shares its host with the kernel's network stack and, often, PostgreSQL or the app; on a
+    2-core machine a second worker process doubled the CPU per statement (processes thrashing each
+    other's caches, more wake-ups per statement) for no more TPS (README, "Worker processes").
+
+    >>> default_workers(1), default_workers(2), default_workers(8), default_workers(1024)
+    (1, 1, 4, 256)
+    """
+    if cpus is None:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus // 2, 256))
+
+
 def parse_http_url(value: str) -> str:
     """An http(s) URL with a host and no credentials (they would end up in SHOW CONFIG).
 
@@ -547,8 +562,7 @@ class _Loader:
         if unix_socket is not None and len(os.fsencode(unix_socket)) > 107:
             self.problem(_join(p, "unix_socket"), "is longer than 107 bytes (the limit for a socket path)")
             unix_socket = None
-        # one worker process per CPU unless told otherwise (256 at most, whatever the machine)
-        workers = self.number(tbl, "workers", p, int, min(os.cpu_count() or 1, 256), 1, 256)
+        workers = self.number(tbl, "workers", p, int, default_workers(), 1, 256)
         return Listen(address, unix_socket, admin, metrics, workers)
 
     def backend(self, raw: Mapping[str, Any]) -> Backend:
