@@ -54,7 +54,8 @@ def adjust(opts: Options) -> None:
         opts.duration = SECONDS
     if opts.workers is None:
         opts.workers = 1
-    opts.memory = opts.micro = opts.encryption = False
+    opts.memory = opts.micro = False
+    opts.encryption = VARIANTS[opts.targets[0]].encrypted  # the encrypted copy only for the variant that reads it
 
 
 def ensure_pyspy(notes: list[str]) -> str:
