@@ -31,6 +31,7 @@ well before 2**32 encryptions under one version.
 
 from __future__ import annotations
 
+import functools
 import struct
 from enum import StrEnum
 
@@ -85,7 +86,13 @@ def make_header(mode: Mode, version: int) -> bytes:
 
 
 def associated_data(header: bytes, tenant: str, table: str, column: str) -> bytes:
-    return header + _field(tenant) + _field(table) + _field(column)
+    return header + _names(tenant, table, column)
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(tenant: str, table: str, column: str) -> bytes:
+    """The AAD's length-prefixed names: the same few per session, built once (every field read and written)."""
+    return _field(tenant) + _field(table) + _field(column)
 
 
 def parse_header(ciphertext: bytes) -> tuple[Mode, int]:

@@ -44,6 +44,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import quote
 
 from tenantgate.keyring import (
@@ -112,6 +113,17 @@ class _Portal:
     bound: str = ""  # the statement bound (backend name)
 
 
+class _Described(NamedTuple):
+    """What one RowDescription says of the encrypted columns (SessionCrypto._describe)."""
+
+    encrypted: tuple[tuple[int, EncryptedColumn], ...]  # (field index, column)
+    rows: tuple[tuple[int, EncryptedColumn, int], ...]  # ... and the field's format: how its rows decrypt
+    replacement: bytes | None  # the description as the client sees it (plaintext types), None: unchanged
+
+
+_DESCRIBED_MAX = 256  # distinct result shapes remembered per session
+
+
 @dataclass(slots=True)
 class _Expect:
     """One thing the backend will answer, in order."""
@@ -149,6 +161,8 @@ class SessionCrypto:
     _stale: bool = False
     _read: set[str] = field(default_factory=set)  # columns decrypted since the last statement ended
     _literals: list[tuple[str, str]] = field(default_factory=list)  # (column, ciphertext hex) of the plan now made
+    # RowDescription body -> what it says of the encrypted columns (a session reads the same few shapes)
+    _described: dict[bytes, _Described] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._by_name = {(qualified(c.table), c.column): c for c in self.columns.values()}
@@ -468,30 +482,46 @@ class SessionCrypto:
             if f.table_oid and f.type_oid == BYTEA_OID and (f.table_oid, f.column) in columns
         )
 
-    def _row_description(self, head: _Expect | None, body: bytes | memoryview) -> bytes | None:
+    def _describe(self, body: bytes | memoryview) -> _Described:
+        """The encrypted fields of a RowDescription, how its rows decrypt, and the description the
+        client gets (None: unchanged); decoded once per distinct body and session (the columns
+        are fixed for the session's life, so the same bytes always say the same)."""
+        key = bytes(body)
+        known = self._described.get(key)
+        if known is not None:
+            return known
         desc = codec.decode_backend(MsgType.ROW_DESCRIPTION, body)
         assert isinstance(desc, RowDescription)
         encrypted = self._encrypted_fields(desc)
+        rows = tuple((i, col, desc.fields[i].format) for i, col in encrypted)
+        replacement = None
+        if encrypted:
+            fields = list(desc.fields)
+            for i, col in encrypted:
+                f = fields[i]
+                fields[i] = FieldDescription(f.name, f.table_oid, f.column, col.type.oid, -1, -1, f.format)
+            replacement = RowDescription(tuple(fields)).encode()
+        if len(self._described) >= _DESCRIBED_MAX:  # an ad hoc workload: start over rather than grow
+            self._described.clear()
+        known = self._described[key] = _Described(encrypted, rows, replacement)
+        return known
+
+    def _row_description(self, head: _Expect | None, body: bytes | memoryview) -> bytes | None:
+        described = self._describe(body)
         if head is not None and head.kind == MsgType.QUERY:
-            self._rows = tuple((i, col, desc.fields[i].format) for i, col in encrypted) or None
+            self._rows = described.rows or None
             self._rows_of = head
         elif head is not None and head.kind == MsgType.DESCRIBE:
             self._expect.popleft()
             if head.statement is not None:
-                head.statement.encrypted = encrypted
+                head.statement.encrypted = described.encrypted
             elif head.portal is not None:
-                head.portal.rows = tuple((i, col, desc.fields[i].format) for i, col in encrypted)
+                head.portal.rows = described.rows
             if head.injected:
                 return b""
         else:
             raise ProtocolError("server", "RowDescription without a Query or Describe")
-        if not encrypted:
-            return None
-        fields = list(desc.fields)
-        for i, col in encrypted:
-            f = fields[i]
-            fields[i] = FieldDescription(f.name, f.table_oid, f.column, col.type.oid, -1, -1, f.format)
-        return RowDescription(tuple(fields)).encode()
+        return described.replacement
 
     def _parameter_description(self, statement: _Statement, body: bytes | memoryview) -> bytes | None:
         if not statement.params:

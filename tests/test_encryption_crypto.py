@@ -117,6 +117,25 @@ def test_simple_query_decrypts_marked_fields_and_reports_plaintext_types(ring: K
     assert not crypto.abort_pending
 
 
+def test_repeated_row_descriptions_are_decoded_once_and_answer_alike(ring: Keyring) -> None:
+    """The same RowDescription bytes, statement after statement (the common case), are decoded once
+    per session; each statement still gets its own rows decrypted, by its own description."""
+    crypto = session(ring)
+    shapes = [RowDescription((field("name"), field("age"))), RowDescription((field("age"), field("name")))]
+    outs = []
+    for i in range(6):
+        client(crypto, Query("SELECT ..."))
+        outs.append(backend(crypto, shapes[i % 2]))
+        row = (b"n", hexed(seal(ring, "age", f"{i:04d}".encode())))
+        got = decoded(backend(crypto, DataRow(row if i % 2 == 0 else row[::-1])))  # type: ignore[arg-type]
+        assert got == DataRow((b"n", str(i).encode()) if i % 2 == 0 else (str(i).encode(), b"n"))
+        backend(crypto, codec.CommandComplete("SELECT 1"))
+        backend(crypto, codec.ReadyForQuery("I"))
+    assert len(crypto._described) == 2  # one entry per distinct shape
+    assert outs[0] == outs[2] == outs[4] != outs[1] == outs[3] == outs[5]
+    assert [f.type_oid for f in decoded(outs[1]).fields] == [23, 25]  # type: ignore[arg-type,union-attr]
+
+
 def test_bytea_escape_output_is_read_too(ring: Keyring) -> None:
     crypto = session(ring)
     client(crypto, Query("SELECT ssn FROM customers"))
