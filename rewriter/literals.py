@@ -67,9 +67,9 @@ class Lifted:
 # continuations and numbers followed by identifier characters (0x1F, 1_000: PostgreSQL 15 and 16+
 # disagree) make it give up too. Everything else goes to PostgreSQL's scanner.
 _IDENT_CHARS = "A-Za-z0-9_$\\x80-\\U0010ffff"
-_FAST_TOKEN = re.compile(
-    r"""'(?:[^']++|'')*+'|"(?:[^"]++|"")*+"|['"]"""
-    rf"|(?<![{_IDENT_CHARS}])(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"  # ASCII digits, as PostgreSQL
+_FAST_TOKEN = re.compile(  # the lookahead first: most positions start no token (the lookbehind is dearer)
+    r"""(?=['"0-9.])(?:'(?:[^']++|'')*+'|"(?:[^"]++|"")*+"|['"]"""
+    rf"|(?<![{_IDENT_CHARS}])(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"  # ASCII digits, as PostgreSQL
 )
 _CONTINUATION = re.compile(r"[ \t\n\r\f\v]*'")
 
