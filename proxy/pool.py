@@ -22,6 +22,7 @@ import hashlib
 import logging
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backend import Backend, BackendTarget, connect
@@ -75,28 +76,39 @@ class BackendPool:
         backend = self.take_idle(settings)
         if backend is not None:
             return backend
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Backend] = loop.create_future()
-        self.waiters.append(waiter)
-        self._refill()  # below pool_size: a new connection, for the first waiter in line
-        started = loop.time()
-        # one timer on the waiter itself: asyncio.wait_for + shield cost two futures and a task step more
-        timer = loop.call_later(self.timeout, _expire, waiter)
+        waiter = self.wait(None)
         try:
             return await waiter
-        except TimeoutError:
-            raise PoolTimeout(f"no backend connection became free within pool_timeout ({self.timeout:g}s)") from None
         except asyncio.CancelledError:
             # the waiting task was cancelled, perhaps just after release() handed it a backend: give it back
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(waiter.result())
             waiter.cancel()
             raise
-        finally:
+
+    def wait(self, then: Callable[[asyncio.Future[Backend]], None] | None) -> asyncio.Future[Backend]:
+        """Wait in line for a backend (the caller found none idle): a future that gets it, or PoolTimeout
+        after ``timeout``; ``then`` is called with it once it is done. A session that waits passes a
+        callback rather than awaiting in a task of its own: a Task and two steps of it per wait cost
+        more than the whole hand-over."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Backend] = loop.create_future()
+        self.waiters.append(waiter)
+        self._refill()  # below pool_size: a new connection, for the first waiter in line
+        started = loop.time()
+        # one timer on the waiter itself: asyncio.wait_for + shield cost two futures and a task step more
+        timer = loop.call_later(self.timeout, _expire, waiter, self.timeout)
+
+        def done(waiter: asyncio.Future[Backend]) -> None:
             timer.cancel()
             self.max_wait = max(self.max_wait, loop.time() - started)
-            if waiter in self.waiters:
-                self.waiters.remove(waiter)
+            if (waiter.cancelled() or waiter.exception() is not None) and waiter in self.waiters:
+                self.waiters.remove(waiter)  # served waiters were taken off the line already
+            if then is not None:
+                then(waiter)
+
+        waiter.add_done_callback(done)
+        return waiter
 
     async def _open(self) -> Backend:
         """A new connection (the caller has counted it in ``opening``)."""
@@ -163,9 +175,9 @@ class BackendPool:
         self.idle.clear()
 
 
-def _expire(waiter: asyncio.Future[Backend]) -> None:
+def _expire(waiter: asyncio.Future[Backend], timeout: float) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError())
+        waiter.set_exception(PoolTimeout(f"no backend connection became free within pool_timeout ({timeout:g}s)"))
 
 
 def _usable(backend: Backend) -> bool:
