@@ -621,17 +621,17 @@ class Session:
         assert self.audit is not None
         intents, self.audit.intents = self.audit.intents, []
         self._gated.append((data, intents))
-        if len(self._gated) == 1:
-            asyncio.get_running_loop().create_task(self._open_gate())
+        for intent in intents:  # callbacks, not a task per statement: _open_gate runs as each becomes durable
+            intent.add_done_callback(self._open_gate)
 
-    async def _open_gate(self) -> None:
+    def _open_gate(self, _durable: asyncio.Future[int | None] | None = None) -> None:
         """Send held client bytes in order, each once its statements' records are on disk."""
-        while self._gated:
-            data, intents = self._gated[0]
-            results = await asyncio.gather(*intents, return_exceptions=True)
-            if any(isinstance(r, BaseException) for r in results):
+        gated = self._gated
+        while gated and all(intent.done() for intent in gated[0][1]):
+            data, intents = gated.popleft()
+            if any(intent.cancelled() or intent.exception() is not None for intent in intents):
                 log.error("write-ahead audit record failed: the statement is not sent; closing the session")
-                self._gated.clear()
+                gated.clear()
                 self._end(
                     codec.error(
                         "58030",
@@ -642,7 +642,6 @@ class Session:
                 if self.backend is not None:
                     self.backend.conn.abort()  # rolls back whatever transaction is open
                 return
-            self._gated.popleft()
             if self.backend is not None and not self.client.is_closed:
                 self.backend.conn.write(data)
 
