@@ -307,8 +307,10 @@ class AuditLog:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if not self._strict and not self._closing and len(self._queue) < self._max_batch:
-                await asyncio.sleep(self._interval)  # a full batch is not kept waiting for the interval
+            if len(self._queue) < self._max_batch and not self._closing:
+                # batched: a full batch is not kept waiting for the interval; strict (group commit): what
+                # the loop's next round of I/O brings goes in the same fsync (one step, no timer)
+                await asyncio.sleep(0 if self._strict else self._interval)
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
             for item in batch:
                 if item.slot:
