@@ -177,9 +177,11 @@ class AuditLog:
 
     def _enqueue(self, event: AuditEvent, *, slot: bool) -> asyncio.Future[int | None] | None:
         future = asyncio.get_running_loop().create_future() if self._strict else None
-        self._queue.append(_Pending(event, future, time.monotonic(), slot))
-        self._idle.clear()
-        self._wakeup.set()
+        queue = self._queue
+        if not queue:  # a queue with records in it has woken the writer already (_run: set only when empty)
+            self._idle.clear()
+            self._wakeup.set()
+        queue.append(_Pending(event, future, time.monotonic(), slot))
         return future
 
     async def flush(self) -> None:

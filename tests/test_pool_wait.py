@@ -81,3 +81,21 @@ def test_wait_calls_back_without_a_task(outcome: str) -> None:
         assert not pool.waiters and pool.max_wait > 0
 
     asyncio.run(main())
+
+
+def test_one_timer_times_the_line_out_in_order_and_never_early() -> None:
+    """No timer per waiter: the head's timer fails each waiter after its own full pool_timeout, not before."""
+    async def main() -> None:
+        pool, backend = _pool(0.2)
+        first = pool.wait(None)
+        await asyncio.sleep(0.1)
+        second, third = pool.wait(None), pool.wait(None)
+        pool.release(backend)  # the head is served: the others keep their own deadlines
+        assert first.result() is backend
+        await asyncio.sleep(0.15)  # past the head's deadline, not the others'
+        assert not second.done() and not third.done()
+        await asyncio.sleep(0.1)
+        assert isinstance(second.exception(), PoolTimeout) and isinstance(third.exception(), PoolTimeout)
+        assert not pool.waiters and pool._timer is None
+
+    asyncio.run(main())
