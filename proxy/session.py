@@ -624,7 +624,7 @@ class Session:
         for intent in intents:  # callbacks, not a task per statement: _open_gate runs as each becomes durable
             intent.add_done_callback(self._open_gate)
 
-    def _open_gate(self, _durable: asyncio.Future[int | None] | None = None) -> None:
+    def _open_gate(self, _durable: asyncio.Future[int | None]) -> None:
         """Send held client bytes in order, each once its statements' records are on disk."""
         gated = self._gated
         while gated and all(intent.done() for intent in gated[0][1]):
