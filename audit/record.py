@@ -108,9 +108,10 @@ def redact_sql(sql: str, spans: Sequence[tuple[int, int]]) -> str:
     return sql
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuditEvent:
-    """One thing that happened, as the proxy reports it.
+    """One thing that happened, as the proxy reports it. Not mutated once submitted; not frozen because
+    a frozen dataclass's __init__ is one object.__setattr__ call per field, 19 on every statement.
 
     `encrypted_params` are indexes of `params` bound to encrypted columns and
     `sql_redactions` are [start, end) spans of `sql` holding literals of encrypted columns:
@@ -155,8 +156,9 @@ class AuditEvent:
     def fields(self, log_parameters: str, hash_key: bytes) -> dict[str, object]:
         """kind and the non-empty event fields, as logged (redacted), in a fixed order."""
         body: dict[str, object] = {"kind": self.kind}
-        sql = redact_sql(self.sql, self.sql_redactions) if self.sql is not None else None
-        params = redact_params(self.params, self.encrypted_params, log_parameters, hash_key)
+        sql = redact_sql(self.sql, self.sql_redactions) if self.sql is not None and self.sql_redactions else self.sql
+        params = None if self.params is None else redact_params(self.params, self.encrypted_params, log_parameters,
+                                                                   hash_key)
         for name, value in (("tenant", self.tenant), ("user", self.user), ("client", self.client),
                             ("session", self.session), ("database", self.database), ("sql", sql),
                             ("rewritten", self.rewritten), ("decision", self.decision),
@@ -171,7 +173,7 @@ class AuditEvent:
         return body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per record the sealer writes: not frozen, for the same reason as AuditEvent
 class SealedRecord:
     seq: int
     hash: str

@@ -45,6 +45,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
+import orjson
+
 from .errors import AuditConfigError, AuditError, AuditUnavailable
 from .framing import FrameReader, frame
 from .keys import Signer
@@ -84,16 +86,28 @@ def _param(value: object) -> object:
 def encode_event(event: AuditEvent) -> bytes:
     """The event's fields as compact JSON; raises ValueError/TypeError for an event that could not be sealed.
 
+    orjson first (every statement of every worker comes through here: a tenth of the stdlib encoder's
+    cost); what it does not take (integers beyond 64 bits, non-string keys in details, ...) goes
+    through the stdlib encoder as before. Non-ASCII text is sent as UTF-8, not as escapes: the
+    server decodes the same values. (orjson writes a NaN as null where the stdlib would refuse it:
+    nothing the proxy records carries one.)
+
     >>> encode_event(AuditEvent("auth_ok", tenant="acme", params=(b"\\x01", None), ts="T"))
     b'["auth_ok","acme",null,null,null,null,null,null,null,null,null,null,null,[{"x":"01"},null],[],[],[],null,"T"]'
     """
-    return _dumps([
+    params, encrypted, spans, columns, details = (event.params, event.encrypted_params, event.sql_redactions,
+                                                  event.encrypted_columns, event.details)
+    fields = [
         event.kind, event.tenant, event.user, event.client, event.session, event.database, event.sql,
         event.rewritten, event.decision, event.reason, event.sqlstate, event.rows, event.duration_ms,
-        None if event.params is None else [_param(v) for v in event.params],
-        sorted(event.encrypted_params), [[start, end] for start, end in event.sql_redactions],
-        list(event.encrypted_columns), None if event.details is None else dict(event.details), event.ts,
-    ]).encode("ascii")
+        None if params is None else [_param(v) for v in params],
+        sorted(encrypted) if encrypted else [], [[start, end] for start, end in spans] if spans else [],
+        list(columns) if columns else [], None if details is None else dict(details), event.ts,
+    ]
+    try:
+        return orjson.dumps(fields)
+    except orjson.JSONEncodeError:
+        return _dumps(fields).encode("ascii")
 
 
 def _is_int(value: object) -> bool:

@@ -177,9 +177,11 @@ class AuditLog:
 
     def _enqueue(self, event: AuditEvent, *, slot: bool) -> asyncio.Future[int | None] | None:
         future = asyncio.get_running_loop().create_future() if self._strict else None
-        self._queue.append(_Pending(event, future, time.monotonic(), slot))
-        self._idle.clear()
-        self._wakeup.set()
+        queue = self._queue
+        if not queue:  # a queue with records in it has woken the writer already (_run: set only when empty)
+            self._idle.clear()
+            self._wakeup.set()
+        queue.append(_Pending(event, future, time.monotonic(), slot))
         return future
 
     async def flush(self) -> None:
@@ -234,12 +236,17 @@ class AuditLog:
         self._seq, self._prev = record.seq, record.hash
         return record
 
-    def _seal_lean(self, ts: int, fields: dict[str, object]) -> SealedRecord:
+    def _seal_lean(self, ts: int, fields: dict[str, object], plan: str | None = None) -> SealedRecord:
+        """``fields`` begin with kind; ``plan`` (a digest) goes right after it."""
         assert self._lean is not None
-        body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, **fields}
+        kind = fields.pop("kind")
+        head: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": kind}
+        if plan is not None:
+            head["plan"] = plan
+        body = head | fields
         mac, line = self._lean.seal(body, bytes.fromhex(self._prev))
         self._seq, self._prev = self._seq + 1, mac.hex()
-        return SealedRecord(self._seq, self._prev, str(fields["kind"]), body, line)
+        return SealedRecord(self._seq, self._prev, str(kind), body, line)
 
     def _seal_event(self, event: AuditEvent) -> list[SealedRecord]:
         """The event's record; in format 2 preceded by its plan's record the first time in a segment."""
@@ -247,19 +254,19 @@ class AuditLog:
             return [self._seal(event.body(self.settings.log_parameters, self._param_key))]
         fields = event.fields(self.settings.log_parameters, self._param_key)
         ts = ts_us(event.ts)
-        out: list[SealedRecord] = []
         rewritten = fields.pop("rewritten", None)
-        if isinstance(rewritten, str):
-            digest = self._digests.get(rewritten)
-            if digest is None:
-                if len(self._digests) >= _DIGESTS_MAX:
-                    self._digests.clear()
-                digest = self._digests[rewritten] = plan_digest(rewritten)
-            if digest not in self._plans:
-                out.append(self._seal_lean(ts, {"kind": PLAN_KIND, "details": {"digest": digest, "sql": rewritten}}))
-                self._plans.add(digest)
-            fields = {"kind": fields.pop("kind"), "plan": digest, **fields}  # plan right after kind: see lean.py
-        out.append(self._seal_lean(ts, fields))
+        if not isinstance(rewritten, str):
+            return [self._seal_lean(ts, fields)]
+        digest = self._digests.get(rewritten)
+        if digest is None:
+            if len(self._digests) >= _DIGESTS_MAX:
+                self._digests.clear()
+            digest = self._digests[rewritten] = plan_digest(rewritten)
+        out: list[SealedRecord] = []
+        if digest not in self._plans:
+            out.append(self._seal_lean(ts, {"kind": PLAN_KIND, "details": {"digest": digest, "sql": rewritten}}))
+            self._plans.add(digest)
+        out.append(self._seal_lean(ts, fields, digest))  # plan right after kind: see lean.py
         return out
 
     def _seal_marker(self, kind: str, details: dict[str, object]) -> SealedRecord:
@@ -302,8 +309,10 @@ class AuditLog:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if not self._strict and not self._closing and len(self._queue) < self._max_batch:
-                await asyncio.sleep(self._interval)  # a full batch is not kept waiting for the interval
+            if len(self._queue) < self._max_batch and not self._closing:
+                # batched: a full batch is not kept waiting for the interval; strict (group commit): what
+                # the loop's next round of I/O brings goes in the same fsync (one step, no timer)
+                await asyncio.sleep(0 if self._strict else self._interval)
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
             for item in batch:
                 if item.slot:

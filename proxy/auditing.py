@@ -243,21 +243,15 @@ class SessionAudit:
         self, p: _Pending, read: frozenset[str], *, sqlstate: str | None = None, rows: int | None = None,
         reason: str | None = None
     ) -> AuditEvent:
-        base: dict[str, object] = {"statement": p.kind, "phase": "end"} if self.strict else {"statement": p.kind}
-        columns, details = _access(read, p.written, base)
-        return AuditEvent(
-            kind="statement",
-            decision="allowed",
-            sql=p.sql,
-            rewritten=p.rewritten,
-            sqlstate=sqlstate,
-            rows=rows,
-            reason=reason,
-            duration_ms=round((time.monotonic() - p.started) * 1000, 3),
-            params=p.params,
-            encrypted_columns=columns,
-            details=details,
-            **self._who(),
+        details: dict[str, object] = {"statement": p.kind, "phase": "end"} if self.strict else {"statement": p.kind}
+        columns: tuple[str, ...] = ()
+        if read or p.written:
+            columns, details = _access(read, p.written, details)
+        return AuditEvent(  # keywords spelled out: a ** of the identity costs a dict merge per statement
+            kind="statement", tenant=self.tenant, user=self.user, client=self.client, session=self.session,
+            database=self.database, sql=p.sql, rewritten=p.rewritten, decision="allowed", reason=reason,
+            sqlstate=sqlstate, rows=rows, duration_ms=round((time.monotonic() - p.started) * 1000, 3),
+            params=p.params, encrypted_columns=columns, details=details,
         )
 
     def _submit(self, event: AuditEvent) -> asyncio.Future[int | None] | None:

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backend import Backend, BackendTarget, connect
@@ -42,7 +43,10 @@ class BackendPool:
         self.timeout = timeout
         self.idle: deque[Backend] = deque()
         self.busy: set[Backend] = set()
-        self.waiters: deque[asyncio.Future[Backend]] = deque()
+        # in line for a backend: (future, when it began waiting); first come first served, so the head
+        # times out first and one timer for the head (_expire) serves the whole line
+        self.waiters: deque[tuple[asyncio.Future[Backend], float]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self.opening = 0
         self.max_wait = 0.0
         # what the server reported at startup: later logins answer with it without a backend
@@ -75,28 +79,54 @@ class BackendPool:
         backend = self.take_idle(settings)
         if backend is not None:
             return backend
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Backend] = loop.create_future()
-        self.waiters.append(waiter)
-        self._refill()  # below pool_size: a new connection, for the first waiter in line
-        started = loop.time()
-        # one timer on the waiter itself: asyncio.wait_for + shield cost two futures and a task step more
-        timer = loop.call_later(self.timeout, _expire, waiter)
+        waiter = self.wait(None)
         try:
             return await waiter
-        except TimeoutError:
-            raise PoolTimeout(f"no backend connection became free within pool_timeout ({self.timeout:g}s)") from None
         except asyncio.CancelledError:
             # the waiting task was cancelled, perhaps just after release() handed it a backend: give it back
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(waiter.result())
             waiter.cancel()
+            self.waiters = deque(w for w in self.waiters if w[0] is not waiter)
             raise
-        finally:
-            timer.cancel()
-            self.max_wait = max(self.max_wait, loop.time() - started)
-            if waiter in self.waiters:
-                self.waiters.remove(waiter)
+
+    def wait(self, then: Callable[[asyncio.Future[Backend]], None] | None) -> asyncio.Future[Backend]:
+        """Wait in line for a backend (the caller found none idle): a future that gets it, or PoolTimeout
+        after ``timeout``; ``then`` is called with it once it is done. A session that waits passes a
+        callback rather than awaiting in a task of its own, and no waiter has a timer of its own: a
+        Task and its steps, or a timer, per wait cost more than the rest of the hand-over."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Backend] = loop.create_future()
+        if then is not None:
+            waiter.add_done_callback(then)
+        now = loop.time()
+        self.waiters.append((waiter, now))
+        if self._timer is None:
+            self._timer = loop.call_at(now + self.timeout, self._expire)
+        self._refill()  # below pool_size: a new connection, for the first waiter in line
+        return waiter
+
+    def _expire(self) -> None:
+        """The head's wait may be over: fail whoever waited ``timeout``, then wake for the new head."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._timer = None
+        waiters = self.waiters
+        while waiters and (waiters[0][0].done() or waiters[0][1] + self.timeout <= now):
+            waiter, started = waiters.popleft()
+            if not waiter.done():
+                self.max_wait = max(self.max_wait, now - started)
+                waiter.set_exception(PoolTimeout(self._timeout_message()))
+        if waiters:
+            self._timer = loop.call_at(waiters[0][1] + self.timeout, self._expire)
+
+    def _timeout_message(self) -> str:
+        return f"no backend connection became free within pool_timeout ({self.timeout:g}s)"
+
+    def _serve(self, waiter: asyncio.Future[Backend], started: float, backend: Backend) -> None:
+        """Hand a busy backend to a waiter."""
+        self.max_wait = max(self.max_wait, asyncio.get_running_loop().time() - started)
+        waiter.set_result(backend)
 
     async def _open(self) -> Backend:
         """A new connection (the caller has counted it in ``opening``)."""
@@ -120,10 +150,10 @@ class BackendPool:
             self._refill()
             return
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter, started = self.waiters.popleft()
             if not waiter.done():
                 self.busy.add(backend)
-                waiter.set_result(backend)
+                self._serve(waiter, started, backend)
                 return
         self.idle.append(backend)
 
@@ -136,12 +166,15 @@ class BackendPool:
 
     def _refill(self) -> None:
         """Below pool_size: open a new connection for the first waiter, if any."""
-        while self.waiters and self.waiters[0].done():
+        while self.waiters and self.waiters[0][0].done():
             self.waiters.popleft()
         if not self.waiters or self.total >= self.size:
             return
-        waiter = self.waiters.popleft()
+        waiter, started = self.waiters.popleft()
         self.opening += 1
+        loop = asyncio.get_running_loop()
+        # off the line, so _expire does not see it: its own timer (this path is rare, at most pool_size times)
+        timer = loop.call_at(started + self.timeout, _expire_one, waiter, self._timeout_message())
 
         async def open_for() -> None:
             try:
@@ -150,10 +183,12 @@ class BackendPool:
                 if not waiter.done():
                     waiter.set_exception(exc)
                 return
+            finally:
+                timer.cancel()
             if waiter.done():
                 self.release(backend)
             else:
-                waiter.set_result(backend)
+                self._serve(waiter, started, backend)
 
         asyncio.get_running_loop().create_task(open_for())
 
@@ -163,9 +198,9 @@ class BackendPool:
         self.idle.clear()
 
 
-def _expire(waiter: asyncio.Future[Backend]) -> None:
+def _expire_one(waiter: asyncio.Future[Backend], message: str) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError())
+        waiter.set_exception(PoolTimeout(message))
 
 
 def _usable(backend: Backend) -> bool:

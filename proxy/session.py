@@ -101,6 +101,7 @@ _CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
 # Why a session holds client messages back (Session._hold_why), and the checks they resume at (_admit).
 _POOL, _PAUSE, _KEYS, _THROTTLE, _RATE = "pool wait", "PAUSE", "key refresh", "monitoring throttle", "rate limit"
 _CHECK_PAUSE, _CHECK_KEYS, _CHECK_THROTTLE, _CHECK_RATE, _CHECK_BACKEND, _CHECK_RELAY = range(6)
+_HOLD_READING = 64 * 1024  # bytes a pool wait holds before it stops reading the client
 
 
 class Refusal(SqlStateError):
@@ -158,6 +159,8 @@ class Session:
         # why the session holds (_POOL, _PAUSE, _KEYS, _THROTTLE, _RATE; None: nothing holds): replayed in _replay
         self._hold: deque[tuple[bytes, list[tuple[int, int, int]], int]] = deque()
         self._hold_why: str | None = None
+        self._held_bytes = 0  # what arrived while holding (bounds a pool wait, which holds without pausing)
+        self._client_paused = False  # _hold_back stopped reading the client
         # tenant sessions (and every pooled one): statements live on backends under proxy-owned names
         self._named = PreparedStatements() if pool is not None or rewriter is not None else None
         self._special = _CLIENT_NAMED if self._named is not None else _CLIENT_SPECIAL
@@ -216,10 +219,17 @@ class Session:
             self._replay()
 
     def _hold_back(self, why: str, buf: bytes, frames: list[tuple[int, int, int]], stage: int) -> None:
-        """Hold these messages (ahead of any held behind them) and stop reading the client until _replay."""
+        """Hold these messages (ahead of any held behind them) until _replay. Reading the client stops
+        too, except for a pool wait: that is over within a hand-over, and pausing and resuming would cost
+        syscalls per statement; what arrives meanwhile is held behind (on_client), up to _HOLD_READING."""
         self._hold_why = why
         self._hold.appendleft((buf, frames, stage))
-        if self.client.transport is not None:
+        if why != _POOL:
+            self._pause_client()
+
+    def _pause_client(self) -> None:
+        if not self._client_paused and self.client.transport is not None:
+            self._client_paused = True
             self.client.transport.pause_reading()
 
     def _replay(self) -> None:
@@ -232,8 +242,11 @@ class Session:
                 return
             buf, frames, stage = hold.popleft()
             self._admit(buf, frames, stage)
-        if self._hold_why is None and self.client.transport is not None and not self.client.is_closed:
-            self.client.transport.resume_reading()
+        if self._hold_why is None:
+            self._held_bytes = 0
+            if self._client_paused and self.client.transport is not None and not self.client.is_closed:
+                self._client_paused = False
+                self.client.transport.resume_reading()
 
     @property
     def at_boundary(self) -> bool:
@@ -264,6 +277,9 @@ class Session:
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         if self._hold_why is not None:  # arrived before reading paused: behind what is held, through every check
             self._hold.append((buf, frames, _CHECK_PAUSE))
+            self._held_bytes += len(buf)
+            if self._held_bytes > _HOLD_READING:  # a pool wait holds without pausing: bounded here
+                self._pause_client()
             return
         self._admit(buf, frames, _CHECK_PAUSE)
 
@@ -337,33 +353,49 @@ class Session:
                 self._hand_over(backend)
                 self._relay_client(buf, frames)
                 return
-            if limiter is not None:
-                limiter.release_backend()
+            self._hold_back(_POOL, buf, frames, _CHECK_RELAY)
+            self.pool.wait(self._handed)  # the tenant's slot is held while waiting, as _acquire does
+            return
         self._hold_back(_POOL, buf, frames, _CHECK_RELAY)
-        asyncio.get_running_loop().create_task(self._acquire())
+        asyncio.get_running_loop().create_task(self._acquire())  # waits for a slot of the tenant first
 
     async def _acquire(self) -> None:
-        assert self.pool is not None
-        limiter = self.limiter
-        if limiter is not None:
-            try:
-                await limiter.acquire_backend(self.pool.timeout)
-            except LimitExceeded as exc:
-                self.metrics.limit_hit(self.tenant, exc.limit)
-                self._end(codec.error(exc.sqlstate, exc.message, severity="FATAL"))
-                return
+        assert self.pool is not None and self.limiter is not None
+        try:
+            await self.limiter.acquire_backend(self.pool.timeout)
+        except LimitExceeded as exc:
+            self.metrics.limit_hit(self.tenant, exc.limit)
+            self._end(codec.error(exc.sqlstate, exc.message, severity="FATAL"))
+            return
         try:
             backend = await self.pool.acquire(self._desired())
         except (PoolTimeout, BackendError) as exc:
-            if limiter is not None:
-                limiter.release_backend()
-            self._end(exc.error if isinstance(exc, BackendError) else codec.error("53300", str(exc), severity="FATAL"))
+            self._failed_wait(exc)
             return
+        self._got_backend(backend)
+
+    def _handed(self, waiter: asyncio.Future[Backend]) -> None:
+        """The pool's answer to this session's wait (BackendPool.wait): a backend, or why there is none."""
+        exc = waiter.exception()  # nobody cancels it: the pool's timer fails it instead
+        if exc is None:
+            self._got_backend(waiter.result())
+        elif isinstance(exc, PoolTimeout | BackendError):
+            self._failed_wait(exc)
+        else:  # opening a new backend connection failed otherwise (an OSError, say): the session ends, never waits on
+            log.error("opening a pooled backend connection failed: %r", exc)
+            self._failed_wait(BackendError(codec.error("08006", "could not connect to the backend", severity="FATAL")))
+
+    def _got_backend(self, backend: Backend) -> None:
         if self.client.is_closed:
             self._release_backend(backend)
             return
         self._hand_over(backend)
         self._replay()
+
+    def _failed_wait(self, exc: PoolTimeout | BackendError) -> None:
+        if self.limiter is not None:
+            self.limiter.release_backend()
+        self._end(exc.error if isinstance(exc, BackendError) else codec.error("53300", str(exc), severity="FATAL"))
 
     def _hand_over(self, backend: Backend) -> None:
         """A pooled backend for this transaction, carrying exactly this session's settings."""
@@ -589,17 +621,17 @@ class Session:
         assert self.audit is not None
         intents, self.audit.intents = self.audit.intents, []
         self._gated.append((data, intents))
-        if len(self._gated) == 1:
-            asyncio.get_running_loop().create_task(self._open_gate())
+        for intent in intents:  # callbacks, not a task per statement: _open_gate runs as each becomes durable
+            intent.add_done_callback(self._open_gate)
 
-    async def _open_gate(self) -> None:
+    def _open_gate(self, _durable: asyncio.Future[int | None]) -> None:
         """Send held client bytes in order, each once its statements' records are on disk."""
-        while self._gated:
-            data, intents = self._gated[0]
-            results = await asyncio.gather(*intents, return_exceptions=True)
-            if any(isinstance(r, BaseException) for r in results):
+        gated = self._gated
+        while gated and all(intent.done() for intent in gated[0][1]):
+            data, intents = gated.popleft()
+            if any(intent.cancelled() or intent.exception() is not None for intent in intents):
                 log.error("write-ahead audit record failed: the statement is not sent; closing the session")
-                self._gated.clear()
+                gated.clear()
                 self._end(
                     codec.error(
                         "58030",
@@ -610,7 +642,6 @@ class Session:
                 if self.backend is not None:
                     self.backend.conn.abort()  # rolls back whatever transaction is open
                 return
-            self._gated.popleft()
             if self.backend is not None and not self.client.is_closed:
                 self.backend.conn.write(data)
 

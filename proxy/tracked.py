@@ -60,15 +60,22 @@ class TrackedSettings:
         self._pending: dict[int, list[Change]] = {}  # changes of cycles still in flight
         self._removed: set[str] = set()  # reset by the proxy since the last point known to stick
         self._quoted: tuple[dict[str, str], dict[str, str]] = ({}, {})  # (base as seen, its SQL text)
+        self._desired: dict[str, str] | None = None  # desired() until the next change
 
     def desired(self) -> dict[str, str]:
         """What a backend must carry for this session (name -> SQL text), counting the changes in
-        flight: a resetting statement is followed by these settings again before anything else."""
+        flight: a resetting statement is followed by these settings again before anything else.
+        Built again only when a change or ``base`` changed it (each hand-over asks two or three times);
+        callers do not mutate it (mark_dirty copies a backend's before it marks)."""
+        cached = self._desired
+        if cached is not None and self._quoted[0] == self.base:
+            return cached
         state = dict(self.client)
         _apply(state, self._transaction)
         for changes in self._pending.values():
             _apply(state, changes)
-        return self._quoted_base() | state
+        self._desired = desired = self._quoted_base() | state
+        return desired
 
     def _quoted_base(self) -> dict[str, str]:
         """``base`` as SQL text, quoted again only when it changed (every hand-over asks twice)."""
@@ -90,12 +97,15 @@ class TrackedSettings:
             if RESET_ALL in changes:
                 mark_dirty(backend, list(backend.applied))
         self._pending.setdefault(cycle, []).extend(changes)
+        self._desired = None
 
     def cycle_done(
         self, cycle: int, *, failed: bool, status: str, rolled_back: bool = False, backend: Backend | None = None
     ) -> None:
         """The cycle's ReadyForQuery: keep its changes if they took effect (or may still commit)."""
         changes = self._pending.pop(cycle, [])
+        if changes or self._transaction:
+            self._desired = None
         if failed or rolled_back:
             if (changes or self._transaction) and backend is not None:
                 self.undone(backend)  # what the proxy re-applied in that transaction is undone with it
@@ -120,6 +130,8 @@ class TrackedSettings:
         """SETs/RESETs that make ``backend`` carry exactly this session's settings."""
         desired = self.desired()
         applied = backend.applied
+        if applied is desired and not backend.unknown_settings:
+            return ""  # it carries this very view: nothing marked it dirty since (mark_dirty copies)
         parts = []
         if backend.unknown_settings:  # start from the backend's defaults, then apply everything
             backend.unknown_settings, applied = False, {}
@@ -133,6 +145,8 @@ class TrackedSettings:
 
 
 def mark_dirty(backend: Backend, names: Iterable[str]) -> None:
-    """The backend may carry another value of these settings than the proxy applied."""
+    """The backend may carry another value of these settings than the proxy applied. A copy: the
+    view it replaces may be a session's desired() (setup_sql hands that over without copying)."""
+    applied = backend.applied = dict(backend.applied)
     for name in names:
-        backend.applied[name] = DIRTY
+        applied[name] = DIRTY

@@ -59,3 +59,43 @@ def test_waiter_served_or_cancelled_never_loses_the_backend(cancel_first: bool) 
         assert not pool.waiters
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("outcome", ["served", "timeout"])
+def test_wait_calls_back_without_a_task(outcome: str) -> None:
+    """A session's wait (BackendPool.wait): one callback with the backend or PoolTimeout; off the line either way."""
+    async def main() -> None:
+        pool, backend = _pool(0.05 if outcome == "timeout" else 5.0)
+        got: list[asyncio.Future[Backend]] = []
+        tasks = len(asyncio.all_tasks())
+        pool.wait(got.append)
+        assert len(asyncio.all_tasks()) == tasks and list(pool.waiters)  # waits in line, no task of its own
+        if outcome == "served":
+            pool.release(backend)
+            await asyncio.sleep(0)
+            assert [f.result() for f in got] == [backend] and backend in pool.busy
+        else:
+            await asyncio.sleep(0.2)
+            (future,) = got
+            assert isinstance(future.exception(), PoolTimeout) and "pool_timeout" in str(future.exception())
+        assert not pool.waiters and pool.max_wait > 0
+
+    asyncio.run(main())
+
+
+def test_one_timer_times_the_line_out_in_order_and_never_early() -> None:
+    """No timer per waiter: the head's timer fails each waiter after its own full pool_timeout, not before."""
+    async def main() -> None:
+        pool, backend = _pool(0.2)
+        first = pool.wait(None)
+        await asyncio.sleep(0.1)
+        second, third = pool.wait(None), pool.wait(None)
+        pool.release(backend)  # the head is served: the others keep their own deadlines
+        assert first.result() is backend
+        await asyncio.sleep(0.15)  # past the head's deadline, not the others'
+        assert not second.done() and not third.done()
+        await asyncio.sleep(0.1)
+        assert isinstance(second.exception(), PoolTimeout) and isinstance(third.exception(), PoolTimeout)
+        assert not pool.waiters and pool._timer is None
+
+    asyncio.run(main())
