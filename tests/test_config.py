@@ -206,7 +206,8 @@ def test_full_valid_config(tmp_path: pathlib.Path, tls_files: pathlib.Path, monk
 
 def test_defaults_and_immutability(tmp_path: pathlib.Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL))
-    assert cfg.listen.address == ("127.0.0.1", 6432) and cfg.listen.workers == max(1, min((os.cpu_count() or 1) // 2, 256))
+    assert cfg.listen.address == ("127.0.0.1", 6432)
+    assert cfg.listen.workers == max(1, min((os.cpu_count() or 1) // 2, 256))
     assert (cfg.listen.admin, cfg.listen.metrics, cfg.listen.unix_socket) == (None, None, None)
     assert (cfg.backend.host, cfg.backend.port, cfg.backend.sslmode, cfg.backend.password) == (
         "127.0.0.1",
