@@ -35,15 +35,16 @@ from types import ModuleType
 from typing import Any
 
 # What pays (bench/README.md has the figures): sans-IO modules on every statement's path.
-# proxy/codec.py is not here: mypyc turns a dataclass ClassVar (codec's ``TYPE`` bytes) into a field.
+# Not here: proxy/codec.py (mypyc turns a dataclass ClassVar, codec's ``TYPE`` bytes, into a field)
+# and proxy/conn.py (FrontendConnection, interpreted, subclasses its PgConnection: mypyc forbids it).
 MODULES: tuple[str, ...] = (
     "tenantgate.proxy.pipeline",
-    "tenantgate.proxy.conn",
     "tenantgate.proxy.tracked",
     "tenantgate.proxy.pool",
     "tenantgate.proxy.counters",
     "tenantgate.proxy.crypto",
     "tenantgate.proxy.auditing",
+    "tenantgate.proxy.session",
     "tenantgate.audit.lean",
     "tenantgate.audit.record",
     "tenantgate.rewriter.literals",
@@ -101,11 +102,10 @@ def _digest(path: Path) -> str:
 
 
 def _extensions(root: Path) -> list[Path]:
-    """Every extension a build leaves: one per module and the group's shared library."""
+    """Every extension a build left: the package is pure Python, so any under tenantgate/ is one
+    (of a module that may have left ``MODULES`` since), and the group's shared library."""
     found = [root / f"{GROUP}__mypyc{suffix}" for suffix in EXTENSION_SUFFIXES]
-    for module in MODULES:
-        stem = _source(root, module).with_suffix("")
-        found += [stem.with_name(stem.name + suffix) for suffix in EXTENSION_SUFFIXES]
+    found += [p for p in (root / "tenantgate").rglob("*.so") if p.name.endswith(tuple(EXTENSION_SUFFIXES))]
     return [p for p in found if p.exists()]
 
 
