@@ -17,7 +17,7 @@ from typing import Any
 from tenantgate.audit.cli import register as register_audit
 from tenantgate.keyring.cli import register as register_keys
 
-from . import log, native
+from . import log
 from .ops.admin_cli import register as register_admin
 from .ops.compliance.cli import register as register_compliance
 from .ops.rls import register as register_rls
@@ -25,7 +25,7 @@ from .ops.tenant_cli import register as register_tenant
 
 
 def _version() -> str:
-    return f"{version('tenantgate')} ({native.describe()})"
+    return version("tenantgate")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

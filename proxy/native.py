@@ -11,8 +11,8 @@ the extensions, and a machine without a C compiler or Python headers installs pu
 puts a finder ahead of the import system's that loads these modules from their sources; children
 inherit the variable. tests/conftest.py uses it for the pure-Python pass of ``make test``.
 
-A build records each source's SHA-256, so ``status()`` (``tenantgate --version``, the admin
-``SHOW VERSION``, bench's environment) says which modules are compiled and whether any extension
+A build records each source's SHA-256, so ``status()`` (the admin ``SHOW VERSION``, bench's
+environment) says which modules are compiled and whether any extension
 is older than its source (edited after ``make install``: rerun it).
 
 >>> set(status()) == {"compiled", "modules", "stale"}
@@ -131,7 +131,7 @@ def status() -> dict[str, Any]:
 
 
 def describe() -> str:
-    """One line for ``--version`` and ``SHOW VERSION``."""
+    """One line for the admin console's ``SHOW VERSION``."""
     s = status()
     if not s["compiled"]:
         return "compiled: no (pure Python)"
