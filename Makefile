@@ -9,8 +9,15 @@ PACKAGES := proxy rewriter keyring config audit
 demo: install
 	$(VENV)/bin/tenantgate demo
 
+# The whole suite on the compiled build, then the fast socket-free tests of the compiled modules
+# (and every doctest) once more on their sources: TENANTGATE_PURE=1 (proxy/native.py).
+PURE_TESTS := tests/test_native.py tests/test_pipeline.py tests/test_codec.py tests/test_rewriter_unit.py \
+	tests/test_rewriter_crosscheck.py tests/test_rewriter_hypothesis.py tests/test_positions_property.py \
+	tests/test_iso_literals.py tests/test_iso_statements_unit.py tests/test_encryption_rewriter.py \
+	tests/test_audit_verify.py proxy rewriter audit
 test: lint
 	$(PY) -m pytest --durations=25  # the slowest, so the 20-minute CI budget stays visible
+	TENANTGATE_PURE=1 $(PY) -m pytest -q $(PURE_TESTS)
 
 # mypy runs over the installed link tree as one package, `tenantgate`: checked folder by folder,
 # every import between them (tenantgate.audit from proxy/, ...) would be unresolved, so unchecked.
@@ -26,7 +33,16 @@ bench: install
 bench-cluster: install postgres
 	$(PY) -m bench.cluster
 
-install: postgres $(VENV)/.installed
+# The hot modules compiled with mypyc (the list: MODULES in proxy/native.py), again when one of
+# them changes or pip has emptied the link tree; TENANTGATE_PURE=1 installs none (the fallback).
+NATIVE_MODE := $(if $(TENANTGATE_PURE),pure,compiled)
+NATIVE_SRC := proxy/native.py $(addsuffix .py,$(subst .,/,$(shell sed -n 's/^    "tenantgate\.\(.*\)",$$/\1/p' proxy/native.py)))
+$(VENV)/.native-$(NATIVE_MODE): $(VENV)/.installed $(NATIVE_SRC)
+	rm -f $(VENV)/.native-*
+	time $(PY) -m tenantgate.proxy.native build
+	touch $@
+
+install: postgres $(VENV)/.native-$(NATIVE_MODE)
 
 # Strict editable mode (a link tree) so mypy and ruff see the real files; re-linked when
 # a package folder or any folder below it gains or loses a file.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,18 @@ def _git_dirty(repo: Path) -> bool | None:
     return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
+def _native() -> dict[str, Any]:
+    """Which hot modules the proxy loads compiled (proxy/native.py; asked in a child: bench never
+    imports the serving process)."""
+    out = subprocess.run([sys.executable, "-m", "tenantgate.proxy.native", "status", "--json"],
+                         capture_output=True, text=True, check=False, timeout=60)
+    try:
+        found: dict[str, Any] = json.loads(out.stdout)
+    except ValueError:
+        return {"compiled": None, "modules": [], "stale": [], "error": out.stderr.strip()[-300:]}
+    return found
+
+
 def describe(*, postgresql: str, pgbench: str, pgbouncer: str) -> dict[str, Any]:
     repo = Path(__file__).resolve().parent.parent
     return {
@@ -59,6 +73,7 @@ def describe(*, postgresql: str, pgbench: str, pgbouncer: str) -> dict[str, Any]
         "pgbench": _first_line([pgbench, "--version"]),
         "pgbouncer": pgbouncer,
         "tenantgate": _package("tenantgate"),
+        "native": _native(),
         "packages": {name: _package(name) for name in PACKAGES},
         "git_commit": _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"]),
         "git_dirty": _git_dirty(repo),

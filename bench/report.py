@@ -186,6 +186,14 @@ def _pairs_table(pairs: Iterable[tuple[str, str]]) -> str:
     return "\n".join(["| figure | value |", "|---|---:|", *(f"| {k} | {v} |" for k, v in pairs)])
 
 
+def _native(env: dict[str, Any]) -> str:
+    native = env.get("native") or {}  # results from before the compiled build have none
+    if not native.get("compiled"):
+        return "compiled: no"
+    stale = f", {len(native['stale'])} STALE" if native.get("stale") else ""
+    return f"compiled: yes, {len(native['modules'])} modules with mypyc{stale}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     overrides = results["bench"]["overrides"]
@@ -195,7 +203,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{env['nproc']} CPUs ({env['cpu_model']}), {env['memory_gb']} GB RAM; {env['postgresql']}; "
         f"{env['pgbench']}; PgBouncer {env['pgbouncer']}; tenantgate {env['tenantgate']} "
-        f"(commit {env['git_commit']}); Python {env['python']}.",
+        f"(commit {env['git_commit']}, {_native(env)}); Python {env['python']}.",
         "",
         f"Every figure is taken from pgbench's per-transaction logs over a steady window of "
         f"{results['settings']['duration']} s (after all clients logged in), with clients spread over "

@@ -15,10 +15,24 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tenantgate.proxy import native
 from tenantgate.proxy.sandbox.pgcluster import ExternalServer, PgServer, ThrowawayCluster
 from tenantgate.proxy.sandbox.pgcluster import free_port as _free_port
 
 from .certs import Pki, make_pki
+
+# A compiled module older than its source (edited since `make install`) would test old code: the
+# run takes the sources instead, here and in every proxy it starts (TENANTGATE_PURE is inherited).
+_STALE = native.status()["stale"]
+if _STALE:
+    os.environ["TENANTGATE_PURE"] = "1"
+    native.honour_pure_switch()
+
+
+def pytest_report_header() -> list[str]:
+    if _STALE:
+        return [f"tenantgate: pure Python (compiled {', '.join(_STALE)} older than the source: make install)"]
+    return [f"tenantgate: {native.describe()}"]
 
 
 def _docker_answers() -> bool:

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from tenantgate.config.schema import LIMIT_KEYS
 from tenantgate.keyring.errors import KeyringError, SqlStateError
+from tenantgate.proxy import native
 from tenantgate.proxy.monitor.runtime import Monitor
 from tenantgate.proxy.placement import Placement
 from tenantgate.proxy.process import Proxy
@@ -168,7 +169,7 @@ async def show_help(conn: Caller, args: list[str]) -> Result:
 
 
 async def show_version(conn: Caller, args: list[str]) -> Result:
-    return Result("SHOW", ("version",), [(f"tenantgate {version('tenantgate')}",)])
+    return Result("SHOW", ("version",), [(f"tenantgate {version('tenantgate')} ({native.describe()})",)])
 
 
 async def show_tenants(conn: Caller, args: list[str]) -> Result:
