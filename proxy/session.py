@@ -146,6 +146,8 @@ class Session:
         # where RESET ALL / DISCARD ALL take the backend's encoding (a pooled backend: its own default)
         self._reset_encoding = reset_encoding if pool is not None else encoding.name
         self._said_goodbye = False  # the client sent Terminate: the backend's close is expected
+        # pooled: the client's Terminate came behind whole requests; it is closed once they are answered
+        self._leaving = False
         self.backend = backend  # None between transactions in transaction mode
         self.user = user
         self.tenant = tenant
@@ -237,7 +239,7 @@ class Session:
         self._hold_why = None
         hold = self._hold
         while hold and self._hold_why is None:
-            if self.client.is_closed:
+            if self.client.is_closed or self._leaving:
                 hold.clear()
                 return
             buf, frames, stage = hold.popleft()
@@ -275,6 +277,8 @@ class Session:
         return True
 
     def on_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        if self._leaving:  # nothing after a Terminate is the client's
+            return
         if self._hold_why is not None:  # arrived before reading paused: behind what is held, through every check
             self._hold.append((buf, frames, _CHECK_PAUSE))
             self._held_bytes += len(buf)
@@ -296,9 +300,15 @@ class Session:
             if cut is not None:
                 self._said_goodbye = True  # nothing more is written to this client, a backend FATAL included
             if self.pool is not None and cut is not None:
-                # a pooled backend outlives its clients: their Terminate (and anything after it) is for the proxy
-                self.client.close()
+                # a pooled backend outlives its clients: their Terminate (and anything after it) is for the
+                # proxy. What came before it runs, as PostgreSQL runs it; when that ends a cycle the client is
+                # closed once it is answered, so the backend goes back to the pool clean rather than closed
+                # mid-answer (an unsynced tail: closed now, and the backend with it)
                 frames = frames[:cut]
+                if frames and _ends_synced(frames, self._pipe.unsynced):
+                    self._leaving = True
+                else:
+                    self.client.close()
                 if not frames:
                     return
                 buf = buf[: frames[-1][2]]
@@ -1270,6 +1280,8 @@ class Session:
         self._flush_backend(buf, out, mark, len(buf))
         if self.pool is not None:
             self._maybe_release()
+        if self._leaving and self._pipe.quiet:
+            self.client.close()
 
     def _completed(self, tag: bytes) -> None:
         """A statement's CommandComplete: what it did to the session's state took effect."""
@@ -1463,6 +1475,22 @@ def _client_position(body: bytes, client: str, sent: str) -> bytes | None:
         return None
     mapped = map_position(client, sent, int(position))
     return codec.with_error_field(body, "P", None if mapped is None else str(mapped))
+
+
+def _ends_synced(frames: list[tuple[int, int, int]], unsynced: bool) -> bool:
+    """Whether these client messages, sent after ``unsynced`` state, leave nothing unanswered behind a
+    ReadyForQuery: they end with a Query or a Sync and no extended message after the last Sync.
+
+    >>> Q, P, S = (MsgType.QUERY, 0, 1), (MsgType.PARSE, 0, 1), (MsgType.SYNC, 0, 1)
+    >>> _ends_synced([Q], False), _ends_synced([Q], True), _ends_synced([P, S, Q], True), _ends_synced([S, P], False)
+    (True, False, True, False)
+    """
+    for mtype, _, _ in frames:
+        if mtype == MsgType.SYNC:
+            unsynced = False
+        elif mtype in _EXTENDED:
+            unsynced = True
+    return frames[-1][0] in (MsgType.QUERY, MsgType.SYNC) and not unsynced
 
 
 def ends_session(body: bytes) -> bool:

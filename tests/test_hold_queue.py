@@ -17,18 +17,19 @@ import pytest
 from tenantgate.proxy import codec
 from tenantgate.proxy.sandbox.pgcluster import PgServer, find_pg_bin
 
-from .harness import USERS, Backend, ProxyProcess, RawClient, errors, launch_with_ports
+from .harness import ORDERS_SCOPING, ORDERS_SETUP, USERS, Backend, ProxyProcess, RawClient, errors, launch_with_ports
 
 
 @pytest.fixture(scope="module")
 def backend(pg: PgServer) -> Backend:
-    return Backend.create(pg, "hold_queue")
+    return Backend.create(pg, "hold_queue", ORDERS_SETUP, owner=False)
 
 
 @pytest.fixture(scope="module")
 def pooled(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, int]]:
     proxy, ports = launch_with_ports(tmp_path_factory.mktemp("hold"), backend, "admin",
-                                     backend_extra='pool_mode = "transaction"\npool_size = 1')
+                                     backend_extra='pool_mode = "transaction"\npool_size = 1',
+                                     scoping=ORDERS_SCOPING)
     yield proxy, ports["admin"]
     proxy.stop()
 
@@ -60,3 +61,42 @@ def test_terminate_held_by_pause_never_reaches_the_pooled_backend(
         # the pool's one backend is still the one it was: the held Terminate was the proxy's, not the backend's
         assert alice.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
         raw.close()
+
+
+@pytest.mark.parametrize("tail", ["query", "extended", "unsynced"])
+def test_a_pooled_clients_last_words_run_and_its_backend_stays_in_the_pool(
+    pooled: tuple[ProxyProcess, int], tail: str
+) -> None:
+    """A Terminate behind whole requests, in one packet: they run and are answered (as PostgreSQL
+    would), then the client is closed and the one pooled backend goes back clean (not closed
+    mid-answer). Behind an unsynced extended message nothing ends: the client is closed at once
+    and the backend, owing an answer, is not reused."""
+    proxy, _ = pooled
+    note = f"last-words-{tail}"
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice:
+        alice.execute("DELETE FROM orders WHERE id = 4242")
+        pid = alice.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        raw = RawClient(proxy.port)
+        assert not errors(raw.login("alice", USERS["alice"][1]))
+        insert = f"INSERT INTO orders (id, note) VALUES (4242, '{note}')"
+        if tail == "query":
+            words = codec.Query(insert).encode()
+        else:
+            words = codec.Parse("", insert).encode() + codec.Bind("", "").encode() + \
+                codec.Execute("", 0).encode() + (codec.Sync().encode() if tail == "extended" else b"")
+        raw.send(words + codec.Terminate().encode())
+        answer = raw.until_ready()
+        assert raw.closed()
+        if tail == "unsynced":
+            assert answer == []  # nothing ended: nothing is answered
+        else:
+            assert any(isinstance(m, codec.CommandComplete) for m in answer), answer
+            assert isinstance(answer[-1], codec.ReadyForQuery)
+        time.sleep(0.2)
+        rows = alice.execute("SELECT note FROM orders WHERE id = 4242").fetchall()
+        now = alice.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        if tail == "unsynced":
+            assert now != pid  # closed owing an answer: never handed to anyone
+        else:
+            assert rows == [(note,)] and now == pid
+        alice.execute("DELETE FROM orders WHERE id = 4242")
