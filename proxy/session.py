@@ -239,7 +239,7 @@ class Session:
         self._hold_why = None
         hold = self._hold
         while hold and self._hold_why is None:
-            if self.client.is_closed or self._leaving:
+            if self.client.is_closed:
                 hold.clear()
                 return
             buf, frames, stage = hold.popleft()
@@ -307,6 +307,7 @@ class Session:
                 frames = frames[:cut]
                 if frames and _ends_synced(frames, self._pipe.unsynced):
                     self._leaving = True
+                    self._hold.clear()  # what is held now came after the Terminate; what it ends may still wait
                 else:
                     self.client.close()
                 if not frames:

@@ -100,3 +100,24 @@ def test_a_pooled_clients_last_words_run_and_its_backend_stays_in_the_pool(
         else:
             assert rows == [(note,)] and now == pid
         alice.execute("DELETE FROM orders WHERE id = 4242")
+
+
+def test_last_words_that_wait_for_the_pool_still_run(pooled: tuple[ProxyProcess, int]) -> None:
+    """The pool's one backend is busy in another client's transaction when a client sends its last
+    statement and Terminate: the statement waits for the backend, then runs and is answered, and the
+    client is closed (it was dropped at the hand-over and the connection left open)."""
+    proxy, _ = pooled
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice:
+        alice.execute("DELETE FROM orders WHERE id = 4343")
+        alice.execute("BEGIN")  # holds the only backend
+        raw = RawClient(proxy.port)
+        assert not errors(raw.login("alice", USERS["alice"][1]))
+        raw.send(codec.Query("INSERT INTO orders (id, note) VALUES (4343, 'waited')").encode()
+                 + codec.Terminate().encode())
+        time.sleep(0.3)
+        alice.execute("COMMIT")  # the backend goes to the waiting statement
+        answer = raw.until_ready()
+        assert any(isinstance(m, codec.CommandComplete) for m in answer), answer
+        assert raw.closed()
+        assert alice.execute("SELECT note FROM orders WHERE id = 4343").fetchall() == [("waited",)]
+        alice.execute("DELETE FROM orders WHERE id = 4343")
