@@ -111,10 +111,10 @@ async def _decrypt(iterations: int, folder: Path) -> float:
     frames = codec.Framer("server").feed(_answer(BYTEA_OID, b"\\x" + ciphertext.hex().encode()))
     buf, spans = frames
     (_, s0, e0), (_, s1, e1) = spans[0], spans[1]
-    crypto.on_client_message(MsgType.QUERY, None)
-    crypto.on_backend_frame(MsgType.ROW_DESCRIPTION, buf[s0 + 5 : e0])
+    crypto.on_request(MsgType.QUERY, None)
+    crypto.on_response(MsgType.ROW_DESCRIPTION, buf[s0 + 5 : e0])
     row = buf[s1 + 5 : e1]
-    return _per_call(lambda _i: crypto.on_backend_frame(MsgType.DATA_ROW, row), iterations)
+    return _per_call(lambda _i: crypto.on_response(MsgType.DATA_ROW, row), iterations)
 
 
 def decrypt_field(iterations: int) -> float:

@@ -74,6 +74,12 @@ _INT2 = IntType("int2", 21, 2, "smallint")
 _FLOATS = {700: struct.Struct("!f"), 701: struct.Struct("!d")}
 _TEXT_LIKE = frozenset({18, 19, 25, 114, 705, 1042, 1043})  # char, name, text, json, unknown, bpchar, varchar
 
+# What field encryption looks at on the way back (its ``responses`` as a filter, proxy/filters.py).
+_RESPONSES = frozenset(
+    (MsgType.ROW_DESCRIPTION, MsgType.PARAMETER_DESCRIPTION, MsgType.DATA_ROW, MsgType.COMMAND_COMPLETE,
+     MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY, MsgType.NO_DATA, MsgType.PORTAL_SUSPENDED,
+     MsgType.EMPTY_QUERY_RESPONSE)
+)  # not ParseComplete: the session tells it of the client's own (parsed), the proxy's re-prepares are not its
 # Last forced key load per keyring and tenant, shared by the sessions of one process.
 _loads: weakref.WeakKeyDictionary[Keyring, dict[str, float]] = weakref.WeakKeyDictionary()
 
@@ -172,6 +178,10 @@ class SessionCrypto:
 
     def __repr__(self) -> str:
         return f"SessionCrypto(tenant={self.tenant!r}, columns={len(self.columns)})"
+
+    @property
+    def responses(self) -> frozenset[int]:
+        return _RESPONSES
 
     # ------------------------------------------------------------------ keys
 
@@ -338,7 +348,7 @@ class SessionCrypto:
 
     # ------------------------------------------------------------------ client -> backend
 
-    def on_client_message(
+    def on_request(
         self, mtype: int, msg: object, encrypt_params: tuple[tuple[int, str, str, str], ...] = ()
     ) -> bytes | None:
         """Note a message going to the backend (P B D E S Q C, under the names the backend sees;
@@ -393,7 +403,7 @@ class SessionCrypto:
 
     # ------------------------------------------------------------------ backend -> client
 
-    def on_backend_frame(self, mtype: int, body: bytes | memoryview) -> bytes | None:
+    def on_response(self, mtype: int, body: bytes | memoryview) -> bytes | None:
         """A backend message (T t D C E Z n s I 1) on its way to the client: None relays it, bytes
         replace it (b"" drops it). Raises ProtocolError when the stream does not match what
         the client asked for (the session must end)."""

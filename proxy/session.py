@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenantgate.keyring.errors import SqlStateError
 from tenantgate.keyring.quoting import unquote_literal
-from tenantgate.rewriter import Plan, Refused, statement_names, strip_channel
+from tenantgate.rewriter import Plan, Refused, statement_names
 from tenantgate.rewriter.positions import map_position
 from tenantgate.rewriter.roles import read_only_violation
 from tenantgate.rewriter.settings import Changes
@@ -44,15 +44,20 @@ from tenantgate.rewriter.settings import Changes
 from . import codec
 from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
+from .channels import Channels
 from .codec import Bind, ErrorResponse, MsgType, Parse, Query
 from .conn import HIGH_WATER
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
+from .filters import ResponseFilter, run_chain
 from .limits import LimitExceeded, TenantLimiter
 from .pipeline import Pipeline
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
+from .rowlimit import RowLimit
 from .tracked import RESET_ALL, Change, TrackedSettings
 
 if TYPE_CHECKING:
+    from tenantgate.config.schema import Limits
+
     from .backend import Backend
     from .conn import PgConnection
     from .counters import Metrics
@@ -86,16 +91,8 @@ _BACKEND_AUDITED = frozenset(
     (MsgType.COMMAND_COMPLETE, MsgType.EMPTY_QUERY_RESPONSE, MsgType.PORTAL_SUSPENDED, MsgType.ERROR_RESPONSE,
      MsgType.READY_FOR_QUERY)
 )
-_BACKEND_WATCHED = _BACKEND_AUDITED | _ACKS | {
-    MsgType.PARAMETER_STATUS, MsgType.NOTIFICATION_RESPONSE, MsgType.COMMAND_COMPLETE, MsgType.PORTAL_SUSPENDED,
-    MsgType.EMPTY_QUERY_RESPONSE, MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY,
-}
-_ROW_FRAMES = frozenset((MsgType.DATA_ROW, MsgType.COPY_DATA))  # what a row limit counts
-_CRYPTO_BACKEND = frozenset(  # what field encryption looks at on the way back
-    (MsgType.ROW_DESCRIPTION, MsgType.PARAMETER_DESCRIPTION, MsgType.DATA_ROW, MsgType.COMMAND_COMPLETE,
-     MsgType.ERROR_RESPONSE, MsgType.READY_FOR_QUERY, MsgType.NO_DATA, MsgType.PORTAL_SUSPENDED,
-     MsgType.EMPTY_QUERY_RESPONSE)
-)
+_BACKEND_WATCHED = _BACKEND_AUDITED | _ACKS | {MsgType.PARAMETER_STATUS}  # + what the session's filters watch
+_COMPLETIONS = frozenset((MsgType.COMMAND_COMPLETE, MsgType.PORTAL_SUSPENDED, MsgType.EMPTY_QUERY_RESPONSE))
 
 
 # Why a session holds client messages back (Session._hold_why), and the checks they resume at (_admit).
@@ -172,9 +169,16 @@ class Session:
         self._setup_out = b""
         self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
         self.crypto = crypto  # field-level encryption of this tenant session, or None
-        # the backend frames the relay loop looks at, without and with a row limit (the rest pass as they are)
-        watched = _BACKEND_WATCHED | (_CRYPTO_BACKEND if crypto is not None else frozenset())
-        self._watched = (watched, watched | _ROW_FRAMES)
+        self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
+        # the concerns that look at backend frames (proxy/filters.py), in order; the row limit only while
+        # a cap is set, so that rows stay on the relay's fast path otherwise
+        self._channels = Channels(tenant, client_pid=client_pid, encoding=encoding) if tenant is not None else None
+        filters: tuple[ResponseFilter, ...] = tuple(f for f in (crypto, self._channels) if f is not None)
+        self._row_limit = RowLimit(self._limits, self._limit_hit) if limiter is not None else None
+        limited = filters if self._row_limit is None else (self._row_limit, *filters)
+        self._chains = (filters, limited)
+        # the backend frames the relay loop looks at, without and with the row limit (the rest pass as they are)
+        self._watched = (_watched(filters), _watched(limited))
         self._redacted = ""  # the last planned statement with its encrypted literals masked
         self._reassert = False  # a RESET ALL / DISCARD ALL was executed: apply the settings after the next Sync
         self._pipe = Pipeline()  # the cycles sent and answered, the proxy's own among them
@@ -198,12 +202,9 @@ class Session:
         self._behind: deque[tuple[asyncio.Future[int | None], bytearray]] = deque()
         self._behind_bytes = 0
         self._behind_paused = False  # ... so much of it that the backend is not read meanwhile
-        self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
         self._over_rate = False  # this read's statements are refused (53400)
         self._timer: asyncio.TimerHandle | None = None  # statement_timeout backstop of this busy period
         self._timed_out = False
-        self._rows = 0  # rows relayed for the current statement (max_rows)
-        self._rows_over = False
         self._move: tuple[BackendPool | None, str] | None = None  # a new placement, taken at the next boundary
         # transaction pooling: the reported settings as the client was last told them (ParameterStatus)
         self.told: dict[str, str] = {}
@@ -422,6 +423,8 @@ class Session:
         backend.conn.backpressure_peer = self.client
         backend.conn.on_lost = self._backend_lost
         backend.conn.enter_relay(self.on_backend)
+        if self._channels is not None:
+            self._channels.backend_pid = backend.pid
 
     def _desired(self) -> dict[str, str]:
         assert self._tracked is not None
@@ -537,7 +540,7 @@ class Session:
                 self._pipe.sync()
                 self._refused_parse = None
                 if crypto is not None:
-                    crypto.on_client_message(mtype, None)
+                    crypto.on_request(mtype, None)
                 if not self._reassert:
                     continue
                 replacement = buf[start:end]
@@ -602,8 +605,7 @@ class Session:
         self._timed_out = False
         if not ours and "statement timeout" not in err.message:
             return None
-        limiter.hits["statement_timeout"] += 1
-        self.metrics.limit_hit(self.tenant, "statement_timeout")
+        self._limit_hit("statement_timeout")
         if not ours:
             return None
         return codec.error(
@@ -611,22 +613,16 @@ class Session:
             f"canceling statement due to statement timeout (tenant limit {limiter.limits.statement_timeout:g} s)",
         ).encode()
 
-    def _row_limit(self, mtype: int, body: bytes, cap: int) -> bytes:
-        """What replaces the CommandComplete/PortalSuspended of a statement that returned more than max_rows."""
+    def _limits(self) -> Limits:
         assert self.limiter is not None
-        self.limiter.hits["max_rows"] += 1
-        self.metrics.limit_hit(self.tenant, "max_rows")
-        if self.limiter.limits.max_rows_action == "truncate":
-            message = f"result truncated to {cap} rows (tenant limit max_rows)"
-            notice = codec.NoticeResponse(codec.error("01000", message, severity="WARNING").fields).encode()
-            if mtype == MsgType.PORTAL_SUSPENDED:
-                return notice + codec.type_byte(MsgType.PORTAL_SUSPENDED) + b"\x00\x00\x00\x04"
-            verb, _, count = body[:-1].decode().rpartition(" ")
-            tag = f"{verb} {cap}" if verb in ("SELECT", "FETCH", "COPY") and count.isdigit() else body[:-1].decode()
-            return notice + codec.CommandComplete(tag).encode()
-        self.metrics.error("54000")
-        self._inject_abort()  # a transaction block fails, as the client is told
-        return codec.error("54000", f"statement returned more than {cap} rows (tenant limit max_rows)").encode()
+        return self.limiter.limits  # live: a reload's new limits apply to the next statement
+
+    def _limit_hit(self, limit: str) -> None:
+        """A tenant limit refused, cut or delayed something of this session: counted twice, as SHOW
+        LIMITS and the metrics report them."""
+        assert self.limiter is not None
+        self.limiter.hits[limit] += 1
+        self.metrics.limit_hit(self.tenant, limit)
 
     def _gate(self, data: bytes) -> None:
         assert self.audit is not None
@@ -668,7 +664,7 @@ class Session:
                 if self._named is not None and self.backend is not None:  # whatever it is, even refused
                     self._named.query_sent(self.backend, by_client=True)
                 if self.crypto is not None:  # one answer cycle, whatever is sent in its place
-                    self.crypto.on_client_message(MsgType.QUERY, None)
+                    self.crypto.on_request(MsgType.QUERY, None)
                 msg = self._decode(mtype, body)
                 assert isinstance(msg, Query)
                 sql = msg.sql
@@ -719,7 +715,7 @@ class Session:
                 if self._tracked is not None:
                     self._execute_settings(body.partition(b"\x00")[0])
                 if self.crypto is not None:  # may describe the portal first, to know what to decrypt
-                    return self.crypto.on_client_message(MsgType.EXECUTE, codec.decode_frontend(mtype, body))
+                    return self.crypto.on_request(MsgType.EXECUTE, codec.decode_frontend(mtype, body))
                 return None
             # FunctionCall: the fast-path protocol bypasses every SQL check
             self._pipe.query()
@@ -817,7 +813,7 @@ class Session:
         data = None if sent == raw else sent
         if crypto is not None:
             try:
-                data = crypto.on_client_message(MsgType.PARSE, parse, plan.encrypt_params) or data
+                data = crypto.on_request(MsgType.PARSE, parse, plan.encrypt_params) or data
             except Refused as exc:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
         if named is None:
@@ -868,7 +864,7 @@ class Session:
             self._check_bind(bind, statement.tenant_params)
             if crypto is not None:
                 try:
-                    sealed = crypto.on_client_message(MsgType.BIND, bind)
+                    sealed = crypto.on_request(MsgType.BIND, bind)
                 except Refused as exc:
                     raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
                 if sealed is not None:  # the audit sees the ciphertext of encrypted values
@@ -954,7 +950,7 @@ class Session:
             if isinstance(msg, codec.Close):
                 named.sent_other(cycle)
             if crypto is not None:
-                crypto.on_client_message(mtype, msg)
+                crypto.on_request(mtype, msg)
             return None
         if isinstance(msg, codec.Close):
             # a name this session never prepared closes nothing, as in PostgreSQL (CloseComplete)
@@ -969,7 +965,7 @@ class Session:
             describe = codec.Describe("S", statement.bname)
             prefix = self._prepare_for(msg.name, statement, pending)
         if crypto is not None:
-            crypto.on_client_message(mtype, describe)
+            crypto.on_request(mtype, describe)
         return None if describe == msg and not prefix else prefix + describe.encode()
 
     def _sql_statement_names(self, sql: str, kinds: tuple[str, ...]) -> str | None:
@@ -1128,8 +1124,8 @@ class Session:
         out: bytearray | None = None
         mark = 0
         audit = self.audit
-        row_cap = self.limiter.limits.max_rows if self.limiter is not None else None
-        watched = self._watched[row_cap is not None]
+        limited = self._row_limit is not None and self._row_limit.active
+        watched, chain = self._watched[limited], self._chains[limited]
         pipe = self._pipe
         for mtype, start, end in frames:
             if mtype not in watched and pipe.answering_injected() is None:
@@ -1167,44 +1163,17 @@ class Session:
                 continue
             if mtype == MsgType.COMMAND_COMPLETE and self._named is not None:
                 self._completed(buf[start + 5 : end - 1])
-            if row_cap is not None:
-                if mtype in (MsgType.DATA_ROW, MsgType.COPY_DATA):
-                    self._rows += 1
-                    if self._rows > row_cap:  # past the tenant's max_rows: not relayed
-                        self._rows_over = True
-                        out = _splice(out, buf, mark, start)
-                        mark = end
-                        continue
-                elif mtype in (
-                    MsgType.COMMAND_COMPLETE,
-                    MsgType.PORTAL_SUSPENDED,
-                    MsgType.ERROR_RESPONSE,
-                    MsgType.EMPTY_QUERY_RESPONSE,
-                ):
-                    over, self._rows, self._rows_over = self._rows_over, 0, False
-                    if over and mtype != MsgType.ERROR_RESPONSE:
-                        limited = self._row_limit(mtype, buf[start + 5 : end], row_cap)
-                        out = _splice(out, buf, mark, start, limited)
-                        mark = end
-                        if limited[:1] == ErrorResponse.TYPE:
-                            if audit is not None:
-                                audit.complete(None, "54000")
-                            continue
-            crypto = self.crypto
-            if crypto is not None and mtype in _CRYPTO_BACKEND:
-                replacement = crypto.on_backend_frame(mtype, buf[start + 5 : end])
+            if chain:
+                replacement, final, abort = run_chain(chain, mtype, buf[start + 5 : end])
+                if abort:  # the client was told its transaction failed: the backend's fails too
+                    self._inject_abort()
                 if replacement is not None:
                     out = _splice(out, buf, mark, start, replacement)
                     mark = end
-                    if mtype != MsgType.READY_FOR_QUERY:
+                    if final:  # dropped, or replaced by an error: it goes no further (proxy/filters.py)
                         if replacement[:1] == ErrorResponse.TYPE:
-                            err = codec.decode_backend(MsgType.ERROR_RESPONSE, replacement[5:])
-                            assert isinstance(err, ErrorResponse)
-                            self.metrics.error(err.sqlstate)
+                            self._filter_error(replacement, completion=mtype in _COMPLETIONS)
                         continue
-                if crypto.abort_pending:
-                    crypto.abort_pending = False
-                    self._inject_abort()
             if mtype == MsgType.READY_FOR_QUERY:
                 self.status = chr(buf[start + 5])
                 cycle, failed = self._pipe.ready()
@@ -1256,11 +1225,6 @@ class Session:
                 if not self._parameter_status(buf[start + 5 : end], setup=False):
                     out = _splice(out, buf, mark, start)
                     mark = end
-            elif mtype == MsgType.NOTIFICATION_RESPONSE and self.tenant is not None:
-                # channels are namespaced per tenant: show the tenant its own name, drop others'; the
-                # backend the client holds notifies under the client's pid (trusted users: the same)
-                out = _splice(out, buf, mark, start, self._notification(buf[start + 5 : end]))
-                mark = end
             elif audit is not None and mtype in _BACKEND_AUDITED:
                 tag = buf[start + 5 : end - 1].decode() if mtype == MsgType.COMMAND_COMPLETE else None
                 durable = audit.complete(tag, None)
@@ -1283,6 +1247,15 @@ class Session:
             self._maybe_release()
         if self._leaving and self._pipe.quiet:
             self.client.close()
+
+    def _filter_error(self, frame: bytes, *, completion: bool) -> None:
+        """A filter answered with an error (a value that cannot be decrypted, too many rows): counted, and
+        when it replaced a statement's completion, what the audit records that statement ended with."""
+        err = codec.decode_backend(MsgType.ERROR_RESPONSE, frame[5:])
+        assert isinstance(err, ErrorResponse)
+        self.metrics.error(err.sqlstate)
+        if completion and self.audit is not None:
+            self.audit.complete(None, err.sqlstate)
 
     def _completed(self, tag: bytes) -> None:
         """A statement's CommandComplete: what it did to the session's state took effect."""
@@ -1415,17 +1388,6 @@ class Session:
                 return parsing.texts
         return self._rewritten.get(cycle)
 
-    def _notification(self, body: bytes) -> bytes:
-        note = codec.decode_backend(MsgType.NOTIFICATION_RESPONSE, body, self.encoding)
-        assert isinstance(note, codec.NotificationResponse)
-        channel = strip_channel(self.tenant or "", note.channel)
-        if channel is None:
-            return b""
-        own = self.backend is not None and note.pid == self.backend.pid
-        return codec.NotificationResponse(self.client_pid if own else note.pid, channel, note.payload).encode(
-            self.encoding
-        )
-
     def _parameter_status(self, body: bytes, *, setup: bool) -> bool:
         """A backend's ParameterStatus: follow it; whether the client is to see it. A pooled session's
         client sees a value only when it differs from what it was told: a hand-over re-applying its
@@ -1467,6 +1429,11 @@ class Session:
             self.backend.conn.on_lost = None
             self.backend.conn.abort()
         self._end(codec.error("08P01", f"the backend's {why}: tenantgate closed the session", severity="FATAL"))
+
+
+def _watched(chain: tuple[ResponseFilter, ...]) -> frozenset[int]:
+    """The backend frames the relay loop takes off its fast path: the session's own and the chain's."""
+    return _BACKEND_WATCHED.union(*(f.responses for f in chain))
 
 
 def _client_position(body: bytes, client: str, sent: str) -> bytes | None:

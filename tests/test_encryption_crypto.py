@@ -85,12 +85,12 @@ def hexed(ciphertext: bytes) -> bytes:
 def backend(crypto: SessionCrypto, msg: object) -> bytes | None:
     """Feed one backend message; the bytes the client gets (None: the message itself)."""
     raw = msg.encode()  # type: ignore[attr-defined]
-    return crypto.on_backend_frame(raw[0], raw[5:])
+    return crypto.on_response(raw[0], raw[5:])
 
 
 def client(crypto: SessionCrypto, msg: object, params: tuple[tuple[int, str, str, str], ...] = ()) -> bytes | None:
     raw = msg.encode()  # type: ignore[attr-defined]
-    return crypto.on_client_message(raw[0], msg, params)
+    return crypto.on_request(raw[0], msg, params)
 
 
 def decoded(data: bytes) -> object:
