@@ -96,9 +96,13 @@ _COMPLETIONS = frozenset((MsgType.COMMAND_COMPLETE, MsgType.PORTAL_SUSPENDED, Ms
 
 
 # Why a session holds client messages back (Session._hold_why), and the checks they resume at (_admit).
-_POOL, _PAUSE, _KEYS, _THROTTLE, _RATE = "pool wait", "PAUSE", "key refresh", "monitoring throttle", "rate limit"
-_CHECK_PAUSE, _CHECK_KEYS, _CHECK_THROTTLE, _CHECK_RATE, _CHECK_BACKEND, _CHECK_RELAY = range(6)
-_HOLD_READING = 64 * 1024  # bytes a pool wait holds before it stops reading the client
+# _CHECK_SEND: bytes made for the backend, held until their write-ahead audit records are durable (strict).
+_POOL, _PAUSE, _KEYS, _THROTTLE, _RATE, _STRICT = (
+    "pool wait", "PAUSE", "key refresh", "monitoring throttle", "rate limit", "strict audit"
+)
+_CHECK_PAUSE, _CHECK_KEYS, _CHECK_THROTTLE, _CHECK_RATE, _CHECK_BACKEND, _CHECK_RELAY, _CHECK_SEND = range(7)
+_READING = frozenset((_POOL, _STRICT))  # holds over within a round trip: the client is read on (bounded)
+_HOLD_READING = 64 * 1024  # bytes such a hold takes in before it stops reading the client
 
 
 class Refusal(SqlStateError):
@@ -155,7 +159,8 @@ class Session:
         self.pinned = pool is None
         self.settings = settings or {}
         # client messages held back, in arrival order, each with the check it resumes at (_admit), and
-        # why the session holds (_POOL, _PAUSE, _KEYS, _THROTTLE, _RATE; None: nothing holds): replayed in _replay
+        # why the session holds (_POOL, _PAUSE, _KEYS, _THROTTLE, _RATE, _STRICT; None: nothing holds): replayed
+        # in _replay
         self._hold: deque[tuple[bytes, list[tuple[int, int, int]], int]] = deque()
         self._hold_why: str | None = None
         self._held_bytes = 0  # what arrived while holding (bounds a pool wait, which holds without pausing)
@@ -167,7 +172,7 @@ class Session:
         self._rolled_back = False  # ... a ROLLBACK completed in it
         # a hand-over's settings, sent in the same write as the client's messages that follow them
         self._setup_out = b""
-        self._gated: deque[tuple[bytes, list[asyncio.Future[int | None]]]] = deque()  # strict audit
+        self._intents: list[asyncio.Future[int | None]] = []  # strict audit: the write-ahead records _STRICT waits for
         self.crypto = crypto  # field-level encryption of this tenant session, or None
         self.limiter = limiter  # the tenant's limits (None: trusted users, unlimited)
         # the concerns that look at backend frames (proxy/filters.py), in order; the row limit only while
@@ -198,6 +203,8 @@ class Session:
         self._sql_names: set[str] = set()  # SQL-level prepared statements (one namespace with protocol ones)
         self._name_ops: deque[tuple[int, str, str]] = deque()  # (cycle, prepare/deallocate[_protocol], name) sent
         self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
+        # a message before the next Sync was refused: the backend skips the rest up to it (nothing runs)
+        self._cycle_refused = False
         # strict audit: client output behind completion records not yet durable, in order (record, bytes after it)
         self._behind: deque[tuple[asyncio.Future[int | None], bytearray]] = deque()
         self._behind_bytes = 0
@@ -223,11 +230,12 @@ class Session:
 
     def _hold_back(self, why: str, buf: bytes, frames: list[tuple[int, int, int]], stage: int) -> None:
         """Hold these messages (ahead of any held behind them) until _replay. Reading the client stops
-        too, except for a pool wait: that is over within a hand-over, and pausing and resuming would cost
-        syscalls per statement; what arrives meanwhile is held behind (on_client), up to _HOLD_READING."""
+        too, except for a pool wait or a write-ahead record: those are over within a round trip, and
+        pausing and resuming would cost syscalls per statement; what arrives meanwhile is held behind
+        (on_client), up to _HOLD_READING."""
         self._hold_why = why
         self._hold.appendleft((buf, frames, stage))
-        if why != _POOL:
+        if why not in _READING:
             self._pause_client()
 
     def _pause_client(self) -> None:
@@ -283,7 +291,7 @@ class Session:
         if self._hold_why is not None:  # arrived before reading paused: behind what is held, through every check
             self._hold.append((buf, frames, _CHECK_PAUSE))
             self._held_bytes += len(buf)
-            if self._held_bytes > _HOLD_READING:  # a pool wait holds without pausing: bounded here
+            if self._held_bytes > _HOLD_READING:  # a hold that reads on (_READING) is bounded here
                 self._pause_client()
             return
         self._admit(buf, frames, _CHECK_PAUSE)
@@ -291,6 +299,10 @@ class Session:
     def _admit(self, buf: bytes, frames: list[tuple[int, int, int]], stage: int) -> None:
         """Take client messages through the session's checks from ``stage`` on, in this order, to the
         backend; a check that must wait holds them (_hold_back) and they resume at that check, or past it."""
+        if stage == _CHECK_SEND:  # made for the backend; its write-ahead records are durable now
+            if self.backend is not None:
+                self.backend.conn.write(buf)
+            return
         if stage <= _CHECK_PAUSE:
             if self._paused and self.is_paused and self.at_boundary:
                 if self.held_since is None:
@@ -459,8 +471,7 @@ class Session:
             or self.status != "I"
             or not self._pipe.quiet
             or self._behind_paused
-            or self._gated
-            or self._hold_why == _POOL
+            or self._hold_why in _READING
         )
 
     def _maybe_release(self) -> None:
@@ -539,6 +550,7 @@ class Session:
             if mtype == MsgType.SYNC:
                 self._pipe.sync()
                 self._refused_parse = None
+                self._cycle_refused = False
                 if crypto is not None:
                     crypto.on_request(mtype, None)
                 if not self._reassert:
@@ -569,7 +581,7 @@ class Session:
         if self._setup_out:
             data, self._setup_out = self._setup_out + data, b""
         self._over_rate = False
-        if self._gated or (self.audit is not None and self.audit.intents):
+        if self.audit is not None and self.audit.intents:
             self._gate(data)  # strict audit: only once the write-ahead records are durable
         else:
             backend.conn.write(data)
@@ -625,32 +637,35 @@ class Session:
         self.metrics.limit_hit(self.tenant, limit)
 
     def _gate(self, data: bytes) -> None:
+        """Hold bytes made for the backend until their statements' write-ahead records are on disk;
+        what the client sends meanwhile waits behind them, in the one hold queue."""
         assert self.audit is not None
-        intents, self.audit.intents = self.audit.intents, []
-        self._gated.append((data, intents))
-        for intent in intents:  # callbacks, not a task per statement: _open_gate runs as each becomes durable
+        self._intents, self.audit.intents = self.audit.intents, []
+        self._hold_back(_STRICT, data, [], _CHECK_SEND)
+        for intent in self._intents:  # callbacks, not a task per statement: _open_gate runs as each is durable
             intent.add_done_callback(self._open_gate)
 
     def _open_gate(self, _durable: asyncio.Future[int | None]) -> None:
-        """Send held client bytes in order, each once its statements' records are on disk."""
-        gated = self._gated
-        while gated and all(intent.done() for intent in gated[0][1]):
-            data, intents = gated.popleft()
-            if any(intent.cancelled() or intent.exception() is not None for intent in intents):
-                log.error("write-ahead audit record failed: the statement is not sent; closing the session")
-                gated.clear()
-                self._end(
-                    codec.error(
-                        "58030",
-                        "the audit log cannot be written: the statement was not run and the session is closed",
-                        severity="FATAL",
-                    )
+        """Once every record it waits for is durable, the strict hold goes on (_replay); a record that
+        failed ends the session instead, the statement unsent."""
+        intents = self._intents
+        if self._hold_why != _STRICT or not all(intent.done() for intent in intents):
+            return
+        self._intents = []
+        if any(intent.cancelled() or intent.exception() is not None for intent in intents):
+            log.error("write-ahead audit record failed: the statement is not sent; closing the session")
+            self._hold.clear()
+            self._end(
+                codec.error(
+                    "58030",
+                    "the audit log cannot be written: the statement was not run and the session is closed",
+                    severity="FATAL",
                 )
-                if self.backend is not None:
-                    self.backend.conn.abort()  # rolls back whatever transaction is open
-                return
-            if self.backend is not None and not self.client.is_closed:
-                self.backend.conn.write(data)
+            )
+            if self.backend is not None:
+                self.backend.conn.abort()  # rolls back whatever transaction is open
+            return
+        self._replay()
 
     def _client_message(self, mtype: int, buf: bytes, start: int, end: int) -> bytes | None:
         """Bytes that replace this message, or None to relay it unchanged."""
@@ -705,7 +720,7 @@ class Session:
             if mtype == MsgType.EXECUTE:
                 self.statements += 1
                 self._check_rate()
-                if audit is not None:
+                if audit is not None and not self._cycle_refused:  # skipped by the backend: no record says it ran
                     self._check_audit()
                     msg = codec.decode_frontend(mtype, body)
                     assert isinstance(msg, codec.Execute)
@@ -725,6 +740,8 @@ class Session:
             if self.signals is not None:
                 self.signals.refused(refusal.reason)
             self.metrics.error(refusal.sqlstate)
+            if mtype in _EXTENDED:  # not a Query or FunctionCall: those are a cycle of their own
+                self._cycle_refused = True
             if mtype == MsgType.BIND:
                 self._portal = (self._portal[0], "refused")
             elif mtype == MsgType.EXECUTE:

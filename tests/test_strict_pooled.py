@@ -70,3 +70,36 @@ def test_completed_statements_are_logged_under_kill(backend: Backend, tmp_path: 
     missing = [i for i in seen if not any(f"VALUES ({i}," in sql for sql in ended)]
     assert not missing, f"{len(missing)} completed statements have no completion record"
     backend.pg.execute("DELETE FROM orders WHERE note = 'strictpool'", dbname=backend.database)
+
+
+@pytest.mark.parametrize("pool_mode", ["transaction", "session"])
+def test_a_pipeline_waits_behind_each_write_ahead_record_in_order(
+    backend: Backend, tmp_path: Path, pool_mode: str
+) -> None:
+    """Strict audit holds what it made for the backend in the session's one hold queue (reason
+    "strict audit"); a pipeline sent meanwhile waits behind it, through every check, read on up to
+    the hold's bound: one pipelined burst larger than that (~120 KiB) with a refused statement in the
+    middle is answered whole, in order, and every statement's write-ahead record precedes the next."""
+    p = audited_proxy(backend, tmp_path, durability="strict", pool_mode=pool_mode,
+                      pool_size=1 if pool_mode == "transaction" else 20)
+    big = "y" * 2000
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+            results: list[object] = []
+            with conn.pipeline() as pipe:
+                cursors = []
+                for i in range(60):
+                    sql = "SELECT count(*) FROM pg_stat_activity" if i == 30 else f"SELECT %s::text, {i} AS pipelined"
+                    cursors.append(conn.cursor().execute(sql, () if i == 30 else (big,)))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    pipe.sync()
+                for i, cur in enumerate(cursors[:30]):
+                    results.append(cur.fetchone())
+            assert results == [(big, i) for i in range(30)]
+            # the refusal aborted the rest of its pipeline, as PostgreSQL's own error would; the session goes on
+            assert conn.execute("SELECT %s::text, 61 AS pipelined", (big,)).fetchone() == (big, 61)
+    finally:
+        p.stop()
+    starts = [str(r.get("sql")) for r in records_tolerant(tmp_path)
+              if (r.get("details") or {}).get("phase") == "start" and "pipelined" in str(r.get("sql"))]
+    assert starts == [f"SELECT $1::text, {i} AS pipelined" for i in [*range(30), 61]]
