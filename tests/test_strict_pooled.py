@@ -93,8 +93,7 @@ def test_a_pipeline_waits_behind_each_write_ahead_record_in_order(
                     cursors.append(conn.cursor().execute(sql, () if i == 30 else (big,)))
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     pipe.sync()
-                for i, cur in enumerate(cursors[:30]):
-                    results.append(cur.fetchone())
+                results.extend(cur.fetchone() for cur in cursors[:30])
             assert results == [(big, i) for i in range(30)]
             # the refusal aborted the rest of its pipeline, as PostgreSQL's own error would; the session goes on
             assert conn.execute("SELECT %s::text, 61 AS pipelined", (big,)).fetchone() == (big, 61)
