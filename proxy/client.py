@@ -45,6 +45,7 @@ from .placement import Placement
 from .pool import BackendPool
 from .session import Session
 from .startup import filter_params
+from .state import SessionSnapshot
 
 
 class Process(Host, Protocol):
@@ -367,6 +368,11 @@ class ClientConnection(FrontendConnection[Process]):
     def _client_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, ProtocolError) and not self.is_closed:
             self.write(fatal_bytes(codec.error(exc.sqlstate, exc.detail)))
+
+    @property
+    def snapshot(self) -> SessionSnapshot | None:
+        """Its session's published state (the console reads this, never the session); None: logging in."""
+        return self.session.snapshot() if self.session is not None else None
 
     @property
     def backend(self) -> Backend | None:

@@ -53,6 +53,7 @@ from .limits import LimitExceeded, TenantLimiter
 from .pipeline import Pipeline
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
 from .rowlimit import RowLimit
+from .state import SessionSnapshot
 from .tracked import RESET_ALL, Change, TrackedSettings
 
 if TYPE_CHECKING:
@@ -217,6 +218,11 @@ class Session:
         self.told: dict[str, str] = {}
 
     # ------------------------------------------------------------------ client -> backend
+
+    def snapshot(self) -> SessionSnapshot:
+        """What the console may know of this session now (proxy/state.py)."""
+        return SessionSnapshot(self.status, self.busy_since, self.held_since, self._hold_why, self.statements,
+                               self.refused, self.pinned, self.pool)
 
     @property
     def is_paused(self) -> bool:

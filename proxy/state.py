@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tenantgate.audit.writer import AuditStats
@@ -35,21 +36,19 @@ class PoolView(Protocol):
     def max_wait(self) -> float: ...
 
 
-class SessionView(Protocol):
-    """A logged-in client's statement pipeline."""
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """A logged-in client's statement pipeline at one instant, as the session publishes it
+    (Session.snapshot): what the console reads, taken at once so that its fields agree."""
 
-    @property
-    def status(self) -> str: ...  # the backend's transaction status: I, T or E
-    @property
-    def busy_since(self) -> float | None: ...  # monotonic start of the oldest unanswered request
-    @property
-    def held_since(self) -> float | None: ...  # monotonic time PAUSE first held a message
-    @property
-    def statements(self) -> int: ...
-    @property
-    def refused(self) -> int: ...
-    @property
-    def pool(self) -> PoolView | None: ...  # transaction pooling: the pool it borrows from
+    status: str  # the backend's transaction status: I, T or E
+    busy_since: float | None  # monotonic start of the oldest unanswered request
+    held_since: float | None  # monotonic time PAUSE first held a message
+    held: str | None  # why it holds the client's messages now (pool wait, PAUSE, strict audit, ...), None: it does not
+    statements: int
+    refused: int
+    pinned: bool  # transaction pooling: its backend is its own until it ends (session state); session pooling: always
+    pool: PoolView | None  # transaction pooling: the pool it borrows from
 
 
 class ClientView(Protocol):
@@ -78,7 +77,7 @@ class ClientView(Protocol):
     @property
     def backend(self) -> Backend | None: ...
     @property
-    def session(self) -> SessionView | None: ...
+    def snapshot(self) -> SessionSnapshot | None: ...  # None: not logged in yet
 
 
 class LimiterView(Protocol):

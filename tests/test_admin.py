@@ -102,6 +102,8 @@ SESSION_COLUMNS = [
     "connected_at",
     "statements",
     "refused",
+    "held",
+    "pinned",
 ]
 COLUMNS = {
     "SHOW HELP": ["command", "description"],
@@ -302,6 +304,9 @@ def test_wired_pools_count_clients_held_by_pause(ops: tuple[ProxyProcess, int], 
                 ),
                 "the held client shows as waiting",
             )
+            # the session's published snapshot says why it holds
+            held = {r["user"]: r["held"] for r in table(port, "SHOW SESSIONS")[1] if r["application_name"] == "ops-held"}
+            assert held == {"bob": "PAUSE"}
         finally:
             assert psql(admin_dsn(port), "RESUME globex").returncode == 0
         worker.join(30)

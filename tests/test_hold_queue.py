@@ -8,6 +8,7 @@ backend other clients share). Now they resume at the check they stopped at, Term
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -121,3 +122,34 @@ def test_last_words_that_wait_for_the_pool_still_run(pooled: tuple[ProxyProcess,
         assert raw.closed()
         assert alice.execute("SELECT note FROM orders WHERE id = 4343").fetchall() == [("waited",)]
         alice.execute("DELETE FROM orders WHERE id = 4343")
+
+
+def test_show_sessions_publishes_why_a_session_holds_and_whether_it_is_pinned(pooled: tuple[ProxyProcess, int]) -> None:
+    """The console reads each session's published snapshot: a statement waiting for the pool's one
+    backend shows held = "pool wait" (released when the backend is free); a session whose state
+    cannot be handed on (SQL PREPARE) shows pinned."""
+    proxy, port = pooled
+
+    def sessions() -> dict[str, tuple[str, str]]:
+        header, *lines = admin(port, "SHOW SESSIONS").splitlines()
+        rows = [dict(zip(header.split("|"), line.split("|"), strict=True)) for line in lines[:-1]]  # last: (n rows)
+        return {r["application_name"]: (r["held"], r["pinned"]) for r in rows if r["application_name"]}
+
+    with psycopg.connect(proxy.dsn("alice", application_name="holder"), autocommit=True) as holder, \
+            psycopg.connect(proxy.dsn("alice", application_name="waiter"), autocommit=True) as waiter:
+        assert sessions() == {"holder": ("", "no"), "waiter": ("", "no")}
+        holder.execute("BEGIN")  # holds the only backend
+        done: list[object] = []
+        worker = threading.Thread(target=lambda: done.append(waiter.execute("SELECT 'served'").fetchone()))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 10
+            while sessions()["waiter"][0] != "pool wait" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sessions() == {"holder": ("", "no"), "waiter": ("pool wait", "no")}
+        finally:
+            holder.execute("COMMIT")
+            worker.join(30)
+        assert done == [("served",)]
+        holder.execute("PREPARE mine AS SELECT 1")  # SQL-level state on the backend: it stays this session's
+        assert sessions() == {"holder": ("", "yes"), "waiter": ("", "no")}

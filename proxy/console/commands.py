@@ -31,7 +31,7 @@ from tenantgate.proxy import native
 from tenantgate.proxy.monitor.runtime import Monitor
 from tenantgate.proxy.placement import Placement
 from tenantgate.proxy.process import Proxy
-from tenantgate.proxy.state import ClientView, PoolView, ProxyView
+from tenantgate.proxy.state import ClientView, PoolView, ProxyView, SessionSnapshot
 
 CREATE_TIMEOUT = 300.0  # seconds CREATE TENANT waits for `tenant create` (schema tier: DDL, reference rows)
 
@@ -136,9 +136,8 @@ def flatten(data: object, prefix: str = "") -> list[tuple[str, str | None]]:
     return [(prefix, str(data))]
 
 
-def session_state(client: ClientView) -> str:
+def session_state(session: SessionSnapshot | None) -> str:
     """pg_stat_activity's words for what a session is doing."""
-    session = client.session
     if session is None:
         return "starting"
     if session.busy_since is not None:
@@ -185,6 +184,7 @@ async def show_tenants(conn: Caller, args: list[str]) -> Result:
         t = config.tenant(name)
         placement = Placement.of(config, name)
         clients = live.get(name, [])
+        snapshots = [c.snapshot for c in clients]
         limiter = limiters.get(name)
         limits = ", ".join(
             f"{key} = {getattr(t.limits, key):g}" for key in LIMIT_KEYS if getattr(t.limits, key) is not None
@@ -200,8 +200,8 @@ async def show_tenants(conn: Caller, args: list[str]) -> Result:
                 t.region or placement.backend.region,
                 len(clients),
                 limiter.backends if limiter is not None else 0,
-                sum(c.session.statements for c in clients if c.session is not None),
-                sum(c.session.refused for c in clients if c.session is not None),
+                sum(s.statements for s in snapshots if s is not None),
+                sum(s.refused for s in snapshots if s is not None),
                 sum(c.bytes_in for c in clients),
                 sum(c.bytes_out for c in clients),
                 "*" in proxy.paused or name in proxy.paused,
@@ -238,7 +238,7 @@ async def show_sessions(conn: Caller, args: list[str]) -> Result:
     now = time.monotonic()
     rows: list[tuple[object, ...]] = []
     for c in _sessions(conn.proxy):
-        s = c.session
+        s = c.snapshot
         busy = s.busy_since if s is not None else None
         rows.append(
             (
@@ -247,7 +247,7 @@ async def show_sessions(conn: Caller, args: list[str]) -> Result:
                 c.tenant,
                 c.database,
                 c.peer,
-                session_state(c),
+                session_state(s),
                 s.status if s is not None else None,
                 now - busy if busy is not None else None,
                 c.params.get("application_name"),
@@ -255,6 +255,8 @@ async def show_sessions(conn: Caller, args: list[str]) -> Result:
                 _timestamp(c.connected_at),
                 s.statements if s is not None else 0,
                 s.refused if s is not None else 0,
+                s.held if s is not None else None,
+                s.pinned if s is not None and s.pool is not None else None,
             )
         )
     columns = (
@@ -271,6 +273,8 @@ async def show_sessions(conn: Caller, args: list[str]) -> Result:
         "connected_at",
         "statements",
         "refused",
+        "held",
+        "pinned",
     )
     return Result("SHOW", columns, rows)
 
@@ -282,7 +286,8 @@ async def show_servers(conn: Caller, args: list[str]) -> Result:
         if b is None or b.conn.is_closed:
             continue
         rows.append(
-            (c.id, b.database, b.target.user, b.target.host, b.target.port, b.pid, session_state(c), b.conn.ssl_in_use)
+            (c.id, b.database, b.target.user, b.target.host, b.target.port, b.pid, session_state(c.snapshot),
+             b.conn.ssl_in_use)
         )
     for pool in _pools(conn.proxy):  # transaction mode: backends no session holds right now
         for b in pool.idle:
@@ -306,7 +311,7 @@ async def show_pools(conn: Caller, args: list[str]) -> Result:
     shared = _pools(proxy)
     clients: dict[int, int] = {}
     for c in proxy.sessions:
-        s = c.session
+        s = c.snapshot
         pool = s.pool if s is not None else None
         if pool is not None:
             clients[id(pool)] = clients.get(id(pool), 0) + 1
