@@ -62,7 +62,7 @@ class BackendTarget:
         return f"BackendTarget({self.user}@{self.host}:{self.port}, sslmode={self.sslmode})"
 
 
-@dataclass
+@dataclass(eq=False)  # one connection: equal only to itself (the pool's deque.remove and sets compare it)
 class Backend:
     """An authenticated backend connection and what it told us at startup."""
 
@@ -79,9 +79,6 @@ class Backend:
     prepared: set[str] = field(default_factory=set)  # content-addressed statements prepared here
     unnamed: object | None = None  # whose unnamed statement it holds (a pool.Prepared), if the proxy knows
     cancelled: bool = False  # a cancel was sent to it: never hand it to another client (it may land late)
-
-    def __hash__(self) -> int:  # pooled backends live in sets
-        return id(self)
 
 
 async def _open(target: BackendTarget) -> PgConnection:
