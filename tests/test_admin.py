@@ -305,8 +305,7 @@ def test_wired_pools_count_clients_held_by_pause(ops: tuple[ProxyProcess, int], 
                 "the held client shows as waiting",
             )
             # the session's published snapshot says why it holds
-            held = {r["user"]: r["held"] for r in table(port, "SHOW SESSIONS")[1] if r["application_name"] == "ops-held"}
-            assert held == {"bob": "PAUSE"}
+            assert session_row(port, "ops-held")["held"] == "PAUSE"
         finally:
             assert psql(admin_dsn(port), "RESUME globex").returncode == 0
         worker.join(30)
