@@ -48,6 +48,7 @@ MODULES: tuple[str, ...] = (
     "tenantgate.proxy.filters",
     "tenantgate.proxy.rowlimit",
     "tenantgate.proxy.channels",
+    "tenantgate.proxy.withheld",
     "tenantgate.audit.lean",
     "tenantgate.audit.record",
     "tenantgate.rewriter.literals",

@@ -46,7 +46,6 @@ from .auditing import SessionAudit, first_word
 from .backend import BackendError, send_cancel
 from .channels import Channels
 from .codec import Bind, ErrorResponse, MsgType, Parse, Query
-from .conn import HIGH_WATER
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
 from .filters import ResponseFilter, run_chain
 from .limits import LimitExceeded, TenantLimiter
@@ -55,6 +54,7 @@ from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backen
 from .rowlimit import RowLimit
 from .state import SessionSnapshot
 from .tracked import RESET_ALL, Change, TrackedSettings
+from .withheld import Withheld
 
 if TYPE_CHECKING:
     from tenantgate.config.schema import Limits
@@ -206,10 +206,10 @@ class Session:
         self._refused_parse: tuple[str, str] | None = None  # (name, kind) of a Parse refused before Sync
         # a message before the next Sync was refused: the backend skips the rest up to it (nothing runs)
         self._cycle_refused = False
-        # strict audit: client output behind completion records not yet durable, in order (record, bytes after it)
-        self._behind: deque[tuple[asyncio.Future[int | None], bytearray]] = deque()
-        self._behind_bytes = 0
-        self._behind_paused = False  # ... so much of it that the backend is not read meanwhile
+        # strict audit: client output behind completion records not yet durable
+        self._withheld = Withheld(client.write, closed=lambda: client.is_closed, failed=self._withhold_failed,
+                                  drained=self._released_all, pause=self._pause_backend,
+                                  resume=self._resume_backend) if audit is not None else None
         self._over_rate = False  # this read's statements are refused (53400)
         self._timer: asyncio.TimerHandle | None = None  # statement_timeout backstop of this busy period
         self._timed_out = False
@@ -476,7 +476,7 @@ class Session:
             or self.backend is None
             or self.status != "I"
             or not self._pipe.quiet
-            or self._behind_paused
+            or (self._withheld is not None and self._withheld.paused)
             or self._hold_why in _READING
         )
 
@@ -511,7 +511,7 @@ class Session:
     def _backend_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, codec.ProtocolError):
             log.warning("backend protocol error: %s", exc)
-        if self._behind and not self.client.is_closed:
+        if self._withheld is not None and self._withheld.holding and not self.client.is_closed:
             self._lost_behind = True  # what it said before closing (its FATAL, say) is released first
             return
         if self._backend_fatal:  # the client was told why, in PostgreSQL's words (57P01, 25P03, ...)
@@ -1258,8 +1258,8 @@ class Session:
                     # durable; the session goes on (its backend may serve others meanwhile)
                     self._flush_backend(buf, out, mark, at)
                     out, mark = None, at
-                    self._behind.append((durable, bytearray()))
-                    durable.add_done_callback(self._release)
+                    assert self._withheld is not None
+                    self._withheld.behind(durable)
                     continue
                 if durable is not None and durable.exception() is not None:
                     self._flush_backend(buf, out, mark, at)
@@ -1336,40 +1336,26 @@ class Session:
         else:
             out += buf[mark:upto]
             data = bytes(out)
-        if not self._behind:
+        if self._withheld is None:
             self.client.write(data)
-            return
-        self._behind[-1][1].extend(data)  # strict audit: behind the last completion not yet durable
-        self._behind_bytes += len(data)
-        if self._behind_bytes > HIGH_WATER and not self._behind_paused and self.backend is not None:
-            # backpressure, as a slow client's: the backend (held until this drains) stops being read
-            transport = self.backend.conn.transport
-            if transport is not None:
-                transport.pause_reading()
-                self._behind_paused = True
+        else:
+            self._withheld.write(data)
 
-    def _release(self, _durable: asyncio.Future[int | None]) -> None:
-        """A completion record is durable (or failed): release, in order, what waited for it."""
-        behind = self._behind
-        while behind and behind[0][0].done():
-            durable, data = behind.popleft()
-            if self.client.is_closed:
-                behind.clear()
-                return
-            if durable.cancelled() or durable.exception() is not None:
-                behind.clear()
-                self._withhold_failed()
-                return
-            self._behind_bytes -= len(data)
-            if data:
-                self.client.write(bytes(data))
-        if behind:
-            return
-        if self._behind_paused:
-            self._behind_paused = False
-            transport = self.backend.conn.transport if self.backend is not None else None
-            if transport is not None and not transport.is_closing():
-                transport.resume_reading()
+    def _pause_backend(self) -> bool:
+        """Backpressure, as a slow client's: the backend (held until the output drains) is not read."""
+        transport = self.backend.conn.transport if self.backend is not None else None
+        if transport is None:
+            return False
+        transport.pause_reading()
+        return True
+
+    def _resume_backend(self) -> None:
+        transport = self.backend.conn.transport if self.backend is not None else None
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _released_all(self) -> None:
+        """Strict audit: nothing of the output waits for a record any more."""
         if self._lost_behind:
             self._backend_lost(None)
         elif self.pool is not None and self.backend is not None:
