@@ -11,7 +11,7 @@ demo: install
 
 # The whole suite on the compiled build, then the fast socket-free tests of the compiled modules
 # (and every doctest) once more on their sources: TENANTGATE_PURE=1 (proxy/native.py).
-PURE_TESTS := tests/test_native.py tests/test_pipeline.py tests/test_filters.py tests/test_withheld.py tests/test_codec.py tests/test_rewriter_unit.py \
+PURE_TESTS := tests/test_native.py tests/test_pipeline.py tests/test_filters.py tests/test_withheld.py tests/test_timeouts.py tests/test_codec.py tests/test_rewriter_unit.py \
 	tests/test_rewriter_crosscheck.py tests/test_rewriter_hypothesis.py tests/test_positions_property.py \
 	tests/test_iso_literals.py tests/test_iso_statements_unit.py tests/test_encryption_rewriter.py \
 	tests/test_audit_verify.py proxy rewriter audit

@@ -49,6 +49,7 @@ MODULES: tuple[str, ...] = (
     "tenantgate.proxy.rowlimit",
     "tenantgate.proxy.channels",
     "tenantgate.proxy.withheld",
+    "tenantgate.proxy.timeouts",
     "tenantgate.audit.lean",
     "tenantgate.audit.record",
     "tenantgate.rewriter.literals",

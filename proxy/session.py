@@ -43,7 +43,7 @@ from tenantgate.rewriter.settings import Changes
 
 from . import codec
 from .auditing import SessionAudit, first_word
-from .backend import BackendError, send_cancel
+from .backend import BackendError
 from .channels import Channels
 from .codec import Bind, ErrorResponse, MsgType, Parse, Query
 from .encoding import UTF8, ClientEncoding, EncodingError, canonical_name, client_encoding
@@ -53,6 +53,7 @@ from .pipeline import Pipeline
 from .pool import BackendPool, PoolTimeout, Prepared, PreparedStatements, backend_name
 from .rowlimit import RowLimit
 from .state import SessionSnapshot
+from .timeouts import StatementTimeout
 from .tracked import RESET_ALL, Change, TrackedSettings
 from .withheld import Withheld
 
@@ -211,8 +212,8 @@ class Session:
                                   drained=self._released_all, pause=self._pause_backend,
                                   resume=self._resume_backend) if audit is not None else None
         self._over_rate = False  # this read's statements are refused (53400)
-        self._timer: asyncio.TimerHandle | None = None  # statement_timeout backstop of this busy period
-        self._timed_out = False
+        self._timeout = StatementTimeout(self._limits, self._limit_hit, lambda: self.backend) \
+            if limiter is not None else None
         self._move: tuple[BackendPool | None, str] | None = None  # a new placement, taken at the next boundary
         # transaction pooling: the reported settings as the client was last told them (ParameterStatus)
         self.told: dict[str, str] = {}
@@ -528,9 +529,8 @@ class Session:
 
     def detach(self) -> None:
         """The client is gone: return or drop the backend."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timeout is not None:
+            self._timeout.stop()
         backend, self.backend = self.backend, None
         if backend is None:
             return
@@ -545,8 +545,8 @@ class Session:
     def _relay_client(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
         if self.busy_since is None:
             self.busy_since = time.monotonic()
-            if self.limiter is not None and self.limiter.limits.statement_timeout is not None:
-                self._arm_timeout(self.limiter.limits.statement_timeout)
+            if self._timeout is not None:
+                self._timeout.start()
         t0 = time.perf_counter()
         special = self._special
         crypto = self.crypto
@@ -592,44 +592,6 @@ class Session:
         else:
             backend.conn.write(data)
         self._proxy_time += time.perf_counter() - t0
-
-    def _arm_timeout(self, seconds: float) -> None:
-        # The backend enforces the same statement_timeout (a session setting); this backstop fires a
-        # little later and covers a client that raised its own.
-        grace = max(0.5, seconds * 0.1)
-        self._timer = asyncio.get_running_loop().call_later(seconds + grace, self._fire_timeout)
-
-    def _fire_timeout(self) -> None:
-        self._timer = None
-        backend = self.backend
-        if backend is None or self.busy_since is None or backend.conn.is_closed:
-            return
-        self._timed_out = True
-        backend.cancelled = True  # a pooled backend with a cancel in flight is never handed on
-        asyncio.get_running_loop().create_task(self._cancel(backend))
-
-    async def _cancel(self, backend: Backend) -> None:
-        try:
-            await send_cancel(backend.target, backend.pid, backend.secret)
-        except (BackendError, OSError, TimeoutError) as exc:
-            log.warning("cancelling a statement past the tenant's statement_timeout failed: %s", exc)
-
-    def _timeout_error(self, err: ErrorResponse) -> bytes | None:
-        """A cancel (57014) that a tenant's statement_timeout caused: counted, and said so."""
-        limiter = self.limiter
-        if limiter is None or limiter.limits.statement_timeout is None:
-            return None
-        ours = self._timed_out
-        self._timed_out = False
-        if not ours and "statement timeout" not in err.message:
-            return None
-        self._limit_hit("statement_timeout")
-        if not ours:
-            return None
-        return codec.error(
-            "57014",
-            f"canceling statement due to statement timeout (tenant limit {limiter.limits.statement_timeout:g} s)",
-        ).encode()
 
     def _limits(self) -> Limits:
         assert self.limiter is not None
@@ -1206,9 +1168,8 @@ class Session:
                         self.metrics.timing(self.tenant, time.monotonic() - self.busy_since, self._proxy_time)
                         self._proxy_time = 0.0
                     self.busy_since = None
-                    if self._timer is not None:
-                        self._timer.cancel()
-                        self._timer = None
+                    if self._timeout is not None:
+                        self._timeout.stop()
                 refusals = self._refusals
                 while refusals and refusals[0][2] < cycle:
                     refusals.popleft()
@@ -1241,7 +1202,8 @@ class Session:
                     self.metrics.error(err.sqlstate)
                     if audit is not None:
                         audit.complete(None, err.sqlstate)
-                    if err.sqlstate == "57014" and (timed_out := self._timeout_error(err)) is not None:
+                    if err.sqlstate == "57014" and self._timeout is not None and \
+                            (timed_out := self._timeout.error(err)) is not None:
                         out = _splice(out, buf, mark, start, timed_out)
                         mark = end
             elif mtype == MsgType.PARAMETER_STATUS:
