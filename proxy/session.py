@@ -252,7 +252,7 @@ class Session:
 
     def _replay(self) -> None:
         """The one place held messages go on: in order, each from the check it stopped at, until one holds again."""
-        self._hold_why = None
+        self._unhold()
         hold = self._hold
         while hold and self._hold_why is None:
             if self.client.is_closed:
@@ -265,6 +265,11 @@ class Session:
             if self._client_paused and self.client.transport is not None and not self.client.is_closed:
                 self._client_paused = False
                 self.client.transport.resume_reading()
+
+    def _unhold(self) -> None:
+        # Its own method: assigned in _replay, mypy would narrow the attribute to None across _admit
+        # (which may hold again) and mypyc would check every later read against that narrowed type.
+        self._hold_why = None
 
     @property
     def at_boundary(self) -> bool:

@@ -153,3 +153,27 @@ def test_show_sessions_publishes_why_a_session_holds_and_whether_it_is_pinned(po
         assert done == [("served",)]
         holder.execute("PREPARE mine AS SELECT 1")  # SQL-level state on the backend: it stays this session's
         assert sessions() == {"holder": ("", "yes"), "waiter": ("", "no")}
+
+
+def test_a_statement_pause_held_that_must_then_wait_for_the_pool_is_served(pooled: tuple[ProxyProcess, int]) -> None:
+    """RESUME replays a statement PAUSE held; the pool's one backend is busy in another client's
+    transaction, so the replay holds it again, now for the pool, and it runs once the backend is
+    free. The compiled replay once read its hold reason as narrowed to None across that re-hold
+    (mypy keeps narrowing over calls; mypyc checks it): RESUME failed with an internal error."""
+    proxy, port = pooled
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as alice:
+        raw = RawClient(proxy.port)
+        assert not errors(raw.login("alice", USERS["alice"][1]))
+        alice.execute("BEGIN")  # holds the only backend; PAUSE holds at transaction boundaries only
+        assert admin(port, "PAUSE acme") == "PAUSE"
+        try:
+            raw.send(codec.Query("SELECT 'replayed'").encode())
+            time.sleep(0.3)
+        finally:
+            assert admin(port, "RESUME acme") == "RESUME"
+        time.sleep(0.3)
+        alice.execute("COMMIT")
+        answer = raw.until_ready()
+        assert not errors(answer), answer
+        assert any(isinstance(m, codec.DataRow) for m in answer), answer
+        raw.close()
