@@ -236,37 +236,41 @@ class AuditLog:
         self._seq, self._prev = record.seq, record.hash
         return record
 
-    def _seal_lean(self, ts: int, fields: dict[str, object], plan: str | None = None) -> SealedRecord:
-        """``fields`` begin with kind; ``plan`` (a digest) goes right after it."""
-        assert self._lean is not None
+    def _seal_lean(self, ts: int, fields: dict[str, object]) -> SealedRecord:
+        """A plan or marker record: ``fields`` begin with kind."""
         kind = fields.pop("kind")
-        head: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": kind}
-        if plan is not None:
-            head["plan"] = plan
-        body = head | fields
+        return self._seal_body({"seq": self._seq + 1, "ts": ts, "kind": kind} | fields)
+
+    def _seal_body(self, body: dict[str, object]) -> SealedRecord:
+        """``body`` begins with seq, ts, kind and (statements) plan, in that order: see lean.py."""
+        assert self._lean is not None
         mac, line = self._lean.seal(body, bytes.fromhex(self._prev))
         self._seq, self._prev = self._seq + 1, mac.hex()
-        return SealedRecord(self._seq, self._prev, str(kind), body, line)
+        return SealedRecord(self._seq, self._prev, str(body["kind"]), body, line)
 
     def _seal_event(self, event: AuditEvent) -> list[SealedRecord]:
-        """The event's record; in format 2 preceded by its plan's record the first time in a segment."""
+        """The event's record; in format 2 preceded by its plan's record the first time in a segment.
+        Its body is built in place, in stored order (no field dict to merge: this runs per statement)."""
         if self._lean is None:
             return [self._seal(event.body(self.settings.log_parameters, self._param_key))]
-        fields = event.fields(self.settings.log_parameters, self._param_key)
         ts = ts_us(event.ts)
-        rewritten = fields.pop("rewritten", None)
-        if not isinstance(rewritten, str):
-            return [self._seal_lean(ts, fields)]
-        digest = self._digests.get(rewritten)
-        if digest is None:
-            if len(self._digests) >= _DIGESTS_MAX:
-                self._digests.clear()
-            digest = self._digests[rewritten] = plan_digest(rewritten)
+        rewritten = event.rewritten
         out: list[SealedRecord] = []
-        if digest not in self._plans:
-            out.append(self._seal_lean(ts, {"kind": PLAN_KIND, "details": {"digest": digest, "sql": rewritten}}))
-            self._plans.add(digest)
-        out.append(self._seal_lean(ts, fields, digest))  # plan right after kind: see lean.py
+        digest: str | None = None
+        if rewritten is not None:
+            digest = self._digests.get(rewritten)
+            if digest is None:
+                if len(self._digests) >= _DIGESTS_MAX:
+                    self._digests.clear()
+                digest = self._digests[rewritten] = plan_digest(rewritten)
+            if digest not in self._plans:
+                out.append(self._seal_lean(ts, {"kind": PLAN_KIND, "details": {"digest": digest, "sql": rewritten}}))
+                self._plans.add(digest)
+        body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": event.kind}
+        if digest is not None:
+            body["plan"] = digest  # right after kind: see lean.py
+        out.append(self._seal_body(event.put_fields(body, self.settings.log_parameters, self._param_key,
+                                                    rewritten=False)))
         return out
 
     def _seal_marker(self, kind: str, details: dict[str, object]) -> SealedRecord:

@@ -248,7 +248,9 @@ def test_password_guessing_of_one_user_from_many_addresses(env: tuple[ProxyProce
         assert errors(raw_login(proxy.port, "erin", f"guess-{i}", source=f"127.0.0.{i}"))
     alert = wait_alert(port, "password_guessing")
     assert (alert["tenant"], alert["user"]) == ("acme", "erin")
-    assert len(json.loads(alert["evidence"])["addresses"]) == 4
+    # the alert fires at the first fold that sees the minimum (3): a fold may fall before the fourth login
+    addresses = json.loads(alert["evidence"])["addresses"]
+    assert len(addresses) >= 3 and set(addresses) <= {f"127.0.0.{i}" for i in range(2, 6)}
 
 
 def test_new_statement_shapes_from_a_stable_user(env: tuple[ProxyProcess, int, int, Path]) -> None:
