@@ -238,7 +238,9 @@ def test_credential_stuffing_from_one_address(env: tuple[ProxyProcess, int, int,
         assert errors(raw_login(proxy.port, name, "Winter2026!"))
     alert = wait_alert(port, "credential_stuffing")
     evidence = json.loads(alert["evidence"])
-    assert evidence["address"] == "127.0.0.1" and {"ann", "eve"} <= set(evidence["users"])
+    # raised at the first fold that sees the minimum (4 users): a fold may fall before the fifth login
+    users = set(evidence["users"])
+    assert evidence["address"] == "127.0.0.1" and len(users) >= 4 and users <= {"ann", "ben", "cid", "dot", "eve"}
     assert alert["severity"] == "critical"
 
 
