@@ -236,10 +236,9 @@ class AuditLog:
         self._seq, self._prev = record.seq, record.hash
         return record
 
-    def _seal_lean(self, ts: int, fields: dict[str, object]) -> SealedRecord:
-        """A plan or marker record: ``fields`` begin with kind."""
-        kind = fields.pop("kind")
-        return self._seal_body({"seq": self._seq + 1, "ts": ts, "kind": kind} | fields)
+    def _seal_lean(self, ts: int, kind: str, details: dict[str, object]) -> SealedRecord:
+        """A plan or marker record."""
+        return self._seal_body({"seq": self._seq + 1, "ts": ts, "kind": kind, "details": details})
 
     def _seal_body(self, body: dict[str, object]) -> SealedRecord:
         """``body`` begins with seq, ts, kind and (statements) plan, in that order: see lean.py."""
@@ -264,7 +263,7 @@ class AuditLog:
                     self._digests.clear()
                 digest = self._digests[rewritten] = plan_digest(rewritten)
             if digest not in self._plans:
-                out.append(self._seal_lean(ts, {"kind": PLAN_KIND, "details": {"digest": digest, "sql": rewritten}}))
+                out.append(self._seal_lean(ts, PLAN_KIND, {"digest": digest, "sql": rewritten}))
                 self._plans.add(digest)
         body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": event.kind}
         if digest is not None:
@@ -278,7 +277,7 @@ class AuditLog:
             return self._seal({"v": 1, "ts": utc_timestamp(), "kind": kind, "details": details})
         if kind in ("chain_start", "rotate"):
             details["instance"] = self.instance_id  # format 2 names the writer once per run/segment
-        return self._seal_lean(now_us(), {"kind": kind, "details": details})
+        return self._seal_lean(now_us(), kind, details)
 
     async def _write(self, records: list[SealedRecord]) -> None:
         started = time.perf_counter()
