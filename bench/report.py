@@ -112,9 +112,12 @@ def goals(results: dict[str, Any]) -> str:
 
 
 # Issue 14's budgets: (label, target, figure, baseline, clients, bound, at least?). "cpu": proxy CPU per
-# statement ÷ the baseline's; "tps": TPS ÷ the baseline's. Judged per protocol, select-only.
-BUDGETS: tuple[tuple[str, str, str, str, int, float, bool], ...] = (
+# statement ÷ the baseline's; "tps": TPS ÷ the baseline's. Judged per protocol, select-only. A bound of
+# None is a reference row, not judged: where the Python floor (bench/floor.py) stands in the same run.
+BUDGETS: tuple[tuple[str, str, str, str, int, float | None, bool], ...] = (
     ("relay (trusted user): CPU ÷ PgBouncer", "tenantgate-relay", "cpu", "pgbouncer", 8, 1.6, False),
+    ("(reference) Python floor: CPU ÷ PgBouncer", "python-floor", "cpu", "pgbouncer", 8, None, False),
+    ("(reference) relay: CPU ÷ Python floor", "tenantgate-relay", "cpu", "python-floor", 8, None, False),
     ("scoped + batched audit: CPU ÷ PgBouncer", GOAL_TARGET, "cpu", "pgbouncer", 8, 3.0, False),
     ("+ one encrypted column read: CPU ÷ PgBouncer", "tenantgate-scoped-audit-encrypted", "cpu", "pgbouncer", 8,
      3.5, False),
@@ -132,8 +135,10 @@ def budgets(results: dict[str, Any]) -> str:
     ...             "proc_cpu_us_per_stmt": cpu, "errors": []}
     >>> points = [pt("pgbouncer", 8, 100.0, 20.0), pt("tenantgate-relay", 8, 90.0, 30.0),
     ...           pt(GOAL_TARGET, 8, 70.0, 70.0)]
-    >>> print("\\n".join(budgets({"points": points}).splitlines()[2:5]))
+    >>> print("\\n".join(budgets({"points": points + [pt("python-floor", 8, 95.0, 24.0)]}).splitlines()[2:7]))
     | relay (trusted user): CPU ÷ PgBouncer | simple/c8 | 1.50 | ≤ 1.6 | **pass** |
+    | (reference) Python floor: CPU ÷ PgBouncer | simple/c8 | 1.20 | - | reference |
+    | (reference) relay: CPU ÷ Python floor | simple/c8 | 1.25 | - | reference |
     | scoped + batched audit: CPU ÷ PgBouncer | simple/c8 | 3.50 | ≤ 3.0 | **FAIL** |
     | + one encrypted column read: CPU ÷ PgBouncer | simple/c8 | - | ≤ 3.5 | not measured |
     """
@@ -148,6 +153,9 @@ def budgets(results: dict[str, Any]) -> str:
             ratio = None
             if mine and base and mine.get(field) and base.get(field) and not mine.get("errors"):
                 ratio = mine[field] / base[field]
+            if bound is None:
+                rows.append(f"| {label} | {protocol}/c{clients} | {_num(ratio, 2)} | - | reference |")
+                continue
             ok = None if ratio is None else (ratio >= bound if at_least else ratio <= bound)
             rows.append(f"| {label} | {protocol}/c{clients} | {_num(ratio, 2)} | {'≥' if at_least else '≤'} {bound} "
                         f"| {_verdict(ok)} |")

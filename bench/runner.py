@@ -45,10 +45,12 @@ BACKEND_HEADROOM = MAX_CONNECTIONS - 3 - 4 * POOL_SIZE - 10
 BOUNCER_CLIENTS = 1000  # PgBouncer's max_client_conn
 PG_SETTINGS = {"shared_buffers": "256MB", "max_connections": MAX_CONNECTIONS, "max_wal_size": "4GB",
                "checkpoint_timeout": "30min"}
-ALL_TARGETS = ("direct", "pgbouncer", *VARIANTS)
+FLOOR = "python-floor"  # bench/floor.py: the least a Python proxy does per message
+ALL_TARGETS = ("direct", "pgbouncer", FLOOR, *VARIANTS)
 # The default targets: what issue #7's goals are measured on, plus the unscoped relay as the
-# proxy's floor (about 30 min in full mode on 2 cores). Everything else runs when named in --targets.
-DEFAULT_TARGETS = ("direct", "pgbouncer", "tenantgate-relay", "tenantgate-scoped-audit",
+# proxy's floor and the Python floor below it (about 35 min in full mode on 2 cores). Everything
+# else runs when named in --targets.
+DEFAULT_TARGETS = ("direct", "pgbouncer", FLOOR, "tenantgate-relay", "tenantgate-scoped-audit",
                    "tenantgate-scoped-audit-encrypted")
 # Quick runs judge issue 14's budgets: the defaults plus strict audit (its TPS ÷ batched at 64 clients).
 QUICK_TARGETS = (*DEFAULT_TARGETS, "tenantgate-scoped-audit-strict")
@@ -196,6 +198,12 @@ class Bench:
                                        max_clients=BACKEND_HEADROOM))
         if "pgbouncer" in opts.targets:
             self._start_pgbouncer(app_login)
+        if FLOOR in opts.targets:
+            port = free_port()
+            floor = self._start(ProxyProcess.launch(FLOOR, ["bench.floor", str(port), str(self.cluster.port)], port,
+                                                    self.workdir / f"{FLOOR}.log"))
+            self.targets.append(Target(FLOOR, port, app_login, predicate=True, max_clients=BACKEND_HEADROOM,
+                                       pid=floor.proc.pid))
 
         base = {"pg_port": self.cluster.port, "database": DATABASE, "backend_user": APP_ROLE,
                 "backend_password_file": password_file, "passwords": passwords, "service_password": service_password,
@@ -298,7 +306,11 @@ class Bench:
         return encryption.proxy_support(config)
 
     def _start_proxy(self, name: str, config: Path, port: int) -> ProxyProcess:
-        proxy = ProxyProcess.start(name, config, port)
+        return self._start(ProxyProcess.start(name, config, port))
+
+    def _start(self, proxy: ProxyProcess) -> ProxyProcess:
+        """A started proxy process, stopped (and its log kept) when the run ends."""
+        name = proxy.name
         self.stack.callback(self._keep_log, proxy)
         self.stack.callback(proxy.stop)
         self.proxies[name] = proxy

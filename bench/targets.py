@@ -171,10 +171,15 @@ class ProxyProcess:
 
     @classmethod
     def start(cls, name: str, config_path: Path, port: int) -> ProxyProcess:
-        log_path = config_path.with_suffix(".log")
+        return cls.launch(name, ["tenantgate.proxy.cli", "serve", "--config", str(config_path)], port,
+                          config_path.with_suffix(".log"))
+
+    @classmethod
+    def launch(cls, name: str, module_args: list[str], port: int, log_path: Path) -> ProxyProcess:
+        """``python -m MODULE ARGS...`` (from the repository root), once it listens on ``port``."""
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tenantgate.proxy.cli", "serve", "--config", str(config_path)],
+                [sys.executable, "-m", *module_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=raise_nofile,
             )

@@ -2,7 +2,8 @@
 
 The smoke run is ``python -m bench`` as a user runs it (a subprocess from the repository
 root): its own throwaway PostgreSQL, one select-only point of 2 s against direct
-PostgreSQL and the transaction-pooled tenantgate-scoped-pooled with one worker, the
+PostgreSQL, the Python floor (bench/floor.py) and the transaction-pooled tenantgate-scoped-pooled
+with one worker, the
 idle-client memory path at 20 clients, then results.json, results.md and the PNG.
 """
 
@@ -21,7 +22,7 @@ from bench import stacks
 from tenantgate.proxy.sandbox.pgcluster import PgBinaryNotFound, find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["encryption", "environment", "memory", "micro", "monitor_cost", "pgbench", "pgbouncer", "procs", "profile",
+MODULES = ["encryption", "environment", "floor", "memory", "micro", "monitor_cost", "pgbench", "pgbouncer", "procs", "profile",
            "report", "runner", "stacks", "targets", "workload"]
 
 
@@ -93,7 +94,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "bench", "--out", str(out), "--duration", "2", "--warmup", "0",
-        "--targets", "direct,tenantgate-scoped-pooled", "--workloads", "select-only", "--protocols", "extended",
+        "--targets", "direct,python-floor,tenantgate-scoped-pooled", "--workloads", "select-only", "--protocols", "extended",
         "--clients", "4", "--tenants", "2", "--accounts", "500", "--no-micro", "--no-encryption",
         "--idle-clients", "20", "--workers", "1",
     ]  # fmt: skip
@@ -104,7 +105,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
     results = json.loads((out / "results.json").read_text())
     points = {p["target"]: p for p in results["points"]}
-    assert set(points) == {"direct", "tenantgate-scoped-pooled"}
+    assert set(points) == {"direct", "python-floor", "tenantgate-scoped-pooled"}
     for name, point in points.items():
         assert point["tps"] > 0, (name, point)
         assert point["transactions"] > 0 and point["errors"] == [], (name, point)
@@ -112,6 +113,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # the proxy's own CPU (its whole process tree) is measured, PostgreSQL's is not ours to charge
     assert points["tenantgate-scoped-pooled"]["proc_cpu_us_per_stmt"] > 0
     assert points["tenantgate-scoped-pooled"]["proc_processes"] >= 1
+    assert points["python-floor"]["proc_cpu_us_per_stmt"] > 0  # bench/floor.py, relaying real pgbench
     assert "proc_cpu_us_per_stmt" not in points["direct"]
     assert results["environment"]["nproc"] >= 1
     assert results["settings"]["workers"] == 1
