@@ -41,7 +41,6 @@ import stat
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -53,7 +52,7 @@ from .keys import Signer
 from .record import AuditEvent
 from .settings import AuditSettings
 from .sink import Sink
-from .writer import AuditLog, AuditStats, _Pending
+from .writer import AuditLog, AuditStats
 
 log = logging.getLogger("tenantgate.audit")
 
@@ -174,35 +173,6 @@ def decode_event(raw: object) -> AuditEvent:
 
 
 # ---------------------------------------------------------------------- server
-
-class _ServerLog(AuditLog):
-    """An AuditLog that reports every commit attempt, when the sink state may have changed."""
-
-    def __init__(self, settings: AuditSettings, on_commit: Callable[[], None], *, sink: Sink | None,
-                 hmac_key: bytes | None, signer: Signer | None, instance_id: str | None,
-                 retry_interval: float) -> None:
-        super().__init__(settings, sink=sink, hmac_key=hmac_key, signer=signer, instance_id=instance_id,
-                         retry_interval=retry_interval)
-        self.on_commit = on_commit
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            await super()._commit(batch)
-        finally:
-            self.on_commit()
-
-    def add_lost(self, count: int) -> None:
-        """Records workers rejected locally: the next gap record counts them, as it would in-process."""
-        self._lost += count
-
-    def status_key(self) -> tuple[bool, float, int]:
-        return self._unavailable_since is None, self._retry_at, self._seq
-
-    def status(self) -> dict[str, object]:
-        available = self._unavailable_since is None
-        retry_in = 0.0 if available else max(0.0, self._retry_at - time.monotonic())
-        return {"state": [available, retry_in], "seq": self._seq, "fsync": self._last_fsync}
-
 
 def _listen_socket(path: str) -> socket.socket:
     """A unix socket bound at `path`, mode 0600; a stale socket file is replaced, anything else is an error."""
@@ -380,8 +350,8 @@ class AuditServer:
                  retry_interval: float = 1.0) -> None:
         self.settings = settings
         self.path = str(path)
-        self.log = _ServerLog(settings, self._committed, sink=sink, hmac_key=hmac_key, signer=signer,
-                              instance_id=instance_id, retry_interval=retry_interval)
+        self.log = AuditLog(settings, sink=sink, hmac_key=hmac_key, signer=signer, instance_id=instance_id,
+                            retry_interval=retry_interval, on_commit=self._committed)
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Future[None]] = set()

@@ -26,6 +26,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import AuditUnavailable
@@ -75,8 +76,10 @@ class AuditLog:
 
     def __init__(self, settings: AuditSettings, *, sink: Sink | None = None, hmac_key: bytes | None = None,
                  signer: Signer | None = None, instance_id: str | None = None,
-                 retry_interval: float = 1.0, max_batch: int = 4096) -> None:
+                 retry_interval: float = 1.0, max_batch: int = 4096,
+                 on_commit: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.on_commit = on_commit  # after every commit attempt, when the sink state may have changed (remote.py)
         self.sink = sink if sink is not None else make_sink(settings)
         key = hmac_key if hmac_key is not None else load_hmac_key(settings.key)
         if signer is None and settings.signing_key is not None:
@@ -327,6 +330,13 @@ class AuditLog:
                 self._inflight_since = None
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit_batch(batch)
+        finally:
+            if self.on_commit is not None:
+                self.on_commit()
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
         if self._unavailable_since is not None and time.monotonic() < self._retry_at:
             self._fail(batch, AuditUnavailable(f"audit log unavailable ({self.sink.name})"))
             return
@@ -364,6 +374,21 @@ class AuditLog:
         for item, seq in zip(batch, seqs, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(seq)
+
+    def add_lost(self, count: int) -> None:
+        """Records lost before they reached this log (a worker's, rejected locally): the next gap
+        record counts them."""
+        self._lost += count
+
+    def status_key(self) -> tuple[bool, float, int]:
+        """What a sink-state report depends on: available, retry time, last seq."""
+        return self._unavailable_since is None, self._retry_at, self._seq
+
+    def status(self) -> dict[str, object]:
+        """The sink state as the audit server reports it to workers (remote.py)."""
+        available = self._unavailable_since is None
+        retry_in = 0.0 if available else max(0.0, self._retry_at - time.monotonic())
+        return {"state": [available, retry_in], "seq": self._seq, "fsync": self._last_fsync}
 
     def _mark_unavailable(self) -> None:
         if self._unavailable_since is None:

@@ -50,6 +50,7 @@ MODULES: tuple[str, ...] = (
     "tenantgate.proxy.channels",
     "tenantgate.proxy.withheld",
     "tenantgate.proxy.timeouts",
+    "tenantgate.audit.writer",
     "tenantgate.audit.lean",
     "tenantgate.audit.record",
     "tenantgate.rewriter.literals",
