@@ -22,8 +22,8 @@ from bench import stacks
 from tenantgate.proxy.sandbox.pgcluster import PgBinaryNotFound, find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["encryption", "environment", "floor", "memory", "micro", "monitor_cost", "pgbench", "pgbouncer", "procs", "profile",
-           "report", "runner", "stacks", "targets", "workload"]
+MODULES = ["encryption", "environment", "floor", "memory", "micro", "monitor_cost", "pgbench", "pgbouncer", "procs",
+           "profile", "report", "runner", "stacks", "targets", "workload"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -94,7 +94,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "bench", "--out", str(out), "--duration", "2", "--warmup", "0",
-        "--targets", "direct,python-floor,tenantgate-scoped-pooled", "--workloads", "select-only", "--protocols", "extended",
+        "--targets", "direct,python-floor,tenantgate-scoped-pooled", "--workloads", "select-only",
+        "--protocols", "extended",
         "--clients", "4", "--tenants", "2", "--accounts", "500", "--no-micro", "--no-encryption",
         "--idle-clients", "20", "--workers", "1",
     ]  # fmt: skip
