@@ -14,7 +14,7 @@ demo: install
 PURE_TESTS := tests/test_native.py tests/test_pipeline.py tests/test_filters.py tests/test_withheld.py tests/test_timeouts.py tests/test_codec.py tests/test_rewriter_unit.py \
 	tests/test_rewriter_crosscheck.py tests/test_rewriter_hypothesis.py tests/test_positions_property.py \
 	tests/test_iso_literals.py tests/test_iso_statements_unit.py tests/test_encryption_rewriter.py \
-	tests/test_audit_verify.py proxy rewriter audit
+	tests/test_audit_verify.py tests/test_audit_writer.py proxy rewriter audit
 # Test files run in TEST_JOBS processes (pytest-xdist, a file per process at a time: module fixtures are
 # shared within a file); most of a test's time is waiting on PostgreSQL and the proxy, so 2 pay even on 2 cores.
 TEST_JOBS ?= 2
