@@ -611,6 +611,30 @@ _FRONTEND: dict[int, Callable[[_Reader], object]] = {
 }
 
 
+def query_text(body: bytes, enc: ClientEncoding) -> str:
+    """The text of a Query body, as ``decode_frontend(QUERY, body, enc).sql`` (the same errors): without
+    the reader and the message object, since every simple-protocol statement comes through here.
+
+    >>> query_text(b"SELECT 1\\x00", UTF8)
+    'SELECT 1'
+    >>> try:
+    ...     query_text(b"SELECT 1\\x00\\x00", UTF8)
+    ... except ProtocolError as exc:
+    ...     print(exc)
+    protocol violation by client: trailing bytes after the message
+    """
+    if body.find(b"\x00") != len(body) - 1:  # none, or one before the last byte
+        msg = decode_frontend(MsgType.QUERY, body, enc)
+        assert isinstance(msg, Query)
+        return msg.sql
+    return enc.decode(body[:-1])
+
+
+def query_bytes(sql: str, enc: ClientEncoding) -> bytes:
+    """``Query(sql).encode(enc)`` without the message object."""
+    return _frame(Query.TYPE, _cstr(sql, enc))
+
+
 def decode_frontend(mtype: int, body: bytes | memoryview, enc: ClientEncoding | None = None) -> object:
     """Decode one frontend message body (without its 5-byte header); strings in ``enc`` if given."""
     dec = _FRONTEND.get(mtype)

@@ -653,9 +653,10 @@ class Session:
                     self._named.query_sent(self.backend, by_client=True)
                 if self.crypto is not None:  # one answer cycle, whatever is sent in its place
                     self.crypto.on_request(MsgType.QUERY, None)
-                msg = self._decode(mtype, body)
-                assert isinstance(msg, Query)
-                sql = msg.sql
+                try:
+                    text = sql = codec.query_text(body, self.encoding)
+                except EncodingError as exc:
+                    raise Refusal(exc.sqlstate, str(exc), "encoding") from None
                 self._check_rate()
                 self._check_audit()
                 plan = self._plan(sql, extended=False)
@@ -663,7 +664,7 @@ class Session:
                 self._check_encoding(plan)
                 sql = self._redacted
                 changes = self._setting_changes(plan)
-                dropped = self._sql_statement_names(msg.sql, kinds)
+                dropped = self._sql_statement_names(text, kinds)
                 if self.pool is not None:
                     self._track_state(plan, changes)  # may refuse: a reset that is not the last statement
                     self._settings_sent(changes, cycle)
@@ -677,9 +678,12 @@ class Session:
                     self._name_ops.append((cycle, "deallocate_protocol", dropped))
                     rewritten = f"DEALLOCATE {bname}"
                 # the backend gets the verified text in the session's encoding: the client's bytes only if identical
-                query = self._encode(Query(rewritten))
-                if rewritten != msg.sql:
-                    self._rewritten[cycle] = (msg.sql, rewritten)
+                try:
+                    query = codec.query_bytes(rewritten, self.encoding)
+                except EncodingError as exc:
+                    raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+                if rewritten != text:
+                    self._rewritten[cycle] = (text, rewritten)
                 return None if query == buf[start:end] else prefix + query
             if mtype == MsgType.PARSE:
                 msg = self._decode(mtype, body)
