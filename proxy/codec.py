@@ -622,8 +622,13 @@ def query_text(body: bytes, enc: ClientEncoding) -> str:
     ... except ProtocolError as exc:
     ...     print(exc)
     protocol violation by client: trailing bytes after the message
+    >>> try:
+    ...     query_text(b"", UTF8)
+    ... except ProtocolError as exc:
+    ...     print(exc)
+    protocol violation by client: unterminated string
     """
-    if body.find(b"\x00") != len(body) - 1:  # none, or one before the last byte
+    if not body or body.find(b"\x00") != len(body) - 1:  # empty, no NUL, or one before the last byte
         msg = decode_frontend(MsgType.QUERY, body, enc)
         assert isinstance(msg, Query)
         return msg.sql

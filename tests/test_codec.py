@@ -18,6 +18,7 @@ from tenantgate.proxy import codec
 from tenantgate.proxy.codec import (
     MAX_STARTUP_PACKET,
     Framer,
+    MsgType,
     ProtocolError,
     decode_backend,
     decode_frontend,
@@ -25,6 +26,7 @@ from tenantgate.proxy.codec import (
     peek_message,
     read_startup,
 )
+from tenantgate.proxy.encoding import EncodingError, client_encoding
 
 Decoder = Callable[[int, bytes], object]
 
@@ -648,3 +650,23 @@ def test_error_field_code_byte_round_trips() -> None:
 def test_negotiate_negative_option_count_is_refused() -> None:
     with pytest.raises(ProtocolError):
         decode_backend(ord("v"), b"\x00\x00\x00\x00\xff\xff\xff\xff")
+
+
+def _outcome(fn: Callable[[], object]) -> tuple[str, object]:
+    try:
+        return "ok", fn()
+    except (codec.ProtocolError, EncodingError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=24) | st.lists(st.sampled_from([b"\x00", b"a", b"\xe3\x81\x82", b"\x81", b"\x5c"]),
+                                         max_size=8).map(b"".join),
+       st.sampled_from(["UTF8", "SJIS", "LATIN1"]))
+def test_query_text_is_decode_frontend(body: bytes, name: str) -> None:
+    # the session's fast path for a simple Query must accept, refuse and fail exactly as the full decoder
+    enc = client_encoding(name)
+    full = _outcome(lambda: decode_frontend(MsgType.QUERY, body, enc).sql)  # type: ignore[attr-defined]
+    assert _outcome(lambda: codec.query_text(body, enc)) == full
+    if full[0] == "ok":
+        assert codec.query_bytes(str(full[1]), enc) == codec.Query(str(full[1])).encode(enc)
