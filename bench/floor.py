@@ -62,11 +62,11 @@ class _Client(asyncio.Protocol):
         self.backend_port = backend_port
         self.transport: asyncio.Transport | None = None
         self.backend: asyncio.Transport | None = None
+        self.connecting = False
         self.early = b""  # what the client sent before the backend connection was up
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         client = self.transport
@@ -78,19 +78,24 @@ class _Client(asyncio.Protocol):
             client.close()
             return
         self.backend = backend
-        if self.early:
-            backend.write(self.early)
-            self.early = b""
+        backend.write(self.early)
+        self.early = b""
 
     def data_received(self, data: bytes) -> None:
         if self.backend is not None:
             self.backend.write(data)
             return
         self.early += data
-        if len(self.early) >= 8 and _LENGTH.unpack_from(self.early, 4)[0] in _NO_TLS_CODES:
-            assert self.transport is not None
-            self.transport.write(b"N")
-            self.early = self.early[8:]
+        # the backend is connected only after the first packet that is not a TLS request: PostgreSQL's
+        # one-byte answer to one would break the framing of its side
+        while not self.connecting and len(self.early) >= 8:
+            if _LENGTH.unpack_from(self.early, 4)[0] in _NO_TLS_CODES:
+                assert self.transport is not None
+                self.transport.write(b"N")
+                self.early = self.early[8:]
+            else:
+                self.connecting = True
+                asyncio.get_running_loop().create_task(self._connect())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.backend is not None:
