@@ -67,6 +67,8 @@ class UserModel:
     last_day: list[int] = field(default_factory=lambda: [-1] * 24)
     minute: int = -1
     acc: dict[str, float] = field(default_factory=dict)  # the current minute's sums (max for max_rows)
+    hour: int = -1  # the hour since the epoch being filled, and the statements run in it so far
+    hour_statements: int = 0
     # the last minute's windows, each with the shapes new to the tenant it brought while the user was stable
     recent: deque[tuple[float, Facts, list[tuple[str, str]]]] = field(default_factory=deque)
 
@@ -90,8 +92,10 @@ class UserModel:
         model.last_day = [int(v) for v in data.get("last_day", model.last_day)]  # type: ignore[attr-defined]
         return model
 
-    def roll(self, now: float, facts: Facts) -> None:
-        """Add a window to the current minute; a finished minute goes into the baselines."""
+    def roll(self, now: float, facts: Facts, worked: float) -> None:
+        """Add a window to the current minute; a finished minute goes into the baselines. The hour
+        of the day counts as worked (once a day) when ``worked`` statements ran in it, however the
+        folds cut them: a login alone is not work, and the off-hours rule judges the same count."""
         minute = int(now // 60)
         if minute != self.minute:
             if self.minute >= 0 and self.acc:
@@ -102,7 +106,10 @@ class UserModel:
             value = _value(facts, name)
             old = self.acc.get(name, 0.0)
             self.acc[name] = max(old, value) if name == "max_rows" else old + value
-        if facts.statements or facts.addresses:
+        if int(now // 3600) != self.hour:
+            self.hour, self.hour_statements = int(now // 3600), 0
+        self.hour_statements += facts.statements
+        if self.hour_statements >= worked:
             hour, day = int(now % DAY // 3600), int(now // DAY)
             if self.last_day[hour] != day:
                 self.last_day[hour] = day
@@ -192,7 +199,7 @@ class Engine:
         minute.shapes = []
         hour = int(now % DAY // 3600)
         days_before = list(model.days_by_hour)
-        model.roll(now, facts)
+        model.roll(now, facts, s.detector("off_hours").minimum)
         found: list[Finding | None] = []
 
         def band(series: str, k: float) -> tuple[float, float]:
@@ -233,7 +240,7 @@ class Engine:
                     n.clear()
             found.append(hit)
         if d("off_hours").enabled and now - model.first_seen >= max(s.warmup, DAY):
-            found.append(detectors.off_hours(tenant, user, hour, days_before, facts.statements,
+            found.append(detectors.off_hours(tenant, user, hour, days_before, model.hour_statements,
                                              d("off_hours").minimum))
         return [f for f in found if f is not None]
 
