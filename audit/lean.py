@@ -17,6 +17,11 @@ re-encoding every body canonically. Format 2 keeps the same guarantees with less
 - No repeated constants: the instance id lives in chain_start/rotate details, the version is the
   line's first key (like Fernet's version byte), the rewritten SQL is stored once per distinct plan
   and segment in a `plan` record ({"digest", "sql"} in details) that later records name by `plan`.
+  A text first seen with literals in it is stored as a template instead ({"digest", "template"}:
+  the text around its string and number literals) and its statement record carries the
+  `literals` right after `plan` (the text is template[0] + literals[0] + template[1] + ...): the
+  statements of one shape with other values (simple protocol) share one plan record rather than
+  writing one each. A text seen again is stored whole from then on (a Parse's repeats as it is).
 - Every rotated segment ends with a signed `segment_end` marker and the next begins with a signed
   `rotate` (previous seq and chain value): each segment verifies on its own, ties are checked after.
 
@@ -33,6 +38,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -102,6 +108,37 @@ def ts_us(ts: int | str) -> int:
 def plan_digest(sql: str) -> str:
     """Name of a rewritten statement in its segment (64 bits: collisions are checked by verify)."""
     return hashlib.sha256(sql.encode("utf-8")).hexdigest()[:16]
+
+
+# What varies between statements of one shape: string literals and numbers. One branch that starts
+# with a character class, so the scan skips to candidates in C (0.9 us for a pgbench statement; with
+# lookarounds for names, 3.4). A digit in a name is split off too: harmless, as is any other cut, for
+# the text is put back exactly whatever the split matched.
+_VARYING = re.compile(r"(['0-9](?:(?<=')[^']*+(?:''[^']*+)*+'|[0-9]*+(?:\.[0-9]+)?+))")
+
+
+def split_template(sql: str) -> tuple[list[str], list[str]] | None:
+    """(template, literals) of a rewritten statement, None when nothing in it varies.
+
+    >>> split_template("SELECT * FROM t WHERE tenant_id = 'a''b' AND aid = 42")
+    (['SELECT * FROM t WHERE tenant_id = ', ' AND aid = ', ''], ["'a''b'", '42'])
+    >>> fill_template(*split_template("SELECT 1.5, x2, $3")) == "SELECT 1.5, x2, $3"
+    True
+    """
+    pieces = _VARYING.split(sql)
+    return (pieces[0::2], pieces[1::2]) if len(pieces) > 1 else None
+
+
+def template_digest(template: list[str]) -> str:
+    """Name of a template plan (NUL, which no statement text holds, between its pieces)."""
+    return plan_digest("\x00".join(template))
+
+
+def fill_template(template: list[str], literals: list[str]) -> str:
+    out = [template[0]]
+    for literal, piece in zip(literals, template[1:], strict=True):
+        out += (literal, piece)
+    return "".join(out)
 
 
 def dumps(obj: object) -> bytes:

@@ -13,7 +13,7 @@ import orjson
 from zstandard import ZstdError
 
 from .errors import AuditUnavailable
-from .lean import PLAN_KIND
+from .lean import PLAN_KIND, fill_template
 from .pgarchive import PgArchive
 from .pgsink import WRITER_HOLDER_SQL, lock_args, quote_table
 from .segments import ZST, open_lines, rotated_files, stream_lines, writer_alive
@@ -172,21 +172,32 @@ def configured_files(active: Path) -> list[str]:
 
 def expand(records: Iterable[dict[str, object]]) -> Iterator[dict[str, object]]:
     """Records as a reader wants them: format 2's `plan` records consumed and each statement's
-    `rewritten` SQL put back from the plan it names (a digest names the same SQL everywhere).
+    `rewritten` SQL put back from the plan it names (a digest names the same SQL everywhere), a
+    template's filled with the statement's `literals`.
 
     >>> list(expand([{"kind": "plan", "details": {"digest": "d", "sql": "S"}}, {"kind": "statement", "plan": "d"}]))
     [{'kind': 'statement', 'plan': 'd', 'rewritten': 'S'}]
+    >>> list(expand([{"kind": "plan", "details": {"digest": "t", "template": ["a = ", ""]}},
+    ...              {"kind": "statement", "plan": "t", "literals": ["1"]}]))
+    [{'kind': 'statement', 'plan': 't', 'rewritten': 'a = 1'}]
     """
-    plans: dict[str, str] = {}
+    plans: dict[str, str | list[str]] = {}
     for rec in records:
         if rec.get("kind") == PLAN_KIND:
             details = rec.get("details")
             if isinstance(details, dict):
-                plans[str(details.get("digest"))] = str(details.get("sql"))
+                template = details.get("template")
+                plans[str(details.get("digest"))] = template if isinstance(template, list) else str(details.get("sql"))
             continue
         digest = rec.get("plan")
         if isinstance(digest, str) and digest in plans:
-            rec["rewritten"] = plans[digest]
+            plan = plans[digest]
+            if isinstance(plan, str):
+                rec["rewritten"] = plan
+            else:
+                literals = rec.pop("literals", None)
+                if isinstance(literals, list) and len(literals) == len(plan) - 1:
+                    rec["rewritten"] = fill_template(plan, [str(v) for v in literals])
         yield rec
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .lean import ts_text
-from .segments import rotated_files
+from .segments import open_lines, rotated_files
 
 _SQL_WIDTH = 200
 
@@ -59,8 +59,7 @@ def _format_line(line: bytes) -> tuple[str, int | None]:
 
 def _first_seq(path: Path) -> int:
     try:
-        with open(path, "rb") as fh:
-            return int(json.loads(fh.readline())["seq"])
+        return int(json.loads(next(open_lines(path), b""))["seq"])
     except (OSError, ValueError, KeyError, TypeError):
         return -1
 
@@ -85,8 +84,7 @@ def tail(path: Path, out: TextIO, *, lines: int = 20, follow: bool = False, poll
         if seq is not None:
             last_seq = seq
 
-    current = path
-    fh = open(current, "rb")  # noqa: SIM115 -- replaced on rotation below
+    fh = open(path, "rb")  # noqa: SIM115 -- replaced on rotation below
     try:
         last = deque(fh, maxlen=lines)
         # A torn last line may still be being written: keep it until its newline arrives.
@@ -106,7 +104,7 @@ def tail(path: Path, out: TextIO, *, lines: int = 20, follow: bool = False, poll
                     pending = b""
                 continue
             try:
-                moved = current != path or os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
+                moved = os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
             except FileNotFoundError:
                 moved = False
             if not moved:
@@ -125,8 +123,13 @@ def tail(path: Path, out: TextIO, *, lines: int = 20, follow: bool = False, poll
             while True:
                 current = _next_file(path, last_seq)
                 try:
-                    fh = open(current, "rb")  # noqa: SIM115
-                    break
+                    if current == path:
+                        fh = open(current, "rb")  # noqa: SIM115
+                        break
+                    # rotated meanwhile, and complete (perhaps compressed already): printed whole
+                    for line in open_lines(current):
+                        emit(line)
+                    out.flush()
                 except FileNotFoundError:  # between the rename and the new file's creation
                     if stop():
                         return

@@ -62,6 +62,7 @@ from .lean import (
     LineError,
     mac_state,
     plan_digest,
+    template_digest,
     ts_text,
 )
 from .reader import FileSource, LogSource
@@ -384,10 +385,13 @@ def _rules(rec: dict[str, object], kind: str, details: dict[str, object], seg: _
     if kind == "chain_start":
         seg.chains += 1
     if kind == PLAN_KIND:
-        sql, digest = details.get("sql"), details.get("digest")
-        if not isinstance(sql, str) or digest != plan_digest(sql):
+        sql, template, digest = details.get("sql"), details.get("template"), details.get("digest")
+        if isinstance(template, list) and len(template) > 1 and all(isinstance(t, str) for t in template):
+            if sql is not None or digest != template_digest(template):
+                raise LineError("plan record's digest does not match its template")
+        elif not isinstance(sql, str) or digest != plan_digest(sql):
             raise LineError("plan record's digest does not match its statement")
-        plans.add(digest.encode())
+        plans.add(str(digest).encode())
     elif kind in MARKERS:
         chain = str(rec["mac"] if v == 2 else rec["hash"])
         if "sig" not in rec:

@@ -32,12 +32,19 @@ from dataclasses import dataclass
 from .errors import AuditUnavailable
 from .filesink import FileSink
 from .keys import Signer, load_hmac_key, load_signing_key
-from .lean import PLAN_KIND, SEGMENT_END, LeanSealer, now_us, plan_digest, ts_us
+from .lean import PLAN_KIND, SEGMENT_END, LeanSealer, now_us, plan_digest, split_template, template_digest, ts_us
 from .record import GENESIS, AuditEvent, SealedRecord, Sealer, param_hash_key, utc_timestamp
 from .settings import AuditSettings
 from .sink import Head, Sink
 
 _DIGESTS_MAX = 10_000
+
+
+def _bounded(cache: dict[str, str]) -> dict[str, str]:
+    """``cache``, emptied first when full (texts with values in them do not repeat)."""
+    if len(cache) >= _DIGESTS_MAX:
+        cache.clear()
+    return cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +94,8 @@ class AuditLog:
         self._sealer = Sealer(key, signer)
         self._lean = LeanSealer(key, signer) if settings.format == 2 else None
         self._plans: set[str] = set()  # plan digests already stored in the current segment (format 2)
-        self._digests: dict[str, str] = {}  # rewritten SQL -> digest (the proxy's plans repeat)
+        self._digests: dict[str, str] = {}  # rewritten SQL stored whole -> digest (the proxy's plans repeat)
+        self._templates: dict[str, str] = {}  # a shape's template, NUL-joined -> digest ("": seen once)
         self._param_key = param_hash_key(key)
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._strict = settings.durability == "strict"
@@ -258,19 +266,33 @@ class AuditLog:
         ts = ts_us(event.ts)
         rewritten = event.rewritten
         out: list[SealedRecord] = []
-        digest: str | None = None
+        body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": event.kind}
         if rewritten is not None:
             digest = self._digests.get(rewritten)
-            if digest is None:
-                if len(self._digests) >= _DIGESTS_MAX:
-                    self._digests.clear()
-                digest = self._digests[rewritten] = plan_digest(rewritten)
-            if digest not in self._plans:
-                out.append(self._seal_lean(ts, PLAN_KIND, {"digest": digest, "sql": rewritten}))
-                self._plans.add(digest)
-        body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": event.kind}
-        if digest is not None:
-            body["plan"] = digest  # right after kind: see lean.py
+            details: dict[str, object] | None = None
+            split = split_template(rewritten) if digest is None else None
+            if split is not None:  # a text not seen before: of a shape seen before, it is a template's
+                template, literals = split
+                key = "\x00".join(template)
+                shape = self._templates.get(key)
+                if shape is None:
+                    _bounded(self._templates)[key] = ""  # the first of its shape: stored whole
+                else:
+                    if not shape:
+                        shape = self._templates[key] = template_digest(template)
+                    digest, details = shape, {"digest": shape, "template": template}
+                    body["plan"], body["literals"] = digest, literals  # right after kind: see lean.py
+            if details is None:
+                if digest is None:
+                    digest = _bounded(self._digests)[rewritten] = plan_digest(rewritten)
+                details = {"digest": digest, "sql": rewritten}
+                body["plan"] = digest
+            named = str(details["digest"])
+            if named not in self._plans:
+                self._plans.add(named)
+                sealed = self._seal_lean(ts, PLAN_KIND, details)
+                body["seq"] = self._seq + 1
+                out.append(sealed)
         out.append(self._seal_body(event.put_fields(body, self.settings.log_parameters, self._param_key,
                                                     rewritten=False)))
         return out

@@ -17,10 +17,14 @@ from pathlib import Path
 import psycopg
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tenantgate.audit.cli import main
 from tenantgate.audit.keys import generate_signing_key_files, load_public_key, load_signing_key
-from tenantgate.audit.reader import configured_files, open_sources
+from tenantgate.audit.lean import LeanSealer
+from tenantgate.audit.reader import configured_files, expand, open_sources
 from tenantgate.audit.record import AuditEvent
 from tenantgate.audit.retention import MANIFEST, read_manifest, ship
 from tenantgate.audit.segments import ZST, open_lines, rotated_files
@@ -102,6 +106,56 @@ def test_format2_record_is_lean_and_names_its_plan(log: Path) -> None:
     assert all(isinstance(s["ts"], int) and "instance" not in s and "prev" not in s for s in statements)
     result = check(log)
     assert result.ok and result.status.startswith("verified intact"), result.problem
+
+
+def shaped(i: int) -> AuditEvent:
+    """Simple-protocol statements: one shape, other values (every third one repeats a text)."""
+    n = i - 1 if i % 3 == 2 else i
+    text = f"SELECT * FROM t WHERE id = {n} AND note = 'it''s {n}' AND t.tenant_id = 'acme'"
+    return replace(event(i), rewritten=text)
+
+
+def test_statements_of_one_shape_share_a_template_plan(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(settings_for(path), 30, make=shaped)
+    lines = lines_of(path)
+    plans = [json.loads(x)["details"] for x in lines if b'"kind":"plan"' in x]
+    # the first text stored whole; every other text of its shape names one template (repeats included)
+    assert [sorted(p) for p in plans] == [["digest", "sql"], ["digest", "template"]]
+    assert plans[1]["template"] == ["SELECT * FROM t WHERE id = ", " AND note = ", " AND t.tenant_id = ", ""]
+    records = [json.loads(x) for x in lines if b'"kind":"statement"' in x]
+    assert [r["plan"] for r in records] == [plans[0]["digest"]] + [plans[1]["digest"]] * 29
+    assert records[1]["literals"] == ["1", "'it''s 1'", "'acme'"] and "rewritten" not in records[1]
+    expanded = [r for r in expand(json.loads(x) for x in lines) if r["kind"] == "statement"]
+    assert [r["rewritten"] for r in expanded] == [shaped(i).rewritten for i in range(30)]
+    assert all("literals" not in r for r in expanded)
+    assert check(path).ok
+
+
+def test_a_template_plan_must_match_its_digest(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(settings_for(path), 5, make=shaped)
+    lines = lines_of(path)
+    at = next(i for i, x in enumerate(lines) if b'"template"' in x)
+    body = json.loads(lines[at])
+    body["details"]["template"][0] = "DELETE FROM t WHERE id = "  # resealed with the key: a valid MAC
+    prev = bytes.fromhex(json.loads(lines[at - 1])["mac"])
+    del body["v"], body["mac"]
+    lines[at] = LeanSealer(KEY).seal(body, prev)[1]
+    path.write_bytes(b"".join(lines))
+    problem = check(path).problem
+    assert problem is not None and problem.line == at + 1 and "does not match its template" in problem.message
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab'1.$_ 9x\\"), max_size=24), min_size=1, max_size=6))
+def test_any_rewritten_text_reads_back_exactly(texts: list[str]) -> None:
+    """Whatever the split makes of a text (template or whole), the reader puts back the same text."""
+    statements = [replace(event(i), rewritten=t) for i, t in enumerate(texts + texts[::-1])]
+    log = AuditLog(settings_for(Path("/nonexistent/audit.jsonl")), hmac_key=KEY, instance_id="t")
+    sealed = [rec for e in statements for rec in log._seal_event(e)]
+    back = [r for r in expand(json.loads(rec.line) for rec in sealed) if r["kind"] == "statement"]
+    assert [r.get("rewritten") for r in back] == [e.rewritten for e in statements]
 
 
 TAMPER = {
