@@ -15,6 +15,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
+
 from .codec import DEFAULT_MAX_MESSAGE, Framer, ProtocolError, peek_message, read_startup
 
 log = logging.getLogger("tenantgate.conn")
@@ -34,6 +36,7 @@ class ConnectionLost(Exception):
     """The peer closed the socket (or it broke) while we waited for it."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (proxy/native.py); FrontendConnection's are not
 class PgConnection(asyncio.Protocol):
     """One side of the proxy: a client socket or a backend socket."""
 

@@ -35,9 +35,10 @@ from types import ModuleType
 from typing import Any
 
 # What pays (bench/README.md has the figures): sans-IO modules on every statement's path.
-# Not here: proxy/codec.py (mypyc turns a dataclass ClassVar, codec's ``TYPE`` bytes, into a field)
-# and proxy/conn.py (FrontendConnection, interpreted, subclasses its PgConnection: mypyc forbids it).
+# Not here: proxy/codec.py (mypyc turns a dataclass ClassVar, codec's ``TYPE`` bytes, into a field).
+# proxy/conn.py is (its PgConnection allows interpreted subclasses: FrontendConnection's).
 MODULES: tuple[str, ...] = (
+    "tenantgate.proxy.conn",
     "tenantgate.proxy.pipeline",
     "tenantgate.proxy.tracked",
     "tenantgate.proxy.pool",
