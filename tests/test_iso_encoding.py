@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tenantgate.proxy import codec
+from tenantgate.proxy.conn import PgConnection
 from tenantgate.proxy.sandbox.pgcluster import PgServer, free_port
 
 from .harness import Backend, ProxyProcess, RawClient, config_text, errors, start_proxy
@@ -325,20 +326,24 @@ def test_conflicting_client_encodings_at_startup_are_refused(
         client.close()
 
 
-class _Client:
-    """The client side of a session, recording what the proxy writes to it."""
+class _Client(PgConnection):
+    """The client side of a session without a socket, recording what the proxy writes to it."""
 
     def __init__(self) -> None:
+        super().__init__("client")
         self.written = b""
-        self.is_closed = False
-        self.backpressure_peer = None
+        self.shut = False
+
+    @property
+    def is_closed(self) -> bool:
+        return self.shut
 
     def write(self, data: bytes) -> None:
-        if not self.is_closed:
+        if not self.shut:
             self.written += data
 
     def close(self) -> None:
-        self.is_closed = True
+        self.shut = True
 
 
 @pytest.mark.parametrize(("name", "value"), [("client_encoding", "LATIN1"), ("client_encoding", "SQL_ASCII"),
@@ -352,7 +357,7 @@ def test_a_parameter_status_changing_the_lexing_ends_a_tenant_session(name: str,
     from tenantgate.proxy.session import Session
 
     client = _Client()
-    session = Session(client, None, user="alice", tenant="acme", rewriter=None, paused=set(),  # type: ignore[arg-type]
+    session = Session(client, None, user="alice", tenant="acme", rewriter=None, paused=set(),
                       metrics=Metrics(), encoding=lookup("SJIS"))
     session._said_goodbye = goodbye
     same = codec.ParameterStatus("client_encoding", "SJIS").encode()

@@ -7,27 +7,29 @@ import asyncio
 import pytest
 
 from tenantgate.proxy.backend import Backend, BackendTarget
+from tenantgate.proxy.conn import PgConnection
 from tenantgate.proxy.pool import BackendPool, PoolTimeout
 
 
-class _Conn:
-    """What the pool reads of a backend's connection."""
+class _Conn(PgConnection):
+    """A backend's connection without a socket: what the pool reads of it."""
 
     def __init__(self) -> None:
-        self.is_closed = False
-        self.on_frames = self.on_lost = self.backpressure_peer = None
+        super().__init__("server")
+        self.shut = False
 
-    def has_buffered(self) -> bool:
-        return False
+    @property
+    def is_closed(self) -> bool:
+        return self.shut
 
     def abort(self) -> None:
-        self.is_closed = True
+        self.shut = True
 
 
 def _pool(timeout: float) -> tuple[BackendPool, Backend]:
     target = BackendTarget("127.0.0.1", 1, "app", None)
     pool = BackendPool(target, "db", size=1, timeout=timeout)
-    backend = Backend(_Conn(), target, "db")  # type: ignore[arg-type]
+    backend = Backend(_Conn(), target, "db")
     pool.busy.add(backend)  # the pool is full: the next acquire waits
     return pool, backend
 
