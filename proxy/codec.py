@@ -389,9 +389,7 @@ class Parse:
     param_types: tuple[int, ...] = ()
 
     def encode(self, enc: ClientEncoding = UTF8) -> bytes:
-        oids = list(self.param_types)
-        types = struct.pack(f"!h{len(oids)}I", len(oids), *oids)
-        return _frame(self.TYPE, _cstr(self.name, enc) + _cstr(self.sql, enc) + types)
+        return parse_bytes(self.name, self.sql, self.param_types, enc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,6 +636,35 @@ def query_text(body: bytes, enc: ClientEncoding) -> str:
 def query_bytes(sql: str, enc: ClientEncoding) -> bytes:
     """``Query(sql).encode(enc)`` without the message object."""
     return _frame(Query.TYPE, _cstr(sql, enc))
+
+
+def parse_parts(body: bytes, enc: ClientEncoding) -> tuple[str, str, tuple[int, ...]]:
+    """(name, text, parameter types) of a Parse body, as ``decode_frontend(PARSE, body, enc)`` gives
+    them (the same errors): without the reader and the message object, for every extended statement.
+
+    >>> parse_parts(b"s1\\x00SELECT $1\\x00\\x00\\x01\\x00\\x00\\x00\\x17", UTF8)
+    ('s1', 'SELECT $1', (23,))
+    >>> try:
+    ...     parse_parts(b"\\x00SELECT 1\\x00\\x00\\x00\\x00", UTF8)
+    ... except ProtocolError as exc:
+    ...     print(exc)
+    protocol violation by client: trailing bytes after the message
+    """
+    cut = body.find(b"\x00")
+    end = body.find(b"\x00", cut + 1) if cut >= 0 else -1
+    count = _I16.unpack_from(body, end + 1)[0] if 0 <= end <= len(body) - 3 else -1
+    if count < 0 or len(body) != end + 3 + 4 * count:  # anything unusual: the reader says what is wrong
+        msg = decode_frontend(MsgType.PARSE, body, enc)
+        assert isinstance(msg, Parse)
+        return msg.name, msg.sql, msg.param_types
+    name, sql = enc.decode(body[:cut]), enc.decode(body[cut + 1 : end])  # in the reader's order
+    return name, sql, struct.unpack_from(f"!{count}I", body, end + 3) if count else ()
+
+
+def parse_bytes(name: str, sql: str, param_types: tuple[int, ...], enc: ClientEncoding) -> bytes:
+    """``Parse(name, sql, param_types).encode(enc)`` without the message object."""
+    types = struct.pack(f"!h{len(param_types)}I", len(param_types), *param_types)
+    return _frame(Parse.TYPE, _cstr(name, enc) + _cstr(sql, enc) + types)
 
 
 def decode_frontend(mtype: int, body: bytes | memoryview, enc: ClientEncoding | None = None) -> object:

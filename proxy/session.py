@@ -686,10 +686,11 @@ class Session:
                     self._rewritten[cycle] = (text, rewritten)
                 return None if query == buf[start:end] else prefix + query
             if mtype == MsgType.PARSE:
-                msg = self._decode(mtype, body)
-                assert isinstance(msg, Parse)
-                sql = msg.sql
-                return self._parse(msg, buf[start:end])
+                try:
+                    name, sql, param_types = codec.parse_parts(body, self.encoding)
+                except EncodingError as exc:
+                    raise Refusal(exc.sqlstate, str(exc), "encoding") from None
+                return self._parse(name, sql, param_types, buf[start:end])
             if mtype == MsgType.BIND:
                 return self._bind(body)
             if mtype in (MsgType.DESCRIBE, MsgType.CLOSE):  # tenant and pooled sessions only: translate statement names
@@ -745,13 +746,6 @@ class Session:
         except EncodingError as exc:
             raise Refusal(exc.sqlstate, str(exc), "encoding") from None
 
-    def _encode(self, msg: Query | Parse) -> bytes:
-        """What the backend is sent, in the session's encoding, proven to split as the proxy's text."""
-        try:
-            return msg.encode(self.encoding)
-        except EncodingError as exc:
-            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
-
     def _check_encoding(self, plan: Plan) -> None:
         """client_encoding is fixed for a tenant session: the proxy lexes in it, so the backend must read in it.
         The rewriter lists every session-level change (SET, SET NAMES, RESET, literal set_config) in
@@ -776,13 +770,13 @@ class Session:
     def _parse_name(body: bytes) -> str:
         return body.partition(b"\x00")[0].decode("utf-8", "replace")
 
-    def _parse(self, msg: Parse, raw: bytes) -> bytes | None:
+    def _parse(self, name: str, text: str, param_types: tuple[int, ...], raw: bytes) -> bytes | None:
         """A client's Parse: planned, sealed, and (tenant sessions) prepared under its backend name."""
         named = self._named
-        if named is not None and msg.name and (named.lookup(msg.name)[0] is not None or msg.name in self._sql_names):
+        if named is not None and name and (named.lookup(name)[0] is not None or name in self._sql_names):
             # PostgreSQL's answer; the content-addressed names would otherwise let it pass
-            raise Refusal("42P05", f'prepared statement "{msg.name}" already exists', "duplicate_statement")
-        plan = self._plan(msg.sql, extended=True)
+            raise Refusal("42P05", f'prepared statement "{name}" already exists', "duplicate_statement")
+        plan = self._plan(text, extended=True)
         self._check_encoding(plan)
         sql = self._redacted
         kind = plan.kinds[0] if plan.kinds else first_word(sql)
@@ -790,9 +784,9 @@ class Session:
         if self.pool is not None:
             self._track_state(plan, changes)
         crypto = self.crypto
-        bname = msg.name
-        if named is not None and msg.name:
-            types = msg.param_types
+        bname = name
+        if named is not None and name:
+            types = param_types
             if crypto is not None:  # encrypted parameters are declared bytea to the backend
                 try:
                     types = crypto.sealed_types(types, plan.encrypt_params)[0]
@@ -801,25 +795,28 @@ class Session:
             bname = backend_name(plan.sql, types)
         if self.audit is not None:
             self.audit.parse(bname, sql, plan.sql, kind)
-        parse = Parse(bname, plan.sql, msg.param_types)
         # the backend gets the verified text in the session's encoding: the client's bytes only if identical
-        sent = self._encode(parse)
+        try:
+            sent = codec.parse_bytes(bname, plan.sql, param_types, self.encoding)
+        except EncodingError as exc:
+            raise Refusal(exc.sqlstate, str(exc), "encoding") from None
         data = None if sent == raw else sent
         if crypto is not None:
             try:
+                parse = Parse(bname, plan.sql, param_types)
                 data = crypto.on_request(MsgType.PARSE, parse, plan.encrypt_params) or data
             except Refused as exc:
                 raise Refusal(exc.sqlstate, exc.message, exc.reason) from None
         if named is None:
-            self._kinds[msg.name] = kind
+            self._kinds[name] = kind
             return data
         assert self.backend is not None
         resets = self._tracked is not None and self._tracked.resets_base(changes)
-        _check_bound_types(plan, msg.param_types)
-        texts = (msg.sql, plan.sql) if plan.sql != msg.sql else None
+        _check_bound_types(plan, param_types)
+        texts = (text, plan.sql) if plan.sql != text else None
         statement = Prepared(bname, data or sent, kind, plan.tenant_params, tuple(changes), resets, texts,
                              plan.bound_settings)
-        return named.parse(self.backend, msg.name, statement, self._pipe.next)
+        return named.parse(self.backend, name, statement, self._pipe.next)
 
     def _bind(self, body: bytes) -> bytes | None:
         """A client's Bind: checked against the statement the backend will run, under its backend name."""

@@ -670,3 +670,32 @@ def test_query_text_is_decode_frontend(body: bytes, name: str) -> None:
     assert _outcome(lambda: codec.query_text(body, enc)) == full
     if full[0] == "ok":
         assert codec.query_bytes(str(full[1]), enc) == codec.Query(str(full[1])).encode(enc)
+
+
+_PARSE_PIECES = [b"\x00", b"a", b"\xe3\x81\x82", b"\x81", b"\x5c", b"\x00\x00", b"\x00\x01", b"\xff\xff",
+                 b"\x00\x00\x00\x17", b"\xff\xff\xff\xff"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=32) | st.lists(st.sampled_from(_PARSE_PIECES), max_size=10).map(b"".join),
+       st.sampled_from(["UTF8", "SJIS", "LATIN1"]))
+def test_parse_parts_is_decode_frontend(body: bytes, name: str) -> None:
+    # the session's fast path for a Parse must accept, refuse and fail exactly as the full decoder
+    enc = client_encoding(name)
+
+    def full_parts() -> tuple[str, str, tuple[int, ...]]:
+        msg = decode_frontend(MsgType.PARSE, body, enc)
+        assert isinstance(msg, codec.Parse)
+        return msg.name, msg.sql, msg.param_types
+
+    full = _outcome(full_parts)
+    assert _outcome(lambda: codec.parse_parts(body, enc)) == full
+    if full[0] == "ok":
+        parsed = codec.Parse(*full[1])  # type: ignore[misc]
+        assert codec.parse_bytes(parsed.name, parsed.sql, parsed.param_types, enc) == parsed.encode(enc)
+        assert parsed.encode(enc) == header(b"P", 4 + len(body)) + body  # what came in goes out, byte for byte
+
+
+def test_parse_parts_reads_well_formed_bodies() -> None:
+    body = codec.Parse("s", "SELECT $1, $2", (23, 4294967295)).encode()[5:]
+    assert codec.parse_parts(body, client_encoding("UTF8")) == ("s", "SELECT $1, $2", (23, 4294967295))
