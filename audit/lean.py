@@ -17,11 +17,11 @@ re-encoding every body canonically. Format 2 keeps the same guarantees with less
 - No repeated constants: the instance id lives in chain_start/rotate details, the version is the
   line's first key (like Fernet's version byte), the rewritten SQL is stored once per distinct plan
   and segment in a `plan` record ({"digest", "sql"} in details) that later records name by `plan`.
-  A text first seen with literals in it is stored as a template instead ({"digest", "template"}:
-  the text around its string and number literals) and its statement record carries the
-  `literals` right after `plan` (the text is template[0] + literals[0] + template[1] + ...): the
-  statements of one shape with other values (simple protocol) share one plan record rather than
-  writing one each. A text seen again is stored whole from then on (a Parse's repeats as it is).
+  The first text of a shape (the text around its string and number literals) is stored whole, and
+  stays so when it repeats (as a Parse's does); a later text of that shape names the shape's
+  template plan ({"digest", "template"}) and its statement record carries the `literals` right
+  after `plan` (the text is template[0] + literals[0] + template[1] + ...): the statements of one
+  shape with other values (simple protocol) share one plan record rather than writing one each.
 - Every rotated segment ends with a signed `segment_end` marker and the next begins with a signed
   `rotate` (previous seq and chain value): each segment verifies on its own, ties are checked after.
 

@@ -266,36 +266,39 @@ class AuditLog:
         ts = ts_us(event.ts)
         rewritten = event.rewritten
         out: list[SealedRecord] = []
-        body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": event.kind}
+        digest: str | None = None
+        literals: list[str] | None = None
         if rewritten is not None:
-            digest = self._digests.get(rewritten)
-            details: dict[str, object] | None = None
-            split = split_template(rewritten) if digest is None else None
-            if split is not None:  # a text not seen before: of a shape seen before, it is a template's
-                template, literals = split
-                key = "\x00".join(template)
-                shape = self._templates.get(key)
-                if shape is None:
-                    _bounded(self._templates)[key] = ""  # the first of its shape: stored whole
-                else:
-                    if not shape:
-                        shape = self._templates[key] = template_digest(template)
-                    digest, details = shape, {"digest": shape, "template": template}
-                    body["plan"], body["literals"] = digest, literals  # right after kind: see lean.py
-            if details is None:
-                if digest is None:
-                    digest = _bounded(self._digests)[rewritten] = plan_digest(rewritten)
-                details = {"digest": digest, "sql": rewritten}
-                body["plan"] = digest
-            named = str(details["digest"])
-            if named not in self._plans:
-                self._plans.add(named)
-                sealed = self._seal_lean(ts, PLAN_KIND, details)
-                body["seq"] = self._seq + 1
-                out.append(sealed)
+            digest, details, literals = self._plan_of(rewritten)
+            if digest not in self._plans:
+                self._plans.add(digest)
+                out.append(self._seal_lean(ts, PLAN_KIND, details))
+        body: dict[str, object] = {"seq": self._seq + 1, "ts": ts, "kind": event.kind}
+        if digest is not None:
+            body["plan"] = digest  # right after kind, the literals of a template's next: see lean.py
+            if literals is not None:
+                body["literals"] = literals
         out.append(self._seal_body(event.put_fields(body, self.settings.log_parameters, self._param_key,
                                                     rewritten=False)))
         return out
+
+    def _plan_of(self, rewritten: str) -> tuple[str, dict[str, object], list[str] | None]:
+        """(digest, plan record details, the statement's literals when its plan is a template): the
+        first text of a shape is stored whole (and stays so when it repeats, as a Parse's does),
+        the later texts of that shape name its template."""
+        digest = self._digests.get(rewritten)
+        if digest is None and (split := split_template(rewritten)) is not None:
+            template, literals = split
+            key = "\x00".join(template)
+            shape = self._templates.get(key)
+            if shape is not None:
+                if not shape:
+                    shape = self._templates[key] = template_digest(template)
+                return shape, {"digest": shape, "template": template}, literals
+            _bounded(self._templates)[key] = ""  # seen once: this text is stored whole
+        if digest is None:
+            digest = _bounded(self._digests)[rewritten] = plan_digest(rewritten)
+        return digest, {"digest": digest, "sql": rewritten}, None
 
     def _seal_marker(self, kind: str, details: dict[str, object]) -> SealedRecord:
         if self._lean is None:
